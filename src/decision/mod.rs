@@ -1,0 +1,554 @@
+//! The decision engine: pure functions from (`Snapshot`, `PolicySet`, `now`)
+//! to a `Decision` per pending pod.
+//!
+//! It owns the "VMs first, spill when the wait is too long, within budgets"
+//! rule, the VM arrival prediction and the ACI cost model. It must never do
+//! I/O, read a clock, or await: the simulator, the extender, the autoscaler and
+//! `explain` all call it, so a decision seen in one is the decision of all.
+
+mod fit;
+mod reason;
+#[cfg(test)]
+mod tests;
+
+pub use reason::{Reason, Verdict};
+
+use crate::policy::{BurstMode, BurstPolicy, PolicySet};
+use crate::units::{Duration, GIB, MIB, Resources, Timestamp};
+use fit::FitIndex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Prices used for the burst cost model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prices {
+    /// ACI Linux, USD per vCPU-hour.
+    pub aci_vcpu_hour: f64,
+    /// ACI Linux, USD per GB-hour.
+    pub aci_gb_hour: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            aci_vcpu_hour: 0.0405,
+            aci_gb_hour: 0.00445,
+        }
+    }
+}
+
+impl Prices {
+    /// Hourly ACI cost of a container group with these (ACI-effective) resources.
+    pub fn aci_hourly(&self, r: &Resources) -> f64 {
+        r.cpu_cores() * self.aci_vcpu_hour + r.memory_gb() * self.aci_gb_hour
+    }
+}
+
+/// Engine settings that are not per-namespace policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineConfig {
+    pub prices: Prices,
+    /// Provisioning time assumed for a pool until one has been observed.
+    pub default_provision_time: Duration,
+    /// Delay between a pod becoming pending and the cluster autoscaler asking for a node.
+    pub scale_up_delay: Duration,
+    /// Largest container group ACI accepts (per-group vCPU / memory maximum).
+    pub aci_max_group: Resources,
+    /// What ACI bills and reserves for a pod that requests nothing (azure-aci defaults).
+    pub aci_default_request: Resources,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            prices: Prices::default(),
+            default_provision_time: Duration::from_secs(240),
+            scale_up_delay: Duration::from_secs(10),
+            aci_max_group: Resources::new(4000, 16 * GIB),
+            aci_default_request: Resources::new(1000, 1536 * MIB),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The resources ACI will actually allocate (and bill) for a pod.
+    pub fn aci_effective(&self, r: &Resources) -> Resources {
+        Resources::new(
+            if r.cpu_millis == 0 { self.aci_default_request.cpu_millis } else { r.cpu_millis },
+            if r.memory_bytes == 0 { self.aci_default_request.memory_bytes } else { r.memory_bytes },
+        )
+    }
+}
+
+/// A schedulable VM node as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmNode {
+    pub name: String,
+    pub pool: String,
+    pub allocatable: Resources,
+    /// Sum of the requests of pods bound to it.
+    pub allocated: Resources,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+}
+
+/// A node a pool has asked for and that has not joined yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpcomingNode {
+    pub requested_at: Timestamp,
+}
+
+/// A VM pool (AKS node pool / VMSS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmPool {
+    pub name: String,
+    pub min: u32,
+    pub max: u32,
+    /// Allocatable resources of one node of this pool.
+    pub node_allocatable: Resources,
+    /// Nodes that exist (ready or not).
+    pub nodes: u32,
+    pub upcoming: Vec<UpcomingNode>,
+    /// Observed provisioning time (request → node ready), if learned.
+    pub provision_time: Option<Duration>,
+}
+
+/// A pod waiting to be scheduled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingPod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub requests: Resources,
+    /// When it became pending (creation, or last unschedulable transition).
+    pub pending_since: Timestamp,
+    /// Whether it tolerates the virtual node's taint.
+    pub tolerates_virtual: bool,
+    /// Why ACI cannot run it, if it cannot (hostPath, privileged, DaemonSet …).
+    pub aci_incompatible: Option<String>,
+    /// Restricts VM placement to one pool (nodeSelector on the pool label).
+    pub pool: Option<String>,
+}
+
+/// What a namespace already has on the virtual node.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct BurstUsage {
+    pub pods: u32,
+    /// ACI-effective requests.
+    pub requests: Resources,
+    pub hourly_cost: f64,
+}
+
+impl BurstUsage {
+    pub fn add(&mut self, r: &Resources, hourly: f64) {
+        self.pods += 1;
+        self.requests = self.requests.add(r);
+        self.hourly_cost += hourly;
+    }
+}
+
+/// ACI quota left in the region; `None` = unknown (not limiting).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AciQuota {
+    pub cores_millis_left: Option<u64>,
+    pub groups_left: Option<u32>,
+}
+
+/// Everything the engine needs, as plain data.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    pub now: Timestamp,
+    pub nodes: Vec<VmNode>,
+    pub pools: Vec<VmPool>,
+    pub pending: Vec<PendingPod>,
+    pub burst_usage: BTreeMap<String, BurstUsage>,
+    pub aci_quota: AciQuota,
+}
+
+/// The engine's answer for one pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// For `wait`: when the wait ends (spillAfter elapses), if it ends by time.
+    pub until: Option<Timestamp>,
+    /// Predicted VM capacity arrival for this pod, if any pool can provide it.
+    pub vm_eta: Option<Timestamp>,
+    /// `namespace/name` of the governing policy.
+    pub policy: Option<String>,
+    /// A short explanation for people.
+    pub detail: String,
+}
+
+impl Decision {
+    /// `spillway: <reason>, <detail>` — the text used in extender refusals and Events.
+    pub fn message(&self) -> String {
+        if self.detail.is_empty() {
+            format!("spillway: {}", self.reason)
+        } else {
+            format!("spillway: {}, {}", self.reason, self.detail)
+        }
+    }
+}
+
+/// The decision engine. Cheap to clone; holds only configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Engine { config }
+    }
+
+    /// Decide every pending pod of the snapshot. Pods are considered in a
+    /// deterministic order (priority desc, then pending longest, then name) and
+    /// each claims VM room, upcoming VM room and burst budget in that order, so
+    /// later pods see what earlier ones took. Results are in `snap.pending` order.
+    pub fn decide_all(&self, snap: &Snapshot, policies: &PolicySet) -> Vec<Decision> {
+        let mut order: Vec<usize> = (0..snap.pending.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (pa, pb) = (&snap.pending[a], &snap.pending[b]);
+            pb.priority
+                .cmp(&pa.priority)
+                .then(pa.pending_since.cmp(&pb.pending_since))
+                .then_with(|| pa.namespace.cmp(&pb.namespace))
+                .then_with(|| pa.name.cmp(&pb.name))
+        });
+        let mut pass = Pass::new(self, snap, true);
+        let mut out: Vec<Option<Decision>> = vec![None; snap.pending.len()];
+        for i in order {
+            let d = pass.decide(&snap.pending[i], policies);
+            out[i] = Some(d);
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// Decide one pod for which the scheduler found no feasible VM node (the
+    /// extender's case: only the virtual node survived its filters). The VM
+    /// room in the snapshot is not consulted; arrival prediction, budgets and
+    /// quota are.
+    pub fn decide_without_vm_room(
+        &self,
+        snap: &Snapshot,
+        policies: &PolicySet,
+        pod: &PendingPod,
+    ) -> Decision {
+        Pass::new(self, snap, false).decide(pod, policies)
+    }
+}
+
+/// A slot of VM capacity that does not exist yet: an upcoming node, or one
+/// the pool could still be asked for.
+#[derive(Debug, Clone)]
+struct FutureNode {
+    pool: usize,
+    ready_at: Timestamp,
+    free: Resources,
+}
+
+/// Mutable state of one engine pass: what earlier pods have claimed.
+struct Pass<'a> {
+    engine: &'a Engine,
+    snap: &'a Snapshot,
+    use_vm_room: bool,
+    vm_room: FitIndex,
+    node_pool: Vec<usize>,
+    pool_index: BTreeMap<&'a str, usize>,
+    future: Vec<FutureNode>,
+    /// Nodes each pool may still add (max - existing - upcoming - added this pass).
+    headroom: Vec<u32>,
+    usage: BTreeMap<String, BurstUsage>,
+    quota: AciQuota,
+}
+
+impl<'a> Pass<'a> {
+    fn new(engine: &'a Engine, snap: &'a Snapshot, use_vm_room: bool) -> Self {
+        let pool_index: BTreeMap<&str, usize> = snap
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let room: Vec<Resources> = snap
+            .nodes
+            .iter()
+            .map(|n| {
+                if n.schedulable {
+                    n.allocatable.saturating_sub(&n.allocated)
+                } else {
+                    Resources::default()
+                }
+            })
+            .collect();
+        let node_pool = snap
+            .nodes
+            .iter()
+            .map(|n| pool_index.get(n.pool.as_str()).copied().unwrap_or(usize::MAX))
+            .collect();
+        let mut future = Vec::new();
+        let mut headroom = Vec::with_capacity(snap.pools.len());
+        for (pi, p) in snap.pools.iter().enumerate() {
+            let provision = p.provision_time.unwrap_or(engine.config.default_provision_time);
+            for u in &p.upcoming {
+                future.push(FutureNode {
+                    pool: pi,
+                    ready_at: u.requested_at.plus(provision),
+                    free: p.node_allocatable,
+                });
+            }
+            headroom.push(p.max.saturating_sub(p.nodes + p.upcoming.len() as u32));
+        }
+        Pass {
+            engine,
+            snap,
+            use_vm_room,
+            vm_room: FitIndex::new(room),
+            node_pool,
+            pool_index,
+            future,
+            headroom,
+            usage: snap.burst_usage.clone(),
+            quota: snap.aci_quota,
+        }
+    }
+
+    fn pool_allowed(&self, pod: &PendingPod, pool: usize) -> bool {
+        match &pod.pool {
+            None => true,
+            Some(name) => self.pool_index.get(name.as_str()) == Some(&pool),
+        }
+    }
+
+    /// Claim room on an existing VM node, if one fits.
+    fn claim_vm_room(&mut self, pod: &PendingPod) -> Option<usize> {
+        if !self.use_vm_room {
+            return None;
+        }
+        let node_pool = &self.node_pool;
+        let pool_index = &self.pool_index;
+        let wanted = pod.pool.as_deref().map(|p| pool_index.get(p).copied().unwrap_or(usize::MAX - 1));
+        let idx = self
+            .vm_room
+            .first_fit(&pod.requests, |i| wanted.is_none_or(|w| node_pool[i] == w))?;
+        self.vm_room.take(idx, &pod.requests);
+        Some(idx)
+    }
+
+    /// Predict (and claim) when VM capacity for the pod will exist.
+    fn claim_vm_eta(&mut self, pod: &PendingPod) -> Option<Timestamp> {
+        let now = self.snap.now;
+        let cfg = &self.engine.config;
+        // Earliest upcoming node that has room left.
+        let best_future = self
+            .future
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| self.pool_allowed(pod, f.pool) && pod.requests.fits_in(&f.free))
+            .min_by_key(|(_, f)| f.ready_at)
+            .map(|(i, f)| (i, f.ready_at));
+        // A node the pool could still be asked for.
+        let scale_up_start = pod.pending_since.plus(cfg.scale_up_delay).max(now);
+        let best_new = self
+            .snap
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                self.headroom[*i] > 0
+                    && self.pool_allowed(pod, *i)
+                    && pod.requests.fits_in(&p.node_allocatable)
+            })
+            .map(|(i, p)| {
+                let provision = p.provision_time.unwrap_or(cfg.default_provision_time);
+                (i, scale_up_start.plus(provision))
+            })
+            .min_by_key(|&(i, t)| (t, i));
+        match (best_future, best_new) {
+            (Some((fi, t)), new) if new.is_none_or(|(_, nt)| t <= nt) => {
+                let f = &mut self.future[fi];
+                f.free = f.free.saturating_sub(&pod.requests);
+                Some(t.max(now))
+            }
+            (_, Some((pi, t))) => {
+                self.headroom[pi] -= 1;
+                let shape = self.snap.pools[pi].node_allocatable;
+                self.future.push(FutureNode {
+                    pool: pi,
+                    ready_at: t,
+                    free: shape.saturating_sub(&pod.requests),
+                });
+                Some(t)
+            }
+            _ => None,
+        }
+    }
+
+    /// Check budget and quota for a pod about to burst; on success, claim them.
+    fn claim_budget(&mut self, pod: &PendingPod, policy: &BurstPolicy) -> Result<(), (Reason, String)> {
+        let cfg = &self.engine.config;
+        let r = cfg.aci_effective(&pod.requests);
+        let hourly = cfg.prices.aci_hourly(&r);
+        let used = self.usage.get(&pod.namespace).copied().unwrap_or_default();
+        let b = &policy.budget;
+        if let Some(max) = b.max_pods
+            && used.pods + 1 > max
+        {
+            return Err((Reason::BudgetPods, format!("{}/{} pods on the virtual node", used.pods, max)));
+        }
+        if let Some(max) = b.max_cpu_millis
+            && used.requests.cpu_millis + r.cpu_millis > max
+        {
+            return Err((
+                Reason::BudgetCpu,
+                format!(
+                    "{:.2} of {:.2} vCPU used, pod needs {:.2}",
+                    used.requests.cpu_cores(),
+                    max as f64 / 1000.0,
+                    r.cpu_cores()
+                ),
+            ));
+        }
+        if let Some(max) = b.max_memory_bytes
+            && used.requests.memory_bytes + r.memory_bytes > max
+        {
+            return Err((
+                Reason::BudgetMemory,
+                format!(
+                    "{:.1} of {:.1} GiB used, pod needs {:.2}",
+                    used.requests.memory_bytes as f64 / GIB as f64,
+                    max as f64 / GIB as f64,
+                    r.memory_bytes as f64 / GIB as f64
+                ),
+            ));
+        }
+        if let Some(max) = b.max_hourly_cost
+            && used.hourly_cost + hourly > max + 1e-9
+        {
+            return Err((
+                Reason::BudgetCost,
+                format!("${:.2}/h of ${:.2}/h used, pod costs ${:.3}/h", used.hourly_cost, max, hourly),
+            ));
+        }
+        if let Some(left) = self.quota.cores_millis_left
+            && r.cpu_millis > left
+        {
+            return Err((Reason::AciQuotaExhausted, format!("{:.1} vCPU of ACI quota left", left as f64 / 1000.0)));
+        }
+        if self.quota.groups_left == Some(0) {
+            return Err((Reason::AciQuotaExhausted, "no container groups left in the ACI quota".into()));
+        }
+        if let Some(left) = self.quota.cores_millis_left.as_mut() {
+            *left -= r.cpu_millis;
+        }
+        if let Some(left) = self.quota.groups_left.as_mut() {
+            *left -= 1;
+        }
+        self.usage.entry(pod.namespace.clone()).or_default().add(&r, hourly);
+        Ok(())
+    }
+
+    fn incompatibility(&self, pod: &PendingPod) -> Option<String> {
+        if let Some(why) = &pod.aci_incompatible {
+            return Some(why.clone());
+        }
+        if !pod.tolerates_virtual {
+            return Some("pod does not tolerate the virtual node's taint".into());
+        }
+        let max = self.engine.config.aci_max_group;
+        if !pod.requests.fits_in(&max) {
+            return Some(format!(
+                "requests {:.2} vCPU / {:.1} GiB exceed ACI's per-group maximum of {:.0} vCPU / {:.0} GiB",
+                pod.requests.cpu_cores(),
+                pod.requests.memory_bytes as f64 / GIB as f64,
+                max.cpu_cores(),
+                max.memory_bytes as f64 / GIB as f64
+            ));
+        }
+        None
+    }
+
+    fn decide(&mut self, pod: &PendingPod, policies: &PolicySet) -> Decision {
+        let now = self.snap.now;
+        let policy = policies.for_pod(&pod.namespace, &pod.labels);
+        let mk = |verdict, reason, until, vm_eta, detail: String| Decision {
+            verdict,
+            reason,
+            until,
+            vm_eta,
+            policy: policy.map(BurstPolicy::id),
+            detail,
+        };
+        let Some(policy) = policy else {
+            let fits = self.claim_vm_room(pod).is_some();
+            return if fits {
+                mk(Verdict::Vm, Reason::VmCapacityAvailable, None, Some(now), "a VM node has room".into())
+            } else {
+                mk(Verdict::Ineligible, Reason::NoPolicy, None, None, "no BurstPolicy selects this pod".into())
+            };
+        };
+        let burst = &policy.burst;
+        if burst.mode != BurstMode::Always && self.claim_vm_room(pod).is_some() {
+            return mk(Verdict::Vm, Reason::VmCapacityAvailable, None, Some(now), "a VM node has room".into());
+        }
+        if burst.mode == BurstMode::Never {
+            return mk(Verdict::Ineligible, Reason::PolicyNever, None, None, format!("policy {} says mode: Never", policy.id()));
+        }
+        if let Some(why) = self.incompatibility(pod) {
+            return mk(Verdict::Ineligible, Reason::AciIncompatible, None, None, why);
+        }
+        if burst.mode == BurstMode::Always {
+            return match self.claim_budget(pod, policy) {
+                Ok(()) => mk(Verdict::Burst, Reason::PolicyAlways, None, None, format!("policy {} says mode: Always", policy.id())),
+                Err((reason, detail)) => mk(Verdict::Wait, reason, None, None, detail),
+            };
+        }
+        if pod.priority < burst.min_priority {
+            return mk(
+                Verdict::Ineligible,
+                Reason::PriorityBelowMinimum,
+                None,
+                None,
+                format!("priority {} is below minPriority {}", pod.priority, burst.min_priority),
+            );
+        }
+        let eta = self.claim_vm_eta(pod);
+        let waited = now.since(pod.pending_since);
+        let (reason, detail) = match eta {
+            None => (Reason::PoolsAtMax, "no VM pool can grow to fit the pod".to_string()),
+            Some(_) if waited >= burst.spill_after => (
+                Reason::SpillAfterElapsed,
+                format!("pending {} ≥ spillAfter {}", waited, burst.spill_after),
+            ),
+            Some(t) if t.since(pod.pending_since) > burst.max_vm_wait => (
+                Reason::VmEtaExceedsMaxWait,
+                format!(
+                    "VM predicted {} after the pod became pending > maxVmWait {}",
+                    t.since(pod.pending_since),
+                    burst.max_vm_wait
+                ),
+            ),
+            Some(t) => {
+                let until = pod.pending_since.plus(burst.spill_after);
+                return mk(
+                    Verdict::Wait,
+                    Reason::WaitingForVm,
+                    Some(until),
+                    Some(t),
+                    format!(
+                        "{} left of spillAfter {}, VM predicted in {}",
+                        until.since(now),
+                        burst.spill_after,
+                        t.since(now)
+                    ),
+                );
+            }
+        };
+        match self.claim_budget(pod, policy) {
+            Ok(()) => mk(Verdict::Burst, reason, None, eta, detail),
+            Err((reason, detail)) => mk(Verdict::Wait, reason, None, eta, detail),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! spillway: a burst-scaling scheduler extender, autoscaler and embedded ACI
+//! provider for AKS. See README.md and ../shared/DESIGN.md for the picture.
+
+pub mod cli;
+pub mod decision;
+pub mod metrics;
+pub mod policy;
+pub mod units;

@@ -1,0 +1,40 @@
+//! The `spillway` binary: parse flags, build, run. Exit 64 on bad flags or config.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "spillway", version, about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate policy files and exit 64 with file:line:column errors.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Check every policy file in DIR.
+    Check { dir: std::path::PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Policy { action: PolicyCommand::Check { dir } } => spillway::cli::policy_check(&dir),
+    }
+}

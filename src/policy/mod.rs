@@ -1,0 +1,685 @@
+//! Burst policies: the per-namespace rules that say when a pod may spill onto
+//! the virtual node, how much, and when it comes back.
+//!
+//! This module owns parsing (strict, with file:line:column errors), validation
+//! and lookup (`PolicySet::for_pod`). It does no I/O except reading the policy
+//! files it is pointed at, and it never decides anything: the decision engine
+//! reads policies, policies do not read the cluster.
+
+mod raw;
+pub mod reload;
+
+use crate::units::{Duration, parse_cpu_millis, parse_memory_bytes};
+use raw::{QuantityValue, RawPolicy, RawSelector};
+use serde_saphyr::{Location, Spanned};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const API_VERSION: &str = "spillway.io/v1alpha1";
+pub const KIND: &str = "BurstPolicy";
+
+/// When a policy lets pods onto the virtual node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum BurstMode {
+    /// Wait for VMs first; spill when the wait is too long (the point of spillway).
+    Auto,
+    /// Never use the virtual node.
+    Never,
+    /// Use the virtual node at once, like the stock AKS virtual node.
+    Always,
+}
+
+/// Whether ACI container groups get a public IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PublicIp {
+    /// Only when the pod declares container ports.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectorOp {
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    DoesNotExist,
+}
+
+/// A Kubernetes label selector (matchLabels + matchExpressions).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<(String, SelectorOp)>,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|(k, op)| match op {
+                SelectorOp::In(vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+                SelectorOp::NotIn(vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+                SelectorOp::Exists => labels.contains_key(k),
+                SelectorOp::DoesNotExist => !labels.contains_key(k),
+            })
+    }
+    /// More requirements = more specific. An empty selector matches everything.
+    pub fn specificity(&self) -> usize {
+        self.match_labels.len() + self.match_expressions.len()
+    }
+    /// Could one pod satisfy both selectors? Exact for matchLabels; for
+    /// expressions we only treat identical requirement lists as overlapping.
+    fn may_overlap(&self, other: &LabelSelector) -> bool {
+        let labels_compatible = self
+            .match_labels
+            .iter()
+            .all(|(k, v)| other.match_labels.get(k).is_none_or(|ov| ov == v));
+        labels_compatible && self.match_expressions == other.match_expressions
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurstSettings {
+    pub mode: BurstMode,
+    pub spill_after: Duration,
+    pub max_vm_wait: Duration,
+    pub min_priority: i32,
+}
+
+/// Per-namespace ceilings on what may run on the virtual node at once.
+/// `None` means unlimited.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Budget {
+    pub max_pods: Option<u32>,
+    pub max_cpu_millis: Option<u64>,
+    pub max_memory_bytes: Option<u64>,
+    pub max_hourly_cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainBack {
+    pub enabled: bool,
+    pub after: Duration,
+    pub max_per_minute: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AciSettings {
+    pub public_ip: PublicIp,
+    pub dns_name_label: Option<String>,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurstPolicy {
+    pub name: String,
+    /// `None` = the cluster default, which applies to pods no namespaced policy selects.
+    pub namespace: Option<String>,
+    pub selector: LabelSelector,
+    pub burst: BurstSettings,
+    pub budget: Budget,
+    pub drain_back: DrainBack,
+    pub aci: AciSettings,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+impl BurstPolicy {
+    /// `namespace/name`, or `*/name` for the cluster default.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace.as_deref().unwrap_or("*"), self.name)
+    }
+
+    /// A policy with the documented defaults (mode Auto, spillAfter 30s,
+    /// maxVmWait 2m, no budgets, drain-back on after 5m).
+    pub fn defaults(name: &str, namespace: Option<&str>) -> Self {
+        BurstPolicy {
+            name: name.to_string(),
+            namespace: namespace.map(str::to_string),
+            selector: LabelSelector::default(),
+            burst: BurstSettings {
+                mode: BurstMode::Auto,
+                spill_after: DEFAULT_SPILL_AFTER,
+                max_vm_wait: DEFAULT_MAX_VM_WAIT,
+                min_priority: i32::MIN,
+            },
+            budget: Budget::default(),
+            drain_back: DrainBack {
+                enabled: true,
+                after: DEFAULT_DRAIN_AFTER,
+                max_per_minute: DEFAULT_DRAIN_PER_MINUTE,
+            },
+            aci: AciSettings {
+                public_ip: PublicIp::Auto,
+                dns_name_label: None,
+            },
+            source: "<built-in>".into(),
+        }
+    }
+}
+
+pub const DEFAULT_SPILL_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_VM_WAIT: Duration = Duration::from_secs(120);
+pub const DEFAULT_DRAIN_AFTER: Duration = Duration::from_mins(5);
+pub const DEFAULT_DRAIN_PER_MINUTE: u32 = 10;
+
+/// One problem in one policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    /// Field path such as `spec.burst.spillAfter` (empty for syntax errors).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Every error found while loading a set of policies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Collector<'a> {
+    file: &'a str,
+    errors: Vec<PolicyError>,
+}
+
+impl Collector<'_> {
+    fn at(&mut self, loc: Location, field: &str, message: impl Into<String>) {
+        self.errors.push(PolicyError {
+            file: self.file.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match Duration::parse(&s.value) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.at(s.referenced, field, e);
+                    default
+                }
+            },
+        }
+    }
+    fn quantity(
+        &mut self,
+        v: &Option<Spanned<QuantityValue>>,
+        field: &str,
+        parse: fn(&str) -> Result<u64, String>,
+    ) -> Option<u64> {
+        let s = v.as_ref()?;
+        match parse(&s.value.as_text()) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                self.at(s.referenced, field, e);
+                None
+            }
+        }
+    }
+}
+
+fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option<BurstPolicy> {
+    let mut c = Collector {
+        file,
+        errors: Vec::new(),
+    };
+    if raw.api_version.value != API_VERSION {
+        c.at(
+            raw.api_version.referenced,
+            "apiVersion",
+            format!("expected {API_VERSION:?}, got {:?}", raw.api_version.value),
+        );
+    }
+    if raw.kind.value != KIND {
+        c.at(
+            raw.kind.referenced,
+            "kind",
+            format!("expected {KIND:?}, got {:?}", raw.kind.value),
+        );
+    }
+    let name = raw.metadata.name.value.clone();
+    if !is_dns_label(&name, 253) {
+        c.at(
+            raw.metadata.name.referenced,
+            "metadata.name",
+            format!("{name:?} is not a valid Kubernetes object name"),
+        );
+    }
+    let namespace = match &raw.metadata.namespace {
+        Some(ns) if !is_dns_label(&ns.value, 63) => {
+            c.at(
+                ns.referenced,
+                "metadata.namespace",
+                format!("{:?} is not a valid namespace name", ns.value),
+            );
+            None
+        }
+        Some(ns) => Some(ns.value.clone()),
+        None => None,
+    };
+    let selector = match &raw.spec.pod_selector {
+        None => LabelSelector::default(),
+        Some(sel) => selector_from_raw(&sel.value, sel.referenced, &mut c),
+    };
+    let spec = &raw.spec;
+    let mode = match spec.burst.mode.as_ref() {
+        None => BurstMode::Auto,
+        Some(m) => match m.value.as_str() {
+            "Auto" => BurstMode::Auto,
+            "Never" => BurstMode::Never,
+            "Always" => BurstMode::Always,
+            other => {
+                c.at(
+                    m.referenced,
+                    "spec.burst.mode",
+                    format!("unknown mode {other:?} (expected Auto, Never or Always)"),
+                );
+                BurstMode::Auto
+            }
+        },
+    };
+    let spill_after = c.duration(
+        &spec.burst.spill_after,
+        "spec.burst.spillAfter",
+        DEFAULT_SPILL_AFTER,
+    );
+    let max_vm_wait = c.duration(
+        &spec.burst.max_vm_wait,
+        "spec.burst.maxVmWait",
+        DEFAULT_MAX_VM_WAIT.max(spill_after),
+    );
+    let max_cpu_millis = c.quantity(&spec.budget.max_cpu, "spec.budget.maxCpu", parse_cpu_millis);
+    let max_memory_bytes = c.quantity(
+        &spec.budget.max_memory,
+        "spec.budget.maxMemory",
+        parse_memory_bytes,
+    );
+    let max_hourly_cost = match &spec.budget.max_hourly_cost {
+        Some(v) if !(v.value.is_finite() && v.value >= 0.0) => {
+            c.at(
+                v.referenced,
+                "spec.budget.maxHourlyCost",
+                format!("must be a non-negative number of USD per hour, got {}", v.value),
+            );
+            None
+        }
+        Some(v) => Some(v.value),
+        None => None,
+    };
+    let drain_after = c.duration(
+        &spec.drain_back.after,
+        "spec.drainBack.after",
+        DEFAULT_DRAIN_AFTER,
+    );
+    let max_per_minute = match &spec.drain_back.max_per_minute {
+        Some(v) if v.value == 0 => {
+            c.at(
+                v.referenced,
+                "spec.drainBack.maxPerMinute",
+                "must be at least 1 (set enabled: false to turn drain-back off)",
+            );
+            DEFAULT_DRAIN_PER_MINUTE
+        }
+        Some(v) => v.value,
+        None => DEFAULT_DRAIN_PER_MINUTE,
+    };
+    let public_ip = match &spec.aci.public_ip {
+        None => PublicIp::Auto,
+        Some(p) => match p.value.as_str() {
+            "auto" => PublicIp::Auto,
+            "always" => PublicIp::Always,
+            "never" => PublicIp::Never,
+            other => {
+                c.at(
+                    p.referenced,
+                    "spec.aci.publicIp",
+                    format!("unknown value {other:?} (expected auto, always or never)"),
+                );
+                PublicIp::Auto
+            }
+        },
+    };
+    let dns_name_label = spec.aci.dns_name_label.as_ref().and_then(|t| {
+        match check_dns_template(&t.value) {
+            Ok(()) => Some(t.value.clone()),
+            Err(e) => {
+                c.at(t.referenced, "spec.aci.dnsNameLabel", e);
+                None
+            }
+        }
+    });
+    let ok = c.errors.is_empty();
+    errors.append(&mut c.errors);
+    ok.then(|| BurstPolicy {
+        name,
+        namespace,
+        selector,
+        burst: BurstSettings {
+            mode,
+            spill_after,
+            max_vm_wait,
+            min_priority: spec.burst.min_priority.unwrap_or(i32::MIN),
+        },
+        budget: Budget {
+            max_pods: spec.budget.max_pods,
+            max_cpu_millis,
+            max_memory_bytes,
+            max_hourly_cost,
+        },
+        drain_back: DrainBack {
+            enabled: spec.drain_back.enabled.unwrap_or(true),
+            after: drain_after,
+            max_per_minute,
+        },
+        aci: AciSettings {
+            public_ip,
+            dns_name_label,
+        },
+        source: file.to_string(),
+    })
+}
+
+fn selector_from_raw(raw: &RawSelector, loc: Location, c: &mut Collector) -> LabelSelector {
+    let mut exprs = Vec::new();
+    for (i, e) in raw.match_expressions.iter().enumerate() {
+        let field = format!("spec.podSelector.matchExpressions[{i}]");
+        let op = match e.operator.as_str() {
+            "In" | "NotIn" if e.values.is_empty() => {
+                c.at(loc, &field, format!("operator {} needs at least one value", e.operator));
+                continue;
+            }
+            "In" => SelectorOp::In(e.values.clone()),
+            "NotIn" => SelectorOp::NotIn(e.values.clone()),
+            "Exists" | "DoesNotExist" if !e.values.is_empty() => {
+                c.at(loc, &field, format!("operator {} takes no values", e.operator));
+                continue;
+            }
+            "Exists" => SelectorOp::Exists,
+            "DoesNotExist" => SelectorOp::DoesNotExist,
+            other => {
+                c.at(
+                    loc,
+                    &field,
+                    format!("unknown operator {other:?} (expected In, NotIn, Exists, DoesNotExist)"),
+                );
+                continue;
+            }
+        };
+        exprs.push((e.key.clone(), op));
+    }
+    LabelSelector {
+        match_labels: raw.match_labels.clone(),
+        match_expressions: exprs,
+    }
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}
+
+/// DNS name label templates may use `{{namespace}}` and `{{name}}`.
+fn check_dns_template(t: &str) -> Result<(), String> {
+    let probe = render_dns_label(t, "ns", "pod");
+    if probe.contains("{{") || probe.contains("}}") {
+        return Err(format!(
+            "template {t:?} uses an unknown placeholder (only {{{{namespace}}}} and {{{{name}}}})"
+        ));
+    }
+    if !is_dns_label(&probe, 63) || probe.contains('.') {
+        return Err(format!(
+            "template {t:?} does not render to a DNS label (lowercase letters, digits, '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// Render a DNS name label template for a pod.
+pub fn render_dns_label(template: &str, namespace: &str, name: &str) -> String {
+    template
+        .replace("{{namespace}}", namespace)
+        .replace("{{name}}", name)
+}
+
+/// Parse every policy document in one file's text. Errors are appended to `errors`.
+pub fn parse_file(text: &str, file: &str, errors: &mut Vec<PolicyError>) -> Vec<BurstPolicy> {
+    let docs: Vec<RawPolicy> = match serde_saphyr::from_multiple(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            errors.push(PolicyError {
+                file: file.to_string(),
+                line,
+                column,
+                field: String::new(),
+                message: first_line(&e.to_string()),
+            });
+            return Vec::new();
+        }
+    };
+    docs.into_iter()
+        .filter_map(|raw| validate(raw, file, errors))
+        .collect()
+}
+
+fn first_line(s: &str) -> String {
+    // serde-saphyr renders a snippet after the message; keep the message.
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid YAML")
+        .to_string()
+}
+
+/// An immutable, validated set of policies with lookup by pod.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Arc<BurstPolicy>>,
+    by_namespace: BTreeMap<String, Vec<usize>>,
+    default: Option<usize>,
+}
+
+impl PolicySet {
+    /// Build a set, checking for conflicts (duplicate names, two cluster
+    /// defaults, two policies of equal specificity that could select the same pod).
+    pub fn new(policies: Vec<BurstPolicy>) -> Result<Self, PolicyErrors> {
+        let mut errors = Vec::new();
+        let mut set = PolicySet::default();
+        for p in policies {
+            let idx = set.policies.len();
+            let conflict_err = |other: &BurstPolicy, why: &str| PolicyError {
+                file: p.source.clone(),
+                line: 1,
+                column: 1,
+                field: "spec.podSelector".into(),
+                message: format!("{} {why} {} (from {})", p.id(), other.id(), other.source),
+            };
+            match &p.namespace {
+                None => {
+                    if let Some(d) = set.default {
+                        errors.push(conflict_err(&set.policies[d], "is a second cluster default besides"));
+                        continue;
+                    }
+                }
+                Some(ns) => {
+                    let existing = set.by_namespace.get(ns).map(Vec::as_slice).unwrap_or(&[]);
+                    let mut clash = None;
+                    for &j in existing {
+                        let other = &set.policies[j];
+                        if other.name == p.name {
+                            clash = Some((j, "has the same name as"));
+                        } else if other.selector.specificity() == p.selector.specificity()
+                            && other.selector.may_overlap(&p.selector)
+                        {
+                            clash = Some((j, "claims the same pods with equal specificity as"));
+                        }
+                        if clash.is_some() {
+                            break;
+                        }
+                    }
+                    if let Some((j, why)) = clash {
+                        errors.push(conflict_err(&set.policies[j], why));
+                        continue;
+                    }
+                }
+            }
+            match &p.namespace {
+                None => set.default = Some(idx),
+                Some(ns) => set.by_namespace.entry(ns.clone()).or_default().push(idx),
+            }
+            set.policies.push(Arc::new(p));
+        }
+        if errors.is_empty() { Ok(set) } else { Err(PolicyErrors(errors)) }
+    }
+
+    /// A set with only the given cluster default.
+    pub fn with_default(policy: BurstPolicy) -> Self {
+        let mut p = policy;
+        p.namespace = None;
+        PolicySet {
+            policies: vec![Arc::new(p)],
+            by_namespace: BTreeMap::new(),
+            default: Some(0),
+        }
+    }
+
+    /// The policy that governs a pod: the most specific matching policy in its
+    /// namespace, else the cluster default if it matches, else none.
+    pub fn for_pod(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Option<&BurstPolicy> {
+        let best = self.by_namespace.get(namespace).and_then(|idxs| {
+            idxs.iter()
+                .map(|&i| &self.policies[i])
+                .filter(|p| p.selector.matches(labels))
+                // Ties cannot match the same pod (rejected in `new`), but keep
+                // the choice deterministic regardless: by name.
+                .max_by(|a, b| {
+                    a.selector
+                        .specificity()
+                        .cmp(&b.selector.specificity())
+                        .then_with(|| b.name.cmp(&a.name))
+                })
+        });
+        best.map(|p| p.as_ref()).or_else(|| {
+            self.default
+                .map(|d| self.policies[d].as_ref())
+                .filter(|p| p.selector.matches(labels))
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BurstPolicy> {
+        self.policies.iter().map(|p| p.as_ref())
+    }
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+    /// Namespaces that have their own policies.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.by_namespace.keys().map(String::as_str)
+    }
+    /// The policy for a namespace's budget: the namespace's policies share one
+    /// budget; the most permissive (first by name) is used when they differ.
+    pub fn budget_policy(&self, namespace: &str) -> Option<&BurstPolicy> {
+        match self.by_namespace.get(namespace) {
+            Some(idxs) => idxs
+                .iter()
+                .map(|&i| self.policies[i].as_ref())
+                .min_by(|a, b| a.name.cmp(&b.name)),
+            None => self.default.map(|d| self.policies[d].as_ref()),
+        }
+    }
+}
+
+/// Files considered policy files in a directory: `*.yaml` / `*.yml`, sorted,
+/// skipping hidden files (ConfigMap mounts keep `..data` symlinks there).
+pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Load and validate every policy file in `dir`, reporting every error found.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    let files = policy_files(dir).map_err(|e| {
+        PolicyErrors(vec![PolicyError {
+            file: dir.display().to_string(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read policy directory: {e}"),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f) {
+            Ok(text) => policies.extend(parse_file(&text, &name, &mut errors)),
+            Err(e) => errors.push(PolicyError {
+                file: name,
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let set = PolicySet::new(policies);
+    match set {
+        Ok(s) if errors.is_empty() => Ok(s),
+        Ok(_) => Err(PolicyErrors(errors)),
+        Err(PolicyErrors(more)) => {
+            errors.extend(more);
+            Err(PolicyErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
