@@ -202,7 +202,7 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return write!(f, "0s");
         }
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return if ms < 1000 {
                 write!(f, "{ms}ms")
             } else {

@@ -76,11 +76,13 @@ mod tests {
         ]);
         let req = Resources::new(1000, 1 << 20);
         assert_eq!(idx.first_fit(&req, |_| true), Some(2));
+        let small = Resources::new(50, 1 << 20);
+        assert_eq!(idx.first_fit(&small, |i| i != 1), Some(2), "a rejected leaf falls through to the next");
         idx.take(2, &req);
         idx.take(2, &req);
         assert_eq!(idx.first_fit(&req, |_| true), None);
-        assert_eq!(idx.first_fit(&Resources::new(50, 1 << 20), |_| true), Some(1));
-        assert_eq!(idx.first_fit(&Resources::new(50, 1 << 20), |i| i != 1), Some(2));
+        assert_eq!(idx.first_fit(&small, |_| true), Some(1));
+        assert_eq!(idx.first_fit(&small, |i| i != 1), None);
     }
 
     #[test]

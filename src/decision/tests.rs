@@ -1,0 +1,407 @@
+//! Engine unit tests: every reason, every budget edge, ordering and prediction.
+
+use super::*;
+use crate::policy::{BurstMode, BurstPolicy, PolicySet};
+use crate::units::{Duration, GIB, Resources, Timestamp};
+
+const NOW: Timestamp = Timestamp::from_secs(10_000);
+
+struct PodB(PendingPod);
+
+fn pod(ns: &str, name: &str) -> PodB {
+    PodB(PendingPod {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: BTreeMap::new(),
+        priority: 0,
+        requests: Resources::new(500, GIB),
+        pending_since: NOW,
+        tolerates_virtual: true,
+        aci_incompatible: None,
+        pool: None,
+    })
+}
+
+impl PodB {
+    fn cpu(mut self, m: u64) -> Self {
+        self.0.requests.cpu_millis = m;
+        self
+    }
+    fn mem_gib(mut self, g: u64) -> Self {
+        self.0.requests.memory_bytes = g * GIB;
+        self
+    }
+    fn waited(mut self, secs: i64) -> Self {
+        self.0.pending_since = Timestamp::from_millis(NOW.millis() - secs * 1000);
+        self
+    }
+    fn priority(mut self, p: i32) -> Self {
+        self.0.priority = p;
+        self
+    }
+    fn label(mut self, k: &str, v: &str) -> Self {
+        self.0.labels.insert(k.into(), v.into());
+        self
+    }
+    fn no_toleration(mut self) -> Self {
+        self.0.tolerates_virtual = false;
+        self
+    }
+    fn incompatible(mut self, why: &str) -> Self {
+        self.0.aci_incompatible = Some(why.into());
+        self
+    }
+    fn in_pool(mut self, p: &str) -> Self {
+        self.0.pool = Some(p.into());
+        self
+    }
+}
+
+fn vm(name: &str, pool: &str, free_cpu: u64, free_gib: u64) -> VmNode {
+    VmNode {
+        name: name.into(),
+        pool: pool.into(),
+        allocatable: Resources::new(4000, 16 * GIB),
+        allocated: Resources::new(4000 - free_cpu, (16 - free_gib) * GIB),
+        schedulable: true,
+    }
+}
+
+fn pool(name: &str, nodes: u32, max: u32) -> VmPool {
+    VmPool {
+        name: name.into(),
+        min: 1,
+        max,
+        node_allocatable: Resources::new(4000, 16 * GIB),
+        nodes,
+        upcoming: vec![],
+        provision_time: Some(Duration::from_secs(180)),
+    }
+}
+
+fn snap(nodes: Vec<VmNode>, pools: Vec<VmPool>, pending: Vec<PodB>) -> Snapshot {
+    Snapshot {
+        now: NOW,
+        nodes,
+        pools,
+        pending: pending.into_iter().map(|p| p.0).collect(),
+        burst_usage: BTreeMap::new(),
+        aci_quota: AciQuota::default(),
+    }
+}
+
+fn auto(spill_after: u64, max_vm_wait: u64) -> BurstPolicy {
+    let mut p = BurstPolicy::defaults("default", None);
+    p.burst.spill_after = Duration::from_secs(spill_after);
+    p.burst.max_vm_wait = Duration::from_secs(max_vm_wait);
+    p
+}
+
+fn decide(s: &Snapshot, p: BurstPolicy) -> Vec<Decision> {
+    Engine::default().decide_all(s, &PolicySet::with_default(p))
+}
+
+fn reasons(ds: &[Decision]) -> Vec<(Verdict, Reason)> {
+    ds.iter().map(|d| (d.verdict, d.reason)).collect()
+}
+
+/// A full cluster whose only pool can still grow: VM predicted in 180 s.
+fn full_cluster(pending: Vec<PodB>) -> Snapshot {
+    snap(vec![vm("vm-0", "a", 0, 0)], vec![pool("a", 1, 5)], pending)
+}
+
+#[test]
+fn vm_room_first() {
+    let s = snap(vec![vm("vm-0", "a", 1000, 4)], vec![pool("a", 1, 5)], vec![pod("ns", "p").waited(600)]);
+    let d = decide(&s, auto(30, 120));
+    assert_eq!(reasons(&d), [(Verdict::Vm, Reason::VmCapacityAvailable)]);
+}
+
+#[test]
+fn vm_room_is_claimed_in_order() {
+    // Room for exactly two 500m pods; the older two get it, the third waits.
+    let s = snap(
+        vec![vm("vm-0", "a", 1000, 4)],
+        vec![pool("a", 1, 5)],
+        vec![pod("ns", "young").waited(1), pod("ns", "old").waited(20), pod("ns", "mid").waited(10)],
+    );
+    let d = decide(&s, auto(30, 600));
+    assert_eq!(d[0].reason, Reason::WaitingForVm, "youngest waits");
+    assert_eq!(d[1].verdict, Verdict::Vm);
+    assert_eq!(d[2].verdict, Verdict::Vm);
+}
+
+#[test]
+fn higher_priority_claims_room_first() {
+    let s = snap(
+        vec![vm("vm-0", "a", 500, 4)],
+        vec![pool("a", 1, 5)],
+        vec![pod("ns", "old-low").waited(100).priority(0), pod("ns", "new-high").priority(100)],
+    );
+    let d = decide(&s, auto(300, 600));
+    assert_eq!(d[0].verdict, Verdict::Wait);
+    assert_eq!(d[1].verdict, Verdict::Vm);
+}
+
+#[test]
+fn cordoned_nodes_and_memory_are_respected() {
+    let mut cordoned = vm("vm-0", "a", 4000, 16);
+    cordoned.schedulable = false;
+    let s = snap(
+        vec![cordoned, vm("vm-1", "a", 4000, 0)],
+        vec![pool("a", 2, 5)],
+        vec![pod("ns", "p")],
+    );
+    assert_eq!(decide(&s, auto(30, 600))[0].reason, Reason::WaitingForVm);
+}
+
+#[test]
+fn waiting_reports_until_and_eta() {
+    let s = full_cluster(vec![pod("ns", "p").waited(8)]);
+    let d = &decide(&s, auto(30, 600))[0];
+    assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::WaitingForVm));
+    assert_eq!(d.until, Some(Timestamp::from_secs(10_000 - 8 + 30)));
+    // pending 8 s ago + 10 s scale-up delay → the request goes out in 2 s, + 180 s provisioning.
+    assert_eq!(d.vm_eta, Some(Timestamp::from_secs(10_000 + 2 + 180)));
+    assert_eq!(d.message(), "spillway: waiting-for-vm, 22s left of spillAfter 30s, VM predicted in 3m2s");
+}
+
+#[test]
+fn spill_after_elapsed_bursts_exactly_at_the_boundary() {
+    let s = full_cluster(vec![pod("ns", "at").waited(30), pod("ns", "before").waited(29)]);
+    let d = decide(&s, auto(30, 600));
+    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Burst, Reason::SpillAfterElapsed));
+    assert_eq!((d[1].verdict, d[1].reason), (Verdict::Wait, Reason::WaitingForVm));
+}
+
+#[test]
+fn slow_vms_burst_at_once() {
+    let s = full_cluster(vec![pod("ns", "p")]);
+    // VM in ~190 s from pending start > maxVmWait 60 s.
+    let d = &decide(&s, auto(300, 60))[0];
+    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::VmEtaExceedsMaxWait));
+    // With maxVmWait above the ETA it waits.
+    assert_eq!(decide(&s, auto(300, 600))[0].reason, Reason::WaitingForVm);
+}
+
+#[test]
+fn upcoming_nodes_shorten_the_eta_and_are_shared() {
+    let mut p = pool("a", 1, 2);
+    // Requested 170 s ago with 180 s provisioning: ready in 10 s. Room for 8 × 500m.
+    p.upcoming.push(UpcomingNode { requested_at: Timestamp::from_secs(10_000 - 170) });
+    let pods: Vec<PodB> = (0..9).map(|i| pod("ns", &format!("p{i}")).waited(i)).collect();
+    let s = snap(vec![vm("vm-0", "a", 0, 0)], vec![p], pods);
+    let d = decide(&s, auto(300, 60));
+    let eta10 = Some(Timestamp::from_secs(10_010));
+    // The eight oldest fit the upcoming node; the youngest finds no room and the pool is at max.
+    let waiting = d.iter().filter(|d| d.vm_eta == eta10 && d.verdict == Verdict::Wait).count();
+    assert_eq!(waiting, 8);
+    let youngest = &d[0];
+    assert_eq!((youngest.verdict, youngest.reason), (Verdict::Burst, Reason::PoolsAtMax));
+}
+
+#[test]
+fn pools_at_max_or_too_small_burst() {
+    let s = snap(vec![vm("vm-0", "a", 0, 0)], vec![pool("a", 5, 5)], vec![pod("ns", "p")]);
+    assert_eq!(decide(&s, auto(300, 600))[0].reason, Reason::PoolsAtMax);
+    // A pod bigger than any pool's node shape can never get a VM.
+    let s = full_cluster(vec![pod("ns", "big").mem_gib(15).cpu(3500)]);
+    assert_eq!(decide(&s, auto(300, 600))[0].reason, Reason::WaitingForVm);
+    let s = full_cluster(vec![pod("ns", "huge").cpu(4000).mem_gib(17)]);
+    let d = &decide(&s, auto(300, 600))[0];
+    // 17 GiB exceeds ACI's 16 GiB maximum too.
+    assert_eq!(d.reason, Reason::AciIncompatible);
+}
+
+#[test]
+fn pool_constraint_limits_vm_room_and_eta() {
+    let s = snap(
+        vec![vm("vm-a", "a", 4000, 16), vm("vm-b", "b", 0, 0)],
+        vec![pool("a", 1, 5), pool("b", 1, 1)],
+        vec![pod("ns", "p").in_pool("b")],
+    );
+    let d = &decide(&s, auto(300, 600))[0];
+    assert_eq!(d.reason, Reason::PoolsAtMax, "{d:?}");
+}
+
+#[test]
+fn policy_modes() {
+    let s = snap(vec![vm("vm-0", "a", 4000, 16)], vec![pool("a", 1, 5)], vec![pod("ns", "p")]);
+    let mut always = auto(30, 60);
+    always.burst.mode = BurstMode::Always;
+    let d = &decide(&s, always)[0];
+    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::PolicyAlways));
+
+    let full = full_cluster(vec![pod("ns", "p").waited(1000)]);
+    let mut never = auto(30, 60);
+    never.burst.mode = BurstMode::Never;
+    let d = &decide(&full, never.clone())[0];
+    assert_eq!((d.verdict, d.reason), (Verdict::Ineligible, Reason::PolicyNever));
+    // Never still lands on VMs when there is room.
+    assert_eq!(decide(&s, never)[0].verdict, Verdict::Vm);
+}
+
+#[test]
+fn no_policy_is_left_alone() {
+    let mut p = auto(30, 60);
+    p.selector.match_labels.insert("app".into(), "web".into());
+    let s = full_cluster(vec![pod("ns", "other").waited(1000), pod("ns", "web").label("app", "web").waited(1000)]);
+    let d = decide(&s, p);
+    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Ineligible, Reason::NoPolicy));
+    assert_eq!(d[0].policy, None);
+    assert_eq!(d[1].reason, Reason::SpillAfterElapsed);
+    assert_eq!(d[1].policy.as_deref(), Some("*/default"));
+}
+
+#[test]
+fn priority_below_minimum_never_bursts() {
+    let mut p = auto(0, 0);
+    p.burst.min_priority = 10;
+    let s = full_cluster(vec![pod("ns", "low").priority(9).waited(999), pod("ns", "ok").priority(10)]);
+    let d = decide(&s, p);
+    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Ineligible, Reason::PriorityBelowMinimum));
+    assert_eq!(d[1].verdict, Verdict::Burst);
+}
+
+#[test]
+fn aci_incompatible_pods_never_burst() {
+    let s = full_cluster(vec![
+        pod("ns", "hostpath").incompatible("hostPath volumes are not supported on ACI").waited(999),
+        pod("ns", "untolerated").no_toleration().waited(999),
+    ]);
+    let d = decide(&s, auto(0, 0));
+    assert_eq!(reasons(&d), [(Verdict::Ineligible, Reason::AciIncompatible); 2]);
+    assert!(d[0].detail.contains("hostPath"));
+    assert!(d[1].detail.contains("tolerate"));
+}
+
+fn budget_case(set: impl Fn(&mut BurstPolicy), used: BurstUsage, p: PodB) -> Decision {
+    let mut s = full_cluster(vec![p.waited(999)]);
+    s.burst_usage.insert("ns".into(), used);
+    let mut pol = auto(30, 600);
+    set(&mut pol);
+    decide(&s, pol).remove(0)
+}
+
+fn usage(pods: u32, cpu: u64, gib: u64) -> BurstUsage {
+    let r = Resources::new(cpu, gib * GIB);
+    BurstUsage { pods, requests: r, hourly_cost: Prices::default().aci_hourly(&r) }
+}
+
+#[test]
+fn budget_pods_edge() {
+    let d = budget_case(|p| p.budget.max_pods = Some(3), usage(2, 0, 0), pod("ns", "p"));
+    assert_eq!(d.verdict, Verdict::Burst, "third pod fits a budget of 3");
+    let d = budget_case(|p| p.budget.max_pods = Some(3), usage(3, 0, 0), pod("ns", "p"));
+    assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::BudgetPods));
+    assert_eq!(d.message(), "spillway: budget-pods, 3/3 pods on the virtual node");
+}
+
+#[test]
+fn budget_cpu_edge_uses_aci_effective_requests() {
+    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1500, 0), pod("ns", "p").cpu(500));
+    assert_eq!(d.verdict, Verdict::Burst, "exactly at the limit is allowed");
+    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1501, 0), pod("ns", "p").cpu(500));
+    assert_eq!(d.reason, Reason::BudgetCpu);
+    // A pod requesting nothing is billed ACI's default 1 vCPU.
+    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1500, 0), pod("ns", "p").cpu(0));
+    assert_eq!(d.reason, Reason::BudgetCpu);
+}
+
+#[test]
+fn budget_memory_edge() {
+    let d = budget_case(|p| p.budget.max_memory_bytes = Some(4 * GIB), usage(1, 0, 3), pod("ns", "p").mem_gib(1));
+    assert_eq!(d.verdict, Verdict::Burst);
+    let d = budget_case(|p| p.budget.max_memory_bytes = Some(4 * GIB), usage(1, 0, 3), pod("ns", "p").mem_gib(2));
+    assert_eq!(d.reason, Reason::BudgetMemory);
+}
+
+#[test]
+fn budget_cost_edge() {
+    let prices = Prices::default();
+    let pod_cost = prices.aci_hourly(&Resources::new(500, GIB));
+    let d = budget_case(|p| p.budget.max_hourly_cost = Some(1.0), BurstUsage { hourly_cost: 1.0 - pod_cost, ..Default::default() }, pod("ns", "p"));
+    assert_eq!(d.verdict, Verdict::Burst);
+    let d = budget_case(|p| p.budget.max_hourly_cost = Some(1.0), BurstUsage { hourly_cost: 1.0 - pod_cost + 0.001, ..Default::default() }, pod("ns", "p"));
+    assert_eq!(d.reason, Reason::BudgetCost);
+}
+
+#[test]
+fn budgets_are_claimed_within_a_pass_in_order() {
+    let pods: Vec<PodB> = (0..5).map(|i| pod("ns", &format!("p{i}")).waited(100 + i)).collect();
+    let mut s = full_cluster(pods);
+    s.pools[0].max = 1; // no VM will come: all want to burst
+    let mut p = auto(30, 600);
+    p.budget.max_pods = Some(2);
+    let d = decide(&s, p);
+    let burst: Vec<&str> = s.pending.iter().zip(&d).filter(|(_, d)| d.verdict == Verdict::Burst).map(|(p, _)| p.name.as_str()).collect();
+    assert_eq!(burst, ["p3", "p4"], "the two oldest burst");
+    assert_eq!(d.iter().filter(|d| d.reason == Reason::BudgetPods).count(), 3);
+}
+
+#[test]
+fn budgets_are_per_namespace() {
+    let mut s = full_cluster(vec![pod("a", "p").waited(999), pod("b", "p").waited(999)]);
+    s.burst_usage.insert("a".into(), usage(1, 0, 0));
+    let mut p = auto(30, 600);
+    p.budget.max_pods = Some(1);
+    let d = decide(&s, p);
+    assert_eq!(d[0].reason, Reason::BudgetPods);
+    assert_eq!(d[1].verdict, Verdict::Burst);
+}
+
+#[test]
+fn aci_quota_limits_bursts() {
+    let mut s = full_cluster(vec![pod("ns", "a").waited(999).cpu(1000), pod("ns", "b").waited(998).cpu(1000)]);
+    s.aci_quota = AciQuota { cores_millis_left: Some(1500), groups_left: None };
+    let d = decide(&s, auto(30, 600));
+    assert_eq!(d[0].verdict, Verdict::Burst);
+    assert_eq!((d[1].verdict, d[1].reason), (Verdict::Wait, Reason::AciQuotaExhausted));
+    s.aci_quota = AciQuota { cores_millis_left: None, groups_left: Some(0) };
+    assert_eq!(decide(&s, auto(30, 600))[0].reason, Reason::AciQuotaExhausted);
+}
+
+#[test]
+fn always_mode_respects_budgets() {
+    let mut s = full_cluster(vec![pod("ns", "p")]);
+    s.burst_usage.insert("ns".into(), usage(1, 0, 0));
+    let mut p = auto(30, 600);
+    p.burst.mode = BurstMode::Always;
+    p.budget.max_pods = Some(1);
+    assert_eq!(decide(&s, p)[0].reason, Reason::BudgetPods);
+}
+
+#[test]
+fn extender_path_ignores_snapshot_vm_room() {
+    // The scheduler says no VM fits (only the virtual node survived), even if
+    // the snapshot (possibly stale) shows room.
+    let s = snap(vec![vm("vm-0", "a", 4000, 16)], vec![pool("a", 1, 5)], vec![]);
+    let p = pod("ns", "p").waited(40).0;
+    let d = Engine::default().decide_without_vm_room(&s, &PolicySet::with_default(auto(30, 600)), &p);
+    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::SpillAfterElapsed));
+}
+
+#[test]
+fn every_reason_has_a_unique_kebab_name() {
+    let mut names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    for r in Reason::ALL {
+        assert_eq!(Reason::parse(r.as_str()), Some(r));
+        assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
+        assert!(!r.describe().is_empty());
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), Reason::ALL.len());
+}
+
+#[test]
+fn decisions_are_deterministic_regardless_of_input_order() {
+    let pods = || (0..20).map(|i| pod("ns", &format!("p{i}")).waited(i % 7).cpu(300 + (i as u64 % 3) * 200));
+    let a = full_cluster(pods().collect());
+    let mut b = full_cluster(pods().collect());
+    b.pending.reverse();
+    let da = decide(&a, auto(5, 600));
+    let mut db = decide(&b, auto(5, 600));
+    db.reverse();
+    assert_eq!(da, db);
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 pub struct PolicyStore {
     dir: PathBuf,
     current: RwLock<Arc<PolicySet>>,
-    fingerprint: RwLock<Option<Vec<(PathBuf, u64, Option<SystemTime>)>>>,
+    fingerprint: RwLock<Option<Vec<(PathBuf, u64)>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,16 +50,18 @@ impl PolicyStore {
         }
     }
 
-    fn fingerprint_now(&self) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
+    /// File names and content hashes. Contents, not mtimes: ConfigMap updates
+    /// swap symlinks and coarse mtimes can hide a same-length edit.
+    fn fingerprint_now(&self) -> Option<Vec<(PathBuf, u64)>> {
+        use std::hash::{Hash, Hasher};
         let files = policy_files(&self.dir).ok()?;
         Some(
             files
                 .into_iter()
                 .map(|f| {
-                    let meta = std::fs::metadata(&f).ok();
-                    let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-                    let mtime = meta.and_then(|m| m.modified().ok());
-                    (f, len, mtime)
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::fs::read(&f).ok().hash(&mut h);
+                    (f, h.finish())
                 })
                 .collect(),
         )
