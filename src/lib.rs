@@ -5,4 +5,5 @@ pub mod cli;
 pub mod decision;
 pub mod metrics;
 pub mod policy;
+pub mod sim;
 pub mod units;

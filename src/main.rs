@@ -12,6 +12,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Replay a workload against vm-only, aci-always and spillway; print latency and cost.
+    Simulate(spillway::cli::SimulateArgs),
     /// Validate policy files and exit 64 with file:line:column errors.
     Policy {
         #[command(subcommand)]
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Simulate(args) => spillway::cli::simulate(&args),
         Command::Policy { action: PolicyCommand::Check { dir } } => spillway::cli::policy_check(&dir),
     }
 }

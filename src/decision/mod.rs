@@ -6,7 +6,7 @@
 //! I/O, read a clock, or await: the simulator, the extender, the autoscaler and
 //! `explain` all call it, so a decision seen in one is the decision of all.
 
-mod fit;
+pub mod fit;
 mod reason;
 #[cfg(test)]
 mod tests;
@@ -192,6 +192,17 @@ impl Decision {
     }
 }
 
+/// The result of one engine pass with placements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// One decision per pending pod, in `snap.pending` order.
+    pub decisions: Vec<Decision>,
+    /// For `vm` verdicts: the index in `snap.nodes` whose room the pod claimed.
+    pub vm_node: Vec<Option<usize>>,
+    /// Indices into `snap.pending` in the order the engine considered them.
+    pub order: Vec<usize>,
+}
+
 /// The decision engine. Cheap to clone; holds only configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
@@ -208,6 +219,14 @@ impl Engine {
     /// each claims VM room, upcoming VM room and burst budget in that order, so
     /// later pods see what earlier ones took. Results are in `snap.pending` order.
     pub fn decide_all(&self, snap: &Snapshot, policies: &PolicySet) -> Vec<Decision> {
+        self.plan(snap, policies).decisions
+    }
+
+    /// Like [`Engine::decide_all`], and also says which VM node (an index into
+    /// `snap.nodes`) each `vm` verdict claimed room on, so a caller that acts
+    /// (the simulator binding pods) places pods exactly where the engine
+    /// counted them.
+    pub fn plan(&self, snap: &Snapshot, policies: &PolicySet) -> Plan {
         let mut order: Vec<usize> = (0..snap.pending.len()).collect();
         order.sort_by(|&a, &b| {
             let (pa, pb) = (&snap.pending[a], &snap.pending[b]);
@@ -219,11 +238,20 @@ impl Engine {
         });
         let mut pass = Pass::new(self, snap, true);
         let mut out: Vec<Option<Decision>> = vec![None; snap.pending.len()];
-        for i in order {
+        let mut vm_node = vec![None; snap.pending.len()];
+        for i in order.iter().copied() {
+            pass.last_node = None;
             let d = pass.decide(&snap.pending[i], policies);
+            if d.verdict == Verdict::Vm {
+                vm_node[i] = pass.last_node;
+            }
             out[i] = Some(d);
         }
-        out.into_iter().flatten().collect()
+        Plan {
+            decisions: out.into_iter().flatten().collect(),
+            vm_node,
+            order,
+        }
     }
 
     /// Decide one pod for which the scheduler found no feasible VM node (the
@@ -262,6 +290,8 @@ struct Pass<'a> {
     headroom: Vec<u32>,
     usage: BTreeMap<String, BurstUsage>,
     quota: AciQuota,
+    /// The node the last `claim_vm_room` took room on.
+    last_node: Option<usize>,
 }
 
 impl<'a> Pass<'a> {
@@ -312,6 +342,7 @@ impl<'a> Pass<'a> {
             headroom,
             usage: snap.burst_usage.clone(),
             quota: snap.aci_quota,
+            last_node: None,
         }
     }
 
@@ -334,6 +365,7 @@ impl<'a> Pass<'a> {
             .vm_room
             .first_fit(&pod.requests, |i| wanted.is_none_or(|w| node_pool[i] == w))?;
         self.vm_room.take(idx, &pod.requests);
+        self.last_node = Some(idx);
         Some(idx)
     }
 
