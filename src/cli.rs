@@ -168,8 +168,13 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})") {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})")
+    {
         bar.set_style(style);
     }
     bar

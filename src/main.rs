@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "spillway", version, about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS")]
+#[command(
+    name = "spillway",
+    version,
+    about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Simulate(args) => spillway::cli::simulate(&args),
-        Command::Policy { action: PolicyCommand::Check { dir } } => spillway::cli::policy_check(&dir),
+        Command::Policy {
+            action: PolicyCommand::Check { dir },
+        } => spillway::cli::policy_check(&dir),
     }
 }

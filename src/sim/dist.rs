@@ -40,10 +40,18 @@ pub fn unit(seed: u64, stream: Stream, a: u64, b: u64) -> f64 {
 #[serde(rename_all = "camelCase")]
 pub enum Dist {
     Fixed(Duration),
-    Uniform { min: Duration, max: Duration },
+    Uniform {
+        min: Duration,
+        max: Duration,
+    },
     /// Truncated at zero.
-    Normal { mean: Duration, stddev: Duration },
-    Exponential { mean: Duration },
+    Normal {
+        mean: Duration,
+        stddev: Duration,
+    },
+    Exponential {
+        mean: Duration,
+    },
 }
 
 impl Dist {
@@ -51,7 +59,9 @@ impl Dist {
     pub fn sample(&self, u1: f64, u2: f64) -> Duration {
         let ms = match *self {
             Dist::Fixed(d) => d.millis() as f64,
-            Dist::Uniform { min, max } => min.millis() as f64 + u1 * (max.millis() - min.millis()) as f64,
+            Dist::Uniform { min, max } => {
+                min.millis() as f64 + u1 * (max.millis() - min.millis()) as f64
+            }
             Dist::Normal { mean, stddev } => {
                 // Box–Muller; 1 - u1 is in (0, 1] so the log is finite.
                 let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
@@ -64,7 +74,10 @@ impl Dist {
 
     /// Draw for (seed, stream, a, b).
     pub fn draw(&self, seed: u64, stream: Stream, a: u64, b: u64) -> Duration {
-        self.sample(unit(seed, stream, a, b), unit(seed, stream, a, b ^ 0x5555_5555_5555_5555))
+        self.sample(
+            unit(seed, stream, a, b),
+            unit(seed, stream, a, b ^ 0x5555_5555_5555_5555),
+        )
     }
 
     /// The mean of the distribution (for documentation and default ETAs).
@@ -99,7 +112,10 @@ mod tests {
         assert_ne!(a, unit(43, Stream::AciStart, 7, 1));
         assert_ne!(a, unit(42, Stream::VmStart, 7, 1));
         let n = 10_000;
-        let mean: f64 = (0..n).map(|i| unit(1, Stream::VmProvision, i, 0)).sum::<f64>() / n as f64;
+        let mean: f64 = (0..n)
+            .map(|i| unit(1, Stream::VmProvision, i, 0))
+            .sum::<f64>()
+            / n as f64;
         assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
         assert!((0..n).all(|i| (0.0..1.0).contains(&unit(1, Stream::VmProvision, i, 0))));
     }
@@ -112,9 +128,15 @@ mod tests {
         };
         for i in 0..1000 {
             let x = d.draw(9, Stream::VmProvision, i, 0);
-            assert!(x >= Duration::from_secs(180) && x <= Duration::from_secs(300), "{x}");
+            assert!(
+                x >= Duration::from_secs(180) && x <= Duration::from_secs(300),
+                "{x}"
+            );
         }
-        assert_eq!(Dist::Fixed(Duration::from_secs(3)).draw(1, Stream::VmStart, 1, 1), Duration::from_secs(3));
+        assert_eq!(
+            Dist::Fixed(Duration::from_secs(3)).draw(1, Stream::VmStart, 1, 1),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]
@@ -127,8 +149,14 @@ mod tests {
             mean: Duration::from_secs(600),
         };
         let k = 20_000u64;
-        let mn = (0..k).map(|i| n.draw(3, Stream::VmProvision, i, 0).secs_f64()).sum::<f64>() / k as f64;
-        let me = (0..k).map(|i| e.draw(3, Stream::VmProvision, i, 0).secs_f64()).sum::<f64>() / k as f64;
+        let mn = (0..k)
+            .map(|i| n.draw(3, Stream::VmProvision, i, 0).secs_f64())
+            .sum::<f64>()
+            / k as f64;
+        let me = (0..k)
+            .map(|i| e.draw(3, Stream::VmProvision, i, 0).secs_f64())
+            .sum::<f64>()
+            / k as f64;
         assert!((mn - 240.0).abs() < 2.0, "normal mean {mn}");
         assert!((me - 600.0).abs() < 20.0, "exponential mean {me}");
     }

@@ -86,7 +86,9 @@ impl Comparison {
 
     /// Cost relative to vm-only (1.0 = the same), when vm-only was run.
     pub fn cost_vs_vm_only(&self, r: &RunResult) -> Option<f64> {
-        self.vm_only_cost().filter(|c| *c > 0.0).map(|c| r.cost_usd() / c)
+        self.vm_only_cost()
+            .filter(|c| *c > 0.0)
+            .map(|c| r.cost_usd() / c)
     }
 
     /// The `-o json` document. Deterministic: the same inputs give the same bytes.
@@ -163,8 +165,10 @@ impl Comparison {
                 format!("{:.1}", r.vm_node_hours),
                 format!("{:.1}", r.aci_vcpu_hours),
                 format!("{:.2}", r.cost_usd()),
-                self.cost_vs_vm_only(r)
-                    .map_or_else(|| "-".to_string(), |x| format!("{:+.1}%", (x - 1.0) * 100.0)),
+                self.cost_vs_vm_only(r).map_or_else(
+                    || "-".to_string(),
+                    |x| format!("{:+.1}%", (x - 1.0) * 100.0),
+                ),
             ]);
         }
         let widths: Vec<usize> = (0..header.len())

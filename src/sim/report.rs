@@ -25,7 +25,12 @@ const PALETTE: [RGBColor; 6] = [
 const SIZE: (u32, u32) = (960, 320);
 
 /// One line chart: a series per strategy over simulated hours.
-fn line_chart(cmp: &Comparison, title: &str, y_desc: &str, value: impl Fn(&super::Sample) -> f64) -> Result<String, ReportError> {
+fn line_chart(
+    cmp: &Comparison,
+    title: &str,
+    y_desc: &str,
+    value: impl Fn(&super::Sample) -> f64,
+) -> Result<String, ReportError> {
     let hours = (cmp.horizon_s as f64 / 3600.0).max(1.0 / 60.0);
     let ymax = cmp
         .results
@@ -54,12 +59,18 @@ fn line_chart(cmp: &Comparison, title: &str, y_desc: &str, value: impl Fn(&super
             .map_err(err)?;
         for (i, r) in cmp.results.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let points: Vec<(f64, f64)> = r.series.iter().map(|s| (s.t_s as f64 / 3600.0, value(s))).collect();
+            let points: Vec<(f64, f64)> = r
+                .series
+                .iter()
+                .map(|s| (s.t_s as f64 / 3600.0, value(s)))
+                .collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(err)?
                 .label(r.strategy.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -76,14 +87,23 @@ fn line_chart(cmp: &Comparison, title: &str, y_desc: &str, value: impl Fn(&super
 /// Stacked bars: VM and ACI cost per strategy.
 fn cost_chart(cmp: &Comparison) -> Result<String, ReportError> {
     let n = cmp.results.len().max(1);
-    let ymax = cmp.results.iter().map(|r| r.cost_usd()).fold(0.0f64, f64::max).max(0.01) * 1.15;
+    let ymax = cmp
+        .results
+        .iter()
+        .map(|r| r.cost_usd())
+        .fold(0.0f64, f64::max)
+        .max(0.01)
+        * 1.15;
     let names: Vec<&str> = cmp.results.iter().map(|r| r.strategy.name()).collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Cost per strategy (USD): VM below, ACI on top", ("sans-serif", 18))
+            .caption(
+                "Cost per strategy (USD): VM below, ACI on top",
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
@@ -129,13 +149,17 @@ fn cost_chart(cmp: &Comparison) -> Result<String, ReportError> {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The whole report page.
 pub fn html(cmp: &Comparison) -> Result<String, ReportError> {
     let pending = line_chart(cmp, "Pending pods", "pods", |s| s.pending as f64)?;
-    let nodes = line_chart(cmp, "VM nodes (ready + provisioning)", "nodes", |s| s.vm_nodes as f64)?;
+    let nodes = line_chart(cmp, "VM nodes (ready + provisioning)", "nodes", |s| {
+        s.vm_nodes as f64
+    })?;
     let burst = line_chart(cmp, "Cores on ACI (burst)", "vCPU", |s| s.burst_cores)?;
     let cost = cost_chart(cmp)?;
     Ok(format!(

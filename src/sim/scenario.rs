@@ -22,8 +22,14 @@ pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.yaml");
 
 /// The policies that apply to the built-in scenario: the examples shipped in `policies/`.
 pub const DEFAULT_POLICIES: &[(&str, &str)] = &[
-    ("policies/00-cluster-default.yaml", include_str!("../../policies/00-cluster-default.yaml")),
-    ("policies/batch.yaml", include_str!("../../policies/batch.yaml")),
+    (
+        "policies/00-cluster-default.yaml",
+        include_str!("../../policies/00-cluster-default.yaml"),
+    ),
+    (
+        "policies/batch.yaml",
+        include_str!("../../policies/batch.yaml"),
+    ),
     ("policies/web.yaml", include_str!("../../policies/web.yaml")),
 ];
 
@@ -94,12 +100,24 @@ pub struct AutoscalerSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arrivals {
     /// A constant-rate Poisson process in `[from, to)` (default: the whole scenario).
-    Poisson { per_minute: f64, from: Duration, to: Option<Duration> },
+    Poisson {
+        per_minute: f64,
+        from: Duration,
+        to: Option<Duration>,
+    },
     /// A Poisson process whose rate follows the day:
     /// `perMinute × (1 + amplitude × cos(2π (t − peakAt) / 24h))`.
-    Diurnal { per_minute: f64, amplitude: f64, peak_at: Duration },
+    Diurnal {
+        per_minute: f64,
+        amplitude: f64,
+        peak_at: Duration,
+    },
     /// `count` pods spread evenly over `[at, at + over)`.
-    Burst { at: Duration, count: u32, over: Duration },
+    Burst {
+        at: Duration,
+        count: u32,
+        over: Duration,
+    },
     /// Explicit pods (from a trace).
     Trace(Vec<TracePod>),
 }
@@ -171,7 +189,10 @@ impl Scenario {
     /// Parse and validate a scenario file's text.
     pub fn parse(text: &str, file: &str) -> Result<Scenario, InputErrors> {
         let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             InputErrors(vec![InputError {
                 file: file.to_string(),
                 line,
@@ -179,9 +200,16 @@ impl Scenario {
                 message: first_line(&e.to_string()),
             }])
         })?;
-        let mut v = Validator { file, errors: Vec::new() };
+        let mut v = Validator {
+            file,
+            errors: Vec::new(),
+        };
         let sc = v.scenario(raw);
-        if v.errors.is_empty() { Ok(sc) } else { Err(InputErrors(v.errors)) }
+        if v.errors.is_empty() {
+            Ok(sc)
+        } else {
+            Err(InputErrors(v.errors))
+        }
     }
 
     /// When the simulation stops.
@@ -195,7 +223,9 @@ impl Scenario {
             })
             .max()
             .unwrap_or(Duration::ZERO);
-        Duration::from_millis(self.duration.millis().max(last_submit.millis() + 1) + self.tail.millis())
+        Duration::from_millis(
+            self.duration.millis().max(last_submit.millis() + 1) + self.tail.millis(),
+        )
     }
 
     /// Generate the pods of the scenario, sorted by submission time. The same
@@ -203,7 +233,9 @@ impl Scenario {
     pub fn generate(&self, seed: u64) -> Vec<PodSpec> {
         let mut pods = Vec::new();
         for (wi, w) in self.workloads.iter().enumerate() {
-            let mut rng = SmallRng::seed_from_u64(super::dist::mix(seed ^ (wi as u64 + 1).wrapping_mul(0x1000_0001)));
+            let mut rng = SmallRng::seed_from_u64(super::dist::mix(
+                seed ^ (wi as u64 + 1).wrapping_mul(0x1000_0001),
+            ));
             let ns: Arc<str> = Arc::from(w.namespace.as_str());
             let labels = Arc::new(w.labels.clone());
             let mut push = |submit: Duration, rng: &mut SmallRng, i: usize| {
@@ -221,7 +253,11 @@ impl Scenario {
             };
             let end = self.duration.millis() as f64;
             match &w.arrivals {
-                Arrivals::Poisson { per_minute, from, to } => {
+                Arrivals::Poisson {
+                    per_minute,
+                    from,
+                    to,
+                } => {
                     let to = to.map_or(end, |t| (t.millis() as f64).min(end));
                     let mut t = from.millis() as f64;
                     let mut i = 0;
@@ -248,7 +284,8 @@ impl Scenario {
                         if t >= end {
                             break;
                         }
-                        let phase = std::f64::consts::TAU * (t - peak_at.millis() as f64) / 86_400_000.0;
+                        let phase =
+                            std::f64::consts::TAU * (t - peak_at.millis() as f64) / 86_400_000.0;
                         let rate = per_minute * (1.0 + amplitude * phase.cos());
                         if rng.random::<f64>() * peak < rate {
                             push(Duration::from_millis(t as u64), &mut rng, i);
@@ -259,7 +296,11 @@ impl Scenario {
                 Arrivals::Burst { at, count, over } => {
                     for i in 0..*count {
                         let off = over.millis() * i as u64 / (*count).max(1) as u64;
-                        push(Duration::from_millis(at.millis() + off), &mut rng, i as usize);
+                        push(
+                            Duration::from_millis(at.millis() + off),
+                            &mut rng,
+                            i as usize,
+                        );
                     }
                 }
                 Arrivals::Trace(trace) => {
@@ -437,12 +478,24 @@ impl Validator<'_> {
             RawDist::Fixed(d) => Dist::Fixed(self.dur_at(loc, field, d)),
             RawDist::Uniform(bounds) => {
                 if bounds.len() != 2 {
-                    self.err(loc, format!("{field}: uniform takes [min, max], got {} values", bounds.len()));
+                    self.err(
+                        loc,
+                        format!(
+                            "{field}: uniform takes [min, max], got {} values",
+                            bounds.len()
+                        ),
+                    );
                     return Dist::Fixed(Duration::ZERO);
                 }
-                let (min, max) = (self.dur_at(loc, field, &bounds[0]), self.dur_at(loc, field, &bounds[1]));
+                let (min, max) = (
+                    self.dur_at(loc, field, &bounds[0]),
+                    self.dur_at(loc, field, &bounds[1]),
+                );
                 if min > max {
-                    self.err(loc, format!("{field}: uniform min {min} is above max {max}"));
+                    self.err(
+                        loc,
+                        format!("{field}: uniform min {min} is above max {max}"),
+                    );
                 }
                 Dist::Uniform { min, max }
             }
@@ -464,7 +517,12 @@ impl Validator<'_> {
         v.as_ref().map_or(default, |d| self.dist(d, field))
     }
 
-    fn quantity(&mut self, v: &Spanned<String>, field: &str, parse: fn(&str) -> Result<u64, String>) -> u64 {
+    fn quantity(
+        &mut self,
+        v: &Spanned<String>,
+        field: &str,
+        parse: fn(&str) -> Result<u64, String>,
+    ) -> u64 {
         parse(&v.value).unwrap_or_else(|e| {
             self.err(v.referenced, format!("{field}: {e}"));
             0
@@ -476,7 +534,10 @@ impl Validator<'_> {
             None => default,
             Some(p) if p.value.is_finite() && p.value >= 0.0 => p.value,
             Some(p) => {
-                self.err(p.referenced, format!("{field}: must be a non-negative number, got {}", p.value));
+                self.err(
+                    p.referenced,
+                    format!("{field}: must be a non-negative number, got {}", p.value),
+                );
                 default
             }
         }
@@ -490,31 +551,51 @@ impl Validator<'_> {
             self.err(d.referenced, "duration: must be above zero");
         }
         let tail = self.dur(&raw.tail, "tail", Duration::from_secs(3600));
-        let scheduler_interval = self.dur(&raw.scheduler_interval, "schedulerInterval", Duration::from_secs(1));
+        let scheduler_interval = self.dur(
+            &raw.scheduler_interval,
+            "schedulerInterval",
+            Duration::from_secs(1),
+        );
         if let Some(s) = &raw.scheduler_interval
             && scheduler_interval == Duration::ZERO
         {
             self.err(s.referenced, "schedulerInterval: must be above zero");
         }
-        let vm_start_latency = self.opt_dist(&raw.vm_start_latency, "vmStartLatency", Dist::Fixed(Duration::from_secs(3)));
+        let vm_start_latency = self.opt_dist(
+            &raw.vm_start_latency,
+            "vmStartLatency",
+            Dist::Fixed(Duration::from_secs(3)),
+        );
         let mut pools: Vec<PoolSpec> = Vec::new();
         if raw.pools.value.is_empty() {
-            self.err(raw.pools.referenced, "pools: at least one VM pool is required");
+            self.err(
+                raw.pools.referenced,
+                "pools: at least one VM pool is required",
+            );
         }
         for p in &raw.pools.value {
             let p = &p.value;
             if pools.iter().any(|q| q.name == p.name.value) {
-                self.err(p.name.referenced, format!("pools: duplicate pool name {:?}", p.name.value));
+                self.err(
+                    p.name.referenced,
+                    format!("pools: duplicate pool name {:?}", p.name.value),
+                );
             }
             let node = Resources::new(
                 self.quantity(&p.node_cpu, "nodeCpu", parse_cpu_millis),
                 self.quantity(&p.node_memory, "nodeMemory", parse_memory_bytes),
             );
             if p.min > p.max.value {
-                self.err(p.max.referenced, format!("max: {} is below min {}", p.max.value, p.min));
+                self.err(
+                    p.max.referenced,
+                    format!("max: {} is below min {}", p.max.value, p.min),
+                );
             }
             if p.max.value == 0 {
-                self.err(p.max.referenced, "max: a pool needs room for at least one node");
+                self.err(
+                    p.max.referenced,
+                    "max: a pool needs room for at least one node",
+                );
             }
             let price_per_hour = self.price(&Some(p.price_per_hour.clone()), "pricePerHour", 0.0);
             let provision_time = self.opt_dist(
@@ -535,8 +616,16 @@ impl Validator<'_> {
             });
         }
         let autoscaler = AutoscalerSpec {
-            scan_interval: self.dur(&raw.autoscaler.scan_interval, "autoscaler.scanInterval", Duration::from_secs(10)),
-            scale_down_after: self.dur(&raw.autoscaler.scale_down_after, "autoscaler.scaleDownAfter", Duration::from_mins(10)),
+            scan_interval: self.dur(
+                &raw.autoscaler.scan_interval,
+                "autoscaler.scanInterval",
+                Duration::from_secs(10),
+            ),
+            scale_down_after: self.dur(
+                &raw.autoscaler.scale_down_after,
+                "autoscaler.scaleDownAfter",
+                Duration::from_mins(10),
+            ),
         };
         if let Some(s) = &raw.autoscaler.scan_interval
             && autoscaler.scan_interval == Duration::ZERO
@@ -552,7 +641,10 @@ impl Validator<'_> {
             if q.value.is_finite() && q.value >= 0.0 {
                 Some((q.value * 1000.0).round() as u64)
             } else {
-                self.err(q.referenced, "aci.quotaCores: must be a non-negative number");
+                self.err(
+                    q.referenced,
+                    "aci.quotaCores: must be a non-negative number",
+                );
                 None
             }
         });
@@ -586,17 +678,28 @@ impl Validator<'_> {
                 self.quantity(&w.memory, "memory", parse_memory_bytes),
             );
             if !pools.is_empty() && !pools.iter().any(|p| requests.fits_in(&p.node)) {
-                self.err(w.cpu.referenced, format!("workload {:?}: requests fit no pool's nodes", w.name.value));
+                self.err(
+                    w.cpu.referenced,
+                    format!("workload {:?}: requests fit no pool's nodes", w.name.value),
+                );
             }
             let duration = self.dist(&w.duration, "duration");
             let aloc = w.arrivals.referenced;
             let arrivals = match &w.arrivals.value {
-                RawArrivals::Poisson { per_minute, from, to } => {
+                RawArrivals::Poisson {
+                    per_minute,
+                    from,
+                    to,
+                } => {
                     self.rate(aloc, *per_minute);
                     Arrivals::Poisson {
                         per_minute: *per_minute,
-                        from: from.as_deref().map_or(Duration::ZERO, |f| self.dur_at(aloc, "arrivals.poisson.from", f)),
-                        to: to.as_deref().map(|t| self.dur_at(aloc, "arrivals.poisson.to", t)),
+                        from: from.as_deref().map_or(Duration::ZERO, |f| {
+                            self.dur_at(aloc, "arrivals.poisson.from", f)
+                        }),
+                        to: to
+                            .as_deref()
+                            .map(|t| self.dur_at(aloc, "arrivals.poisson.to", t)),
                     }
                 }
                 RawArrivals::Diurnal {
@@ -606,20 +709,29 @@ impl Validator<'_> {
                 } => {
                     self.rate(aloc, *per_minute);
                     if !(0.0..=1.0).contains(amplitude) {
-                        self.err(aloc, format!("arrivals.diurnal.amplitude: must be within [0, 1], got {amplitude}"));
+                        self.err(
+                            aloc,
+                            format!(
+                                "arrivals.diurnal.amplitude: must be within [0, 1], got {amplitude}"
+                            ),
+                        );
                     }
                     Arrivals::Diurnal {
                         per_minute: *per_minute,
                         amplitude: *amplitude,
                         peak_at: peak_at
                             .as_deref()
-                            .map_or(Duration::from_secs(14 * 3600), |p| self.dur_at(aloc, "arrivals.diurnal.peakAt", p)),
+                            .map_or(Duration::from_secs(14 * 3600), |p| {
+                                self.dur_at(aloc, "arrivals.diurnal.peakAt", p)
+                            }),
                     }
                 }
                 RawArrivals::Burst { at, count, over } => Arrivals::Burst {
                     at: self.dur_at(aloc, "arrivals.burst.at", at),
                     count: *count,
-                    over: over.as_deref().map_or(Duration::ZERO, |o| self.dur_at(aloc, "arrivals.burst.over", o)),
+                    over: over.as_deref().map_or(Duration::ZERO, |o| {
+                        self.dur_at(aloc, "arrivals.burst.over", o)
+                    }),
                 },
             };
             if w.namespace.value.is_empty() {
@@ -654,7 +766,10 @@ impl Validator<'_> {
 
     fn rate(&mut self, loc: Location, per_minute: f64) {
         if !(per_minute.is_finite() && per_minute > 0.0) {
-            self.err(loc, format!("arrivals: perMinute must be above zero, got {per_minute}"));
+            self.err(
+                loc,
+                format!("arrivals: perMinute must be above zero, got {per_minute}"),
+            );
         }
     }
 }
@@ -684,7 +799,10 @@ mod tests {
     fn diurnal_arrivals_peak_where_asked() {
         let sc = Scenario::builtin();
         let pods = sc.generate(1);
-        let front: Vec<_> = pods.iter().filter(|p| p.name.starts_with("frontend-")).collect();
+        let front: Vec<_> = pods
+            .iter()
+            .filter(|p| p.name.starts_with("frontend-"))
+            .collect();
         let hour = |h: u64| {
             front
                 .iter()
@@ -694,7 +812,10 @@ mod tests {
         // Peak at 14:00, trough at 02:00: rate 9/min vs 1/min.
         assert!(hour(14) > 4 * hour(2), "14h {} vs 2h {}", hour(14), hour(2));
         let total = front.len() as f64;
-        assert!((total - 5.0 * 1440.0).abs() < 0.05 * 5.0 * 1440.0, "{total}");
+        assert!(
+            (total - 5.0 * 1440.0).abs() < 0.05 * 5.0 * 1440.0,
+            "{total}"
+        );
     }
 
     fn errs(text: &str) -> Vec<String> {
@@ -711,7 +832,9 @@ mod tests {
         let e = errs(&format!("{POOL}bogus: 1\n"));
         assert!(e[0].starts_with("s.yaml:7:"), "{e:?}");
         assert!(e[0].contains("bogus"), "{e:?}");
-        let e = errs("pools:\n  - name: user\n    nodeCpu: 1\n    nodeMemory: 1Gi\n    max: lots\n    pricePerHour: 1\n");
+        let e = errs(
+            "pools:\n  - name: user\n    nodeCpu: 1\n    nodeMemory: 1Gi\n    max: lots\n    pricePerHour: 1\n",
+        );
         assert!(e[0].starts_with("s.yaml:5:"), "{e:?}");
     }
 
@@ -721,16 +844,37 @@ mod tests {
             "{POOL}duration: -5m\nworkloads:\n  - name: w\n    namespace: a\n    cpu: lots\n    memory: 1Gi\n    duration: {{ uniform: [5m, 1m] }}\n    arrivals: {{ poisson: {{ perMinute: 0 }} }}\n"
         );
         let e = errs(&text);
-        assert!(e.iter().any(|m| m.starts_with("s.yaml:7:") && m.contains("negative")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("s.yaml:11:") && m.contains("cpu")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("s.yaml:13:") && m.contains("above max")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("s.yaml:14:") && m.contains("perMinute")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("s.yaml:7:") && m.contains("negative")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("s.yaml:11:") && m.contains("cpu")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("s.yaml:13:") && m.contains("above max")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("s.yaml:14:") && m.contains("perMinute")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn pool_limits_are_checked() {
-        let e = errs("pools:\n  - name: user\n    nodeCpu: 1\n    nodeMemory: 1Gi\n    min: 5\n    max: 2\n    pricePerHour: 1\n");
-        assert!(e[0].starts_with("s.yaml:6:") && e[0].contains("below min"), "{e:?}");
+        let e = errs(
+            "pools:\n  - name: user\n    nodeCpu: 1\n    nodeMemory: 1Gi\n    min: 5\n    max: 2\n    pricePerHour: 1\n",
+        );
+        assert!(
+            e[0].starts_with("s.yaml:6:") && e[0].contains("below min"),
+            "{e:?}"
+        );
         let e = errs("pools: []\n");
         assert!(e[0].contains("at least one"), "{e:?}");
         let e = errs(&format!(

@@ -11,8 +11,8 @@
 //! (`500m`). Blank lines and lines starting with `#` are skipped. Every bad
 //! line is reported with file:line:column.
 
-use super::scenario::{Arrivals, InputError, InputErrors, Scenario, TracePod, WorkloadSpec};
 use super::dist::Dist;
+use super::scenario::{Arrivals, InputError, InputErrors, Scenario, TracePod, WorkloadSpec};
 use crate::units::{Duration, MIB, Resources, parse_cpu_millis};
 use std::collections::BTreeMap;
 
@@ -35,21 +35,39 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<TracePod>, InputErrors> {
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
     let Some((hline, header)) = lines.next() else {
-        err(&mut errors, 1, 1, format!("empty trace: expected a header line {:?}", REQUIRED.join(",")));
+        err(
+            &mut errors,
+            1,
+            1,
+            format!(
+                "empty trace: expected a header line {:?}",
+                REQUIRED.join(",")
+            ),
+        );
         return Err(InputErrors(errors));
     };
     let names: Vec<&str> = header.split(',').map(str::trim).collect();
     let col = |name: &str| names.iter().position(|n| *n == name);
     for (i, n) in names.iter().enumerate() {
         if !REQUIRED.contains(n) && *n != "priority" {
-            err(&mut errors, hline, column_of(header, i), format!("unknown column {n:?}"));
+            err(
+                &mut errors,
+                hline,
+                column_of(header, i),
+                format!("unknown column {n:?}"),
+            );
         }
     }
     let mut idx = [0usize; 5];
     for (k, name) in REQUIRED.iter().enumerate() {
         match col(name) {
             Some(i) => idx[k] = i,
-            None => err(&mut errors, hline, 1, format!("missing column {name:?} in the header")),
+            None => err(
+                &mut errors,
+                hline,
+                1,
+                format!("missing column {name:?} in the header"),
+            ),
         }
     }
     if !errors.is_empty() {
@@ -75,11 +93,23 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<TracePod>, InputErrors> {
         let secs = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
         let submit = secs(fields[idx[0]]);
         if submit.is_none() {
-            bad(idx[0], format!("submit_s: expected non-negative seconds, got {:?}", fields[idx[0]]));
+            bad(
+                idx[0],
+                format!(
+                    "submit_s: expected non-negative seconds, got {:?}",
+                    fields[idx[0]]
+                ),
+            );
         }
         let duration = secs(fields[idx[1]]).filter(|d| *d > 0.0);
         if duration.is_none() {
-            bad(idx[1], format!("duration_s: expected positive seconds, got {:?}", fields[idx[1]]));
+            bad(
+                idx[1],
+                format!(
+                    "duration_s: expected positive seconds, got {:?}",
+                    fields[idx[1]]
+                ),
+            );
         }
         let cpu = parse_cpu_millis(fields[idx[2]]);
         if let Err(e) = &cpu {
@@ -87,7 +117,13 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<TracePod>, InputErrors> {
         }
         let mem = secs(fields[idx[3]]);
         if mem.is_none() {
-            bad(idx[3], format!("memory_mib: expected a non-negative number, got {:?}", fields[idx[3]]));
+            bad(
+                idx[3],
+                format!(
+                    "memory_mib: expected a non-negative number, got {:?}",
+                    fields[idx[3]]
+                ),
+            );
         }
         let ns = fields[idx[4]];
         if ns.is_empty() {
@@ -115,7 +151,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<TracePod>, InputErrors> {
             });
         }
     }
-    if errors.is_empty() { Ok(pods) } else { Err(InputErrors(errors)) }
+    if errors.is_empty() {
+        Ok(pods)
+    } else {
+        Err(InputErrors(errors))
+    }
 }
 
 /// The 1-based column where field `i` of a comma-separated line starts.
@@ -153,7 +193,11 @@ pub fn apply(base: &Scenario, text: &str, file: &str) -> Result<Scenario, InputE
     if !errors.is_empty() {
         return Err(InputErrors(errors));
     }
-    let last = pods.iter().map(|p| p.submit).max().unwrap_or(Duration::ZERO);
+    let last = pods
+        .iter()
+        .map(|p| p.submit)
+        .max()
+        .unwrap_or(Duration::ZERO);
     let mut sc = base.clone();
     sc.name = format!("trace:{file}");
     sc.duration = Duration::from_millis(last.millis() + 1);
@@ -192,40 +236,85 @@ mod tests {
         let t = "submit_s,duration_s,cpu,memory_mib,namespace,priority\n0,600,0.5,1024,web,0\n-1,0,lots,x,,high\n1,2,3\n";
         let e = parse(t, "t.csv").err().map(|e| e.0).unwrap_or_default();
         let msgs: Vec<String> = e.iter().map(ToString::to_string).collect();
-        assert!(msgs.contains(&"t.csv:3:1: submit_s: expected non-negative seconds, got \"-1\"".to_string()), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:3:4: duration_s")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:3:6: cpu")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:3:11: memory_mib")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:3:13: namespace")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:3:14: priority")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("t.csv:4:1: expected 6 fields")), "{msgs:?}");
+        assert!(
+            msgs.contains(
+                &"t.csv:3:1: submit_s: expected non-negative seconds, got \"-1\"".to_string()
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with("t.csv:3:4: duration_s")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with("t.csv:3:6: cpu")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with("t.csv:3:11: memory_mib")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with("t.csv:3:13: namespace")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.starts_with("t.csv:3:14: priority")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("t.csv:4:1: expected 6 fields")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn header_problems_are_errors() {
-        let e = parse("submit_s,cpu\n", "t.csv").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("missing column \"duration_s\""), "{e}");
-        let e = parse("", "t.csv").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("empty trace"), "{e}");
-        let e = parse("submit_s,duration_s,cpu,memory_mib,namespace,gpu\n", "t.csv")
+        let e = parse("submit_s,cpu\n", "t.csv")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
+        assert!(e.contains("missing column \"duration_s\""), "{e}");
+        let e = parse("", "t.csv")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("empty trace"), "{e}");
+        let e = parse(
+            "submit_s,duration_s,cpu,memory_mib,namespace,gpu\n",
+            "t.csv",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.contains("t.csv:1:46: unknown column \"gpu\""), "{e}");
     }
 
     #[test]
     fn apply_rejects_pods_that_fit_nowhere() {
         let base = Scenario::builtin();
-        let e = apply(&base, "submit_s,duration_s,cpu,memory_mib,namespace\n0,1,1,1\n", "t.csv");
+        let e = apply(
+            &base,
+            "submit_s,duration_s,cpu,memory_mib,namespace\n0,1,1,1\n",
+            "t.csv",
+        );
         assert!(e.is_err());
-        let e = apply(&base, "submit_s,duration_s,cpu,memory_mib,namespace\n0,60,1,512,a\n5,60,32,512,a\n", "t.csv")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = apply(
+            &base,
+            "submit_s,duration_s,cpu,memory_mib,namespace\n0,60,1,512,a\n5,60,32,512,a\n",
+            "t.csv",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.starts_with("t.csv:3:1: pod requests 32.00 vCPU"), "{e}");
-        let sc = apply(&base, "submit_s,duration_s,cpu,memory_mib,namespace\n0,60,1,512,a\n5,60,2,512,b\n", "t.csv")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let sc = apply(
+            &base,
+            "submit_s,duration_s,cpu,memory_mib,namespace\n0,60,1,512,a\n5,60,2,512,b\n",
+            "t.csv",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sc.generate(1).len(), 2);
         assert_eq!(sc.pools, base.pools);
     }

@@ -32,7 +32,8 @@ use super::dist::Stream;
 use super::scenario::{PodSpec, Scenario};
 use crate::decision::fit::FitIndex;
 use crate::decision::{
-    AciQuota, BurstUsage, Engine, EngineConfig, PendingPod, Reason, Snapshot, UpcomingNode, Verdict, VmNode, VmPool,
+    AciQuota, BurstUsage, Engine, EngineConfig, PendingPod, Reason, Snapshot, UpcomingNode,
+    Verdict, VmNode, VmPool,
 };
 use crate::policy::{BurstMode, BurstPolicy, PolicySet};
 use crate::units::{Duration, Resources, Timestamp};
@@ -146,7 +147,10 @@ impl RunResult {
     }
 
     pub fn pending_over(&self, secs: u64) -> u64 {
-        self.pending_ms.iter().filter(|&&ms| ms > secs * 1000).count() as u64
+        self.pending_ms
+            .iter()
+            .filter(|&&ms| ms > secs * 1000)
+            .count() as u64
     }
 }
 
@@ -287,11 +291,20 @@ struct World<'a> {
 }
 
 impl<'a> World<'a> {
-    fn new(sc: &'a Scenario, specs: &'a [PodSpec], strategy: Strategy, policies: &'a PolicySet, seed: u64) -> Self {
+    fn new(
+        sc: &'a Scenario,
+        specs: &'a [PodSpec],
+        strategy: Strategy,
+        policies: &'a PolicySet,
+        seed: u64,
+    ) -> Self {
         let engine = Engine::new(EngineConfig {
             prices: sc.prices,
             scale_up_delay: sc.autoscaler.scan_interval,
-            default_provision_time: sc.pools.first().map_or(Duration::from_secs(240), |p| p.provision_time.mean()),
+            default_provision_time: sc
+                .pools
+                .first()
+                .map_or(Duration::from_secs(240), |p| p.provision_time.mean()),
             ..EngineConfig::default()
         });
         let pools = sc
@@ -467,7 +480,9 @@ impl<'a> World<'a> {
         if pod.inc != inc {
             return;
         }
-        let Phase::Starting(place) = pod.phase else { return };
+        let Phase::Starting(place) = pod.phase else {
+            return;
+        };
         pod.phase = Phase::Running(place);
         pod.end_at = self.now + pod.remaining;
         self.starts += 1;
@@ -484,7 +499,9 @@ impl<'a> World<'a> {
         if self.pods[p as usize].inc != inc {
             return;
         }
-        let Phase::Running(place) = self.pods[p as usize].phase else { return };
+        let Phase::Running(place) = self.pods[p as usize].phase else {
+            return;
+        };
         self.pods[p as usize].phase = Phase::Done;
         self.pods[p as usize].remaining = 0;
         match place {
@@ -511,7 +528,11 @@ impl<'a> World<'a> {
                 .aci
                 .quota_cores_millis
                 .map(|q| q.saturating_sub(self.aci_in_use.cpu_millis)),
-            groups_left: self.sc.aci.quota_groups.map(|q| q.saturating_sub(self.aci_groups)),
+            groups_left: self
+                .sc
+                .aci
+                .quota_groups
+                .map(|q| q.saturating_sub(self.aci_groups)),
         };
         let plan = self.engine.plan(&self.snap, self.policies);
         let mut bound = Vec::new();
@@ -531,7 +552,9 @@ impl<'a> World<'a> {
                         bound.push(i);
                     } else {
                         self.pods[p as usize].unschedulable = true;
-                        let wait = ((1.0 - self.tokens) * 60_000.0 / self.sc.aci.creates_per_minute as f64).ceil();
+                        let wait = ((1.0 - self.tokens) * 60_000.0
+                            / self.sc.aci.creates_per_minute as f64)
+                            .ceil();
                         self.request_pass(self.now + wait.max(1.0) as u64);
                     }
                 }
@@ -577,7 +600,10 @@ impl<'a> World<'a> {
         pod.inc += 1;
         pod.phase = Phase::Starting(Place::Vm(n));
         let inc = pod.inc;
-        let lat = self.sc.vm_start_latency.draw(self.seed, Stream::VmStart, p as u64, inc as u64);
+        let lat = self
+            .sc
+            .vm_start_latency
+            .draw(self.seed, Stream::VmStart, p as u64, inc as u64);
         self.push(self.now + lat.millis(), Ev::Started(p, inc));
     }
 
@@ -589,7 +615,9 @@ impl<'a> World<'a> {
             if node.real.add(&node.ph).fits_in(&alloc) {
                 return;
             }
-            let Some(ph) = self.nodes[n as usize].placeholders.pop() else { return };
+            let Some(ph) = self.nodes[n as usize].placeholders.pop() else {
+                return;
+            };
             let req = self.specs[ph as usize].requests;
             let node = &mut self.nodes[n as usize];
             node.ph = node.ph.saturating_sub(&req);
@@ -638,10 +666,17 @@ impl<'a> World<'a> {
             _ => None,
         };
         let hourly = self.engine.config.prices.aci_hourly(&res);
-        let usage = self.snap.burst_usage.entry(spec.namespace.to_string()).or_default();
+        let usage = self
+            .snap
+            .burst_usage
+            .entry(spec.namespace.to_string())
+            .or_default();
         usage.add(&res, hourly);
         let usage = *usage;
-        let peak = self.peak_by_ns.entry(spec.namespace.to_string()).or_default();
+        let peak = self
+            .peak_by_ns
+            .entry(spec.namespace.to_string())
+            .or_default();
         peak.pods = peak.pods.max(usage.pods);
         peak.requests.cpu_millis = peak.requests.cpu_millis.max(usage.requests.cpu_millis);
         peak.requests.memory_bytes = peak.requests.memory_bytes.max(usage.requests.memory_bytes);
@@ -671,13 +706,19 @@ impl<'a> World<'a> {
         }
         self.on_aci.insert(p);
         let inc = pod.inc;
-        let lat = self.sc.aci.start_latency.draw(self.seed, Stream::AciStart, p as u64, inc as u64);
+        let lat = self
+            .sc
+            .aci
+            .start_latency
+            .draw(self.seed, Stream::AciStart, p as u64, inc as u64);
         self.push(self.now + lat.millis(), Ev::Started(p, inc));
     }
 
     /// Stop billing a pod on ACI and give back its budget and quota.
     fn leave_aci(&mut self, p: u32) {
-        let Some(a) = self.pods[p as usize].aci.take() else { return };
+        let Some(a) = self.pods[p as usize].aci.take() else {
+            return;
+        };
         self.on_aci.remove(&p);
         let hours = (self.now - a.bound_at) as f64 / 3_600_000.0;
         self.aci_vcpu_hours += a.res.cpu_cores() * hours;
@@ -685,7 +726,11 @@ impl<'a> World<'a> {
         self.aci_in_use = self.aci_in_use.saturating_sub(&a.res);
         self.aci_groups -= 1;
         let prices = self.engine.config.prices;
-        if let Some(u) = self.snap.burst_usage.get_mut(&*self.specs[p as usize].namespace) {
+        if let Some(u) = self
+            .snap
+            .burst_usage
+            .get_mut(&*self.specs[p as usize].namespace)
+        {
             u.pods -= 1;
             u.requests = u.requests.saturating_sub(&a.res);
             u.hourly_cost = prices.aci_hourly(&u.requests);
@@ -693,7 +738,9 @@ impl<'a> World<'a> {
     }
 
     fn drop_placeholder(&mut self, p: u32) {
-        let Some(ph) = self.pods[p as usize].placeholder.take() else { return };
+        let Some(ph) = self.pods[p as usize].placeholder.take() else {
+            return;
+        };
         match ph.node {
             None => {
                 self.ph_pending.remove(&p);
@@ -732,7 +779,9 @@ impl<'a> World<'a> {
         let waiting: Vec<u32> = self.ph_pending.iter().copied().collect();
         for p in waiting {
             let req = self.specs[p as usize].requests;
-            let Some(idx) = fit.first_fit(&req, |_| true) else { continue };
+            let Some(idx) = fit.first_fit(&req, |_| true) else {
+                continue;
+            };
             fit.take(idx, &req);
             let n = self.ready[idx];
             let node = &mut self.nodes[n as usize];
@@ -804,7 +853,11 @@ impl<'a> World<'a> {
     }
 
     fn live_nodes(&self) -> u32 {
-        self.snap.pools.iter().map(|p| p.nodes + p.upcoming.len() as u32).sum()
+        self.snap
+            .pools
+            .iter()
+            .map(|p| p.nodes + p.upcoming.len() as u32)
+            .sum()
     }
 
     fn tick(&mut self) {
@@ -829,7 +882,11 @@ impl<'a> World<'a> {
             .filter(|(_, id)| self.pods[**id as usize].unschedulable)
             .map(|(p, _)| p.requests)
             .collect();
-        demand.extend(self.ph_pending.iter().map(|&p| self.specs[p as usize].requests));
+        demand.extend(
+            self.ph_pending
+                .iter()
+                .map(|&p| self.specs[p as usize].requests),
+        );
         let room: Vec<Resources> = self
             .ready
             .iter()
@@ -863,7 +920,9 @@ impl<'a> World<'a> {
                 b.1 = b.1.saturating_sub(&req);
                 continue;
             }
-            if let Some(pi) = (0..self.sc.pools.len()).find(|&pi| headroom[pi] > 0 && req.fits_in(&self.sc.pools[pi].node)) {
+            if let Some(pi) = (0..self.sc.pools.len())
+                .find(|&pi| headroom[pi] > 0 && req.fits_in(&self.sc.pools[pi].node))
+            {
                 headroom[pi] -= 1;
                 new_nodes[pi] += 1;
                 bins.push((pi, self.sc.pools[pi].node.saturating_sub(&req)));
@@ -874,7 +933,12 @@ impl<'a> World<'a> {
                 let id = self.add_node(pi);
                 let k = self.nodes_requested[pi];
                 self.nodes_requested[pi] += 1;
-                let delay = self.sc.pools[pi].provision_time.draw(self.seed, Stream::VmProvision, pi as u64, k);
+                let delay = self.sc.pools[pi].provision_time.draw(
+                    self.seed,
+                    Stream::VmProvision,
+                    pi as u64,
+                    k,
+                );
                 self.snap.pools[pi].upcoming.push(UpcomingNode {
                     requested_at: Timestamp::from_millis(self.now as i64),
                 });
@@ -933,13 +997,21 @@ impl<'a> World<'a> {
                 let pod = &self.pods[p as usize];
                 matches!(pod.phase, Phase::Running(Place::Aci))
                     && match (pod.aci.and_then(|a| a.drain), pod.placeholder) {
-                        (Some(d), Some(Placeholder { node: Some(_), since })) => self.now >= since + d.after,
+                        (
+                            Some(d),
+                            Some(Placeholder {
+                                node: Some(_),
+                                since,
+                            }),
+                        ) => self.now >= since + d.after,
                         _ => false,
                     }
             })
             .collect();
         for p in candidates {
-            let Some(d) = self.pods[p as usize].aci.and_then(|a| a.drain) else { continue };
+            let Some(d) = self.pods[p as usize].aci.and_then(|a| a.drain) else {
+                continue;
+            };
             let log = &mut self.drain_log[d.policy];
             while log.front().is_some_and(|&t| t + 60_000 <= self.now) {
                 log.pop_front();
@@ -981,8 +1053,8 @@ impl<'a> World<'a> {
             vm_node_hours += hours;
             vm_cost_usd += hours * self.sc.pools[n.pool].price_per_hour;
         }
-        let aci_cost_usd =
-            self.aci_vcpu_hours * self.sc.prices.aci_vcpu_hour + self.aci_gb_hours * self.sc.prices.aci_gb_hour;
+        let aci_cost_usd = self.aci_vcpu_hours * self.sc.prices.aci_vcpu_hour
+            + self.aci_gb_hours * self.sc.prices.aci_gb_hour;
         let started = self.pods.iter().filter(|p| p.started).count() as u64;
         self.pending_ms.sort_unstable();
         RunResult {
