@@ -138,7 +138,7 @@ fn cost_chart(cmp: &Comparison) -> Result<String, ReportError> {
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("${:.2}", r.cost_usd()),
-                    (i as f64 + 0.35, r.cost_usd() + ymax * 0.03),
+                    (i as f64 + 0.35, r.cost_usd() + ymax * 0.07),
                     ("sans-serif", 14),
                 )))
                 .map_err(err)?;
