@@ -564,3 +564,45 @@ fn decisions_are_deterministic_regardless_of_input_order() {
     db.reverse();
     assert_eq!(da, db);
 }
+
+#[test]
+fn plan_names_the_node_each_vm_verdict_claimed() {
+    // vm-0 fits one 500m pod, vm-1 fits two; the pool-b pod may only use vm-2.
+    let s = snap(
+        vec![
+            vm("vm-0", "a", 500, 4),
+            vm("vm-1", "a", 1000, 4),
+            vm("vm-2", "b", 4000, 16),
+        ],
+        vec![pool("a", 2, 2), pool("b", 1, 1)],
+        vec![
+            pod("ns", "p3").waited(1),
+            pod("ns", "p1").waited(30),
+            pod("ns", "pb").waited(20).in_pool("b"),
+            pod("ns", "p2").waited(10),
+            pod("ns", "p4").waited(0).cpu(1500),
+        ],
+    );
+    let plan = Engine::default().plan(&s, &PolicySet::with_default(auto(30, 600)));
+    assert_eq!(
+        plan.decisions,
+        decide(&s, auto(30, 600)),
+        "plan and decide_all agree"
+    );
+    // Oldest first: p1 (30 s), pb (20 s), p2 (10 s), p3 (1 s), p4 (0 s).
+    assert_eq!(plan.order, [1, 2, 3, 0, 4]);
+    assert_eq!(plan.vm_node, [Some(1), Some(0), Some(2), Some(1), Some(2)]);
+    // Every placement holds: no node is given more than its room.
+    let mut used = vec![Resources::default(); s.nodes.len()];
+    for (i, n) in plan.vm_node.iter().enumerate() {
+        if let Some(n) = n {
+            used[*n] = used[*n].add(&s.pending[i].requests);
+        }
+    }
+    for (n, u) in used.iter().enumerate() {
+        assert!(
+            u.fits_in(&s.nodes[n].allocatable.saturating_sub(&s.nodes[n].allocated)),
+            "node {n}"
+        );
+    }
+}
