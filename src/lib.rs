@@ -2,6 +2,7 @@
 //! provider for AKS. See README.md and ../shared/DESIGN.md for the picture.
 
 pub mod cli;
+pub mod cluster;
 pub mod decision;
 pub mod metrics;
 pub mod policy;
