@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod cluster;
 pub mod decision;
+pub mod explain;
+pub mod extender;
 pub mod metrics;
 pub mod policy;
 pub mod units;

@@ -96,10 +96,7 @@ impl VirtualNodeMatcher {
             .spec
             .as_ref()
             .and_then(|s| s.taints.as_ref())
-            .is_some_and(|ts| {
-                ts.iter()
-                    .any(|t| self.taint_keys.contains(&t.key))
-            });
+            .is_some_and(|ts| ts.iter().any(|t| self.taint_keys.contains(&t.key)));
         by_label || by_taint
     }
 
