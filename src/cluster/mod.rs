@@ -83,21 +83,27 @@ impl Default for VirtualNodeMatcher {
 
 impl VirtualNodeMatcher {
     pub fn is_virtual(&self, node: &Node) -> bool {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        if self.names.contains(name) {
-            return true;
-        }
-        let labels = node.metadata.labels.as_ref();
-        let by_label = self
-            .labels
-            .iter()
-            .any(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-        let by_taint = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|ts| ts.iter().any(|t| self.taint_keys.contains(&t.key)));
-        by_label || by_taint
+        let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+        self.matches(
+            node.metadata.name.as_deref().unwrap_or_default(),
+            node.metadata.labels.as_ref(),
+            taints.into_iter().flatten().map(|t| t.key.as_str()),
+        )
+    }
+
+    /// The rule on the parts of a node it looks at (for raw node JSON).
+    pub fn matches<'a>(
+        &self,
+        name: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        mut taint_keys: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        self.names.contains(name)
+            || self
+                .labels
+                .iter()
+                .any(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            || taint_keys.any(|key| self.taint_keys.iter().any(|k| k == key))
     }
 
     pub fn is_virtual_name(&self, name: &str) -> bool {

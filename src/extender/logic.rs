@@ -3,13 +3,13 @@
 use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MAX_PRIORITY, MetaPod,
-    MetaVictims, NodeList,
+    MetaVictims, NodeIdentity, NodeList,
 };
 use super::{AppState, ExtenderError};
 use crate::cluster;
 use crate::decision::{Reason, Snapshot, Verdict};
 use crate::policy::BurstMode;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 
 /// What the extender does with the virtual node for one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +23,8 @@ pub struct FilterDecision {
 /// The candidates of a filter/prioritize call, in the form they came in.
 enum Candidates {
     Names(Vec<String>),
-    Nodes(NodeList),
+    /// The list as sent, and what the extender reads of each item.
+    Nodes(NodeList, Vec<NodeIdentity>),
 }
 
 fn invalid(verb: &'static str, message: impl Into<String>) -> ExtenderError {
@@ -45,15 +46,22 @@ fn require_pod(verb: &'static str, pod: Option<Pod>) -> Result<Pod, ExtenderErro
 fn candidates(verb: &'static str, args: &mut ExtenderArgs) -> Result<Candidates, ExtenderError> {
     if let Some(names) = args.node_names.take() {
         Ok(Candidates::Names(names))
-    } else if let Some(nodes) = args.nodes.take() {
-        Ok(Candidates::Nodes(nodes))
+    } else if let Some(list) = args.nodes.take() {
+        let ids = list
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                NodeIdentity::of(n).map_err(|e| ExtenderError::Malformed {
+                    verb,
+                    message: format!("Nodes.items[{i}]: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Candidates::Nodes(list, ids))
     } else {
         Err(invalid(verb, "neither NodeNames nor Nodes is set"))
     }
-}
-
-fn node_name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or_default()
 }
 
 /// Whether a candidate is the virtual node: by label/taint when the node
@@ -68,8 +76,13 @@ impl VirtualTest<'_> {
     fn name(&self, name: &str) -> bool {
         self.state.virtual_nodes.contains(name) || self.config.virtual_nodes.is_virtual_name(name)
     }
-    fn node(&self, node: &Node) -> bool {
-        self.config.virtual_nodes.is_virtual(node) || self.name(node_name(node))
+    fn node(&self, node: &NodeIdentity) -> bool {
+        let matcher = &self.config.virtual_nodes;
+        matcher.matches(
+            node.name(),
+            node.metadata.labels.as_ref(),
+            node.taint_keys(),
+        ) || self.name(node.name())
     }
 }
 
@@ -141,7 +154,7 @@ pub(super) fn filter(
     };
     let flags: Vec<bool> = match &cands {
         Candidates::Names(names) => names.iter().map(|n| is_virtual.name(n)).collect(),
-        Candidates::Nodes(list) => list.items.iter().map(|n| is_virtual.node(n)).collect(),
+        Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
     };
     let virtual_count = flags.iter().filter(|v| **v).count();
     let refusal = if virtual_count == 0 {
@@ -172,11 +185,11 @@ pub(super) fn filter(
             }
             result.node_names = Some(kept);
         }
-        Candidates::Nodes(list) => {
+        Candidates::Nodes(list, ids) => {
             let mut kept = Vec::with_capacity(list.items.len());
-            for (node, virt) in list.items.into_iter().zip(&flags) {
+            for ((node, id), virt) in list.items.into_iter().zip(&ids).zip(&flags) {
                 match (&refusal, virt) {
-                    (Some(msg), true) => refuse(node_name(&node), msg),
+                    (Some(msg), true) => refuse(id.name(), msg),
                     _ => kept.push(node),
                 }
             }
@@ -210,11 +223,10 @@ pub(super) fn prioritize(
                 host: n,
             })
             .collect(),
-        Candidates::Nodes(list) => list
-            .items
+        Candidates::Nodes(_, ids) => ids
             .iter()
             .map(|n| HostPriority {
-                host: node_name(n).to_string(),
+                host: n.name().to_string(),
                 score: score(is_virtual.node(n)),
             })
             .collect(),

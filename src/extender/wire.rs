@@ -7,7 +7,7 @@
 //! = absent). Responses use the capitalized names, which every scheduler reads.
 //! Embedded Kubernetes objects keep their usual camelCase.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,16 +49,20 @@ macro_rules! case_insensitive {
 
 /// A `v1.NodeList` as the scheduler sends it (`{"metadata":{},"items":[...]}`;
 /// `items` may be `null`; `apiVersion`/`kind`, usually absent, are ignored).
+///
+/// Items are kept as raw JSON: without `nodeCacheCapable` the scheduler uses
+/// the returned node objects as-is, so they must come back exactly as sent,
+/// including fields newer than this crate's Kubernetes types.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeList {
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub items: Vec<Node>,
+    pub items: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
 struct RawNodeList {
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    items: Option<Vec<Node>>,
+    items: Option<Vec<serde_json::Value>>,
 }
 case_insensitive!(RawNodeList { metadata => "metadata", items => "items" });
 
@@ -69,6 +73,51 @@ impl<'de> Deserialize<'de> for NodeList {
             metadata: raw.metadata.unwrap_or_default(),
             items: raw.items.unwrap_or_default(),
         })
+    }
+}
+
+/// What the extender reads of a node object: its name, labels and taint keys.
+/// Decoding it checks the types of exactly those fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeIdentity {
+    #[serde(default)]
+    pub metadata: IdentityMeta,
+    #[serde(default)]
+    pub spec: Option<IdentitySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IdentityMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IdentitySpec {
+    #[serde(default)]
+    pub taints: Option<Vec<IdentityTaint>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IdentityTaint {
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl NodeIdentity {
+    pub fn of(node: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        NodeIdentity::deserialize(node)
+    }
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+    pub fn taint_keys(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .filter_map(|t| t.key.as_deref())
     }
 }
 
@@ -239,7 +288,15 @@ mod tests {
             r#"{"kind":"NodeList","apiVersion":"v1","items":[{"metadata":{"name":"n"}}]}"#,
         )
         .unwrap();
-        assert_eq!(l.items[0].metadata.name.as_deref(), Some("n"));
+        assert_eq!(NodeIdentity::of(&l.items[0]).unwrap().name(), "n");
+        assert!(NodeIdentity::of(&serde_json::json!({"metadata":{"name":42}})).is_err());
+        assert!(NodeIdentity::of(&serde_json::json!("node")).is_err());
+        let id = NodeIdentity::of(
+            &serde_json::json!({"metadata":{"labels":{"type":"virtual-kubelet"}},
+            "spec":{"taints":[{"key":"a","effect":"NoSchedule"},{"key":"b"}]},"status":{"new":1}}),
+        )
+        .unwrap();
+        assert_eq!(id.taint_keys().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(
             serde_json::to_value(NodeList::default()).unwrap(),
             serde_json::json!({"metadata":{},"items":[]})
