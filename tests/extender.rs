@@ -748,16 +748,43 @@ async fn health_readiness_and_metrics() {
     assert_eq!((status, text.as_str()), (StatusCode::OK, "ok\n"));
     let (status, _, _) = call(&h, "GET", "/readyz", Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
+    let unsynced_metrics = Arc::new(Metrics::new());
     let unsynced = Harness {
         state: AppState {
             view: Arc::new(ClusterView::new(ClusterConfig::default())),
+            metrics: unsynced_metrics.clone(),
             ..h.state.clone()
         },
-        metrics: h.metrics.clone(),
+        metrics: unsynced_metrics,
     };
     let (status, v, _) = call(&unsynced, "GET", "/readyz", Body::empty()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(v["error"].is_string());
+    // Unsynced, the extender will not decide on the virtual node: it says so in `Error`.
+    let (status, v) = post(
+        &unsynced,
+        "/filter",
+        &fixture_json("06-filter-virtualnode-toleration.request.json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v["Error"].as_str().unwrap().contains("not synced"), "{v}");
+    let (_, v) = post(
+        &unsynced,
+        "/filter",
+        &names_request(&pod().ns("web").build(), &[VM0]),
+    )
+    .await;
+    assert_eq!(
+        (v["Error"].as_str(), names(&v)),
+        (Some(""), vec![VM0.to_string()]),
+        "no virtual node, no decision needed"
+    );
+    let text = unsynced.metrics.render();
+    assert!(
+        text.contains(r#"spillway_extender_requests_total{outcome="error",verb="filter"} 1"#),
+        "{text}"
+    );
 
     post(
         &h,

@@ -157,6 +157,17 @@ pub(super) fn filter(
         Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
     };
     let virtual_count = flags.iter().filter(|v| **v).count();
+    if virtual_count > 0 && !cluster.synced {
+        // Without pools and burst usage the engine would see "every pool at
+        // max" and let everything burst. Say so instead of deciding: the
+        // scheduler retries (or skips an ignorable extender).
+        return Ok(ExtenderFilterResult {
+            error:
+                "spillway: the cluster view is not synced yet; cannot decide on the virtual node"
+                    .into(),
+            ..Default::default()
+        });
+    }
     let refusal = if virtual_count == 0 {
         None
     } else {

@@ -188,7 +188,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 async fn handle<T, F>(state: &AppState, verb: &'static str, req: Request, answer: F) -> Response
 where
     T: serde::de::DeserializeOwned,
-    F: FnOnce(&AppState, T) -> Result<Response, ExtenderError>,
+    F: FnOnce(&AppState, T) -> Result<(Response, &'static str), ExtenderError>,
 {
     let started = Instant::now();
     let result = match read_body(req, state.max_body_bytes).await {
@@ -196,7 +196,7 @@ where
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
-        Ok(r) => (r, "ok"),
+        Ok(answered) => answered,
         Err(e) => {
             tracing::debug!(verb, error = %e, "rejected extender request");
             let outcome = e.outcome();
@@ -218,28 +218,32 @@ where
 
 async fn filter(State(state): State<AppState>, req: Request) -> Response {
     handle(&state, "filter", req, |s, args| {
-        logic::filter(s, args).map(|r| axum::Json(r).into_response())
+        logic::filter(s, args).map(|r| {
+            // A filter result with `Error` set is an answer, but not a decision.
+            let outcome = if r.error.is_empty() { "ok" } else { "error" };
+            (axum::Json(r).into_response(), outcome)
+        })
     })
     .await
 }
 
 async fn prioritize(State(state): State<AppState>, req: Request) -> Response {
     handle(&state, "prioritize", req, |s, args| {
-        logic::prioritize(s, args).map(|r| axum::Json(r).into_response())
+        logic::prioritize(s, args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await
 }
 
 async fn preempt(State(state): State<AppState>, req: Request) -> Response {
     handle(&state, "preempt", req, |_, args| {
-        logic::preempt(args).map(|r| axum::Json(r).into_response())
+        logic::preempt(args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await
 }
 
 async fn bind(State(state): State<AppState>, req: Request) -> Response {
     handle(&state, "bind", req, |_, args| {
-        logic::bind(args).map(|r| axum::Json(r).into_response())
+        logic::bind(args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await
 }
