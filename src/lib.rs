@@ -3,7 +3,10 @@
 
 pub mod autoscaler;
 pub mod cli;
+pub mod cluster;
 pub mod decision;
+pub mod explain;
+pub mod extender;
 pub mod metrics;
 pub mod policy;
 pub mod sim;

@@ -23,6 +23,10 @@ enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
+    /// Run only the scheduler extender HTTP server.
+    Extender(spillway::extender::ExtenderCommand),
+    /// Offline: print each pending pod's verdict and why, from `kubectl get nodes,pods -A -o yaml`.
+    Explain(spillway::explain::ExplainCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,5 +49,7 @@ fn main() -> ExitCode {
         Command::Policy {
             action: PolicyCommand::Check { dir },
         } => spillway::cli::policy_check(&dir),
+        Command::Extender(args) => spillway::extender::run(args),
+        Command::Explain(args) => spillway::explain::run(args),
     }
 }
