@@ -158,6 +158,8 @@ pub struct Fault {
     status: Option<u16>,
     latency: Duration,
     retry_after: Option<u64>,
+    /// Some(true): only watch requests; Some(false): only non-watch ones.
+    watch: Option<bool>,
 }
 
 impl Fault {
@@ -171,6 +173,7 @@ impl Fault {
             status: Some(code),
             latency: Duration::ZERO,
             retry_after: None,
+            watch: None,
         }
     }
 
@@ -198,17 +201,32 @@ impl Fault {
         self
     }
 
+    /// Only watch requests (`watch=true|1`) match.
+    pub fn watch_only(mut self) -> Self {
+        self.watch = Some(true);
+        self
+    }
+
+    /// Only non-watch requests match (e.g. a list, not the watch on the same path).
+    pub fn non_watch_only(mut self) -> Self {
+        self.watch = Some(false);
+        self
+    }
+
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
 
-    fn matches(&self, method: &Method, path: &str) -> bool {
+    fn matches(&self, method: &Method, path: &str, is_watch: bool) -> bool {
         let path_ok = match self.path.strip_suffix('*') {
             Some(prefix) => path.starts_with(prefix),
             None => path == self.path,
         };
-        self.times > 0 && path_ok && self.method.as_ref().is_none_or(|m| m == method)
+        self.times > 0
+            && path_ok
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.watch.is_none_or(|w| w == is_watch)
     }
 }
 
@@ -300,10 +318,21 @@ impl TestApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// kube 5's `rustls-tls` feature enables no crypto provider, and
+    /// `Client::try_from` builds a TLS connector even for `http://` URLs, so
+    /// without a process-wide default it panics. Install ring's once.
+    fn ensure_crypto_provider() {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race to another test thread is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+
     /// The kube config a client for this server uses (default namespace
     /// "default", kube-rs defaults otherwise — including its retry of
     /// 429/503/504 responses).
     pub fn kube_config(&self) -> kube::Config {
+        Self::ensure_crypto_provider();
         kube::Config::new(self.url().parse().expect("server URL parses"))
     }
 
@@ -415,6 +444,12 @@ impl TestApiServer {
         self.shared.store().expire_watches();
     }
 
+    /// Ends every open watch cleanly (no error event), as a watch timeout
+    /// or an apiserver restart would; clients re-watch from their last rv.
+    pub fn close_watches(&self) {
+        self.shared.store().close_watches();
+    }
+
     /// Watch streams currently open.
     pub fn open_watches(&self) -> usize {
         self.shared.open_watches.load(Ordering::SeqCst)
@@ -491,7 +526,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 .into_response();
         }
     };
-    lock(&shared.requests).push(RequestRecord {
+    let record = RequestRecord {
         method: parts.method.clone(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
@@ -501,12 +536,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(String::from),
         body: String::from_utf8_lossy(&bytes).into_owned(),
-    });
+    };
+    let is_watch = record.is_watch();
+    lock(&shared.requests).push(record);
     let fault = {
         let mut faults = lock(&shared.faults);
         faults
             .iter_mut()
-            .find(|f| f.matches(&parts.method, parts.uri.path()))
+            .find(|f| f.matches(&parts.method, parts.uri.path(), is_watch))
             .map(|f| {
                 f.times -= 1;
                 f.clone()

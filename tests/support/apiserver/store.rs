@@ -55,6 +55,9 @@ pub enum WatchMsg {
     Change(Arc<Change>),
     /// Test hook: every open watch gets a 410 ERROR event and ends.
     Expire,
+    /// Test hook: every open watch ends cleanly (as on a watch timeout or
+    /// an apiserver restart); clients re-watch from their last rv.
+    Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +321,10 @@ impl Store {
     pub fn expire_watches(&self) {
         // No receivers is fine.
         let _ = self.tx.send(WatchMsg::Expire);
+    }
+
+    pub fn close_watches(&self) {
+        let _ = self.tx.send(WatchMsg::Close);
     }
 
     fn key(rt: &'static ResourceType, ns: &str, name: &str) -> ObjKey {

@@ -168,6 +168,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
                         )))).await;
                         return;
                     }
+                    Ok(WatchMsg::Close) => return,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let _ = tx.send(error_line(&ApiError::expired(format!(
                             "too old resource version: {progressed} (watcher fell behind)"
