@@ -1073,28 +1073,26 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(rt, name))?;
         let ignore_pdb =
             is_terminating(&pod) || matches!(pod_phase(&pod), "Succeeded" | "Failed" | "Pending");
-        if !ignore_pdb {
-            if let Some((pdb_name, b, always)) = self.pdb_for(&pod)? {
-                let allowed = if pod_healthy(&pod) {
-                    b.disruptions_allowed() > 0
-                } else {
-                    always || b.healthy >= b.desired
-                };
-                if !allowed {
-                    let mut err = ApiError::new(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                    );
-                    err.details = Some(json!({"causes": [{
-                        "reason": "DisruptionBudget",
-                        "message": format!(
-                            "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
-                            b.desired, b.healthy
-                        ),
-                    }]}));
-                    return Err(err);
-                }
+        if !ignore_pdb && let Some((pdb_name, b, always)) = self.pdb_for(&pod)? {
+            let allowed = if pod_healthy(&pod) {
+                b.disruptions_allowed() > 0
+            } else {
+                always || b.healthy >= b.desired
+            };
+            if !allowed {
+                let mut err = ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+                err.details = Some(json!({"causes": [{
+                    "reason": "DisruptionBudget",
+                    "message": format!(
+                        "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                        b.desired, b.healthy
+                    ),
+                }]}));
+                return Err(err);
             }
         }
         self.delete(rt, ns, name, &opts, pod_grace_timer)
