@@ -17,6 +17,8 @@ enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
+    /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
+    AciEmulator(spillway::aci::emulator::cli::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,5 +38,6 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Policy { action: PolicyCommand::Check { dir } } => spillway::cli::policy_check(&dir),
+        Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
     }
 }

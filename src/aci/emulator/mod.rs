@@ -36,6 +36,7 @@
 //! The emulator must not be mistaken for Azure: it listens on loopback by
 //! default and accepts any token unless one is configured.
 
+pub mod cli;
 mod routes;
 mod state;
 
@@ -338,11 +339,31 @@ impl EmulatorHandle {
         }
     }
 
-    /// Wait until the server stops (for the standalone subcommand).
-    pub async fn wait(mut self) -> std::io::Result<()> {
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            None => Ok(()),
+    /// Serve until `stop` completes (or the server fails), then shut down
+    /// gracefully. For the standalone subcommand.
+    pub async fn run_until<F: std::future::Future<Output = ()>>(
+        mut self,
+        stop: F,
+    ) -> std::io::Result<()> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        tokio::select! {
+            r = &mut task => return joined(r),
+            () = stop => {}
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+            Ok(r) => joined(r),
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
         }
     }
 }
