@@ -291,6 +291,21 @@ pub fn pod_to_group(
     }
 
     let os_type = os_type(spec)?;
+    if os_type == "Windows" {
+        // ACI runs multi-container groups and Azure Files mounts on Linux only.
+        if containers.len() > 1 {
+            return Err(invalid(
+                "spec.containers",
+                "ACI runs Windows container groups with a single container",
+            ));
+        }
+        if let Some(i) = volumes.iter().position(|v| v.azure_file.is_some()) {
+            return Err(invalid(
+                format!("spec.volumes[{i}]"),
+                "ACI mounts Azure Files in Linux container groups only",
+            ));
+        }
+    }
     let restart_policy = match spec.restart_policy.as_deref() {
         None | Some("Always") => "Always",
         Some("OnFailure") => "OnFailure",
@@ -487,7 +502,7 @@ fn translate_env(
     resolved: &Resolved,
 ) -> Result<Vec<EnvironmentVariable>, TranslateError> {
     let mut out: Vec<EnvironmentVariable> = Vec::new();
-    let mut set = |name: &str, value: EnvValue| {
+    fn set(out: &mut Vec<EnvironmentVariable>, name: &str, value: EnvValue) {
         let var = match value {
             EnvValue::Plain(v) => EnvironmentVariable {
                 name: name.to_string(),
@@ -505,7 +520,7 @@ fn translate_env(
             Some(existing) => *existing = var,
             None => out.push(var),
         }
-    };
+    }
     if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
         let from = resolved
             .env_from
@@ -515,7 +530,7 @@ fn translate_env(
                 what: "the ConfigMaps/Secrets it names".to_string(),
             })?;
         for (name, value) in from {
-            set(name, value.clone());
+            set(&mut out, name, value.clone());
         }
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
@@ -532,13 +547,73 @@ fn translate_env(
                         field: format!("{efield}.valueFrom"),
                         what: format!("the value of {:?}", e.name),
                     })?;
-                set(&e.name, value);
+                set(&mut out, &e.name, value);
             }
-            (Some(v), None) => set(&e.name, EnvValue::Plain(v.clone())),
-            (None, None) => set(&e.name, EnvValue::Plain(String::new())),
+            (Some(v), None) => {
+                // `$(VAR)` may refer to variables defined earlier in the list.
+                let (expanded, secret) = expand_vars(v, &out);
+                set(
+                    &mut out,
+                    &e.name,
+                    if secret {
+                        EnvValue::Secret(expanded)
+                    } else {
+                        EnvValue::Plain(expanded)
+                    },
+                );
+            }
+            (None, None) => set(&mut out, &e.name, EnvValue::Plain(String::new())),
         }
     }
     Ok(out)
+}
+
+/// Kubernetes' `$(VAR)` expansion: a defined variable is replaced, an
+/// undefined reference is kept as written, `$$` is a literal `$`. Returns the
+/// result and whether it took a secret value (then it must stay secret).
+fn expand_vars(input: &str, env: &[EnvironmentVariable]) -> (String, bool) {
+    let mut out = String::with_capacity(input.len());
+    let mut secret = false;
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('(') {
+            match tail.find(')') {
+                Some(end) => {
+                    let name = &tail[..end];
+                    match env.iter().find(|e| e.name == name) {
+                        Some(EnvironmentVariable {
+                            secure_value: Some(v),
+                            ..
+                        }) => {
+                            secret = true;
+                            out.push_str(v);
+                        }
+                        Some(e) => out.push_str(e.value.as_deref().unwrap_or_default()),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &tail[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = tail;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    (out, secret)
 }
 
 /// The downward-API values that need only the pod object.
@@ -662,13 +737,14 @@ fn translate_container(
         .as_ref()
         .map(|p| translate_probe(&format!("{field}.readinessProbe"), p, c))
         .transpose()?;
+    let env = translate_env(pod, &field, c, ctx.resolved)?;
     let container = Container {
         name: c.name.clone(),
         properties: ContainerProperties {
             image,
-            command: translate_command(&field, c, ctx.resolved)?,
+            command: expand_command(translate_command(&field, c, ctx.resolved)?, &env),
             ports,
-            environment_variables: translate_env(pod, &field, c, ctx.resolved)?,
+            environment_variables: env,
             resources: resources.spec,
             volume_mounts: translate_mounts(&field, c)?,
             liveness_probe,
@@ -731,16 +807,22 @@ fn translate_init_container(
             "ACI does not run privileged containers",
         ));
     }
+    let env = translate_env(pod, &field, c, ctx.resolved)?;
     Ok(InitContainer {
         name: c.name.clone(),
         properties: InitContainerProperties {
             image,
-            command: translate_command(&field, c, ctx.resolved)?,
-            environment_variables: translate_env(pod, &field, c, ctx.resolved)?,
+            command: expand_command(translate_command(&field, c, ctx.resolved)?, &env),
+            environment_variables: env,
             volume_mounts: translate_mounts(&field, c)?,
             instance_view: None,
         },
     })
+}
+
+/// `$(VAR)` in command and args refers to the container's environment.
+fn expand_command(command: Vec<String>, env: &[EnvironmentVariable]) -> Vec<String> {
+    command.iter().map(|arg| expand_vars(arg, env).0).collect()
 }
 
 fn translate_probe(
@@ -1135,8 +1217,21 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>) -> k8s::PodCondition {
     }
 }
 
-/// Map a container group (as read from ARM) to the pod status the virtual
-/// node reports, with readable reasons. `hostIP` is left to the provider.
+/// Whether `group` carries the instance views that [`pod_status_from_group`]
+/// needs. ARM's *list* answers omit them (a listed group that finished
+/// provisioning would look `Pending`): GET such groups before mapping.
+pub fn has_instance_view(group: &ContainerGroup) -> bool {
+    group.properties.instance_view.is_some()
+        || group
+            .properties
+            .containers
+            .iter()
+            .any(|c| c.properties.instance_view.is_some())
+}
+
+/// Map a container group (as read from ARM with GET; see
+/// [`has_instance_view`]) to the pod status the virtual node reports, with
+/// readable reasons. `hostIP` is left to the provider.
 pub fn pod_status_from_group(group: &ContainerGroup) -> k8s::PodStatus {
     let state = effective_state(group);
     let phase = phase_for_state(state);

@@ -966,3 +966,70 @@ fn status_waiting_keeps_kubernetes_style_reason() {
     assert!(!cs.ready);
     assert_eq!(cond(&s, "Ready"), "False");
 }
+
+#[test]
+fn env_references_expand_like_kubernetes() {
+    let p = pod("web", "exp")
+        .container(
+            c("app", "app:1")
+                .env("HOST", "db")
+                .env_from_secret("PASS", "db", "password")
+                .env("URL", "postgres://$(HOST):5432")
+                .env("DSN", "user:$(PASS)@$(HOST)")
+                .env("LITERAL", "$$(HOST) $(MISSING) $5 $(")
+                .command(&["connect", "--to=$(URL)"]),
+        )
+        .build();
+    let mut resolved = Resolved::default();
+    resolved
+        .env
+        .entry("app".into())
+        .or_default()
+        .insert("PASS".into(), EnvValue::Secret("pw".into()));
+    let g = translate(&p, &aci(PublicIp::Auto, None), &resolved).expect("translates");
+    let props = &g.properties.containers[0].properties;
+    let get = |n: &str| {
+        props
+            .environment_variables
+            .iter()
+            .find(|e| e.name == n)
+            .expect(n)
+            .clone()
+    };
+    assert_eq!(get("URL").value.as_deref(), Some("postgres://db:5432"));
+    let dsn = get("DSN");
+    assert_eq!(
+        (dsn.value, dsn.secure_value.as_deref()),
+        (None, Some("user:pw@db")),
+        "a value built from a secret stays secret"
+    );
+    assert_eq!(
+        get("LITERAL").value.as_deref(),
+        Some("$(HOST) $(MISSING) $5 $(")
+    );
+    assert_eq!(props.command, ["connect", "--to=postgres://db:5432"]);
+}
+
+#[test]
+fn windows_groups_have_one_container_and_no_azure_files() {
+    let p = pod("legacy", "two")
+        .node_selector("kubernetes.io/os", "windows")
+        .container(c("a", "win:1"))
+        .container(c("b", "win:1"))
+        .build();
+    let e = translate(&p, &aci(PublicIp::Auto, None), &Resolved::default()).expect_err("rejected");
+    assert_eq!(e.field(), "spec.containers");
+}
+
+#[test]
+fn listed_groups_without_instance_view_are_flagged() {
+    let mut g = group_with(
+        "Succeeded",
+        Some("Running"),
+        Some(cstate("Running", None, "")),
+    );
+    assert!(has_instance_view(&g));
+    g.properties.instance_view = None;
+    g.properties.containers[0].properties.instance_view = None;
+    assert!(!has_instance_view(&g));
+}
