@@ -1,6 +1,7 @@
 //! spillway: a burst-scaling scheduler extender, autoscaler and embedded ACI
 //! provider for AKS. See README.md and ../shared/DESIGN.md for the picture.
 
+pub mod aci;
 pub mod autoscaler;
 pub mod cli;
 pub mod cluster;

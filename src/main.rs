@@ -27,6 +27,8 @@ enum Command {
     Extender(spillway::extender::ExtenderCommand),
     /// Offline: print each pending pod's verdict and why, from `kubectl get nodes,pods -A -o yaml`.
     Explain(spillway::explain::ExplainCommand),
+    /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
+    AciEmulator(spillway::aci::emulator::cli::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,5 +53,6 @@ fn main() -> ExitCode {
         } => spillway::cli::policy_check(&dir),
         Command::Extender(args) => spillway::extender::run(args),
         Command::Explain(args) => spillway::explain::run(args),
+        Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
     }
 }

@@ -1,0 +1,380 @@
+//! An ARM-compatible Azure Container Instances endpoint, for local runs and
+//! tests. It speaks the same paths and JSON as
+//! `management.azure.com` for `Microsoft.ContainerInstance/containerGroups`,
+//! so the production client is tested against it unchanged.
+//!
+//! Behaviour (all knobs in [`EmulatorConfig`]):
+//! - **Auth**: a bearer token is required (any non-empty one, or exactly
+//!   [`EmulatorConfig::token`]); otherwise 401 with an ARM error body.
+//! - **Lifecycle**: `provisioningState` goes `Accepted` → `Creating` →
+//!   `Succeeded`, derived from the creation instant and the elapsed time ×
+//!   [`EmulatorConfig::speed`] (no background tasks). The instance view is then
+//!   `Running`; groups with restartPolicy `Never`/`OnFailure` terminate after
+//!   [`EmulatorConfig::job_runs_for`] when set.
+//! - **Reads as ARM**: secrets are never returned; the list operations omit
+//!   instance views like ARM does (callers must GET a group for container
+//!   states) unless [`EmulatorConfig::list_instance_view`] is set.
+//! - **Public IPs** come from a test range (20.0.0.0/16 by default), with an
+//!   FQDN `{label}.{location}.azurecontainer.io`.
+//! - **Quotas**: cores and groups per subscription and region →
+//!   409 `ContainerGroupQuotaReached` with ARM's message; groups larger than
+//!   the region allows → 409 `ServiceUnavailable`.
+//! - **Throttling**: token buckets for writes and reads per subscription →
+//!   429 `SubscriptionRequestsThrottled` + `Retry-After`; every answer carries
+//!   `x-ms-ratelimit-remaining-subscription-writes`/`-reads`.
+//! - **Idempotency**: a PUT of the same spec is a no-op (200, nothing
+//!   restarts); a new group is 201; DELETE is 200 for an existing group and
+//!   204 for a missing one.
+//! - **Faults** (config or `POST /_emulator/faults`): per-operation rates of
+//!   500s, 429s and hangs past the client's timeout (a hung write is applied
+//!   first, so a client that times out and retries must be idempotent), extra
+//!   latency, capacity errors, and groups that vanish. Seeded randomness.
+//! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
+//!   count, plus counters (`creates`, `createsByName`, …) for duplicate
+//!   detection.
+//!
+//! The emulator must not be mistaken for Azure: it listens on loopback by
+//! default and accepts any token unless one is configured.
+
+pub mod cli;
+mod routes;
+mod state;
+
+pub use state::{Counters, GroupSnapshot, Op};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Emulator settings. `Default` is a realistic, slowish ACI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmulatorConfig {
+    /// Required bearer token; `None` accepts any non-empty token.
+    pub token: Option<String>,
+    /// Time multiplier for the lifecycle (10 = ten times faster than real).
+    pub speed: f64,
+    /// Time spent in `Accepted` (emulated time).
+    pub accepted_for: Duration,
+    /// Time spent in `Creating` (emulated time).
+    pub creating_for: Duration,
+    /// When set, containers of `Never`/`OnFailure` groups terminate this long
+    /// after starting, with [`EmulatorConfig::job_exit_code`].
+    pub job_runs_for: Option<Duration>,
+    pub job_exit_code: i32,
+    /// `StandardCores` quota per subscription and region.
+    pub cores_limit: i64,
+    /// `ContainerGroups` quota per subscription and region.
+    pub groups_limit: i64,
+    /// Largest group the region can place.
+    pub max_group_cores: f64,
+    pub max_group_memory_gb: f64,
+    /// Public IPs are allocated from this range.
+    pub ip_range_base: Ipv4Addr,
+    pub ip_range_prefix: u8,
+    /// ARM write bucket per subscription: refill rate and size.
+    pub writes_per_sec: f64,
+    pub write_burst: u32,
+    /// ARM read bucket per subscription.
+    pub reads_per_sec: f64,
+    pub read_burst: u32,
+    /// Seed for fault injection.
+    pub seed: u64,
+    /// Faults in force from the start.
+    pub faults: Faults,
+    /// Include instance views in list answers (ARM does not).
+    pub list_instance_view: bool,
+    /// Groups per list page before a `nextLink`.
+    pub page_size: usize,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            speed: 1.0,
+            accepted_for: Duration::from_secs(2),
+            creating_for: Duration::from_secs(3),
+            job_runs_for: None,
+            job_exit_code: 0,
+            cores_limit: 100,
+            groups_limit: 100,
+            max_group_cores: 4.0,
+            max_group_memory_gb: 16.0,
+            ip_range_base: Ipv4Addr::new(20, 0, 0, 0),
+            ip_range_prefix: 16,
+            // ARM's token buckets: 200 writes refilled at 10/s, 250 reads at 25/s.
+            writes_per_sec: 10.0,
+            write_burst: 200,
+            reads_per_sec: 25.0,
+            read_burst: 250,
+            seed: 1,
+            faults: Faults::default(),
+            list_instance_view: false,
+            page_size: 100,
+        }
+    }
+}
+
+/// Injected faults for one operation (`put`, `get`, `list`, `delete`,
+/// `logs`, `usage`, or `*` for all without their own entry).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperationFaults {
+    /// Fraction of calls answered 500 `InternalServerError` (not applied).
+    pub error_rate: f64,
+    /// Fraction answered 429 regardless of the buckets.
+    pub throttle_rate: f64,
+    /// Fraction that hang for [`Faults::hang_ms`] and then answer 504
+    /// (writes are applied before the hang).
+    pub timeout_rate: f64,
+    /// Extra latency on every call.
+    pub latency_ms: u64,
+}
+
+/// The fault plan, as set by config or `POST /_emulator/faults`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Faults {
+    pub operations: BTreeMap<String, OperationFaults>,
+    /// Fraction of group creations refused with 409 `ServiceUnavailable`.
+    pub capacity_error_rate: f64,
+    /// How long a "timeout" fault hangs.
+    pub hang_ms: u64,
+    /// Names of groups to make disappear at once (not kept in the plan).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vanish: Vec<String>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            operations: BTreeMap::new(),
+            capacity_error_rate: 0.0,
+            hang_ms: 60_000,
+            vanish: Vec::new(),
+        }
+    }
+}
+
+impl Faults {
+    /// Check rates and operation names; a message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
+        for (op, f) in &self.operations {
+            if !matches!(
+                op.as_str(),
+                "put" | "get" | "list" | "delete" | "logs" | "usage" | "*"
+            ) {
+                return Err(format!(
+                    "operations.{op}: unknown operation (put, get, list, delete, logs, usage, *)"
+                ));
+            }
+            for (name, r) in [
+                ("errorRate", f.error_rate),
+                ("throttleRate", f.throttle_rate),
+                ("timeoutRate", f.timeout_rate),
+            ] {
+                if !rate_ok(r) {
+                    return Err(format!(
+                        "operations.{op}.{name}: {r} is not between 0 and 1"
+                    ));
+                }
+            }
+            if f.error_rate + f.throttle_rate + f.timeout_rate > 1.0 + 1e-9 {
+                return Err(format!("operations.{op}: the rates add up to more than 1"));
+            }
+        }
+        if !rate_ok(self.capacity_error_rate) {
+            return Err(format!(
+                "capacityErrorRate: {} is not between 0 and 1",
+                self.capacity_error_rate
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid emulator configuration: {0}")]
+    Config(String),
+}
+
+/// Shared state behind the router.
+#[derive(Clone)]
+pub struct EmulatorState {
+    world: Arc<Mutex<state::World>>,
+}
+
+impl EmulatorState {
+    pub fn new(config: EmulatorConfig) -> Result<Self, EmulatorError> {
+        if !(config.speed.is_finite() && config.speed > 0.0) {
+            return Err(EmulatorError::Config(format!(
+                "speed must be a positive number, not {}",
+                config.speed
+            )));
+        }
+        if config.ip_range_prefix > 30 {
+            return Err(EmulatorError::Config(format!(
+                "the IP range /{} is too small",
+                config.ip_range_prefix
+            )));
+        }
+        if config.page_size == 0 {
+            return Err(EmulatorError::Config("page size must be at least 1".into()));
+        }
+        config.faults.validate().map_err(EmulatorError::Config)?;
+        Ok(Self {
+            world: Arc::new(Mutex::new(state::World::new(config))),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, state::World> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a single step), so keep serving.
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the fault plan (and make `vanish` groups disappear).
+    pub fn set_faults(&self, mut faults: Faults) -> Result<usize, String> {
+        faults.validate()?;
+        let vanish = std::mem::take(&mut faults.vanish);
+        let mut w = self.lock();
+        w.faults = faults;
+        Ok(vanish.iter().map(|name| w.vanish(name)).sum())
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    pub fn snapshot(&self) -> Vec<GroupSnapshot> {
+        self.lock().snapshot(tokio::time::Instant::now())
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+}
+
+/// The router, for `oneshot` tests without a socket.
+pub fn app(state: EmulatorState) -> axum::Router {
+    routes::router(state)
+}
+
+/// A running emulator.
+pub struct Emulator;
+
+/// Handle of a running emulator: its URL, its state and a way to stop it.
+pub struct EmulatorHandle {
+    /// `http://127.0.0.1:PORT` — the ARM endpoint to point a client at.
+    pub url: String,
+    pub addr: SocketAddr,
+    pub state: EmulatorState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Emulator {
+    /// Start on an ephemeral loopback port.
+    pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+    }
+
+    /// Start on `addr`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        config: EmulatorConfig,
+    ) -> Result<EmulatorHandle, EmulatorError> {
+        let state = EmulatorState::new(config)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = app(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "ACI emulator listening");
+        Ok(EmulatorHandle {
+            url: format!("http://{addr}"),
+            addr,
+            state,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+impl EmulatorHandle {
+    /// Stop accepting connections and wait for in-flight requests (hung
+    /// fault requests are cut off after 5 s).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Serve until `stop` completes (or the server fails), then shut down
+    /// gracefully. For the standalone subcommand.
+    pub async fn run_until<F: std::future::Future<Output = ()>>(
+        mut self,
+        stop: F,
+    ) -> std::io::Result<()> {
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        tokio::select! {
+            r = &mut task => return joined(r),
+            () = stop => {}
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+            Ok(r) => joined(r),
+            Err(_) => {
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,475 @@
+//! HTTP surface of the emulator: ARM paths, auth, throttling, faults.
+
+use super::state::{Admit, Fault, GroupKey, Op, PutError};
+use super::{EmulatorState, Faults};
+use crate::aci::model::*;
+use crate::units::Timestamp;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const PROVIDER: &str = "providers/Microsoft.ContainerInstance";
+
+pub fn router(state: EmulatorState) -> Router {
+    let group = format!("/subscriptions/{{sub}}/resourceGroups/{{rg}}/{PROVIDER}/containerGroups");
+    Router::new()
+        .route(&group, get(list_rg))
+        .route(
+            &format!("{group}/{{name}}"),
+            get(get_group).put(put_group).delete(delete_group),
+        )
+        .route(
+            &format!("{group}/{{name}}/containers/{{container}}/logs"),
+            get(logs),
+        )
+        .route(
+            &format!("/subscriptions/{{sub}}/{PROVIDER}/containerGroups"),
+            get(list_sub),
+        )
+        .route(
+            &format!("/subscriptions/{{sub}}/{PROVIDER}/locations/{{loc}}/usages"),
+            get(usages),
+        )
+        .route("/_emulator/faults", get(get_faults).post(post_faults))
+        .route("/_emulator/groups", get(groups_snapshot))
+        .fallback(|| async {
+            ArmError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "The requested path is not an emulated ARM resource.",
+            )
+        })
+        .with_state(state)
+}
+
+/// An ARM error answer: `{"error":{"code","message"}}` plus headers.
+#[derive(Debug)]
+struct ArmError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    headers: Vec<(HeaderName, String)>,
+}
+
+impl ArmError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+    fn header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl IntoResponse for ArmError {
+    fn into_response(self) -> Response {
+        let body = ArmErrorBody {
+            error: ArmErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+}
+
+fn ratelimit_header(op: Op) -> HeaderName {
+    HeaderName::from_static(if op.is_write() {
+        "x-ms-ratelimit-remaining-subscription-writes"
+    } else {
+        "x-ms-ratelimit-remaining-subscription-reads"
+    })
+}
+
+/// What the gate lets through: headers to add and a hang to apply after the
+/// operation.
+struct Pass {
+    headers: Vec<(HeaderName, String)>,
+    hang: Option<Duration>,
+}
+
+impl Pass {
+    fn respond(self, status: StatusCode, body: Option<serde_json::Value>) -> Response {
+        let mut resp = match body {
+            Some(b) => (status, axum::Json(b)).into_response(),
+            None => status.into_response(),
+        };
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+
+    /// Apply a hang fault after the operation ran: the client gives up,
+    /// the work is done.
+    async fn finish(self, status: StatusCode, body: Option<serde_json::Value>) -> Response {
+        if let Some(hang) = self.hang {
+            tokio::time::sleep(hang).await;
+            return ArmError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GatewayTimeout",
+                "The gateway did not receive a response within the specified time period.",
+            )
+            .into_response();
+        }
+        self.respond(status, body)
+    }
+}
+
+/// Auth → api-version → faults (latency, 500, 429) → ARM token bucket.
+async fn gate(
+    state: &EmulatorState,
+    op: Op,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    subscription: &str,
+) -> Result<Pass, ArmError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let expected = state.lock().config.token.clone();
+    match (token, expected) {
+        (None, _) => {
+            return Err(ArmError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            )
+            .header(
+                header::WWW_AUTHENTICATE,
+                "Bearer authorization_uri=\"https://login.microsoftonline.com/emulator\"",
+            ));
+        }
+        (Some(t), Some(exp)) if t != exp => {
+            return Err(ArmError::new(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "The access token is invalid.",
+            ));
+        }
+        _ => {}
+    }
+    if query.get("api-version").is_none_or(|v| v.is_empty()) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        ));
+    }
+    let (fault, latency) = state.lock().fault_for(op);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Fault::ServerError => {
+            return Err(ArmError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "Encountered internal server error (injected by the emulator).",
+            ));
+        }
+        Fault::Throttle => {
+            return Err(throttled(op, subscription, 1));
+        }
+        _ => {}
+    }
+    let admit = state
+        .lock()
+        .admit(subscription, op.is_write(), Instant::now());
+    match admit {
+        Admit::Ok { remaining } => Ok(Pass {
+            headers: vec![
+                (ratelimit_header(op), remaining.to_string()),
+                (
+                    HeaderName::from_static("x-ms-request-id"),
+                    format!("emulator-{}", op.name()),
+                ),
+            ],
+            hang: match fault {
+                Fault::Hang(d) => Some(d),
+                _ => None,
+            },
+        }),
+        Admit::Throttled { retry_after_secs } => Err(throttled(op, subscription, retry_after_secs)),
+    }
+}
+
+fn throttled(op: Op, subscription: &str, retry_after_secs: u64) -> ArmError {
+    let kind = if op.is_write() { "write" } else { "read" };
+    ArmError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "SubscriptionRequestsThrottled",
+        format!(
+            "Number of '{kind}' requests for subscription '{subscription}' exceeded. \
+             Please try again after '{retry_after_secs}' seconds."
+        ),
+    )
+    .header(header::RETRY_AFTER, retry_after_secs.to_string())
+    .header(ratelimit_header(op), "0")
+}
+
+fn not_found(rg: &str, name: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        format!("The Resource '{RESOURCE_TYPE}/{name}' under resource group '{rg}' was not found."),
+    )
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(v).ok()
+}
+
+type Q = Query<HashMap<String, String>>;
+
+async fn put_group(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Put, &headers, &q, &sub).await?;
+    let group: ContainerGroup = serde_json::from_slice(&body).map_err(|e| {
+        ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            format!("The request content was invalid and could not be deserialized: {e}"),
+        )
+    })?;
+    let result = state.lock().put(
+        GroupKey::new(&sub, &rg, &name),
+        &rg,
+        group,
+        Instant::now(),
+        Timestamp::now_wall(),
+    );
+    match result {
+        Ok((g, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(pass.finish(status, to_json(&g)).await)
+        }
+        Err(PutError::Invalid { code, message }) => {
+            Err(ArmError::new(StatusCode::BAD_REQUEST, code, message))
+        }
+        Err(PutError::Quota { message }) => Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "ContainerGroupQuotaReached",
+            message,
+        )),
+        Err(PutError::Capacity { message }) => Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "ServiceUnavailable",
+            message,
+        )),
+    }
+}
+
+async fn get_group(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Get, &headers, &q, &sub).await?;
+    let g = state
+        .lock()
+        .get(&GroupKey::new(&sub, &rg, &name), Instant::now());
+    match g {
+        Some(g) => Ok(pass.finish(StatusCode::OK, to_json(&g)).await),
+        None => Err(not_found(&rg, &name)),
+    }
+}
+
+async fn delete_group(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Delete, &headers, &q, &sub).await?;
+    let key = GroupKey::new(&sub, &rg, &name);
+    let deleted = {
+        let mut w = state.lock();
+        let last = w.get(&key, Instant::now());
+        w.delete(&key).then_some(last).flatten()
+    };
+    match deleted {
+        Some(g) => Ok(pass.finish(StatusCode::OK, to_json(&g)).await),
+        None => Ok(pass.finish(StatusCode::NO_CONTENT, None).await),
+    }
+}
+
+fn page(
+    groups: Vec<ContainerGroup>,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    path: &str,
+    page_size: usize,
+) -> ListResult<ContainerGroup> {
+    let skip: usize = q
+        .get("$skipToken")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let total = groups.len();
+    let value: Vec<ContainerGroup> = groups.into_iter().skip(skip).take(page_size).collect();
+    let next = skip + value.len();
+    let next_link = (next < total).then(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        let api = q
+            .get("api-version")
+            .map(String::as_str)
+            .unwrap_or(API_VERSION);
+        format!("http://{host}{path}?api-version={api}&$skipToken={next}")
+    });
+    ListResult { value, next_link }
+}
+
+async fn list_rg(
+    State(state): State<EmulatorState>,
+    Path((sub, rg)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::List, &headers, &q, &sub).await?;
+    let (groups, page_size) = {
+        let w = state.lock();
+        (w.list(&sub, Some(&rg), Instant::now()), w.config.page_size)
+    };
+    let path = format!("/subscriptions/{sub}/resourceGroups/{rg}/{PROVIDER}/containerGroups");
+    let result = page(groups, &q, &headers, &path, page_size);
+    Ok(pass.finish(StatusCode::OK, to_json(&result)).await)
+}
+
+async fn list_sub(
+    State(state): State<EmulatorState>,
+    Path(sub): Path<String>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::List, &headers, &q, &sub).await?;
+    let (groups, page_size) = {
+        let w = state.lock();
+        (w.list(&sub, None, Instant::now()), w.config.page_size)
+    };
+    let path = format!("/subscriptions/{sub}/{PROVIDER}/containerGroups");
+    let result = page(groups, &q, &headers, &path, page_size);
+    Ok(pass.finish(StatusCode::OK, to_json(&result)).await)
+}
+
+async fn logs(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name, container)): Path<(String, String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Logs, &headers, &q, &sub).await?;
+    let tail = match q.get("tail") {
+        None => None,
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
+            ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter",
+                format!("The 'tail' parameter '{t}' is not a non-negative integer."),
+            )
+        })?),
+    };
+    let key = GroupKey::new(&sub, &rg, &name);
+    let (exists, content) = {
+        let w = state.lock();
+        (
+            w.get(&key, Instant::now()).is_some(),
+            w.logs(&key, &container, tail, Instant::now()),
+        )
+    };
+    match (exists, content) {
+        (_, Some(content)) => Ok(pass
+            .finish(StatusCode::OK, to_json(&Logs { content }))
+            .await),
+        (false, None) => Err(not_found(&rg, &name)),
+        (true, None) => Err(ArmError::new(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            format!("The container '{container}' is not found in container group '{name}'."),
+        )),
+    }
+}
+
+async fn usages(
+    State(state): State<EmulatorState>,
+    Path((sub, loc)): Path<(String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Usage, &headers, &q, &sub).await?;
+    let value = state.lock().usage(&sub, &loc);
+    let result = ListResult {
+        value,
+        next_link: None,
+    };
+    Ok(pass.finish(StatusCode::OK, to_json(&result)).await)
+}
+
+async fn get_faults(State(state): State<EmulatorState>) -> Response {
+    axum::Json(state.faults()).into_response()
+}
+
+async fn post_faults(
+    State(state): State<EmulatorState>,
+    body: Bytes,
+) -> Result<Response, ArmError> {
+    let faults: Faults = serde_json::from_slice(&body).map_err(|e| {
+        ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            format!("fault plan: {e}"),
+        )
+    })?;
+    let vanished = state
+        .set_faults(faults)
+        .map_err(|e| ArmError::new(StatusCode::BAD_REQUEST, "InvalidRequestContent", e))?;
+    Ok(
+        axum::Json(serde_json::json!({ "faults": state.faults(), "vanished": vanished }))
+            .into_response(),
+    )
+}
+
+async fn groups_snapshot(State(state): State<EmulatorState>) -> Response {
+    axum::Json(serde_json::json!({
+        "groups": state.snapshot(),
+        "counters": state.counters(),
+    }))
+    .into_response()
+}

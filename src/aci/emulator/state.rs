@@ -1,0 +1,874 @@
+//! The emulator's world: stored groups, their time-derived lifecycle, the IP
+//! pool, quotas, ARM-style token buckets and the fault plan.
+//!
+//! Nothing here does I/O or reads a clock: every method takes `now`, so the
+//! lifecycle is a pure function of (creation instant, elapsed × speed).
+
+use super::{EmulatorConfig, Faults, OperationFaults};
+use crate::aci::model::*;
+use crate::units::{Duration as Millis, Timestamp};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What an ARM call was, for throttling and fault plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Put,
+    Get,
+    List,
+    Delete,
+    Logs,
+    Usage,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::List => "list",
+            Op::Delete => "delete",
+            Op::Logs => "logs",
+            Op::Usage => "usage",
+        }
+    }
+    pub fn is_write(self) -> bool {
+        matches!(self, Op::Put | Op::Delete)
+    }
+}
+
+/// Key of a stored group: subscription, resource group (both lowercased, as
+/// ARM compares them case-insensitively) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+}
+
+impl GroupKey {
+    pub fn new(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self {
+            subscription: subscription.to_ascii_lowercase(),
+            resource_group: resource_group.to_ascii_lowercase(),
+            name: name.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    /// As PUT (secrets included), with `id`/`type` filled in.
+    spec: ContainerGroup,
+    created: Instant,
+    created_wall: Timestamp,
+    ip: Option<Ipv4Addr>,
+    puts: u64,
+}
+
+/// Token bucket: `capacity` tokens, refilled at `per_sec`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Result of taking a throttling token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admit {
+    Ok { remaining: u64 },
+    Throttled { retry_after_secs: u64 },
+}
+
+/// How a request should be disturbed, decided before it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    None,
+    ServerError,
+    Throttle,
+    /// Run the operation, then hang past the client's timeout.
+    Hang(Duration),
+}
+
+/// Why a PUT was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutError {
+    Invalid { code: &'static str, message: String },
+    Quota { message: String },
+    Capacity { message: String },
+}
+
+/// Counters for tests and duplicate detection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// Requests seen per operation (including refused ones).
+    pub requests: BTreeMap<String, u64>,
+    /// PUTs that created a group (201).
+    pub creates: u64,
+    /// PUTs that changed an existing group.
+    pub updates: u64,
+    /// PUTs of an unchanged spec (idempotent no-ops).
+    pub noop_puts: u64,
+    pub deletes: u64,
+    pub throttled: u64,
+    pub faults_injected: u64,
+    /// Groups created per name over the emulator's life: > 1 means a group
+    /// was deleted and created again (or vanished and was recreated).
+    pub creates_by_name: BTreeMap<String, u64>,
+}
+
+/// One group in the `/_emulator/groups` snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSnapshot {
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub provisioning_state: String,
+    pub state: String,
+    pub cores: f64,
+    pub ip: Option<String>,
+    pub puts: u64,
+    pub tags: BTreeMap<String, String>,
+}
+
+pub struct World {
+    pub config: EmulatorConfig,
+    pub faults: Faults,
+    groups: BTreeMap<GroupKey, Record>,
+    used_ips: BTreeSet<Ipv4Addr>,
+    next_ip: u32,
+    buckets: BTreeMap<(String, bool), Bucket>,
+    rng: SmallRng,
+    pub counters: Counters,
+}
+
+impl World {
+    pub fn new(config: EmulatorConfig) -> Self {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        let faults = config.faults.clone();
+        Self {
+            config,
+            faults,
+            groups: BTreeMap::new(),
+            used_ips: BTreeSet::new(),
+            next_ip: 4,
+            buckets: BTreeMap::new(),
+            rng,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Take one read or write token for `subscription`.
+    pub fn admit(&mut self, subscription: &str, write: bool, now: Instant) -> Admit {
+        let (capacity, per_sec) = if write {
+            (self.config.write_burst as f64, self.config.writes_per_sec)
+        } else {
+            (self.config.read_burst as f64, self.config.reads_per_sec)
+        };
+        let bucket = self
+            .buckets
+            .entry((subscription.to_ascii_lowercase(), write))
+            .or_insert(Bucket {
+                tokens: capacity,
+                last: now,
+            });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Admit::Ok {
+                remaining: bucket.tokens.floor() as u64,
+            }
+        } else {
+            self.counters.throttled += 1;
+            let wait = if per_sec > 0.0 {
+                (1.0 - bucket.tokens) / per_sec
+            } else {
+                3600.0
+            };
+            Admit::Throttled {
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+            }
+        }
+    }
+
+    /// Roll the dice for one request, per the fault plan (seeded, so a run
+    /// with the same seed and request order sees the same faults).
+    pub fn fault_for(&mut self, op: Op) -> (Fault, Duration) {
+        *self
+            .counters
+            .requests
+            .entry(op.name().to_string())
+            .or_default() += 1;
+        let plan: OperationFaults = self
+            .faults
+            .operations
+            .get(op.name())
+            .or_else(|| self.faults.operations.get("*"))
+            .cloned()
+            .unwrap_or_default();
+        let latency = Duration::from_millis(plan.latency_ms);
+        let roll: f64 = self.rng.random();
+        let fault = if roll < plan.error_rate {
+            Fault::ServerError
+        } else if roll < plan.error_rate + plan.throttle_rate {
+            Fault::Throttle
+        } else if roll < plan.error_rate + plan.throttle_rate + plan.timeout_rate {
+            Fault::Hang(Duration::from_millis(self.faults.hang_ms))
+        } else {
+            Fault::None
+        };
+        if fault != Fault::None {
+            self.counters.faults_injected += 1;
+        }
+        (fault, latency)
+    }
+
+    fn scaled_elapsed(&self, since: Instant, now: Instant) -> Duration {
+        now.saturating_duration_since(since)
+            .mul_f64(self.config.speed.max(f64::MIN_POSITIVE))
+    }
+
+    /// Create or update a group. Returns (group as answered, created?).
+    pub fn put(
+        &mut self,
+        key: GroupKey,
+        resource_group_display: &str,
+        mut body: ContainerGroup,
+        now: Instant,
+        now_wall: Timestamp,
+    ) -> Result<(ContainerGroup, bool), PutError> {
+        body.name = key.name.clone();
+        validate(&key.name, &body, &self.config)?;
+        body.id = Some(format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
+            key.subscription, resource_group_display, RESOURCE_TYPE, key.name
+        ));
+        body.resource_type = Some(RESOURCE_TYPE.to_string());
+        let spec = body.spec();
+
+        if let Some(existing) = self.groups.get_mut(&key) {
+            existing.puts += 1;
+            if existing.spec.spec() == spec {
+                self.counters.noop_puts += 1;
+                let key2 = key.clone();
+                return Ok((self.render(&key2, now, true), false));
+            }
+            let old_cores = existing.spec.requested_cores();
+            let new_cores = spec.requested_cores();
+            let location = existing.spec.location.clone();
+            let in_use = self.cores_in(&key.subscription, &location) - old_cores;
+            if in_use + new_cores > self.config.cores_limit as f64 + 1e-9 {
+                return Err(PutError::Quota {
+                    message: quota_message(
+                        "StandardCores",
+                        &location,
+                        self.config.cores_limit,
+                        in_use.ceil() as i64,
+                        new_cores.ceil() as i64,
+                    ),
+                });
+            }
+            let wants_ip = wants_public_ip(&spec);
+            // An update restarts the group, as ACI does.
+            if let Some(existing) = self.groups.get_mut(&key) {
+                existing.spec = spec;
+                existing.created = now;
+                existing.created_wall = now_wall;
+            }
+            self.ensure_ip(&key, wants_ip);
+            self.counters.updates += 1;
+            return Ok((self.render(&key, now, true), false));
+        }
+
+        // New group: capacity faults, then quotas.
+        let capacity_roll: f64 = self.rng.random();
+        if capacity_roll < self.faults.capacity_error_rate {
+            self.counters.faults_injected += 1;
+            return Err(PutError::Capacity {
+                message: capacity_message(&spec),
+            });
+        }
+        let groups_in_use = self
+            .groups
+            .iter()
+            .filter(|(k, r)| {
+                k.subscription == key.subscription
+                    && r.spec.location.eq_ignore_ascii_case(&spec.location)
+            })
+            .count() as i64;
+        if groups_in_use + 1 > self.config.groups_limit {
+            return Err(PutError::Quota {
+                message: quota_message(
+                    "ContainerGroups",
+                    &spec.location,
+                    self.config.groups_limit,
+                    groups_in_use,
+                    1,
+                ),
+            });
+        }
+        let cores_in_use = self.cores_in(&key.subscription, &spec.location);
+        let new_cores = spec.requested_cores();
+        if cores_in_use + new_cores > self.config.cores_limit as f64 + 1e-9 {
+            return Err(PutError::Quota {
+                message: quota_message(
+                    "StandardCores",
+                    &spec.location,
+                    self.config.cores_limit,
+                    cores_in_use.ceil() as i64,
+                    new_cores.ceil() as i64,
+                ),
+            });
+        }
+        let wants_ip = wants_public_ip(&spec);
+        self.groups.insert(
+            key.clone(),
+            Record {
+                spec,
+                created: now,
+                created_wall: now_wall,
+                ip: None,
+                puts: 1,
+            },
+        );
+        self.ensure_ip(&key, wants_ip);
+        self.counters.creates += 1;
+        *self
+            .counters
+            .creates_by_name
+            .entry(key.name.clone())
+            .or_default() += 1;
+        Ok((self.render(&key, now, true), true))
+    }
+
+    fn ensure_ip(&mut self, key: &GroupKey, wants: bool) {
+        let current = self.groups.get(key).and_then(|r| r.ip);
+        match (wants, current) {
+            (true, None) => {
+                let ip = self.allocate_ip();
+                if let Some(r) = self.groups.get_mut(key) {
+                    r.ip = ip;
+                }
+            }
+            (false, Some(ip)) => {
+                self.used_ips.remove(&ip);
+                if let Some(r) = self.groups.get_mut(key) {
+                    r.ip = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Next free address of the configured range (skipping .0-.3 and
+    /// broadcast-like .255 hosts); `None` when the range is exhausted.
+    fn allocate_ip(&mut self) -> Option<Ipv4Addr> {
+        let base = u32::from(self.config.ip_range_base);
+        let size = 1u32 << (32 - u32::from(self.config.ip_range_prefix.min(30)));
+        for _ in 0..size {
+            let offset = self.next_ip % size;
+            self.next_ip = self.next_ip.wrapping_add(1);
+            if offset < 4 || offset & 0xff == 0xff {
+                continue;
+            }
+            let ip = Ipv4Addr::from(base.wrapping_add(offset));
+            if self.used_ips.insert(ip) {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    fn cores_in(&self, subscription: &str, location: &str) -> f64 {
+        self.groups
+            .iter()
+            .filter(|(k, r)| {
+                k.subscription == subscription && r.spec.location.eq_ignore_ascii_case(location)
+            })
+            .map(|(_, r)| r.spec.requested_cores())
+            .sum()
+    }
+
+    pub fn get(&self, key: &GroupKey, now: Instant) -> Option<ContainerGroup> {
+        self.groups
+            .contains_key(key)
+            .then(|| self.render(key, now, true))
+    }
+
+    /// Groups of one subscription, optionally one resource group, in name
+    /// order. ARM's list omits instance views (see [`EmulatorConfig::list_instance_view`]).
+    pub fn list(
+        &self,
+        subscription: &str,
+        resource_group: Option<&str>,
+        now: Instant,
+    ) -> Vec<ContainerGroup> {
+        let sub = subscription.to_ascii_lowercase();
+        let rg = resource_group.map(str::to_ascii_lowercase);
+        self.groups
+            .keys()
+            .filter(|k| {
+                k.subscription == sub && rg.as_ref().is_none_or(|rg| &k.resource_group == rg)
+            })
+            .map(|k| self.render(k, now, self.config.list_instance_view))
+            .collect()
+    }
+
+    /// Remove a group; `true` if it existed.
+    pub fn delete(&mut self, key: &GroupKey) -> bool {
+        match self.groups.remove(key) {
+            Some(r) => {
+                if let Some(ip) = r.ip {
+                    self.used_ips.remove(&ip);
+                }
+                self.counters.deletes += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Make groups disappear without a DELETE (fault injection).
+    pub fn vanish(&mut self, name: &str) -> usize {
+        let keys: Vec<GroupKey> = self
+            .groups
+            .keys()
+            .filter(|k| k.name == name)
+            .cloned()
+            .collect();
+        for k in &keys {
+            if let Some(ip) = self.groups.remove(k).and_then(|r| r.ip) {
+                self.used_ips.remove(&ip);
+            }
+        }
+        keys.len()
+    }
+
+    pub fn logs(
+        &self,
+        key: &GroupKey,
+        container: &str,
+        tail: Option<usize>,
+        now: Instant,
+    ) -> Option<String> {
+        let g = self.render(key, now, true);
+        if !self.groups.contains_key(key) {
+            return None;
+        }
+        let c = g
+            .properties
+            .containers
+            .iter()
+            .find(|c| c.name == container)?;
+        let mut lines = vec![format!("[emulator] pulling image {}", c.properties.image)];
+        if let Some(state) = c
+            .properties
+            .instance_view
+            .as_ref()
+            .and_then(|v| v.current_state.as_ref())
+        {
+            if state.state == "Running" || state.state == "Terminated" {
+                lines.push(format!(
+                    "[emulator] started container {container} of group {}",
+                    key.name
+                ));
+                for (i, arg) in c.properties.command.iter().enumerate() {
+                    lines.push(format!("[emulator] argv[{i}] = {arg}"));
+                }
+            }
+            if state.state == "Terminated" {
+                lines.push(format!(
+                    "[emulator] exited with code {}",
+                    state.exit_code.unwrap_or(0)
+                ));
+            }
+        }
+        let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);
+        Some(
+            lines
+                .into_iter()
+                .skip(skip)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        )
+    }
+
+    /// `StandardCores` and `ContainerGroups` usage of a location.
+    pub fn usage(&self, subscription: &str, location: &str) -> Vec<UsageEntry> {
+        let sub = subscription.to_ascii_lowercase();
+        let groups = self
+            .groups
+            .iter()
+            .filter(|(k, r)| {
+                k.subscription == sub && r.spec.location.eq_ignore_ascii_case(location)
+            })
+            .count() as i64;
+        let cores = self.cores_in(&sub, location).ceil() as i64;
+        let entry = |value: &str, localized: &str, current: i64, limit: i64| UsageEntry {
+            unit: "Count".to_string(),
+            current_value: current,
+            limit,
+            name: UsageName {
+                value: value.to_string(),
+                localized_value: localized.to_string(),
+            },
+        };
+        vec![
+            entry(
+                "ContainerGroups",
+                "Container Groups",
+                groups,
+                self.config.groups_limit,
+            ),
+            entry(
+                "StandardCores",
+                "Standard Cores",
+                cores,
+                self.config.cores_limit,
+            ),
+            entry("StandardK80Cores", "Standard K80 Cores", 0, 0),
+            entry("StandardP100Cores", "Standard P100 Cores", 0, 0),
+            entry("StandardV100Cores", "Standard V100 Cores", 0, 0),
+        ]
+    }
+
+    pub fn snapshot(&self, now: Instant) -> Vec<GroupSnapshot> {
+        self.groups
+            .iter()
+            .map(|(k, r)| {
+                let g = self.render(k, now, true);
+                GroupSnapshot {
+                    subscription: k.subscription.clone(),
+                    resource_group: k.resource_group.clone(),
+                    name: k.name.clone(),
+                    location: g.location.clone(),
+                    provisioning_state: g.properties.provisioning_state.clone().unwrap_or_default(),
+                    state: g
+                        .properties
+                        .instance_view
+                        .as_ref()
+                        .and_then(|v| v.state.clone())
+                        .unwrap_or_default(),
+                    cores: r.spec.requested_cores(),
+                    ip: r.ip.map(|ip| ip.to_string()),
+                    puts: r.puts,
+                    tags: g.tags.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The group as ARM would return it at `now`: secrets redacted,
+    /// provisioning state and instance views derived from elapsed time.
+    fn render(&self, key: &GroupKey, now: Instant, instance_view: bool) -> ContainerGroup {
+        let Some(r) = self.groups.get(key) else {
+            return ContainerGroup::default();
+        };
+        let mut g = r.spec.redacted();
+        let elapsed = self.scaled_elapsed(r.created, now);
+        let accepted = self.config.accepted_for;
+        let creating = self.config.creating_for;
+        let prov = if elapsed < accepted {
+            "Accepted"
+        } else if elapsed < accepted + creating {
+            "Creating"
+        } else {
+            "Succeeded"
+        };
+        g.properties.provisioning_state = Some(prov.to_string());
+        if let Some(ipa) = &mut g.properties.ip_address {
+            ipa.ip = r.ip.map(|ip| ip.to_string());
+            ipa.fqdn = ipa
+                .dns_name_label
+                .as_ref()
+                .map(|l| format!("{l}.{}.azurecontainer.io", g.location.to_ascii_lowercase()));
+        }
+        if !instance_view {
+            return g;
+        }
+        // Wall-clock instants of the lifecycle, scaled back to real time.
+        let wall = |scaled: Duration| {
+            let real = scaled.div_f64(self.config.speed.max(f64::MIN_POSITIVE));
+            r.created_wall
+                .plus(Millis::from_millis(real.as_millis() as u64))
+                .to_rfc3339()
+        };
+        let started_at = accepted + creating;
+        let job_like = matches!(
+            g.properties.restart_policy.as_deref(),
+            Some("Never" | "OnFailure")
+        );
+        let finished = match (job_like, self.config.job_runs_for) {
+            (true, Some(run)) if elapsed >= started_at + run => Some(started_at + run),
+            _ => None,
+        };
+        let exit_code = self.config.job_exit_code;
+        let group_state = match (prov, finished) {
+            ("Succeeded", Some(_)) if exit_code == 0 => "Succeeded",
+            ("Succeeded", Some(_)) => "Failed",
+            ("Succeeded", None) => "Running",
+            _ => "Pending",
+        };
+        for c in &mut g.properties.containers {
+            let current = match (prov, finished) {
+                ("Succeeded", Some(at)) => ContainerState {
+                    state: "Terminated".to_string(),
+                    start_time: Some(wall(started_at)),
+                    finish_time: Some(wall(at)),
+                    exit_code: Some(exit_code),
+                    detail_status: Some(
+                        if exit_code == 0 { "Completed" } else { "Error" }.to_string(),
+                    ),
+                },
+                ("Succeeded", None) => ContainerState {
+                    state: "Running".to_string(),
+                    start_time: Some(wall(started_at)),
+                    ..Default::default()
+                },
+                _ => ContainerState {
+                    state: "Waiting".to_string(),
+                    detail_status: Some(String::new()),
+                    ..Default::default()
+                },
+            };
+            let mut events = vec![Event {
+                count: Some(1),
+                first_timestamp: Some(wall(accepted)),
+                last_timestamp: Some(wall(accepted)),
+                name: Some("Pulling".to_string()),
+                message: Some(format!("pulling image \"{}\"", c.properties.image)),
+                event_type: Some("Normal".to_string()),
+            }];
+            if prov == "Succeeded" {
+                events.push(Event {
+                    count: Some(1),
+                    first_timestamp: Some(wall(started_at)),
+                    last_timestamp: Some(wall(started_at)),
+                    name: Some("Started".to_string()),
+                    message: Some("Started container".to_string()),
+                    event_type: Some("Normal".to_string()),
+                });
+            }
+            c.properties.instance_view = Some(ContainerInstanceView {
+                restart_count: 0,
+                current_state: Some(current),
+                previous_state: None,
+                events,
+            });
+        }
+        for c in &mut g.properties.init_containers {
+            let done = prov == "Succeeded";
+            c.properties.instance_view = Some(ContainerInstanceView {
+                restart_count: 0,
+                current_state: Some(ContainerState {
+                    state: if done { "Terminated" } else { "Waiting" }.to_string(),
+                    exit_code: done.then_some(0),
+                    detail_status: Some(if done { "Completed" } else { "" }.to_string()),
+                    start_time: done.then(|| wall(accepted)),
+                    finish_time: done.then(|| wall(started_at)),
+                }),
+                previous_state: None,
+                events: vec![],
+            });
+        }
+        g.properties.instance_view = Some(GroupInstanceView {
+            state: Some(group_state.to_string()),
+            events: vec![],
+        });
+        g
+    }
+}
+
+fn wants_public_ip(g: &ContainerGroup) -> bool {
+    g.properties
+        .ip_address
+        .as_ref()
+        .is_some_and(|i| i.ip_type.eq_ignore_ascii_case("Public"))
+}
+
+fn quota_message(quota: &str, location: &str, limit: i64, usage: i64, requested: i64) -> String {
+    format!(
+        "Resource type 'Microsoft.ContainerInstance/containerGroups' container group quota '{quota}' \
+         exceeded in region '{location}'. Limit: '{limit}', Usage: '{usage}' Requested: '{requested}'."
+    )
+}
+
+fn capacity_message(g: &ContainerGroup) -> String {
+    format!(
+        "The requested resource is not available in the location '{}' at this moment. Please retry with a \
+         different resource request or in another location. Resource requested: '{}' CPU '{}' GB memory '{}' OS",
+        g.location,
+        g.requested_cores(),
+        g.requested_memory_gb(),
+        g.properties.os_type
+    )
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// The checks ACI makes on a PUT body, with ARM's error codes.
+fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(), PutError> {
+    let bad = |code: &'static str, message: String| Err(PutError::Invalid { code, message });
+    if !is_valid_name(name) {
+        return bad(
+            "InvalidResourceName",
+            format!(
+                "The resource name '{name}' is invalid. It can contain only lowercase letters, numbers and hyphens, \
+                 must start and end with a letter or number, and may not contain '--' (1-63 characters)."
+            ),
+        );
+    }
+    if g.location.is_empty() {
+        return bad(
+            "LocationRequired",
+            "The location property is required for this definition.".to_string(),
+        );
+    }
+    let p = &g.properties;
+    if p.containers.is_empty() {
+        return bad(
+            "InvalidRequestContent",
+            "The container group must have at least one container.".to_string(),
+        );
+    }
+    if !matches!(p.os_type.as_str(), "Linux" | "Windows") {
+        return bad(
+            "InvalidOsType",
+            format!(
+                "The 'osType' '{}' is not valid. Valid values are 'Linux' and 'Windows'.",
+                p.os_type
+            ),
+        );
+    }
+    if let Some(rp) = &p.restart_policy
+        && !matches!(rp.as_str(), "Always" | "OnFailure" | "Never")
+    {
+        return bad(
+            "InvalidRestartPolicy",
+            format!("The restart policy '{rp}' is not valid."),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for c in p
+        .containers
+        .iter()
+        .map(|c| (&c.name, &c.properties.image))
+        .chain(
+            p.init_containers
+                .iter()
+                .map(|c| (&c.name, &c.properties.image)),
+        )
+    {
+        if !is_valid_name(c.0) {
+            return bad(
+                "InvalidContainerName",
+                format!("The container name '{}' is invalid.", c.0),
+            );
+        }
+        if !names.insert(c.0.clone()) {
+            return bad(
+                "DuplicateContainerName",
+                format!("The container name '{}' is used more than once.", c.0),
+            );
+        }
+        if c.1.is_empty() {
+            return bad(
+                "InvalidImageName",
+                format!("The image of container '{}' is empty.", c.0),
+            );
+        }
+    }
+    for c in &p.containers {
+        let r = &c.properties.resources.requests;
+        if r.cpu <= 0.0 || r.memory_in_gb <= 0.0 {
+            return bad(
+                "InvalidContainerResourceRequests",
+                format!(
+                    "The container '{}' must request a positive cpu and memoryInGB.",
+                    c.name
+                ),
+            );
+        }
+        for e in &c.properties.environment_variables {
+            if e.value.is_some() && e.secure_value.is_some() {
+                return bad(
+                    "InvalidEnvironmentVariable",
+                    format!(
+                        "The environment variable '{}' sets both value and secureValue.",
+                        e.name
+                    ),
+                );
+            }
+        }
+    }
+    let volume_names: BTreeSet<&str> = p.volumes.iter().map(|v| v.name.as_str()).collect();
+    for m in p
+        .containers
+        .iter()
+        .flat_map(|c| &c.properties.volume_mounts)
+        .chain(
+            p.init_containers
+                .iter()
+                .flat_map(|c| &c.properties.volume_mounts),
+        )
+    {
+        if !volume_names.contains(m.name.as_str()) {
+            return bad(
+                "VolumeMountNotFound",
+                format!("The volume mount '{}' does not match any volume.", m.name),
+            );
+        }
+    }
+    if let Some(ip) = &p.ip_address {
+        if ip.ports.is_empty() {
+            return bad(
+                "InvalidIpAddressPorts",
+                "The IP address must expose at least one port.".to_string(),
+            );
+        }
+        let container_ports: BTreeSet<u16> = p
+            .containers
+            .iter()
+            .flat_map(|c| c.properties.ports.iter().map(|p| p.port))
+            .collect();
+        if let Some(port) = ip
+            .ports
+            .iter()
+            .find(|pt| !container_ports.contains(&pt.port))
+        {
+            return bad(
+                "InvalidIpAddressPorts",
+                format!(
+                    "The port '{}' of the IP address is not exposed by any container.",
+                    port.port
+                ),
+            );
+        }
+    }
+    if g.requested_cores() > config.max_group_cores + 1e-9
+        || g.requested_memory_gb() > config.max_group_memory_gb + 1e-9
+    {
+        return Err(PutError::Capacity {
+            message: capacity_message(g),
+        });
+    }
+    Ok(())
+}

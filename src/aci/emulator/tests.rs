@@ -1,0 +1,613 @@
+//! Router-level tests (`oneshot`, no socket) with paused tokio time, so the
+//! time-derived lifecycle is exercised without waiting.
+
+use super::*;
+use crate::aci::model::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+const RG: &str = "/subscriptions/sub-1/resourceGroups/rg-burst/providers/Microsoft.ContainerInstance/containerGroups";
+const V: &str = "api-version=2023-05-01";
+
+fn group(name: &str, cores: f64, restart: &str, public_port: Option<u16>) -> ContainerGroup {
+    ContainerGroup {
+        name: name.to_string(),
+        location: "westeurope".into(),
+        tags: [(crate::aci::TAG_CLUSTER.to_string(), "c1".to_string())].into(),
+        properties: ContainerGroupProperties {
+            containers: vec![Container {
+                name: "app".into(),
+                properties: ContainerProperties {
+                    image: "nginx:1.27".into(),
+                    command: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
+                    ports: public_port
+                        .map(|p| ContainerPort {
+                            protocol: Some("TCP".into()),
+                            port: p,
+                        })
+                        .into_iter()
+                        .collect(),
+                    environment_variables: vec![EnvironmentVariable {
+                        name: "TOKEN".into(),
+                        value: None,
+                        secure_value: Some("s3cr3t".into()),
+                    }],
+                    resources: ResourceRequirements {
+                        requests: ResourceSpec {
+                            cpu: cores,
+                            memory_in_gb: 1.5,
+                        },
+                        limits: None,
+                    },
+                    ..Default::default()
+                },
+            }],
+            restart_policy: Some(restart.into()),
+            os_type: "Linux".into(),
+            ip_address: public_port.map(|p| IpAddress {
+                ip_type: "Public".into(),
+                ports: vec![IpPort {
+                    protocol: Some("TCP".into()),
+                    port: p,
+                }],
+                dns_name_label: Some(format!("{name}-dns")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn state_with(config: EmulatorConfig) -> EmulatorState {
+    EmulatorState::new(config).expect("valid config")
+}
+
+async fn call(
+    state: &EmulatorState,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    call_with_token(state, method, uri, body, Some("t0ken")).await
+}
+
+async fn call_with_token(
+    state: &EmulatorState,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        })
+        .expect("request");
+    let resp = app(state.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (status, headers, json)
+}
+
+fn json(g: &ContainerGroup) -> serde_json::Value {
+    serde_json::to_value(g).expect("serializable")
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifecycle_follows_time_and_speed() {
+    let st = state_with(EmulatorConfig {
+        speed: 10.0,
+        ..Default::default()
+    });
+    let url = format!("{RG}/web-1?{V}");
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &url,
+        Some(json(&group("web-1", 1.0, "Always", Some(80)))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(body["properties"]["provisioningState"], "Accepted");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "20.0.0.4");
+    assert_eq!(
+        body["properties"]["ipAddress"]["fqdn"],
+        "web-1-dns.westeurope.azurecontainer.io"
+    );
+    assert!(
+        body["properties"]["containers"][0]["properties"]["environmentVariables"][0]
+            .get("secureValue")
+            .is_none(),
+        "secrets are never returned"
+    );
+    // 2 s Accepted + 3 s Creating at speed 10 = 0.5 s real time.
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let (_, _, body) = call(&st, "GET", &url, None).await;
+    assert_eq!(body["properties"]["provisioningState"], "Creating");
+    assert_eq!(body["properties"]["instanceView"]["state"], "Pending");
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let (_, _, body) = call(&st, "GET", &url, None).await;
+    assert_eq!(body["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(body["properties"]["instanceView"]["state"], "Running");
+    assert_eq!(
+        body["properties"]["containers"][0]["properties"]["instanceView"]["currentState"]["state"],
+        "Running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jobs_terminate_when_configured() {
+    let st = state_with(EmulatorConfig {
+        speed: 100.0,
+        job_runs_for: Some(Duration::from_secs(10)),
+        ..Default::default()
+    });
+    let url = format!("{RG}/job-1?{V}");
+    call(
+        &st,
+        "PUT",
+        &url,
+        Some(json(&group("job-1", 1.0, "Never", None))),
+    )
+    .await;
+    let svc = format!("{RG}/svc-1?{V}");
+    call(
+        &st,
+        "PUT",
+        &svc,
+        Some(json(&group("svc-1", 1.0, "Always", None))),
+    )
+    .await;
+    tokio::time::advance(Duration::from_secs(1)).await; // 100 s emulated
+    let (_, _, body) = call(&st, "GET", &url, None).await;
+    assert_eq!(body["properties"]["instanceView"]["state"], "Succeeded");
+    let cs = &body["properties"]["containers"][0]["properties"]["instanceView"]["currentState"];
+    assert_eq!(
+        (cs["state"].as_str(), cs["exitCode"].as_i64()),
+        (Some("Terminated"), Some(0))
+    );
+    let status = crate::aci::translate::pod_status_from_group(
+        &serde_json::from_value(body).expect("group parses"),
+    );
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let (_, _, body) = call(&st, "GET", &svc, None).await;
+    assert_eq!(
+        body["properties"]["instanceView"]["state"], "Running",
+        "Always groups keep running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn put_is_idempotent_and_updates_restart() {
+    let st = state_with(EmulatorConfig::default());
+    let url = format!("{RG}/web-1?{V}");
+    let g = group("web-1", 1.0, "Always", Some(80));
+    let (s1, _, _) = call(&st, "PUT", &url, Some(json(&g))).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let (s2, _, body) = call(&st, "PUT", &url, Some(json(&g))).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(
+        body["properties"]["provisioningState"], "Succeeded",
+        "a no-op PUT restarts nothing"
+    );
+    let mut changed = g.clone();
+    changed.properties.containers[0].properties.image = "nginx:1.28".into();
+    let (s3, _, body) = call(&st, "PUT", &url, Some(json(&changed))).await;
+    assert_eq!(s3, StatusCode::OK);
+    assert_eq!(
+        body["properties"]["provisioningState"], "Accepted",
+        "an update re-provisions"
+    );
+    let c = st.counters();
+    assert_eq!((c.creates, c.noop_puts, c.updates), (1, 1, 1));
+    assert_eq!(c.creates_by_name.get("web-1"), Some(&1));
+    assert_eq!(st.snapshot()[0].puts, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn auth_and_api_version_are_required() {
+    let st = state_with(EmulatorConfig {
+        token: Some("right".into()),
+        ..Default::default()
+    });
+    let url = format!("{RG}/x?{V}");
+    let (s, _, body) = call_with_token(&st, "GET", &url, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "AuthenticationFailed");
+    let (s, _, body) = call_with_token(&st, "GET", &url, None, Some("wrong")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("InvalidAuthenticationToken"))
+    );
+    let (s, _, _) = call_with_token(&st, "GET", &url, None, Some("right")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, body) = call_with_token(&st, "GET", &format!("{RG}/x"), None, Some("right")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("MissingApiVersionParameter"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn validation_errors_are_arm_400s() {
+    let st = state_with(EmulatorConfig::default());
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/Bad_Name?{V}"),
+        Some(json(&group("x", 1.0, "Always", None))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidResourceName"))
+    );
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/ok?{V}"),
+        Some(serde_json::json!({"nope": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestContent"))
+    );
+    let mut g = group("ok", 1.0, "Always", None);
+    g.location.clear();
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/ok?{V}"), Some(json(&g))).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("LocationRequired"))
+    );
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/big?{V}"),
+        Some(json(&group("big", 6.0, "Always", None))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ServiceUnavailable"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn quotas_use_arm_codes_and_usage_reports_them() {
+    let st = state_with(EmulatorConfig {
+        cores_limit: 3,
+        groups_limit: 2,
+        ..Default::default()
+    });
+    for (name, cores) in [("a", 2.0), ("b", 1.0)] {
+        let (s, _, _) = call(
+            &st,
+            "PUT",
+            &format!("{RG}/{name}?{V}"),
+            Some(json(&group(name, cores, "Always", None))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/c?{V}"),
+        Some(json(&group("c", 0.5, "Always", None))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ContainerGroupQuotaReached"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'ContainerGroups'"))
+    );
+    call(&st, "DELETE", &format!("{RG}/b?{V}"), None).await;
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/c?{V}"),
+        Some(json(&group("c", 1.5, "Always", None))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'StandardCores'")),
+        "{body}"
+    );
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &format!("/subscriptions/sub-1/providers/Microsoft.ContainerInstance/locations/westeurope/usages?{V}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let usage: ListResult<UsageEntry> = serde_json::from_value(body).expect("usage list");
+    let u = crate::aci::Usage::from_entries(&usage.value).expect("has lines");
+    assert_eq!(
+        u.container_groups,
+        crate::aci::Quota {
+            limit: 2,
+            current: 1
+        }
+    );
+    assert_eq!(
+        u.cores,
+        crate::aci::Quota {
+            limit: 3,
+            current: 2
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_bucket_throttles_with_retry_after_and_refills() {
+    let st = state_with(EmulatorConfig {
+        write_burst: 3,
+        writes_per_sec: 0.5,
+        ..Default::default()
+    });
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let name = format!("g{i}");
+        let (s, h, body) = call(
+            &st,
+            "PUT",
+            &format!("{RG}/{name}?{V}"),
+            Some(json(&group(&name, 0.5, "Always", None))),
+        )
+        .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "SubscriptionRequestsThrottled");
+            assert_eq!(
+                h.get("retry-after").and_then(|v| v.to_str().ok()),
+                Some("2")
+            );
+        } else {
+            assert!(h.contains_key("x-ms-ratelimit-remaining-subscription-writes"));
+        }
+        statuses.push(s.as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+    // Reads have their own bucket.
+    let (s, h, _) = call(&st, "GET", &format!("{RG}?{V}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h.contains_key("x-ms-ratelimit-remaining-subscription-reads"));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (s, _, _) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/g9?{V}"),
+        Some(json(&group("g9", 0.5, "Always", None))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "the bucket refilled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_pages_and_omits_instance_views() {
+    let st = state_with(EmulatorConfig {
+        page_size: 2,
+        ..Default::default()
+    });
+    for name in ["a", "b", "c"] {
+        call(
+            &st,
+            "PUT",
+            &format!("{RG}/{name}?{V}"),
+            Some(json(&group(name, 0.5, "Always", None))),
+        )
+        .await;
+    }
+    let (_, _, body) = call(&st, "GET", &format!("{RG}?{V}"), None).await;
+    let page1: ListResult<ContainerGroup> = serde_json::from_value(body).expect("list");
+    assert_eq!(page1.value.len(), 2);
+    assert!(page1.value[0].properties.instance_view.is_none());
+    assert!(page1.value[0].properties.provisioning_state.is_some());
+    let next = page1.next_link.expect("nextLink");
+    let path = next
+        .split_once("127.0.0.1")
+        .map(|(_, p)| p.to_string())
+        .expect("absolute link");
+    let (_, _, body) = call(&st, "GET", &path, None).await;
+    let page2: ListResult<ContainerGroup> = serde_json::from_value(body).expect("list");
+    assert_eq!(
+        page2
+            .value
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(page2.next_link.is_none());
+    let (_, _, body) = call(
+        &st,
+        "GET",
+        &format!("/subscriptions/SUB-1/providers/Microsoft.ContainerInstance/containerGroups?{V}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        body["value"].as_array().map(Vec::len),
+        Some(2),
+        "subscription list, case-insensitive"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_inject_errors_and_vanish_groups() {
+    let st = state_with(EmulatorConfig::default());
+    call(
+        &st,
+        "PUT",
+        &format!("{RG}/keep?{V}"),
+        Some(json(&group("keep", 0.5, "Always", None))),
+    )
+    .await;
+    call(
+        &st,
+        "PUT",
+        &format!("{RG}/gone?{V}"),
+        Some(json(&group("gone", 0.5, "Always", None))),
+    )
+    .await;
+    let plan = serde_json::json!({"operations": {"get": {"errorRate": 1.0}}, "capacityErrorRate": 1.0, "vanish": ["gone"]});
+    let (s, _, body) = call(&st, "POST", "/_emulator/faults", Some(plan)).await;
+    assert_eq!((s, body["vanished"].as_u64()), (StatusCode::OK, Some(1)));
+    let (s, _, body) = call(&st, "GET", &format!("{RG}/keep?{V}"), None).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("InternalServerError")
+        )
+    );
+    let (s, _, body) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/new?{V}"),
+        Some(json(&group("new", 0.5, "Always", None))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ServiceUnavailable"))
+    );
+    let names: Vec<String> = st.snapshot().into_iter().map(|g| g.name).collect();
+    assert_eq!(names, ["keep"]);
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/_emulator/faults",
+        Some(serde_json::json!({"operations": {"get": {"errorRate": 2.0}}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a bad plan is refused");
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/_emulator/faults",
+        Some(serde_json::json!({"operations": {"bogus": {}}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(st.counters().faults_injected >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_writes_are_applied_before_the_timeout() {
+    let st = state_with(EmulatorConfig::default());
+    st.set_faults(Faults {
+        operations: [(
+            "put".to_string(),
+            OperationFaults {
+                timeout_rate: 1.0,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        hang_ms: 30_000,
+        ..Default::default()
+    })
+    .expect("valid plan");
+    let (s, _, _) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/slow?{V}"),
+        Some(json(&group("slow", 0.5, "Always", None))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        st.snapshot().len(),
+        1,
+        "the group exists although the client saw a timeout"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_tail_and_delete_semantics() {
+    let st = state_with(EmulatorConfig {
+        speed: 1000.0,
+        ..Default::default()
+    });
+    let url = format!("{RG}/web?{V}");
+    call(
+        &st,
+        "PUT",
+        &url,
+        Some(json(&group("web", 0.5, "Always", None))),
+    )
+    .await;
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &format!("{RG}/web/containers/app/logs?{V}&tail=2"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let content = body["content"].as_str().expect("content");
+    assert_eq!(content.lines().count(), 2, "{content}");
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &format!("{RG}/web/containers/nope/logs?{V}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ContainerNotFound"))
+    );
+    let (s, _, _) = call(&st, "DELETE", &url, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&st, "DELETE", &url, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, body) = call(&st, "GET", &url, None).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
+    );
+}
+
+#[test]
+fn config_is_checked() {
+    assert!(
+        EmulatorState::new(EmulatorConfig {
+            speed: 0.0,
+            ..Default::default()
+        })
+        .is_err()
+    );
+    assert!(
+        EmulatorState::new(EmulatorConfig {
+            ip_range_prefix: 31,
+            ..Default::default()
+        })
+        .is_err()
+    );
+}
