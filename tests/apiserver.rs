@@ -1668,3 +1668,90 @@ async fn other_kinds_round_trip() -> TestResult {
     assert_eq!(names(&srv.list::<Pod>(Some("ns"))), [name]);
     Ok(())
 }
+
+#[tokio::test]
+async fn metadata_only_requests_and_streaming_lists() -> TestResult {
+    let srv = TestApiServer::start().await;
+    srv.insert(&pod("m", "a").label("app", "web").build());
+    let client = srv.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "m");
+
+    // PartialObjectMetadata: get, list, and a metadata watcher.
+    let meta = pods.get_metadata("a").await?;
+    assert_eq!(
+        meta.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app")
+            .map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(
+        pods.list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        1
+    );
+    let raw: Value = client
+        .request(
+            Request::get("/api/v1/namespaces/m/pods")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+                )
+                .body(Vec::new())?,
+        )
+        .await?;
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(raw["items"][0].get("spec").is_none());
+    let meta_api: Api<kube::core::PartialObjectMeta<Pod>> = Api::namespaced(client.clone(), "m");
+    let mut mw = watcher(meta_api, watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, mw.try_next()).await?? {
+            Some(watcher::Event::InitApply(o)) => seen.push(o.metadata.name.unwrap_or_default()),
+            Some(watcher::Event::InitDone) => break,
+            Some(_) => {}
+            None => panic!("metadata watcher ended"),
+        }
+    }
+    assert_eq!(seen, ["a"]);
+    let metadata_watch = srv
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/api/v1/namespaces/m/pods")
+        .expect("metadata watcher's list");
+    assert!(
+        metadata_watch
+            .accept
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+    );
+
+    // Streaming lists: the initial state arrives on the watch, ended by the
+    // `k8s.io/initial-events-end` bookmark; no list request at all.
+    srv.clear_requests();
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = reflector(
+        writer,
+        watcher(pods.clone(), watcher::Config::default().streaming_lists()),
+    );
+    let task = tokio::spawn(async move { stream.for_each(|_| async {}).await });
+    tokio::time::timeout(WAIT, reader.wait_until_ready()).await??;
+    assert_eq!(state_of(&reader), server_state(&srv, "m"));
+    pods.create(&PostParams::default(), &pod("m", "b").build())
+        .await?;
+    assert!(eventually(|| state_of(&reader) == server_state(&srv, "m")).await);
+    let log = srv.requests();
+    assert!(
+        log.iter()
+            .any(|r| r.param("sendInitialEvents").as_deref() == Some("true"))
+    );
+    assert!(
+        !log.iter().any(|r| r.method == Method::GET && !r.is_watch()),
+        "no list: {log:?}"
+    );
+    task.abort();
+    Ok(())
+}

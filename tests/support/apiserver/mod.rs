@@ -132,6 +132,7 @@ pub struct RequestRecord {
     /// Raw query string (kube-rs sends a leading `&`), "" if none.
     pub query: String,
     pub content_type: Option<String>,
+    pub accept: Option<String>,
     /// Request body as (lossy) UTF-8.
     pub body: String,
 }
@@ -535,6 +536,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(String::from),
+        accept: parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     let is_watch = record.is_watch();
@@ -567,6 +573,33 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
+}
+
+/// kube-rs' `*_metadata` calls and `metadata_watcher` ask for
+/// `application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`.
+fn wants_partial(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// An object as returned: whole, or as `meta.k8s.io/v1 PartialObjectMetadata`.
+fn render(obj: &Value, partial: bool) -> Value {
+    if partial {
+        json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+        })
+    } else {
+        obj.clone()
+    }
+}
+
+fn object_response(code: StatusCode, obj: &Value, partial: bool) -> Response {
+    json_response(code, &render(obj, partial))
 }
 
 fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
@@ -626,14 +659,15 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
     }
     let ns_key = ns.unwrap_or("");
     let method = &parts.method;
+    let partial = wants_partial(parts);
     match (name.as_deref(), subresource.as_deref()) {
         (None, None) => match *method {
-            Method::GET if is_true(q.get("watch")) => watch(shared, rt, namespace, &q),
-            Method::GET => list(shared, rt, ns, &q),
+            Method::GET if is_true(q.get("watch")) => watch(shared, rt, namespace, &q, partial),
+            Method::GET => list(shared, rt, ns, &q, partial),
             Method::POST => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().create(rt, ns, body, true)?;
-                Ok(json_response(StatusCode::CREATED, &obj))
+                Ok(object_response(StatusCode::CREATED, &obj, partial))
             }
             Method::DELETE => delete_collection(shared, rt, ns, &q, bytes),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -644,15 +678,15 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
                 let obj = store
                     .get(rt, ns_key, name)
                     .ok_or_else(|| ApiError::not_found(rt, name))?;
-                Ok(json_response(StatusCode::OK, obj))
+                Ok(object_response(StatusCode::OK, obj, partial))
             }
             Method::PUT => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().update(rt, ns_key, name, body, false)?;
-                Ok(json_response(StatusCode::OK, &obj))
+                Ok(object_response(StatusCode::OK, &obj, partial))
             }
             Method::PATCH => patch(shared, rt, ns_key, name, parts, bytes, &q, false),
-            Method::DELETE => delete(shared, rt, ns_key, name, &q, bytes),
+            Method::DELETE => delete(shared, rt, ns_key, name, &q, bytes, partial),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
         },
         (Some(name), Some("status")) if rt.status_subresource => match *method {
@@ -661,12 +695,12 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
                 let obj = store
                     .get(rt, ns_key, name)
                     .ok_or_else(|| ApiError::not_found(rt, name))?;
-                Ok(json_response(StatusCode::OK, obj))
+                Ok(object_response(StatusCode::OK, obj, partial))
             }
             Method::PUT => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().update(rt, ns_key, name, body, true)?;
-                Ok(json_response(StatusCode::OK, &obj))
+                Ok(object_response(StatusCode::OK, &obj, partial))
             }
             Method::PATCH => patch(shared, rt, ns_key, name, parts, bytes, &q, true),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -703,6 +737,7 @@ fn list(
     rt: &'static ResourceType,
     ns: Option<&str>,
     q: &HashMap<String, String>,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let sel = selectors(rt, q)?;
     let limit = match q.get("limit") {
@@ -739,9 +774,9 @@ fn list(
             more = items.last().map(list_key);
             break;
         }
-        // Real list items carry no kind/apiVersion.
-        let mut item = obj.clone();
-        if let Some(m) = item.as_object_mut() {
+        // Real list items carry no kind/apiVersion (metadata-only ones do).
+        let mut item = render(obj, partial);
+        if !partial && let Some(m) = item.as_object_mut() {
             m.remove("kind");
             m.remove("apiVersion");
         }
@@ -751,9 +786,17 @@ fn list(
     if let Some((last_ns, last_name)) = more {
         meta["continue"] = json!(encode_continue(list_rv, &format!("{last_ns}/{last_name}")));
     }
+    let (kind, api_version) = if partial {
+        (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        )
+    } else {
+        (rt.list_kind(), rt.api_version())
+    };
     Ok(json_response(
         StatusCode::OK,
-        &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+        &json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": items}),
     ))
 }
 
@@ -791,6 +834,7 @@ fn watch(
     rt: &'static ResourceType,
     namespace: Option<String>,
     q: &HashMap<String, String>,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let sel = selectors(rt, q)?;
     let resource_version = match q.get("resourceVersion").map(String::as_str) {
@@ -817,6 +861,7 @@ fn watch(
             bookmarks: is_true(q.get("allowWatchBookmarks")),
             timeout,
             send_initial_events: is_true(q.get("sendInitialEvents")),
+            partial,
         },
     ))
 }
@@ -876,7 +921,7 @@ fn patch(
     } else {
         StatusCode::OK
     };
-    Ok(json_response(code, &obj))
+    Ok(object_response(code, &obj, wants_partial(parts)))
 }
 
 fn delete_options(q: &HashMap<String, String>, bytes: &Bytes) -> Result<DeleteOptions, ApiError> {
@@ -918,6 +963,7 @@ fn delete(
     name: &str,
     q: &HashMap<String, String>,
     bytes: &Bytes,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let opts = delete_options(q, bytes)?;
     let timer = shared.config.pod_deletion == PodDeletion::AfterGracePeriod;
@@ -927,7 +973,7 @@ fn delete(
         Deleted::Removed(o) => o,
         Deleted::Terminating { object, .. } => object,
     };
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(object_response(StatusCode::OK, &obj, partial))
 }
 
 fn delete_collection(

@@ -38,6 +38,8 @@ pub struct WatchRequest {
     pub bookmarks: bool,
     pub timeout: Option<Duration>,
     pub send_initial_events: bool,
+    /// Objects as `PartialObjectMetadata` (metadata watches).
+    pub partial: bool,
 }
 
 impl WatchRequest {
@@ -68,6 +70,10 @@ impl WatchRequest {
                 }
             }
         }
+    }
+
+    fn event(&self, ty: &str, obj: &Value) -> Bytes {
+        line(ty, &super::render(obj, self.partial))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
@@ -114,7 +120,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
             None => {
                 for obj in store.list(req.rt, req.namespace.as_deref()) {
                     if req.in_scope(obj) {
-                        initial.push(line("ADDED", obj));
+                        initial.push(req.event("ADDED", obj));
                     }
                 }
                 if req.send_initial_events {
@@ -125,7 +131,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
                 Ok(changes) => {
                     for c in changes {
                         if let Some(ty) = req.event_for(&c) {
-                            initial.push(line(ty, &c.object));
+                            initial.push(req.event(ty, &c.object));
                         }
                     }
                 }
@@ -160,7 +166,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
                 msg = sub.recv() => match msg {
                     Ok(WatchMsg::Change(c)) => {
                         progressed = c.rv;
-                        req.event_for(&c).map(|ty| line(ty, &c.object))
+                        req.event_for(&c).map(|ty| req.event(ty, &c.object))
                     }
                     Ok(WatchMsg::Expire) => {
                         let _ = tx.send(error_line(&ApiError::expired(format!(
