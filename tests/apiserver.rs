@@ -1755,3 +1755,75 @@ async fn metadata_only_requests_and_streaming_lists() -> TestResult {
     task.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn error_bodies_are_v1_status_objects() -> TestResult {
+    use tower::ServiceExt;
+    let srv = TestApiServer::start().await;
+    let send = |req: Request<axum::body::Body>| {
+        let router = srv.router();
+        async move {
+            let resp = router.oneshot(req).await.expect("infallible router");
+            let code = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (
+                code,
+                serde_json::from_slice::<Value>(&bytes).expect("JSON body"),
+            )
+        }
+    };
+    let (code, body) =
+        send(Request::get("/api/v1/namespaces/ns/pods/nope").body(axum::body::Body::empty())?)
+            .await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        body,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pods \"nope\" not found", "reason": "NotFound",
+            "details": {"name": "nope", "group": "", "kind": "pods"}, "code": 404,
+        })
+    );
+    let (code, body) = send(
+        Request::post("/apis/coordination.k8s.io/v1/namespaces/ns/leases")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"l"}}"#))?,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(
+        (body["kind"].as_str(), body["apiVersion"].as_str()),
+        (Some("Lease"), Some("coordination.k8s.io/v1"))
+    );
+    let (code, body) = send(
+        Request::post("/apis/coordination.k8s.io/v1/namespaces/ns/leases")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"l"}}"#))?,
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    assert_eq!(
+        body["message"],
+        "leases.coordination.k8s.io \"l\" already exists"
+    );
+
+    // The router shares the socket server's store.
+    assert!(srv.get::<Lease>("ns", "l").is_some());
+
+    // Namespaces get the real server's defaults.
+    let (code, body) = send(
+        Request::post("/api/v1/namespaces")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"web"}}"#))?,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(body["status"]["phase"], "Active");
+    assert_eq!(
+        body["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "web"
+    );
+    Ok(())
+}

@@ -314,6 +314,12 @@ impl TestApiServer {
         }
     }
 
+    /// The same server as a router over the same store, for
+    /// `tower::ServiceExt::oneshot` tests that need no socket.
+    pub fn router(&self) -> Router {
+        app(self.shared.clone())
+    }
+
     /// `http://127.0.0.1:<port>`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

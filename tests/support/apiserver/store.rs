@@ -542,6 +542,14 @@ impl Store {
         if api && rt.is_pod() {
             default_pod(&mut obj);
         }
+        if api && rt.is("", "namespaces") {
+            let meta = meta_mut(&mut obj);
+            let labels = meta.entry("labels").or_insert(json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
         if rt.is("", "secrets") {
             fold_string_data(&mut obj);
         }
