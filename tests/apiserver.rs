@@ -1827,3 +1827,59 @@ async fn error_bodies_are_v1_status_objects() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn eviction_edge_cases_follow_kube_apiserver() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(srv.client_without_retries(), "e");
+    // An empty selector covers every labelled pod of the namespace.
+    let strict: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "all", "namespace": "e"},
+        "spec": {"selector": {}, "minAvailable": "100%"},
+    }))?;
+    srv.insert(&strict);
+    srv.insert(
+        &pod("e", "labelled")
+            .label("app", "x")
+            .node("n1")
+            .ready()
+            .build(),
+    );
+    srv.insert(
+        &pod("e", "sick")
+            .label("app", "x")
+            .node("n1")
+            .phase("Running")
+            .build(),
+    );
+    srv.insert(&pod("e", "bare").node("n1").ready().build());
+
+    let blocked = pods.evict("labelled", &EvictParams::default()).await;
+    assert_eq!(
+        api_error(blocked.expect_err("100% must stay")),
+        (429, "TooManyRequests".into())
+    );
+    // 1 healthy of 2 required: the unhealthy pod is blocked under IfHealthyBudget...
+    let sick = pods.evict("sick", &EvictParams::default()).await;
+    assert_eq!(
+        api_error(sick.expect_err("budget not met")),
+        (429, "TooManyRequests".into())
+    );
+    // ...and allowed under AlwaysAllow.
+    srv.modify::<PodDisruptionBudget>("e", "all", |p| {
+        p.spec.get_or_insert_default().unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
+    });
+    pods.evict("sick", &EvictParams::default()).await?;
+    // Pods without labels are never covered by a PDB.
+    pods.evict("bare", &EvictParams::default()).await?;
+    assert!(
+        srv.get::<Pod>("e", "bare")
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+    );
+
+    // Two PDBs over one pod: the eviction subresource refuses (500).
+    srv.insert(&pdb("e", "second", "x", json!({"maxUnavailable": 1})));
+    let two = pods.evict("labelled", &EvictParams::default()).await;
+    assert_eq!(api_error(two.expect_err("two PDBs")).0, 500);
+    Ok(())
+}

@@ -1033,6 +1033,14 @@ impl Store {
         let ns = meta_str(pod, "namespace").unwrap_or_default();
         let pods: Vec<&Value> = self.list(pods(), Some(ns));
         let mut found = Vec::new();
+        // kube-apiserver never applies PDBs to pods without labels.
+        let unlabeled = pod
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .is_none_or(|l| l.is_empty());
+        if unlabeled {
+            return Ok(None);
+        }
         for pdb in self.list(pdbs(), Some(ns)) {
             let sel = LabelSelector::from_structured(
                 pdb.pointer("/spec/selector").unwrap_or(&Value::Null),
@@ -1085,7 +1093,9 @@ impl Store {
             let allowed = if pod_healthy(&pod) {
                 b.disruptions_allowed() > 0
             } else {
-                always || b.healthy >= b.desired
+                // As kube-apiserver: an unhealthy pod may go while the
+                // budget is met (IfHealthyBudget) or always (AlwaysAllow).
+                always || (b.healthy >= b.desired && b.desired > 0)
             };
             if !allowed {
                 let mut err = ApiError::new(
