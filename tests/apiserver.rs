@@ -1883,3 +1883,52 @@ async fn eviction_edge_cases_follow_kube_apiserver() -> TestResult {
     assert_eq!(api_error(two.expect_err("two PDBs")).0, 500);
     Ok(())
 }
+
+#[tokio::test]
+async fn kube_runtime_event_recorder_creates_then_patches_a_series() -> TestResult {
+    use kube::runtime::events::{Event as RecEvent, EventType, Recorder, Reporter};
+    let srv = TestApiServer::start().await;
+    let p = srv.insert(&pod("web", "burst-1").build());
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: p.metadata.name.clone(),
+        namespace: p.metadata.namespace.clone(),
+        uid: p.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        srv.client(),
+        Reporter {
+            controller: "spillway".into(),
+            instance: Some("spillway-0".into()),
+        },
+    );
+    let ev = RecEvent {
+        type_: EventType::Normal,
+        reason: "SpillwayWaiting".into(),
+        note: Some("waiting for a VM".into()),
+        action: "Wait".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await?;
+    recorder.publish(&ev, &reference).await?;
+    let events = srv.list::<EventsV1>(Some("web"));
+    assert_eq!(events.len(), 1, "second publish patches the same event");
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(
+        events[0].regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("burst-1")
+    );
+    let methods: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/apis/events.k8s.io/v1/namespaces/web/events")
+        })
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, [Method::POST, Method::PATCH]);
+    Ok(())
+}
