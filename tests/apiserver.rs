@@ -513,6 +513,20 @@ async fn patch_kinds_on_main_resource() -> TestResult {
         (422, "Invalid".into())
     );
 
+    // PUT of a freshly built pod (no server defaults in it) is defaulted
+    // before the immutability check, as on the real server.
+    let mut fresh = pod("ns", "p").label("keep", "1").label("new", "1").build();
+    fresh.spec = strategic.spec.clone().map(|mut s| {
+        s.scheduler_name = None;
+        s.termination_grace_period_seconds = None;
+        s
+    });
+    let put = pods.replace("p", &PostParams::default(), &fresh).await?;
+    assert_eq!(
+        put.spec.and_then(|s| s.scheduler_name).as_deref(),
+        Some("default-scheduler")
+    );
+
     // Main-resource patches ignore .status.
     let ignored = pods
         .patch(
