@@ -1946,3 +1946,57 @@ async fn kube_runtime_event_recorder_creates_then_patches_a_series() -> TestResu
     assert_eq!(methods, [Method::POST, Method::PATCH]);
     Ok(())
 }
+
+#[tokio::test]
+async fn node_scoped_pod_watch_sees_binding_and_graceful_delete() -> TestResult {
+    // The virtual node's view: pods with spec.nodeName=<node>, as a kubelet watches.
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let all: Api<Pod> = Api::all(srv.client());
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "web");
+    let wp = WatchParams::default().fields("spec.nodeName=spillway-aci");
+    let mut stream = all
+        .watch(&wp, &srv.resource_version().to_string())
+        .await?
+        .boxed();
+
+    pods.create(&PostParams::default(), &pod("web", "elsewhere").build())
+        .await?;
+    pods.create(&PostParams::default(), &pod("web", "burst").build())
+        .await?;
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "burst"}, "target": {"kind": "Node", "name": "spillway-aci"}});
+    pods.create_subresource::<_, Value>("binding", "burst", &PostParams::default(), &binding)
+        .await?;
+    pods.delete("burst", &DeleteParams::default()).await?;
+    // The "kubelet" confirms the deletion.
+    pods.delete("burst", &DeleteParams::default().grace_period(0))
+        .await?;
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(WAIT, stream.try_next()).await??;
+        match ev {
+            Some(WatchEvent::Added(p)) => seen.push(("ADDED", p)),
+            Some(WatchEvent::Modified(p)) => seen.push(("MODIFIED", p)),
+            Some(WatchEvent::Deleted(p)) => seen.push(("DELETED", p)),
+            Some(WatchEvent::Bookmark(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let kinds: Vec<_> = seen
+        .iter()
+        .map(|(k, p)| (*k, p.metadata.name.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ADDED", "burst".to_string()),
+            ("MODIFIED", "burst".to_string()),
+            ("DELETED", "burst".to_string())
+        ]
+    );
+    assert!(seen[1].1.metadata.deletion_timestamp.is_some());
+    Ok(())
+}

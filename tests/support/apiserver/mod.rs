@@ -7,7 +7,9 @@
 //! Served: core/v1 pods (+ `status`, `binding`, `eviction`), nodes (+
 //! `status`), events, configmaps, secrets, namespaces; coordination/v1
 //! leases; policy/v1 poddisruptionbudgets (+ `status`); events.k8s.io/v1
-//! events (stored apart from core/v1 events).
+//! events (stored apart from core/v1 events). Metadata-only requests
+//! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
+//! (`sendInitialEvents=true`) are served too.
 //!
 //! Semantics follow kube-apiserver where it matters to a controller (see
 //! `store.rs` and `watch.rs`). Known simplifications, on purpose:
@@ -20,6 +22,11 @@
 //! - PDB checks during eviction compute the budget from the pods (there is
 //!   no disruption controller); `sync_disruption_budgets()` writes the same
 //!   numbers into PDB status on demand;
+//! - pod admission is limited to a few spec defaults (schedulerName,
+//!   terminationGracePeriodSeconds, restartPolicy, dnsPolicy, priority,
+//!   enableServiceLinks) and status reset to Pending on create; no QoS class,
+//!   no default tolerations, no container defaults; `managedFields` are not
+//!   kept; the eviction does not write `disruptedPods` into PDB status;
 //! - graceful pod deletion: unbound or terminal pods and `grace=0` go at once;
 //!   bound pods get `deletionTimestamp` and are removed by a tokio timer after
 //!   the grace period ([`PodDeletion::AfterGracePeriod`], default) or left for
