@@ -2000,3 +2000,101 @@ async fn node_scoped_pod_watch_sees_binding_and_graceful_delete() -> TestResult 
     assert!(seen[1].1.metadata.deletion_timestamp.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn kube_rs_default_client_retries_an_eviction_429() -> TestResult {
+    // Worth knowing for drain-back: kube 5's default client retries 429
+    // (up to 15 times, exponential backoff from 5 ms), so a PDB-blocked
+    // eviction does not come back at once with the default client.
+    let srv = TestApiServer::start().await;
+    srv.insert(
+        &pod("d", "only")
+            .label("app", "x")
+            .node("n1")
+            .ready()
+            .build(),
+    );
+    srv.insert(&pdb("d", "keep-one", "x", json!({"minAvailable": 1})));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "d");
+    let attempt = tokio::spawn(async move { pods.evict("only", &EvictParams::default()).await });
+    let evictions = || {
+        srv.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/pods/only/eviction"))
+            .count()
+    };
+    assert!(
+        eventually(|| evictions() >= 3).await,
+        "retried: {}",
+        evictions()
+    );
+    assert!(!attempt.is_finished(), "still retrying");
+    attempt.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn strategic_merge_directives() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client(), "ns");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "c", "finalizers": ["a/x", "b/y"]}, "data": {"k": "v"}}),
+    )?;
+    cms.create(&PostParams::default(), &cm).await?;
+    // finalizers merge as a set...
+    let merged = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"finalizers": ["c/z", "a/x"]}})),
+        )
+        .await?;
+    assert_eq!(
+        merged.metadata.finalizers,
+        Some(vec!["a/x".into(), "b/y".into(), "c/z".into()])
+    );
+    // ...and lose members through $deleteFromPrimitiveList.
+    let pruned = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["b/y"]}}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        pruned.metadata.finalizers,
+        Some(vec!["a/x".into(), "c/z".into()])
+    );
+    // $patch: replace on a map.
+    let replaced = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"data": {"$patch": "replace", "n": "1"}})),
+        )
+        .await?;
+    assert_eq!(
+        replaced.data,
+        Some(BTreeMap::from([("n".into(), "1".into())]))
+    );
+
+    // $patch: delete on a keyed list element (pod conditions by type).
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "ns");
+    srv.insert(&pod("ns", "p").ready().build());
+    let p = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        p.status.and_then(|s| s.conditions).map(|c| c.len()),
+        Some(0)
+    );
+    Ok(())
+}
