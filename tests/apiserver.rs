@@ -2098,3 +2098,27 @@ async fn strategic_merge_directives() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn watches_end_on_disconnect_and_server_stops_on_drop() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let nodes: Api<Node> = Api::all(srv.client());
+    let stream = nodes.watch(&WatchParams::default(), "0").await?.boxed();
+    assert!(srv.wait_for_watches(1, WAIT).await);
+    drop(stream);
+    assert!(
+        eventually(|| srv.open_watches() == 0).await,
+        "watch task ends when the client goes"
+    );
+
+    let config = srv.kube_config();
+    drop(srv);
+    let fresh = kube::Client::try_from(config)?;
+    let nodes: Api<Node> = Api::all(fresh);
+    match tokio::time::timeout(WAIT, nodes.list(&ListParams::default())).await? {
+        Err(kube::Error::Api(s)) => panic!("server still answering: {s:?}"),
+        Err(_) => {}
+        Ok(list) => panic!("server still serving: {} nodes", list.items.len()),
+    }
+    Ok(())
+}
