@@ -149,7 +149,11 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
         .open_watches
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let guard = OpenWatch(shared.clone());
-    let bookmark_every = shared.config.bookmark_interval;
+    // `interval` panics on a zero period.
+    let bookmark_every = shared
+        .config
+        .bookmark_interval
+        .max(Duration::from_millis(1));
     let mut shutdown = shared.shutdown.clone();
     tokio::spawn(async move {
         let _guard = guard;
@@ -161,6 +165,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
         let mut progressed = start_rv;
         let deadline = req.timeout.map(|t| Instant::now() + t);
         let mut ticks = tokio::time::interval_at(Instant::now() + bookmark_every, bookmark_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let out = tokio::select! {
                 msg = sub.recv() => match msg {
