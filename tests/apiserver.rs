@@ -2122,3 +2122,45 @@ async fn watches_end_on_disconnect_and_server_stops_on_drop() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn pdb_status_follows_pods_like_the_disruption_controller() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(srv.client(), "d");
+    srv.insert(&pod("d", "a").label("app", "x").node("n1").ready().build());
+    srv.insert(&pod("d", "b").label("app", "x").node("n1").ready().build());
+    pdbs.create(
+        &PostParams::default(),
+        &pdb("d", "p", "x", json!({"minAvailable": 1})),
+    )
+    .await?;
+    let allowed = |srv: &TestApiServer| {
+        srv.get::<PodDisruptionBudget>("d", "p")
+            .and_then(|p| p.status)
+            .map(|s| {
+                (
+                    s.current_healthy,
+                    s.desired_healthy,
+                    s.expected_pods,
+                    s.disruptions_allowed,
+                )
+            })
+    };
+    assert_eq!(allowed(&srv), Some((2, 1, 2, 1)));
+    srv.set_status::<Pod>("d", "b", json!({"phase": "Running"})); // not Ready any more
+    assert_eq!(allowed(&srv), Some((1, 1, 2, 0)));
+    let read = pdbs.get_status("p").await?;
+    assert_eq!(read.status.map(|s| s.disruptions_allowed), Some(0));
+
+    // Without the stand-in controller, status only moves on demand.
+    let srv = TestApiServer::builder()
+        .disruption_controller(false)
+        .start()
+        .await;
+    srv.insert(&pod("d", "a").label("app", "x").node("n1").ready().build());
+    srv.insert(&pdb("d", "p", "x", json!({"minAvailable": 1})));
+    assert_eq!(allowed(&srv), None);
+    srv.sync_disruption_budgets();
+    assert_eq!(allowed(&srv), Some((1, 1, 1, 0)));
+    Ok(())
+}

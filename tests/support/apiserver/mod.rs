@@ -19,9 +19,10 @@
 //!   the current state (continue tokens pin the first page's rv);
 //! - `dryRun` is refused with 400 rather than silently applied;
 //! - namespaces are not required to exist and deleting one does not cascade;
-//! - PDB checks during eviction compute the budget from the pods (there is
-//!   no disruption controller); `sync_disruption_budgets()` writes the same
-//!   numbers into PDB status on demand;
+//! - PDB checks during eviction compute the budget from the pods; a built-in
+//!   stand-in for the disruption controller keeps PDB status current after
+//!   every pod/PDB write (`Config::disruption_controller`, on by default;
+//!   `sync_disruption_budgets()` forces it when off);
 //! - pod admission is limited to a few spec defaults (schedulerName,
 //!   terminationGracePeriodSeconds, restartPolicy, dnsPolicy, priority,
 //!   enableServiceLinks) and status reset to Pending on create; no QoS class,
@@ -86,6 +87,10 @@ pub struct Config {
     pub pod_deletion: PodDeletion,
     /// Request bodies above this get 413 (the real limit is 3 MiB).
     pub max_body_bytes: usize,
+    /// Keep PDB status (currentHealthy, desiredHealthy, expectedPods,
+    /// disruptionsAllowed) current after every pod/PDB write, as the
+    /// disruption controller does in a real cluster.
+    pub disruption_controller: bool,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             pod_deletion: PodDeletion::AfterGracePeriod,
             max_body_bytes: 3 * 1024 * 1024,
+            disruption_controller: true,
         }
     }
 }
@@ -123,6 +129,11 @@ impl Builder {
 
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.config.max_body_bytes = n;
+        self
+    }
+
+    pub fn disruption_controller(mut self, on: bool) -> Self {
+        self.config.disruption_controller = on;
         self
     }
 
@@ -292,8 +303,10 @@ impl TestApiServer {
     pub async fn start_with(config: Config) -> Self {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let (tx, _) = broadcast::channel(4096);
+        let mut store = Store::new(config.history_limit, tx);
+        store.set_auto_pdb_status(config.disruption_controller);
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(config.history_limit, tx)),
+            store: Mutex::new(store),
             config,
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),

@@ -142,6 +142,10 @@ pub struct Store {
     /// Every change with rv > floor is in `history`.
     history_floor: u64,
     tx: broadcast::Sender<WatchMsg>,
+    /// Keep PDB status current after pod/PDB writes, as the disruption
+    /// controller does.
+    auto_pdb_status: bool,
+    syncing_pdbs: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -286,7 +290,25 @@ impl Store {
             history_limit: history_limit.max(1),
             history_floor: 1000,
             tx,
+            auto_pdb_status: false,
+            syncing_pdbs: false,
         }
+    }
+
+    pub fn set_auto_pdb_status(&mut self, on: bool) {
+        self.auto_pdb_status = on;
+    }
+
+    /// Follow-up writes another controller would make (PDB status).
+    fn after_write(&mut self, rt: &'static ResourceType, ns: &str) {
+        let relevant = rt.is_pod() || rt.is("policy", "poddisruptionbudgets");
+        if !self.auto_pdb_status || self.syncing_pdbs || !relevant {
+            return;
+        }
+        self.syncing_pdbs = true;
+        // A PDB the controller cannot evaluate keeps its old status.
+        let _ = self.sync_pdbs(Some(ns));
+        self.syncing_pdbs = false;
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -388,6 +410,7 @@ impl Store {
 
     fn insert_new(&mut self, rt: &'static ResourceType, key: ObjKey, mut obj: Value) -> Value {
         let rv = self.stamp(&mut obj);
+        let ns = key.2.clone();
         self.objects.insert(key, obj.clone());
         self.record(Change {
             rv,
@@ -396,6 +419,7 @@ impl Store {
             object: obj.clone(),
             previous: None,
         });
+        self.after_write(rt, &ns);
         obj
     }
 
@@ -409,6 +433,7 @@ impl Store {
             object: last.clone(),
             previous,
         });
+        self.after_write(rt, &key.2);
         last
     }
 
@@ -435,6 +460,7 @@ impl Store {
             return self.remove(rt, &key, new);
         }
         let rv = self.stamp(&mut new);
+        let ns = key.2.clone();
         self.objects.insert(key, new.clone());
         self.record(Change {
             rv,
@@ -443,6 +469,7 @@ impl Store {
             object: new.clone(),
             previous: Some(old),
         });
+        self.after_write(rt, &ns);
         new
     }
 
@@ -1126,7 +1153,11 @@ impl Store {
 
     /// Test hook: write each PDB's status as the disruption controller would.
     pub fn sync_disruption_budgets(&mut self) -> Result<(), ApiError> {
-        let all: Vec<Value> = self.list(pdbs(), None).into_iter().cloned().collect();
+        self.sync_pdbs(None)
+    }
+
+    fn sync_pdbs(&mut self, ns: Option<&str>) -> Result<(), ApiError> {
+        let all: Vec<Value> = self.list(pdbs(), ns).into_iter().cloned().collect();
         for pdb in all {
             let ns = meta_str(&pdb, "namespace").unwrap_or_default().to_string();
             let name = meta_str(&pdb, "name").unwrap_or_default().to_string();
