@@ -513,6 +513,20 @@ async fn patch_kinds_on_main_resource() -> TestResult {
         (422, "Invalid".into())
     );
 
+    // PUT of a freshly built pod (no server defaults in it) is defaulted
+    // before the immutability check, as on the real server.
+    let mut fresh = pod("ns", "p").label("keep", "1").label("new", "1").build();
+    fresh.spec = strategic.spec.clone().map(|mut s| {
+        s.scheduler_name = None;
+        s.termination_grace_period_seconds = None;
+        s
+    });
+    let put = pods.replace("p", &PostParams::default(), &fresh).await?;
+    assert_eq!(
+        put.spec.and_then(|s| s.scheduler_name).as_deref(),
+        Some("default-scheduler")
+    );
+
     // Main-resource patches ignore .status.
     let ignored = pods
         .patch(
@@ -1666,5 +1680,487 @@ async fn other_kinds_round_trip() -> TestResult {
         .await?;
     assert_eq!(deleted.left().map(|l| l.items.len()), Some(2));
     assert_eq!(names(&srv.list::<Pod>(Some("ns"))), [name]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn metadata_only_requests_and_streaming_lists() -> TestResult {
+    let srv = TestApiServer::start().await;
+    srv.insert(&pod("m", "a").label("app", "web").build());
+    let client = srv.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "m");
+
+    // PartialObjectMetadata: get, list, and a metadata watcher.
+    let meta = pods.get_metadata("a").await?;
+    assert_eq!(
+        meta.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app")
+            .map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(
+        pods.list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        1
+    );
+    let raw: Value = client
+        .request(
+            Request::get("/api/v1/namespaces/m/pods")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+                )
+                .body(Vec::new())?,
+        )
+        .await?;
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(raw["items"][0].get("spec").is_none());
+    let meta_api: Api<kube::core::PartialObjectMeta<Pod>> = Api::namespaced(client.clone(), "m");
+    let mut mw = watcher(meta_api, watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, mw.try_next()).await?? {
+            Some(watcher::Event::InitApply(o)) => seen.push(o.metadata.name.unwrap_or_default()),
+            Some(watcher::Event::InitDone) => break,
+            Some(_) => {}
+            None => panic!("metadata watcher ended"),
+        }
+    }
+    assert_eq!(seen, ["a"]);
+    let metadata_watch = srv
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/api/v1/namespaces/m/pods")
+        .expect("metadata watcher's list");
+    assert!(
+        metadata_watch
+            .accept
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+    );
+
+    // Streaming lists: the initial state arrives on the watch, ended by the
+    // `k8s.io/initial-events-end` bookmark; no list request at all.
+    srv.clear_requests();
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = reflector(
+        writer,
+        watcher(pods.clone(), watcher::Config::default().streaming_lists()),
+    );
+    let task = tokio::spawn(async move { stream.for_each(|_| async {}).await });
+    tokio::time::timeout(WAIT, reader.wait_until_ready()).await??;
+    assert_eq!(state_of(&reader), server_state(&srv, "m"));
+    pods.create(&PostParams::default(), &pod("m", "b").build())
+        .await?;
+    assert!(eventually(|| state_of(&reader) == server_state(&srv, "m")).await);
+    let log = srv.requests();
+    assert!(
+        log.iter()
+            .any(|r| r.param("sendInitialEvents").as_deref() == Some("true"))
+    );
+    assert!(
+        !log.iter().any(|r| r.method == Method::GET && !r.is_watch()),
+        "no list: {log:?}"
+    );
+    task.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn error_bodies_are_v1_status_objects() -> TestResult {
+    use tower::ServiceExt;
+    let srv = TestApiServer::start().await;
+    let send = |req: Request<axum::body::Body>| {
+        let router = srv.router();
+        async move {
+            let resp = router.oneshot(req).await.expect("infallible router");
+            let code = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (
+                code,
+                serde_json::from_slice::<Value>(&bytes).expect("JSON body"),
+            )
+        }
+    };
+    let (code, body) =
+        send(Request::get("/api/v1/namespaces/ns/pods/nope").body(axum::body::Body::empty())?)
+            .await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        body,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pods \"nope\" not found", "reason": "NotFound",
+            "details": {"name": "nope", "group": "", "kind": "pods"}, "code": 404,
+        })
+    );
+    let (code, body) = send(
+        Request::post("/apis/coordination.k8s.io/v1/namespaces/ns/leases")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"l"}}"#))?,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(
+        (body["kind"].as_str(), body["apiVersion"].as_str()),
+        (Some("Lease"), Some("coordination.k8s.io/v1"))
+    );
+    let (code, body) = send(
+        Request::post("/apis/coordination.k8s.io/v1/namespaces/ns/leases")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"l"}}"#))?,
+    )
+    .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    assert_eq!(
+        body["message"],
+        "leases.coordination.k8s.io \"l\" already exists"
+    );
+
+    // The router shares the socket server's store.
+    assert!(srv.get::<Lease>("ns", "l").is_some());
+
+    // Namespaces get the real server's defaults.
+    let (code, body) = send(
+        Request::post("/api/v1/namespaces")
+            .body(axum::body::Body::from(r#"{"metadata":{"name":"web"}}"#))?,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(body["status"]["phase"], "Active");
+    assert_eq!(
+        body["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "web"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn eviction_edge_cases_follow_kube_apiserver() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(srv.client_without_retries(), "e");
+    // An empty selector covers every labelled pod of the namespace.
+    let strict: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "all", "namespace": "e"},
+        "spec": {"selector": {}, "minAvailable": "100%"},
+    }))?;
+    srv.insert(&strict);
+    srv.insert(
+        &pod("e", "labelled")
+            .label("app", "x")
+            .node("n1")
+            .ready()
+            .build(),
+    );
+    srv.insert(
+        &pod("e", "sick")
+            .label("app", "x")
+            .node("n1")
+            .phase("Running")
+            .build(),
+    );
+    srv.insert(&pod("e", "bare").node("n1").ready().build());
+
+    let blocked = pods.evict("labelled", &EvictParams::default()).await;
+    assert_eq!(
+        api_error(blocked.expect_err("100% must stay")),
+        (429, "TooManyRequests".into())
+    );
+    // 1 healthy of 2 required: the unhealthy pod is blocked under IfHealthyBudget...
+    let sick = pods.evict("sick", &EvictParams::default()).await;
+    assert_eq!(
+        api_error(sick.expect_err("budget not met")),
+        (429, "TooManyRequests".into())
+    );
+    // ...and allowed under AlwaysAllow.
+    srv.modify::<PodDisruptionBudget>("e", "all", |p| {
+        p.spec.get_or_insert_default().unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
+    });
+    pods.evict("sick", &EvictParams::default()).await?;
+    // Pods without labels are never covered by a PDB.
+    pods.evict("bare", &EvictParams::default()).await?;
+    assert!(
+        srv.get::<Pod>("e", "bare")
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+    );
+
+    // Two PDBs over one pod: the eviction subresource refuses (500).
+    srv.insert(&pdb("e", "second", "x", json!({"maxUnavailable": 1})));
+    let two = pods.evict("labelled", &EvictParams::default()).await;
+    assert_eq!(api_error(two.expect_err("two PDBs")).0, 500);
+    Ok(())
+}
+
+#[tokio::test]
+async fn kube_runtime_event_recorder_creates_then_patches_a_series() -> TestResult {
+    use kube::runtime::events::{Event as RecEvent, EventType, Recorder, Reporter};
+    let srv = TestApiServer::start().await;
+    let p = srv.insert(&pod("web", "burst-1").build());
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: p.metadata.name.clone(),
+        namespace: p.metadata.namespace.clone(),
+        uid: p.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(
+        srv.client(),
+        Reporter {
+            controller: "spillway".into(),
+            instance: Some("spillway-0".into()),
+        },
+    );
+    let ev = RecEvent {
+        type_: EventType::Normal,
+        reason: "SpillwayWaiting".into(),
+        note: Some("waiting for a VM".into()),
+        action: "Wait".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await?;
+    recorder.publish(&ev, &reference).await?;
+    let events = srv.list::<EventsV1>(Some("web"));
+    assert_eq!(events.len(), 1, "second publish patches the same event");
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(
+        events[0].regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("burst-1")
+    );
+    let methods: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/apis/events.k8s.io/v1/namespaces/web/events")
+        })
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, [Method::POST, Method::PATCH]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_scoped_pod_watch_sees_binding_and_graceful_delete() -> TestResult {
+    // The virtual node's view: pods with spec.nodeName=<node>, as a kubelet watches.
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let all: Api<Pod> = Api::all(srv.client());
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "web");
+    let wp = WatchParams::default().fields("spec.nodeName=spillway-aci");
+    let mut stream = all
+        .watch(&wp, &srv.resource_version().to_string())
+        .await?
+        .boxed();
+
+    pods.create(&PostParams::default(), &pod("web", "elsewhere").build())
+        .await?;
+    pods.create(&PostParams::default(), &pod("web", "burst").build())
+        .await?;
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "burst"}, "target": {"kind": "Node", "name": "spillway-aci"}});
+    pods.create_subresource::<_, Value>("binding", "burst", &PostParams::default(), &binding)
+        .await?;
+    pods.delete("burst", &DeleteParams::default()).await?;
+    // The "kubelet" confirms the deletion.
+    pods.delete("burst", &DeleteParams::default().grace_period(0))
+        .await?;
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(WAIT, stream.try_next()).await??;
+        match ev {
+            Some(WatchEvent::Added(p)) => seen.push(("ADDED", p)),
+            Some(WatchEvent::Modified(p)) => seen.push(("MODIFIED", p)),
+            Some(WatchEvent::Deleted(p)) => seen.push(("DELETED", p)),
+            Some(WatchEvent::Bookmark(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let kinds: Vec<_> = seen
+        .iter()
+        .map(|(k, p)| (*k, p.metadata.name.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ADDED", "burst".to_string()),
+            ("MODIFIED", "burst".to_string()),
+            ("DELETED", "burst".to_string())
+        ]
+    );
+    assert!(seen[1].1.metadata.deletion_timestamp.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn kube_rs_default_client_retries_an_eviction_429() -> TestResult {
+    // Worth knowing for drain-back: kube 5's default client retries 429
+    // (up to 15 times, exponential backoff from 5 ms), so a PDB-blocked
+    // eviction does not come back at once with the default client.
+    let srv = TestApiServer::start().await;
+    srv.insert(
+        &pod("d", "only")
+            .label("app", "x")
+            .node("n1")
+            .ready()
+            .build(),
+    );
+    srv.insert(&pdb("d", "keep-one", "x", json!({"minAvailable": 1})));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "d");
+    let attempt = tokio::spawn(async move { pods.evict("only", &EvictParams::default()).await });
+    let evictions = || {
+        srv.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/pods/only/eviction"))
+            .count()
+    };
+    assert!(
+        eventually(|| evictions() >= 3).await,
+        "retried: {}",
+        evictions()
+    );
+    assert!(!attempt.is_finished(), "still retrying");
+    attempt.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn strategic_merge_directives() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(srv.client(), "ns");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "c", "finalizers": ["a/x", "b/y"]}, "data": {"k": "v"}}),
+    )?;
+    cms.create(&PostParams::default(), &cm).await?;
+    // finalizers merge as a set...
+    let merged = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"finalizers": ["c/z", "a/x"]}})),
+        )
+        .await?;
+    assert_eq!(
+        merged.metadata.finalizers,
+        Some(vec!["a/x".into(), "b/y".into(), "c/z".into()])
+    );
+    // ...and lose members through $deleteFromPrimitiveList.
+    let pruned = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["b/y"]}}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        pruned.metadata.finalizers,
+        Some(vec!["a/x".into(), "c/z".into()])
+    );
+    // $patch: replace on a map.
+    let replaced = cms
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"data": {"$patch": "replace", "n": "1"}})),
+        )
+        .await?;
+    assert_eq!(
+        replaced.data,
+        Some(BTreeMap::from([("n".into(), "1".into())]))
+    );
+
+    // $patch: delete on a keyed list element (pod conditions by type).
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "ns");
+    srv.insert(&pod("ns", "p").ready().build());
+    let p = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        p.status.and_then(|s| s.conditions).map(|c| c.len()),
+        Some(0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn watches_end_on_disconnect_and_server_stops_on_drop() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let nodes: Api<Node> = Api::all(srv.client());
+    let stream = nodes.watch(&WatchParams::default(), "0").await?.boxed();
+    assert!(srv.wait_for_watches(1, WAIT).await);
+    drop(stream);
+    assert!(
+        eventually(|| srv.open_watches() == 0).await,
+        "watch task ends when the client goes"
+    );
+
+    let config = srv.kube_config();
+    drop(srv);
+    let fresh = kube::Client::try_from(config)?;
+    let nodes: Api<Node> = Api::all(fresh);
+    match tokio::time::timeout(WAIT, nodes.list(&ListParams::default())).await? {
+        Err(kube::Error::Api(s)) => panic!("server still answering: {s:?}"),
+        Err(_) => {}
+        Ok(list) => panic!("server still serving: {} nodes", list.items.len()),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn pdb_status_follows_pods_like_the_disruption_controller() -> TestResult {
+    let srv = TestApiServer::start().await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(srv.client(), "d");
+    srv.insert(&pod("d", "a").label("app", "x").node("n1").ready().build());
+    srv.insert(&pod("d", "b").label("app", "x").node("n1").ready().build());
+    pdbs.create(
+        &PostParams::default(),
+        &pdb("d", "p", "x", json!({"minAvailable": 1})),
+    )
+    .await?;
+    let allowed = |srv: &TestApiServer| {
+        srv.get::<PodDisruptionBudget>("d", "p")
+            .and_then(|p| p.status)
+            .map(|s| {
+                (
+                    s.current_healthy,
+                    s.desired_healthy,
+                    s.expected_pods,
+                    s.disruptions_allowed,
+                )
+            })
+    };
+    assert_eq!(allowed(&srv), Some((2, 1, 2, 1)));
+    srv.set_status::<Pod>("d", "b", json!({"phase": "Running"})); // not Ready any more
+    assert_eq!(allowed(&srv), Some((1, 1, 2, 0)));
+    let read = pdbs.get_status("p").await?;
+    assert_eq!(read.status.map(|s| s.disruptions_allowed), Some(0));
+
+    // Without the stand-in controller, status only moves on demand.
+    let srv = TestApiServer::builder()
+        .disruption_controller(false)
+        .start()
+        .await;
+    srv.insert(&pod("d", "a").label("app", "x").node("n1").ready().build());
+    srv.insert(&pdb("d", "p", "x", json!({"minAvailable": 1})));
+    assert_eq!(allowed(&srv), None);
+    srv.sync_disruption_budgets();
+    assert_eq!(allowed(&srv), Some((1, 1, 1, 0)));
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! Served: core/v1 pods (+ `status`, `binding`, `eviction`), nodes (+
 //! `status`), events, configmaps, secrets, namespaces; coordination/v1
 //! leases; policy/v1 poddisruptionbudgets (+ `status`); events.k8s.io/v1
-//! events (stored apart from core/v1 events).
+//! events (stored apart from core/v1 events). Metadata-only requests
+//! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
+//! (`sendInitialEvents=true`) are served too.
 //!
 //! Semantics follow kube-apiserver where it matters to a controller (see
 //! `store.rs` and `watch.rs`). Known simplifications, on purpose:
@@ -17,9 +19,15 @@
 //!   the current state (continue tokens pin the first page's rv);
 //! - `dryRun` is refused with 400 rather than silently applied;
 //! - namespaces are not required to exist and deleting one does not cascade;
-//! - PDB checks during eviction compute the budget from the pods (there is
-//!   no disruption controller); `sync_disruption_budgets()` writes the same
-//!   numbers into PDB status on demand;
+//! - PDB checks during eviction compute the budget from the pods; a built-in
+//!   stand-in for the disruption controller keeps PDB status current after
+//!   every pod/PDB write (`Config::disruption_controller`, on by default;
+//!   `sync_disruption_budgets()` forces it when off);
+//! - pod admission is limited to a few spec defaults (schedulerName,
+//!   terminationGracePeriodSeconds, restartPolicy, dnsPolicy, priority,
+//!   enableServiceLinks) and status reset to Pending on create; no QoS class,
+//!   no default tolerations, no container defaults; `managedFields` are not
+//!   kept; the eviction does not write `disruptedPods` into PDB status;
 //! - graceful pod deletion: unbound or terminal pods and `grace=0` go at once;
 //!   bound pods get `deletionTimestamp` and are removed by a tokio timer after
 //!   the grace period ([`PodDeletion::AfterGracePeriod`], default) or left for
@@ -79,6 +87,10 @@ pub struct Config {
     pub pod_deletion: PodDeletion,
     /// Request bodies above this get 413 (the real limit is 3 MiB).
     pub max_body_bytes: usize,
+    /// Keep PDB status (currentHealthy, desiredHealthy, expectedPods,
+    /// disruptionsAllowed) current after every pod/PDB write, as the
+    /// disruption controller does in a real cluster.
+    pub disruption_controller: bool,
 }
 
 impl Default for Config {
@@ -88,6 +100,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             pod_deletion: PodDeletion::AfterGracePeriod,
             max_body_bytes: 3 * 1024 * 1024,
+            disruption_controller: true,
         }
     }
 }
@@ -119,6 +132,11 @@ impl Builder {
         self
     }
 
+    pub fn disruption_controller(mut self, on: bool) -> Self {
+        self.config.disruption_controller = on;
+        self
+    }
+
     pub async fn start(self) -> TestApiServer {
         TestApiServer::start_with(self.config).await
     }
@@ -132,6 +150,7 @@ pub struct RequestRecord {
     /// Raw query string (kube-rs sends a leading `&`), "" if none.
     pub query: String,
     pub content_type: Option<String>,
+    pub accept: Option<String>,
     /// Request body as (lossy) UTF-8.
     pub body: String,
 }
@@ -284,8 +303,10 @@ impl TestApiServer {
     pub async fn start_with(config: Config) -> Self {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let (tx, _) = broadcast::channel(4096);
+        let mut store = Store::new(config.history_limit, tx);
+        store.set_auto_pdb_status(config.disruption_controller);
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(config.history_limit, tx)),
+            store: Mutex::new(store),
             config,
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
@@ -311,6 +332,12 @@ impl TestApiServer {
             shutdown_tx,
             server: Some(server),
         }
+    }
+
+    /// The same server as a router over the same store, for
+    /// `tower::ServiceExt::oneshot` tests that need no socket.
+    pub fn router(&self) -> Router {
+        app(self.shared.clone())
     }
 
     /// `http://127.0.0.1:<port>`
@@ -535,6 +562,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(String::from),
+        accept: parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     let is_watch = record.is_watch();
@@ -567,6 +599,33 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, axum::Json(v)).into_response()
+}
+
+/// kube-rs' `*_metadata` calls and `metadata_watcher` ask for
+/// `application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`.
+fn wants_partial(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// An object as returned: whole, or as `meta.k8s.io/v1 PartialObjectMetadata`.
+fn render(obj: &Value, partial: bool) -> Value {
+    if partial {
+        json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+        })
+    } else {
+        obj.clone()
+    }
+}
+
+fn object_response(code: StatusCode, obj: &Value, partial: bool) -> Response {
+    json_response(code, &render(obj, partial))
 }
 
 fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
@@ -626,14 +685,15 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
     }
     let ns_key = ns.unwrap_or("");
     let method = &parts.method;
+    let partial = wants_partial(parts);
     match (name.as_deref(), subresource.as_deref()) {
         (None, None) => match *method {
-            Method::GET if is_true(q.get("watch")) => watch(shared, rt, namespace, &q),
-            Method::GET => list(shared, rt, ns, &q),
+            Method::GET if is_true(q.get("watch")) => watch(shared, rt, namespace, &q, partial),
+            Method::GET => list(shared, rt, ns, &q, partial),
             Method::POST => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().create(rt, ns, body, true)?;
-                Ok(json_response(StatusCode::CREATED, &obj))
+                Ok(object_response(StatusCode::CREATED, &obj, partial))
             }
             Method::DELETE => delete_collection(shared, rt, ns, &q, bytes),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -644,15 +704,15 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
                 let obj = store
                     .get(rt, ns_key, name)
                     .ok_or_else(|| ApiError::not_found(rt, name))?;
-                Ok(json_response(StatusCode::OK, obj))
+                Ok(object_response(StatusCode::OK, obj, partial))
             }
             Method::PUT => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().update(rt, ns_key, name, body, false)?;
-                Ok(json_response(StatusCode::OK, &obj))
+                Ok(object_response(StatusCode::OK, &obj, partial))
             }
             Method::PATCH => patch(shared, rt, ns_key, name, parts, bytes, &q, false),
-            Method::DELETE => delete(shared, rt, ns_key, name, &q, bytes),
+            Method::DELETE => delete(shared, rt, ns_key, name, &q, bytes, partial),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
         },
         (Some(name), Some("status")) if rt.status_subresource => match *method {
@@ -661,12 +721,12 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
                 let obj = store
                     .get(rt, ns_key, name)
                     .ok_or_else(|| ApiError::not_found(rt, name))?;
-                Ok(json_response(StatusCode::OK, obj))
+                Ok(object_response(StatusCode::OK, obj, partial))
             }
             Method::PUT => {
                 let body = parse_body(bytes)?;
                 let obj = shared.store().update(rt, ns_key, name, body, true)?;
-                Ok(json_response(StatusCode::OK, &obj))
+                Ok(object_response(StatusCode::OK, &obj, partial))
             }
             Method::PATCH => patch(shared, rt, ns_key, name, parts, bytes, &q, true),
             _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -703,6 +763,7 @@ fn list(
     rt: &'static ResourceType,
     ns: Option<&str>,
     q: &HashMap<String, String>,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let sel = selectors(rt, q)?;
     let limit = match q.get("limit") {
@@ -739,9 +800,9 @@ fn list(
             more = items.last().map(list_key);
             break;
         }
-        // Real list items carry no kind/apiVersion.
-        let mut item = obj.clone();
-        if let Some(m) = item.as_object_mut() {
+        // Real list items carry no kind/apiVersion (metadata-only ones do).
+        let mut item = render(obj, partial);
+        if !partial && let Some(m) = item.as_object_mut() {
             m.remove("kind");
             m.remove("apiVersion");
         }
@@ -751,9 +812,17 @@ fn list(
     if let Some((last_ns, last_name)) = more {
         meta["continue"] = json!(encode_continue(list_rv, &format!("{last_ns}/{last_name}")));
     }
+    let (kind, api_version) = if partial {
+        (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        )
+    } else {
+        (rt.list_kind(), rt.api_version())
+    };
     Ok(json_response(
         StatusCode::OK,
-        &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+        &json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": items}),
     ))
 }
 
@@ -791,6 +860,7 @@ fn watch(
     rt: &'static ResourceType,
     namespace: Option<String>,
     q: &HashMap<String, String>,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let sel = selectors(rt, q)?;
     let resource_version = match q.get("resourceVersion").map(String::as_str) {
@@ -817,6 +887,7 @@ fn watch(
             bookmarks: is_true(q.get("allowWatchBookmarks")),
             timeout,
             send_initial_events: is_true(q.get("sendInitialEvents")),
+            partial,
         },
     ))
 }
@@ -876,7 +947,7 @@ fn patch(
     } else {
         StatusCode::OK
     };
-    Ok(json_response(code, &obj))
+    Ok(object_response(code, &obj, wants_partial(parts)))
 }
 
 fn delete_options(q: &HashMap<String, String>, bytes: &Bytes) -> Result<DeleteOptions, ApiError> {
@@ -918,6 +989,7 @@ fn delete(
     name: &str,
     q: &HashMap<String, String>,
     bytes: &Bytes,
+    partial: bool,
 ) -> Result<Response, ApiError> {
     let opts = delete_options(q, bytes)?;
     let timer = shared.config.pod_deletion == PodDeletion::AfterGracePeriod;
@@ -927,7 +999,7 @@ fn delete(
         Deleted::Removed(o) => o,
         Deleted::Terminating { object, .. } => object,
     };
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(object_response(StatusCode::OK, &obj, partial))
 }
 
 fn delete_collection(

@@ -142,6 +142,10 @@ pub struct Store {
     /// Every change with rv > floor is in `history`.
     history_floor: u64,
     tx: broadcast::Sender<WatchMsg>,
+    /// Keep PDB status current after pod/PDB writes, as the disruption
+    /// controller does.
+    auto_pdb_status: bool,
+    syncing_pdbs: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -286,7 +290,25 @@ impl Store {
             history_limit: history_limit.max(1),
             history_floor: 1000,
             tx,
+            auto_pdb_status: false,
+            syncing_pdbs: false,
         }
+    }
+
+    pub fn set_auto_pdb_status(&mut self, on: bool) {
+        self.auto_pdb_status = on;
+    }
+
+    /// Follow-up writes another controller would make (PDB status).
+    fn after_write(&mut self, rt: &'static ResourceType, ns: &str) {
+        let relevant = rt.is_pod() || rt.is("policy", "poddisruptionbudgets");
+        if !self.auto_pdb_status || self.syncing_pdbs || !relevant {
+            return;
+        }
+        self.syncing_pdbs = true;
+        // A PDB the controller cannot evaluate keeps its old status.
+        let _ = self.sync_pdbs(Some(ns));
+        self.syncing_pdbs = false;
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -388,6 +410,7 @@ impl Store {
 
     fn insert_new(&mut self, rt: &'static ResourceType, key: ObjKey, mut obj: Value) -> Value {
         let rv = self.stamp(&mut obj);
+        let ns = key.2.clone();
         self.objects.insert(key, obj.clone());
         self.record(Change {
             rv,
@@ -396,6 +419,7 @@ impl Store {
             object: obj.clone(),
             previous: None,
         });
+        self.after_write(rt, &ns);
         obj
     }
 
@@ -409,6 +433,7 @@ impl Store {
             object: last.clone(),
             previous,
         });
+        self.after_write(rt, &key.2);
         last
     }
 
@@ -435,6 +460,7 @@ impl Store {
             return self.remove(rt, &key, new);
         }
         let rv = self.stamp(&mut new);
+        let ns = key.2.clone();
         self.objects.insert(key, new.clone());
         self.record(Change {
             rv,
@@ -443,6 +469,7 @@ impl Store {
             object: new.clone(),
             previous: Some(old),
         });
+        self.after_write(rt, &ns);
         new
     }
 
@@ -541,6 +568,14 @@ impl Store {
         }
         if api && rt.is_pod() {
             default_pod(&mut obj);
+        }
+        if api && rt.is("", "namespaces") {
+            let meta = meta_mut(&mut obj);
+            let labels = meta.entry("labels").or_insert(json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+            obj["status"] = json!({"phase": "Active"});
         }
         if rt.is("", "secrets") {
             fold_string_data(&mut obj);
@@ -699,7 +734,15 @@ impl Store {
                 }
             }
         }
+        // Objects seeded through test hooks may lack server defaults; compare
+        // against the defaulted form, as a real server always stores it.
+        let mut old_defaulted = old.clone();
         if rt.is_pod() {
+            default_pod_spec(&mut old_defaulted);
+        }
+        let old = &old_defaulted;
+        if rt.is_pod() {
+            default_pod_spec(&mut new);
             let frozen = |v: &Value| {
                 let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
                 if let Some(m) = spec.as_object_mut() {
@@ -1025,6 +1068,14 @@ impl Store {
         let ns = meta_str(pod, "namespace").unwrap_or_default();
         let pods: Vec<&Value> = self.list(pods(), Some(ns));
         let mut found = Vec::new();
+        // kube-apiserver never applies PDBs to pods without labels.
+        let unlabeled = pod
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .is_none_or(|l| l.is_empty());
+        if unlabeled {
+            return Ok(None);
+        }
         for pdb in self.list(pdbs(), Some(ns)) {
             let sel = LabelSelector::from_structured(
                 pdb.pointer("/spec/selector").unwrap_or(&Value::Null),
@@ -1077,7 +1128,9 @@ impl Store {
             let allowed = if pod_healthy(&pod) {
                 b.disruptions_allowed() > 0
             } else {
-                always || b.healthy >= b.desired
+                // As kube-apiserver: an unhealthy pod may go while the
+                // budget is met (IfHealthyBudget) or always (AlwaysAllow).
+                always || (b.healthy >= b.desired && b.desired > 0)
             };
             if !allowed {
                 let mut err = ApiError::new(
@@ -1100,7 +1153,11 @@ impl Store {
 
     /// Test hook: write each PDB's status as the disruption controller would.
     pub fn sync_disruption_budgets(&mut self) -> Result<(), ApiError> {
-        let all: Vec<Value> = self.list(pdbs(), None).into_iter().cloned().collect();
+        self.sync_pdbs(None)
+    }
+
+    fn sync_pdbs(&mut self, ns: Option<&str>) -> Result<(), ApiError> {
+        let all: Vec<Value> = self.list(pdbs(), ns).into_iter().cloned().collect();
         for pdb in all {
             let ns = meta_str(&pdb, "namespace").unwrap_or_default().to_string();
             let name = meta_str(&pdb, "name").unwrap_or_default().to_string();
@@ -1147,6 +1204,12 @@ fn suffix(seed: u64) -> String {
 
 /// Defaults the real API server fills in on pod create.
 fn default_pod(pod: &mut Value) {
+    default_pod_spec(pod);
+    pod["status"] = json!({"phase": "Pending"});
+}
+
+/// Spec defaults, applied to every pod write (as API defaulting is).
+fn default_pod_spec(pod: &mut Value) {
     if !pod.get("spec").is_some_and(Value::is_object) {
         pod["spec"] = json!({});
     }
@@ -1163,7 +1226,6 @@ fn default_pod(pod: &mut Value) {
             spec[k] = v;
         }
     }
-    pod["status"] = json!({"phase": "Pending"});
 }
 
 /// Secrets: `stringData` is folded into base64 `data` on write.

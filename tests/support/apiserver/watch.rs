@@ -38,6 +38,8 @@ pub struct WatchRequest {
     pub bookmarks: bool,
     pub timeout: Option<Duration>,
     pub send_initial_events: bool,
+    /// Objects as `PartialObjectMetadata` (metadata watches).
+    pub partial: bool,
 }
 
 impl WatchRequest {
@@ -68,6 +70,10 @@ impl WatchRequest {
                 }
             }
         }
+    }
+
+    fn event(&self, ty: &str, obj: &Value) -> Bytes {
+        line(ty, &super::render(obj, self.partial))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
@@ -114,7 +120,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
             None => {
                 for obj in store.list(req.rt, req.namespace.as_deref()) {
                     if req.in_scope(obj) {
-                        initial.push(line("ADDED", obj));
+                        initial.push(req.event("ADDED", obj));
                     }
                 }
                 if req.send_initial_events {
@@ -125,7 +131,7 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
                 Ok(changes) => {
                     for c in changes {
                         if let Some(ty) = req.event_for(&c) {
-                            initial.push(line(ty, &c.object));
+                            initial.push(req.event(ty, &c.object));
                         }
                     }
                 }
@@ -143,7 +149,11 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
         .open_watches
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let guard = OpenWatch(shared.clone());
-    let bookmark_every = shared.config.bookmark_interval;
+    // `interval` panics on a zero period.
+    let bookmark_every = shared
+        .config
+        .bookmark_interval
+        .max(Duration::from_millis(1));
     let mut shutdown = shared.shutdown.clone();
     tokio::spawn(async move {
         let _guard = guard;
@@ -155,12 +165,13 @@ pub fn serve(shared: Arc<Shared>, req: WatchRequest) -> Response {
         let mut progressed = start_rv;
         let deadline = req.timeout.map(|t| Instant::now() + t);
         let mut ticks = tokio::time::interval_at(Instant::now() + bookmark_every, bookmark_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let out = tokio::select! {
                 msg = sub.recv() => match msg {
                     Ok(WatchMsg::Change(c)) => {
                         progressed = c.rv;
-                        req.event_for(&c).map(|ty| line(ty, &c.object))
+                        req.event_for(&c).map(|ty| req.event(ty, &c.object))
                     }
                     Ok(WatchMsg::Expire) => {
                         let _ = tx.send(error_line(&ApiError::expired(format!(
