@@ -429,6 +429,11 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
     for pod in pods {
         let pod: &Pod = pod.borrow();
+        // Capacity placeholders hold VM room for burst pods; any real pod may
+        // preempt them, so the engine sees neither their demand nor their room.
+        if crate::autoscaler::observe::is_placeholder(pod) {
+            continue;
+        }
         if is_pending(pod) {
             match pending_pod(pod, now, cfg) {
                 Ok(p) => pending.push(p),
