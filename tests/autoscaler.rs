@@ -215,7 +215,10 @@ async fn drain_back_evicts_when_placeholder_room_is_stable_and_pdbs_allow() {
             .results
             .iter()
             .find(|(a, _)| matches!(a, Action::Evict { pod, .. } if pod.name == name))
-            .map(|(_, o)| o.as_ref().map(Clone::clone).map_err(|e| e.to_string()))
+            .map(|(_, o)| match o {
+                Ok(x) => Ok(x.clone()),
+                Err(e) => Err(e.to_string()),
+            })
     };
     assert_eq!(outcome("a"), Some(Ok(Outcome::Done)));
     assert!(
