@@ -9,6 +9,7 @@ pub mod act;
 pub mod observe;
 pub mod pass;
 pub mod plan;
+pub mod pools;
 
 #[cfg(test)]
 mod tests;
