@@ -110,7 +110,7 @@ async fn pass(
 ) -> spillway::autoscaler::PassReport {
     let nodes: Vec<Node> = srv.list(None);
     let pods: Vec<Pod> = srv.list(None);
-    a.pass(&nodes, &pods, &policies(), now).await
+    a.pass(&nodes, &pods, &policies(), None, now).await
 }
 
 fn annotation(p: &Option<Pod>, key: &str) -> Option<String> {

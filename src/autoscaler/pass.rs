@@ -5,6 +5,7 @@
 use super::act::{ActError, Actor, Outcome};
 use super::observe;
 use super::plan::{Action, Inputs, LoopConfig, LoopState, plan_actions};
+use super::pools::{self, NodeGroupStatus, ProvisionLearner};
 use crate::cluster::{ClusterConfig, snapshot_from};
 use crate::decision::Engine;
 use crate::policy::PolicySet;
@@ -20,6 +21,9 @@ pub struct Autoscaler {
     pub loop_config: LoopConfig,
     pub placeholder_namespace: String,
     pub state: LoopState,
+    pub learner: ProvisionLearner,
+    /// Ready nodes already seen (a node joining the set is a provisioning observation).
+    ready_nodes: Option<BTreeSet<String>>,
     actor: Actor,
 }
 
@@ -52,19 +56,58 @@ impl Autoscaler {
             loop_config,
             placeholder_namespace,
             state: LoopState::default(),
+            learner: ProvisionLearner::new(20),
+            ready_nodes: None,
             actor,
         }
     }
 
-    /// Decide and act once on the given objects at `now`.
+    /// Learn provisioning times from nodes that became Ready since the last pass.
+    fn learn<N: Borrow<Node>>(&mut self, nodes: &[N], now: Timestamp) {
+        let mut ready = BTreeSet::new();
+        for n in nodes.iter().map(Borrow::borrow) {
+            if self.cluster.virtual_nodes.is_virtual(n) {
+                continue;
+            }
+            let Some(name) = n.metadata.name.clone() else { continue };
+            let ready_since = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+                .map(|c| c.last_transition_time.as_ref().map_or(now, |t| Timestamp::from_millis(t.0.as_millisecond())));
+            let Some(ready_at) = ready_since else { continue };
+            let known = self.ready_nodes.as_ref().is_none_or(|seen| seen.contains(&name));
+            if !known {
+                let created = n
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(ready_at, |t| Timestamp::from_millis(t.0.as_millisecond()));
+                let pool = crate::cluster::node_pool(n, &self.cluster);
+                self.learner.observe_ready(&pool, created, ready_at);
+            }
+            ready.insert(name);
+        }
+        self.ready_nodes = Some(ready);
+    }
+
+    /// Decide and act once on the given objects at `now`. `ca_status` is the
+    /// cluster autoscaler's node group status, when it publishes one.
     pub async fn pass<N: Borrow<Node>, P: Borrow<Pod>>(
         &mut self,
         nodes: &[N],
         pods: &[P],
         policies: &PolicySet,
+        ca_status: Option<&[NodeGroupStatus]>,
         now: Timestamp,
     ) -> PassReport {
-        let snap = snapshot_from(nodes, pods, now, &self.cluster);
+        if let Some(groups) = ca_status {
+            self.learner.observe_status(groups, now);
+        }
+        self.learn(nodes, now);
+        let mut snap = snapshot_from(nodes, pods, now, &self.cluster);
+        pools::apply(&mut snap, ca_status.unwrap_or_default(), &self.learner);
         let plan = self.engine.plan(&snap, policies);
         let virtual_nodes: BTreeSet<String> = nodes
             .iter()

@@ -369,7 +369,7 @@ pub fn pending_pod(
     })
 }
 
-fn node_pool(node: &Node, cfg: &ClusterConfig) -> String {
+pub fn node_pool(node: &Node, cfg: &ClusterConfig) -> String {
     let labels = node.metadata.labels.as_ref();
     cfg.pool_labels
         .iter()
