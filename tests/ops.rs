@@ -710,7 +710,7 @@ fn prometheusrule_carries_the_rules_file() {
     assert_eq!(cr["kind"], "PrometheusRule");
     assert_eq!(
         cr["spec"]["groups"], plain["groups"],
-        "deploy/prometheus/prometheusrule.yaml spec.groups differ from deploy/prometheus/rules.yaml"
+        "deploy/prometheus/prometheusrule.yaml spec.groups differ from deploy/prometheus/rules.yaml (run .ci/sync-deploy-copies)"
     );
     let sm = yaml("deploy/prometheus/servicemonitor.yaml");
     assert_eq!(sm["kind"], "ServiceMonitor");
@@ -1021,12 +1021,12 @@ fn deploy_policies_are_the_repository_policies() {
     assert!(!repo_files.is_empty());
     assert_eq!(
         repo_files, copy_files,
-        "deploy/base/policies must hold exactly policies/*.yaml (cp policies/*.yaml deploy/base/policies/)"
+        "deploy/base/policies must hold exactly policies/*.yaml (run .ci/sync-deploy-copies)"
     );
     for f in &repo_files {
         assert!(
             read(&format!("policies/{f}")) == read(&format!("deploy/base/policies/{f}")),
-            "deploy/base/policies/{f} differs from policies/{f} (cp policies/*.yaml deploy/base/policies/)"
+            "deploy/base/policies/{f} differs from policies/{f} (run .ci/sync-deploy-copies)"
         );
     }
     // ...and the ConfigMap generator packs every one of them.
