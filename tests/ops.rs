@@ -1108,3 +1108,184 @@ fn example_workload_does_not_pin_pods_to_the_virtual_node() {
             .is_none()
     );
 }
+
+fn docs(rel: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let objects: Vec<(String, Value)> = ["deploy/base/rbac.yaml", "deploy/scheduler/rbac.yaml"]
+        .iter()
+        .flat_map(|f| docs(f).into_iter().map(move |d| (f.to_string(), d)))
+        .collect();
+    let mut spillway_cluster_rules = 0;
+    for (f, o) in &objects {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        if kind == "ClusterRoleBinding" {
+            // Only spillway's own ClusterRole and the two upstream scheduler roles.
+            let role = o["roleRef"]["name"].as_str().unwrap_or_default();
+            assert!(
+                [
+                    "spillway",
+                    "system:kube-scheduler",
+                    "system:volume-scheduler"
+                ]
+                .contains(&role),
+                "{f}: {name} binds cluster role {role}"
+            );
+        }
+        if kind != "ClusterRole" && kind != "Role" {
+            continue;
+        }
+        let namespace = o["metadata"]["namespace"].as_str();
+        for r in o["rules"].as_array().expect("rules") {
+            let (groups, resources, verbs) = (
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["verbs"]),
+            );
+            let what = format!("{f}: {kind} {name}: {resources:?} {verbs:?}");
+            assert!(
+                !groups.contains(&"*") && !resources.contains(&"*") && !verbs.contains(&"*"),
+                "{what}: wildcard"
+            );
+            assert!(
+                !verbs.contains(&"escalate")
+                    && !verbs.contains(&"bind")
+                    && !verbs.contains(&"impersonate"),
+                "{what}"
+            );
+            assert!(
+                !groups.contains(&"rbac.authorization.k8s.io"),
+                "{what}: RBAC access"
+            );
+            assert!(
+                !resources.contains(&"pods/binding") && !resources.contains(&"bindings"),
+                "{what}: the scheduler binds"
+            );
+            if resources.contains(&"secrets") || resources.contains(&"configmaps") {
+                assert!(
+                    verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                    "{what}: secrets/configmaps are read-only"
+                );
+            }
+            if resources.contains(&"nodes") {
+                assert!(
+                    !verbs.contains(&"delete"),
+                    "{what}: spillway never deletes nodes"
+                );
+            }
+            if kind == "ClusterRole" {
+                spillway_cluster_rules += 1;
+                // Creating pods cluster-wide would let spillway run anything anywhere:
+                // placeholders are created in spillway-system only (a Role).
+                if resources.contains(&"pods") {
+                    assert!(
+                        !verbs.contains(&"create"),
+                        "{what}: pods create must be namespaced"
+                    );
+                }
+            } else {
+                assert!(
+                    matches!(
+                        namespace,
+                        Some("spillway-system" | "kube-node-lease" | "kube-system")
+                    ),
+                    "{what}: Role in {namespace:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        spillway_cluster_rules >= 5,
+        "spillway's ClusterRole not found"
+    );
+}
+
+#[test]
+fn pods_run_hardened() {
+    for f in [
+        "deploy/base/deployment.yaml",
+        "deploy/scheduler/deployment.yaml",
+    ] {
+        let d = yaml(f);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{f}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{f}"
+        );
+        assert!(
+            d["spec"]["replicas"].as_i64().unwrap_or(0) >= 2,
+            "{f}: replicas"
+        );
+        // Never on the virtual node (ACI cannot run them, and spillway provides it).
+        let terms = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
+        assert!(
+            terms[0]["matchExpressions"]
+                .as_array()
+                .expect("matchExpressions")
+                .iter()
+                .any(|e| e["key"] == "type"
+                    && e["operator"] == "NotIn"
+                    && strings(&e["values"]) == ["virtual-kubelet"]),
+            "{f}: must stay off the virtual node"
+        );
+        assert!(
+            pod["affinity"]["podAntiAffinity"].is_object(),
+            "{f}: anti-affinity"
+        );
+        for c in pod["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            let name = c["name"].as_str().unwrap_or_default();
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{f}: {name}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{f}: {name}");
+            assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{f}: {name}");
+            assert!(
+                c["resources"]["requests"]["cpu"].is_string(),
+                "{f}: {name} cpu request"
+            );
+            assert!(
+                c["resources"]["limits"]["memory"].is_string(),
+                "{f}: {name} memory limit"
+            );
+            assert!(
+                c["livenessProbe"].is_object() && c["readinessProbe"].is_object(),
+                "{f}: {name} probes"
+            );
+        }
+    }
+    let spillway = yaml("deploy/base/deployment.yaml");
+    let c = &spillway["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let port = &c["ports"][0];
+    assert_eq!(port["name"], "http");
+    let svc = yaml("deploy/base/service.yaml");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(port["containerPort"], svc["spec"]["ports"][0]["port"]);
+    let listen = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "SPILLWAY_LISTEN")
+        .and_then(|e| e["value"].as_str())
+        .expect("SPILLWAY_LISTEN");
+    assert_eq!(
+        listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<i64>().ok()),
+        port["containerPort"].as_i64(),
+        "spillway listens where the probes and the Service look"
+    );
+}
