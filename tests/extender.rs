@@ -545,6 +545,46 @@ async fn budget_and_incompatibility_refusals() {
 }
 
 #[tokio::test]
+async fn budgets_count_admissions_the_view_has_not_seen_yet() {
+    let now = created().plus(Duration::from_secs(3600));
+    let mut capped = auto_policy(None);
+    capped.budget.max_pods = Some(1);
+    let h = harness(vec![capped], now);
+    let mk = |name: &str| {
+        let mut p = pod()
+            .ns("web")
+            .name(name)
+            .tolerate_virtual()
+            .created(created())
+            .build();
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p
+    };
+    let (_, v) = post(&h, "/filter", &names_request(&mk("a"), &[VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VIRTUAL], "first pod fits the budget");
+    let (_, v) = post(&h, "/filter", &names_request(&mk("b"), &[VIRTUAL])).await;
+    let msg = unresolvable(&v, VIRTUAL).unwrap();
+    assert!(msg.starts_with("spillway: budget-pods, 1/1 pods"), "{msg}");
+    let (_, v) = post(&h, "/filter", &names_request(&mk("a"), &[VIRTUAL])).await;
+    assert_eq!(
+        names(&v),
+        vec![VIRTUAL],
+        "a retry of the admitted pod is not counted twice"
+    );
+    // A view rebuilt later is authoritative again (here: `a` never got bound).
+    h.state.view.replace(
+        &[
+            node(VM0).pool("nodepool1").build(),
+            node(VIRTUAL).virtual_kubelet().build(),
+        ],
+        &[] as &[Pod],
+        now.plus(Duration::from_secs(3)),
+    );
+    let (_, v) = post(&h, "/filter", &names_request(&mk("b"), &[VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VIRTUAL]);
+}
+
+#[tokio::test]
 async fn virtual_nodes_are_recognised_by_configured_or_observed_name() {
     let h = harness(vec![auto_policy(None)], created());
     let p = pod()
