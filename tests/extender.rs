@@ -292,6 +292,50 @@ async fn filter_responses_have_the_scheduler_shapes() {
 }
 
 #[tokio::test]
+async fn legacy_lowercase_and_full_node_requests_get_the_same_decision() {
+    let h = default_harness();
+    let (_, current) = post(
+        &h,
+        "/filter",
+        &fixture_json("01-filter-nodecache.request.json"),
+    )
+    .await;
+    let (_, legacy) = post(
+        &h,
+        "/filter",
+        &fixture_json("08-filter-legacy-lowercase-keys.request.json"),
+    )
+    .await;
+    assert_eq!(current, legacy);
+    assert_eq!(names(&current), vec![VM0, VM1]);
+    let (_, full) = post(
+        &h,
+        "/filter",
+        &fixture_json("02-filter-fullnodes.request.json"),
+    )
+    .await;
+    assert_eq!(
+        full["FailedAndUnresolvableNodes"],
+        current["FailedAndUnresolvableNodes"]
+    );
+    // An empty candidate list stays empty (never null).
+    let (_, empty) = post(
+        &h,
+        "/filter",
+        &fixture_json("07-filter-empty-nodenames.request.json"),
+    )
+    .await;
+    assert_eq!(empty["NodeNames"], json!([]));
+    let (_, empty) = post(
+        &h,
+        "/filter",
+        &fixture_json("07b-filter-empty-nodelist.request.json"),
+    )
+    .await;
+    assert_eq!(empty["Nodes"]["items"], json!([]));
+}
+
+#[tokio::test]
 async fn prioritize_preempt_bind_and_error_shapes() {
     let h = default_harness();
     let example = fixture_json("resp-prioritize.example.json");
