@@ -74,9 +74,10 @@ fn state() -> AppState {
     .with_clock(|| NOW)
 }
 
-/// Bodies as the scheduler sends them: different pods, 5,000 names each
-/// (every VM and the virtual node, which is refused because VMs survived).
-fn bodies() -> Vec<Vec<u8>> {
+/// Bodies as the scheduler sends them: different pods, `count` names each
+/// (VMs and the virtual node, which is refused because VMs survived; with
+/// `count == 1` only the virtual node, so the engine decides).
+fn bodies(count: usize) -> Vec<Vec<u8>> {
     (0..16)
         .map(|i| {
             let p = pod()
@@ -87,7 +88,7 @@ fn bodies() -> Vec<Vec<u8>> {
                 .tolerate_virtual()
                 .created(Timestamp::from_secs(NOW.millis() / 1000 - 5 * i as i64))
                 .build();
-            let mut names: Vec<String> = (0..NODES - 1)
+            let mut names: Vec<String> = (0..count.min(NODES) - 1)
                 .map(|n| format!("aks-pool{}-vmss{n:06}", n % 10))
                 .collect();
             names.push(VIRTUAL.to_string());
@@ -131,6 +132,34 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// (filter p50, filter p99, echo p50, echo p99) over the same bodies.
+async fn tier(
+    filter: &Router,
+    baseline: &Router,
+    bodies: &[Vec<u8>],
+    iters: usize,
+) -> (f64, f64, f64, f64) {
+    for b in bodies.iter().take(4) {
+        time_one(filter, b).await;
+        time_one(baseline, b).await;
+    }
+    let (mut f, mut e) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    // Interleaved, so both see the same machine load.
+    for i in 0..iters {
+        let b = &bodies[i % bodies.len()];
+        f.push(time_one(filter, b).await);
+        e.push(time_one(baseline, b).await);
+    }
+    f.sort_by(f64::total_cmp);
+    e.sort_by(f64::total_cmp);
+    (
+        percentile(&f, 50.0),
+        percentile(&f, 99.0),
+        percentile(&e, 50.0),
+        percentile(&e, 99.0),
+    )
+}
+
 fn main() {
     let iters: usize = std::env::var("SPILLWAY_BENCH_ITERS")
         .ok()
@@ -146,33 +175,20 @@ fn main() {
     };
     let filter = app(state());
     let baseline = Router::new().route("/filter", post(echo));
-    let bodies = bodies();
-    let (mut f, mut e) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    rt.block_on(async {
-        for b in bodies.iter().take(4) {
-            time_one(&filter, b).await;
-            time_one(&baseline, b).await;
-        }
-        // Interleaved, so both see the same machine load.
-        for i in 0..iters {
-            let b = &bodies[i % bodies.len()];
-            f.push(time_one(&filter, b).await);
-            e.push(time_one(&baseline, b).await);
-        }
-    });
-    f.sort_by(f64::total_cmp);
-    e.sort_by(f64::total_cmp);
-    let (f50, f99, e50, e99) = (
-        percentile(&f, 50.0),
-        percentile(&f, 99.0),
-        percentile(&e, 50.0),
-        percentile(&e, 99.0),
+    println!("/filter through the router vs a parse-only echo, {iters} requests each (us)");
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>10}",
+        "names", "filter p50", "filter p99", "echo p50", "echo p99"
     );
+    let mut last = (0.0, 0.0, 0.0, 0.0);
+    for count in [1, 100, 1_000, NODES] {
+        last = rt.block_on(tier(&filter, &baseline, &bodies(count), iters));
+        let (f50, f99, e50, e99) = last;
+        println!("{count:>6} {f50:>10.1} {f99:>10.1} {e50:>10.1} {e99:>10.1}");
+    }
+    let (f50, f99, e50, e99) = last;
     let ratio = if e99 > 0.0 { f99 / e99 } else { 0.0 };
-    println!("/filter, {NODES} names, {iters} requests each");
-    println!("  filter p50 {f50:8.1} us  p99 {f99:8.1} us");
-    println!("  echo   p50 {e50:8.1} us  p99 {e99:8.1} us");
-    println!("  ratio p99 {ratio:.2}");
+    println!("ratio p99 at {NODES} names: {ratio:.2}");
     let out = serde_json::json!({
         "nodes": NODES,
         "filter_p50_us": f50,

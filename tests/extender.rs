@@ -292,6 +292,50 @@ async fn filter_responses_have_the_scheduler_shapes() {
 }
 
 #[tokio::test]
+async fn legacy_lowercase_and_full_node_requests_get_the_same_decision() {
+    let h = default_harness();
+    let (_, current) = post(
+        &h,
+        "/filter",
+        &fixture_json("01-filter-nodecache.request.json"),
+    )
+    .await;
+    let (_, legacy) = post(
+        &h,
+        "/filter",
+        &fixture_json("08-filter-legacy-lowercase-keys.request.json"),
+    )
+    .await;
+    assert_eq!(current, legacy);
+    assert_eq!(names(&current), vec![VM0, VM1]);
+    let (_, full) = post(
+        &h,
+        "/filter",
+        &fixture_json("02-filter-fullnodes.request.json"),
+    )
+    .await;
+    assert_eq!(
+        full["FailedAndUnresolvableNodes"],
+        current["FailedAndUnresolvableNodes"]
+    );
+    // An empty candidate list stays empty (never null).
+    let (_, empty) = post(
+        &h,
+        "/filter",
+        &fixture_json("07-filter-empty-nodenames.request.json"),
+    )
+    .await;
+    assert_eq!(empty["NodeNames"], json!([]));
+    let (_, empty) = post(
+        &h,
+        "/filter",
+        &fixture_json("07b-filter-empty-nodelist.request.json"),
+    )
+    .await;
+    assert_eq!(empty["Nodes"]["items"], json!([]));
+}
+
+#[tokio::test]
 async fn prioritize_preempt_bind_and_error_shapes() {
     let h = default_harness();
     let example = fixture_json("resp-prioritize.example.json");
@@ -542,6 +586,46 @@ async fn budget_and_incompatibility_refusals() {
             .contains("aci-incompatible, volume \"logs\" is a hostPath"),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn budgets_count_admissions_the_view_has_not_seen_yet() {
+    let now = created().plus(Duration::from_secs(3600));
+    let mut capped = auto_policy(None);
+    capped.budget.max_pods = Some(1);
+    let h = harness(vec![capped], now);
+    let mk = |name: &str| {
+        let mut p = pod()
+            .ns("web")
+            .name(name)
+            .tolerate_virtual()
+            .created(created())
+            .build();
+        p.metadata.uid = Some(format!("uid-{name}"));
+        p
+    };
+    let (_, v) = post(&h, "/filter", &names_request(&mk("a"), &[VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VIRTUAL], "first pod fits the budget");
+    let (_, v) = post(&h, "/filter", &names_request(&mk("b"), &[VIRTUAL])).await;
+    let msg = unresolvable(&v, VIRTUAL).unwrap();
+    assert!(msg.starts_with("spillway: budget-pods, 1/1 pods"), "{msg}");
+    let (_, v) = post(&h, "/filter", &names_request(&mk("a"), &[VIRTUAL])).await;
+    assert_eq!(
+        names(&v),
+        vec![VIRTUAL],
+        "a retry of the admitted pod is not counted twice"
+    );
+    // A view rebuilt later is authoritative again (here: `a` never got bound).
+    h.state.view.replace(
+        &[
+            node(VM0).pool("nodepool1").build(),
+            node(VIRTUAL).virtual_kubelet().build(),
+        ],
+        &[] as &[Pod],
+        now.plus(Duration::from_secs(3)),
+    );
+    let (_, v) = post(&h, "/filter", &names_request(&mk("b"), &[VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VIRTUAL]);
 }
 
 #[tokio::test]

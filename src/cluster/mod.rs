@@ -413,8 +413,11 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut virtual_names = BTreeSet::new();
     let mut vm_index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut vm_nodes: Vec<VmNode> = Vec::new();
-    for node in nodes {
-        let node: &Node = node.borrow();
+    // Node order decides first-fit placement: make it independent of the
+    // order a store or file happens to list them in.
+    let mut sorted: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for node in sorted {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         if cfg.virtual_nodes.is_virtual(node) {
             virtual_names.insert(name);

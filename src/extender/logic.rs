@@ -120,18 +120,37 @@ pub fn decide_for_virtual(
     let cluster = state.view.current();
     let pending = cluster::pending_pod(pod, now, state.view.config())
         .map_err(|e| invalid("filter", e.to_string()))?;
+    let key = pod
+        .metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| cluster::pod_key(pod));
     // The engine does not consult VM room here, so the (large) node list is left out.
     let snap = Snapshot {
         now,
         nodes: Vec::new(),
         pools: cluster.snapshot.pools.clone(),
         pending: Vec::new(),
-        burst_usage: cluster.snapshot.burst_usage.clone(),
+        burst_usage: state.admissions.usage(
+            &cluster.snapshot.burst_usage,
+            cluster.snapshot.now,
+            now,
+            &key,
+        ),
         aci_quota: cluster.snapshot.aci_quota,
     };
     let d = state
         .engine
         .decide_without_vm_room(&snap, &policies, &pending);
+    if d.verdict == Verdict::Burst {
+        let cfg = &state.engine.config;
+        let effective = cfg.aci_effective(&pending.requests);
+        let hourly = cfg.prices.aci_hourly(&effective);
+        state
+            .admissions
+            .record(&key, namespace, effective, hourly, now);
+    }
     let refusal = (d.verdict != Verdict::Burst).then(|| d.message());
     Ok(FilterDecision {
         verdict: d.verdict,

@@ -9,6 +9,7 @@
 //! malformed bodies get 400 with a JSON error, oversized ones 413.
 
 pub mod cli;
+pub mod ledger;
 mod logic;
 pub mod wire;
 
@@ -100,6 +101,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub clock: Clock,
+    /// Burst admissions not yet visible in the view (counted against budgets).
+    pub admissions: Arc<ledger::Admissions>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -121,6 +124,7 @@ impl AppState {
             metrics,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clock: Arc::new(Timestamp::now_wall),
+            admissions: Arc::new(ledger::Admissions::default()),
         }
     }
     pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
