@@ -7,6 +7,7 @@
 //! `decision/`) nor keep pods in sync (that is the provider); it only speaks
 //! to ACI.
 
+pub mod azure;
 pub mod emulator;
 pub mod model;
 pub mod translate;

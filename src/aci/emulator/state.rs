@@ -136,6 +136,9 @@ pub struct GroupSnapshot {
     pub ip: Option<String>,
     pub puts: u64,
     pub tags: BTreeMap<String, String>,
+    /// Secret volume → the file names it was created with (values withheld),
+    /// so tests can see that volume contents reached the service.
+    pub secret_files: BTreeMap<String, Vec<String>>,
 }
 
 pub struct World {
@@ -562,6 +565,17 @@ impl World {
                     ip: r.ip.map(|ip| ip.to_string()),
                     puts: r.puts,
                     tags: g.tags.clone(),
+                    secret_files: r
+                        .spec
+                        .properties
+                        .volumes
+                        .iter()
+                        .filter_map(|v| {
+                            v.secret
+                                .as_ref()
+                                .map(|files| (v.name.clone(), files.keys().cloned().collect()))
+                        })
+                        .collect(),
                 }
             })
             .collect()
