@@ -353,3 +353,89 @@ async fn secret_volume_files_reach_the_service() {
     );
     emu.shutdown().await;
 }
+
+/// Workload identity: the projected token file is read again on refresh, and
+/// the ARM scope is requested even though the endpoint is the emulator.
+#[tokio::test]
+async fn workload_identity_rereads_the_token_file() {
+    use axum::routing::post;
+    type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    let seen: Seen = Arc::default();
+    let authority = axum::Router::new()
+        .route(
+            "/{tenant}/oauth2/v2.0/token",
+            post(|axum::extract::State(seen): axum::extract::State<Seen>, body: String| async move {
+                let field = |name: &str| {
+                    body.split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .unwrap_or_default()
+                        .replace("%2F", "/")
+                        .replace("%3A", ":")
+                };
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((field("client_assertion"), field("scope")));
+                // Short-lived, so every call refreshes.
+                axum::Json(serde_json::json!({
+                    "token_type": "Bearer", "expires_in": 60, "ext_expires_in": 60, "access_token": "tok"
+                }))
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let authority_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, authority).await });
+
+    let emu = Emulator::start(fast()).await.expect("starts");
+    let token_file = std::env::temp_dir().join(format!(
+        "spillway-wi-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::write(&token_file, "assertion-1\n").expect("write token");
+    let mut cfg = AzureConfig::new(
+        SUB,
+        "rg-burst",
+        Credential::WorkloadIdentity {
+            tenant_id: "tenant-1".into(),
+            client_id: "client-1".into(),
+            token_file: token_file.clone(),
+            authority_host: authority_url,
+        },
+    );
+    cfg.endpoint = emu.url.clone();
+    let aci = AzureContainerGroups::new(&cfg).expect("client builds");
+
+    assert_eq!(
+        aci.get("x").await,
+        Ok(None),
+        "authenticated with the exchanged token"
+    );
+    std::fs::write(&token_file, "assertion-2\n").expect("rotate token");
+    assert_eq!(aci.get("x").await, Ok(None));
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let assertions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        assertions,
+        ["assertion-1", "assertion-2"],
+        "the rotated file was read"
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, scope)| scope == "https://management.azure.com/.default"),
+        "{seen:?}"
+    );
+
+    std::fs::remove_file(&token_file).expect("cleanup");
+    assert!(
+        matches!(aci.get("x").await, Err(AciError::Auth { .. })),
+        "a missing token file is an auth error"
+    );
+    emu.shutdown().await;
+    server.abort();
+}

@@ -36,9 +36,14 @@ pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// How to authenticate to ARM.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// AKS workload identity: `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
-    /// `AZURE_FEDERATED_TOKEN_FILE` (re-read on refresh), `AZURE_AUTHORITY_HOST`.
-    WorkloadIdentity,
+    /// AKS workload identity; the token file is re-read on every refresh.
+    /// [`Credential::workload_identity_from_env`] reads the webhook's variables.
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: std::path::PathBuf,
+        authority_host: String,
+    },
     /// The VM's system-assigned managed identity (IMDS). azure_identity 0.21
     /// offers no user-assigned selection; use workload identity for that.
     ManagedIdentity,
@@ -58,11 +63,32 @@ impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print secrets.
         f.write_str(match self {
-            Credential::WorkloadIdentity => "WorkloadIdentity",
+            Credential::WorkloadIdentity { .. } => "WorkloadIdentity",
             Credential::ManagedIdentity => "ManagedIdentity",
             Credential::ClientSecret { .. } => "ClientSecret",
             Credential::AzureCli => "AzureCli",
             Credential::StaticToken(_) => "StaticToken",
+        })
+    }
+}
+
+impl Credential {
+    /// Workload identity from the variables the AKS webhook injects:
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` and
+    /// optionally `AZURE_AUTHORITY_HOST`.
+    pub fn workload_identity_from_env() -> Result<Self, AzureSetupError> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| AzureSetupError::Credential {
+                credential: "WorkloadIdentity".into(),
+                message: format!("{name} is not set"),
+            })
+        };
+        Ok(Credential::WorkloadIdentity {
+            tenant_id: var("AZURE_TENANT_ID")?,
+            client_id: var("AZURE_CLIENT_ID")?,
+            token_file: var("AZURE_FEDERATED_TOKEN_FILE")?.into(),
+            authority_host: std::env::var("AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|_| "https://login.microsoftonline.com".into()),
         })
     }
 }
@@ -175,7 +201,7 @@ impl TokenCredential for StaticToken {
 struct RereadingWorkloadIdentity {
     tenant_id: String,
     client_id: String,
-    token_file: String,
+    token_file: std::path::PathBuf,
     authority_host: azure_core::Url,
     cached: Mutex<Option<AccessToken>>,
 }
@@ -199,7 +225,10 @@ impl TokenCredential for RereadingWorkloadIdentity {
                 azure_core::Error::full(
                     ErrorKind::Credential,
                     e,
-                    format!("cannot read the federated token file {}", self.token_file),
+                    format!(
+                        "cannot read the federated token file {}",
+                        self.token_file.display()
+                    ),
                 )
             })?;
         let inner = azure_identity::WorkloadIdentityCredential::new(
@@ -219,29 +248,25 @@ impl TokenCredential for RereadingWorkloadIdentity {
     }
 }
 
-fn env(name: &str) -> Result<String, AzureSetupError> {
-    std::env::var(name).map_err(|_| AzureSetupError::Credential {
-        credential: "WorkloadIdentity".into(),
-        message: format!("{name} is not set"),
-    })
-}
-
 fn token_credential(c: &Credential) -> Result<Arc<dyn TokenCredential>, AzureSetupError> {
-    let authority = || {
-        let host = std::env::var("AZURE_AUTHORITY_HOST")
-            .unwrap_or_else(|_| "https://login.microsoftonline.com".into());
-        azure_core::Url::parse(&host).map_err(|e| AzureSetupError::Credential {
+    let url = |host: &str| {
+        azure_core::Url::parse(host).map_err(|e| AzureSetupError::Credential {
             credential: format!("{c:?}"),
-            message: format!("AZURE_AUTHORITY_HOST {host:?}: {e}"),
+            message: format!("authority host {host:?}: {e}"),
         })
     };
     Ok(match c {
         Credential::StaticToken(t) => Arc::new(StaticToken(Secret::new(t.clone()))),
-        Credential::WorkloadIdentity => Arc::new(RereadingWorkloadIdentity {
-            tenant_id: env("AZURE_TENANT_ID")?,
-            client_id: env("AZURE_CLIENT_ID")?,
-            token_file: env("AZURE_FEDERATED_TOKEN_FILE")?,
-            authority_host: authority()?,
+        Credential::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+            authority_host,
+        } => Arc::new(RereadingWorkloadIdentity {
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            token_file: token_file.clone(),
+            authority_host: url(authority_host)?,
             cached: Mutex::new(None),
         }),
         Credential::ManagedIdentity => Arc::new(
@@ -253,13 +278,17 @@ fn token_credential(c: &Credential) -> Result<Arc<dyn TokenCredential>, AzureSet
             tenant_id,
             client_id,
             client_secret,
-        } => Arc::new(azure_identity::ClientSecretCredential::new(
-            azure_core::new_http_client(),
-            authority()?,
-            tenant_id.clone(),
-            client_id.clone(),
-            client_secret.clone(),
-        )),
+        } => {
+            let host = std::env::var("AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|_| "https://login.microsoftonline.com".into());
+            Arc::new(azure_identity::ClientSecretCredential::new(
+                azure_core::new_http_client(),
+                url(&host)?,
+                tenant_id.clone(),
+                client_id.clone(),
+                client_secret.clone(),
+            ))
+        }
         Credential::AzureCli => Arc::new(azure_identity::AzureCliCredential::new()),
     })
 }
