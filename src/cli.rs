@@ -29,3 +29,167 @@ pub fn policy_check(dir: &Path) -> ExitCode {
         }
     }
 }
+
+/// Output format of commands that print results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Flags of `spillway simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Scenario file (YAML: pools, prices, latencies, workloads). Default: the built-in day.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<std::path::PathBuf>,
+    /// Replay a CSV trace (`submit_s,duration_s,cpu,memory_mib,namespace[,priority]`) on the scenario's cluster.
+    #[arg(long, value_name = "FILE.csv")]
+    pub trace: Option<std::path::PathBuf>,
+    /// Policy directory (same files as the extender). Default: the built-in scenario's policies
+    /// (policies/), or for a trace a cluster default (Auto, spillAfter 30s, maxVmWait 2m, no budgets).
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<std::path::PathBuf>,
+    /// Random seed for the workload and every draw; the same seed gives the same output. Default: the scenario's seed, else 42.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Strategies to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "vm-only,aci-always,spillway,spillway-no-drain", value_parser = parse_strategy)]
+    pub strategies: Vec<crate::sim::Strategy>,
+    /// Output format on stdout.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: Output,
+    /// Also write a self-contained HTML report (inline SVG charts) to FILE.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<std::path::PathBuf>,
+    /// Print the built-in scenario (a starting point for --scenario) and exit.
+    #[arg(long)]
+    pub print_scenario: bool,
+}
+
+fn parse_strategy(s: &str) -> Result<crate::sim::Strategy, String> {
+    crate::sim::Strategy::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::sim::Strategy::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown strategy {s:?} (one of {})", names.join(", "))
+    })
+}
+
+fn bad_input(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+fn read(path: &Path, what: &str) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| bad_input(format!("{what} {}: {e}", path.display())))
+}
+
+/// `spillway simulate`.
+pub fn simulate(args: &SimulateArgs) -> ExitCode {
+    use crate::sim;
+    if args.print_scenario {
+        return if write_stdout(sim::scenario::DEFAULT_SCENARIO) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let base = match &args.scenario {
+        None => sim::Scenario::builtin(),
+        Some(path) => {
+            let text = match read(path, "--scenario") {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            match sim::Scenario::parse(&text, &path.display().to_string()) {
+                Ok(s) => s,
+                Err(e) => return bad_input(e),
+            }
+        }
+    };
+    let sc = match &args.trace {
+        None => base,
+        Some(path) => {
+            let text = match read(path, "--trace") {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            match sim::trace::apply(&base, &text, &path.display().to_string()) {
+                Ok(s) => s,
+                Err(e) => return bad_input(e),
+            }
+        }
+    };
+    let policies = match (&args.policies, &args.trace, &args.scenario) {
+        (Some(dir), _, _) => crate::policy::load_dir(dir),
+        (None, Some(_), _) => Ok(sim::trace_default_policies()),
+        (None, None, None) => sim::builtin_policies(),
+        // A custom scenario without --policies uses the shipped example policies too.
+        (None, None, Some(_)) => sim::builtin_policies(),
+    };
+    let policies = match policies {
+        Ok(p) => p,
+        Err(e) => return bad_input(e),
+    };
+    if args.strategies.is_empty() {
+        return bad_input("--strategies: at least one strategy is needed");
+    }
+    let seed = args.seed.or(sc.seed).unwrap_or(42);
+    let bar = progress_bar(sc.horizon().millis() / 1000 * args.strategies.len() as u64);
+    let horizon_s = sc.horizon().millis() / 1000;
+    let cmp = sim::compare(&sc, &policies, seed, &args.strategies, &mut |i, t| {
+        bar.set_position(i as u64 * horizon_s + t / 1000);
+    });
+    bar.finish_and_clear();
+    if let Some(path) = &args.report {
+        let page = match sim::report::html(&cmp) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(path, page) {
+            eprintln!("--report {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let text = match args.output {
+        Output::Table => cmp.table(),
+        Output::Json => format!("{}\n", cmp.to_json()),
+    };
+    if !write_stdout(&text) {
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &args.report {
+        eprintln!("report written to {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("simulating {bar:40} {percent}% ({elapsed})")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn write_stdout(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("writing to stdout: {e}");
+            false
+        }
+    }
+}

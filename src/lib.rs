@@ -2,8 +2,13 @@
 //! provider for AKS. See README.md and ../shared/DESIGN.md for the picture.
 
 pub mod aci;
+pub mod autoscaler;
 pub mod cli;
+pub mod cluster;
 pub mod decision;
+pub mod explain;
+pub mod extender;
 pub mod metrics;
 pub mod policy;
+pub mod sim;
 pub mod units;

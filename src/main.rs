@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "spillway", version, about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS")]
+#[command(
+    name = "spillway",
+    version,
+    about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -12,11 +16,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Replay a workload against vm-only, aci-always and spillway; print latency and cost.
+    Simulate(spillway::cli::SimulateArgs),
     /// Validate policy files and exit 64 with file:line:column errors.
     Policy {
         #[command(subcommand)]
         action: PolicyCommand,
     },
+    /// Run only the scheduler extender HTTP server.
+    Extender(spillway::extender::ExtenderCommand),
+    /// Offline: print each pending pod's verdict and why, from `kubectl get nodes,pods -A -o yaml`.
+    Explain(spillway::explain::ExplainCommand),
     /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
     AciEmulator(spillway::aci::emulator::cli::Args),
 }
@@ -37,7 +47,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Policy { action: PolicyCommand::Check { dir } } => spillway::cli::policy_check(&dir),
+        Command::Simulate(args) => spillway::cli::simulate(&args),
+        Command::Policy {
+            action: PolicyCommand::Check { dir },
+        } => spillway::cli::policy_check(&dir),
+        Command::Extender(args) => spillway::extender::run(args),
+        Command::Explain(args) => spillway::explain::run(args),
         Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
     }
 }

@@ -164,9 +164,13 @@ mod tests {
     #[test]
     fn renders_build_info_and_names() {
         let m = Metrics::new();
-        m.decisions.with_label_values(&["burst", "spill-after-elapsed"]).inc();
+        m.decisions
+            .with_label_values(&["burst", "spill-after-elapsed"])
+            .inc();
         let text = m.render();
         assert!(text.contains("spillway_build_info{version=\""));
-        assert!(text.contains("spillway_decisions_total{reason=\"spill-after-elapsed\",verdict=\"burst\"} 1"));
+        assert!(text.contains(
+            "spillway_decisions_total{reason=\"spill-after-elapsed\",verdict=\"burst\"} 1"
+        ));
     }
 }

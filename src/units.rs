@@ -184,7 +184,11 @@ impl Duration {
                 "m" => 60_000.0,
                 "h" => 3_600_000.0,
                 "d" => 86_400_000.0,
-                u => return Err(format!("unknown unit {u:?} in duration {t:?} (use ms, s, m, h)")),
+                u => {
+                    return Err(format!(
+                        "unknown unit {u:?} in duration {t:?} (use ms, s, m, h)"
+                    ));
+                }
             };
             total += value * factor_ms;
             rest = &rest[unit_end..];
@@ -288,7 +292,9 @@ pub fn parse_memory_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// Requested resources of a pod or capacity of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -347,7 +353,10 @@ mod tests {
     fn durations_parse_like_go() {
         assert_eq!(Duration::parse("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(Duration::parse("1h30m").unwrap(), Duration::from_mins(90));
-        assert_eq!(Duration::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            Duration::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(Duration::parse("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(Duration::parse("0").unwrap(), Duration::ZERO);
         assert!(Duration::parse("-5s").unwrap_err().contains("negative"));

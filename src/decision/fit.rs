@@ -77,7 +77,11 @@ mod tests {
         let req = Resources::new(1000, 1 << 20);
         assert_eq!(idx.first_fit(&req, |_| true), Some(2));
         let small = Resources::new(50, 1 << 20);
-        assert_eq!(idx.first_fit(&small, |i| i != 1), Some(2), "a rejected leaf falls through to the next");
+        assert_eq!(
+            idx.first_fit(&small, |i| i != 1),
+            Some(2),
+            "a rejected leaf falls through to the next"
+        );
         idx.take(2, &req);
         idx.take(2, &req);
         assert_eq!(idx.first_fit(&req, |_| true), None);

@@ -6,7 +6,7 @@
 //! I/O, read a clock, or await: the simulator, the extender, the autoscaler and
 //! `explain` all call it, so a decision seen in one is the decision of all.
 
-mod fit;
+pub mod fit;
 mod reason;
 #[cfg(test)]
 mod tests;
@@ -74,8 +74,16 @@ impl EngineConfig {
     /// The resources ACI will actually allocate (and bill) for a pod.
     pub fn aci_effective(&self, r: &Resources) -> Resources {
         Resources::new(
-            if r.cpu_millis == 0 { self.aci_default_request.cpu_millis } else { r.cpu_millis },
-            if r.memory_bytes == 0 { self.aci_default_request.memory_bytes } else { r.memory_bytes },
+            if r.cpu_millis == 0 {
+                self.aci_default_request.cpu_millis
+            } else {
+                r.cpu_millis
+            },
+            if r.memory_bytes == 0 {
+                self.aci_default_request.memory_bytes
+            } else {
+                r.memory_bytes
+            },
         )
     }
 }
@@ -192,6 +200,17 @@ impl Decision {
     }
 }
 
+/// The result of one engine pass with placements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// One decision per pending pod, in `snap.pending` order.
+    pub decisions: Vec<Decision>,
+    /// For `vm` verdicts: the index in `snap.nodes` whose room the pod claimed.
+    pub vm_node: Vec<Option<usize>>,
+    /// Indices into `snap.pending` in the order the engine considered them.
+    pub order: Vec<usize>,
+}
+
 /// The decision engine. Cheap to clone; holds only configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
@@ -208,6 +227,14 @@ impl Engine {
     /// each claims VM room, upcoming VM room and burst budget in that order, so
     /// later pods see what earlier ones took. Results are in `snap.pending` order.
     pub fn decide_all(&self, snap: &Snapshot, policies: &PolicySet) -> Vec<Decision> {
+        self.plan(snap, policies).decisions
+    }
+
+    /// Like [`Engine::decide_all`], and also says which VM node (an index into
+    /// `snap.nodes`) each `vm` verdict claimed room on, so a caller that acts
+    /// (the simulator binding pods) places pods exactly where the engine
+    /// counted them.
+    pub fn plan(&self, snap: &Snapshot, policies: &PolicySet) -> Plan {
         let mut order: Vec<usize> = (0..snap.pending.len()).collect();
         order.sort_by(|&a, &b| {
             let (pa, pb) = (&snap.pending[a], &snap.pending[b]);
@@ -219,11 +246,20 @@ impl Engine {
         });
         let mut pass = Pass::new(self, snap, true);
         let mut out: Vec<Option<Decision>> = vec![None; snap.pending.len()];
-        for i in order {
+        let mut vm_node = vec![None; snap.pending.len()];
+        for i in order.iter().copied() {
+            pass.last_node = None;
             let d = pass.decide(&snap.pending[i], policies);
+            if d.verdict == Verdict::Vm {
+                vm_node[i] = pass.last_node;
+            }
             out[i] = Some(d);
         }
-        out.into_iter().flatten().collect()
+        Plan {
+            decisions: out.into_iter().flatten().collect(),
+            vm_node,
+            order,
+        }
     }
 
     /// Decide one pod for which the scheduler found no feasible VM node (the
@@ -262,6 +298,8 @@ struct Pass<'a> {
     headroom: Vec<u32>,
     usage: BTreeMap<String, BurstUsage>,
     quota: AciQuota,
+    /// The node the last `claim_vm_room` took room on.
+    last_node: Option<usize>,
 }
 
 impl<'a> Pass<'a> {
@@ -286,12 +324,19 @@ impl<'a> Pass<'a> {
         let node_pool = snap
             .nodes
             .iter()
-            .map(|n| pool_index.get(n.pool.as_str()).copied().unwrap_or(usize::MAX))
+            .map(|n| {
+                pool_index
+                    .get(n.pool.as_str())
+                    .copied()
+                    .unwrap_or(usize::MAX)
+            })
             .collect();
         let mut future = Vec::new();
         let mut headroom = Vec::with_capacity(snap.pools.len());
         for (pi, p) in snap.pools.iter().enumerate() {
-            let provision = p.provision_time.unwrap_or(engine.config.default_provision_time);
+            let provision = p
+                .provision_time
+                .unwrap_or(engine.config.default_provision_time);
             for u in &p.upcoming {
                 future.push(FutureNode {
                     pool: pi,
@@ -312,6 +357,7 @@ impl<'a> Pass<'a> {
             headroom,
             usage: snap.burst_usage.clone(),
             quota: snap.aci_quota,
+            last_node: None,
         }
     }
 
@@ -329,11 +375,15 @@ impl<'a> Pass<'a> {
         }
         let node_pool = &self.node_pool;
         let pool_index = &self.pool_index;
-        let wanted = pod.pool.as_deref().map(|p| pool_index.get(p).copied().unwrap_or(usize::MAX - 1));
+        let wanted = pod
+            .pool
+            .as_deref()
+            .map(|p| pool_index.get(p).copied().unwrap_or(usize::MAX - 1));
         let idx = self
             .vm_room
             .first_fit(&pod.requests, |i| wanted.is_none_or(|w| node_pool[i] == w))?;
         self.vm_room.take(idx, &pod.requests);
+        self.last_node = Some(idx);
         Some(idx)
     }
 
@@ -387,7 +437,11 @@ impl<'a> Pass<'a> {
     }
 
     /// Check budget and quota for a pod about to burst; on success, claim them.
-    fn claim_budget(&mut self, pod: &PendingPod, policy: &BurstPolicy) -> Result<(), (Reason, String)> {
+    fn claim_budget(
+        &mut self,
+        pod: &PendingPod,
+        policy: &BurstPolicy,
+    ) -> Result<(), (Reason, String)> {
         let cfg = &self.engine.config;
         let r = cfg.aci_effective(&pod.requests);
         let hourly = cfg.prices.aci_hourly(&r);
@@ -396,7 +450,10 @@ impl<'a> Pass<'a> {
         if let Some(max) = b.max_pods
             && used.pods + 1 > max
         {
-            return Err((Reason::BudgetPods, format!("{}/{} pods on the virtual node", used.pods, max)));
+            return Err((
+                Reason::BudgetPods,
+                format!("{}/{} pods on the virtual node", used.pods, max),
+            ));
         }
         if let Some(max) = b.max_cpu_millis
             && used.requests.cpu_millis + r.cpu_millis > max
@@ -429,16 +486,25 @@ impl<'a> Pass<'a> {
         {
             return Err((
                 Reason::BudgetCost,
-                format!("${:.2}/h of ${:.2}/h used, pod costs ${:.3}/h", used.hourly_cost, max, hourly),
+                format!(
+                    "${:.2}/h of ${:.2}/h used, pod costs ${:.3}/h",
+                    used.hourly_cost, max, hourly
+                ),
             ));
         }
         if let Some(left) = self.quota.cores_millis_left
             && r.cpu_millis > left
         {
-            return Err((Reason::AciQuotaExhausted, format!("{:.1} vCPU of ACI quota left", left as f64 / 1000.0)));
+            return Err((
+                Reason::AciQuotaExhausted,
+                format!("{:.1} vCPU of ACI quota left", left as f64 / 1000.0),
+            ));
         }
         if self.quota.groups_left == Some(0) {
-            return Err((Reason::AciQuotaExhausted, "no container groups left in the ACI quota".into()));
+            return Err((
+                Reason::AciQuotaExhausted,
+                "no container groups left in the ACI quota".into(),
+            ));
         }
         if let Some(left) = self.quota.cores_millis_left.as_mut() {
             *left -= r.cpu_millis;
@@ -446,7 +512,10 @@ impl<'a> Pass<'a> {
         if let Some(left) = self.quota.groups_left.as_mut() {
             *left -= 1;
         }
-        self.usage.entry(pod.namespace.clone()).or_default().add(&r, hourly);
+        self.usage
+            .entry(pod.namespace.clone())
+            .or_default()
+            .add(&r, hourly);
         Ok(())
     }
 
@@ -484,24 +553,60 @@ impl<'a> Pass<'a> {
         let Some(policy) = policy else {
             let fits = self.claim_vm_room(pod).is_some();
             return if fits {
-                mk(Verdict::Vm, Reason::VmCapacityAvailable, None, Some(now), "a VM node has room".into())
+                mk(
+                    Verdict::Vm,
+                    Reason::VmCapacityAvailable,
+                    None,
+                    Some(now),
+                    "a VM node has room".into(),
+                )
             } else {
-                mk(Verdict::Ineligible, Reason::NoPolicy, None, None, "no BurstPolicy selects this pod".into())
+                mk(
+                    Verdict::Ineligible,
+                    Reason::NoPolicy,
+                    None,
+                    None,
+                    "no BurstPolicy selects this pod".into(),
+                )
             };
         };
         let burst = &policy.burst;
         if burst.mode != BurstMode::Always && self.claim_vm_room(pod).is_some() {
-            return mk(Verdict::Vm, Reason::VmCapacityAvailable, None, Some(now), "a VM node has room".into());
+            return mk(
+                Verdict::Vm,
+                Reason::VmCapacityAvailable,
+                None,
+                Some(now),
+                "a VM node has room".into(),
+            );
         }
         if burst.mode == BurstMode::Never {
-            return mk(Verdict::Ineligible, Reason::PolicyNever, None, None, format!("policy {} says mode: Never", policy.id()));
+            return mk(
+                Verdict::Ineligible,
+                Reason::PolicyNever,
+                None,
+                None,
+                format!("policy {} says mode: Never", policy.id()),
+            );
         }
         if let Some(why) = self.incompatibility(pod) {
-            return mk(Verdict::Ineligible, Reason::AciIncompatible, None, None, why);
+            return mk(
+                Verdict::Ineligible,
+                Reason::AciIncompatible,
+                None,
+                None,
+                why,
+            );
         }
         if burst.mode == BurstMode::Always {
             return match self.claim_budget(pod, policy) {
-                Ok(()) => mk(Verdict::Burst, Reason::PolicyAlways, None, None, format!("policy {} says mode: Always", policy.id())),
+                Ok(()) => mk(
+                    Verdict::Burst,
+                    Reason::PolicyAlways,
+                    None,
+                    None,
+                    format!("policy {} says mode: Always", policy.id()),
+                ),
                 Err((reason, detail)) => mk(Verdict::Wait, reason, None, None, detail),
             };
         }
@@ -511,13 +616,19 @@ impl<'a> Pass<'a> {
                 Reason::PriorityBelowMinimum,
                 None,
                 None,
-                format!("priority {} is below minPriority {}", pod.priority, burst.min_priority),
+                format!(
+                    "priority {} is below minPriority {}",
+                    pod.priority, burst.min_priority
+                ),
             );
         }
         let eta = self.claim_vm_eta(pod);
         let waited = now.since(pod.pending_since);
         let (reason, detail) = match eta {
-            None => (Reason::PoolsAtMax, "no VM pool can grow to fit the pod".to_string()),
+            None => (
+                Reason::PoolsAtMax,
+                "no VM pool can grow to fit the pod".to_string(),
+            ),
             Some(_) if waited >= burst.spill_after => (
                 Reason::SpillAfterElapsed,
                 format!("pending {} ≥ spillAfter {}", waited, burst.spill_after),

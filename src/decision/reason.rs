@@ -20,7 +20,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::Vm, Verdict::Wait, Verdict::Burst, Verdict::Ineligible];
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Vm,
+        Verdict::Wait,
+        Verdict::Burst,
+        Verdict::Ineligible,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Vm => "vm",
@@ -100,12 +105,22 @@ impl Reason {
     /// One sentence for people (README table, `explain --help`).
     pub fn describe(self) -> &'static str {
         match self {
-            Reason::VmCapacityAvailable => "a VM node has room for the pod; VMs are always filled first",
-            Reason::WaitingForVm => "no VM has room yet; waiting up to spillAfter for one to appear",
+            Reason::VmCapacityAvailable => {
+                "a VM node has room for the pod; VMs are always filled first"
+            }
+            Reason::WaitingForVm => {
+                "no VM has room yet; waiting up to spillAfter for one to appear"
+            }
             Reason::SpillAfterElapsed => "the pod waited longer than spillAfter; it may burst",
-            Reason::VmEtaExceedsMaxWait => "the predicted VM arrival is later than maxVmWait; burst at once",
-            Reason::PoolsAtMax => "no VM pool can grow to fit the pod (all at max size or too small)",
-            Reason::PolicyAlways => "the policy says mode: Always; the virtual node is allowed at once",
+            Reason::VmEtaExceedsMaxWait => {
+                "the predicted VM arrival is later than maxVmWait; burst at once"
+            }
+            Reason::PoolsAtMax => {
+                "no VM pool can grow to fit the pod (all at max size or too small)"
+            }
+            Reason::PolicyAlways => {
+                "the policy says mode: Always; the virtual node is allowed at once"
+            }
             Reason::PolicyNever => "the policy says mode: Never; the pod only runs on VMs",
             Reason::NoPolicy => "no policy selects the pod; spillway leaves it to the scheduler",
             Reason::PriorityBelowMinimum => "the pod's priority is below the policy's minPriority",
@@ -113,8 +128,12 @@ impl Reason {
             Reason::BudgetCpu => "the namespace's burst budget maxCpu is used up",
             Reason::BudgetMemory => "the namespace's burst budget maxMemory is used up",
             Reason::BudgetCost => "the namespace's burst budget maxHourlyCost is used up",
-            Reason::AciQuotaExhausted => "the ACI quota (cores or container groups) in the region is used up",
-            Reason::AciIncompatible => "ACI cannot run this pod (volumes, privileges, size, DaemonSet, or no toleration)",
+            Reason::AciQuotaExhausted => {
+                "the ACI quota (cores or container groups) in the region is used up"
+            }
+            Reason::AciIncompatible => {
+                "ACI cannot run this pod (volumes, privileges, size, DaemonSet, or no toleration)"
+            }
         }
     }
 

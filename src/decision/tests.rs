@@ -112,7 +112,11 @@ fn full_cluster(pending: Vec<PodB>) -> Snapshot {
 
 #[test]
 fn vm_room_first() {
-    let s = snap(vec![vm("vm-0", "a", 1000, 4)], vec![pool("a", 1, 5)], vec![pod("ns", "p").waited(600)]);
+    let s = snap(
+        vec![vm("vm-0", "a", 1000, 4)],
+        vec![pool("a", 1, 5)],
+        vec![pod("ns", "p").waited(600)],
+    );
     let d = decide(&s, auto(30, 120));
     assert_eq!(reasons(&d), [(Verdict::Vm, Reason::VmCapacityAvailable)]);
 }
@@ -123,7 +127,11 @@ fn vm_room_is_claimed_in_order() {
     let s = snap(
         vec![vm("vm-0", "a", 1000, 4)],
         vec![pool("a", 1, 5)],
-        vec![pod("ns", "young").waited(1), pod("ns", "old").waited(20), pod("ns", "mid").waited(10)],
+        vec![
+            pod("ns", "young").waited(1),
+            pod("ns", "old").waited(20),
+            pod("ns", "mid").waited(10),
+        ],
     );
     let d = decide(&s, auto(30, 600));
     assert_eq!(d[0].reason, Reason::WaitingForVm, "youngest waits");
@@ -136,7 +144,10 @@ fn higher_priority_claims_room_first() {
     let s = snap(
         vec![vm("vm-0", "a", 500, 4)],
         vec![pool("a", 1, 5)],
-        vec![pod("ns", "old-low").waited(100).priority(0), pod("ns", "new-high").priority(100)],
+        vec![
+            pod("ns", "old-low").waited(100).priority(0),
+            pod("ns", "new-high").priority(100),
+        ],
     );
     let d = decide(&s, auto(300, 600));
     assert_eq!(d[0].verdict, Verdict::Wait);
@@ -163,15 +174,27 @@ fn waiting_reports_until_and_eta() {
     assert_eq!(d.until, Some(Timestamp::from_secs(10_000 - 8 + 30)));
     // pending 8 s ago + 10 s scale-up delay → the request goes out in 2 s, + 180 s provisioning.
     assert_eq!(d.vm_eta, Some(Timestamp::from_secs(10_000 + 2 + 180)));
-    assert_eq!(d.message(), "spillway: waiting-for-vm, 22s left of spillAfter 30s, VM predicted in 3m2s");
+    assert_eq!(
+        d.message(),
+        "spillway: waiting-for-vm, 22s left of spillAfter 30s, VM predicted in 3m2s"
+    );
 }
 
 #[test]
 fn spill_after_elapsed_bursts_exactly_at_the_boundary() {
-    let s = full_cluster(vec![pod("ns", "at").waited(30), pod("ns", "before").waited(29)]);
+    let s = full_cluster(vec![
+        pod("ns", "at").waited(30),
+        pod("ns", "before").waited(29),
+    ]);
     let d = decide(&s, auto(30, 600));
-    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Burst, Reason::SpillAfterElapsed));
-    assert_eq!((d[1].verdict, d[1].reason), (Verdict::Wait, Reason::WaitingForVm));
+    assert_eq!(
+        (d[0].verdict, d[0].reason),
+        (Verdict::Burst, Reason::SpillAfterElapsed)
+    );
+    assert_eq!(
+        (d[1].verdict, d[1].reason),
+        (Verdict::Wait, Reason::WaitingForVm)
+    );
 }
 
 #[test]
@@ -179,7 +202,10 @@ fn slow_vms_burst_at_once() {
     let s = full_cluster(vec![pod("ns", "p")]);
     // VM in ~190 s from pending start > maxVmWait 60 s.
     let d = &decide(&s, auto(300, 60))[0];
-    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::VmEtaExceedsMaxWait));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Burst, Reason::VmEtaExceedsMaxWait)
+    );
     // With maxVmWait above the ETA it waits.
     assert_eq!(decide(&s, auto(300, 600))[0].reason, Reason::WaitingForVm);
 }
@@ -188,21 +214,35 @@ fn slow_vms_burst_at_once() {
 fn upcoming_nodes_shorten_the_eta_and_are_shared() {
     let mut p = pool("a", 1, 2);
     // Requested 170 s ago with 180 s provisioning: ready in 10 s. Room for 8 × 500m.
-    p.upcoming.push(UpcomingNode { requested_at: Timestamp::from_secs(10_000 - 170) });
-    let pods: Vec<PodB> = (0..9).map(|i| pod("ns", &format!("p{i}")).waited(i)).collect();
+    p.upcoming.push(UpcomingNode {
+        requested_at: Timestamp::from_secs(10_000 - 170),
+    });
+    let pods: Vec<PodB> = (0..9)
+        .map(|i| pod("ns", &format!("p{i}")).waited(i))
+        .collect();
     let s = snap(vec![vm("vm-0", "a", 0, 0)], vec![p], pods);
     let d = decide(&s, auto(300, 60));
     let eta10 = Some(Timestamp::from_secs(10_010));
     // The eight oldest fit the upcoming node; the youngest finds no room and the pool is at max.
-    let waiting = d.iter().filter(|d| d.vm_eta == eta10 && d.verdict == Verdict::Wait).count();
+    let waiting = d
+        .iter()
+        .filter(|d| d.vm_eta == eta10 && d.verdict == Verdict::Wait)
+        .count();
     assert_eq!(waiting, 8);
     let youngest = &d[0];
-    assert_eq!((youngest.verdict, youngest.reason), (Verdict::Burst, Reason::PoolsAtMax));
+    assert_eq!(
+        (youngest.verdict, youngest.reason),
+        (Verdict::Burst, Reason::PoolsAtMax)
+    );
 }
 
 #[test]
 fn pools_at_max_or_too_small_burst() {
-    let s = snap(vec![vm("vm-0", "a", 0, 0)], vec![pool("a", 5, 5)], vec![pod("ns", "p")]);
+    let s = snap(
+        vec![vm("vm-0", "a", 0, 0)],
+        vec![pool("a", 5, 5)],
+        vec![pod("ns", "p")],
+    );
     assert_eq!(decide(&s, auto(300, 600))[0].reason, Reason::PoolsAtMax);
     // A pod bigger than any pool's node shape can never get a VM.
     let s = full_cluster(vec![pod("ns", "big").mem_gib(15).cpu(3500)]);
@@ -226,17 +266,27 @@ fn pool_constraint_limits_vm_room_and_eta() {
 
 #[test]
 fn policy_modes() {
-    let s = snap(vec![vm("vm-0", "a", 4000, 16)], vec![pool("a", 1, 5)], vec![pod("ns", "p")]);
+    let s = snap(
+        vec![vm("vm-0", "a", 4000, 16)],
+        vec![pool("a", 1, 5)],
+        vec![pod("ns", "p")],
+    );
     let mut always = auto(30, 60);
     always.burst.mode = BurstMode::Always;
     let d = &decide(&s, always)[0];
-    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::PolicyAlways));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Burst, Reason::PolicyAlways)
+    );
 
     let full = full_cluster(vec![pod("ns", "p").waited(1000)]);
     let mut never = auto(30, 60);
     never.burst.mode = BurstMode::Never;
     let d = &decide(&full, never.clone())[0];
-    assert_eq!((d.verdict, d.reason), (Verdict::Ineligible, Reason::PolicyNever));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Ineligible, Reason::PolicyNever)
+    );
     // Never still lands on VMs when there is room.
     assert_eq!(decide(&s, never)[0].verdict, Verdict::Vm);
 }
@@ -245,9 +295,15 @@ fn policy_modes() {
 fn no_policy_is_left_alone() {
     let mut p = auto(30, 60);
     p.selector.match_labels.insert("app".into(), "web".into());
-    let s = full_cluster(vec![pod("ns", "other").waited(1000), pod("ns", "web").label("app", "web").waited(1000)]);
+    let s = full_cluster(vec![
+        pod("ns", "other").waited(1000),
+        pod("ns", "web").label("app", "web").waited(1000),
+    ]);
     let d = decide(&s, p);
-    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Ineligible, Reason::NoPolicy));
+    assert_eq!(
+        (d[0].verdict, d[0].reason),
+        (Verdict::Ineligible, Reason::NoPolicy)
+    );
     assert_eq!(d[0].policy, None);
     assert_eq!(d[1].reason, Reason::SpillAfterElapsed);
     assert_eq!(d[1].policy.as_deref(), Some("*/default"));
@@ -257,20 +313,31 @@ fn no_policy_is_left_alone() {
 fn priority_below_minimum_never_bursts() {
     let mut p = auto(0, 0);
     p.burst.min_priority = 10;
-    let s = full_cluster(vec![pod("ns", "low").priority(9).waited(999), pod("ns", "ok").priority(10)]);
+    let s = full_cluster(vec![
+        pod("ns", "low").priority(9).waited(999),
+        pod("ns", "ok").priority(10),
+    ]);
     let d = decide(&s, p);
-    assert_eq!((d[0].verdict, d[0].reason), (Verdict::Ineligible, Reason::PriorityBelowMinimum));
+    assert_eq!(
+        (d[0].verdict, d[0].reason),
+        (Verdict::Ineligible, Reason::PriorityBelowMinimum)
+    );
     assert_eq!(d[1].verdict, Verdict::Burst);
 }
 
 #[test]
 fn aci_incompatible_pods_never_burst() {
     let s = full_cluster(vec![
-        pod("ns", "hostpath").incompatible("hostPath volumes are not supported on ACI").waited(999),
+        pod("ns", "hostpath")
+            .incompatible("hostPath volumes are not supported on ACI")
+            .waited(999),
         pod("ns", "untolerated").no_toleration().waited(999),
     ]);
     let d = decide(&s, auto(0, 0));
-    assert_eq!(reasons(&d), [(Verdict::Ineligible, Reason::AciIncompatible); 2]);
+    assert_eq!(
+        reasons(&d),
+        [(Verdict::Ineligible, Reason::AciIncompatible); 2]
+    );
     assert!(d[0].detail.contains("hostPath"));
     assert!(d[1].detail.contains("tolerate"));
 }
@@ -285,34 +352,69 @@ fn budget_case(set: impl Fn(&mut BurstPolicy), used: BurstUsage, p: PodB) -> Dec
 
 fn usage(pods: u32, cpu: u64, gib: u64) -> BurstUsage {
     let r = Resources::new(cpu, gib * GIB);
-    BurstUsage { pods, requests: r, hourly_cost: Prices::default().aci_hourly(&r) }
+    BurstUsage {
+        pods,
+        requests: r,
+        hourly_cost: Prices::default().aci_hourly(&r),
+    }
 }
 
 #[test]
 fn budget_pods_edge() {
-    let d = budget_case(|p| p.budget.max_pods = Some(3), usage(2, 0, 0), pod("ns", "p"));
+    let d = budget_case(
+        |p| p.budget.max_pods = Some(3),
+        usage(2, 0, 0),
+        pod("ns", "p"),
+    );
     assert_eq!(d.verdict, Verdict::Burst, "third pod fits a budget of 3");
-    let d = budget_case(|p| p.budget.max_pods = Some(3), usage(3, 0, 0), pod("ns", "p"));
+    let d = budget_case(
+        |p| p.budget.max_pods = Some(3),
+        usage(3, 0, 0),
+        pod("ns", "p"),
+    );
     assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::BudgetPods));
-    assert_eq!(d.message(), "spillway: budget-pods, 3/3 pods on the virtual node");
+    assert_eq!(
+        d.message(),
+        "spillway: budget-pods, 3/3 pods on the virtual node"
+    );
 }
 
 #[test]
 fn budget_cpu_edge_uses_aci_effective_requests() {
-    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1500, 0), pod("ns", "p").cpu(500));
+    let d = budget_case(
+        |p| p.budget.max_cpu_millis = Some(2000),
+        usage(1, 1500, 0),
+        pod("ns", "p").cpu(500),
+    );
     assert_eq!(d.verdict, Verdict::Burst, "exactly at the limit is allowed");
-    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1501, 0), pod("ns", "p").cpu(500));
+    let d = budget_case(
+        |p| p.budget.max_cpu_millis = Some(2000),
+        usage(1, 1501, 0),
+        pod("ns", "p").cpu(500),
+    );
     assert_eq!(d.reason, Reason::BudgetCpu);
     // A pod requesting nothing is billed ACI's default 1 vCPU.
-    let d = budget_case(|p| p.budget.max_cpu_millis = Some(2000), usage(1, 1500, 0), pod("ns", "p").cpu(0));
+    let d = budget_case(
+        |p| p.budget.max_cpu_millis = Some(2000),
+        usage(1, 1500, 0),
+        pod("ns", "p").cpu(0),
+    );
     assert_eq!(d.reason, Reason::BudgetCpu);
 }
 
 #[test]
 fn budget_memory_edge() {
-    let d = budget_case(|p| p.budget.max_memory_bytes = Some(4 * GIB), usage(1, 0, 3), pod("ns", "p").mem_gib(1));
+    let d = budget_case(
+        |p| p.budget.max_memory_bytes = Some(4 * GIB),
+        usage(1, 0, 3),
+        pod("ns", "p").mem_gib(1),
+    );
     assert_eq!(d.verdict, Verdict::Burst);
-    let d = budget_case(|p| p.budget.max_memory_bytes = Some(4 * GIB), usage(1, 0, 3), pod("ns", "p").mem_gib(2));
+    let d = budget_case(
+        |p| p.budget.max_memory_bytes = Some(4 * GIB),
+        usage(1, 0, 3),
+        pod("ns", "p").mem_gib(2),
+    );
     assert_eq!(d.reason, Reason::BudgetMemory);
 }
 
@@ -320,23 +422,48 @@ fn budget_memory_edge() {
 fn budget_cost_edge() {
     let prices = Prices::default();
     let pod_cost = prices.aci_hourly(&Resources::new(500, GIB));
-    let d = budget_case(|p| p.budget.max_hourly_cost = Some(1.0), BurstUsage { hourly_cost: 1.0 - pod_cost, ..Default::default() }, pod("ns", "p"));
+    let d = budget_case(
+        |p| p.budget.max_hourly_cost = Some(1.0),
+        BurstUsage {
+            hourly_cost: 1.0 - pod_cost,
+            ..Default::default()
+        },
+        pod("ns", "p"),
+    );
     assert_eq!(d.verdict, Verdict::Burst);
-    let d = budget_case(|p| p.budget.max_hourly_cost = Some(1.0), BurstUsage { hourly_cost: 1.0 - pod_cost + 0.001, ..Default::default() }, pod("ns", "p"));
+    let d = budget_case(
+        |p| p.budget.max_hourly_cost = Some(1.0),
+        BurstUsage {
+            hourly_cost: 1.0 - pod_cost + 0.001,
+            ..Default::default()
+        },
+        pod("ns", "p"),
+    );
     assert_eq!(d.reason, Reason::BudgetCost);
 }
 
 #[test]
 fn budgets_are_claimed_within_a_pass_in_order() {
-    let pods: Vec<PodB> = (0..5).map(|i| pod("ns", &format!("p{i}")).waited(100 + i)).collect();
+    let pods: Vec<PodB> = (0..5)
+        .map(|i| pod("ns", &format!("p{i}")).waited(100 + i))
+        .collect();
     let mut s = full_cluster(pods);
     s.pools[0].max = 1; // no VM will come: all want to burst
     let mut p = auto(30, 600);
     p.budget.max_pods = Some(2);
     let d = decide(&s, p);
-    let burst: Vec<&str> = s.pending.iter().zip(&d).filter(|(_, d)| d.verdict == Verdict::Burst).map(|(p, _)| p.name.as_str()).collect();
+    let burst: Vec<&str> = s
+        .pending
+        .iter()
+        .zip(&d)
+        .filter(|(_, d)| d.verdict == Verdict::Burst)
+        .map(|(p, _)| p.name.as_str())
+        .collect();
     assert_eq!(burst, ["p3", "p4"], "the two oldest burst");
-    assert_eq!(d.iter().filter(|d| d.reason == Reason::BudgetPods).count(), 3);
+    assert_eq!(
+        d.iter().filter(|d| d.reason == Reason::BudgetPods).count(),
+        3
+    );
 }
 
 #[test]
@@ -352,13 +479,28 @@ fn budgets_are_per_namespace() {
 
 #[test]
 fn aci_quota_limits_bursts() {
-    let mut s = full_cluster(vec![pod("ns", "a").waited(999).cpu(1000), pod("ns", "b").waited(998).cpu(1000)]);
-    s.aci_quota = AciQuota { cores_millis_left: Some(1500), groups_left: None };
+    let mut s = full_cluster(vec![
+        pod("ns", "a").waited(999).cpu(1000),
+        pod("ns", "b").waited(998).cpu(1000),
+    ]);
+    s.aci_quota = AciQuota {
+        cores_millis_left: Some(1500),
+        groups_left: None,
+    };
     let d = decide(&s, auto(30, 600));
     assert_eq!(d[0].verdict, Verdict::Burst);
-    assert_eq!((d[1].verdict, d[1].reason), (Verdict::Wait, Reason::AciQuotaExhausted));
-    s.aci_quota = AciQuota { cores_millis_left: None, groups_left: Some(0) };
-    assert_eq!(decide(&s, auto(30, 600))[0].reason, Reason::AciQuotaExhausted);
+    assert_eq!(
+        (d[1].verdict, d[1].reason),
+        (Verdict::Wait, Reason::AciQuotaExhausted)
+    );
+    s.aci_quota = AciQuota {
+        cores_millis_left: None,
+        groups_left: Some(0),
+    };
+    assert_eq!(
+        decide(&s, auto(30, 600))[0].reason,
+        Reason::AciQuotaExhausted
+    );
 }
 
 #[test]
@@ -375,10 +517,18 @@ fn always_mode_respects_budgets() {
 fn extender_path_ignores_snapshot_vm_room() {
     // The scheduler says no VM fits (only the virtual node survived), even if
     // the snapshot (possibly stale) shows room.
-    let s = snap(vec![vm("vm-0", "a", 4000, 16)], vec![pool("a", 1, 5)], vec![]);
+    let s = snap(
+        vec![vm("vm-0", "a", 4000, 16)],
+        vec![pool("a", 1, 5)],
+        vec![],
+    );
     let p = pod("ns", "p").waited(40).0;
-    let d = Engine::default().decide_without_vm_room(&s, &PolicySet::with_default(auto(30, 600)), &p);
-    assert_eq!((d.verdict, d.reason), (Verdict::Burst, Reason::SpillAfterElapsed));
+    let d =
+        Engine::default().decide_without_vm_room(&s, &PolicySet::with_default(auto(30, 600)), &p);
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Burst, Reason::SpillAfterElapsed)
+    );
 }
 
 #[test]
@@ -386,7 +536,10 @@ fn every_reason_has_a_unique_kebab_name() {
     let mut names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
     for r in Reason::ALL {
         assert_eq!(Reason::parse(r.as_str()), Some(r));
-        assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
+        assert_eq!(
+            serde_json::to_value(r).unwrap(),
+            serde_json::json!(r.as_str())
+        );
         assert!(!r.describe().is_empty());
     }
     names.sort();
@@ -396,7 +549,13 @@ fn every_reason_has_a_unique_kebab_name() {
 
 #[test]
 fn decisions_are_deterministic_regardless_of_input_order() {
-    let pods = || (0..20).map(|i| pod("ns", &format!("p{i}")).waited(i % 7).cpu(300 + (i as u64 % 3) * 200));
+    let pods = || {
+        (0..20).map(|i| {
+            pod("ns", &format!("p{i}"))
+                .waited(i % 7)
+                .cpu(300 + (i as u64 % 3) * 200)
+        })
+    };
     let a = full_cluster(pods().collect());
     let mut b = full_cluster(pods().collect());
     b.pending.reverse();
@@ -404,4 +563,46 @@ fn decisions_are_deterministic_regardless_of_input_order() {
     let mut db = decide(&b, auto(5, 600));
     db.reverse();
     assert_eq!(da, db);
+}
+
+#[test]
+fn plan_names_the_node_each_vm_verdict_claimed() {
+    // vm-0 fits one 500m pod, vm-1 fits two; the pool-b pod may only use vm-2.
+    let s = snap(
+        vec![
+            vm("vm-0", "a", 500, 4),
+            vm("vm-1", "a", 1000, 4),
+            vm("vm-2", "b", 4000, 16),
+        ],
+        vec![pool("a", 2, 2), pool("b", 1, 1)],
+        vec![
+            pod("ns", "p3").waited(1),
+            pod("ns", "p1").waited(30),
+            pod("ns", "pb").waited(20).in_pool("b"),
+            pod("ns", "p2").waited(10),
+            pod("ns", "p4").waited(0).cpu(1500),
+        ],
+    );
+    let plan = Engine::default().plan(&s, &PolicySet::with_default(auto(30, 600)));
+    assert_eq!(
+        plan.decisions,
+        decide(&s, auto(30, 600)),
+        "plan and decide_all agree"
+    );
+    // Oldest first: p1 (30 s), pb (20 s), p2 (10 s), p3 (1 s), p4 (0 s).
+    assert_eq!(plan.order, [1, 2, 3, 0, 4]);
+    assert_eq!(plan.vm_node, [Some(1), Some(0), Some(2), Some(1), Some(2)]);
+    // Every placement holds: no node is given more than its room.
+    let mut used = vec![Resources::default(); s.nodes.len()];
+    for (i, n) in plan.vm_node.iter().enumerate() {
+        if let Some(n) = n {
+            used[*n] = used[*n].add(&s.pending[i].requests);
+        }
+    }
+    for (n, u) in used.iter().enumerate() {
+        assert!(
+            u.fits_in(&s.nodes[n].allocatable.saturating_sub(&s.nodes[n].allocated)),
+            "node {n}"
+        );
+    }
 }

@@ -219,7 +219,12 @@ impl Collector<'_> {
             message: message.into(),
         });
     }
-    fn duration(&mut self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match Duration::parse(&s.value) {
@@ -329,7 +334,10 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
             c.at(
                 v.referenced,
                 "spec.budget.maxHourlyCost",
-                format!("must be a non-negative number of USD per hour, got {}", v.value),
+                format!(
+                    "must be a non-negative number of USD per hour, got {}",
+                    v.value
+                ),
             );
             None
         }
@@ -369,15 +377,17 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
             }
         },
     };
-    let dns_name_label = spec.aci.dns_name_label.as_ref().and_then(|t| {
-        match check_dns_template(&t.value) {
-            Ok(()) => Some(t.value.clone()),
-            Err(e) => {
-                c.at(t.referenced, "spec.aci.dnsNameLabel", e);
-                None
-            }
-        }
-    });
+    let dns_name_label =
+        spec.aci
+            .dns_name_label
+            .as_ref()
+            .and_then(|t| match check_dns_template(&t.value) {
+                Ok(()) => Some(t.value.clone()),
+                Err(e) => {
+                    c.at(t.referenced, "spec.aci.dnsNameLabel", e);
+                    None
+                }
+            });
     let ok = c.errors.is_empty();
     errors.append(&mut c.errors);
     ok.then(|| BurstPolicy {
@@ -415,13 +425,21 @@ fn selector_from_raw(raw: &RawSelector, loc: Location, c: &mut Collector) -> Lab
         let field = format!("spec.podSelector.matchExpressions[{i}]");
         let op = match e.operator.as_str() {
             "In" | "NotIn" if e.values.is_empty() => {
-                c.at(loc, &field, format!("operator {} needs at least one value", e.operator));
+                c.at(
+                    loc,
+                    &field,
+                    format!("operator {} needs at least one value", e.operator),
+                );
                 continue;
             }
             "In" => SelectorOp::In(e.values.clone()),
             "NotIn" => SelectorOp::NotIn(e.values.clone()),
             "Exists" | "DoesNotExist" if !e.values.is_empty() => {
-                c.at(loc, &field, format!("operator {} takes no values", e.operator));
+                c.at(
+                    loc,
+                    &field,
+                    format!("operator {} takes no values", e.operator),
+                );
                 continue;
             }
             "Exists" => SelectorOp::Exists,
@@ -430,7 +448,9 @@ fn selector_from_raw(raw: &RawSelector, loc: Location, c: &mut Collector) -> Lab
                 c.at(
                     loc,
                     &field,
-                    format!("unknown operator {other:?} (expected In, NotIn, Exists, DoesNotExist)"),
+                    format!(
+                        "unknown operator {other:?} (expected In, NotIn, Exists, DoesNotExist)"
+                    ),
                 );
                 continue;
             }
@@ -446,8 +466,7 @@ fn selector_from_raw(raw: &RawSelector, loc: Location, c: &mut Collector) -> Lab
 fn is_dns_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.'])
@@ -481,7 +500,10 @@ pub fn parse_file(text: &str, file: &str, errors: &mut Vec<PolicyError>) -> Vec<
     let docs: Vec<RawPolicy> = match serde_saphyr::from_multiple(text) {
         Ok(d) => d,
         Err(e) => {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             errors.push(PolicyError {
                 file: file.to_string(),
                 line,
@@ -532,7 +554,10 @@ impl PolicySet {
             match &p.namespace {
                 None => {
                     if let Some(d) = set.default {
-                        errors.push(conflict_err(&set.policies[d], "is a second cluster default besides"));
+                        errors.push(conflict_err(
+                            &set.policies[d],
+                            "is a second cluster default besides",
+                        ));
                         continue;
                     }
                 }
@@ -564,7 +589,11 @@ impl PolicySet {
             }
             set.policies.push(Arc::new(p));
         }
-        if errors.is_empty() { Ok(set) } else { Err(PolicyErrors(errors)) }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyErrors(errors))
+        }
     }
 
     /// A set with only the given cluster default.
@@ -580,7 +609,11 @@ impl PolicySet {
 
     /// The policy that governs a pod: the most specific matching policy in its
     /// namespace, else the cluster default if it matches, else none.
-    pub fn for_pod(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Option<&BurstPolicy> {
+    pub fn for_pod(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&BurstPolicy> {
         let best = self.by_namespace.get(namespace).and_then(|idxs| {
             idxs.iter()
                 .map(|&i| &self.policies[i])

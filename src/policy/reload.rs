@@ -22,7 +22,9 @@ pub struct PolicyStore {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
     Unchanged,
-    Loaded { policies: usize },
+    Loaded {
+        policies: usize,
+    },
     /// Errors found; the previous set stays in force.
     Rejected(PolicyErrors),
 }

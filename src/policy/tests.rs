@@ -42,8 +42,14 @@ fn parses_the_design_example() {
     assert!(p.drain_back.enabled);
     assert_eq!(p.drain_back.after, Duration::from_mins(5));
     assert_eq!(p.aci.public_ip, PublicIp::Auto);
-    assert_eq!(p.aci.dns_name_label.as_deref(), Some("{{namespace}}-{{name}}"));
-    assert_eq!(p.selector.match_labels.get("app").map(String::as_str), Some("frontend"));
+    assert_eq!(
+        p.aci.dns_name_label.as_deref(),
+        Some("{{namespace}}-{{name}}")
+    );
+    assert_eq!(
+        p.selector.match_labels.get("app").map(String::as_str),
+        Some("frontend")
+    );
 }
 
 #[test]
@@ -66,7 +72,10 @@ fn single_error(text: &str) -> PolicyError {
 
 #[test]
 fn unknown_field_is_an_error_with_location() {
-    let text = FULL.replace("    minPriority: 0\n", "    minPriority: 0\n    spilAfter: 10s\n");
+    let text = FULL.replace(
+        "    minPriority: 0\n",
+        "    minPriority: 0\n    spilAfter: 10s\n",
+    );
     let e = single_error(&text);
     assert_eq!(e.line, 11, "{e}");
     assert!(e.message.contains("spilAfter"), "{e}");
@@ -82,7 +91,11 @@ fn wrong_type_is_an_error_with_location() {
 #[test]
 fn negative_duration_points_at_the_value() {
     let e = single_error(&FULL.replace("spillAfter: 30s", "spillAfter: -5s"));
-    assert_eq!((e.line, e.field.as_str()), (8, "spec.burst.spillAfter"), "{e}");
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (8, "spec.burst.spillAfter"),
+        "{e}"
+    );
     assert!(e.message.contains("negative"), "{e}");
     assert_eq!(e.column, 17, "{e}");
 }
@@ -90,7 +103,11 @@ fn negative_duration_points_at_the_value() {
 #[test]
 fn bad_quantity_points_at_the_value() {
     let e = single_error(&FULL.replace("maxMemory: 800Gi", "maxMemory: 800Qi"));
-    assert_eq!((e.line, e.field.as_str()), (11, "spec.budget.maxMemory"), "{e}");
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (11, "spec.budget.maxMemory"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,7 +144,10 @@ fn wrong_api_version_kind_and_bad_names_are_rejected() {
 fn dns_template_must_render_to_a_label() {
     let e = single_error(&FULL.replace("{{namespace}}-{{name}}", "{{cluster}}-x"));
     assert_eq!(e.field, "spec.aci.dnsNameLabel");
-    assert_eq!(render_dns_label("{{namespace}}-{{name}}", "web", "api-0"), "web-api-0");
+    assert_eq!(
+        render_dns_label("{{namespace}}-{{name}}", "web", "api-0"),
+        "web-api-0"
+    );
 }
 
 #[test]
@@ -143,10 +163,17 @@ fn selector_expressions_are_validated_and_matched() {
         "podSelector:\n    matchExpressions:\n      - { key: tier, operator: In, values: [web, api] }\n      - { key: legacy, operator: DoesNotExist }",
     );
     let p = parse_one(&text).unwrap();
-    let labels = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let labels = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     assert!(p.selector.matches(&labels(&[("tier", "api")])));
     assert!(!p.selector.matches(&labels(&[("tier", "db")])));
-    assert!(!p.selector.matches(&labels(&[("tier", "web"), ("legacy", "1")])));
+    assert!(
+        !p.selector
+            .matches(&labels(&[("tier", "web"), ("legacy", "1")]))
+    );
 
     let bad = FULL.replace(
         "podSelector: { matchLabels: { app: frontend } }",
@@ -157,12 +184,17 @@ fn selector_expressions_are_validated_and_matched() {
 
 fn policy(ns: Option<&str>, name: &str, labels: &[(&str, &str)]) -> BurstPolicy {
     let mut p = BurstPolicy::defaults(name, ns);
-    p.selector.match_labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    p.selector.match_labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     p
 }
 
 fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -171,12 +203,22 @@ fn most_specific_policy_wins_then_namespace_then_default() {
         policy(None, "default", &[]),
         policy(Some("web"), "all", &[]),
         policy(Some("web"), "frontend", &[("app", "frontend")]),
-        policy(Some("web"), "frontend-canary", &[("app", "frontend"), ("track", "canary")]),
+        policy(
+            Some("web"),
+            "frontend-canary",
+            &[("app", "frontend"), ("track", "canary")],
+        ),
     ])
     .unwrap();
     let id = |ns: &str, l: &[(&str, &str)]| set.for_pod(ns, &labels(l)).map(|p| p.id());
-    assert_eq!(id("web", &[("app", "frontend"), ("track", "canary")]).as_deref(), Some("web/frontend-canary"));
-    assert_eq!(id("web", &[("app", "frontend")]).as_deref(), Some("web/frontend"));
+    assert_eq!(
+        id("web", &[("app", "frontend"), ("track", "canary")]).as_deref(),
+        Some("web/frontend-canary")
+    );
+    assert_eq!(
+        id("web", &[("app", "frontend")]).as_deref(),
+        Some("web/frontend")
+    );
     assert_eq!(id("web", &[("app", "api")]).as_deref(), Some("web/all"));
     assert_eq!(id("batch", &[]).as_deref(), Some("*/default"));
 }
@@ -188,7 +230,12 @@ fn default_applies_when_no_namespaced_policy_selects_the_pod() {
         policy(Some("web"), "frontend", &[("app", "frontend")]),
     ])
     .unwrap();
-    assert_eq!(set.for_pod("web", &labels(&[("app", "x")])).map(|p| p.id()).as_deref(), Some("*/default"));
+    assert_eq!(
+        set.for_pod("web", &labels(&[("app", "x")]))
+            .map(|p| p.id())
+            .as_deref(),
+        Some("*/default")
+    );
     let no_default = PolicySet::new(vec![policy(Some("web"), "f", &[("app", "f")])]).unwrap();
     assert!(no_default.for_pod("web", &labels(&[])).is_none());
 }
@@ -229,12 +276,20 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 fn load_dir_reports_errors_from_every_file() {
     let d = temp_dir("errors");
     std::fs::write(d.join("a.yaml"), FULL.replace("30s", "-1s")).unwrap();
-    std::fs::write(d.join("b.yml"), FULL.replace("maxPods: 200", "maxPods: -3").replace("web-burst", "other")).unwrap();
+    std::fs::write(
+        d.join("b.yml"),
+        FULL.replace("maxPods: 200", "maxPods: -3")
+            .replace("web-burst", "other"),
+    )
+    .unwrap();
     std::fs::write(d.join("notes.txt"), "not a policy").unwrap();
     std::fs::write(d.join(".hidden.yaml"), "garbage: [").unwrap();
     let errs = load_dir(&d).unwrap_err();
     assert_eq!(errs.0.len(), 2, "{errs}");
-    assert!(errs.0[0].file.ends_with("a.yaml") && errs.0[1].file.ends_with("b.yml"), "{errs}");
+    assert!(
+        errs.0[0].file.ends_with("a.yaml") && errs.0[1].file.ends_with("b.yml"),
+        "{errs}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -256,20 +311,43 @@ fn reload_keeps_last_good_set_and_counts_outcomes() {
     assert_eq!(store.current().len(), 1);
     assert_eq!(store.reload_if_changed(), ReloadOutcome::Unchanged);
 
-    std::fs::write(d.join("web.yaml"), FULL.replace("30s", "thirty seconds, please")).unwrap();
-    assert!(matches!(store.reload_if_changed(), ReloadOutcome::Rejected(_)));
+    std::fs::write(
+        d.join("web.yaml"),
+        FULL.replace("30s", "thirty seconds, please"),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.reload_if_changed(),
+        ReloadOutcome::Rejected(_)
+    ));
     let kept = store.current();
-    assert_eq!(kept.iter().next().map(|p| p.burst.spill_after), Some(Duration::from_secs(30)));
+    assert_eq!(
+        kept.iter().next().map(|p| p.burst.spill_after),
+        Some(Duration::from_secs(30))
+    );
 
-    std::fs::write(d.join("web.yaml"), FULL.replace("spillAfter: 30s", "spillAfter: 45s")).unwrap();
-    assert_eq!(store.reload_if_changed(), ReloadOutcome::Loaded { policies: 1 });
+    std::fs::write(
+        d.join("web.yaml"),
+        FULL.replace("spillAfter: 30s", "spillAfter: 45s"),
+    )
+    .unwrap();
+    assert_eq!(
+        store.reload_if_changed(),
+        ReloadOutcome::Loaded { policies: 1 }
+    );
     assert_eq!(
         store.current().iter().next().map(|p| p.burst.spill_after),
         Some(Duration::from_secs(45))
     );
     let text = metrics.render();
-    assert!(text.contains("spillway_policy_reload_total{outcome=\"error\"} 1"), "{text}");
-    assert!(text.contains("spillway_policy_reload_total{outcome=\"success\"} 2"), "{text}");
+    assert!(
+        text.contains("spillway_policy_reload_total{outcome=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spillway_policy_reload_total{outcome=\"success\"} 2"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -1,0 +1,194 @@
+//! Engine bench: full `Engine::decide_all` passes over a large snapshot
+//! (10,000 pending pods × 5,000 VM nodes, 100 namespaces with budgets), plus
+//! smaller tiers for scale. Plain timing loop; writes
+//! `target/spillway-bench/engine.json`.
+//!
+//! `cargo bench --bench engine` (release). Env: `SPILLWAY_BENCH_ITERS` (default 20).
+
+use spillway::decision::{BurstUsage, Engine, PendingPod, Snapshot, VmNode, VmPool};
+use spillway::policy::{BurstPolicy, PolicySet};
+use spillway::units::{Duration, GIB, MIB, Resources, Timestamp};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+const NOW: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+/// Deterministic pseudo-random numbers (xorshift), so every run sees the same snapshot.
+struct Xs(u64);
+impl Xs {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
+    let mut rng = Xs(0x9E37_79B9_7F4A_7C15);
+    let pools = 10.min(nodes.max(1));
+    let shapes = [(4_000, 16 * GIB), (8_000, 32 * GIB), (16_000, 64 * GIB)];
+    let vm_pools: Vec<VmPool> = (0..pools)
+        .map(|p| {
+            let (cpu, mem) = shapes[p % shapes.len()];
+            let members = nodes / pools + usize::from(p < nodes % pools);
+            VmPool {
+                name: format!("pool{p}"),
+                min: members as u32,
+                max: members as u32 + if p % 3 == 0 { 0 } else { 20 },
+                node_allocatable: Resources::new(cpu, mem),
+                nodes: members as u32,
+                upcoming: Vec::new(),
+                provision_time: Some(Duration::from_secs(180 + 30 * p as u64)),
+            }
+        })
+        .collect();
+    let vm_nodes: Vec<VmNode> = (0..nodes)
+        .map(|i| {
+            let pool = &vm_pools[i % pools];
+            let a = pool.node_allocatable;
+            // Mostly full: 85–100 % allocated, a few nodes with room.
+            let used_pct = 85 + rng.below(16);
+            VmNode {
+                name: format!("aks-{}-{i:05}", pool.name),
+                pool: pool.name.clone(),
+                allocatable: a,
+                allocated: Resources::new(
+                    a.cpu_millis * used_pct / 100,
+                    a.memory_bytes * used_pct / 100,
+                ),
+                schedulable: rng.below(50) != 0,
+            }
+        })
+        .collect();
+    let pending_pods: Vec<PendingPod> = (0..pending)
+        .map(|i| {
+            let ns = format!("ns{:03}", i % namespaces);
+            let mut labels = BTreeMap::new();
+            labels.insert("app".to_string(), format!("app{}", i % 7));
+            PendingPod {
+                namespace: ns,
+                name: format!("pod-{i:06}"),
+                labels,
+                priority: (rng.below(3) as i32) - 1,
+                requests: Resources::new(
+                    100 + 100 * rng.below(20),
+                    (128 + 128 * rng.below(32)) * MIB,
+                ),
+                pending_since: Timestamp::from_millis(NOW.millis() - rng.below(600_000) as i64),
+                tolerates_virtual: rng.below(10) != 0,
+                aci_incompatible: (rng.below(50) == 0).then(|| "uses hostNetwork".to_string()),
+                pool: (rng.below(5) == 0).then(|| format!("pool{}", rng.below(pools as u64))),
+            }
+        })
+        .collect();
+    let burst_usage = (0..namespaces)
+        .map(|n| {
+            let mut u = BurstUsage::default();
+            for _ in 0..rng.below(5) {
+                u.add(&Resources::new(1000, 2 * GIB), 0.05);
+            }
+            (format!("ns{n:03}"), u)
+        })
+        .collect();
+    Snapshot {
+        now: NOW,
+        nodes: vm_nodes,
+        pools: vm_pools,
+        pending: pending_pods,
+        burst_usage,
+        aci_quota: Default::default(),
+    }
+}
+
+fn policies(namespaces: usize) -> PolicySet {
+    let mut all = Vec::new();
+    let mut default = BurstPolicy::defaults("cluster-default", None);
+    default.budget.max_pods = Some(50);
+    all.push(default);
+    for n in (0..namespaces).step_by(2) {
+        let ns = format!("ns{n:03}");
+        let mut p = BurstPolicy::defaults("burst", Some(&ns));
+        p.burst.spill_after = Duration::from_secs(15 + (n as u64 % 4) * 15);
+        p.budget.max_pods = Some(20 + n as u32);
+        p.budget.max_cpu_millis = Some(40_000);
+        p.budget.max_hourly_cost = Some(5.0);
+        all.push(p);
+    }
+    match PolicySet::new(all) {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("bench policies are invalid: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// (p50, p99) of one pass, in milliseconds.
+fn measure(pending: usize, nodes: usize, namespaces: usize, iters: usize) -> (f64, f64) {
+    let snap = snapshot(pending, nodes, namespaces);
+    let set = policies(namespaces);
+    let engine = Engine::default();
+    // Warm-up, and a check that the pass decides every pod.
+    let decisions = engine.decide_all(&snap, &set);
+    assert_eq!(decisions.len(), pending);
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            let d = engine.decide_all(&snap, &set);
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            std::hint::black_box(d);
+            ms
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (percentile(&times, 50.0), percentile(&times, 99.0))
+}
+
+fn main() {
+    let iters: usize = std::env::var("SPILLWAY_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+        .max(1);
+    println!(
+        "{:>8} {:>6} {:>10} {:>10}",
+        "pending", "nodes", "p50 ms", "p99 ms"
+    );
+    for (pending, nodes) in [(1_000, 100), (1_000, 1_000), (10_000, 1_000)] {
+        let (p50, p99) = measure(pending, nodes, 100, iters);
+        println!("{pending:>8} {nodes:>6} {p50:>10.2} {p99:>10.2}");
+    }
+    let (pending, nodes) = (10_000, 5_000);
+    let (p50, p99) = measure(pending, nodes, 100, iters);
+    println!("{pending:>8} {nodes:>6} {p50:>10.2} {p99:>10.2}");
+
+    let out = serde_json::json!({
+        "pending": pending,
+        "nodes": nodes,
+        "pass_ms_p50": p50,
+        "pass_ms_p99": p99,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/spillway-bench");
+    let path = dir.join("engine.json");
+    let written =
+        std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, format!("{out:#}\n")));
+    match written {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The autoscaler's solve step: from the cluster as data to a list of actions.
+//!
+//! Pure like the engine: it takes the snapshot, the engine's plan for pending
+//! pods, the pods on the virtual node, the placeholders that exist and `now`,
+//! and returns [`Action`]s plus the loop's memory for the next pass
+//! ([`LoopState`]). A separate step re-validates each action against the
+//! latest state and performs it (gate → decide → re-validate → act).
+//!
+//! What it decides:
+//! - **nudges**: a pending pod whose verdict became `burst` gets an annotation
+//!   patch so kube-scheduler retries it now instead of after its back-off;
+//!   repeated every `renudge_after` while it stays pending;
+//! - **events** when a pending pod's verdict or reason changes
+//!   (`WaitingForVM`, `BudgetExhausted`, `Bursting`) and on drain-back;
+//! - **capacity placeholders**: one per burst pod whose policy enables
+//!   drain-back and that has a controller; placeholders whose burst pod is
+//!   gone are deleted;
+//! - **drain-back**: a burst pod is evicted once VM room for it has existed
+//!   continuously for `drainBack.after` (its placeholder running on a VM, or
+//!   free room left after pending pods took theirs), at most `maxPerMinute`
+//!   per namespace, one eviction in flight per controller, never a pod
+//!   without a controller;
+//! - **scale-in order**: burst pods get a low `pod-deletion-cost`.
+
+use crate::decision::fit::FitIndex;
+use crate::decision::{Plan, Reason, Snapshot, Verdict};
+use crate::policy::PolicySet;
+use crate::units::{Duration, Resources, Timestamp};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The annotation whose change makes the scheduler retry a pod.
+pub const NUDGE_ANNOTATION: &str = "spillway.io/burst-at";
+/// The annotation ReplicaSets read to pick which pods to remove first.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Settings of the loop that are not per-namespace policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopConfig {
+    /// Nudge a still-pending burst pod again after this long.
+    pub renudge_after: Duration,
+    /// `pod-deletion-cost` given to burst pods (lower goes first on scale-in).
+    pub burst_deletion_cost: i64,
+    /// After an eviction, wait at least this long before evicting another pod of the same controller.
+    pub eviction_settle: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            renudge_after: Duration::from_secs(30),
+            burst_deletion_cost: -1000,
+            eviction_settle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The controller that owns a pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A pod running (or starting) on the virtual node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurstPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub requests: Resources,
+    pub owner: Option<Owner>,
+    /// When it was bound to the virtual node.
+    pub bound_at: Timestamp,
+    /// Ready on ACI (never evict a pod that is still starting).
+    pub ready: bool,
+    /// Being deleted already.
+    pub terminating: bool,
+    /// Its current `pod-deletion-cost`, if any.
+    pub deletion_cost: Option<i64>,
+}
+
+/// A capacity placeholder pod that exists in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placeholder {
+    pub name: String,
+    /// UID of the burst pod it stands in for.
+    pub for_uid: String,
+    /// The VM node it runs on, if scheduled.
+    pub node: Option<String>,
+}
+
+/// A reference to a pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Event reasons on pods (PascalCase, as Kubernetes events use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventReason {
+    WaitingForVM,
+    BudgetExhausted,
+    Bursting,
+    DrainedBack,
+}
+
+impl EventReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::WaitingForVM => "WaitingForVM",
+            EventReason::BudgetExhausted => "BudgetExhausted",
+            EventReason::Bursting => "Bursting",
+            EventReason::DrainedBack => "DrainedBack",
+        }
+    }
+}
+
+/// One thing the act step should do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Patch [`NUDGE_ANNOTATION`] = `at` so the scheduler retries the pod.
+    Nudge {
+        pod: PodRef,
+        at: Timestamp,
+    },
+    /// Record a Kubernetes Event on the pod.
+    Event {
+        pod: PodRef,
+        reason: EventReason,
+        message: String,
+    },
+    /// Create a placeholder with these requests for the burst pod `for_uid`.
+    CreatePlaceholder {
+        for_pod: PodRef,
+        for_uid: String,
+        requests: Resources,
+    },
+    DeletePlaceholder {
+        name: String,
+    },
+    /// Evict through the Eviction API (PDBs apply).
+    Evict {
+        pod: PodRef,
+        uid: String,
+    },
+    /// Set [`DELETION_COST_ANNOTATION`].
+    SetDeletionCost {
+        pod: PodRef,
+        cost: i64,
+    },
+}
+
+/// What the loop remembers between passes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoopState {
+    /// Burst pod uid → since when VM room for it has existed without a break.
+    pub room_since: BTreeMap<String, Timestamp>,
+    /// Pending pod → when it was last nudged.
+    pub nudged: BTreeMap<PodRef, Timestamp>,
+    /// Pending pod → the last (verdict, reason) an Event was recorded for.
+    pub announced: BTreeMap<PodRef, (Verdict, Reason)>,
+    /// Recent evictions: (when, namespace).
+    pub evictions: VecDeque<(Timestamp, String)>,
+    /// Controller uid → (evicted pod uid, when).
+    pub in_flight: BTreeMap<String, (String, Timestamp)>,
+}
+
+/// Everything one pass looks at.
+pub struct Inputs<'a> {
+    pub snap: &'a Snapshot,
+    /// The engine's plan for `snap.pending`.
+    pub plan: &'a Plan,
+    pub policies: &'a PolicySet,
+    pub burst: &'a [BurstPod],
+    pub placeholders: &'a [Placeholder],
+}
+
+/// Decide this pass's actions and update the loop's memory.
+pub fn plan_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig) -> Vec<Action> {
+    let mut actions = Vec::new();
+    pending_actions(inp, state, cfg, &mut actions);
+    placeholder_actions(inp, &mut actions);
+    drain_actions(inp, state, cfg, &mut actions);
+    for b in inp.burst {
+        if !b.terminating && b.deletion_cost != Some(cfg.burst_deletion_cost) {
+            actions.push(Action::SetDeletionCost {
+                pod: PodRef {
+                    namespace: b.namespace.clone(),
+                    name: b.name.clone(),
+                },
+                cost: cfg.burst_deletion_cost,
+            });
+        }
+    }
+    actions
+}
+
+fn pending_actions(
+    inp: &Inputs<'_>,
+    state: &mut LoopState,
+    cfg: &LoopConfig,
+    out: &mut Vec<Action>,
+) {
+    let now = inp.snap.now;
+    let mut still_pending = BTreeSet::new();
+    for &i in &inp.plan.order {
+        let (pod, d) = (&inp.snap.pending[i], &inp.plan.decisions[i]);
+        let key = PodRef {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
+        still_pending.insert(key.clone());
+        let event = match (d.verdict, d.reason) {
+            (Verdict::Burst, _) => Some(EventReason::Bursting),
+            (Verdict::Wait, Reason::WaitingForVm) => Some(EventReason::WaitingForVM),
+            (
+                Verdict::Wait,
+                Reason::BudgetPods
+                | Reason::BudgetCpu
+                | Reason::BudgetMemory
+                | Reason::BudgetCost
+                | Reason::AciQuotaExhausted,
+            ) => Some(EventReason::BudgetExhausted),
+            _ => None,
+        };
+        if let Some(reason) = event
+            && state.announced.get(&key) != Some(&(d.verdict, d.reason))
+        {
+            out.push(Action::Event {
+                pod: key.clone(),
+                reason,
+                message: d.message(),
+            });
+        }
+        state.announced.insert(key.clone(), (d.verdict, d.reason));
+        if d.verdict == Verdict::Burst {
+            let due = state
+                .nudged
+                .get(&key)
+                .is_none_or(|&last| now.since(last) >= cfg.renudge_after);
+            if due {
+                state.nudged.insert(key.clone(), now);
+                out.push(Action::Nudge { pod: key, at: now });
+            }
+        }
+    }
+    state.nudged.retain(|k, _| still_pending.contains(k));
+    state.announced.retain(|k, _| still_pending.contains(k));
+}
+
+fn wants_drain_back(inp: &Inputs<'_>, b: &BurstPod) -> bool {
+    b.owner.is_some()
+        && inp
+            .policies
+            .for_pod(&b.namespace, &b.labels)
+            .is_some_and(|p| p.drain_back.enabled)
+}
+
+fn placeholder_actions(inp: &Inputs<'_>, out: &mut Vec<Action>) {
+    let have: BTreeSet<&str> = inp
+        .placeholders
+        .iter()
+        .map(|p| p.for_uid.as_str())
+        .collect();
+    let live: BTreeSet<&str> = inp
+        .burst
+        .iter()
+        .filter(|b| !b.terminating && wants_drain_back(inp, b))
+        .map(|b| b.uid.as_str())
+        .collect();
+    for b in inp.burst {
+        if live.contains(b.uid.as_str()) && !have.contains(b.uid.as_str()) {
+            out.push(Action::CreatePlaceholder {
+                for_pod: PodRef {
+                    namespace: b.namespace.clone(),
+                    name: b.name.clone(),
+                },
+                for_uid: b.uid.clone(),
+                requests: b.requests,
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for p in inp.placeholders {
+        // Orphans, and duplicates left by a crash between create and record.
+        if !live.contains(p.for_uid.as_str()) || !seen.insert(p.for_uid.as_str()) {
+            out.push(Action::DeletePlaceholder {
+                name: p.name.clone(),
+            });
+        }
+    }
+}
+
+fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out: &mut Vec<Action>) {
+    let now = inp.snap.now;
+    // Free VM room after the pending pods' claims from this same pass.
+    let mut room: Vec<Resources> = inp
+        .snap
+        .nodes
+        .iter()
+        .map(|n| {
+            if n.schedulable {
+                n.allocatable.saturating_sub(&n.allocated)
+            } else {
+                Resources::default()
+            }
+        })
+        .collect();
+    for (i, node) in inp.plan.vm_node.iter().enumerate() {
+        if let Some(n) = node {
+            room[*n] = room[*n].saturating_sub(&inp.snap.pending[i].requests);
+        }
+    }
+    let mut fit = FitIndex::new(room);
+    let vm_nodes: BTreeSet<&str> = inp.snap.nodes.iter().map(|n| n.name.as_str()).collect();
+    let placed: BTreeMap<&str, &Placeholder> = inp
+        .placeholders
+        .iter()
+        .filter(|p| p.node.as_deref().is_some_and(|n| vm_nodes.contains(n)))
+        .map(|p| (p.for_uid.as_str(), p))
+        .collect();
+
+    // Forget what no longer exists; settle in-flight evictions.
+    let burst_uids: BTreeSet<&str> = inp.burst.iter().map(|b| b.uid.as_str()).collect();
+    state
+        .room_since
+        .retain(|uid, _| burst_uids.contains(uid.as_str()));
+    state.in_flight.retain(|_, (uid, at)| {
+        burst_uids.contains(uid.as_str()) || now.since(*at) < cfg.eviction_settle
+    });
+    while state
+        .evictions
+        .front()
+        .is_some_and(|(t, _)| now.since(*t) >= Duration::from_secs(60))
+    {
+        state.evictions.pop_front();
+    }
+
+    // Oldest burst pods first: they have waited longest to come home.
+    let mut order: Vec<&BurstPod> = inp.burst.iter().filter(|b| !b.terminating).collect();
+    order.sort_by(|a, b| a.bound_at.cmp(&b.bound_at).then_with(|| a.uid.cmp(&b.uid)));
+    for b in order {
+        if !wants_drain_back(inp, b) {
+            continue;
+        }
+        let Some(policy) = inp.policies.for_pod(&b.namespace, &b.labels) else {
+            continue;
+        };
+        let has_room = placed.contains_key(b.uid.as_str())
+            || match fit.first_fit(&b.requests, |_| true) {
+                Some(i) => {
+                    fit.take(i, &b.requests);
+                    true
+                }
+                None => false,
+            };
+        if !has_room {
+            state.room_since.remove(&b.uid);
+            continue;
+        }
+        let since = *state.room_since.entry(b.uid.clone()).or_insert(now);
+        if !b.ready || now.since(since) < policy.drain_back.after {
+            continue;
+        }
+        let recent = state
+            .evictions
+            .iter()
+            .filter(|(_, ns)| *ns == b.namespace)
+            .count();
+        if recent >= policy.drain_back.max_per_minute as usize {
+            continue;
+        }
+        let Some(owner) = &b.owner else { continue };
+        if state.in_flight.contains_key(&owner.uid) {
+            continue;
+        }
+        let pod = PodRef {
+            namespace: b.namespace.clone(),
+            name: b.name.clone(),
+        };
+        if let Some(p) = inp.placeholders.iter().find(|p| p.for_uid == b.uid) {
+            out.push(Action::DeletePlaceholder {
+                name: p.name.clone(),
+            });
+        }
+        out.push(Action::Evict {
+            pod: pod.clone(),
+            uid: b.uid.clone(),
+        });
+        out.push(Action::Event {
+            pod,
+            reason: EventReason::DrainedBack,
+            message: format!(
+                "spillway: VM room available for {} ≥ drainBack.after {}, moving the pod back to a VM",
+                now.since(since),
+                policy.drain_back.after
+            ),
+        });
+        state.evictions.push_back((now, b.namespace.clone()));
+        state
+            .in_flight
+            .insert(owner.uid.clone(), (b.uid.clone(), now));
+        state.room_since.remove(&b.uid);
+    }
+}

@@ -1,0 +1,518 @@
+//! The cluster view: Kubernetes `Node`/`Pod` objects turned into the engine's
+//! plain data (`Snapshot`).
+//!
+//! This module owns the translation rules (what is a virtual node, which pool a
+//! node is in, what a pod requests, whether ACI can run it) and the shared,
+//! non-blocking `ClusterView` the extender reads. It decides nothing: the
+//! engine does. The only I/O is in `load` (reading a `kubectl get -o yaml`
+//! file) and `view::run_reflectors` (watching the API server).
+
+pub mod build;
+pub mod load;
+pub mod view;
+
+pub use load::{ClusterObjects, load_cluster_state, parse_cluster_state};
+pub use view::{ClusterState, ClusterView};
+
+use crate::decision::{BurstUsage, EngineConfig, PendingPod, Snapshot, VmNode, VmPool};
+use crate::units::{Resources, Timestamp, parse_cpu_millis, parse_memory_bytes};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Label and taint keys shared with virtual-kubelet and the AKS virtual node.
+pub const VIRTUAL_KUBELET_TAINT: &str = "virtual-kubelet.io/provider";
+pub const POOL_LABELS: [&str; 2] = ["agentpool", "kubernetes.azure.com/agentpool"];
+
+/// Errors of this module. Each names the object (and, for files, where it is).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid YAML or JSON: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: {message}")]
+    Shape { file: String, message: String },
+    #[error("{file}: item {index} ({kind} {name}): {message}")]
+    Item {
+        file: String,
+        index: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("{object}: invalid quantity {resource}={value:?}: {message}")]
+    Quantity {
+        object: String,
+        resource: String,
+        value: String,
+        message: String,
+    },
+    #[error("kubernetes client: {0}")]
+    Kube(String),
+}
+
+/// Decides which nodes are virtual (ACI) nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualNodeMatcher {
+    /// A node with any of these `key=value` labels is virtual.
+    pub labels: Vec<(String, String)>,
+    /// A node with a taint of any of these keys is virtual.
+    pub taint_keys: Vec<String>,
+    /// Node names that are always virtual (used when only names are known).
+    pub names: BTreeSet<String>,
+}
+
+impl Default for VirtualNodeMatcher {
+    fn default() -> Self {
+        VirtualNodeMatcher {
+            labels: vec![("type".into(), "virtual-kubelet".into())],
+            taint_keys: vec![VIRTUAL_KUBELET_TAINT.into()],
+            names: ["virtual-node-aci-linux", "spillway-aci"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+impl VirtualNodeMatcher {
+    pub fn is_virtual(&self, node: &Node) -> bool {
+        let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+        self.matches(
+            node.metadata.name.as_deref().unwrap_or_default(),
+            node.metadata.labels.as_ref(),
+            taints.into_iter().flatten().map(|t| t.key.as_str()),
+        )
+    }
+
+    /// The rule on the parts of a node it looks at (for raw node JSON).
+    pub fn matches<'a>(
+        &self,
+        name: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        mut taint_keys: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        self.names.contains(name)
+            || self
+                .labels
+                .iter()
+                .any(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            || taint_keys.any(|key| self.taint_keys.iter().any(|k| k == key))
+    }
+
+    pub fn is_virtual_name(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// Settings for turning cluster objects into a `Snapshot`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub virtual_nodes: VirtualNodeMatcher,
+    /// Node labels naming a node's pool, first match wins.
+    pub pool_labels: Vec<String>,
+    /// Known pool sizes `pool -> (min, max)` (from the cluster autoscaler's
+    /// configuration, which is not visible on nodes).
+    pub pool_limits: BTreeMap<String, (u32, u32)>,
+    /// For a pool without known limits: `min` = its current node count and
+    /// `max` = current + this. AKS does not publish autoscaler bounds on nodes;
+    /// a modest default lets the engine predict scale-ups without pretending a
+    /// pool can grow without end.
+    pub default_pool_headroom: u32,
+    /// Prices and ACI sizing, for burst usage.
+    pub engine: EngineConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            virtual_nodes: VirtualNodeMatcher::default(),
+            pool_labels: POOL_LABELS.iter().map(|s| s.to_string()).collect(),
+            pool_limits: BTreeMap::new(),
+            default_pool_headroom: 10,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+fn ts(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Timestamp {
+    Timestamp::from_millis(t.0.as_millisecond())
+}
+
+/// `namespace/name` for messages.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Parse a CPU/memory resource list into `Resources` (other resources ignored).
+pub fn resource_list(
+    list: Option<&BTreeMap<String, Quantity>>,
+    object: &str,
+) -> Result<Resources, ClusterError> {
+    let mut r = Resources::default();
+    let Some(list) = list else { return Ok(r) };
+    let bad = |resource: &str, value: &str, message: String| ClusterError::Quantity {
+        object: object.to_string(),
+        resource: resource.to_string(),
+        value: value.to_string(),
+        message,
+    };
+    if let Some(q) = list.get("cpu") {
+        r.cpu_millis = parse_cpu_millis(&q.0).map_err(|m| bad("cpu", &q.0, m))?;
+    }
+    if let Some(q) = list.get("memory") {
+        r.memory_bytes = parse_memory_bytes(&q.0).map_err(|m| bad("memory", &q.0, m))?;
+    }
+    Ok(r)
+}
+
+/// A container's requests; a resource with a limit but no request requests
+/// its limit (the API server's defaulting, repeated for hand-written files).
+fn container_requests(c: &Container, object: &str) -> Result<Resources, ClusterError> {
+    let res = c.resources.as_ref();
+    let req = resource_list(res.and_then(|r| r.requests.as_ref()), object)?;
+    let lim = resource_list(res.and_then(|r| r.limits.as_ref()), object)?;
+    let has_req = |k: &str| {
+        res.and_then(|r| r.requests.as_ref())
+            .is_some_and(|m| m.contains_key(k))
+    };
+    Ok(Resources::new(
+        if has_req("cpu") {
+            req.cpu_millis
+        } else {
+            lim.cpu_millis
+        },
+        if has_req("memory") {
+            req.memory_bytes
+        } else {
+            lim.memory_bytes
+        },
+    ))
+}
+
+fn max_each(a: Resources, b: Resources) -> Resources {
+    Resources::new(
+        a.cpu_millis.max(b.cpu_millis),
+        a.memory_bytes.max(b.memory_bytes),
+    )
+}
+
+/// What the scheduler reserves for a pod: per resource, the larger of the
+/// regular containers (plus restartable init "sidecars") and the largest init
+/// step, plus the pod overhead. Pod-level requests, when set, win.
+pub fn pod_requests(pod: &Pod) -> Result<Resources, ClusterError> {
+    let object = pod_key(pod);
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Resources::default());
+    };
+    let mut main = Resources::default();
+    for c in &spec.containers {
+        main = main.add(&container_requests(c, &object)?);
+    }
+    let mut sidecars = Resources::default();
+    let mut init_peak = Resources::default();
+    for c in spec.init_containers.iter().flatten() {
+        let r = container_requests(c, &object)?;
+        if c.restart_policy.as_deref() == Some("Always") {
+            sidecars = sidecars.add(&r);
+            init_peak = max_each(init_peak, sidecars);
+        } else {
+            init_peak = max_each(init_peak, r.add(&sidecars));
+        }
+    }
+    let mut total = max_each(main.add(&sidecars), init_peak);
+    if let Some(pod_level) = spec.resources.as_ref().and_then(|r| r.requests.as_ref()) {
+        let p = resource_list(Some(pod_level), &object)?;
+        if pod_level.contains_key("cpu") {
+            total.cpu_millis = p.cpu_millis;
+        }
+        if pod_level.contains_key("memory") {
+            total.memory_bytes = p.memory_bytes;
+        }
+    }
+    let overhead = resource_list(spec.overhead.as_ref(), &object)?;
+    Ok(total.add(&overhead))
+}
+
+/// Whether the pod tolerates the virtual node's `virtual-kubelet.io/provider=azure` taint.
+pub fn tolerates_virtual(pod: &Pod) -> bool {
+    let Some(tols) = pod.spec.as_ref().and_then(|s| s.tolerations.as_ref()) else {
+        return false;
+    };
+    tols.iter().any(|t| {
+        let key = t.key.as_deref().unwrap_or("");
+        let op = t.operator.as_deref().unwrap_or("Equal");
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == "NoSchedule");
+        let matches = match (key, op) {
+            ("", "Exists") => true,
+            (VIRTUAL_KUBELET_TAINT, "Exists") => true,
+            (VIRTUAL_KUBELET_TAINT, "Equal") => t.value.as_deref() == Some("azure"),
+            _ => false,
+        };
+        matches && effect_ok
+    })
+}
+
+/// Why ACI cannot run this pod, if it cannot.
+pub fn aci_incompatibility(pod: &Pod) -> Option<String> {
+    let owned_by_daemonset = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet");
+    if owned_by_daemonset {
+        return Some("owned by a DaemonSet".into());
+    }
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return Some("uses hostNetwork".into());
+    }
+    for v in spec.volumes.iter().flatten() {
+        if v.host_path.is_some() {
+            return Some(format!("volume {:?} is a hostPath", v.name));
+        }
+        if v.persistent_volume_claim.is_some() {
+            return Some(format!("volume {:?} is a PersistentVolumeClaim", v.name));
+        }
+    }
+    let all = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in all {
+        if c.security_context.as_ref().and_then(|s| s.privileged) == Some(true) {
+            return Some(format!("container {:?} is privileged", c.name));
+        }
+    }
+    None
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Unbound, phase Pending (or unset) and not being deleted.
+pub fn is_pending(pod: &Pod) -> bool {
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !bound && matches!(phase, None | Some("Pending")) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// When the pod became pending: the `PodScheduled=False` transition, else creation.
+pub fn pending_since(pod: &Pod, fallback: Timestamp) -> Timestamp {
+    let unschedulable_at = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .and_then(|c| c.last_transition_time.as_ref())
+        });
+    unschedulable_at
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(ts)
+        .unwrap_or(fallback)
+}
+
+/// A pod as the engine sees it. Fails only on an unparseable quantity.
+pub fn pending_pod(
+    pod: &Pod,
+    now: Timestamp,
+    cfg: &ClusterConfig,
+) -> Result<PendingPod, ClusterError> {
+    let spec = pod.spec.as_ref();
+    let pool = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .and_then(|sel| cfg.pool_labels.iter().find_map(|k| sel.get(k).cloned()));
+    Ok(PendingPod {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        priority: spec.and_then(|s| s.priority).unwrap_or(0),
+        requests: pod_requests(pod)?,
+        pending_since: pending_since(pod, now),
+        tolerates_virtual: tolerates_virtual(pod),
+        aci_incompatible: aci_incompatibility(pod),
+        pool,
+    })
+}
+
+fn node_pool(node: &Node, cfg: &ClusterConfig) -> String {
+    let labels = node.metadata.labels.as_ref();
+    cfg.pool_labels
+        .iter()
+        .find_map(|k| labels.and_then(|l| l.get(k)).cloned())
+        .unwrap_or_default()
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Node allocatable; an unparseable value (never sent by a kubelet) counts as zero.
+pub fn node_allocatable(node: &Node) -> Result<Resources, ClusterError> {
+    let object = format!("node {}", node.metadata.name.as_deref().unwrap_or(""));
+    resource_list(
+        node.status.as_ref().and_then(|s| s.allocatable.as_ref()),
+        &object,
+    )
+}
+
+/// Build the engine's snapshot from nodes and pods.
+///
+/// Objects from the API server are validated, so a bad quantity only comes
+/// from a hand-written file (which `load` rejects first); here it counts as
+/// zero and is logged rather than failing the whole view.
+pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
+    nodes: &[N],
+    pods: &[P],
+    now: Timestamp,
+    cfg: &ClusterConfig,
+) -> Snapshot {
+    let lenient = |r: Result<Resources, ClusterError>| {
+        r.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring unparseable quantity");
+            Resources::default()
+        })
+    };
+    let mut virtual_names = BTreeSet::new();
+    let mut vm_index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut vm_nodes: Vec<VmNode> = Vec::new();
+    for node in nodes {
+        let node: &Node = node.borrow();
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        if cfg.virtual_nodes.is_virtual(node) {
+            virtual_names.insert(name);
+            continue;
+        }
+        let unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        vm_index.insert(name, vm_nodes.len());
+        vm_nodes.push(VmNode {
+            name: name.to_string(),
+            pool: node_pool(node, cfg),
+            allocatable: lenient(node_allocatable(node)),
+            allocated: Resources::default(),
+            schedulable: !unschedulable && node_ready(node),
+        });
+    }
+
+    let mut pending = Vec::new();
+    let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
+    for pod in pods {
+        let pod: &Pod = pod.borrow();
+        if is_pending(pod) {
+            match pending_pod(pod, now, cfg) {
+                Ok(p) => pending.push(p),
+                Err(e) => tracing::warn!(error = %e, "skipping pending pod"),
+            }
+            continue;
+        }
+        if is_terminal(pod) {
+            continue;
+        }
+        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let requests = lenient(pod_requests(pod));
+        if virtual_names.contains(node_name) || cfg.virtual_nodes.is_virtual_name(node_name) {
+            let effective = cfg.engine.aci_effective(&requests);
+            let hourly = cfg.engine.prices.aci_hourly(&effective);
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            burst_usage.entry(ns).or_default().add(&effective, hourly);
+        } else if let Some(&i) = vm_index.get(node_name) {
+            vm_nodes[i].allocated = vm_nodes[i].allocated.add(&requests);
+        }
+    }
+
+    Snapshot {
+        now,
+        pools: pools_from(&vm_nodes, cfg),
+        nodes: vm_nodes,
+        pending,
+        burst_usage,
+        aci_quota: Default::default(),
+    }
+}
+
+/// One `VmPool` per distinct pool label. A pool's node shape is the most
+/// common allocatable among its nodes (ties: the larger), since a VMSS pool
+/// has one VM size.
+fn pools_from(nodes: &[VmNode], cfg: &ClusterConfig) -> Vec<VmPool> {
+    let mut by_pool: BTreeMap<&str, Vec<&VmNode>> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| !n.pool.is_empty()) {
+        by_pool.entry(n.pool.as_str()).or_default().push(n);
+    }
+    by_pool
+        .into_iter()
+        .map(|(name, members)| {
+            let mut shapes: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+            for n in &members {
+                *shapes
+                    .entry((n.allocatable.cpu_millis, n.allocatable.memory_bytes))
+                    .or_default() += 1;
+            }
+            let shape = shapes
+                .iter()
+                .max_by_key(|(k, count)| (**count, **k))
+                .map(|(&(c, m), _)| Resources::new(c, m))
+                .unwrap_or_default();
+            let count = members.len() as u32;
+            let (min, max) = cfg
+                .pool_limits
+                .get(name)
+                .copied()
+                .unwrap_or((count, count.saturating_add(cfg.default_pool_headroom)));
+            VmPool {
+                name: name.to_string(),
+                min,
+                max,
+                node_allocatable: shape,
+                nodes: count,
+                upcoming: Vec::new(),
+                provision_time: None,
+            }
+        })
+        .collect()
+}
+
+/// Names of the virtual nodes among `nodes`.
+pub fn virtual_node_names<N: Borrow<Node>>(nodes: &[N], cfg: &ClusterConfig) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|n: &&Node| cfg.virtual_nodes.is_virtual(n))
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

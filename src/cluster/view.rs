@@ -1,0 +1,188 @@
+//! `ClusterView`: the latest snapshot of the cluster, shared by readers that
+//! must never wait on the API server (the extender answers within
+//! milliseconds of the scheduler's call).
+//!
+//! Writers replace the whole state at once (an `Arc` swap under a short write
+//! lock); readers clone the `Arc`. In cluster mode the state is rebuilt from
+//! kube reflector stores (nodes and pods), at most once per `min_interval`,
+//! whenever a watch event arrives; in file mode it is built once.
+
+use super::{ClusterConfig, ClusterError, ClusterObjects, snapshot_from, virtual_node_names};
+use crate::decision::Snapshot;
+use crate::units::Timestamp;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+/// One consistent picture of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// The engine's view as of `snapshot.now` (the time it was built).
+    pub snapshot: Snapshot,
+    /// Names of the virtual nodes seen in the cluster.
+    pub virtual_nodes: BTreeSet<String>,
+    /// Names of VM nodes seen in the cluster.
+    pub vm_nodes: BTreeSet<String>,
+    /// False until the first full list of nodes and pods has arrived.
+    pub synced: bool,
+}
+
+#[derive(Debug)]
+pub struct ClusterView {
+    config: ClusterConfig,
+    state: RwLock<Arc<ClusterState>>,
+}
+
+impl ClusterView {
+    /// An empty, not yet synced view.
+    pub fn new(config: ClusterConfig) -> Self {
+        ClusterView {
+            config,
+            state: RwLock::new(Arc::new(ClusterState::default())),
+        }
+    }
+
+    /// A synced view of fixed objects (`--cluster-state FILE`).
+    pub fn from_objects(objects: &ClusterObjects, now: Timestamp, config: ClusterConfig) -> Self {
+        let view = ClusterView::new(config);
+        view.replace(&objects.nodes, &objects.pods, now);
+        view
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The state in force now. Cheap: clones an `Arc`.
+    pub fn current(&self) -> Arc<ClusterState> {
+        match self.state.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.current().synced
+    }
+
+    /// Rebuild from full lists of nodes and pods and mark the view synced.
+    pub fn replace<N, P>(&self, nodes: &[N], pods: &[P], now: Timestamp)
+    where
+        N: std::borrow::Borrow<Node>,
+        P: std::borrow::Borrow<Pod>,
+    {
+        let snapshot = snapshot_from(nodes, pods, now, &self.config);
+        let virtual_nodes = virtual_node_names(nodes, &self.config);
+        let vm_nodes = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
+        let next = Arc::new(ClusterState {
+            snapshot,
+            virtual_nodes,
+            vm_nodes,
+            synced: true,
+        });
+        match self.state.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+}
+
+/// Watch nodes and pods and keep `view` up to date. Runs until the task is
+/// dropped; watch errors are retried with kube's default backoff and logged.
+pub async fn run_reflectors(
+    client: kube::Client,
+    view: Arc<ClusterView>,
+    min_interval: std::time::Duration,
+) -> Result<(), ClusterError> {
+    let nodes_api: kube::Api<Node> = kube::Api::all(client.clone());
+    let pods_api: kube::Api<Pod> = kube::Api::all(client);
+    let (node_store, node_writer) = reflector::store::<Node>();
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let changed = Arc::new(tokio::sync::Notify::new());
+
+    let node_events = reflector(
+        node_writer,
+        watcher(nodes_api, watcher::Config::default())
+            .modify(|n: &mut Node| n.metadata.managed_fields = None)
+            .default_backoff(),
+    );
+    let pod_events = reflector(
+        pod_writer,
+        watcher(pods_api, watcher::Config::default())
+            .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+            .default_backoff(),
+    );
+    let drive = |events: futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
+                 what: &'static str,
+                 changed: Arc<tokio::sync::Notify>| async move {
+        events
+            .for_each(|ev| {
+                match ev {
+                    Ok(()) => changed.notify_one(),
+                    Err(e) => tracing::warn!(error = %e, resource = what, "watch error; retrying"),
+                }
+                futures::future::ready(())
+            })
+            .await;
+    };
+    let node_task = tokio::spawn(drive(
+        node_events.map(|r| r.map(|_| ())).boxed(),
+        "nodes",
+        changed.clone(),
+    ));
+    let pod_task = tokio::spawn(drive(
+        pod_events.map(|r| r.map(|_| ())).boxed(),
+        "pods",
+        changed.clone(),
+    ));
+
+    let rebuild = async {
+        let ready = async {
+            node_store.wait_until_ready().await?;
+            pod_store.wait_until_ready().await
+        };
+        if let Err(e) = ready.await {
+            return Err(ClusterError::Kube(format!(
+                "reflector stopped before its first list: {e}"
+            )));
+        }
+        tracing::info!("cluster view synced");
+        loop {
+            let nodes = node_store.state();
+            let pods = pod_store.state();
+            view.replace(&nodes, &pods, Timestamp::now_wall());
+            tokio::time::sleep(min_interval).await;
+            changed.notified().await;
+        }
+    };
+    let result = rebuild.await;
+    node_task.abort();
+    pod_task.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::build::{node, pod};
+
+    #[test]
+    fn view_starts_unsynced_and_replace_publishes_a_new_state() {
+        let view = ClusterView::new(ClusterConfig::default());
+        assert!(!view.is_synced());
+        let before = view.current();
+        let nodes = vec![
+            node("vm-1").pool("p1").cpu("4").memory("16Gi").build(),
+            node("aci").virtual_kubelet().build(),
+        ];
+        let pods = vec![pod().ns("web").name("a").cpu("1").on_node("vm-1").build()];
+        view.replace(&nodes, &pods, Timestamp::from_secs(100));
+        let after = view.current();
+        assert!(after.synced && !before.synced);
+        assert_eq!(after.virtual_nodes.iter().collect::<Vec<_>>(), vec!["aci"]);
+        assert_eq!(after.snapshot.nodes[0].allocated.cpu_millis, 1000);
+        assert_eq!(after.snapshot.now, Timestamp::from_secs(100));
+    }
+}

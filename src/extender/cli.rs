@@ -1,0 +1,174 @@
+//! `spillway extender`: flags, start-up checks (exit 64 on bad configuration)
+//! and the server's lifetime.
+
+use super::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
+use crate::cli::EXIT_BAD_INPUT;
+use crate::cluster::{self, ClusterConfig, ClusterView, VirtualNodeMatcher};
+use crate::metrics::Metrics;
+use crate::policy::reload::PolicyStore;
+use crate::units::Timestamp;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Run only the scheduler extender HTTP server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExtenderCommand {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8888", env = "SPILLWAY_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory of BurstPolicy files (reloaded when it changes; a bad reload keeps the last good set).
+    #[arg(long, default_value = "policies", env = "SPILLWAY_POLICIES")]
+    pub policies: PathBuf,
+    /// Read nodes and pods once from this file (`kubectl get nodes,pods -A -o yaml`)
+    /// instead of watching the API server with the in-cluster / kubeconfig credentials.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_state: Option<PathBuf>,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = clap::value_parser!(usize))]
+    pub max_body_bytes: usize,
+    /// Name of a virtual node, recognised when the scheduler sends only node names
+    /// (repeat for several; nodes labelled type=virtual-kubelet or tainted
+    /// virtual-kubelet.io/provider are recognised too).
+    #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
+    pub virtual_node_names: Vec<String>,
+    /// How often to re-read the policy directory, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub policy_reload_secs: u64,
+    /// Minimum time between two rebuilds of the cluster view, in milliseconds.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub view_refresh_ms: u64,
+}
+
+impl ExtenderCommand {
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            virtual_nodes: VirtualNodeMatcher {
+                names: self.virtual_node_names.iter().cloned().collect(),
+                ..VirtualNodeMatcher::default()
+            },
+            ..ClusterConfig::default()
+        }
+    }
+}
+
+fn bad_input(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("spillway extender: {msg}");
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// `spillway extender`.
+pub fn run(cmd: ExtenderCommand) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spillway extender: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_async(cmd))
+}
+
+async fn run_async(cmd: ExtenderCommand) -> ExitCode {
+    let metrics = Arc::new(Metrics::new());
+    let store = match PolicyStore::open(&cmd.policies, metrics.clone()) {
+        Ok(s) => Arc::new(s),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return bad_input(format!(
+                "{} error(s) in {}",
+                errors.0.len(),
+                cmd.policies.display()
+            ));
+        }
+    };
+    let config = cmd.cluster_config();
+    let view = match &cmd.cluster_state {
+        Some(file) => match cluster::load_cluster_state(file) {
+            Ok(objects) => Arc::new(ClusterView::from_objects(
+                &objects,
+                Timestamp::now_wall(),
+                config,
+            )),
+            Err(e) => return bad_input(e),
+        },
+        None => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    return bad_input(format!(
+                        "no --cluster-state FILE and no usable Kubernetes configuration: {e}"
+                    ));
+                }
+            };
+            let view = Arc::new(ClusterView::new(config));
+            let refresh = std::time::Duration::from_millis(cmd.view_refresh_ms);
+            let watched = view.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster::view::run_reflectors(client, watched, refresh).await {
+                    tracing::error!(error = %e, "cluster view stopped");
+                }
+            });
+            view
+        }
+    };
+    tokio::spawn(
+        store
+            .clone()
+            .watch(std::time::Duration::from_secs(cmd.policy_reload_secs)),
+    );
+    let listener = match tokio::net::TcpListener::bind(cmd.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spillway extender: cannot listen on {}: {e}", cmd.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %cmd.listen, policies = %cmd.policies.display(), "extender listening");
+    let state = AppState::new(PolicySource::Store(store), view, metrics)
+        .with_max_body_bytes(cmd.max_body_bytes);
+    match super::serve(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway extender: server error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

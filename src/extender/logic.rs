@@ -1,0 +1,315 @@
+//! The extender's answers, as functions of (state, decoded request). No HTTP here.
+
+use super::wire::{
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
+    ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MAX_PRIORITY, MetaPod,
+    MetaVictims, NodeIdentity, NodeList,
+};
+use super::{AppState, ExtenderError};
+use crate::cluster;
+use crate::decision::{Reason, Snapshot, Verdict};
+use crate::policy::BurstMode;
+use k8s_openapi::api::core::v1::Pod;
+
+/// What the extender does with the virtual node for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterDecision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// `None`: keep the virtual node. `Some(message)`: refuse it with this message.
+    pub refusal: Option<String>,
+}
+
+/// The candidates of a filter/prioritize call, in the form they came in.
+enum Candidates {
+    Names(Vec<String>),
+    /// The list as sent, and what the extender reads of each item.
+    Nodes(NodeList, Vec<NodeIdentity>),
+}
+
+fn invalid(verb: &'static str, message: impl Into<String>) -> ExtenderError {
+    ExtenderError::Invalid {
+        verb,
+        message: message.into(),
+    }
+}
+
+/// The pod, which must be present and have a namespace.
+fn require_pod(verb: &'static str, pod: Option<Pod>) -> Result<Pod, ExtenderError> {
+    let pod = pod.ok_or_else(|| invalid(verb, "Pod is missing or null"))?;
+    if pod.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(verb, "Pod has no metadata.namespace"));
+    }
+    Ok(pod)
+}
+
+fn candidates(verb: &'static str, args: &mut ExtenderArgs) -> Result<Candidates, ExtenderError> {
+    if let Some(names) = args.node_names.take() {
+        Ok(Candidates::Names(names))
+    } else if let Some(list) = args.nodes.take() {
+        let ids = list
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                NodeIdentity::of(n).map_err(|e| ExtenderError::Malformed {
+                    verb,
+                    message: format!("Nodes.items[{i}]: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Candidates::Nodes(list, ids))
+    } else {
+        Err(invalid(verb, "neither NodeNames nor Nodes is set"))
+    }
+}
+
+/// Whether a candidate is the virtual node: by label/taint when the node
+/// object came with the request, by name (seen in the cluster or configured)
+/// otherwise.
+struct VirtualTest<'a> {
+    state: &'a cluster::ClusterState,
+    config: &'a cluster::ClusterConfig,
+}
+
+impl VirtualTest<'_> {
+    fn name(&self, name: &str) -> bool {
+        self.state.virtual_nodes.contains(name) || self.config.virtual_nodes.is_virtual_name(name)
+    }
+    fn node(&self, node: &NodeIdentity) -> bool {
+        let matcher = &self.config.virtual_nodes;
+        matcher.matches(
+            node.name(),
+            node.metadata.labels.as_ref(),
+            node.taint_keys(),
+        ) || self.name(node.name())
+    }
+}
+
+/// DESIGN.md's filter rule for the virtual node, given how many VM nodes
+/// survived the scheduler's own filters.
+pub fn decide_for_virtual(
+    state: &AppState,
+    pod: &Pod,
+    vm_candidates: usize,
+) -> Result<FilterDecision, ExtenderError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let empty = Default::default();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let policies = state.policies.current();
+    let Some(policy) = policies.for_pod(namespace, labels) else {
+        // Not managed: the scheduler's own taint/toleration rules decide.
+        return Ok(FilterDecision {
+            verdict: Verdict::Ineligible,
+            reason: Reason::NoPolicy,
+            refusal: None,
+        });
+    };
+    if policy.burst.mode == BurstMode::Auto && vm_candidates > 0 {
+        return Ok(FilterDecision {
+            verdict: Verdict::Vm,
+            reason: Reason::VmCapacityAvailable,
+            refusal: Some(format!(
+                "spillway: {}, {} VM node(s) passed the scheduler's filters; VMs are filled first",
+                Reason::VmCapacityAvailable,
+                vm_candidates
+            )),
+        });
+    }
+    let now = (state.clock)();
+    let cluster = state.view.current();
+    let pending = cluster::pending_pod(pod, now, state.view.config())
+        .map_err(|e| invalid("filter", e.to_string()))?;
+    // The engine does not consult VM room here, so the (large) node list is left out.
+    let snap = Snapshot {
+        now,
+        nodes: Vec::new(),
+        pools: cluster.snapshot.pools.clone(),
+        pending: Vec::new(),
+        burst_usage: cluster.snapshot.burst_usage.clone(),
+        aci_quota: cluster.snapshot.aci_quota,
+    };
+    let d = state
+        .engine
+        .decide_without_vm_room(&snap, &policies, &pending);
+    let refusal = (d.verdict != Verdict::Burst).then(|| d.message());
+    Ok(FilterDecision {
+        verdict: d.verdict,
+        reason: d.reason,
+        refusal,
+    })
+}
+
+pub(super) fn filter(
+    state: &AppState,
+    mut args: ExtenderArgs,
+) -> Result<ExtenderFilterResult, ExtenderError> {
+    const VERB: &str = "filter";
+    let cands = candidates(VERB, &mut args)?;
+    let pod = require_pod(VERB, args.pod.take())?;
+    let cluster = state.view.current();
+    let is_virtual = VirtualTest {
+        state: &cluster,
+        config: state.view.config(),
+    };
+    let flags: Vec<bool> = match &cands {
+        Candidates::Names(names) => names.iter().map(|n| is_virtual.name(n)).collect(),
+        Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
+    };
+    let virtual_count = flags.iter().filter(|v| **v).count();
+    if virtual_count > 0 && !cluster.synced {
+        // Without pools and burst usage the engine would see "every pool at
+        // max" and let everything burst. Say so instead of deciding: the
+        // scheduler retries (or skips an ignorable extender).
+        return Ok(ExtenderFilterResult {
+            error:
+                "spillway: the cluster view is not synced yet; cannot decide on the virtual node"
+                    .into(),
+            ..Default::default()
+        });
+    }
+    let refusal = if virtual_count == 0 {
+        None
+    } else {
+        let d = decide_for_virtual(state, &pod, flags.len() - virtual_count)?;
+        state
+            .metrics
+            .decisions
+            .with_label_values(&[d.verdict.as_str(), d.reason.as_str()])
+            .inc();
+        d.refusal
+    };
+    let mut result = ExtenderFilterResult::default();
+    let mut refuse = |name: &str, msg: &str| {
+        result
+            .failed_and_unresolvable_nodes
+            .insert(name.to_string(), msg.to_string());
+    };
+    match cands {
+        Candidates::Names(names) => {
+            let mut kept = Vec::with_capacity(names.len());
+            for (name, virt) in names.into_iter().zip(&flags) {
+                match (&refusal, virt) {
+                    (Some(msg), true) => refuse(&name, msg),
+                    _ => kept.push(name),
+                }
+            }
+            result.node_names = Some(kept);
+        }
+        Candidates::Nodes(list, ids) => {
+            let mut kept = Vec::with_capacity(list.items.len());
+            for ((node, id), virt) in list.items.into_iter().zip(&ids).zip(&flags) {
+                match (&refusal, virt) {
+                    (Some(msg), true) => refuse(id.name(), msg),
+                    _ => kept.push(node),
+                }
+            }
+            result.nodes = Some(NodeList {
+                items: kept,
+                metadata: list.metadata,
+            });
+        }
+    }
+    Ok(result)
+}
+
+pub(super) fn prioritize(
+    state: &AppState,
+    mut args: ExtenderArgs,
+) -> Result<Vec<HostPriority>, ExtenderError> {
+    const VERB: &str = "prioritize";
+    let cands = candidates(VERB, &mut args)?;
+    require_pod(VERB, args.pod.take())?;
+    let cluster = state.view.current();
+    let is_virtual = VirtualTest {
+        state: &cluster,
+        config: state.view.config(),
+    };
+    let score = |virt: bool| if virt { 0 } else { MAX_PRIORITY };
+    Ok(match cands {
+        Candidates::Names(names) => names
+            .into_iter()
+            .map(|n| HostPriority {
+                score: score(is_virtual.name(&n)),
+                host: n,
+            })
+            .collect(),
+        Candidates::Nodes(_, ids) => ids
+            .iter()
+            .map(|n| HostPriority {
+                host: n.name().to_string(),
+                score: score(is_virtual.node(n)),
+            })
+            .collect(),
+    })
+}
+
+/// spillway has no opinion on preemption (the virtual node is never a
+/// candidate: it is refused as unresolvable). Answer with the scheduler's own
+/// candidates, as meta victims; nodes left with no identifiable victim are
+/// dropped, since the scheduler rejects a node with zero victims.
+pub(super) fn preempt(
+    args: ExtenderPreemptionArgs,
+) -> Result<ExtenderPreemptionResult, ExtenderError> {
+    const VERB: &str = "preempt";
+    require_pod(VERB, args.pod)?;
+    let mut out = ExtenderPreemptionResult::default();
+    if let Some(meta) = args.node_name_to_meta_victims {
+        for (node, victims) in meta {
+            if let Some(v) = victims.filter(|v| !v.pods.is_empty()) {
+                out.node_name_to_meta_victims.insert(node, v);
+            }
+        }
+    } else if let Some(full) = args.node_name_to_victims {
+        for (node, victims) in full {
+            let Some(v) = victims else { continue };
+            let pods: Vec<MetaPod> = v
+                .pods
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    p.metadata
+                        .uid
+                        .filter(|u| !u.is_empty())
+                        .map(|uid| MetaPod { uid })
+                })
+                .collect();
+            if !pods.is_empty() {
+                out.node_name_to_meta_victims.insert(
+                    node,
+                    MetaVictims {
+                        pods,
+                        num_pdb_violations: v.num_pdb_violations.unwrap_or(0),
+                    },
+                );
+            }
+        }
+    } else {
+        return Err(invalid(
+            VERB,
+            "neither NodeNameToVictims nor NodeNameToMetaVictims is set",
+        ));
+    }
+    Ok(out)
+}
+
+/// spillway is not a binder (`bindVerb` must stay empty); a well-formed call
+/// gets an `Error` so the scheduler falls back to its default binder when the
+/// extender is ignorable, and the misconfiguration is visible either way.
+pub(super) fn bind(args: ExtenderBindingArgs) -> Result<ExtenderBindingResult, ExtenderError> {
+    const VERB: &str = "bind";
+    let (Some(name), Some(ns), Some(node)) = (args.pod_name, args.pod_namespace, args.node) else {
+        return Err(invalid(VERB, "PodName, PodNamespace and Node are required"));
+    };
+    if name.is_empty() || ns.is_empty() || node.is_empty() {
+        return Err(invalid(
+            VERB,
+            "PodName, PodNamespace and Node must not be empty",
+        ));
+    }
+    Ok(ExtenderBindingResult {
+        error: format!(
+            "spillway does not bind pods (asked to bind {ns}/{name} to {node}); leave bindVerb empty in the scheduler configuration"
+        ),
+    })
+}

@@ -1,0 +1,287 @@
+//! The kube-scheduler HTTP extender: `/filter`, `/prioritize` (and `/preempt`,
+//! `/bind`), plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! It owns the wire format and the filter rule of DESIGN.md: VMs are always
+//! filled first; the virtual node is kept only when the engine says `burst`,
+//! and every refusal of it goes to `FailedAndUnresolvableNodes` with a reason
+//! for people. It decides nothing itself (the engine does) and never waits on
+//! the API server: it reads the `ClusterView`. It must never panic on input:
+//! malformed bodies get 400 with a JSON error, oversized ones 413.
+
+pub mod cli;
+mod logic;
+pub mod wire;
+
+pub use cli::{ExtenderCommand, run};
+pub use logic::{FilterDecision, decide_for_virtual};
+
+use crate::cluster::ClusterView;
+use crate::decision::Engine;
+use crate::metrics::Metrics;
+use crate::policy::PolicySet;
+use crate::policy::reload::PolicyStore;
+use crate::units::Timestamp;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Default request body limit. The scheduler's bodies are small with
+/// `nodeCacheCapable: true` (names only); full node lists of a few hundred
+/// nodes fit too. Kubernetes caps annotations at 256 KiB, so a pod alone never
+/// comes near it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Errors of the extender; each maps to an HTTP status and a metric outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtenderError {
+    #[error("request body is larger than the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("cannot read request body: {0}")]
+    Body(String),
+    #[error("malformed {verb} request: {message}")]
+    Malformed { verb: &'static str, message: String },
+    #[error("invalid {verb} request: {message}")]
+    Invalid { verb: &'static str, message: String },
+}
+
+impl ExtenderError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ExtenderError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+    /// The `outcome` label of `spillway_extender_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ExtenderError::TooLarge { .. } => "too_large",
+            _ => "bad_request",
+        }
+    }
+}
+
+impl IntoResponse for ExtenderError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Where policies come from: a fixed set (tests, `explain`) or the hot-reloaded store.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    Fixed(Arc<PolicySet>),
+    Store(Arc<PolicyStore>),
+}
+
+impl PolicySource {
+    pub fn current(&self) -> Arc<PolicySet> {
+        match self {
+            PolicySource::Fixed(set) => set.clone(),
+            PolicySource::Store(store) => store.current(),
+        }
+    }
+}
+
+/// The clock the extender reads `now` from (injected so tests are exact).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Everything the handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub policies: PolicySource,
+    pub view: Arc<ClusterView>,
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("policies", &self.policies)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Wall clock, default engine and body limit.
+    pub fn new(policies: PolicySource, view: Arc<ClusterView>, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            policies,
+            view,
+            engine: Arc::new(Engine::default()),
+            metrics,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            clock: Arc::new(Timestamp::now_wall),
+        }
+    }
+    pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+    pub fn with_max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = Arc::new(engine);
+        self
+    }
+}
+
+/// The extender's HTTP API.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/filter", post(filter))
+        .route("/prioritize", post(prioritize))
+        .route("/preempt", post(preempt))
+        .route("/bind", post(bind))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Read the whole body, refusing more than `limit` bytes (before reading, when
+/// Content-Length already says so).
+pub async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ExtenderError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ExtenderError::TooLarge { limit });
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ExtenderError::TooLarge { limit })
+        }
+        Err(e) => Err(ExtenderError::Body(e.to_string())),
+    }
+}
+
+/// Decode a JSON body (one value, nothing after it but whitespace).
+pub fn decode<T: serde::de::DeserializeOwned>(
+    verb: &'static str,
+    bytes: &[u8],
+) -> Result<T, ExtenderError> {
+    serde_json::from_slice(bytes).map_err(|e| ExtenderError::Malformed {
+        verb,
+        message: e.to_string(),
+    })
+}
+
+/// Read, decode, answer, and record metrics for one extender call.
+async fn handle<T, F>(state: &AppState, verb: &'static str, req: Request, answer: F) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(&AppState, T) -> Result<(Response, &'static str), ExtenderError>,
+{
+    let started = Instant::now();
+    let result = match read_body(req, state.max_body_bytes).await {
+        Ok(bytes) => decode::<T>(verb, &bytes).and_then(|args| answer(state, args)),
+        Err(e) => Err(e),
+    };
+    let (response, outcome) = match result {
+        Ok(answered) => answered,
+        Err(e) => {
+            tracing::debug!(verb, error = %e, "rejected extender request");
+            let outcome = e.outcome();
+            (e.into_response(), outcome)
+        }
+    };
+    state
+        .metrics
+        .extender_requests
+        .with_label_values(&[verb, outcome])
+        .inc();
+    state
+        .metrics
+        .extender_duration
+        .with_label_values(&[verb])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn filter(State(state): State<AppState>, req: Request) -> Response {
+    handle(&state, "filter", req, |s, args| {
+        logic::filter(s, args).map(|r| {
+            // A filter result with `Error` set is an answer, but not a decision.
+            let outcome = if r.error.is_empty() { "ok" } else { "error" };
+            (axum::Json(r).into_response(), outcome)
+        })
+    })
+    .await
+}
+
+async fn prioritize(State(state): State<AppState>, req: Request) -> Response {
+    handle(&state, "prioritize", req, |s, args| {
+        logic::prioritize(s, args).map(|r| (axum::Json(r).into_response(), "ok"))
+    })
+    .await
+}
+
+async fn preempt(State(state): State<AppState>, req: Request) -> Response {
+    handle(&state, "preempt", req, |_, args| {
+        logic::preempt(args).map(|r| (axum::Json(r).into_response(), "ok"))
+    })
+    .await
+}
+
+async fn bind(State(state): State<AppState>, req: Request) -> Response {
+    handle(&state, "bind", req, |_, args| {
+        logic::bind(args).map(|r| (axum::Json(r).into_response(), "ok"))
+    })
+    .await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.view.is_synced() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = serde_json::json!({ "error": "cluster view not synced yet" });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Serve `app(state)` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

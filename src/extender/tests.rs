@@ -1,0 +1,147 @@
+//! Unit tests of the filter rule (`decide_for_virtual`); the HTTP surface is
+//! tested through the router in tests/extender.rs.
+
+use super::*;
+use crate::cluster::build::{node, pod};
+use crate::cluster::{ClusterConfig, ClusterView};
+use crate::decision::{Reason, Verdict};
+use crate::policy::{BurstMode, BurstPolicy, PolicySet};
+use k8s_openapi::api::core::v1::Pod;
+
+const NOW: i64 = 1_000_000;
+
+fn state(policies: Vec<BurstPolicy>) -> AppState {
+    // One pool that can still grow, so the engine predicts a VM (default 240s away).
+    let nodes = vec![
+        node("vm-0").pool("pool1").build(),
+        node("aci").virtual_kubelet().build(),
+    ];
+    let view = ClusterView::new(ClusterConfig::default());
+    view.replace(&nodes, &[] as &[Pod], Timestamp::from_secs(NOW));
+    let set = PolicySet::new(policies).unwrap();
+    AppState::new(
+        PolicySource::Fixed(Arc::new(set)),
+        Arc::new(view),
+        Arc::new(Metrics::new()),
+    )
+    .with_clock(|| Timestamp::from_secs(NOW))
+}
+
+fn policy(ns: Option<&str>, mode: BurstMode) -> BurstPolicy {
+    let mut p = BurstPolicy::defaults("p", ns);
+    p.burst.mode = mode;
+    // Longer than the default VM provisioning estimate (4m), so waiting is possible.
+    p.burst.max_vm_wait = crate::units::Duration::from_mins(10);
+    p
+}
+
+fn web_pod(pending_for_secs: i64) -> Pod {
+    pod()
+        .ns("web")
+        .name("w")
+        .cpu("500m")
+        .memory("512Mi")
+        .tolerate_virtual()
+        .created(Timestamp::from_secs(NOW - pending_for_secs))
+        .build()
+}
+
+#[test]
+fn unmanaged_pods_keep_the_virtual_node() {
+    let s = state(vec![policy(Some("other"), BurstMode::Auto)]);
+    let d = decide_for_virtual(&s, &web_pod(0), 2).unwrap();
+    assert_eq!(
+        (d.verdict, d.reason, d.refusal),
+        (Verdict::Ineligible, Reason::NoPolicy, None)
+    );
+}
+
+#[test]
+fn vm_candidates_refuse_the_virtual_node() {
+    let s = state(vec![policy(None, BurstMode::Auto)]);
+    let d = decide_for_virtual(&s, &web_pod(3600), 1).unwrap();
+    assert_eq!(d.reason, Reason::VmCapacityAvailable);
+    let msg = d.refusal.unwrap();
+    assert!(
+        msg.starts_with("spillway: vm-capacity-available, 1 VM node(s)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn young_pod_waits_with_time_left() {
+    let s = state(vec![policy(None, BurstMode::Auto)]);
+    let d = decide_for_virtual(&s, &web_pod(10), 0).unwrap();
+    assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::WaitingForVm));
+    let msg = d.refusal.unwrap();
+    assert!(
+        msg.starts_with("spillway: waiting-for-vm, 20s left of spillAfter 30s"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn pod_past_spill_after_bursts() {
+    let s = state(vec![policy(None, BurstMode::Auto)]);
+    let d = decide_for_virtual(&s, &web_pod(31), 0).unwrap();
+    assert_eq!(
+        (d.verdict, d.reason, d.refusal),
+        (Verdict::Burst, Reason::SpillAfterElapsed, None)
+    );
+}
+
+#[test]
+fn never_refuses_even_without_vms_and_always_keeps_even_with_vms() {
+    let s = state(vec![policy(Some("web"), BurstMode::Never)]);
+    let d = decide_for_virtual(&s, &web_pod(3600), 0).unwrap();
+    assert_eq!(d.reason, Reason::PolicyNever);
+    assert!(d.refusal.unwrap().starts_with("spillway: policy-never"));
+    let s = state(vec![policy(Some("web"), BurstMode::Always)]);
+    let d = decide_for_virtual(&s, &web_pod(0), 3).unwrap();
+    assert_eq!(
+        (d.verdict, d.reason, d.refusal),
+        (Verdict::Burst, Reason::PolicyAlways, None)
+    );
+}
+
+#[test]
+fn budget_and_compatibility_refusals_carry_the_engine_reason() {
+    let mut p = policy(None, BurstMode::Always);
+    p.budget.max_pods = Some(0);
+    let s = state(vec![p]);
+    let d = decide_for_virtual(&s, &web_pod(0), 0).unwrap();
+    assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::BudgetPods));
+    let s = state(vec![policy(None, BurstMode::Auto)]);
+    let no_toleration = pod().ns("web").created(Timestamp::from_secs(0)).build();
+    let d = decide_for_virtual(&s, &no_toleration, 0).unwrap();
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Ineligible, Reason::AciIncompatible)
+    );
+    assert!(d.refusal.unwrap().contains("does not tolerate"));
+}
+
+#[test]
+fn bad_quantity_in_the_request_pod_is_invalid_input() {
+    let s = state(vec![policy(None, BurstMode::Auto)]);
+    let p = pod().ns("web").cpu("a lot").tolerate_virtual().build();
+    let e = decide_for_virtual(&s, &p, 0).unwrap_err();
+    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn error_statuses_and_outcomes() {
+    assert_eq!(
+        ExtenderError::TooLarge { limit: 1 }.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(ExtenderError::TooLarge { limit: 1 }.outcome(), "too_large");
+    let m = ExtenderError::Malformed {
+        verb: "filter",
+        message: "x".into(),
+    };
+    assert_eq!(
+        (m.status(), m.outcome()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+}

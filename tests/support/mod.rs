@@ -1,0 +1,21 @@
+//! Shared integration-test support: `mod support;` from any `tests/*.rs`.
+//!
+//! The test API server is an in-process kube-apiserver stand-in:
+//!
+//! ```ignore
+//! let srv = support::TestApiServer::start().await;           // 127.0.0.1:<random>
+//! srv.insert(&node);                                          // seed state directly
+//! let pods: kube::Api<Pod> = kube::Api::namespaced(srv.client(), "web");
+//! run_the_code_under_test(srv.client()).await;                // talks HTTP to it
+//! assert!(srv.requests().iter().any(|r| r.path.ends_with("/eviction")));
+//! srv.inject(support::Fault::status("/api/v1/nodes", 503).times(2));
+//! ```
+//!
+//! Each test binary uses only part of this, hence the allow.
+#![allow(dead_code, unused_imports)]
+
+pub mod apiserver;
+
+pub use apiserver::{
+    ApiError, Budget, Builder, Config, Fault, PodDeletion, RequestRecord, TestApiServer,
+};
