@@ -439,3 +439,175 @@ async fn workload_identity_rereads_the_token_file() {
     emu.shutdown().await;
     server.abort();
 }
+
+mod paced {
+    use super::*;
+    use spillway::aci::paced::{Paced, PacingConfig};
+
+    fn paced(emu: &EmulatorHandle, config: PacingConfig) -> Paced<AzureContainerGroups> {
+        let cfg = AzureConfig::for_emulator(emu.url.clone(), "tok", SUB, "rg-burst");
+        Paced::new(
+            AzureContainerGroups::new(&cfg).expect("client builds"),
+            config,
+        )
+    }
+
+    fn quick() -> PacingConfig {
+        PacingConfig {
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            budget: Duration::from_secs(10),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn waits_out_retry_after_instead_of_failing() {
+        // ARM side: 2 writes, then one per second.
+        let emu = Emulator::start(EmulatorConfig {
+            write_burst: 2,
+            writes_per_sec: 1.0,
+            ..fast()
+        })
+        .await
+        .expect("starts");
+        let aci = paced(&emu, quick());
+        let start = Instant::now();
+        for name in ["a", "b", "c"] {
+            aci.create_or_update(&group("c1", name, "100m", None))
+                .await
+                .expect("created despite throttling");
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "waited for Retry-After"
+        );
+        let counters = emu.state.counters();
+        assert_eq!(
+            (counters.creates, counters.throttled),
+            (3, 1),
+            "one 429, then waited"
+        );
+        emu.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn own_bucket_keeps_below_arm_limits() {
+        let emu = Emulator::start(EmulatorConfig {
+            write_burst: 3,
+            writes_per_sec: 1.0,
+            ..fast()
+        })
+        .await
+        .expect("starts");
+        let aci = paced(
+            &emu,
+            PacingConfig {
+                writes_per_sec: 20.0,
+                write_burst: 1,
+                ..quick()
+            },
+        );
+        let start = Instant::now();
+        for _ in 0..3 {
+            aci.delete("missing").await.expect("deleted");
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(95),
+            "paced at 20/s"
+        );
+        assert_eq!(
+            emu.state.counters().throttled,
+            0,
+            "ARM never had to throttle"
+        );
+        emu.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retries_transient_errors_but_not_quota() {
+        let emu = Emulator::start(EmulatorConfig {
+            cores_limit: 1,
+            seed: 7,
+            ..fast()
+        })
+        .await
+        .expect("starts");
+        emu.state
+            .set_faults(Faults {
+                operations: [(
+                    "get".to_string(),
+                    OperationFaults {
+                        error_rate: 0.5,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })
+            .expect("valid plan");
+        let aci = paced(
+            &emu,
+            PacingConfig {
+                max_attempts: 20,
+                ..quick()
+            },
+        );
+        for _ in 0..10 {
+            assert_eq!(aci.get("x").await, Ok(None), "5xx retried away");
+        }
+        assert!(
+            emu.state.counters().faults_injected > 0,
+            "faults were injected"
+        );
+
+        aci.create_or_update(&group("c1", "one", "1", None))
+            .await
+            .expect("created");
+        let puts_before = emu.state.counters().requests.get("put").copied();
+        let quota = aci.create_or_update(&group("c1", "two", "1", None)).await;
+        assert!(
+            matches!(quota, Err(AciError::QuotaExceeded { .. })),
+            "{quota:?}"
+        );
+        assert_eq!(
+            emu.state.counters().requests.get("put").copied(),
+            puts_before.map(|n| n + 1),
+            "a quota error is not retried"
+        );
+        emu.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn gives_up_within_its_budget() {
+        let emu = Emulator::start(fast()).await.expect("starts");
+        emu.state
+            .set_faults(Faults {
+                operations: [(
+                    "*".to_string(),
+                    OperationFaults {
+                        error_rate: 1.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })
+            .expect("valid plan");
+        let aci = paced(
+            &emu,
+            PacingConfig {
+                max_attempts: 3,
+                ..quick()
+            },
+        );
+        let err = aci.get("x").await;
+        assert!(matches!(err, Err(AciError::Transient { .. })), "{err:?}");
+        assert_eq!(
+            emu.state.counters().requests.get("get"),
+            Some(&3),
+            "three attempts"
+        );
+        emu.shutdown().await;
+    }
+}

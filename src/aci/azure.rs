@@ -119,6 +119,24 @@ impl AzureConfig {
             timeout: Duration::from_secs(30),
         }
     }
+
+    /// A client of the emulator at `url` (local runs and tests).
+    pub fn for_emulator(
+        url: impl Into<String>,
+        token: impl Into<String>,
+        subscription_id: impl Into<String>,
+        resource_group: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: url.into(),
+            timeout: Duration::from_secs(10),
+            ..Self::new(
+                subscription_id,
+                resource_group,
+                Credential::StaticToken(token.into()),
+            )
+        }
+    }
 }
 
 /// Why the Azure client could not be built.

@@ -10,6 +10,7 @@
 pub mod azure;
 pub mod emulator;
 pub mod model;
+pub mod paced;
 pub mod translate;
 
 pub use model::*;
