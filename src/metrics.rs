@@ -5,8 +5,8 @@
 //! for reasons and verdicts are the canonical names from `decision::Reason`.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,23 @@ pub struct Metrics {
     pub policy_last_success: Gauge,
     pub policies_loaded: Gauge,
     pub build_info: IntGaugeVec,
+    // --- operations (issue 7): provider, ACI, autoscaler and alerting metrics.
+    // Defined here so dashboards and alerts can rely on them; fed by the
+    // provider (issue 5) and the autoscaler / `spillway run` (issue 6).
+    pub provider_pods: IntGaugeVec,
+    pub aci_requests: IntCounterVec,
+    pub aci_request_duration: HistogramVec,
+    pub aci_throttled: IntCounter,
+    pub aci_container_group_start: Histogram,
+    pub aci_container_group_start_failures: IntCounterVec,
+    pub aci_quota_cores: GaugeVec,
+    pub gc_deleted: IntCounter,
+    pub vm_provision_seconds: GaugeVec,
+    pub vm_eta_seconds: GaugeVec,
+    pub drainback_evictions: IntCounterVec,
+    pub pending_over_max_vm_wait: IntGaugeVec,
+    pub policy_max_vm_wait: GaugeVec,
+    pub ready: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +143,99 @@ impl Metrics {
             build_info: reg!(IntGaugeVec::new(
                 Opts::new("spillway_build_info", "Build information; always 1."),
                 &["version"]
+            )),
+            // --- operations (issue 7) ---
+            provider_pods: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "spillway_provider_pods",
+                    "Pods bound to the virtual node, by pod phase (Pending, Running, Succeeded, Failed, Unknown)."
+                ),
+                &["phase"]
+            )),
+            aci_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_aci_requests_total",
+                    "ACI (ARM) requests by operation (create, get, list, delete, logs, usage) and HTTP status code (or \"error\" when no response)."
+                ),
+                &["op", "code"]
+            )),
+            aci_request_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "spillway_aci_request_duration_seconds",
+                    "Time for one ACI (ARM) request, by operation."
+                )
+                .buckets(vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["op"]
+            )),
+            aci_throttled: reg!(IntCounter::new(
+                "spillway_aci_throttled_total",
+                "ACI (ARM) responses with status 429 (throttled); each is retried after Retry-After."
+            )),
+            aci_container_group_start: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "spillway_aci_container_group_start_seconds",
+                    "Time from container group create to all its containers Running."
+                )
+                .buckets(vec![
+                    5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0
+                ])
+            )),
+            aci_container_group_start_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_aci_container_group_start_failures_total",
+                    "Container groups that failed before Running, by reason (image-pull, capacity, invalid-spec, provisioning-failed, vanished)."
+                ),
+                &["reason"]
+            )),
+            aci_quota_cores: reg!(GaugeVec::new(
+                Opts::new(
+                    "spillway_aci_quota_cores",
+                    "ACI regional vCPU quota from the location usage API: kind=limit or kind=used."
+                ),
+                &["kind"]
+            )),
+            gc_deleted: reg!(IntCounter::new(
+                "spillway_gc_deleted_total",
+                "Orphan container groups (tagged with this cluster, no pod) deleted by GC."
+            )),
+            vm_provision_seconds: reg!(GaugeVec::new(
+                Opts::new(
+                    "spillway_vm_provision_seconds",
+                    "Observed VM provisioning time per pool (rolling median, scale-up request to node Ready)."
+                ),
+                &["pool"]
+            )),
+            vm_eta_seconds: reg!(GaugeVec::new(
+                Opts::new(
+                    "spillway_vm_eta_seconds",
+                    "Predicted seconds until new VM capacity is Ready in the pool (0 when there is room now)."
+                ),
+                &["pool"]
+            )),
+            drainback_evictions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_drainback_evictions_total",
+                    "Drain-back evictions of burst pods by namespace and outcome (evicted, pdb_blocked, error)."
+                ),
+                &["namespace", "outcome"]
+            )),
+            pending_over_max_vm_wait: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "spillway_pending_over_max_vm_wait_pods",
+                    "Pending pods that have waited longer than their policy's maxVmWait, by namespace."
+                ),
+                &["namespace"]
+            )),
+            policy_max_vm_wait: reg!(GaugeVec::new(
+                Opts::new(
+                    "spillway_policy_max_vm_wait_seconds",
+                    "maxVmWait of each policy in force, by namespace (\"*\" for the cluster default) and policy name."
+                ),
+                &["namespace", "policy"]
+            )),
+            ready: reg!(IntGauge::new(
+                "spillway_ready",
+                "1 when this replica is ready (policies loaded, cluster view synced), else 0; mirrors /readyz."
             )),
             registry,
         };

@@ -182,6 +182,48 @@ fn binary_uses_the_built_in_default_without_policies() {
 }
 
 #[test]
+fn pool_limits_change_the_prediction() {
+    // pool1 has 2 nodes; capped at 2 no VM can come, so the batch job may burst at once.
+    let out = spillway(&[
+        "explain",
+        "--cluster-state",
+        STATE,
+        "--policies",
+        POLICIES,
+        "--now",
+        NOW,
+        "-o",
+        "json",
+        "--pool-limit",
+        "pool1=2:2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "job-1")
+        .unwrap();
+    assert_eq!(
+        (job["verdict"].as_str(), job["reason"].as_str()),
+        (Some("burst"), Some("pools-at-max"))
+    );
+    let out = spillway(&[
+        "explain",
+        "--cluster-state",
+        STATE,
+        "--pool-limit",
+        "pool1=9:2",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
 fn bad_input_exits_64_with_one_line() {
     let dir = std::env::temp_dir().join(format!("spillway-explain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

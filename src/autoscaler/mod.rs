@@ -1,15 +1,21 @@
 //! The autoscaler: the loop that makes "fill VMs first, burst only when VMs
 //! are too slow, come back when they arrive" true in a live cluster.
 //!
-//! [`plan`] is the pure solve step (snapshot + engine plan → actions). The
-//! act step (Kubernetes writes, re-validated just before each one) and the
-//! leader-elected loop build on it.
+//! - [`observe`]: Kubernetes objects → the planner's inputs (pure);
+//! - [`plan`]: the solve step, snapshot + engine plan → actions (pure);
+//! - [`act`]: each action re-validated against the latest object, then written.
 
+pub mod act;
+pub mod observe;
+pub mod pass;
 pub mod plan;
+pub mod pools;
 
 #[cfg(test)]
 mod tests;
 
+pub use act::{ActConfig, ActError, Actor, Outcome};
+pub use pass::{Autoscaler, PassReport};
 pub use plan::{
     Action, BurstPod, EventReason, Inputs, LoopConfig, LoopState, Owner, Placeholder, PodRef,
     plan_actions,

@@ -89,6 +89,8 @@ pub struct Placeholder {
     pub for_uid: String,
     /// The VM node it runs on, if scheduled.
     pub node: Option<String>,
+    /// What it holds (the burst pod's requests).
+    pub requests: Resources,
 }
 
 /// A reference to a pod.
@@ -141,10 +143,14 @@ pub enum Action {
     DeletePlaceholder {
         name: String,
     },
-    /// Evict through the Eviction API (PDBs apply).
+    /// Drain-back: evict through the Eviction API (PDBs apply); once the
+    /// eviction is accepted, delete the pod's placeholder (its room is for the
+    /// recreated pod) and record a `DrainedBack` event with `message`.
     Evict {
         pod: PodRef,
         uid: String,
+        placeholder: Option<String>,
+        message: String,
     },
     /// Set [`DELETION_COST_ANNOTATION`].
     SetDeletionCost {
@@ -162,10 +168,19 @@ pub struct LoopState {
     pub nudged: BTreeMap<PodRef, Timestamp>,
     /// Pending pod → the last (verdict, reason) an Event was recorded for.
     pub announced: BTreeMap<PodRef, (Verdict, Reason)>,
-    /// Recent evictions: (when, namespace).
-    pub evictions: VecDeque<(Timestamp, String)>,
+    /// Recent evictions: (when, namespace, pod uid).
+    pub evictions: VecDeque<(Timestamp, String, String)>,
     /// Controller uid → (evicted pod uid, when).
     pub in_flight: BTreeMap<String, (String, Timestamp)>,
+}
+
+impl LoopState {
+    /// An eviction the act step could not carry out (a PDB refused it, the
+    /// pod changed): it neither counts against the rate nor blocks its controller.
+    pub fn forget_eviction(&mut self, pod_uid: &str) {
+        self.evictions.retain(|(_, _, uid)| uid != pod_uid);
+        self.in_flight.retain(|_, (uid, _)| uid != pod_uid);
+    }
 }
 
 /// Everything one pass looks at.
@@ -314,14 +329,23 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
             room[*n] = room[*n].saturating_sub(&inp.snap.pending[i].requests);
         }
     }
-    let mut fit = FitIndex::new(room);
-    let vm_nodes: BTreeSet<&str> = inp.snap.nodes.iter().map(|n| n.name.as_str()).collect();
-    let placed: BTreeMap<&str, &Placeholder> = inp
-        .placeholders
+    // Placeholders are invisible to the engine (any real pod may preempt
+    // them), but the room they hold is their burst pod's, not anyone else's.
+    let vm_nodes: BTreeMap<&str, usize> = inp
+        .snap
+        .nodes
         .iter()
-        .filter(|p| p.node.as_deref().is_some_and(|n| vm_nodes.contains(n)))
-        .map(|p| (p.for_uid.as_str(), p))
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
         .collect();
+    let mut placed: BTreeMap<&str, &Placeholder> = BTreeMap::new();
+    for p in inp.placeholders {
+        if let Some(&i) = p.node.as_deref().and_then(|n| vm_nodes.get(n)) {
+            room[i] = room[i].saturating_sub(&p.requests);
+            placed.insert(p.for_uid.as_str(), p);
+        }
+    }
+    let mut fit = FitIndex::new(room);
 
     // Forget what no longer exists; settle in-flight evictions.
     let burst_uids: BTreeSet<&str> = inp.burst.iter().map(|b| b.uid.as_str()).collect();
@@ -334,7 +358,7 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
     while state
         .evictions
         .front()
-        .is_some_and(|(t, _)| now.since(*t) >= Duration::from_secs(60))
+        .is_some_and(|(t, _, _)| now.since(*t) >= Duration::from_secs(60))
     {
         state.evictions.pop_front();
     }
@@ -368,7 +392,7 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
         let recent = state
             .evictions
             .iter()
-            .filter(|(_, ns)| *ns == b.namespace)
+            .filter(|(_, ns, _)| *ns == b.namespace)
             .count();
         if recent >= policy.drain_back.max_per_minute as usize {
             continue;
@@ -381,28 +405,25 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
             namespace: b.namespace.clone(),
             name: b.name.clone(),
         };
-        if let Some(p) = inp.placeholders.iter().find(|p| p.for_uid == b.uid) {
-            out.push(Action::DeletePlaceholder {
-                name: p.name.clone(),
-            });
-        }
         out.push(Action::Evict {
-            pod: pod.clone(),
-            uid: b.uid.clone(),
-        });
-        out.push(Action::Event {
             pod,
-            reason: EventReason::DrainedBack,
+            uid: b.uid.clone(),
+            placeholder: inp
+                .placeholders
+                .iter()
+                .find(|p| p.for_uid == b.uid)
+                .map(|p| p.name.clone()),
             message: format!(
                 "spillway: VM room available for {} ≥ drainBack.after {}, moving the pod back to a VM",
                 now.since(since),
                 policy.drain_back.after
             ),
         });
-        state.evictions.push_back((now, b.namespace.clone()));
+        state
+            .evictions
+            .push_back((now, b.namespace.clone(), b.uid.clone()));
         state
             .in_flight
             .insert(owner.uid.clone(), (b.uid.clone(), now));
-        state.room_since.remove(&b.uid);
     }
 }

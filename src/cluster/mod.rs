@@ -308,15 +308,25 @@ fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
-/// Unbound, phase Pending (or unset) and not being deleted.
+/// Unbound, phase Pending (or unset), not being deleted, and not held back by
+/// scheduling gates (the scheduler does not try a gated pod, so neither
+/// bursting nor waiting applies to it yet).
 pub fn is_pending(pod: &Pod) -> bool {
+    let gated = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty());
     let bound = pod
         .spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty());
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !bound && matches!(phase, None | Some("Pending")) && pod.metadata.deletion_timestamp.is_none()
+    !bound
+        && !gated
+        && matches!(phase, None | Some("Pending"))
+        && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// When the pod became pending: the `PodScheduled=False` transition, else creation.
@@ -359,7 +369,7 @@ pub fn pending_pod(
     })
 }
 
-fn node_pool(node: &Node, cfg: &ClusterConfig) -> String {
+pub fn node_pool(node: &Node, cfg: &ClusterConfig) -> String {
     let labels = node.metadata.labels.as_ref();
     cfg.pool_labels
         .iter()
@@ -429,6 +439,11 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
     for pod in pods {
         let pod: &Pod = pod.borrow();
+        // Capacity placeholders hold VM room for burst pods; any real pod may
+        // preempt them, so the engine sees neither their demand nor their room.
+        if crate::autoscaler::observe::is_placeholder(pod) {
+            continue;
+        }
         if is_pending(pod) {
             match pending_pod(pod, now, cfg) {
                 Ok(p) => pending.push(p),
@@ -502,6 +517,19 @@ fn pools_from(nodes: &[VmNode], cfg: &ClusterConfig) -> Vec<VmPool> {
             }
         })
         .collect()
+}
+
+/// Parse a `--pool-limit` value: `NAME=MIN:MAX` (e.g. `nodepool1=3:20`).
+pub fn parse_pool_limit(s: &str) -> Result<(String, (u32, u32)), String> {
+    let err = || format!("invalid pool limit {s:?}: expected NAME=MIN:MAX, e.g. nodepool1=3:20");
+    let (name, range) = s.split_once('=').ok_or_else(err)?;
+    let (min, max) = range.split_once(':').ok_or_else(err)?;
+    let min: u32 = min.trim().parse().map_err(|_| err())?;
+    let max: u32 = max.trim().parse().map_err(|_| err())?;
+    if name.trim().is_empty() || min > max {
+        return Err(err());
+    }
+    Ok((name.trim().to_string(), (min, max)))
 }
 
 /// Names of the virtual nodes among `nodes`.

@@ -137,6 +137,13 @@ fn pending_means_unbound_pending_and_not_deleting() {
     assert!(!is_pending(&pod().on_node("n").build()));
     assert!(!is_pending(&pod().deleting().build()));
     assert!(!is_pending(&pod().phase("Failed").build()));
+    let mut gated = pod().build();
+    if let Some(spec) = gated.spec.as_mut() {
+        spec.scheduling_gates = Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+            name: "example.com/quota".into(),
+        }]);
+    }
+    assert!(!is_pending(&gated));
 }
 
 #[test]
@@ -251,4 +258,15 @@ fn configured_pool_limits_override_the_default() {
     cfg.pool_limits.insert("p1".into(), (1, 3));
     let snap = snapshot_from(&nodes, &[] as &[Pod], t(0), &cfg);
     assert_eq!((snap.pools[0].min, snap.pools[0].max), (1, 3));
+}
+
+#[test]
+fn pool_limit_flags_parse() {
+    assert_eq!(
+        parse_pool_limit("nodepool1=3:20"),
+        Ok(("nodepool1".to_string(), (3, 20)))
+    );
+    for bad in ["nodepool1", "p=3", "p=a:b", "=1:2", "p=5:2"] {
+        assert!(parse_pool_limit(bad).is_err(), "{bad}");
+    }
 }

@@ -27,6 +27,9 @@ pub struct ClusterState {
     pub vm_nodes: BTreeSet<String>,
     /// False until the first full list of nodes and pods has arrived.
     pub synced: bool,
+    /// The objects it was built from (the autoscaler reads these).
+    pub nodes: Vec<Arc<Node>>,
+    pub pods: Vec<Arc<Pod>>,
 }
 
 #[derive(Debug)]
@@ -73,14 +76,25 @@ impl ClusterView {
         N: std::borrow::Borrow<Node>,
         P: std::borrow::Borrow<Pod>,
     {
-        let snapshot = snapshot_from(nodes, pods, now, &self.config);
-        let virtual_nodes = virtual_node_names(nodes, &self.config);
+        self.replace_shared(
+            nodes.iter().map(|n| Arc::new(n.borrow().clone())).collect(),
+            pods.iter().map(|p| Arc::new(p.borrow().clone())).collect(),
+            now,
+        );
+    }
+
+    /// Rebuild from shared objects (a reflector store's state) without copying them.
+    pub fn replace_shared(&self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>, now: Timestamp) {
+        let snapshot = snapshot_from(&nodes, &pods, now, &self.config);
+        let virtual_nodes = virtual_node_names(&nodes, &self.config);
         let vm_nodes = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
         let next = Arc::new(ClusterState {
             snapshot,
             virtual_nodes,
             vm_nodes,
             synced: true,
+            nodes,
+            pods,
         });
         match self.state.write() {
             Ok(mut g) => *g = next,
@@ -150,9 +164,7 @@ pub async fn run_reflectors(
         }
         tracing::info!("cluster view synced");
         loop {
-            let nodes = node_store.state();
-            let pods = pod_store.state();
-            view.replace(&nodes, &pods, Timestamp::now_wall());
+            view.replace_shared(node_store.state(), pod_store.state(), Timestamp::now_wall());
             tokio::time::sleep(min_interval).await;
             changed.notified().await;
         }

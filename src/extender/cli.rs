@@ -25,7 +25,8 @@ pub struct ExtenderCommand {
     /// instead of watching the API server with the in-cluster / kubeconfig credentials.
     #[arg(long, value_name = "FILE")]
     pub cluster_state: Option<PathBuf>,
-    /// Largest request body accepted; larger ones get 413.
+    /// Largest request body accepted; larger ones get 413. With `nodeCacheCapable: true`
+    /// (names only) bodies stay small; full node lists of large clusters need more.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = clap::value_parser!(usize))]
     pub max_body_bytes: usize,
     /// Name of a virtual node, recognised when the scheduler sends only node names
@@ -33,6 +34,13 @@ pub struct ExtenderCommand {
     /// virtual-kubelet.io/provider are recognised too).
     #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
     pub virtual_node_names: Vec<String>,
+    /// Known VM pool bounds, NAME=MIN:MAX (repeatable; e.g. the cluster autoscaler's
+    /// settings). Pools without one are assumed to grow by --pool-headroom nodes.
+    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = cluster::parse_pool_limit)]
+    pub pool_limits: Vec<(String, (u32, u32))>,
+    /// Nodes a pool without --pool-limit may still add beyond its current size.
+    #[arg(long, default_value_t = 10)]
+    pub pool_headroom: u32,
     /// How often to re-read the policy directory, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub policy_reload_secs: u64,
@@ -48,6 +56,8 @@ impl ExtenderCommand {
                 names: self.virtual_node_names.iter().cloned().collect(),
                 ..VirtualNodeMatcher::default()
             },
+            pool_limits: self.pool_limits.iter().cloned().collect(),
+            default_pool_headroom: self.pool_headroom,
             ..ClusterConfig::default()
         }
     }
