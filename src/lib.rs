@@ -10,5 +10,6 @@ pub mod explain;
 pub mod extender;
 pub mod metrics;
 pub mod policy;
+pub mod run;
 pub mod sim;
 pub mod units;

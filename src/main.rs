@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// All in one: scheduler extender + autoscaler, leader-elected (every replica serves the extender).
+    Run(spillway::run::RunCommand),
     /// Replay a workload against vm-only, aci-always and spillway; print latency and cost.
     Simulate(spillway::cli::SimulateArgs),
     /// Validate policy files and exit 64 with file:line:column errors.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Simulate(args) => spillway::cli::simulate(&args),
+        Command::Run(args) => spillway::run::run(args),
         Command::Policy {
             action: PolicyCommand::Check { dir },
         } => spillway::cli::policy_check(&dir),

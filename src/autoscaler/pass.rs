@@ -22,6 +22,8 @@ pub struct Autoscaler {
     pub placeholder_namespace: String,
     pub state: LoopState,
     pub learner: ProvisionLearner,
+    /// Where gauges and drain-back outcomes go, if anywhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// Ready nodes already seen (a node joining the set is a provisioning observation).
     ready_nodes: Option<BTreeSet<String>>,
     actor: Actor,
@@ -57,6 +59,7 @@ impl Autoscaler {
             placeholder_namespace,
             state: LoopState::default(),
             learner: ProvisionLearner::new(20),
+            metrics: None,
             ready_nodes: None,
             actor,
         }
@@ -69,15 +72,26 @@ impl Autoscaler {
             if self.cluster.virtual_nodes.is_virtual(n) {
                 continue;
             }
-            let Some(name) = n.metadata.name.clone() else { continue };
+            let Some(name) = n.metadata.name.clone() else {
+                continue;
+            };
             let ready_since = n
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
-                .map(|c| c.last_transition_time.as_ref().map_or(now, |t| Timestamp::from_millis(t.0.as_millisecond())));
-            let Some(ready_at) = ready_since else { continue };
-            let known = self.ready_nodes.as_ref().is_none_or(|seen| seen.contains(&name));
+                .map(|c| {
+                    c.last_transition_time
+                        .as_ref()
+                        .map_or(now, |t| Timestamp::from_millis(t.0.as_millisecond()))
+                });
+            let Some(ready_at) = ready_since else {
+                continue;
+            };
+            let known = self
+                .ready_nodes
+                .as_ref()
+                .is_none_or(|seen| seen.contains(&name));
             if !known {
                 let created = n
                     .metadata
@@ -109,6 +123,17 @@ impl Autoscaler {
         let mut snap = snapshot_from(nodes, pods, now, &self.cluster);
         pools::apply(&mut snap, ca_status.unwrap_or_default(), &self.learner);
         let plan = self.engine.plan(&snap, policies);
+        if let Some(m) = &self.metrics {
+            let cfg = &self.engine.config;
+            record_gauges(
+                m,
+                &snap,
+                &plan,
+                policies,
+                cfg.scale_up_delay,
+                cfg.default_provision_time,
+            );
+        }
         let virtual_nodes: BTreeSet<String> = nodes
             .iter()
             .map(Borrow::borrow)
@@ -130,10 +155,16 @@ impl Autoscaler {
         let mut results = Vec::with_capacity(actions.len());
         for action in actions {
             let outcome = self.actor.act(&action).await;
-            if let Action::Evict { uid, .. } = &action
-                && !matches!(outcome, Ok(Outcome::Done) | Ok(Outcome::WouldDo))
-            {
-                self.state.forget_eviction(uid);
+            if let Action::Evict { uid, pod, .. } = &action {
+                if !matches!(outcome, Ok(Outcome::Done) | Ok(Outcome::WouldDo)) {
+                    self.state.forget_eviction(uid);
+                }
+                if let Some(m) = &self.metrics {
+                    let label = outcome.as_ref().map_or("error", Outcome::as_str);
+                    m.drainback_evictions
+                        .with_label_values(&[&pod.namespace, label])
+                        .inc();
+                }
             }
             match &outcome {
                 Ok(o) => tracing::debug!(?action, outcome = o.as_str(), "autoscaler action"),
@@ -142,5 +173,112 @@ impl Autoscaler {
             results.push((action, outcome));
         }
         PassReport { results }
+    }
+}
+
+/// Publish the state gauges of one pass: pending pods by verdict, what each
+/// namespace runs on ACI and how much of its budget that is, VM pool timing.
+pub fn record_gauges(
+    metrics: &crate::metrics::Metrics,
+    snap: &crate::decision::Snapshot,
+    plan: &crate::decision::Plan,
+    policies: &PolicySet,
+    scale_up_delay: crate::units::Duration,
+    default_provision: crate::units::Duration,
+) {
+    use std::collections::BTreeMap;
+    metrics.pending_pods.reset();
+    metrics.pending_over_max_vm_wait.reset();
+    let mut pending: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    let mut over: BTreeMap<&str, i64> = BTreeMap::new();
+    for (pod, d) in snap.pending.iter().zip(&plan.decisions) {
+        *pending
+            .entry((pod.namespace.as_str(), d.verdict.as_str()))
+            .or_default() += 1;
+        if let Some(p) = policies.for_pod(&pod.namespace, &pod.labels)
+            && snap.now.since(pod.pending_since) > p.burst.max_vm_wait
+        {
+            *over.entry(pod.namespace.as_str()).or_default() += 1;
+        }
+    }
+    for ((ns, verdict), n) in pending {
+        metrics
+            .pending_pods
+            .with_label_values(&[ns, verdict])
+            .set(n);
+    }
+    for (ns, n) in over {
+        metrics
+            .pending_over_max_vm_wait
+            .with_label_values(&[ns])
+            .set(n);
+    }
+    metrics.burst_pods.reset();
+    metrics.burst_cpu_cores.reset();
+    metrics.burst_cost_per_hour.reset();
+    metrics.budget_utilization.reset();
+    for (ns, u) in &snap.burst_usage {
+        metrics
+            .burst_pods
+            .with_label_values(&[ns])
+            .set(u.pods as i64);
+        metrics
+            .burst_cpu_cores
+            .with_label_values(&[ns])
+            .set(u.requests.cpu_cores());
+        metrics
+            .burst_cost_per_hour
+            .with_label_values(&[ns])
+            .set(u.hourly_cost);
+        let Some(b) = policies.budget_policy(ns).map(|p| &p.budget) else {
+            continue;
+        };
+        let ratios = [
+            ("pods", b.max_pods.map(|m| (u.pods as f64, m as f64))),
+            (
+                "cpu",
+                b.max_cpu_millis
+                    .map(|m| (u.requests.cpu_millis as f64, m as f64)),
+            ),
+            (
+                "memory",
+                b.max_memory_bytes
+                    .map(|m| (u.requests.memory_bytes as f64, m as f64)),
+            ),
+            ("cost", b.max_hourly_cost.map(|m| (u.hourly_cost, m))),
+        ];
+        for (resource, r) in ratios {
+            if let Some((used, max)) = r {
+                let ratio = if max > 0.0 {
+                    used / max
+                } else if used > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                };
+                metrics
+                    .budget_utilization
+                    .with_label_values(&[ns, resource])
+                    .set(ratio);
+            }
+        }
+    }
+    metrics.policy_max_vm_wait.reset();
+    for p in policies.iter() {
+        metrics
+            .policy_max_vm_wait
+            .with_label_values(&[p.namespace.as_deref().unwrap_or("*"), &p.name])
+            .set(p.burst.max_vm_wait.secs_f64());
+    }
+    for pool in &snap.pools {
+        let provision = pool.provision_time.unwrap_or(default_provision);
+        metrics
+            .vm_provision_seconds
+            .with_label_values(&[&pool.name])
+            .set(provision.secs_f64());
+        metrics
+            .vm_eta_seconds
+            .with_label_values(&[&pool.name])
+            .set((scale_up_delay.millis() + provision.millis()) as f64 / 1000.0);
     }
 }

@@ -36,6 +36,7 @@ pub struct ClusterState {
 pub struct ClusterView {
     config: ClusterConfig,
     state: RwLock<Arc<ClusterState>>,
+    changed: tokio::sync::Notify,
 }
 
 impl ClusterView {
@@ -44,6 +45,7 @@ impl ClusterView {
         ClusterView {
             config,
             state: RwLock::new(Arc::new(ClusterState::default())),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -64,6 +66,11 @@ impl ClusterView {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Resolves at the next rebuild of the state.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn is_synced(&self) -> bool {
@@ -100,6 +107,7 @@ impl ClusterView {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
+        self.changed.notify_waiters();
     }
 }
 

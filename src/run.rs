@@ -1,0 +1,378 @@
+//! `spillway run`: the all-in-one process — scheduler extender, autoscaler,
+//! metrics — with leader election.
+//!
+//! Every replica watches the cluster and serves the extender (its decisions
+//! are read-only, so kube-scheduler never loses its extender during a
+//! failover). Only the holder of the Lease `--lease-name` in `--namespace`
+//! runs the autoscaler's writes. On shutdown the lease is released so a
+//! standby takes over at once instead of after the lease expires.
+//!
+//! The embedded ACI provider (the virtual node itself) joins this process
+//! when it lands; until then run it beside the AKS virtual node add-on.
+
+use crate::autoscaler::pools::{NodeGroupStatus, parse_ca_status};
+use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
+use crate::cli::EXIT_BAD_INPUT;
+use crate::cluster::{self, ClusterConfig, ClusterView, VirtualNodeMatcher};
+use crate::decision::{Engine, EngineConfig};
+use crate::extender::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
+use crate::metrics::Metrics;
+use crate::policy::reload::PolicyStore;
+use crate::units::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube_lease_manager::LeaseManagerBuilder;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags of `spillway run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunCommand {
+    /// Address of the HTTP server (extender, /metrics, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SPILLWAY_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory of BurstPolicy files (hot-reloaded; a bad reload keeps the last good set).
+    #[arg(
+        long,
+        default_value = "/etc/spillway/policies",
+        env = "SPILLWAY_POLICIES"
+    )]
+    pub policies: PathBuf,
+    /// Largest extender request body accepted; larger ones get 413.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Name of a virtual node (repeatable); nodes labelled type=virtual-kubelet
+    /// or tainted virtual-kubelet.io/provider are recognised too.
+    #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
+    pub virtual_node_names: Vec<String>,
+    /// Known VM pool bounds, NAME=MIN:MAX (repeatable). The cluster
+    /// autoscaler's status ConfigMap, when present, overrides them.
+    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = cluster::parse_pool_limit)]
+    pub pool_limits: Vec<(String, (u32, u32))>,
+    /// Nodes a pool without known bounds may still add beyond its current size.
+    #[arg(long, default_value_t = 10)]
+    pub pool_headroom: u32,
+    /// Namespace spillway runs in: its Lease and its capacity placeholders live here.
+    #[arg(long, default_value = "spillway-system", env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// This replica's identity in leader election (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "spillway-leader")]
+    pub lease_name: String,
+    /// Lease duration in seconds: how long a crashed leader blocks a standby.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_seconds: u64,
+    /// Autoscaler tick in milliseconds (it also wakes on cluster changes).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub tick_ms: u64,
+    /// Image of capacity placeholder pods.
+    #[arg(long, default_value = "registry.k8s.io/pause:3.10")]
+    pub placeholder_image: String,
+    /// PriorityClass of capacity placeholders (below every workload; shipped in deploy/).
+    #[arg(long, default_value = "spillway-placeholder")]
+    pub placeholder_priority_class: String,
+    /// `pod-deletion-cost` given to burst pods so a scale-in removes them first.
+    #[arg(long, default_value_t = -1000, allow_hyphen_values = true)]
+    pub burst_deletion_cost: i64,
+    /// Decide and log, never write to the cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How often to re-read the policy directory, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub policy_reload_secs: u64,
+    /// Minimum time between two rebuilds of the cluster view, in milliseconds.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub view_refresh_ms: u64,
+}
+
+impl RunCommand {
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            virtual_nodes: VirtualNodeMatcher {
+                names: self.virtual_node_names.iter().cloned().collect(),
+                ..VirtualNodeMatcher::default()
+            },
+            pool_limits: self.pool_limits.iter().cloned().collect(),
+            default_pool_headroom: self.pool_headroom,
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("spillway-{}", std::process::id()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `spillway run`.
+pub fn run(cmd: RunCommand) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spillway run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::new());
+        let store = match PolicyStore::open(&cmd.policies, metrics.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                eprintln!("spillway run: --policies: {} error(s) in {}", errors.0.len(), cmd.policies.display());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        let config = match kube::Config::infer().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("spillway run: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(cmd.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("spillway run: --listen {}: {e}", cmd.listen);
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        match run_with(config, &cmd, store, metrics, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spillway run: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Read the cluster autoscaler's status, if it publishes one.
+async fn ca_status(client: &kube::Client) -> Option<Vec<NodeGroupStatus>> {
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "kube-system");
+    let cm = match api.get_opt("cluster-autoscaler-status").await {
+        Ok(cm) => cm?,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the cluster-autoscaler status");
+            return None;
+        }
+    };
+    let text = cm.data.as_ref()?.get("status")?;
+    match parse_ca_status(text) {
+        Ok(groups) => Some(groups),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable cluster-autoscaler status");
+            None
+        }
+    }
+}
+
+/// Run everything until `shutdown` resolves. `config` is the Kubernetes
+/// client configuration (the caller infers it; tests point it at the test API server).
+pub async fn run_with(
+    config: kube::Config,
+    cmd: &RunCommand,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let client = kube::Client::try_from(config.clone())?;
+    // Writes must not hide a PDB's 429 behind minutes of client retries.
+    let mut act_config = config;
+    act_config.default_retry = false;
+    let act_client = kube::Client::try_from(act_config)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let view = Arc::new(ClusterView::new(cmd.cluster_config()));
+    let reflectors = tokio::spawn(cluster::view::run_reflectors(
+        client.clone(),
+        view.clone(),
+        Duration::from_millis(cmd.view_refresh_ms),
+    ));
+    let reload = tokio::spawn(
+        store
+            .clone()
+            .watch(Duration::from_secs(cmd.policy_reload_secs)),
+    );
+    let state = AppState::new(
+        PolicySource::Store(store.clone()),
+        view.clone(),
+        metrics.clone(),
+    )
+    .with_max_body_bytes(cmd.max_body_bytes);
+    let server = tokio::spawn(crate::extender::serve(
+        listener,
+        state,
+        stopped(stop_rx.clone()),
+    ));
+
+    let identity = cmd.identity();
+    let manager = LeaseManagerBuilder::new(client.clone(), &cmd.lease_name)
+        .with_namespace(&cmd.namespace)
+        .with_identity(&identity)
+        .with_duration(cmd.lease_seconds)
+        .with_grace((cmd.lease_seconds / 3).max(1))
+        .build()
+        .await?;
+    let (leader, lease_task) = manager.watch().await;
+    // Placeholders are owned by the Lease in spillway's namespace: deleting
+    // the installation (and its namespace) collects them.
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cmd.namespace);
+    let owner = match leases.get_opt(&cmd.lease_name).await {
+        Ok(Some(l)) => l.metadata.uid.map(|uid| OwnerReference {
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+            name: cmd.lease_name.clone(),
+            uid,
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    let actor = Actor::new(
+        act_client,
+        ActConfig {
+            placeholder_namespace: cmd.namespace.clone(),
+            placeholder_image: cmd.placeholder_image.clone(),
+            placeholder_priority_class: cmd.placeholder_priority_class.clone(),
+            owner,
+            virtual_node_names: cmd.virtual_node_names.clone(),
+            dry_run: cmd.dry_run,
+            ..ActConfig::default()
+        },
+    );
+    let cluster_config = cmd.cluster_config();
+    let mut autoscaler = Autoscaler::new(
+        Engine::new(EngineConfig::default()),
+        cluster_config,
+        LoopConfig {
+            burst_deletion_cost: cmd.burst_deletion_cost,
+            ..LoopConfig::default()
+        },
+        cmd.namespace.clone(),
+        actor,
+    );
+    autoscaler.metrics = Some(metrics.clone());
+    tracing::info!(identity = %identity, lease = %cmd.lease_name, namespace = %cmd.namespace, dry_run = cmd.dry_run, "spillway running");
+
+    let tick = Duration::from_millis(cmd.tick_ms);
+    let mut stop = stop_rx.clone();
+    let mut last_ca: Option<(tokio::time::Instant, Option<Vec<NodeGroupStatus>>)> = None;
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(tick) => {},
+            _ = view.changed() => {},
+        }
+        let synced = view.is_synced();
+        metrics.ready.set(i64::from(synced));
+        let is_leader = *leader.borrow();
+        if is_leader != was_leader {
+            tracing::info!(identity = %identity, leader = is_leader, "leadership changed");
+            was_leader = is_leader;
+        }
+        if !is_leader || !synced {
+            continue;
+        }
+        let ca = match &last_ca {
+            Some((at, groups)) if at.elapsed() < Duration::from_secs(10) => groups.clone(),
+            _ => {
+                let groups = ca_status(&client).await;
+                last_ca = Some((tokio::time::Instant::now(), groups.clone()));
+                groups
+            }
+        };
+        let state = view.current();
+        let policies = store.current();
+        let report = autoscaler
+            .pass(
+                &state.nodes,
+                &state.pods,
+                &policies,
+                ca.as_deref(),
+                Timestamp::now_wall(),
+            )
+            .await;
+        if !report.results.is_empty() {
+            tracing::debug!(actions = report.results.len(), "autoscaler pass");
+        }
+        // Never act twice within the tick's first 100 ms of a change storm.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tracing::info!(identity = %identity, "shutting down: releasing the lease");
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed"),
+        Err(e) => tracing::warn!(error = %e, "lease task failed"),
+    }
+    reflectors.abort();
+    reload.abort();
+    match server.await {
+        Ok(r) => r?,
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+    }
+    Ok(())
+}
