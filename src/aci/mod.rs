@@ -7,8 +7,10 @@
 //! `decision/`) nor keep pods in sync (that is the provider); it only speaks
 //! to ACI.
 
+pub mod azure;
 pub mod emulator;
 pub mod model;
+pub mod paced;
 pub mod translate;
 
 pub use model::*;

@@ -10,6 +10,15 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// ARM sometimes sends `null` for an empty list or map: read it as empty.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The ARM api-version this module models.
 pub const API_VERSION: &str = "2023-05-01";
 /// The ARM resource type.
@@ -26,7 +35,11 @@ pub struct ContainerGroup {
     pub resource_type: Option<String>,
     #[serde(default)]
     pub location: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub tags: BTreeMap<String, String>,
     pub properties: ContainerGroupProperties,
 }
@@ -36,11 +49,19 @@ pub struct ContainerGroup {
 pub struct ContainerGroupProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_state: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub containers: Vec<Container>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub init_containers: Vec<InitContainer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub image_registry_credentials: Vec<ImageRegistryCredential>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
@@ -48,7 +69,11 @@ pub struct ContainerGroupProperties {
     pub ip_address: Option<IpAddress>,
     #[serde(default)]
     pub os_type: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
@@ -67,15 +92,31 @@ pub struct Container {
 #[serde(rename_all = "camelCase")]
 pub struct ContainerProperties {
     pub image: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<ContainerPort>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub environment_variables: Vec<EnvironmentVariable>,
     #[serde(default)]
     pub resources: ResourceRequirements,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
@@ -97,11 +138,23 @@ pub struct InitContainer {
 pub struct InitContainerProperties {
     #[serde(default)]
     pub image: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub environment_variables: Vec<EnvironmentVariable>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_view: Option<ContainerInstanceView>,
@@ -177,7 +230,7 @@ pub struct Probe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecProbe {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub command: Vec<String>,
 }
 
@@ -189,7 +242,11 @@ pub struct HttpGetProbe {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub http_headers: Vec<HttpHeader>,
 }
 
@@ -209,7 +266,11 @@ pub struct ContainerInstanceView {
     pub current_state: Option<ContainerState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_state: Option<ContainerState>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub events: Vec<Event>,
 }
 
@@ -252,7 +313,11 @@ pub struct Event {
 pub struct GroupInstanceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub events: Vec<Event>,
 }
 
@@ -262,7 +327,7 @@ pub struct IpAddress {
     /// `Public` or `Private`.
     #[serde(rename = "type")]
     pub ip_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ports: Vec<IpPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
@@ -399,6 +464,11 @@ impl ContainerGroup {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListResult<T> {
+    #[serde(
+        default = "Vec::new",
+        deserialize_with = "null_as_default",
+        bound(deserialize = "T: Deserialize<'de>")
+    )]
     pub value: Vec<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_link: Option<String>,
@@ -493,6 +563,21 @@ mod tests {
             serde_json::json!(1.5)
         );
         assert!(back["properties"]["ipAddress"].get("ip").is_none());
+    }
+
+    #[test]
+    fn nulls_read_as_empty() {
+        let g: ContainerGroup = serde_json::from_value(serde_json::json!({
+            "name": "g", "location": "l", "tags": null,
+            "properties": {"containers": [{"name": "c", "properties": {"image": "i", "ports": null,
+                "environmentVariables": null, "volumeMounts": null, "command": null}}],
+                "volumes": null, "imageRegistryCredentials": null, "initContainers": null, "osType": "Linux"}
+        }))
+        .expect("nulls tolerated");
+        assert!(g.tags.is_empty() && g.properties.volumes.is_empty());
+        let l: ListResult<ContainerGroup> =
+            serde_json::from_value(serde_json::json!({"value": null})).expect("null list");
+        assert!(l.value.is_empty());
     }
 
     #[test]

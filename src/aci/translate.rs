@@ -25,7 +25,20 @@
 //! - **`tcpSocket`/`grpc` probes** are rejected (ACI has exec and httpGet only).
 //! - `emptyDir.medium: Memory` becomes a disk-backed emptyDir.
 //! - Secret, ConfigMap, projected and downwardAPI volumes all become ACI
-//!   `secret` volumes with the files the caller resolved.
+//!   `secret` volumes with the files the caller resolved (including the
+//!   service account token volume the API server injects).
+//! - `$(VAR)` references in env values, command and args are expanded as
+//!   Kubernetes does; a value built from a secret stays a `secureValue`.
+//! - **Windows** groups: one container, no Azure Files (ACI limits).
+//! - `publicIp: always` on a pod without container ports is rejected: ACI
+//!   cannot expose an IP without ports.
+//! - Ignored without error (no ACI equivalent): `hostAliases`, `dnsConfig`,
+//!   `securityContext` other than `privileged`, `terminationGracePeriodSeconds`,
+//!   `activeDeadlineSeconds`, `imagePullPolicy`.
+//! - The group name and the tags are the identity: a restarted spillway
+//!   translating the same pod gets the same name and finds the existing group
+//!   instead of creating a second one. To avoid needless PUTs, compare
+//!   `spec().redacted()` of the translation and of the group read back.
 
 use super::model::*;
 use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};

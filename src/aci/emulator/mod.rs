@@ -10,7 +10,8 @@
 //!   `Succeeded`, derived from the creation instant and the elapsed time ×
 //!   [`EmulatorConfig::speed`] (no background tasks). The instance view is then
 //!   `Running`; groups with restartPolicy `Never`/`OnFailure` terminate after
-//!   [`EmulatorConfig::job_runs_for`] when set.
+//!   [`EmulatorConfig::job_runs_for`] when set (`OnFailure` groups whose exit
+//!   code is not 0 restart instead, counting `restartCount`).
 //! - **Reads as ARM**: secrets are never returned; the list operations omit
 //!   instance views like ARM does (callers must GET a group for container
 //!   states) unless [`EmulatorConfig::list_instance_view`] is set.
@@ -33,8 +34,9 @@
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
 //!
-//! The emulator must not be mistaken for Azure: it listens on loopback by
-//! default and accepts any token unless one is configured.
+//! The `/_emulator/*` admin endpoints need no token. The emulator must not be
+//! mistaken for Azure: it listens on loopback by default and accepts any
+//! token unless one is configured.
 
 pub mod cli;
 mod routes;

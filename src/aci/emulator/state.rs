@@ -136,6 +136,9 @@ pub struct GroupSnapshot {
     pub ip: Option<String>,
     pub puts: u64,
     pub tags: BTreeMap<String, String>,
+    /// Secret volume → the file names it was created with (values withheld),
+    /// so tests can see that volume contents reached the service.
+    pub secret_files: BTreeMap<String, Vec<String>>,
 }
 
 pub struct World {
@@ -562,6 +565,17 @@ impl World {
                     ip: r.ip.map(|ip| ip.to_string()),
                     puts: r.puts,
                     tags: g.tags.clone(),
+                    secret_files: r
+                        .spec
+                        .properties
+                        .volumes
+                        .iter()
+                        .filter_map(|v| {
+                            v.secret
+                                .as_ref()
+                                .map(|files| (v.name.clone(), files.keys().cloned().collect()))
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -603,15 +617,29 @@ impl World {
                 .to_rfc3339()
         };
         let started_at = accepted + creating;
-        let job_like = matches!(
-            g.properties.restart_policy.as_deref(),
-            Some("Never" | "OnFailure")
-        );
-        let finished = match (job_like, self.config.job_runs_for) {
-            (true, Some(run)) if elapsed >= started_at + run => Some(started_at + run),
-            _ => None,
-        };
+        let policy = g.properties.restart_policy.clone().unwrap_or_default();
         let exit_code = self.config.job_exit_code;
+        // Job-like containers run for `job_runs_for`. `Never`, and
+        // `OnFailure` after a clean exit, stay terminated; `OnFailure` after a
+        // failure restarts them, counting restarts like ACI.
+        let run = self
+            .config
+            .job_runs_for
+            .filter(|_| matches!(policy.as_str(), "Never" | "OnFailure"))
+            .filter(|run| !run.is_zero());
+        let restarts_on_failure = policy == "OnFailure" && exit_code != 0;
+        let (finished, restarts) = match run {
+            Some(run) if prov == "Succeeded" && elapsed >= started_at + run => {
+                if restarts_on_failure {
+                    let cycles = (elapsed - started_at).as_nanos() / run.as_nanos().max(1);
+                    (None, u32::try_from(cycles).unwrap_or(u32::MAX))
+                } else {
+                    (Some(started_at + run), 0)
+                }
+            }
+            _ => (None, 0),
+        };
+        let restarted_at = run.map_or(started_at, |run| started_at + run * restarts);
         let group_state = match (prov, finished) {
             ("Succeeded", Some(_)) if exit_code == 0 => "Succeeded",
             ("Succeeded", Some(_)) => "Failed",
@@ -631,7 +659,7 @@ impl World {
                 },
                 ("Succeeded", None) => ContainerState {
                     state: "Running".to_string(),
-                    start_time: Some(wall(started_at)),
+                    start_time: Some(wall(restarted_at)),
                     ..Default::default()
                 },
                 _ => ContainerState {
@@ -640,6 +668,13 @@ impl World {
                     ..Default::default()
                 },
             };
+            let previous = (restarts > 0).then(|| ContainerState {
+                state: "Terminated".to_string(),
+                start_time: Some(wall(restarted_at.saturating_sub(run.unwrap_or_default()))),
+                finish_time: Some(wall(restarted_at)),
+                exit_code: Some(exit_code),
+                detail_status: Some("Error".to_string()),
+            });
             let mut events = vec![Event {
                 count: Some(1),
                 first_timestamp: Some(wall(accepted)),
@@ -659,9 +694,9 @@ impl World {
                 });
             }
             c.properties.instance_view = Some(ContainerInstanceView {
-                restart_count: 0,
+                restart_count: i32::try_from(restarts).unwrap_or(i32::MAX),
                 current_state: Some(current),
-                previous_state: None,
+                previous_state: previous,
                 events,
             });
         }

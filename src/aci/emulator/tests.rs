@@ -611,3 +611,52 @@ fn config_is_checked() {
         .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn failing_on_failure_jobs_restart_and_count() {
+    let st = state_with(EmulatorConfig {
+        speed: 100.0,
+        job_runs_for: Some(Duration::from_secs(10)),
+        job_exit_code: 2,
+        ..Default::default()
+    });
+    let retrying = format!("{RG}/retry?{V}");
+    call(
+        &st,
+        "PUT",
+        &retrying,
+        Some(json(&group("retry", 1.0, "OnFailure", None))),
+    )
+    .await;
+    let never = format!("{RG}/once?{V}");
+    call(
+        &st,
+        "PUT",
+        &never,
+        Some(json(&group("once", 1.0, "Never", None))),
+    )
+    .await;
+    // 5 s provisioning + 35 s of runs of 10 s = 3 restarts (emulated).
+    tokio::time::advance(Duration::from_millis(400)).await;
+    let (_, _, body) = call(&st, "GET", &retrying, None).await;
+    assert_eq!(body["properties"]["instanceView"]["state"], "Running");
+    let view = &body["properties"]["containers"][0]["properties"]["instanceView"];
+    assert_eq!(view["restartCount"], 3);
+    assert_eq!(view["previousState"]["exitCode"], 2);
+    let status =
+        crate::aci::translate::pod_status_from_group(&serde_json::from_value(body).expect("group"));
+    let cs = &status.container_statuses.as_ref().expect("statuses")[0];
+    assert_eq!(cs.restart_count, 3);
+    assert_eq!(
+        cs.last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code),
+        Some(2)
+    );
+    let (_, _, body) = call(&st, "GET", &never, None).await;
+    assert_eq!(body["properties"]["instanceView"]["state"], "Failed");
+    let status =
+        crate::aci::translate::pod_status_from_group(&serde_json::from_value(body).expect("group"));
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+}
