@@ -135,6 +135,29 @@ pub fn placeholders<'a>(
     out
 }
 
+/// UIDs of the controllers of pods that wait to be scheduled (no node yet,
+/// not terminating): an eviction's replacement that has not landed.
+pub fn pending_owners<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<String> {
+    pods.into_iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
+                && p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
+        .filter_map(|p| {
+            p.metadata
+                .owner_references
+                .as_ref()?
+                .iter()
+                .find(|r| r.controller == Some(true))
+                .map(|r| r.uid.clone())
+        })
+        .collect()
+}
+
 /// Whether a pod is one of spillway's placeholders (the engine must not decide for them).
 pub fn is_placeholder(pod: &Pod) -> bool {
     pod.metadata

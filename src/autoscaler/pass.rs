@@ -144,12 +144,14 @@ impl Autoscaler {
         let burst = observe::burst_pods(pods.iter().map(Borrow::borrow), &virtual_nodes, now);
         let placeholders =
             observe::placeholders(pods.iter().map(Borrow::borrow), &self.placeholder_namespace);
+        let pending_owners = observe::pending_owners(pods.iter().map(Borrow::borrow));
         let inputs = Inputs {
             snap: &snap,
             plan: &plan,
             policies,
             burst: &burst,
             placeholders: &placeholders,
+            pending_owners: &pending_owners,
         };
         let actions = plan_actions(&inputs, &mut self.state, &self.loop_config);
         let mut results = Vec::with_capacity(actions.len());

@@ -40,7 +40,9 @@ pub struct LoopConfig {
     pub renudge_after: Duration,
     /// `pod-deletion-cost` given to burst pods (lower goes first on scale-in).
     pub burst_deletion_cost: i64,
-    /// After an eviction, wait at least this long before evicting another pod of the same controller.
+    /// An eviction stays in flight (blocking further evictions of the same
+    /// controller) while the evicted pod exists or its controller has a pod
+    /// pending, and for at least this long (the replacement may not exist yet).
     pub eviction_settle: Duration,
 }
 
@@ -49,7 +51,7 @@ impl Default for LoopConfig {
         LoopConfig {
             renudge_after: Duration::from_secs(30),
             burst_deletion_cost: -1000,
-            eviction_settle: Duration::from_secs(30),
+            eviction_settle: Duration::from_secs(5),
         }
     }
 }
@@ -191,6 +193,8 @@ pub struct Inputs<'a> {
     pub policies: &'a PolicySet,
     pub burst: &'a [BurstPod],
     pub placeholders: &'a [Placeholder],
+    /// UIDs of controllers that have a pod waiting to be scheduled.
+    pub pending_owners: &'a BTreeSet<String>,
 }
 
 /// Decide this pass's actions and update the loop's memory.
@@ -352,8 +356,10 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
     state
         .room_since
         .retain(|uid, _| burst_uids.contains(uid.as_str()));
-    state.in_flight.retain(|_, (uid, at)| {
-        burst_uids.contains(uid.as_str()) || now.since(*at) < cfg.eviction_settle
+    state.in_flight.retain(|owner, (uid, at)| {
+        burst_uids.contains(uid.as_str())
+            || inp.pending_owners.contains(owner)
+            || now.since(*at) < cfg.eviction_settle
     });
     while state
         .evictions

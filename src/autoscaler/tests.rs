@@ -78,6 +78,7 @@ struct Pass {
     policies: PolicySet,
     burst: Vec<BurstPod>,
     placeholders: Vec<Placeholder>,
+    pending_owners: std::collections::BTreeSet<String>,
 }
 
 impl Pass {
@@ -102,6 +103,7 @@ impl Pass {
             policies: policies(true, 10),
             burst: vec![],
             placeholders: vec![],
+            pending_owners: Default::default(),
         }
     }
 
@@ -113,6 +115,7 @@ impl Pass {
             policies: &self.policies,
             burst: &self.burst,
             placeholders: &self.placeholders,
+            pending_owners: &self.pending_owners,
         };
         plan_actions(&inp, state, &LoopConfig::default())
     }
@@ -383,4 +386,27 @@ fn a_placeholder_holds_room_only_for_its_own_burst_pod() {
     pass.placeholders = vec![placeholder("b", Some("vm-0"))];
     pass.run(&mut state);
     assert_eq!(state.room_since.keys().collect::<Vec<_>>(), ["uid-b"]);
+}
+
+#[test]
+fn an_eviction_stays_in_flight_until_the_replacement_is_scheduled() {
+    let mut state = LoopState::default();
+    let mut pass = Pass::new(T0, vec![node("vm-0", 4000)], vec![]);
+    let mut first = burst("first", -900);
+    let mut second = burst("second", -800);
+    first.owner = burst("rs", 0).owner;
+    second.owner = burst("rs", 0).owner;
+    pass.burst = vec![first, second];
+    pass.run(&mut state);
+    pass.snap.now = at(300);
+    assert_eq!(evictions(&pass.run(&mut state)), ["first"]);
+    // The evicted pod is gone but its replacement is still pending: hold.
+    pass.burst.retain(|b| b.name != "first");
+    pass.pending_owners.insert("rs-uid-rs".into());
+    pass.snap.now = at(400);
+    assert!(evictions(&pass.run(&mut state)).is_empty());
+    // Replacement scheduled: the next one may go.
+    pass.pending_owners.clear();
+    pass.snap.now = at(401);
+    assert_eq!(evictions(&pass.run(&mut state)), ["second"]);
 }
