@@ -80,6 +80,11 @@ pub struct RunCommand {
     /// `pod-deletion-cost` given to burst pods so a scale-in removes them first.
     #[arg(long, default_value_t = -1000, allow_hyphen_values = true)]
     pub burst_deletion_cost: i64,
+    /// Minimum time an eviction counts as in flight for its controller (it also
+    /// stays in flight while the evicted pod exists or the controller has a pod
+    /// pending), in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub eviction_settle_ms: u64,
     /// Decide and log, never write to the cluster.
     #[arg(long)]
     pub dry_run: bool,
@@ -307,6 +312,7 @@ pub async fn run_with(
         cluster_config,
         LoopConfig {
             burst_deletion_cost: cmd.burst_deletion_cost,
+            eviction_settle: crate::units::Duration::from_millis(cmd.eviction_settle_ms),
             ..LoopConfig::default()
         },
         cmd.namespace.clone(),

@@ -51,7 +51,7 @@ impl Default for LoopConfig {
         LoopConfig {
             renudge_after: Duration::from_secs(30),
             burst_deletion_cost: -1000,
-            eviction_settle: Duration::from_secs(5),
+            eviction_settle: Duration::from_secs(2),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! Each test binary uses only part of this, hence the allow.
 #![allow(dead_code, unused_imports)]
 
+pub mod actors;
 pub mod apiserver;
 
 pub use apiserver::{

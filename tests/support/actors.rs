@@ -1,0 +1,449 @@
+//! The rest of a cluster, for end-to-end tests: small stand-ins for
+//! kube-scheduler (calling the real extender over HTTP), the kubelet and a
+//! ReplicaSet controller. They talk to the test API server through
+//! `kube::Client` like the real components, poll every `TICK`, and stop when
+//! their task is aborted.
+//!
+//! They are deliberately simple: the scheduler filters on readiness,
+//! cordons, NoSchedule taints, a `NotIn` node affinity and requests; scores
+//! through the extender's `/prioritize` (first node wins ties); and preempts
+//! only capacity placeholders. Enough to drive spillway's decisions, not a
+//! scheduler.
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use spillway::cluster::pod_requests;
+use spillway::units::{Resources, parse_cpu_millis, parse_memory_bytes};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TICK: Duration = Duration::from_millis(100);
+pub const SCHEDULER_NAME: &str = "spillway-scheduler";
+const PLACEHOLDER_LABEL: &str = "spillway.io/placeholder-for";
+
+/// What the test scheduler did: pod name → (node, when bound).
+#[derive(Debug, Default, Clone)]
+pub struct Bindings(pub Arc<Mutex<Vec<(String, String, Instant)>>>);
+
+impl Bindings {
+    pub fn all(&self) -> Vec<(String, String, Instant)> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+fn allocatable(node: &Node) -> Resources {
+    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let get = |k: &str| {
+        a.and_then(|a| a.get(k))
+            .map(|q| q.0.clone())
+            .unwrap_or_default()
+    };
+    Resources::new(
+        parse_cpu_millis(&get("cpu")).unwrap_or(0),
+        parse_memory_bytes(&get("memory")).unwrap_or(0),
+    )
+}
+
+fn ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && !node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+}
+
+fn tolerates(pod: &Pod, node: &Node) -> bool {
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let tols = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    taints.iter().filter(|t| t.effect == "NoSchedule").all(|t| {
+        tols.iter().any(|tol| {
+            let key_ok = tol
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == t.key);
+            let op = tol.operator.as_deref().unwrap_or("Equal");
+            let val_ok = op == "Exists" || tol.value.as_deref() == t.value.as_deref();
+            let eff_ok = tol
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == t.effect);
+            key_ok && val_ok && eff_ok
+        })
+    })
+}
+
+/// Required node affinity, `NotIn`/`In` expressions only.
+fn affinity_ok(pod: &Pod, node: &Node) -> bool {
+    let terms = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.clone());
+    let Some(terms) = terms else { return true };
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    terms.iter().any(|t| {
+        t.match_expressions.iter().flatten().all(|e| {
+            let v = labels.get(&e.key);
+            let values = e.values.clone().unwrap_or_default();
+            match e.operator.as_str() {
+                "NotIn" => v.is_none_or(|v| !values.contains(v)),
+                "In" => v.is_some_and(|v| values.contains(v)),
+                _ => true,
+            }
+        })
+    })
+}
+
+fn is_virtual(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("type"))
+        .map(String::as_str)
+        == Some("virtual-kubelet")
+}
+
+fn is_placeholder(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(PLACEHOLDER_LABEL))
+}
+
+fn live(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+async fn post_json(client: &reqwest_lite::Client, url: &str, body: &Value) -> Option<Value> {
+    client.post(url, body).await
+}
+
+/// A minimal HTTP/1.1 JSON client on tokio (the crate has no HTTP client dependency).
+mod reqwest_lite {
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Clone, Default)]
+    pub struct Client;
+
+    impl Client {
+        pub async fn post(&self, url: &str, body: &Value) -> Option<Value> {
+            let rest = url.strip_prefix("http://")?;
+            let (host, path) = rest.split_once('/')?;
+            let body = body.to_string();
+            let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+            let req = format!(
+                "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            let text = String::from_utf8_lossy(&buf);
+            let (_, body) = text.split_once("\r\n\r\n")?;
+            serde_json::from_str(body).ok()
+        }
+    }
+}
+
+/// kube-scheduler's part: bind pending pods; pods with `schedulerName:
+/// spillway-scheduler` go through the extender at `extender` (host:port).
+pub async fn scheduler(client: kube::Client, extender: String, bindings: Bindings) {
+    let http = reqwest_lite::Client;
+    let pods_all: Api<Pod> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let mut marked_unschedulable: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let (Ok(nodes), Ok(pods)) = (
+            nodes_api.list(&ListParams::default()).await,
+            pods_all.list(&ListParams::default()).await,
+        ) else {
+            continue;
+        };
+        let mut nodes: Vec<Node> = nodes.items.into_iter().filter(ready).collect();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
+        for p in pods.items.iter().filter(|p| live(p)) {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                let r = pod_requests(p).unwrap_or_default();
+                let e = used.entry(n).or_default();
+                *e = e.add(&r);
+            }
+        }
+        let mut pending: Vec<&Pod> = pods
+            .items
+            .iter()
+            .filter(|p| live(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .collect();
+        // Real pods before placeholders, then oldest first.
+        pending.sort_by_key(|p| {
+            (
+                is_placeholder(p),
+                p.metadata.creation_timestamp.clone().map(|t| t.0),
+            )
+        });
+        for pod in pending {
+            let (Some(ns), Some(name)) =
+                (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+            else {
+                continue;
+            };
+            let req = pod_requests(pod).unwrap_or_default();
+            let fits = |n: &Node, used: &BTreeMap<String, Resources>| {
+                is_virtual(n) || {
+                    let u = used
+                        .get(n.metadata.name.as_deref().unwrap_or_default())
+                        .copied()
+                        .unwrap_or_default();
+                    u.add(&req).fits_in(&allocatable(n))
+                }
+            };
+            let feasible: Vec<&Node> = nodes
+                .iter()
+                .filter(|n| tolerates(pod, n) && affinity_ok(pod, n) && fits(n, &used))
+                .collect();
+            let names: Vec<String> = feasible
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect();
+            let uses_extender =
+                pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(SCHEDULER_NAME);
+            let mut chosen: Option<String> = None;
+            if uses_extender && !names.is_empty() {
+                let args = json!({ "Pod": pod, "Nodes": null, "NodeNames": names });
+                if let Some(res) =
+                    post_json(&http, &format!("http://{extender}/filter"), &args).await
+                {
+                    let left: Vec<String> = res["NodeNames"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect();
+                    if !left.is_empty() {
+                        let args = json!({ "Pod": pod, "Nodes": null, "NodeNames": left });
+                        let scores =
+                            post_json(&http, &format!("http://{extender}/prioritize"), &args).await;
+                        let best = scores
+                            .as_ref()
+                            .and_then(|s| s.as_array())
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|h| {
+                                Some((h["Host"].as_str()?.to_string(), h["Score"].as_i64()?))
+                            })
+                            .max_by_key(|(host, score)| (*score, std::cmp::Reverse(host.clone())));
+                        chosen = best.map(|(h, _)| h).or_else(|| left.first().cloned());
+                    }
+                }
+            } else if !uses_extender {
+                chosen = names.first().cloned();
+            }
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            match chosen {
+                Some(node) => {
+                    let binding = json!({
+                        "apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": name, "namespace": ns},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                    });
+                    if api
+                        .create_subresource::<Value, Value>(
+                            "binding",
+                            &name,
+                            &PostParams::default(),
+                            &binding,
+                        )
+                        .await
+                        .is_ok()
+                    {
+                        let e = used.entry(node.clone()).or_default();
+                        *e = e.add(&req);
+                        if let Ok(mut b) = bindings.0.lock() {
+                            b.push((name.clone(), node, Instant::now()));
+                        }
+                    }
+                }
+                None => {
+                    // Preemption of placeholders for real pods that fit no node.
+                    if !is_placeholder(pod)
+                        && preempt_placeholders(&client, &pods.items, &nodes, &used, pod, &req)
+                            .await
+                    {
+                        continue;
+                    }
+                    if marked_unschedulable.insert(format!("{ns}/{name}")) {
+                        let status = json!({"status": {"conditions": [{
+                            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": "0/N nodes are available",
+                            "lastTransitionTime": pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                        }]}});
+                        let _ = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Delete placeholders on one VM node so that `pod` fits there. True if any were deleted.
+async fn preempt_placeholders(
+    client: &kube::Client,
+    pods: &[Pod],
+    nodes: &[Node],
+    used: &BTreeMap<String, Resources>,
+    pod: &Pod,
+    req: &Resources,
+) -> bool {
+    for n in nodes
+        .iter()
+        .filter(|n| !is_virtual(n) && tolerates(pod, n) && affinity_ok(pod, n))
+    {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let mut free = allocatable(n).saturating_sub(&used.get(&name).copied().unwrap_or_default());
+        let mut victims = Vec::new();
+        for p in pods.iter().filter(|p| live(p) && is_placeholder(p)) {
+            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                && !req.fits_in(&free)
+            {
+                free = free.add(&pod_requests(p).unwrap_or_default());
+                victims.push(p);
+            }
+        }
+        if req.fits_in(&free) && !victims.is_empty() {
+            for v in victims {
+                let (Some(ns), Some(vn)) = (v.metadata.namespace.clone(), v.metadata.name.clone())
+                else {
+                    continue;
+                };
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let _ = api
+                    .delete(&vn, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// The kubelet's part: bound pods become Running and Ready; terminating pods go.
+pub async fn kubelet(client: kube::Client) {
+    let pods_all: Api<Pod> = Api::all(client.clone());
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Ok(pods) = pods_all.list(&ListParams::default()).await else {
+            continue;
+        };
+        for p in pods.items {
+            let (Some(ns), Some(name)) = (p.metadata.namespace.clone(), p.metadata.name.clone())
+            else {
+                continue;
+            };
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            if p.metadata.deletion_timestamp.is_some() {
+                let _ = api
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if bound && !running {
+                let status = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ]}});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+    }
+}
+
+/// A ReplicaSet controller's part: keep `replicas` live pods made from `template`.
+pub async fn replicaset(
+    client: kube::Client,
+    ns: String,
+    rs_name: String,
+    rs_uid: String,
+    replicas: usize,
+    template: Pod,
+    created: Arc<Mutex<usize>>,
+) {
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    loop {
+        let live_count = match api.list(&ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter(|p| live(p))
+                .filter(|p| {
+                    p.metadata
+                        .owner_references
+                        .as_ref()
+                        .is_some_and(|o| o.iter().any(|r| r.uid == rs_uid))
+                })
+                .count(),
+            Err(_) => {
+                tokio::time::sleep(TICK).await;
+                continue;
+            }
+        };
+        for _ in live_count..replicas {
+            let n = match created.lock() {
+                Ok(mut c) => {
+                    *c += 1;
+                    *c
+                }
+                Err(_) => break,
+            };
+            let mut pod = template.clone();
+            pod.metadata.name = Some(format!("{rs_name}-{n}"));
+            pod.metadata.namespace = Some(ns.clone());
+            pod.metadata.uid = None;
+            pod.metadata.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: rs_name.clone(),
+                    uid: rs_uid.clone(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]);
+            let _ = api.create(&PostParams::default(), &pod).await;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
