@@ -74,9 +74,14 @@ impl Instance {
     }
 }
 
-async fn start(srv: &TestApiServer, identity: &str, listener: tokio::net::TcpListener) -> Instance {
+async fn start(
+    srv: &TestApiServer,
+    identity: &str,
+    listener: tokio::net::TcpListener,
+    extra: &[&str],
+) -> Instance {
     let dir = policies_dir();
-    let args = Args::parse_from([
+    let mut argv: Vec<String> = [
         "spillway",
         "--policies",
         dir.to_str().unwrap_or_default(),
@@ -90,7 +95,12 @@ async fn start(srv: &TestApiServer, identity: &str, listener: tokio::net::TcpLis
         "20",
         "--eviction-settle-ms",
         "300",
-    ]);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Args::parse_from(argv);
     let metrics = Arc::new(Metrics::new());
     let store =
         Arc::new(PolicyStore::open(&dir, metrics.clone()).unwrap_or_else(|e| panic!("{e}")));
@@ -163,12 +173,12 @@ async fn burst_then_drain_back_with_a_leader_change() {
         .local_addr()
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string();
-    let a = start(&srv, "replica-a", la).await;
+    let a = start(&srv, "replica-a", la, &[]).await;
     eventually("replica-a leads", || {
         holder(&srv).as_deref() == Some("replica-a")
     })
     .await;
-    let b = start(&srv, "replica-b", lb).await;
+    let b = start(&srv, "replica-b", lb, &[]).await;
 
     // The rest of the cluster.
     let bindings = Bindings::default();
@@ -298,4 +308,103 @@ async fn burst_then_drain_back_with_a_leader_change() {
         t.abort();
     }
     b.stop().await;
+}
+
+/// The scheduler parks a pod it could not place; only an update of the pod
+/// (spillway's nudge) or a cluster event brings it back before its back-off.
+/// With the autoscaler in dry-run (no nudges) the extender would let the pods
+/// burst, yet they stay pending: the nudge is what makes bursting timely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
+    srv.insert(&node(VIRTUAL).virtual_kubelet().build());
+    srv.insert(
+        &pod()
+            .ns("web")
+            .name("filler")
+            .cpu("4")
+            .memory("1Gi")
+            .on_node("vm-0")
+            .build(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let extender = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let inst = start(&srv, "dry", listener, &["--dry-run"]).await;
+    let mut template = pod()
+        .ns("web")
+        .label("app", "web")
+        .cpu("500m")
+        .memory("512Mi")
+        .tolerate_virtual()
+        .build();
+    if let Some(s) = template.spec.as_mut() {
+        s.scheduler_name = Some(SCHEDULER_NAME.into());
+    }
+    let created = Arc::new(Mutex::new(0usize));
+    let actors = vec![
+        tokio::spawn(actors::scheduler(
+            srv.client(),
+            extender,
+            Bindings::default(),
+        )),
+        tokio::spawn(actors::kubelet(srv.client())),
+        tokio::spawn(actors::replicaset(
+            srv.client(),
+            "web".into(),
+            "web".into(),
+            "rs-web-uid".into(),
+            4,
+            template,
+            created,
+        )),
+    ];
+    eventually("the replicas exist", || web_pods(&srv).len() == 4).await;
+    // Well past spillAfter (3 s): the engine says burst, nobody retries.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let pods = web_pods(&srv);
+    assert!(
+        pods.iter().all(|p| on_node(p).is_none()),
+        "bound without a nudge: {pods:?}"
+    );
+    assert!(pods.iter().all(|p| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("spillway.io/burst-at"))
+    }));
+    // A nudge by hand (what the leader would patch) and the pod goes at once.
+    let name = pods[0].metadata.name.clone().unwrap_or_default();
+    srv.modify::<Pod>("web", &name, |p| {
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("spillway.io/burst-at".into(), "now".into());
+    });
+    eventually("the nudged pod is bound to the virtual node", || {
+        srv.get::<Pod>("web", &name)
+            .and_then(|p| on_node(&p))
+            .as_deref()
+            == Some(VIRTUAL)
+    })
+    .await;
+    assert_eq!(
+        web_pods(&srv)
+            .iter()
+            .filter(|p| on_node(p).is_some())
+            .count(),
+        1
+    );
+    for t in actors {
+        t.abort();
+    }
+    inst.stop().await;
 }

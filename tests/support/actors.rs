@@ -172,13 +172,33 @@ mod reqwest_lite {
     }
 }
 
+/// How long an unschedulable pod waits before the test scheduler retries it
+/// on its own, as kube-scheduler's unschedulable queue does (minutes there).
+pub const UNSCHEDULABLE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What can make an unschedulable pod schedulable, as a comparable value:
+/// the pod's labels, annotations and spec (an update of the pod itself).
+fn pod_fingerprint(p: &Pod) -> String {
+    json!([p.metadata.labels, p.metadata.annotations, p.spec]).to_string()
+}
+
 /// kube-scheduler's part: bind pending pods; pods with `schedulerName:
 /// spillway-scheduler` go through the extender at `extender` (host:port).
+///
+/// Like kube-scheduler's queue, a pod it could not place is parked and only
+/// retried when the pod itself is updated (e.g. spillway's nudge annotation),
+/// when nodes change or a bound pod goes away, or after
+/// [`UNSCHEDULABLE_BACKOFF`].
 pub async fn scheduler(client: kube::Client, extender: String, bindings: Bindings) {
     let http = reqwest_lite::Client;
     let pods_all: Api<Pod> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
     let mut marked_unschedulable: BTreeSet<String> = BTreeSet::new();
+    // ns/name → (fingerprint, cluster epoch, when parked)
+    let mut parked: BTreeMap<String, (String, u64, Instant)> = BTreeMap::new();
+    let mut epoch = 0u64;
+    let mut last_nodes: Vec<String> = Vec::new();
+    let mut last_bound: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::time::sleep(TICK).await;
         let (Ok(nodes), Ok(pods)) = (
@@ -189,6 +209,22 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
         };
         let mut nodes: Vec<Node> = nodes.items.into_iter().filter(ready).collect();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        // Cluster events that requeue parked pods: node set changes, bound pods removed.
+        let node_names: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let bound: BTreeSet<String> = pods
+            .items
+            .iter()
+            .filter(|p| live(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        if node_names != last_nodes || !last_bound.is_subset(&bound) {
+            epoch += 1;
+        }
+        last_nodes = node_names;
+        last_bound = bound;
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
         for p in pods.items.iter().filter(|p| live(p)) {
             if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
@@ -215,6 +251,15 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
             else {
                 continue;
             };
+            let key = format!("{ns}/{name}");
+            if let Some((fp, at_epoch, since)) = parked.get(&key)
+                && *fp == pod_fingerprint(pod)
+                && *at_epoch == epoch
+                && since.elapsed() < UNSCHEDULABLE_BACKOFF
+            {
+                continue;
+            }
+            parked.remove(&key);
             let req = pod_requests(pod).unwrap_or_default();
             let fits = |n: &Node, used: &BTreeMap<String, Resources>| {
                 is_virtual(n) || {
@@ -299,7 +344,8 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
                     {
                         continue;
                     }
-                    if marked_unschedulable.insert(format!("{ns}/{name}")) {
+                    parked.insert(key.clone(), (pod_fingerprint(pod), epoch, Instant::now()));
+                    if marked_unschedulable.insert(key) {
                         let status = json!({"status": {"conditions": [{
                             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                             "message": "0/N nodes are available",
