@@ -338,17 +338,24 @@ pub async fn run_with(
             tracing::info!(identity = %identity, leader = is_leader, "leadership changed");
             was_leader = is_leader;
         }
-        if !is_leader || !synced {
-            continue;
-        }
+        // Every replica reads the autoscaler's status, so the extender's
+        // predictions use upcoming nodes too; the leader adds what it learned.
         let ca = match &last_ca {
             Some((at, groups)) if at.elapsed() < Duration::from_secs(10) => groups.clone(),
             _ => {
                 let groups = ca_status(&client).await;
                 last_ca = Some((tokio::time::Instant::now(), groups.clone()));
+                view.set_pool_info(
+                    autoscaler
+                        .learner
+                        .info(groups.as_deref().unwrap_or_default()),
+                );
                 groups
             }
         };
+        if !is_leader || !synced {
+            continue;
+        }
         let state = view.current();
         let policies = store.current();
         let report = autoscaler

@@ -281,15 +281,50 @@ impl ProvisionLearner {
     }
 }
 
+/// What is known about pools beyond their nodes: the autoscaler's status
+/// and what was learned. Shared with the extender through the cluster view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolInfo {
+    pub groups: Vec<NodeGroupStatus>,
+    /// Pool → learned provisioning time.
+    pub provision: BTreeMap<String, Duration>,
+    /// Pool → scale-up requests not yet matched by a Ready node.
+    pub requests: BTreeMap<String, Vec<Timestamp>>,
+}
+
+impl ProvisionLearner {
+    /// What this learner knows, with the autoscaler's latest status.
+    pub fn info(&self, groups: &[NodeGroupStatus]) -> PoolInfo {
+        PoolInfo {
+            groups: groups.to_vec(),
+            provision: self
+                .observed
+                .keys()
+                .filter_map(|p| Some((p.clone(), self.provision_time(p)?)))
+                .collect(),
+            requests: self
+                .requests
+                .iter()
+                .map(|(p, q)| (p.clone(), q.iter().copied().collect()))
+                .collect(),
+        }
+    }
+}
+
 /// Put the autoscaler's view into the engine's snapshot: pool bounds from
 /// its status, nodes on their way as upcoming (requested when the scale-up
 /// began), and learned provisioning times.
 pub fn apply(snap: &mut Snapshot, groups: &[NodeGroupStatus], learner: &ProvisionLearner) {
+    apply_info(snap, &learner.info(groups));
+}
+
+/// [`apply`] from a [`PoolInfo`].
+pub fn apply_info(snap: &mut Snapshot, info: &PoolInfo) {
     for pool in &mut snap.pools {
-        if let Some(t) = learner.provision_time(&pool.name) {
-            pool.provision_time = Some(t);
+        if let Some(t) = info.provision.get(&pool.name) {
+            pool.provision_time = Some(*t);
         }
-        let Some(g) = groups.iter().find(|g| g.pool == pool.name) else {
+        let Some(g) = info.groups.iter().find(|g| g.pool == pool.name) else {
             continue;
         };
         if g.max > 0 {
@@ -298,7 +333,7 @@ pub fn apply(snap: &mut Snapshot, groups: &[NodeGroupStatus], learner: &Provisio
         }
         // Registered-but-not-ready nodes are on their way, not room.
         pool.nodes = pool.nodes.saturating_sub(g.not_started);
-        let mut requested = learner.pending_requests(&pool.name);
+        let mut requested = info.requests.get(&pool.name).cloned().unwrap_or_default();
         let when = g.scale_up_since.unwrap_or(snap.now);
         requested.resize(g.upcoming() as usize, when);
         requested.sort();

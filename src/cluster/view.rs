@@ -36,6 +36,9 @@ pub struct ClusterState {
 pub struct ClusterView {
     config: ClusterConfig,
     state: RwLock<Arc<ClusterState>>,
+    /// The cluster autoscaler's status and learned provisioning times,
+    /// applied to every rebuilt snapshot.
+    pool_info: RwLock<crate::autoscaler::pools::PoolInfo>,
     changed: tokio::sync::Notify,
 }
 
@@ -45,6 +48,7 @@ impl ClusterView {
         ClusterView {
             config,
             state: RwLock::new(Arc::new(ClusterState::default())),
+            pool_info: RwLock::new(Default::default()),
             changed: tokio::sync::Notify::new(),
         }
     }
@@ -90,9 +94,23 @@ impl ClusterView {
         );
     }
 
+    /// Set what is known about pools beyond their nodes (applies from the next rebuild).
+    pub fn set_pool_info(&self, info: crate::autoscaler::pools::PoolInfo) {
+        match self.pool_info.write() {
+            Ok(mut g) => *g = info,
+            Err(poisoned) => *poisoned.into_inner() = info,
+        }
+    }
+
     /// Rebuild from shared objects (a reflector store's state) without copying them.
     pub fn replace_shared(&self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>, now: Timestamp) {
-        let snapshot = snapshot_from(&nodes, &pods, now, &self.config);
+        let mut snapshot = snapshot_from(&nodes, &pods, now, &self.config);
+        match self.pool_info.read() {
+            Ok(info) => crate::autoscaler::pools::apply_info(&mut snapshot, &info),
+            Err(poisoned) => {
+                crate::autoscaler::pools::apply_info(&mut snapshot, &poisoned.into_inner())
+            }
+        }
         let virtual_nodes = virtual_node_names(&nodes, &self.config);
         let vm_nodes = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
         let next = Arc::new(ClusterState {
@@ -204,5 +222,40 @@ mod tests {
         assert_eq!(after.virtual_nodes.iter().collect::<Vec<_>>(), vec!["aci"]);
         assert_eq!(after.snapshot.nodes[0].allocated.cpu_millis, 1000);
         assert_eq!(after.snapshot.now, Timestamp::from_secs(100));
+    }
+
+    #[test]
+    fn pool_info_from_the_autoscaler_reaches_the_snapshot() {
+        use crate::autoscaler::pools::{NodeGroupStatus, PoolInfo};
+        let view = ClusterView::new(ClusterConfig::default());
+        view.set_pool_info(PoolInfo {
+            groups: vec![NodeGroupStatus {
+                name: "aks-p1-1234-vmss".into(),
+                pool: "p1".into(),
+                min: 1,
+                max: 7,
+                target: 3,
+                registered: 1,
+                ready: 1,
+                not_started: 0,
+                scale_up_since: Some(Timestamp::from_secs(90)),
+            }],
+            provision: [("p1".to_string(), crate::units::Duration::from_secs(150))].into(),
+            requests: Default::default(),
+        });
+        let nodes = vec![node("vm-1").pool("p1").build()];
+        view.replace(
+            &nodes,
+            &Vec::<k8s_openapi::api::core::v1::Pod>::new(),
+            Timestamp::from_secs(100),
+        );
+        let state = view.current();
+        let p = &state.snapshot.pools[0];
+        assert_eq!((p.min, p.max, p.upcoming.len()), (1, 7, 2));
+        assert_eq!(
+            p.provision_time,
+            Some(crate::units::Duration::from_secs(150))
+        );
+        assert_eq!(state.nodes.len(), 1);
     }
 }
