@@ -193,3 +193,26 @@ fn write_stdout(text: &str) -> bool {
         }
     }
 }
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), and a
+/// multi-threaded runtime for the long-running roles; `None` after printing
+/// why if the runtime cannot start.
+pub fn server_runtime(role: &str) -> Option<tokio::runtime::Runtime> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("spillway {role}: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}

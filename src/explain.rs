@@ -26,13 +26,8 @@ pub struct ExplainCommand {
     /// Evaluate as of this time (RFC 3339) [default: now].
     #[arg(long, value_name = "RFC3339", value_parser = parse_now)]
     pub now: Option<Timestamp>,
-    /// Known VM pool bounds, NAME=MIN:MAX (repeatable). Pools without one are
-    /// assumed to grow by --pool-headroom nodes.
-    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = cluster::parse_pool_limit)]
-    pub pool_limits: Vec<(String, (u32, u32))>,
-    /// Nodes a pool without --pool-limit may still add beyond its current size.
-    #[arg(long, default_value_t = 10)]
-    pub pool_headroom: u32,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterFlags,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -226,11 +221,7 @@ pub fn run(cmd: ExplainCommand) -> ExitCode {
         None => PolicySet::with_default(BurstPolicy::defaults("built-in-default", None)),
     };
     let now = cmd.now.unwrap_or_else(Timestamp::now_wall);
-    let config = ClusterConfig {
-        pool_limits: cmd.pool_limits.iter().cloned().collect(),
-        default_pool_headroom: cmd.pool_headroom,
-        ..ClusterConfig::default()
-    };
+    let config = cmd.cluster.cluster_config();
     let rows = explain(&objects, &policies, now, &config);
     match cmd.output {
         Format::Table => print!("{}", render_table(&rows)),

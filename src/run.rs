@@ -13,7 +13,7 @@
 use crate::autoscaler::pools::{NodeGroupStatus, parse_ca_status};
 use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
 use crate::cli::EXIT_BAD_INPUT;
-use crate::cluster::{self, ClusterConfig, ClusterView, VirtualNodeMatcher};
+use crate::cluster::{self, ClusterConfig, ClusterView};
 use crate::decision::{Engine, EngineConfig};
 use crate::extender::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
 use crate::metrics::Metrics;
@@ -45,17 +45,8 @@ pub struct RunCommand {
     /// Largest extender request body accepted; larger ones get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Name of a virtual node (repeatable); nodes labelled type=virtual-kubelet
-    /// or tainted virtual-kubelet.io/provider are recognised too.
-    #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
-    pub virtual_node_names: Vec<String>,
-    /// Known VM pool bounds, NAME=MIN:MAX (repeatable). The cluster
-    /// autoscaler's status ConfigMap, when present, overrides them.
-    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = cluster::parse_pool_limit)]
-    pub pool_limits: Vec<(String, (u32, u32))>,
-    /// Nodes a pool without known bounds may still add beyond its current size.
-    #[arg(long, default_value_t = 10)]
-    pub pool_headroom: u32,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterFlags,
     /// Namespace spillway runs in: its Lease and its capacity placeholders live here.
     #[arg(long, default_value = "spillway-system", env = "POD_NAMESPACE")]
     pub namespace: String,
@@ -98,15 +89,7 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn cluster_config(&self) -> ClusterConfig {
-        ClusterConfig {
-            virtual_nodes: VirtualNodeMatcher {
-                names: self.virtual_node_names.iter().cloned().collect(),
-                ..VirtualNodeMatcher::default()
-            },
-            pool_limits: self.pool_limits.iter().cloned().collect(),
-            default_pool_headroom: self.pool_headroom,
-            ..ClusterConfig::default()
-        }
+        self.cluster.cluster_config()
     }
 
     fn identity(&self) -> String {
@@ -129,22 +112,8 @@ pub enum RunError {
 
 /// `spillway run`.
 pub fn run(cmd: RunCommand) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spillway run: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::cli::server_runtime("run") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
@@ -301,7 +270,7 @@ pub async fn run_with(
             placeholder_image: cmd.placeholder_image.clone(),
             placeholder_priority_class: cmd.placeholder_priority_class.clone(),
             owner,
-            virtual_node_names: cmd.virtual_node_names.clone(),
+            virtual_node_names: cmd.cluster.virtual_node_names.clone(),
             dry_run: cmd.dry_run,
             ..ActConfig::default()
         },

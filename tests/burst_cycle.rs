@@ -35,17 +35,13 @@ struct Args {
     run: RunCommand,
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
     let start = Instant::now();
-    let deadline = start + WAIT;
-    while Instant::now() < deadline {
-        if check() {
-            eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(check(), "timed out waiting for: {what}");
+    assert!(
+        support::poll_until(WAIT, check).await,
+        "timed out waiting for: {what}"
+    );
+    eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
 }
 
 fn policies_dir() -> std::path::PathBuf {
@@ -137,13 +133,12 @@ fn holder(srv: &TestApiServer) -> Option<String> {
         .holder_identity
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_then_drain_back_with_a_leader_change() {
+/// One VM node, full, and the virtual node.
+async fn full_cluster() -> TestApiServer {
     let srv = TestApiServer::builder()
         .pod_deletion(PodDeletion::Kubelet)
         .start()
         .await;
-    // One VM, full.
     srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
     srv.insert(&node(VIRTUAL).virtual_kubelet().build());
     srv.insert(
@@ -155,6 +150,12 @@ async fn burst_then_drain_back_with_a_leader_change() {
             .on_node("vm-0")
             .build(),
     );
+    srv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_then_drain_back_with_a_leader_change() {
+    let srv = full_cluster().await;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "web"},
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
@@ -316,21 +317,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
 /// burst, yet they stay pending: the nudge is what makes bursting timely.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
-    let srv = TestApiServer::builder()
-        .pod_deletion(PodDeletion::Kubelet)
-        .start()
-        .await;
-    srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
-    srv.insert(&node(VIRTUAL).virtual_kubelet().build());
-    srv.insert(
-        &pod()
-            .ns("web")
-            .name("filler")
-            .cpu("4")
-            .memory("1Gi")
-            .on_node("vm-0")
-            .build(),
-    );
+    let srv = full_cluster().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -24,15 +24,8 @@ struct Args {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    check()
+async fn eventually(check: impl FnMut() -> bool) -> bool {
+    support::poll_until(WAIT, check).await
 }
 
 fn policies_dir() -> std::path::PathBuf {

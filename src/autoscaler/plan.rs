@@ -320,13 +320,7 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
         .snap
         .nodes
         .iter()
-        .map(|n| {
-            if n.schedulable {
-                n.allocatable.saturating_sub(&n.allocated)
-            } else {
-                Resources::default()
-            }
-        })
+        .map(crate::decision::VmNode::free_room)
         .collect();
     for (i, node) in inp.plan.vm_node.iter().enumerate() {
         if let Some(n) = node {

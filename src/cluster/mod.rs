@@ -111,6 +111,37 @@ impl VirtualNodeMatcher {
     }
 }
 
+/// The command-line flags every role that reads the cluster shares.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct ClusterFlags {
+    /// Name of a virtual node, recognised when the scheduler sends only node names
+    /// (repeat for several; nodes labelled type=virtual-kubelet or tainted
+    /// virtual-kubelet.io/provider are recognised too).
+    #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
+    pub virtual_node_names: Vec<String>,
+    /// Known VM pool bounds, NAME=MIN:MAX (repeatable; e.g. the cluster autoscaler's
+    /// settings). Pools without one are assumed to grow by --pool-headroom nodes.
+    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = parse_pool_limit)]
+    pub pool_limits: Vec<(String, (u32, u32))>,
+    /// Nodes a pool without --pool-limit may still add beyond its current size.
+    #[arg(long, default_value_t = 10)]
+    pub pool_headroom: u32,
+}
+
+impl ClusterFlags {
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            virtual_nodes: VirtualNodeMatcher {
+                names: self.virtual_node_names.iter().cloned().collect(),
+                ..VirtualNodeMatcher::default()
+            },
+            pool_limits: self.pool_limits.iter().cloned().collect(),
+            default_pool_headroom: self.pool_headroom,
+            ..ClusterConfig::default()
+        }
+    }
+}
+
 /// Settings for turning cluster objects into a `Snapshot`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {

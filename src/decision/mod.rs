@@ -100,6 +100,17 @@ pub struct VmNode {
     pub schedulable: bool,
 }
 
+impl VmNode {
+    /// Room a new pod may take: allocatable minus allocated, none if not schedulable.
+    pub fn free_room(&self) -> Resources {
+        if self.schedulable {
+            self.allocatable.saturating_sub(&self.allocated)
+        } else {
+            Resources::default()
+        }
+    }
+}
+
 /// A node a pool has asked for and that has not joined yet.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpcomingNode {
@@ -310,17 +321,7 @@ impl<'a> Pass<'a> {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
-        let room: Vec<Resources> = snap
-            .nodes
-            .iter()
-            .map(|n| {
-                if n.schedulable {
-                    n.allocatable.saturating_sub(&n.allocated)
-                } else {
-                    Resources::default()
-                }
-            })
-            .collect();
+        let room: Vec<Resources> = snap.nodes.iter().map(VmNode::free_room).collect();
         let node_pool = snap
             .nodes
             .iter()

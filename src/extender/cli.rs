@@ -3,7 +3,7 @@
 
 use super::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
 use crate::cli::EXIT_BAD_INPUT;
-use crate::cluster::{self, ClusterConfig, ClusterView, VirtualNodeMatcher};
+use crate::cluster::{self, ClusterConfig, ClusterView};
 use crate::metrics::Metrics;
 use crate::policy::reload::PolicyStore;
 use crate::units::Timestamp;
@@ -29,18 +29,8 @@ pub struct ExtenderCommand {
     /// (names only) bodies stay small; full node lists of large clusters need more.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = clap::value_parser!(usize))]
     pub max_body_bytes: usize,
-    /// Name of a virtual node, recognised when the scheduler sends only node names
-    /// (repeat for several; nodes labelled type=virtual-kubelet or tainted
-    /// virtual-kubelet.io/provider are recognised too).
-    #[arg(long = "virtual-node-name", value_name = "NAME", default_values_t = ["virtual-node-aci-linux".to_string(), "spillway-aci".to_string()])]
-    pub virtual_node_names: Vec<String>,
-    /// Known VM pool bounds, NAME=MIN:MAX (repeatable; e.g. the cluster autoscaler's
-    /// settings). Pools without one are assumed to grow by --pool-headroom nodes.
-    #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = cluster::parse_pool_limit)]
-    pub pool_limits: Vec<(String, (u32, u32))>,
-    /// Nodes a pool without --pool-limit may still add beyond its current size.
-    #[arg(long, default_value_t = 10)]
-    pub pool_headroom: u32,
+    #[command(flatten)]
+    pub cluster: cluster::ClusterFlags,
     /// How often to re-read the policy directory, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub policy_reload_secs: u64,
@@ -51,15 +41,7 @@ pub struct ExtenderCommand {
 
 impl ExtenderCommand {
     pub fn cluster_config(&self) -> ClusterConfig {
-        ClusterConfig {
-            virtual_nodes: VirtualNodeMatcher {
-                names: self.virtual_node_names.iter().cloned().collect(),
-                ..VirtualNodeMatcher::default()
-            },
-            pool_limits: self.pool_limits.iter().cloned().collect(),
-            default_pool_headroom: self.pool_headroom,
-            ..ClusterConfig::default()
-        }
+        self.cluster.cluster_config()
     }
 }
 
@@ -94,22 +76,8 @@ async fn shutdown_signal() {
 
 /// `spillway extender`.
 pub fn run(cmd: ExtenderCommand) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spillway extender: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::cli::server_runtime("extender") else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(run_async(cmd))
 }

@@ -758,24 +758,29 @@ impl<'a> World<'a> {
         }
     }
 
+    /// VM room left by real pods and bound placeholders, per ready node.
+    fn room_after_placeholders(&self) -> FitIndex {
+        FitIndex::new(
+            self.ready
+                .iter()
+                .map(|&n| {
+                    let node = &self.nodes[n as usize];
+                    self.snap.nodes[node.snap_idx]
+                        .allocatable
+                        .saturating_sub(&node.real)
+                        .saturating_sub(&node.ph)
+                })
+                .collect(),
+        )
+    }
+
     /// Bind pending placeholders first-fit into VM room left by real pods and other placeholders.
     fn place_placeholders(&mut self) {
         if !self.ph_dirty || self.ph_pending.is_empty() {
             return;
         }
         self.ph_dirty = false;
-        let room: Vec<Resources> = self
-            .ready
-            .iter()
-            .map(|&n| {
-                let node = &self.nodes[n as usize];
-                self.snap.nodes[node.snap_idx]
-                    .allocatable
-                    .saturating_sub(&node.real)
-                    .saturating_sub(&node.ph)
-            })
-            .collect();
-        let mut fit = FitIndex::new(room);
+        let mut fit = self.room_after_placeholders();
         let waiting: Vec<u32> = self.ph_pending.iter().copied().collect();
         for p in waiting {
             let req = self.specs[p as usize].requests;
@@ -887,18 +892,7 @@ impl<'a> World<'a> {
                 .iter()
                 .map(|&p| self.specs[p as usize].requests),
         );
-        let room: Vec<Resources> = self
-            .ready
-            .iter()
-            .map(|&n| {
-                let node = &self.nodes[n as usize];
-                self.snap.nodes[node.snap_idx]
-                    .allocatable
-                    .saturating_sub(&node.real)
-                    .saturating_sub(&node.ph)
-            })
-            .collect();
-        let mut fit = FitIndex::new(room);
+        let mut fit = self.room_after_placeholders();
         // Bins: upcoming nodes first, then nodes this scan asks for.
         let mut bins: Vec<(usize, Resources)> = Vec::new();
         for (pi, p) in self.snap.pools.iter().enumerate() {

@@ -20,3 +20,16 @@ pub mod apiserver;
 pub use apiserver::{
     ApiError, Budget, Builder, Config, Fault, PodDeletion, RequestRecord, TestApiServer,
 };
+
+/// Poll `check` every 50 ms until it holds or `within` has passed; the last
+/// answer is returned (tests assert on it, never sleep to wait for state).
+pub async fn poll_until(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    check()
+}
