@@ -611,3 +611,160 @@ mod paced {
         emu.shutdown().await;
     }
 }
+
+/// `Paced<Metered<Azure>>` against the emulator with faults: every attempt is
+/// counted by operation and outcome, every 429 once, usage sets the quota gauges.
+mod metrics {
+    use super::*;
+    use spillway::aci::metered::Metered;
+    use spillway::aci::paced::{Paced, PacingConfig};
+    use spillway::metrics::Metrics;
+
+    /// The value of the sample `name{labels}` in a Prometheus text exposition,
+    /// whatever the label order.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let mut found: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            let mut wanted = labels.to_vec();
+            found.sort_unstable();
+            wanted.sort_unstable();
+            (found == wanted)
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+    }
+
+    fn requests(text: &str, op: &str, code: &str) -> Option<f64> {
+        sample(
+            text,
+            "spillway_aci_requests_total",
+            &[("op", op), ("code", code)],
+        )
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_counted_by_operation_and_outcome() {
+        // ARM side: 3 writes, then one per second; 1 core of quota.
+        let emu = Emulator::start(EmulatorConfig {
+            write_burst: 3,
+            writes_per_sec: 1.0,
+            cores_limit: 1,
+            ..fast()
+        })
+        .await
+        .expect("starts");
+        let metrics = Arc::new(Metrics::new());
+        let cfg = AzureConfig::for_emulator(emu.url.clone(), "tok", SUB, "rg-burst");
+        let aci = Paced::new(
+            Metered::new(
+                AzureContainerGroups::new(&cfg).expect("client builds"),
+                metrics.clone(),
+            ),
+            PacingConfig {
+                base_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                budget: Duration::from_secs(10),
+                max_attempts: 3,
+                ..Default::default()
+            },
+        )
+        .with_metrics(metrics.clone());
+
+        // Writes: ok, quota, ok (delete of a missing group), then a 429
+        // waited out and the same delete retried.
+        aci.create_or_update(&group("c1", "one", "1", None))
+            .await
+            .expect("created");
+        let quota = aci.create_or_update(&group("c1", "two", "1", None)).await;
+        assert!(
+            matches!(quota, Err(AciError::QuotaExceeded { .. })),
+            "{quota:?}"
+        );
+        aci.delete("missing").await.expect("deleted");
+        aci.delete("missing")
+            .await
+            .expect("deleted after Retry-After");
+        assert_eq!(
+            emu.state.counters().throttled,
+            1,
+            "the emulator sent one 429"
+        );
+
+        // Reads: a found and a missing group, then 5xx on every get.
+        assert!(aci.get("jobs-one").await.expect("get").is_some());
+        assert_eq!(aci.get("missing").await, Ok(None));
+        emu.state
+            .set_faults(Faults {
+                operations: [(
+                    "get".to_string(),
+                    OperationFaults {
+                        error_rate: 1.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })
+            .expect("valid plan");
+        let transient = aci.get("jobs-one").await;
+        assert!(
+            matches!(transient, Err(AciError::Transient { .. })),
+            "{transient:?}"
+        );
+        assert_eq!(aci.list("c1").await.map(|l| l.len()), Ok(1));
+        let usage = aci.usage("westeurope").await.expect("usage");
+        assert_eq!((usage.cores.limit, usage.cores.current), (1, 1));
+
+        let text = metrics.render();
+        assert_eq!(requests(&text, "create", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "create", "quota"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "delete", "ok"), Some(2.0), "{text}");
+        assert_eq!(requests(&text, "delete", "throttled"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "get", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "get", "not_found"), Some(1.0), "{text}");
+        assert_eq!(
+            requests(&text, "get", "transient"),
+            Some(3.0),
+            "each of the 3 attempts: {text}"
+        );
+        assert_eq!(requests(&text, "list", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "usage", "ok"), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, "spillway_aci_throttled_total", &[]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "spillway_aci_request_duration_seconds_count",
+                &[("op", "delete")]
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "spillway_aci_quota_cores", &[("kind", "limit")]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "spillway_aci_quota_cores", &[("kind", "used")]),
+            Some(1.0),
+            "{text}"
+        );
+        emu.shutdown().await;
+    }
+}

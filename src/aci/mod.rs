@@ -9,6 +9,7 @@
 
 pub mod azure;
 pub mod emulator;
+pub mod metered;
 pub mod model;
 pub mod paced;
 pub mod translate;

@@ -10,15 +10,19 @@
 //!   create whose answer was lost cannot duplicate a group.
 //! - Errors retrying cannot fix (quota, capacity, invalid spec, auth) return
 //!   at once.
+//! - With [`Paced::with_metrics`], every 429 seen counts in
+//!   `spillway_aci_throttled_total`. Wrap the backend in
+//!   [`super::metered::Metered`] *inside* the pacer to count each attempt.
 //!
 //! Waiting here is the pacing itself (tokio timers), not a test waiting for
 //! state.
 
 use super::{AciError, BoxFuture, ContainerGroup, ContainerGroups, Usage};
+use crate::metrics::Metrics;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -110,6 +114,7 @@ pub struct Paced<C> {
     inner: C,
     config: PacingConfig,
     lanes: Mutex<Lanes>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<C: ContainerGroups> Paced<C> {
@@ -124,7 +129,14 @@ impl<C: ContainerGroups> Paced<C> {
             inner,
             config,
             lanes: Mutex::new(lanes),
+            metrics: None,
         }
+    }
+
+    /// Count the 429s this pacer sees in `spillway_aci_throttled_total`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn inner(&self) -> &C {
@@ -180,6 +192,9 @@ impl<C: ContainerGroups> Paced<C> {
             attempt += 1;
             let (wait, sleep_here) = match &err {
                 AciError::Throttled { retry_after } => {
+                    if let Some(m) = &self.metrics {
+                        m.aci_throttled.inc();
+                    }
                     // Pause the whole class; `acquire` waits the pause out.
                     let until = Instant::now() + *retry_after;
                     let mut l = self.lanes();
