@@ -285,6 +285,100 @@ async fn a_timed_out_create_is_safe_to_retry() {
     emu.shutdown().await;
 }
 
+/// ARM's list omits instance views: the helper GETs exactly the listed groups
+/// that finished provisioning, and fails rather than map a group without one.
+#[tokio::test]
+async fn list_with_instance_views_reads_finished_groups_again() {
+    use spillway::aci::list_with_instance_views;
+    use spillway::aci::translate::has_instance_view;
+    let gets = |emu: &EmulatorHandle| emu.state.counters().requests.get("get").copied();
+
+    // Still provisioning (a very slow emulator): returned as listed, no GET.
+    let slow = Emulator::start(EmulatorConfig {
+        speed: 0.001,
+        ..fast()
+    })
+    .await
+    .expect("starts");
+    let aci = client(&slow, "tok", Duration::from_secs(10));
+    for name in ["a", "b"] {
+        aci.create_or_update(&group("c1", name, "100m", None))
+            .await
+            .expect("created");
+    }
+    let listed = list_with_instance_views(aci.as_ref(), "c1")
+        .await
+        .expect("listed");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|g| {
+        g.properties.provisioning_state.as_deref() == Some("Accepted") && !has_instance_view(g)
+    }));
+    assert_eq!(gets(&slow), None, "no GET for groups still provisioning");
+    slow.shutdown().await;
+
+    // Finished: every group of the cluster is read again, in list order.
+    let emu = Emulator::start(fast()).await.expect("starts");
+    let aci = client(&emu, "tok", Duration::from_secs(10));
+    for name in ["a", "b", "c"] {
+        let g = group("c1", name, "100m", None);
+        aci.create_or_update(&g).await.expect("created");
+        poll_running(aci.as_ref(), &g.name).await;
+    }
+    aci.create_or_update(&group("other", "d", "100m", None))
+        .await
+        .expect("created");
+    let plain = aci.list("c1").await.expect("list");
+    assert!(plain.iter().all(|g| !has_instance_view(g)), "as ARM lists");
+    let before = gets(&emu).unwrap_or(0);
+    let full = list_with_instance_views(aci.as_ref(), "c1")
+        .await
+        .expect("listed");
+    assert_eq!(gets(&emu).unwrap_or(0) - before, 3, "one GET per group");
+    let names: Vec<&str> = full.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["jobs-a", "jobs-b", "jobs-c"]);
+    for g in &full {
+        assert!(has_instance_view(g), "{} has its instance view", g.name);
+        assert_eq!(
+            pod_status_from_group(g).phase.as_deref(),
+            Some("Running"),
+            "{}",
+            g.name
+        );
+    }
+
+    // One group's GET fails (a fault aimed at it): the whole call fails.
+    emu.state
+        .set_faults(Faults {
+            groups: [(
+                "jobs-b".to_string(),
+                [(
+                    "get".to_string(),
+                    OperationFaults {
+                        error_rate: 1.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .expect("valid plan");
+    let failed = list_with_instance_views(aci.as_ref(), "c1").await;
+    assert!(
+        matches!(failed, Err(AciError::Transient { .. })),
+        "{failed:?}"
+    );
+    assert!(
+        aci.get("jobs-a")
+            .await
+            .expect("other groups work")
+            .is_some(),
+        "the fault is aimed at jobs-b only"
+    );
+    emu.shutdown().await;
+}
+
 /// Every golden translation survives the trip through the SDK's models (used
 /// for list pages), except secret volume contents: the SDK's `SecretVolume` is
 /// an empty struct. PUT bodies therefore bypass the SDK models (see

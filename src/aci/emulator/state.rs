@@ -205,19 +205,15 @@ impl World {
 
     /// Roll the dice for one request, per the fault plan (seeded, so a run
     /// with the same seed and request order sees the same faults).
-    pub fn fault_for(&mut self, op: Op) -> (Fault, Duration) {
+    /// `group` is the group the request is about (`None` for lists and
+    /// usage), for faults aimed at one group.
+    pub fn fault_for(&mut self, op: Op, group: Option<&str>) -> (Fault, Duration) {
         *self
             .counters
             .requests
             .entry(op.name().to_string())
             .or_default() += 1;
-        let plan: OperationFaults = self
-            .faults
-            .operations
-            .get(op.name())
-            .or_else(|| self.faults.operations.get("*"))
-            .cloned()
-            .unwrap_or_default();
+        let plan: OperationFaults = self.faults.plan_for(op.name(), group);
         let latency = Duration::from_millis(plan.latency_ms);
         let roll: f64 = self.rng.random();
         let fault = if roll < plan.error_rate {

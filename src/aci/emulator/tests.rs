@@ -660,3 +660,78 @@ async fn failing_on_failure_jobs_restart_and_count() {
         crate::aci::translate::pod_status_from_group(&serde_json::from_value(body).expect("group"));
     assert_eq!(status.phase.as_deref(), Some("Failed"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn faults_aimed_at_one_group_leave_the_others_alone() {
+    let st = state_with(EmulatorConfig::default());
+    for name in ["good", "bad"] {
+        let (s, _, _) = call(
+            &st,
+            "PUT",
+            &format!("{RG}/{name}?{V}"),
+            Some(json(&group(name, 0.5, "Always", None))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let plan = serde_json::json!({
+        "groups": {"bad": {"get": {"errorRate": 1.0}, "*": {"throttleRate": 1.0}}}
+    });
+    let (s, _, body) = call(&st, "POST", "/_emulator/faults", Some(plan)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["faults"]["groups"]["bad"]["get"]["errorRate"], 1.0);
+
+    let status = |s: &EmulatorState, method: &'static str, name: &'static str| {
+        let st = s.clone();
+        async move {
+            let body = (method == "PUT").then(|| json(&group(name, 0.5, "Always", None)));
+            call(&st, method, &format!("{RG}/{name}?{V}"), body).await.0
+        }
+    };
+    assert_eq!(
+        status(&st, "GET", "bad").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        status(&st, "PUT", "bad").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "`*` covers the group's other operations"
+    );
+    assert_eq!(status(&st, "GET", "good").await, StatusCode::OK);
+    assert_eq!(status(&st, "PUT", "good").await, StatusCode::OK);
+    let (s, _, _) = call(&st, "GET", &format!("{RG}?{V}"), None).await;
+    assert_eq!(s, StatusCode::OK, "lists are not aimed at a group");
+
+    // The other way round: everything fails except one exempted group.
+    st.set_faults(Faults {
+        operations: [(
+            "*".to_string(),
+            OperationFaults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        groups: [(
+            "good".to_string(),
+            [("*".to_string(), OperationFaults::default())].into(),
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .expect("valid plan");
+    assert_eq!(status(&st, "GET", "good").await, StatusCode::OK);
+    assert_eq!(
+        status(&st, "GET", "bad").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    for bad in [
+        serde_json::json!({"groups": {"bad": {"list": {}}}}),
+        serde_json::json!({"groups": {"bad": {"get": {"errorRate": 1.5}}}}),
+        serde_json::json!({"groups": {"": {"get": {}}}}),
+    ] {
+        let (s, _, body) = call(&st, "POST", "/_emulator/faults", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+}
