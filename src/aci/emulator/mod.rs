@@ -30,7 +30,8 @@
 //!   500s, 429s and hangs past the client's timeout (a hung write is applied
 //!   first, so a client that times out and retries must be idempotent), extra
 //!   latency, capacity errors, and groups that vanish; the same rates aimed at
-//!   one group by name (`groups`). Seeded randomness.
+//!   one group by name (`groups`), and groups whose provisioning fails
+//!   (`failProvisioning`). Seeded randomness.
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -154,6 +155,12 @@ pub struct Faults {
     /// other works (an entry with zero rates exempts the group).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, BTreeMap<String, OperationFaults>>,
+    /// Groups whose provisioning fails: group name → the detail ACI shows
+    /// (e.g. `ErrImagePull: …`). A group created or updated while named here
+    /// goes `Accepted` → `Creating` → `Failed`, its containers stay `Waiting`
+    /// with that detail, and a `Failed` event carries it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fail_provisioning: BTreeMap<String, String>,
 }
 
 impl Default for Faults {
@@ -164,6 +171,7 @@ impl Default for Faults {
             hang_ms: 60_000,
             vanish: Vec::new(),
             groups: BTreeMap::new(),
+            fail_provisioning: BTreeMap::new(),
         }
     }
 }
