@@ -150,9 +150,9 @@ pub struct Faults {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vanish: Vec<String>,
     /// Faults aimed at one group: group name → operation (`put`, `get`,
-    /// `delete`, `logs`, or `*`) → faults. For requests on that group they
-    /// replace [`Faults::operations`], so one group can fail while every
-    /// other works (an entry with zero rates exempts the group).
+    /// `delete`, `logs`, or `*`) → faults. For the operations it lists they
+    /// replace [`Faults::operations`] on that group's requests, so one group
+    /// can fail while every other works (zero rates exempt the group).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, BTreeMap<String, OperationFaults>>,
     /// Groups whose provisioning fails: group name → the detail ACI shows
