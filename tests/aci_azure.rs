@@ -285,6 +285,100 @@ async fn a_timed_out_create_is_safe_to_retry() {
     emu.shutdown().await;
 }
 
+/// ARM's list omits instance views: the helper GETs exactly the listed groups
+/// that finished provisioning, and fails rather than map a group without one.
+#[tokio::test]
+async fn list_with_instance_views_reads_finished_groups_again() {
+    use spillway::aci::list_with_instance_views;
+    use spillway::aci::translate::has_instance_view;
+    let gets = |emu: &EmulatorHandle| emu.state.counters().requests.get("get").copied();
+
+    // Still provisioning (a very slow emulator): returned as listed, no GET.
+    let slow = Emulator::start(EmulatorConfig {
+        speed: 0.001,
+        ..fast()
+    })
+    .await
+    .expect("starts");
+    let aci = client(&slow, "tok", Duration::from_secs(10));
+    for name in ["a", "b"] {
+        aci.create_or_update(&group("c1", name, "100m", None))
+            .await
+            .expect("created");
+    }
+    let listed = list_with_instance_views(aci.as_ref(), "c1")
+        .await
+        .expect("listed");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|g| {
+        g.properties.provisioning_state.as_deref() == Some("Accepted") && !has_instance_view(g)
+    }));
+    assert_eq!(gets(&slow), None, "no GET for groups still provisioning");
+    slow.shutdown().await;
+
+    // Finished: every group of the cluster is read again, in list order.
+    let emu = Emulator::start(fast()).await.expect("starts");
+    let aci = client(&emu, "tok", Duration::from_secs(10));
+    for name in ["a", "b", "c"] {
+        let g = group("c1", name, "100m", None);
+        aci.create_or_update(&g).await.expect("created");
+        poll_running(aci.as_ref(), &g.name).await;
+    }
+    aci.create_or_update(&group("other", "d", "100m", None))
+        .await
+        .expect("created");
+    let plain = aci.list("c1").await.expect("list");
+    assert!(plain.iter().all(|g| !has_instance_view(g)), "as ARM lists");
+    let before = gets(&emu).unwrap_or(0);
+    let full = list_with_instance_views(aci.as_ref(), "c1")
+        .await
+        .expect("listed");
+    assert_eq!(gets(&emu).unwrap_or(0) - before, 3, "one GET per group");
+    let names: Vec<&str> = full.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["jobs-a", "jobs-b", "jobs-c"]);
+    for g in &full {
+        assert!(has_instance_view(g), "{} has its instance view", g.name);
+        assert_eq!(
+            pod_status_from_group(g).phase.as_deref(),
+            Some("Running"),
+            "{}",
+            g.name
+        );
+    }
+
+    // One group's GET fails (a fault aimed at it): the whole call fails.
+    emu.state
+        .set_faults(Faults {
+            groups: [(
+                "jobs-b".to_string(),
+                [(
+                    "get".to_string(),
+                    OperationFaults {
+                        error_rate: 1.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .expect("valid plan");
+    let failed = list_with_instance_views(aci.as_ref(), "c1").await;
+    assert!(
+        matches!(failed, Err(AciError::Transient { .. })),
+        "{failed:?}"
+    );
+    assert!(
+        aci.get("jobs-a")
+            .await
+            .expect("other groups work")
+            .is_some(),
+        "the fault is aimed at jobs-b only"
+    );
+    emu.shutdown().await;
+}
+
 /// Every golden translation survives the trip through the SDK's models (used
 /// for list pages), except secret volume contents: the SDK's `SecretVolume` is
 /// an empty struct. PUT bodies therefore bypass the SDK models (see
@@ -607,6 +701,163 @@ mod paced {
             emu.state.counters().requests.get("get"),
             Some(&3),
             "three attempts"
+        );
+        emu.shutdown().await;
+    }
+}
+
+/// `Paced<Metered<Azure>>` against the emulator with faults: every attempt is
+/// counted by operation and outcome, every 429 once, usage sets the quota gauges.
+mod metrics {
+    use super::*;
+    use spillway::aci::metered::Metered;
+    use spillway::aci::paced::{Paced, PacingConfig};
+    use spillway::metrics::Metrics;
+
+    /// The value of the sample `name{labels}` in a Prometheus text exposition,
+    /// whatever the label order.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let mut found: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            let mut wanted = labels.to_vec();
+            found.sort_unstable();
+            wanted.sort_unstable();
+            (found == wanted)
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+    }
+
+    fn requests(text: &str, op: &str, code: &str) -> Option<f64> {
+        sample(
+            text,
+            "spillway_aci_requests_total",
+            &[("op", op), ("code", code)],
+        )
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_counted_by_operation_and_outcome() {
+        // ARM side: 3 writes, then one per second; 1 core of quota.
+        let emu = Emulator::start(EmulatorConfig {
+            write_burst: 3,
+            writes_per_sec: 1.0,
+            cores_limit: 1,
+            ..fast()
+        })
+        .await
+        .expect("starts");
+        let metrics = Arc::new(Metrics::new());
+        let cfg = AzureConfig::for_emulator(emu.url.clone(), "tok", SUB, "rg-burst");
+        let aci = Paced::new(
+            Metered::new(
+                AzureContainerGroups::new(&cfg).expect("client builds"),
+                metrics.clone(),
+            ),
+            PacingConfig {
+                base_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                budget: Duration::from_secs(10),
+                max_attempts: 3,
+                ..Default::default()
+            },
+        )
+        .with_metrics(metrics.clone());
+
+        // Writes: ok, quota, ok (delete of a missing group), then a 429
+        // waited out and the same delete retried.
+        aci.create_or_update(&group("c1", "one", "1", None))
+            .await
+            .expect("created");
+        let quota = aci.create_or_update(&group("c1", "two", "1", None)).await;
+        assert!(
+            matches!(quota, Err(AciError::QuotaExceeded { .. })),
+            "{quota:?}"
+        );
+        aci.delete("missing").await.expect("deleted");
+        aci.delete("missing")
+            .await
+            .expect("deleted after Retry-After");
+        assert_eq!(
+            emu.state.counters().throttled,
+            1,
+            "the emulator sent one 429"
+        );
+
+        // Reads: a found and a missing group, then 5xx on every get.
+        assert!(aci.get("jobs-one").await.expect("get").is_some());
+        assert_eq!(aci.get("missing").await, Ok(None));
+        emu.state
+            .set_faults(Faults {
+                operations: [(
+                    "get".to_string(),
+                    OperationFaults {
+                        error_rate: 1.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            })
+            .expect("valid plan");
+        let transient = aci.get("jobs-one").await;
+        assert!(
+            matches!(transient, Err(AciError::Transient { .. })),
+            "{transient:?}"
+        );
+        assert_eq!(aci.list("c1").await.map(|l| l.len()), Ok(1));
+        let usage = aci.usage("westeurope").await.expect("usage");
+        assert_eq!((usage.cores.limit, usage.cores.current), (1, 1));
+
+        let text = metrics.render();
+        assert_eq!(requests(&text, "create", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "create", "quota"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "delete", "ok"), Some(2.0), "{text}");
+        assert_eq!(requests(&text, "delete", "throttled"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "get", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "get", "not_found"), Some(1.0), "{text}");
+        assert_eq!(
+            requests(&text, "get", "transient"),
+            Some(3.0),
+            "each of the 3 attempts: {text}"
+        );
+        assert_eq!(requests(&text, "list", "ok"), Some(1.0), "{text}");
+        assert_eq!(requests(&text, "usage", "ok"), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, "spillway_aci_throttled_total", &[]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "spillway_aci_request_duration_seconds_count",
+                &[("op", "delete")]
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "spillway_aci_quota_cores", &[("kind", "limit")]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "spillway_aci_quota_cores", &[("kind", "used")]),
+            Some(1.0),
+            "{text}"
         );
         emu.shutdown().await;
     }

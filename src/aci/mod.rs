@@ -9,6 +9,7 @@
 
 pub mod azure;
 pub mod emulator;
+pub mod metered;
 pub mod model;
 pub mod paced;
 pub mod translate;
@@ -218,6 +219,43 @@ pub trait ContainerGroups: Send + Sync {
         tail: Option<u32>,
     ) -> BoxFuture<'a, Result<String, AciError>>;
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>>;
+}
+
+/// `list`, completed with what ARM's list omits: every listed group whose
+/// provisioning has finished (`Succeeded`, `Failed`, `Canceled`) but that
+/// carries no instance view is read again with `get`, so
+/// [`translate::pod_status_from_group`] sees container states. Groups still
+/// provisioning are returned as listed (their phase comes from
+/// `provisioningState`); a group deleted between the list and its `get` is
+/// left out. Order is kept. The first error of any call is returned: a
+/// status mapped from a group without its instance view would be wrong.
+pub async fn list_with_instance_views<C: ContainerGroups + ?Sized>(
+    aci: &C,
+    cluster_id: &str,
+) -> Result<Vec<ContainerGroup>, AciError> {
+    use futures::StreamExt as _;
+    /// Concurrent GETs; a pacer in `aci` still bounds the rate.
+    const CONCURRENT_GETS: usize = 8;
+    let listed = aci.list(cluster_id).await?;
+    let completed: Vec<Result<Option<ContainerGroup>, AciError>> =
+        futures::stream::iter(listed.into_iter().map(|g| async move {
+            let finished = matches!(
+                g.properties.provisioning_state.as_deref(),
+                None | Some("Succeeded" | "Failed" | "Canceled")
+            );
+            if finished && !translate::has_instance_view(&g) {
+                aci.get(&g.name).await
+            } else {
+                Ok(Some(g))
+            }
+        }))
+        .buffered(CONCURRENT_GETS)
+        .collect()
+        .await;
+    completed
+        .into_iter()
+        .filter_map(Result::transpose)
+        .collect()
 }
 
 #[cfg(test)]

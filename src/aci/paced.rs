@@ -10,15 +10,19 @@
 //!   create whose answer was lost cannot duplicate a group.
 //! - Errors retrying cannot fix (quota, capacity, invalid spec, auth) return
 //!   at once.
+//! - With [`Paced::with_metrics`], every 429 seen counts in
+//!   `spillway_aci_throttled_total`. Wrap the backend in
+//!   [`super::metered::Metered`] *inside* the pacer to count each attempt.
 //!
 //! Waiting here is the pacing itself (tokio timers), not a test waiting for
 //! state.
 
 use super::{AciError, BoxFuture, ContainerGroup, ContainerGroups, Usage};
+use crate::metrics::Metrics;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -79,6 +83,16 @@ impl Lane {
         }
     }
 
+    /// ARM answered 429: no call before `until`, and the tokens this lane
+    /// believed it had are gone (ARM's bucket is empty; another client of the
+    /// subscription spent them), so after the pause it refills from zero
+    /// instead of bursting into a second 429.
+    fn throttled(&mut self, until: Instant, now: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+        self.tokens = 0.0;
+        self.last = now;
+    }
+
     /// Take a token now, or say how long to wait before asking again.
     fn take(&mut self, now: Instant) -> Option<Duration> {
         if let Some(until) = self.paused_until {
@@ -110,6 +124,7 @@ pub struct Paced<C> {
     inner: C,
     config: PacingConfig,
     lanes: Mutex<Lanes>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<C: ContainerGroups> Paced<C> {
@@ -124,7 +139,14 @@ impl<C: ContainerGroups> Paced<C> {
             inner,
             config,
             lanes: Mutex::new(lanes),
+            metrics: None,
         }
+    }
+
+    /// Count the 429s this pacer sees in `spillway_aci_throttled_total`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn inner(&self) -> &C {
@@ -180,11 +202,14 @@ impl<C: ContainerGroups> Paced<C> {
             attempt += 1;
             let (wait, sleep_here) = match &err {
                 AciError::Throttled { retry_after } => {
+                    if let Some(m) = &self.metrics {
+                        m.aci_throttled.inc();
+                    }
                     // Pause the whole class; `acquire` waits the pause out.
-                    let until = Instant::now() + *retry_after;
+                    let now = Instant::now();
                     let mut l = self.lanes();
                     let lane = if write { &mut l.write } else { &mut l.read };
-                    lane.paused_until = Some(lane.paused_until.map_or(until, |u| u.max(until)));
+                    lane.throttled(now + *retry_after, now);
                     (*retry_after, false)
                 }
                 AciError::Transient { .. } => (self.backoff(attempt - 1), true),
@@ -255,5 +280,30 @@ mod tests {
             None,
             "pause over, bucket full again"
         );
+    }
+
+    #[test]
+    fn a_429_empties_the_lane_so_the_pause_ends_without_a_burst() {
+        let t0 = Instant::now();
+        let mut lane = Lane::new(2.0, 10, t0);
+        assert_eq!(lane.take(t0), None, "9 tokens left");
+        lane.throttled(t0 + Duration::from_secs(1), t0);
+        assert_eq!(
+            lane.take(t0 + Duration::from_millis(400)),
+            Some(Duration::from_millis(600)),
+            "paused"
+        );
+        let after = t0 + Duration::from_secs(1);
+        assert_eq!(lane.take(after), None, "refilled 2 during the pause");
+        assert_eq!(lane.take(after), None);
+        assert_eq!(
+            lane.take(after),
+            Some(Duration::from_millis(500)),
+            "not the 9 it had before the 429"
+        );
+        // A shorter second 429 does not cut the pause short.
+        lane.throttled(after + Duration::from_secs(3), after);
+        lane.throttled(after + Duration::from_secs(1), after);
+        assert_eq!(lane.take(after), Some(Duration::from_secs(3)));
     }
 }

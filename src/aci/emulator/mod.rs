@@ -29,7 +29,9 @@
 //! - **Faults** (config or `POST /_emulator/faults`): per-operation rates of
 //!   500s, 429s and hangs past the client's timeout (a hung write is applied
 //!   first, so a client that times out and retries must be idempotent), extra
-//!   latency, capacity errors, and groups that vanish. Seeded randomness.
+//!   latency, capacity errors, and groups that vanish; the same rates aimed at
+//!   one group by name (`groups`), and groups whose provisioning fails
+//!   (`failProvisioning`). Seeded randomness.
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -147,6 +149,18 @@ pub struct Faults {
     /// Names of groups to make disappear at once (not kept in the plan).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vanish: Vec<String>,
+    /// Faults aimed at one group: group name → operation (`put`, `get`,
+    /// `delete`, `logs`, or `*`) → faults. For the operations it lists they
+    /// replace [`Faults::operations`] on that group's requests, so one group
+    /// can fail while every other works (zero rates exempt the group).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, BTreeMap<String, OperationFaults>>,
+    /// Groups whose provisioning fails: group name → the detail ACI shows
+    /// (e.g. `ErrImagePull: …`). A group created or updated while named here
+    /// goes `Accepted` → `Creating` → `Failed`, its containers stay `Waiting`
+    /// with that detail, and a `Failed` event carries it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fail_provisioning: BTreeMap<String, String>,
 }
 
 impl Default for Faults {
@@ -156,6 +170,8 @@ impl Default for Faults {
             capacity_error_rate: 0.0,
             hang_ms: 60_000,
             vanish: Vec::new(),
+            groups: BTreeMap::new(),
+            fail_provisioning: BTreeMap::new(),
         }
     }
 }
@@ -163,32 +179,22 @@ impl Default for Faults {
 impl Faults {
     /// Check rates and operation names; a message says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
-        for (op, f) in &self.operations {
-            if !matches!(
-                op.as_str(),
-                "put" | "get" | "list" | "delete" | "logs" | "usage" | "*"
-            ) {
-                return Err(format!(
-                    "operations.{op}: unknown operation (put, get, list, delete, logs, usage, *)"
-                ));
+        validate_operations(
+            "operations",
+            &self.operations,
+            &["put", "get", "list", "delete", "logs", "usage", "*"],
+        )?;
+        for (group, operations) in &self.groups {
+            if group.is_empty() {
+                return Err("groups: a group name is empty".into());
             }
-            for (name, r) in [
-                ("errorRate", f.error_rate),
-                ("throttleRate", f.throttle_rate),
-                ("timeoutRate", f.timeout_rate),
-            ] {
-                if !rate_ok(r) {
-                    return Err(format!(
-                        "operations.{op}.{name}: {r} is not between 0 and 1"
-                    ));
-                }
-            }
-            if f.error_rate + f.throttle_rate + f.timeout_rate > 1.0 + 1e-9 {
-                return Err(format!("operations.{op}: the rates add up to more than 1"));
-            }
+            validate_operations(
+                &format!("groups.{group}"),
+                operations,
+                &["put", "get", "delete", "logs", "*"],
+            )?;
         }
-        if !rate_ok(self.capacity_error_rate) {
+        if !(0.0..=1.0).contains(&self.capacity_error_rate) {
             return Err(format!(
                 "capacityErrorRate: {} is not between 0 and 1",
                 self.capacity_error_rate
@@ -196,6 +202,47 @@ impl Faults {
         }
         Ok(())
     }
+
+    /// The plan for one request: the group's own entry when it has one,
+    /// else the operation-wide one (`*` as the fallback in both).
+    pub fn plan_for(&self, op: &str, group: Option<&str>) -> OperationFaults {
+        let pick =
+            |ops: &BTreeMap<String, OperationFaults>| ops.get(op).or_else(|| ops.get("*")).cloned();
+        group
+            .and_then(|g| self.groups.get(g))
+            .and_then(pick)
+            .or_else(|| pick(&self.operations))
+            .unwrap_or_default()
+    }
+}
+
+fn validate_operations(
+    at: &str,
+    operations: &BTreeMap<String, OperationFaults>,
+    known: &[&str],
+) -> Result<(), String> {
+    let rate_ok = |r: f64| (0.0..=1.0).contains(&r);
+    for (op, f) in operations {
+        if !known.contains(&op.as_str()) {
+            return Err(format!(
+                "{at}.{op}: unknown operation ({})",
+                known.join(", ")
+            ));
+        }
+        for (name, r) in [
+            ("errorRate", f.error_rate),
+            ("throttleRate", f.throttle_rate),
+            ("timeoutRate", f.timeout_rate),
+        ] {
+            if !rate_ok(r) {
+                return Err(format!("{at}.{op}.{name}: {r} is not between 0 and 1"));
+            }
+        }
+        if f.error_rate + f.throttle_rate + f.timeout_rate > 1.0 + 1e-9 {
+            return Err(format!("{at}.{op}: the rates add up to more than 1"));
+        }
+    }
+    Ok(())
 }
 
 /// Why the emulator could not start.

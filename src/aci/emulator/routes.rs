@@ -142,6 +142,7 @@ async fn gate(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     subscription: &str,
+    group: Option<&str>,
 ) -> Result<Pass, ArmError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -181,7 +182,7 @@ async fn gate(
             "The api-version query parameter (?api-version=) is required for all requests.",
         ));
     }
-    let (fault, latency) = state.lock().fault_for(op);
+    let (fault, latency) = state.lock().fault_for(op, group);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -254,7 +255,7 @@ async fn put_group(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::Put, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::Put, &headers, &q, &sub, Some(&name)).await?;
     let group: ContainerGroup = serde_json::from_slice(&body).map_err(|e| {
         ArmError::new(
             StatusCode::BAD_REQUEST,
@@ -300,7 +301,7 @@ async fn get_group(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::Get, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::Get, &headers, &q, &sub, Some(&name)).await?;
     let g = state
         .lock()
         .get(&GroupKey::new(&sub, &rg, &name), Instant::now());
@@ -316,7 +317,7 @@ async fn delete_group(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::Delete, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::Delete, &headers, &q, &sub, Some(&name)).await?;
     let key = GroupKey::new(&sub, &rg, &name);
     let deleted = {
         let mut w = state.lock();
@@ -363,7 +364,7 @@ async fn list_rg(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::List, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::List, &headers, &q, &sub, None).await?;
     let (groups, page_size) = {
         let w = state.lock();
         (w.list(&sub, Some(&rg), Instant::now()), w.config.page_size)
@@ -379,7 +380,7 @@ async fn list_sub(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::List, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::List, &headers, &q, &sub, None).await?;
     let (groups, page_size) = {
         let w = state.lock();
         (w.list(&sub, None, Instant::now()), w.config.page_size)
@@ -395,7 +396,7 @@ async fn logs(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::Logs, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::Logs, &headers, &q, &sub, Some(&name)).await?;
     let tail = match q.get("tail") {
         None => None,
         Some(t) => Some(t.parse::<usize>().map_err(|_| {
@@ -433,7 +434,7 @@ async fn usages(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, ArmError> {
-    let pass = gate(&state, Op::Usage, &headers, &q, &sub).await?;
+    let pass = gate(&state, Op::Usage, &headers, &q, &sub, None).await?;
     let value = state.lock().usage(&sub, &loc);
     let result = ListResult {
         value,

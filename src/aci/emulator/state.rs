@@ -68,6 +68,8 @@ struct Record {
     created_wall: Timestamp,
     ip: Option<Ipv4Addr>,
     puts: u64,
+    /// Provisioning ends `Failed` with this detail (fault plan at PUT time).
+    fails: Option<String>,
 }
 
 /// Token bucket: `capacity` tokens, refilled at `per_sec`.
@@ -205,19 +207,15 @@ impl World {
 
     /// Roll the dice for one request, per the fault plan (seeded, so a run
     /// with the same seed and request order sees the same faults).
-    pub fn fault_for(&mut self, op: Op) -> (Fault, Duration) {
+    /// `group` is the group the request is about (`None` for lists and
+    /// usage), for faults aimed at one group.
+    pub fn fault_for(&mut self, op: Op, group: Option<&str>) -> (Fault, Duration) {
         *self
             .counters
             .requests
             .entry(op.name().to_string())
             .or_default() += 1;
-        let plan: OperationFaults = self
-            .faults
-            .operations
-            .get(op.name())
-            .or_else(|| self.faults.operations.get("*"))
-            .cloned()
-            .unwrap_or_default();
+        let plan: OperationFaults = self.faults.plan_for(op.name(), group);
         let latency = Duration::from_millis(plan.latency_ms);
         let roll: f64 = self.rng.random();
         let fault = if roll < plan.error_rate {
@@ -282,10 +280,12 @@ impl World {
             }
             let wants_ip = wants_public_ip(&spec);
             // An update restarts the group, as ACI does.
+            let fails = self.faults.fail_provisioning.get(&key.name).cloned();
             if let Some(existing) = self.groups.get_mut(&key) {
                 existing.spec = spec;
                 existing.created = now;
                 existing.created_wall = now_wall;
+                existing.fails = fails;
             }
             self.ensure_ip(&key, wants_ip);
             self.counters.updates += 1;
@@ -341,6 +341,7 @@ impl World {
                 created_wall: now_wall,
                 ip: None,
                 puts: 1,
+                fails: self.faults.fail_provisioning.get(&key.name).cloned(),
             },
         );
         self.ensure_ip(&key, wants_ip);
@@ -595,9 +596,12 @@ impl World {
             "Accepted"
         } else if elapsed < accepted + creating {
             "Creating"
+        } else if r.fails.is_some() {
+            "Failed"
         } else {
             "Succeeded"
         };
+        let failure = r.fails.as_deref().filter(|_| prov == "Failed");
         g.properties.provisioning_state = Some(prov.to_string());
         if let Some(ipa) = &mut g.properties.ip_address {
             ipa.ip = r.ip.map(|ip| ip.to_string());
@@ -644,6 +648,7 @@ impl World {
             ("Succeeded", Some(_)) if exit_code == 0 => "Succeeded",
             ("Succeeded", Some(_)) => "Failed",
             ("Succeeded", None) => "Running",
+            ("Failed", _) => "Failed",
             _ => "Pending",
         };
         for c in &mut g.properties.containers {
@@ -664,7 +669,7 @@ impl World {
                 },
                 _ => ContainerState {
                     state: "Waiting".to_string(),
-                    detail_status: Some(String::new()),
+                    detail_status: Some(failure.unwrap_or_default().to_string()),
                     ..Default::default()
                 },
             };
@@ -717,7 +722,17 @@ impl World {
         }
         g.properties.instance_view = Some(GroupInstanceView {
             state: Some(group_state.to_string()),
-            events: vec![],
+            events: failure
+                .map(|detail| Event {
+                    count: Some(1),
+                    first_timestamp: Some(wall(accepted + creating)),
+                    last_timestamp: Some(wall(accepted + creating)),
+                    name: Some("Failed".to_string()),
+                    message: Some(detail.to_string()),
+                    event_type: Some("Warning".to_string()),
+                })
+                .into_iter()
+                .collect(),
         });
         g
     }

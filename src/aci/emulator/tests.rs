@@ -660,3 +660,168 @@ async fn failing_on_failure_jobs_restart_and_count() {
         crate::aci::translate::pod_status_from_group(&serde_json::from_value(body).expect("group"));
     assert_eq!(status.phase.as_deref(), Some("Failed"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn faults_aimed_at_one_group_leave_the_others_alone() {
+    let st = state_with(EmulatorConfig::default());
+    for name in ["good", "bad"] {
+        let (s, _, _) = call(
+            &st,
+            "PUT",
+            &format!("{RG}/{name}?{V}"),
+            Some(json(&group(name, 0.5, "Always", None))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let plan = serde_json::json!({
+        "groups": {"bad": {"get": {"errorRate": 1.0}, "*": {"throttleRate": 1.0}}}
+    });
+    let (s, _, body) = call(&st, "POST", "/_emulator/faults", Some(plan)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["faults"]["groups"]["bad"]["get"]["errorRate"], 1.0);
+
+    let status = |s: &EmulatorState, method: &'static str, name: &'static str| {
+        let st = s.clone();
+        async move {
+            let body = (method == "PUT").then(|| json(&group(name, 0.5, "Always", None)));
+            call(&st, method, &format!("{RG}/{name}?{V}"), body).await.0
+        }
+    };
+    assert_eq!(
+        status(&st, "GET", "bad").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        status(&st, "PUT", "bad").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "`*` covers the group's other operations"
+    );
+    assert_eq!(status(&st, "GET", "good").await, StatusCode::OK);
+    assert_eq!(status(&st, "PUT", "good").await, StatusCode::OK);
+    let (s, _, _) = call(&st, "GET", &format!("{RG}?{V}"), None).await;
+    assert_eq!(s, StatusCode::OK, "lists are not aimed at a group");
+
+    // The other way round: everything fails except one exempted group.
+    st.set_faults(Faults {
+        operations: [(
+            "*".to_string(),
+            OperationFaults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        groups: [(
+            "good".to_string(),
+            [("*".to_string(), OperationFaults::default())].into(),
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .expect("valid plan");
+    assert_eq!(status(&st, "GET", "good").await, StatusCode::OK);
+    assert_eq!(
+        status(&st, "GET", "bad").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    for bad in [
+        serde_json::json!({"groups": {"bad": {"list": {}}}}),
+        serde_json::json!({"groups": {"bad": {"get": {"errorRate": 1.5}}}}),
+        serde_json::json!({"groups": {"": {"get": {}}}}),
+    ] {
+        let (s, _, body) = call(&st, "POST", "/_emulator/faults", Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn provisioning_fails_for_named_groups_only() {
+    let st = state_with(EmulatorConfig {
+        speed: 10.0,
+        ..Default::default()
+    });
+    let put = |name: &'static str| {
+        let st = st.clone();
+        async move {
+            call(
+                &st,
+                "PUT",
+                &format!("{RG}/{name}?{V}"),
+                Some(json(&group(name, 0.5, "Always", None))),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(put("early").await, StatusCode::CREATED);
+    let detail = "ErrImagePull: pull access denied for nginx:1.27";
+    st.set_faults(Faults {
+        fail_provisioning: [
+            ("early".to_string(), detail.to_string()),
+            ("bad".to_string(), detail.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    })
+    .expect("valid plan");
+    assert_eq!(put("bad").await, StatusCode::CREATED, "accepted first");
+    assert_eq!(put("good").await, StatusCode::CREATED);
+
+    let get = |name: &'static str| {
+        let st = st.clone();
+        async move {
+            let (s, _, body) = call(&st, "GET", &format!("{RG}/{name}?{V}"), None).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            serde_json::from_value::<ContainerGroup>(body).expect("group")
+        }
+    };
+    let creating = get("bad").await;
+    assert_eq!(
+        creating.properties.provisioning_state.as_deref(),
+        Some("Accepted")
+    );
+    // 2 s Accepted + 3 s Creating at speed 10 = 0.5 s.
+    tokio::time::advance(Duration::from_millis(600)).await;
+    let bad = get("bad").await;
+    assert_eq!(bad.properties.provisioning_state.as_deref(), Some("Failed"));
+    let view = bad
+        .properties
+        .instance_view
+        .as_ref()
+        .expect("instance view");
+    assert_eq!(view.state.as_deref(), Some("Failed"));
+    assert_eq!(
+        view.events.last().and_then(|e| e.message.as_deref()),
+        Some(detail)
+    );
+    let container = bad.properties.containers[0]
+        .properties
+        .instance_view
+        .as_ref()
+        .and_then(|v| v.current_state.as_ref())
+        .expect("container state");
+    assert_eq!(
+        (container.state.as_str(), container.detail_status.as_deref()),
+        ("Waiting", Some(detail))
+    );
+    let status = crate::aci::translate::pod_status_from_group(&bad);
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(detail)),
+        "{:?}",
+        status.message
+    );
+    for name in ["good", "early"] {
+        let g = get(name).await;
+        assert_eq!(
+            g.properties.provisioning_state.as_deref(),
+            Some("Succeeded"),
+            "{name}: only groups created while named fail"
+        );
+    }
+}
