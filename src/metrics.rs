@@ -155,7 +155,7 @@ impl Metrics {
             aci_requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "spillway_aci_requests_total",
-                    "ACI (ARM) requests by operation (create, get, list, delete, logs, usage) and HTTP status code (or \"error\" when no response)."
+                    "ACI (ARM) requests by operation (create, get, list, delete, logs, usage) and outcome (ok, throttled, transient, quota, capacity, invalid, not_found, auth, conflict, protocol)."
                 ),
                 &["op", "code"]
             )),
