@@ -321,17 +321,21 @@ impl<'a> Pass<'a> {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
-        let room: Vec<Resources> = snap.nodes.iter().map(VmNode::free_room).collect();
-        let node_pool = snap
-            .nodes
-            .iter()
-            .map(|n| {
-                pool_index
-                    .get(n.pool.as_str())
-                    .copied()
-                    .unwrap_or(usize::MAX)
-            })
-            .collect();
+        // The extender's case never looks at VM room: skip indexing thousands of nodes.
+        let (room, node_pool): (Vec<Resources>, Vec<usize>) = if use_vm_room {
+            snap.nodes
+                .iter()
+                .map(|n| {
+                    let pool = pool_index
+                        .get(n.pool.as_str())
+                        .copied()
+                        .unwrap_or(usize::MAX);
+                    (n.free_room(), pool)
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut future = Vec::new();
         let mut headroom = Vec::with_capacity(snap.pools.len());
         for (pi, p) in snap.pools.iter().enumerate() {
