@@ -275,13 +275,13 @@ impl Provider {
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                r = leader.wait_for(|l| *l) => if r.is_err() { return Ok(()) },
+                ok = async { leader.wait_for(|l| *l).await.is_ok() } => if !ok { return Ok(()) },
             }
             tracing::info!(node = %self.config.node.name, "provider active (leader)");
             let mut lost = leader.clone();
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                _ = lost.wait_for(|l| !*l) => {
+                _ = async { lost.wait_for(|l| !*l).await.is_ok() } => {
                     tracing::info!(node = %self.config.node.name, "provider paused (not leader)");
                 }
                 r = self.active() => {
@@ -332,7 +332,6 @@ impl Provider {
     async fn node_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
         let cfg = &self.config;
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), node::NODE_LEASE_NAMESPACE);
         let mut node_uid: Option<String> = None;
         let mut last_written: Option<NodeStatus> = None;
         let mut last_write_at: Option<Instant> = None;
@@ -368,7 +367,7 @@ impl Provider {
                 }
             }
             if node_uid.is_none() {
-                match self.ensure_node(&nodes).await {
+                match self.ensure_node().await {
                     Ok(uid) => {
                         node_uid = Some(uid);
                         last_written = None;
@@ -411,7 +410,7 @@ impl Provider {
             if let Some(uid) = node_uid.clone()
                 && due(last_lease_at, cfg.lease_interval)
             {
-                match self.renew_lease(&leases, &uid).await {
+                match self.renew_lease(uid).await {
                     Ok(()) => last_lease_at = Some(Instant::now()),
                     Err(e) => tracing::warn!(error = %e, "node lease renewal failed"),
                 }
@@ -421,7 +420,8 @@ impl Provider {
     }
 
     /// Create the node, or bring its labels and taint back; its uid.
-    async fn ensure_node(&self, nodes: &Api<Node>) -> Result<String, kube::Error> {
+    async fn ensure_node(&self) -> Result<String, kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
         let settings = &self.config.node;
         let node = match nodes.get_opt(&settings.name).await? {
             None => {
@@ -445,7 +445,8 @@ impl Provider {
         Ok(node.metadata.uid.unwrap_or_default())
     }
 
-    async fn renew_lease(&self, leases: &Api<Lease>, node_uid: &str) -> Result<(), kube::Error> {
+    async fn renew_lease(&self, node_uid: String) -> Result<(), kube::Error> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), node::NODE_LEASE_NAMESPACE);
         let name = &self.config.node.name;
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let patch = Patch::Merge(json!({ "spec": {
@@ -456,7 +457,7 @@ impl Provider {
         match leases.patch(name, &PatchParams::default(), &patch).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() => {
-                let uid = (!node_uid.is_empty()).then_some(node_uid);
+                let uid = (!node_uid.is_empty()).then_some(node_uid.as_str());
                 leases
                     .create(&PostParams::default(), &node::node_lease(name, uid, now))
                     .await
@@ -541,15 +542,15 @@ impl Provider {
             let (ns, name, uid) = pod_key(&pod);
             let group = groups.get(&group_name(&ns, &name));
             let facts = self.facts(st, &uid, Some(list_at));
-            match pods::decide(
+            let action = pods::decide(
                 &pod,
                 group,
                 facts,
                 &self.config.node.internal_ip,
                 &now_time(),
-            ) {
-                a @ (PodAction::Create | PodAction::Delete { .. }) => actions.push((pod, a)),
-                _ => {}
+            );
+            if let a @ (PodAction::Create | PodAction::Delete { .. }) = action {
+                actions.push((pod, a));
             }
         }
         for (pod, action) in actions {
@@ -946,8 +947,8 @@ impl Provider {
         unknown.extend(skip.iter().map(|(_, _, n)| n.clone()));
         let aci = self.aci.clone();
         let fetched: Vec<(String, Result<Option<ContainerGroup>, AciError>)> =
-            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()))
-                .map(|name| {
+            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
+                .map(move |name| {
                     let aci = aci.clone();
                     async move {
                         let r = aci.get(&name).await;
@@ -1022,8 +1023,12 @@ impl Provider {
                     .inc();
             }
         }
+        let this = self.clone();
         let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
-            .map(|(pod, status)| async move { self.patch_pod_status(&pod, &status).await })
+            .map(move |(pod, status)| {
+                let this = this.clone();
+                async move { this.patch_pod_status(&pod, &status).await }
+            })
             .buffer_unordered(16)
             .collect()
             .await;
