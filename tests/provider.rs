@@ -705,3 +705,90 @@ async fn a_standby_replica_does_nothing_until_it_leads() {
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+#[derive(clap::Parser)]
+struct RunArgs {
+    #[command(flatten)]
+    run: spillway::run::RunCommand,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
+    use clap::Parser as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-run-policies");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let args = RunArgs::parse_from([
+        "spillway",
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+        "--identity",
+        "r1",
+        "--lease-seconds",
+        "3",
+        "--aci",
+        "emulator",
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--aci-sync-secs",
+        "1",
+    ]);
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = srv.kube_config();
+    let task = tokio::spawn(async move {
+        spillway::run::run_with(config, &args.run, store, metrics, listener, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    eventually("virtual node registered and Ready", || async {
+        ready_condition(&srv).map(|r| r.0).as_deref() == Some("True")
+    })
+    .await;
+    create_pod(&srv, &app_pod("demo")).await;
+    eventually("pod Running on the embedded emulator", || async {
+        running(&srv, "demo")
+    })
+    .await;
+
+    // kubectl logs goes to the node's kubelet endpoint.
+    let port = srv
+        .get::<Node>("", NODE)
+        .and_then(|n| n.status)
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .unwrap_or_else(|| panic!("kubelet endpoint port"));
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    conn.write_all(
+        format!("GET /containerLogs/{NS}/demo/app?tailLines=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("nginx:1.27"), "{answer}");
+
+    let _ = tx.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("run_with did not stop"));
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+}

@@ -21,6 +21,7 @@
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
 //!   the pod from the API server before deleting).
 
+pub mod cli;
 pub mod logs;
 pub mod node;
 pub mod pods;
