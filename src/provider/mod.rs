@@ -542,6 +542,10 @@ impl Provider {
         for pod in store.state() {
             let (ns, name, uid) = pod_key(&pod);
             let group = groups.get(&group_name(&ns, &name));
+            // Status work waits for the sync; only creations and deletions are urgent.
+            if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
             let facts = self.facts(st, &uid, Some(list_at));
             let action = pods::decide(
                 &pod,
