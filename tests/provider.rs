@@ -136,11 +136,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_at(emulator_config()).await
+}
+
+async fn world_at(emulator: EmulatorConfig) -> World {
     let srv = TestApiServer::builder()
         .pod_deletion(PodDeletion::Kubelet)
         .start()
         .await;
-    let emu = Emulator::start(emulator_config())
+    let emu = Emulator::start(emulator)
         .await
         .unwrap_or_else(|e| panic!("emulator: {e}"));
     let aci = aci(&emu, pacing());
@@ -300,7 +304,12 @@ async fn node_registers_with_labels_taint_capacity_and_renews_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_served() {
-    let w = world().await;
+    // Slow enough (1 s to Running) that the pod is seen Pending first.
+    let w = world_at(EmulatorConfig {
+        speed: 5.0,
+        ..emulator_config()
+    })
+    .await;
     let secrets: Api<Secret> = Api::namespaced(w.srv.client(), NS);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "db", "namespace": NS},
@@ -325,6 +334,14 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
     let p = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
     let created = create_pod(&w.srv, &pod).await;
 
+    eventually("pod Pending while its group is created", || async {
+        w.srv
+            .get::<Pod>(NS, "api")
+            .and_then(|p| p.status)
+            .and_then(|s| s.message)
+            .is_some_and(|m| m.contains("ACI container group"))
+    })
+    .await;
     eventually("pod Running", || async { running(&w.srv, "api") }).await;
     let status = w
         .srv
@@ -361,6 +378,31 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
         metrics.provider_pods.with_label_values(&["Running"]).get() == 1
     })
     .await;
+
+    // Steady state writes nothing: a stale reason/message must not make
+    // every sync patch again.
+    let status_writes = || {
+        w.srv
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PATCH" && r.path == format!("/api/v1/namespaces/{NS}/pods/api/status")
+            })
+            .count()
+    };
+    let before = status_writes();
+    tokio::time::sleep(Duration::from_millis(1000)).await; // five syncs; a write would show
+    assert_eq!(
+        status_writes(),
+        before,
+        "no status writes while nothing changes"
+    );
+    let status = w
+        .srv
+        .get::<Pod>(NS, "api")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.message, None, "the Pending message is cleared");
 
     // kubectl logs → the kubelet endpoint → ACI logs.
     use tower::ServiceExt as _;

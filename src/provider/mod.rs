@@ -185,6 +185,26 @@ fn now_time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// `status` as a JSON merge patch: fields it leaves out are cleared, so a
+/// reason or message of an earlier state does not linger (a merge patch
+/// keeps what it does not mention).
+fn status_patch(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(map) = v.as_object_mut() {
+        for key in [
+            "reason",
+            "message",
+            "podIP",
+            "podIPs",
+            "containerStatuses",
+            "initContainerStatuses",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}
+
 /// The embedded virtual-kubelet.
 #[derive(Clone)]
 pub struct Provider {
@@ -755,7 +775,7 @@ impl Provider {
             self.client.clone(),
             &pod.namespace().unwrap_or_else(|| "default".into()),
         );
-        let patch = Patch::Merge(json!({ "status": status }));
+        let patch = Patch::Merge(json!({ "status": status_patch(status) }));
         match api
             .patch_status(&pod.name_any(), &PatchParams::default(), &patch)
             .await
