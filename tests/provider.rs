@@ -834,3 +834,52 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         .unwrap_or_else(|_| panic!("run_with did not stop"));
     assert!(matches!(r, Ok(Ok(()))), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_lease_keeps_renewing_while_aci_hangs() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    eventually("lease created", || async { renew().is_some() }).await;
+    let mut ops = BTreeMap::new();
+    for op in ["usage", "list", "get"] {
+        ops.insert(
+            op.to_string(),
+            OperationFaults {
+                timeout_rate: 1.0,
+                ..OperationFaults::default()
+            },
+        );
+    }
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            hang_ms: 4000,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Let the hung calls start, then demand two renewals well inside one hang.
+    tokio::time::sleep(Duration::from_millis(400)).await; // lets hung calls begin; the checks below poll
+    for _ in 0..2 {
+        let before = renew();
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while renew() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "lease not renewed within 1.5 s while ACI hangs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    w.emu
+        .state
+        .set_faults(Faults::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    p.stop().await;
+}

@@ -343,6 +343,7 @@ impl Provider {
         tokio::select! {
             _ = drive => Err(ProviderError::WatchStopped { node: node_name, message: "stream ended".into() }),
             r = self.node_loop(&shared) => r,
+            r = self.usage_loop(&shared) => r,
             r = self.pod_loop(store, changed, &shared) => r,
         }
     }
@@ -350,13 +351,39 @@ impl Provider {
     // ------------------------------------------------------------------
     // Node
 
+    /// Read the ACI quota every `usage_interval`. Its own loop: a slow or
+    /// failing ACI (paced retries can take minutes) must never delay the
+    /// node Lease, or the node controller would evict the node's pods.
+    async fn usage_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
+        loop {
+            match self.aci.usage(&self.config.location).await {
+                Ok(u) => {
+                    shared.record(Ok(()));
+                    if let Some(m) = &self.metrics {
+                        m.aci_quota_cores
+                            .with_label_values(&["limit"])
+                            .set(u.cores.limit as f64);
+                        m.aci_quota_cores
+                            .with_label_values(&["used"])
+                            .set(u.cores.current as f64);
+                    }
+                    *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACI usage read failed");
+                    shared.record(Err(&e));
+                }
+            }
+            tokio::time::sleep(self.config.usage_interval).await;
+        }
+    }
+
     async fn node_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
         let cfg = &self.config;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut node_uid: Option<String> = None;
         let mut last_written: Option<NodeStatus> = None;
         let mut last_write_at: Option<Instant> = None;
-        let mut last_usage_at: Option<Instant> = None;
         let mut last_lease_at: Option<Instant> = None;
         let tick = cfg
             .lease_interval
@@ -366,27 +393,6 @@ impl Provider {
         loop {
             let due =
                 |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
-            if due(last_usage_at, cfg.usage_interval) {
-                last_usage_at = Some(Instant::now());
-                match self.aci.usage(&cfg.location).await {
-                    Ok(u) => {
-                        shared.record(Ok(()));
-                        if let Some(m) = &self.metrics {
-                            m.aci_quota_cores
-                                .with_label_values(&["limit"])
-                                .set(u.cores.limit as f64);
-                            m.aci_quota_cores
-                                .with_label_values(&["used"])
-                                .set(u.cores.current as f64);
-                        }
-                        *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ACI usage read failed");
-                        shared.record(Err(&e));
-                    }
-                }
-            }
             if node_uid.is_none() {
                 match self.ensure_node().await {
                     Ok(uid) => {
