@@ -764,7 +764,11 @@ impl Provider {
             type_: EventType::Warning,
             reason: reason.to_string(),
             note: Some(message.chars().take(1000).collect()),
-            action: "CreateContainerGroup".into(),
+            action: if reason == pods::REASON_GROUP_VANISHED {
+                "SyncContainerGroup".into()
+            } else {
+                "CreateContainerGroup".into()
+            },
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
@@ -1138,5 +1142,60 @@ impl Provider {
                 Err(e) => tracing::warn!(error = %e, group = %g.name, "GC: delete failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_unreachable_only_after_failing_for_the_configured_time() {
+        let mut h = HealthTracker::default();
+        let t0 = Instant::now();
+        let after = Duration::from_secs(60);
+        let down = AciError::Transient {
+            message: "connection refused".into(),
+        };
+        h.record(Err(&down), t0);
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(59), after),
+            Health::Reachable
+        );
+        assert!(matches!(
+            h.health(t0 + Duration::from_secs(60), after),
+            Health::Unreachable { ref message } if message.contains("connection refused")
+        ));
+        // A throttled answer is an answer: ACI is there.
+        h.record(
+            Err(&AciError::Throttled {
+                retry_after: Duration::from_secs(1),
+            }),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(120), after),
+            Health::Reachable
+        );
+        h.record(Err(&down), t0 + Duration::from_secs(130));
+        h.record(Ok(()), t0 + Duration::from_secs(131));
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(300), after),
+            Health::Reachable
+        );
+    }
+
+    #[test]
+    fn status_patch_clears_what_the_new_status_leaves_out() {
+        let running = k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("20.0.0.1".into()),
+            ..Default::default()
+        };
+        let v = status_patch(&running);
+        assert_eq!(v["phase"], "Running");
+        assert_eq!(v["podIP"], "20.0.0.1");
+        assert!(v["message"].is_null() && v.get("message").is_some());
+        assert!(v["reason"].is_null() && v.get("reason").is_some());
     }
 }
