@@ -92,7 +92,7 @@ pub struct RunCommand {
     pub view_refresh_ms: u64,
     /// The embedded ACI provider (`--aci`, `--node-name`, …).
     #[command(flatten)]
-    pub provider: crate::provider::cli::ProviderArgs,
+    pub provider: Box<crate::provider::cli::ProviderArgs>,
 }
 
 impl RunCommand {
