@@ -294,18 +294,35 @@ async fn node_registers_with_labels_taint_capacity_and_renews_its_lease() {
         Some(NODE)
     );
 
-    // Capacity follows usage: a running 0.5-core pod... ACI counts whole
-    // requested cores; the quota drops and the node reports it.
+    // Capacity is the quota the scheduler may still fill: this node's own
+    // pods are already subtracted by the scheduler (not counted twice);
+    // another cluster's groups in the subscription use quota up.
     create_pod(&w.srv, &app_pod("a")).await;
-    eventually("capacity shrinks after a group starts", || async {
+    eventually("pod Running", || async { running(&w.srv, "a") }).await;
+    let other: spillway::aci::ContainerGroup = serde_json::from_value(json!({
+        "name": "someone-else", "location": "westeurope",
+        "tags": {"spillway-cluster": "another-cluster"},
+        "properties": {"osType": "Linux", "containers": [{"name": "c", "properties": {
+            "image": "nginx", "resources": {"requests": {"cpu": 2.0, "memoryInGB": 1.0}}}}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.aci
+        .create_or_update(&other)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let capacity = |key: &'static str| {
         w.srv
             .get::<Node>("", NODE)
             .and_then(|n| n.status)
             .and_then(|s| s.capacity)
-            .and_then(|c| c.get("pods").map(|q| q.0.clone()))
-            .as_deref()
-            == Some("99")
-    })
+            .and_then(|c| c.get(key).map(|q| q.0.clone()))
+    };
+    eventually(
+        "capacity shrinks by the other cluster's group only",
+        || async {
+            capacity("cpu").as_deref() == Some("98") && capacity("pods").as_deref() == Some("99")
+        },
+    )
     .await;
     p.stop().await;
 }

@@ -164,6 +164,8 @@ impl HealthTracker {
 struct Shared {
     health: Mutex<HealthTracker>,
     usage: Mutex<Option<Usage>>,
+    /// What this node's live pods hold (from the last sync).
+    own: Mutex<node::OwnUse>,
 }
 
 impl Shared {
@@ -405,7 +407,12 @@ impl Provider {
                 }
             }
             if node_uid.is_some() {
-                let usage = *shared.usage.lock().unwrap_or_else(|e| e.into_inner());
+                let own = *shared.own.lock().unwrap_or_else(|e| e.into_inner());
+                let usage = shared
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(|u| node::schedulable(u, own));
                 let health = shared.health(cfg.unreachable_after);
                 let mut desired =
                     node::node_status(&cfg.node, usage.as_ref(), &health, &now_time());
@@ -1088,6 +1095,27 @@ impl Provider {
                 m.provider_pods.with_label_values(&[phase]).set(n);
             }
         }
+        let mut own = node::OwnUse::default();
+        for pod in pods.iter() {
+            let (ns, name, uid) = pod_key(pod);
+            let terminal = matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if let Some(g) = groups.get(&group_name(&ns, &name))
+                && !terminal
+                && pods::ownership(g, &ns, &name, &uid) == pods::Ownership::Ours
+            {
+                own.groups += 1;
+                own.cores += g
+                    .properties
+                    .containers
+                    .iter()
+                    .map(|c| c.properties.resources.requests.cpu)
+                    .sum::<f64>();
+            }
+        }
+        *shared.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
         st.last_get.retain(|name, _| groups.contains_key(name));
         let gc_due = st.last_gc.is_none_or(|t| t.elapsed() >= cfg.gc_interval);
         if gc_due {

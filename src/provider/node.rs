@@ -84,6 +84,24 @@ pub fn capacity(usage: Option<&Usage>, memory_gib_per_core: f64) -> BTreeMap<Str
     ])
 }
 
+/// What this node's own live pods hold of the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnUse {
+    pub cores: f64,
+    pub groups: i64,
+}
+
+/// The quota as the scheduler must see it. The scheduler subtracts the
+/// requests of the pods bound to this node from its allocatable, so what
+/// they already hold of the quota is added back; otherwise every running
+/// pod would count twice. Other clusters' groups stay counted as used.
+pub fn schedulable(usage: Usage, own: OwnUse) -> Usage {
+    let mut u = usage;
+    u.cores.current = (u.cores.current - own.cores.max(0.0).ceil() as i64).max(0);
+    u.container_groups.current = (u.container_groups.current - own.groups.max(0)).max(0);
+    u
+}
+
 /// Whether the ACI backend answers, as the node reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -369,6 +387,30 @@ mod tests {
         assert_eq!(none["cpu"].0, "0");
         let over = capacity(Some(&usage(130)), 4.0);
         assert_eq!(over["cpu"].0, "0");
+    }
+
+    #[test]
+    fn own_pods_do_not_count_twice() {
+        let u = schedulable(
+            usage(30),
+            OwnUse {
+                cores: 9.5,
+                groups: 4,
+            },
+        );
+        assert_eq!(u.cores.current, 20);
+        assert_eq!(u.container_groups.current, 6);
+        let clamp = schedulable(
+            usage(1),
+            OwnUse {
+                cores: 5.0,
+                groups: 50,
+            },
+        );
+        assert_eq!(
+            (clamp.cores.current, clamp.container_groups.current),
+            (0, 0)
+        );
     }
 
     #[test]
