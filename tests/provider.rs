@@ -911,3 +911,57 @@ async fn the_node_lease_keeps_renewing_while_aci_hangs() {
         .unwrap_or_else(|e| panic!("{e}"));
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_quota_waits_visibly_and_runs_when_quota_frees() {
+    let w = world_at(EmulatorConfig {
+        groups_limit: 1,
+        ..emulator_config()
+    })
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let p = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    create_pod(&w.srv, &app_pod("first")).await;
+    eventually("first pod Running", || async { running(&w.srv, "first") }).await;
+    create_pod(&w.srv, &app_pod("second")).await;
+    eventually("second pod Pending with a quota reason", || async {
+        w.srv
+            .get::<Pod>(NS, "second")
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.phase.as_deref() == Some("Pending")
+                    && s.reason.as_deref() == Some(vpods::REASON_RETRYING)
+                    && s.message.is_some_and(|m| m.contains("quota"))
+            })
+    })
+    .await;
+    eventually("a Warning event says why", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.reason.as_deref() == Some(vpods::REASON_RETRYING)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("second")
+        })
+    })
+    .await;
+    assert!(
+        metrics
+            .aci_container_group_start_failures
+            .with_label_values(&["quota"])
+            .get()
+            >= 1
+    );
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("first", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("second pod Running once the quota frees", || async {
+        running(&w.srv, "second")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "second")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.reason, None, "the retry reason is cleared");
+    p.stop().await;
+}
