@@ -965,3 +965,45 @@ async fn a_pod_over_quota_waits_visibly_and_runs_when_quota_frees() {
     assert_eq!(status.reason, None, "the retry reason is cleared");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
+    let w = world().await;
+    let first = start(&w.srv, w.aci.clone(), None);
+    for n in ["live", "doomed"] {
+        create_pod(&w.srv, &app_pod(n)).await;
+    }
+    eventually("both Running", || async {
+        running(&w.srv, "live") && running(&w.srv, "doomed")
+    })
+    .await;
+    first.stop().await;
+    // Force-deleted while no provider ran: its group is an orphan now.
+    w.srv.remove::<Pod>(NS, "doomed");
+
+    let metrics = Arc::new(Metrics::new());
+    let second = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    eventually("the orphan's group collected", || async {
+        w.emu
+            .state
+            .snapshot()
+            .iter()
+            .all(|g| g.name != group_name(NS, "doomed"))
+    })
+    .await;
+    assert_eq!(metrics.gc_deleted.get(), 1);
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(
+        snapshot.len(),
+        1,
+        "the live pod's group is kept: {snapshot:?}"
+    );
+    assert_eq!(snapshot[0].name, group_name(NS, "live"));
+    let counters = w.emu.state.counters();
+    assert_eq!(
+        counters.creates, 2,
+        "adopted, not created again: {counters:?}"
+    );
+    assert!(running(&w.srv, "live"));
+    second.stop().await;
+}
