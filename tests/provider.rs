@@ -1007,3 +1007,61 @@ async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
     assert!(running(&w.srv, "live"));
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_config_map_holds_the_pod_until_it_exists() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let mut pod = app_pod("cfg");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].env_from = Some(
+            serde_json::from_value(json!([{"configMapRef": {"name": "settings"}}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        spec.volumes = Some(
+            serde_json::from_value(json!([{"name": "conf", "configMap": {"name": "settings"}}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        spec.containers[0].volume_mounts = Some(
+            serde_json::from_value(json!([{"name": "conf", "mountPath": "/etc/app"}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    create_pod(&w.srv, &pod).await;
+    eventually("pod Pending with CreateContainerConfigError", || async {
+        w.srv
+            .get::<Pod>(NS, "cfg")
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.reason.as_deref() == Some(vpods::REASON_CONFIG_ERROR)
+                    && s.message
+                        .is_some_and(|m| m.contains("ConfigMap \"settings\" not found"))
+            })
+    })
+    .await;
+    assert!(w.emu.state.snapshot().is_empty());
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(w.srv.client(), NS);
+    let cm = serde_json::from_value(json!({
+        "metadata": {"name": "settings", "namespace": NS},
+        "data": {"LEVEL": "debug", "app.yaml": "a: 1"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("pod Running once the ConfigMap exists", || async {
+        running(&w.srv, "cfg")
+    })
+    .await;
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(
+        snapshot[0]
+            .secret_files
+            .get("conf")
+            .cloned()
+            .unwrap_or_default(),
+        vec!["LEVEL".to_string(), "app.yaml".to_string()],
+        "the ConfigMap's files reached the group"
+    );
+    p.stop().await;
+}
