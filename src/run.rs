@@ -291,6 +291,7 @@ pub async fn run_with(
         client.clone(),
         leader.clone(),
         metrics.clone(),
+        store.clone(),
         stop_rx.clone(),
     )
     .await?;

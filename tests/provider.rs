@@ -1065,3 +1065,50 @@ async fn a_missing_config_map_holds_the_pod_until_it_exists() {
     );
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selecting_policys_aci_section_shapes_the_group() {
+    let w = world().await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-aci-policies");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("web.yaml"),
+        "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  podSelector: { matchLabels: { app: web } }\n  burst: { mode: Auto, spillAfter: 30s, maxVmWait: 2m }\n  aci: { publicIp: auto, dnsNameLabel: \"{{namespace}}-{{name}}-pub\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics)
+            .unwrap_or_else(|e| panic!("{e:?}")),
+    );
+    let provider =
+        Provider::new(w.srv.client(), w.aci.clone(), provider_config(), None).with_policies(store);
+    let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    create_pod(&w.srv, &app_pod("site")).await;
+    eventually("pod Running", || async { running(&w.srv, "site") }).await;
+    let group = w
+        .aci
+        .get(&group_name(NS, "site"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group"));
+    assert_eq!(
+        group
+            .properties
+            .ip_address
+            .and_then(|ip| ip.dns_name_label)
+            .as_deref(),
+        Some("web-site-pub"),
+        "the policy's dnsNameLabel template was applied"
+    );
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}

@@ -156,6 +156,7 @@ pub async fn start(
     client: kube::Client,
     leader: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    policies: Arc<crate::policy::reload::PolicyStore>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Started>, ProviderSetupError> {
     args.validate()?;
@@ -211,7 +212,8 @@ pub async fn start(
         })?;
     let config = args.config(&cluster_id, kubelet_addr.port());
     tracing::info!(node = %config.node.name, cluster_id = %cluster_id, backend = ?args.backend, kubelet = %kubelet_addr, "embedded ACI provider configured");
-    let provider = Provider::new(client, aci.clone(), config, Some(metrics));
+    let provider =
+        Provider::new(client, aci.clone(), config, Some(metrics)).with_policies(policies);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

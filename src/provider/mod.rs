@@ -215,6 +215,9 @@ pub struct Provider {
     config: Arc<ProviderConfig>,
     translate: Arc<TranslateConfig>,
     metrics: Option<Arc<Metrics>>,
+    /// BurstPolicies: their `aci` section (public IP, DNS label) applies to
+    /// the pods they select. Without, every pod gets the defaults.
+    policies: Option<Arc<crate::policy::reload::PolicyStore>>,
 }
 
 /// Why one creation did not happen.
@@ -278,7 +281,14 @@ impl Provider {
             config: Arc::new(config),
             translate: Arc::new(translate),
             metrics,
+            policies: None,
         }
+    }
+
+    /// Apply the `aci` settings of the policy that selects each pod.
+    pub fn with_policies(mut self, store: Arc<crate::policy::reload::PolicyStore>) -> Self {
+        self.policies = Some(store);
+        self
     }
 
     pub fn config(&self) -> &ProviderConfig {
@@ -808,10 +818,21 @@ impl Provider {
     async fn create_group(&self, pod: &Pod) -> Result<(), CreateFailure> {
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
         let resolved = resolve::resolve(pod, &sources).map_err(CreateFailure::Config)?;
-        let aci_settings = AciSettings {
-            public_ip: PublicIp::Auto,
-            dns_name_label: None,
-        };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+        let aci_settings = self
+            .policies
+            .as_ref()
+            .and_then(|store| {
+                store
+                    .current()
+                    .for_pod(&namespace, &labels)
+                    .map(|p| p.aci.clone())
+            })
+            .unwrap_or(AciSettings {
+                public_ip: PublicIp::Auto,
+                dns_name_label: None,
+            });
         let ctx = PodContext {
             config: &self.translate,
             aci: &aci_settings,
