@@ -10,6 +10,7 @@ pub mod explain;
 pub mod extender;
 pub mod metrics;
 pub mod policy;
+pub mod provider;
 pub mod run;
 pub mod sim;
 pub mod units;

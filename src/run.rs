@@ -7,8 +7,9 @@
 //! runs the autoscaler's writes. On shutdown the lease is released so a
 //! standby takes over at once instead of after the lease expires.
 //!
-//! The embedded ACI provider (the virtual node itself) joins this process
-//! when it lands; until then run it beside the AKS virtual node add-on.
+//! With `--aci azure|emulator` the leader is also the virtual node itself
+//! (`provider/`); with `--aci none` (default) run beside the AKS virtual
+//! node add-on.
 
 use crate::autoscaler::pools::{NodeGroupStatus, parse_ca_status};
 use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
@@ -85,6 +86,9 @@ pub struct RunCommand {
     /// Minimum time between two rebuilds of the cluster view, in milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub view_refresh_ms: u64,
+    /// The embedded ACI provider (`--aci`, `--node-name`, …).
+    #[command(flatten)]
+    pub provider: Box<crate::provider::cli::ProviderArgs>,
 }
 
 impl RunCommand {
@@ -108,6 +112,8 @@ pub enum RunError {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("embedded provider: {0}")]
+    Provider(#[from] crate::provider::cli::ProviderSetupError),
 }
 
 /// `spillway run`.
@@ -115,6 +121,10 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     let Some(runtime) = crate::cli::server_runtime("run") else {
         return ExitCode::FAILURE;
     };
+    if let Err(e) = cmd.provider.validate() {
+        eprintln!("spillway run: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let store = match PolicyStore::open(&cmd.policies, metrics.clone()) {
@@ -250,6 +260,15 @@ pub async fn run_with(
         .build()
         .await?;
     let (leader, lease_task) = manager.watch().await;
+    let provider = crate::provider::cli::start(
+        &cmd.provider,
+        client.clone(),
+        leader.clone(),
+        metrics.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
     // Placeholders are owned by the Lease in spillway's namespace: deleting
     // the installation (and its namespace) collects them.
     let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cmd.namespace);
@@ -343,6 +362,11 @@ pub async fn run_with(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    if let Some(p) = provider
+        && let Err(e) = p.task.await
+    {
+        tracing::warn!(error = %e, "provider task failed");
+    }
     tracing::info!(identity = %identity, "shutting down: releasing the lease");
     drop(leader);
     match lease_task.await {

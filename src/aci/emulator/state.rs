@@ -141,6 +141,9 @@ pub struct GroupSnapshot {
     /// Secret volume → the file names it was created with (values withheld),
     /// so tests can see that volume contents reached the service.
     pub secret_files: BTreeMap<String, Vec<String>>,
+    /// Container → names of the environment variables it was created with
+    /// as `secureValue` (values withheld), so tests can see secrets stayed secret.
+    pub secure_env: BTreeMap<String, Vec<String>>,
 }
 
 pub struct World {
@@ -575,6 +578,22 @@ impl World {
                             v.secret
                                 .as_ref()
                                 .map(|files| (v.name.clone(), files.keys().cloned().collect()))
+                        })
+                        .collect(),
+                    secure_env: r
+                        .spec
+                        .properties
+                        .containers
+                        .iter()
+                        .map(|c| {
+                            let names = c
+                                .properties
+                                .environment_variables
+                                .iter()
+                                .filter(|e| e.secure_value.is_some())
+                                .map(|e| e.name.clone())
+                                .collect();
+                            (c.name.clone(), names)
                         })
                         .collect(),
                 }

@@ -1,0 +1,277 @@
+//! The provider's flags of `spillway run` and turning them into a running
+//! [`Provider`] plus its kubelet endpoint. `--aci none` (the default) runs
+//! no provider at all.
+
+use super::{Provider, ProviderConfig};
+use crate::aci::ContainerGroups;
+use crate::aci::azure::{AzureConfig, AzureContainerGroups, Credential};
+use crate::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use crate::aci::paced::{Paced, PacingConfig};
+use crate::metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which ACI the virtual node uses.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AciBackend {
+    /// No provider: run beside the AKS virtual node add-on.
+    None,
+    /// Azure Resource Manager.
+    Azure,
+    /// The embedded ACI emulator, started in this process (local runs, demos).
+    Emulator,
+}
+
+/// Provider flags (flattened into `spillway run`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProviderArgs {
+    /// ACI backend of the embedded virtual node.
+    #[arg(long = "aci", value_enum, default_value = "none", env = "SPILLWAY_ACI")]
+    pub backend: AciBackend,
+    /// Name of the virtual node spillway registers.
+    #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
+    pub node_name: String,
+    /// Cluster id tagged on every container group; GC touches only groups
+    /// with this tag, so it must be unique per cluster sharing a resource
+    /// group. Required with `--aci azure`.
+    #[arg(long, env = "SPILLWAY_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    pub aci_subscription: Option<String>,
+    #[arg(long, env = "SPILLWAY_ACI_RESOURCE_GROUP")]
+    pub aci_resource_group: Option<String>,
+    #[arg(long, default_value = "westeurope", env = "SPILLWAY_ACI_REGION")]
+    pub aci_region: String,
+    /// Memory reported per vCPU of quota left, in GiB.
+    #[arg(long, default_value_t = 4.0)]
+    pub aci_memory_gib_per_core: f64,
+    /// Address of the kubelet endpoint (`kubectl logs`), plain HTTP.
+    #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
+    pub kubelet_listen: SocketAddr,
+    /// The node's InternalIP (where the API server reaches the kubelet endpoint).
+    #[arg(long, env = "POD_IP")]
+    pub node_ip: Option<String>,
+    /// Seconds between status syncs (one ACI list each).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub aci_sync_secs: u64,
+    /// Seconds of failing ACI calls before the node turns NotReady.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub aci_unreachable_secs: u64,
+}
+
+/// What a bad combination of flags is.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderSetupError {
+    #[error("--aci azure needs {0}")]
+    Missing(&'static str),
+    #[error("--aci-memory-gib-per-core must be positive, not {0}")]
+    Ratio(f64),
+    #[error("ACI client: {0}")]
+    Azure(#[from] crate::aci::azure::AzureSetupError),
+    #[error("embedded ACI emulator: {0}")]
+    Emulator(#[from] crate::aci::emulator::EmulatorError),
+    #[error("kubelet endpoint {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ProviderArgs {
+    /// Check the flags completely before anything starts.
+    pub fn validate(&self) -> Result<(), ProviderSetupError> {
+        if !(self.aci_memory_gib_per_core > 0.0 && self.aci_memory_gib_per_core.is_finite()) {
+            return Err(ProviderSetupError::Ratio(self.aci_memory_gib_per_core));
+        }
+        if self.backend == AciBackend::Azure {
+            if self.cluster_id.as_deref().is_none_or(str::is_empty) {
+                return Err(ProviderSetupError::Missing(
+                    "--cluster-id (SPILLWAY_CLUSTER_ID)",
+                ));
+            }
+            if self.aci_subscription.as_deref().is_none_or(str::is_empty) {
+                return Err(ProviderSetupError::Missing(
+                    "--aci-subscription (AZURE_SUBSCRIPTION_ID)",
+                ));
+            }
+            if self.aci_resource_group.as_deref().is_none_or(str::is_empty) {
+                return Err(ProviderSetupError::Missing(
+                    "--aci-resource-group (SPILLWAY_ACI_RESOURCE_GROUP)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&self, cluster_id: &str, port: u16) -> ProviderConfig {
+        let ip = self.node_ip.clone().unwrap_or_else(|| {
+            if self.kubelet_listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                self.kubelet_listen.ip().to_string()
+            }
+        });
+        let mut c = ProviderConfig::new(&self.node_name, cluster_id, &self.aci_region, ip, port);
+        c.node.memory_gib_per_core = self.aci_memory_gib_per_core;
+        c.sync_interval = Duration::from_secs(self.aci_sync_secs);
+        c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
+        c
+    }
+}
+
+/// Azure credentials from the environment: workload identity when its
+/// webhook's variables are there, a service principal secret when given,
+/// else the VM's managed identity.
+fn credential_from_env() -> Result<Credential, crate::aci::azure::AzureSetupError> {
+    if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        return Credential::workload_identity_from_env();
+    }
+    if let (Ok(tenant_id), Ok(client_id), Ok(client_secret)) = (
+        std::env::var("AZURE_TENANT_ID"),
+        std::env::var("AZURE_CLIENT_ID"),
+        std::env::var("AZURE_CLIENT_SECRET"),
+    ) {
+        return Ok(Credential::ClientSecret {
+            tenant_id,
+            client_id,
+            client_secret,
+        });
+    }
+    Ok(Credential::ManagedIdentity)
+}
+
+/// A started provider: await `task` after `stop` fired.
+pub struct Started {
+    pub task: tokio::task::JoinHandle<()>,
+    pub kubelet_addr: SocketAddr,
+    /// The in-process emulator (`--aci emulator`), kept alive with the provider.
+    pub emulator: Option<EmulatorHandle>,
+}
+
+/// Start the provider and its kubelet endpoint as `args` say; `None` for
+/// `--aci none`. The provider acts only while `leader` is true.
+pub async fn start(
+    args: &ProviderArgs,
+    client: kube::Client,
+    leader: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    policies: Arc<crate::policy::reload::PolicyStore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Started>, ProviderSetupError> {
+    args.validate()?;
+    let (aci, cluster_id, emulator): (Arc<dyn ContainerGroups>, String, Option<EmulatorHandle>) =
+        match args.backend {
+            AciBackend::None => return Ok(None),
+            AciBackend::Azure => {
+                let mut cfg = AzureConfig::new(
+                    args.aci_subscription.clone().unwrap_or_default(),
+                    args.aci_resource_group.clone().unwrap_or_default(),
+                    credential_from_env()?,
+                );
+                cfg.timeout = Duration::from_secs(30);
+                let client = AzureContainerGroups::new(&cfg)?;
+                (
+                    Arc::new(Paced::new(client, PacingConfig::default())),
+                    args.cluster_id.clone().unwrap_or_default(),
+                    None,
+                )
+            }
+            AciBackend::Emulator => {
+                let emu = Emulator::start(EmulatorConfig::default()).await?;
+                tracing::info!(url = %emu.url, "embedded ACI emulator started");
+                let cfg = AzureConfig::for_emulator(
+                    &emu.url,
+                    "emulator",
+                    args.aci_subscription
+                        .clone()
+                        .unwrap_or_else(|| "emulator".into()),
+                    args.aci_resource_group
+                        .clone()
+                        .unwrap_or_else(|| "spillway".into()),
+                );
+                let client = AzureContainerGroups::new(&cfg)?;
+                (
+                    Arc::new(Paced::new(client, PacingConfig::default())),
+                    args.cluster_id.clone().unwrap_or_else(|| "local".into()),
+                    Some(emu),
+                )
+            }
+        };
+    let listener = tokio::net::TcpListener::bind(args.kubelet_listen)
+        .await
+        .map_err(|source| ProviderSetupError::Listen {
+            addr: args.kubelet_listen,
+            source,
+        })?;
+    let kubelet_addr = listener
+        .local_addr()
+        .map_err(|source| ProviderSetupError::Listen {
+            addr: args.kubelet_listen,
+            source,
+        })?;
+    let config = args.config(&cluster_id, kubelet_addr.port());
+    tracing::info!(node = %config.node.name, cluster_id = %cluster_id, backend = ?args.backend, kubelet = %kubelet_addr, "embedded ACI provider configured");
+    let provider =
+        Provider::new(client, aci.clone(), config, Some(metrics)).with_policies(policies);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let logs_stop = stopped(stop.clone());
+    let stop = stopped(stop);
+    let task = tokio::spawn(async move {
+        let logs = tokio::spawn(super::logs::serve(listener, aci, logs_stop));
+        if let Err(e) = provider.run(leader, stop).await {
+            tracing::error!(error = %e, "provider stopped");
+        }
+        match logs.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "kubelet endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "kubelet endpoint task failed"),
+            Ok(Ok(())) => {}
+        }
+    });
+    Ok(Some(Started {
+        task,
+        kubelet_addr,
+        emulator,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        p: ProviderArgs,
+    }
+
+    #[test]
+    fn none_is_the_default_and_azure_needs_its_flags() {
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert_eq!(a.p.backend, AciBackend::None);
+        assert_eq!(a.p.node_name, "spillway-aci");
+        let a = Args::try_parse_from(["x", "--aci", "azure", "--aci-subscription", "s"])
+            .expect("parses");
+        let e = a.p.validate().expect_err("needs cluster id and rg");
+        assert!(e.to_string().contains("--cluster-id"), "{e}");
+        let a = Args::try_parse_from([
+            "x",
+            "--aci",
+            "azure",
+            "--cluster-id",
+            "c",
+            "--aci-subscription",
+            "s",
+            "--aci-resource-group",
+            "rg",
+        ])
+        .expect("parses");
+        assert!(a.p.validate().is_ok());
+        let a = Args::try_parse_from(["x", "--aci-memory-gib-per-core", "0"]).expect("parses");
+        assert!(a.p.validate().is_err());
+        assert!(Args::try_parse_from(["x", "--aci", "bogus"]).is_err());
+    }
+}

@@ -1,0 +1,1250 @@
+//! The embedded ACI provider: spillway *is* the virtual node.
+//!
+//! Owns the virtual node object, its heartbeat Lease, and the lifecycle of
+//! the pods bound to it (pod → container group → pod status → deletion),
+//! plus orphan GC and the kubelet endpoint for `kubectl logs` ([`logs`]).
+//! It acts only while [`Provider::run`]'s leader signal is true.
+//!
+//! It does not decide which pods burst to ACI (`decision/`, the extender)
+//! and speaks to ACI only through [`ContainerGroups`] (paced by the caller).
+//!
+//! Shape of the work:
+//! - **node loop**: usage → capacity, backend health → Ready, node status
+//!   written on change or every `status_interval`, Lease every `lease_interval`.
+//! - **pod loop**: a reflector over pods with `spec.nodeName=<node>` (a 410
+//!   relists, keeping the store); every `sync_interval` one ACI list (+ GETs
+//!   for instance views) and [`pods::decide`] per pod; creations and
+//!   deletions run as tasks, also started as soon as the watch reports a new
+//!   or terminating pod (using the last list).
+//! - Restart safety comes from deterministic group names, tag checks
+//!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
+//!   what it finds and never deletes a group whose pod lives (GC re-reads
+//!   the pod from the API server before deleting).
+
+pub mod cli;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod resolve;
+
+use crate::aci::translate::{
+    PodContext, TranslateConfig, group_name, has_instance_view, pod_to_group,
+};
+use crate::aci::{
+    AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID, Usage,
+};
+use crate::metrics::Metrics;
+use crate::policy::{AciSettings, PublicIp};
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use node::{Health, NodeSettings};
+use pods::{PodAction, PodFacts};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Why the provider stopped or could not act.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("pod watch on node {node} stopped: {message}")]
+    WatchStopped { node: String, message: String },
+}
+
+/// Settings of the provider. `new` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub node: NodeSettings,
+    /// Tagged on every group; GC only touches groups with this tag.
+    pub cluster_id: String,
+    /// ACI region (groups and the usage API).
+    pub location: String,
+    /// One ACI list per this interval (status sync).
+    pub sync_interval: Duration,
+    pub lease_interval: Duration,
+    /// Node status is rewritten at least this often (and on change).
+    pub status_interval: Duration,
+    /// How often the ACI quota (capacity) is read.
+    pub usage_interval: Duration,
+    pub gc_interval: Duration,
+    /// The node turns NotReady when ACI has failed for this long.
+    pub unreachable_after: Duration,
+    /// Running groups are re-read (GET, for instance views) this often.
+    pub refresh_interval: Duration,
+    /// Bound on instance-view GETs per sync (ARM's read budget is shared).
+    pub max_gets_per_sync: usize,
+    /// Creations in flight at once (each is paced anyway).
+    pub max_concurrent_creates: usize,
+    /// First wait before retrying a pod whose creation failed; doubles.
+    pub retry_backoff: Duration,
+    pub max_retry_backoff: Duration,
+}
+
+impl ProviderConfig {
+    pub fn new(
+        node_name: impl Into<String>,
+        cluster_id: impl Into<String>,
+        location: impl Into<String>,
+        internal_ip: impl Into<String>,
+        kubelet_port: u16,
+    ) -> Self {
+        Self {
+            node: NodeSettings {
+                name: node_name.into(),
+                internal_ip: internal_ip.into(),
+                kubelet_port,
+                memory_gib_per_core: 4.0,
+                os: "linux".into(),
+            },
+            cluster_id: cluster_id.into(),
+            location: location.into(),
+            sync_interval: Duration::from_secs(5),
+            lease_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(60),
+            usage_interval: Duration::from_secs(30),
+            gc_interval: Duration::from_secs(60),
+            unreachable_after: Duration::from_secs(60),
+            refresh_interval: Duration::from_secs(60),
+            max_gets_per_sync: 50,
+            max_concurrent_creates: 32,
+            retry_backoff: Duration::from_secs(5),
+            max_retry_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Tracks whether ACI answers; read by the node loop.
+#[derive(Debug, Default)]
+struct HealthTracker {
+    failing_since: Option<Instant>,
+    last_error: String,
+}
+
+impl HealthTracker {
+    fn record(&mut self, result: Result<(), &AciError>, now: Instant) {
+        match result {
+            // Throttling, quota, not-found… are answers: ACI is there.
+            Ok(())
+            | Err(AciError::Throttled { .. })
+            | Err(AciError::QuotaExceeded { .. })
+            | Err(AciError::CapacityUnavailable { .. })
+            | Err(AciError::InvalidSpec { .. })
+            | Err(AciError::NotFound)
+            | Err(AciError::Conflict { .. }) => self.failing_since = None,
+            Err(e) => {
+                self.failing_since.get_or_insert(now);
+                self.last_error = e.to_string();
+            }
+        }
+    }
+
+    fn health(&self, now: Instant, after: Duration) -> Health {
+        match self.failing_since {
+            Some(since) if now.saturating_duration_since(since) >= after => Health::Unreachable {
+                message: self.last_error.clone(),
+            },
+            _ => Health::Reachable,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    health: Mutex<HealthTracker>,
+    usage: Mutex<Option<Usage>>,
+    /// What this node's live pods hold (from the last sync).
+    own: Mutex<node::OwnUse>,
+}
+
+impl Shared {
+    fn record(&self, result: Result<(), &AciError>) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(result, Instant::now());
+    }
+    fn health(&self, after: Duration) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .health(Instant::now(), after)
+    }
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// `status` as a JSON merge patch: fields it leaves out are cleared, so a
+/// reason or message of an earlier state does not linger (a merge patch
+/// keeps what it does not mention).
+fn status_patch(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(map) = v.as_object_mut() {
+        for key in [
+            "reason",
+            "message",
+            "podIP",
+            "podIPs",
+            "containerStatuses",
+            "initContainerStatuses",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}
+
+/// The embedded virtual-kubelet.
+#[derive(Clone)]
+pub struct Provider {
+    client: kube::Client,
+    aci: Arc<dyn ContainerGroups>,
+    config: Arc<ProviderConfig>,
+    translate: Arc<TranslateConfig>,
+    metrics: Option<Arc<Metrics>>,
+    /// BurstPolicies: their `aci` section (public IP, DNS label) applies to
+    /// the pods they select. Without, every pod gets the defaults.
+    policies: Option<Arc<crate::policy::reload::PolicyStore>>,
+}
+
+/// Why one creation did not happen.
+#[derive(Debug)]
+enum CreateFailure {
+    Kube(kube::Error),
+    Config(resolve::ResolveError),
+    Translate(crate::aci::translate::TranslateError),
+    Aci(AciError),
+}
+
+enum Done {
+    Created {
+        uid: String,
+        pod: Box<Pod>,
+        result: Result<(), CreateFailure>,
+    },
+    Deleted {
+        uid: String,
+        result: Result<(), String>,
+    },
+}
+
+#[derive(Default)]
+struct PodLoop {
+    /// uid → when this process's create of its group returned.
+    created: HashMap<String, Instant>,
+    /// uids whose Running was already timed.
+    started: HashSet<String>,
+    /// group name → last GET.
+    last_get: HashMap<String, Instant>,
+    /// uid → (next attempt, attempts so far).
+    retry: HashMap<String, (Instant, u32)>,
+    /// uids with a create or delete task in flight.
+    busy: HashSet<String>,
+    creating: usize,
+    /// The last successful list: when it began, and the groups by name.
+    last_list: Option<(Instant, HashMap<String, ContainerGroup>)>,
+    last_gc: Option<Instant>,
+}
+
+fn pod_key(pod: &Pod) -> (String, String, String) {
+    (
+        pod.namespace().unwrap_or_else(|| "default".into()),
+        pod.name_any(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    )
+}
+
+impl Provider {
+    pub fn new(
+        client: kube::Client,
+        aci: Arc<dyn ContainerGroups>,
+        config: ProviderConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        let translate = TranslateConfig::new(config.cluster_id.clone(), config.location.clone());
+        Self {
+            client,
+            aci,
+            config: Arc::new(config),
+            translate: Arc::new(translate),
+            metrics,
+            policies: None,
+        }
+    }
+
+    /// Apply the `aci` settings of the policy that selects each pod.
+    pub fn with_policies(mut self, store: Arc<crate::policy::reload::PolicyStore>) -> Self {
+        self.policies = Some(store);
+        self
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// Run until `stop` resolves, acting only while `leader` is true (a
+    /// lost leadership cancels everything in flight; regaining it starts
+    /// again by adopting what ACI holds). Returns when `leader`'s sender
+    /// is dropped, too.
+    pub async fn run(
+        self,
+        mut leader: tokio::sync::watch::Receiver<bool>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ProviderError> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                ok = async { leader.wait_for(|l| *l).await.is_ok() } => if !ok { return Ok(()) },
+            }
+            tracing::info!(node = %self.config.node.name, "provider active (leader)");
+            let mut lost = leader.clone();
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = async { lost.wait_for(|l| !*l).await.is_ok() } => {
+                    tracing::info!(node = %self.config.node.name, "provider paused (not leader)");
+                }
+                r = self.active() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "provider stopped; restarting");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn active(&self) -> Result<(), ProviderError> {
+        let shared = Arc::new(Shared::default());
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let (store, writer) = reflector::store::<Pod>();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let selector = format!("spec.nodeName={}", self.config.node.name);
+        let events = reflector(
+            writer,
+            watcher(pods, watcher::Config::default().fields(&selector))
+                .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+                .default_backoff(),
+        );
+        let notify = changed.clone();
+        let drive = async move {
+            events
+                .for_each(|ev| {
+                    match ev {
+                        Ok(_) => notify.notify_one(),
+                        Err(e) => tracing::warn!(error = %e, "pod watch error; retrying"),
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        };
+        let node_name = self.config.node.name.clone();
+        tokio::select! {
+            _ = drive => Err(ProviderError::WatchStopped { node: node_name, message: "stream ended".into() }),
+            r = self.node_loop(&shared) => r,
+            r = self.usage_loop(&shared) => r,
+            r = self.pod_loop(store, changed, &shared) => r,
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Node
+
+    /// Read the ACI quota every `usage_interval`. Its own loop: a slow or
+    /// failing ACI (paced retries can take minutes) must never delay the
+    /// node Lease, or the node controller would evict the node's pods.
+    async fn usage_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
+        loop {
+            match self.aci.usage(&self.config.location).await {
+                Ok(u) => {
+                    shared.record(Ok(()));
+                    if let Some(m) = &self.metrics {
+                        m.aci_quota_cores
+                            .with_label_values(&["limit"])
+                            .set(u.cores.limit as f64);
+                        m.aci_quota_cores
+                            .with_label_values(&["used"])
+                            .set(u.cores.current as f64);
+                    }
+                    *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACI usage read failed");
+                    shared.record(Err(&e));
+                }
+            }
+            tokio::time::sleep(self.config.usage_interval).await;
+        }
+    }
+
+    async fn node_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
+        let cfg = &self.config;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut node_uid: Option<String> = None;
+        let mut last_written: Option<NodeStatus> = None;
+        let mut last_write_at: Option<Instant> = None;
+        let mut last_lease_at: Option<Instant> = None;
+        let tick = cfg
+            .lease_interval
+            .min(cfg.usage_interval)
+            .min(cfg.status_interval)
+            .min(Duration::from_secs(1).max(cfg.sync_interval / 2));
+        loop {
+            let due =
+                |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
+            if node_uid.is_none() {
+                match self.ensure_node().await {
+                    Ok(uid) => {
+                        node_uid = Some(uid);
+                        last_written = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, node = %cfg.node.name, "cannot register the node")
+                    }
+                }
+            }
+            if node_uid.is_some() {
+                let own = *shared.own.lock().unwrap_or_else(|e| e.into_inner());
+                let usage = shared
+                    .usage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(|u| node::schedulable(u, own));
+                let health = shared.health(cfg.unreachable_after);
+                let mut desired =
+                    node::node_status(&cfg.node, usage.as_ref(), &health, &now_time());
+                if due(last_write_at, cfg.status_interval)
+                    || node::status_differs(last_written.as_ref(), &desired)
+                {
+                    node::carry_transition_times(last_written.as_ref(), &mut desired);
+                    let patch = Patch::Merge(json!({ "status": desired }));
+                    match nodes
+                        .patch_status(&cfg.node.name, &PatchParams::default(), &patch)
+                        .await
+                    {
+                        Ok(n) => {
+                            if health != Health::Reachable
+                                || last_written
+                                    .as_ref()
+                                    .is_some_and(|w| node::status_differs(Some(w), &desired))
+                            {
+                                tracing::info!(node = %cfg.node.name, ?health, "node status changed");
+                            }
+                            last_written = n.status;
+                            last_write_at = Some(Instant::now());
+                        }
+                        Err(kube::Error::Api(s)) if s.is_not_found() => node_uid = None,
+                        Err(e) => tracing::warn!(error = %e, "node status write failed"),
+                    }
+                }
+            }
+            if let Some(uid) = node_uid.clone()
+                && due(last_lease_at, cfg.lease_interval)
+            {
+                match self.renew_lease(uid).await {
+                    Ok(()) => last_lease_at = Some(Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "node lease renewal failed"),
+                }
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Create the node, or bring its labels and taint back; its uid.
+    async fn ensure_node(&self) -> Result<String, kube::Error> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let settings = &self.config.node;
+        let node = match nodes.get_opt(&settings.name).await? {
+            None => {
+                tracing::info!(node = %settings.name, "registering the virtual node");
+                nodes
+                    .create(&PostParams::default(), &node::node_object(settings))
+                    .await?
+            }
+            Some(n) if node::node_needs_update(&n, settings) => {
+                let want = node::node_object(settings);
+                let patch = Patch::Merge(json!({
+                    "metadata": { "labels": want.metadata.labels },
+                    "spec": { "taints": want.spec.and_then(|s| s.taints) },
+                }));
+                nodes
+                    .patch(&settings.name, &PatchParams::default(), &patch)
+                    .await?
+            }
+            Some(n) => n,
+        };
+        Ok(node.metadata.uid.unwrap_or_default())
+    }
+
+    async fn renew_lease(&self, node_uid: String) -> Result<(), kube::Error> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), node::NODE_LEASE_NAMESPACE);
+        let name = &self.config.node.name;
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let patch = Patch::Merge(json!({ "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": node::LEASE_DURATION_SECONDS,
+            "renewTime": now,
+        }}));
+        match leases.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                let uid = (!node_uid.is_empty()).then_some(node_uid.as_str());
+                leases
+                    .create(&PostParams::default(), &node::node_lease(name, uid, now))
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Pods
+
+    async fn pod_loop(
+        &self,
+        store: Store<Pod>,
+        changed: Arc<tokio::sync::Notify>,
+        shared: &Shared,
+    ) -> Result<(), ProviderError> {
+        store
+            .wait_until_ready()
+            .await
+            .map_err(|e| ProviderError::WatchStopped {
+                node: self.config.node.name.clone(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(node = %self.config.node.name, pods = store.state().len(), "pod watch synced");
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: "spillway-provider".into(),
+                instance: Some(self.config.node.name.clone()),
+            },
+        );
+        let mut st = PodLoop::default();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut next_sync = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_sync) => {
+                    self.sync(&mut st, &store, &mut tasks, shared, &recorder).await;
+                    next_sync = Instant::now() + self.config.sync_interval;
+                }
+                _ = changed.notified() => {
+                    self.quick_pass(&mut st, &store, &mut tasks);
+                }
+                Some(done) = tasks.join_next() => {
+                    match done {
+                        Ok(done) => self.finish(&mut st, done, &recorder).await,
+                        Err(e) => tracing::warn!(error = %e, "provider task failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn facts(&self, st: &PodLoop, uid: &str, list_at: Option<Instant>) -> PodFacts {
+        let created = st.created.get(uid).copied();
+        // Created after the list began: the list cannot show it yet.
+        let created_after = matches!((created, list_at), (Some(c), Some(l)) if c >= l)
+            || (created.is_some() && list_at.is_none());
+        PodFacts {
+            created_before_list: matches!((created, list_at), (Some(c), Some(l)) if c < l),
+            busy: st.busy.contains(uid) || created_after,
+        }
+    }
+
+    fn retry_due(&self, st: &PodLoop, uid: &str) -> bool {
+        st.retry
+            .get(uid)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    /// On watch changes: start creations and deletions at once, judged
+    /// against the last list (statuses wait for the next sync).
+    fn quick_pass(&self, st: &mut PodLoop, store: &Store<Pod>, tasks: &mut JoinSet<Done>) {
+        let Some((list_at, groups)) = st.last_list.as_ref() else {
+            return;
+        };
+        let list_at = *list_at;
+        let mut actions = Vec::new();
+        for pod in store.state() {
+            let (ns, name, uid) = pod_key(&pod);
+            let group = groups.get(&group_name(&ns, &name));
+            // Status work waits for the sync; only creations and deletions are urgent.
+            if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let facts = self.facts(st, &uid, Some(list_at));
+            let action = pods::decide(
+                &pod,
+                group,
+                facts,
+                &self.config.node.internal_ip,
+                &now_time(),
+            );
+            if let a @ (PodAction::Create | PodAction::Delete { .. }) = action {
+                actions.push((pod, a));
+            }
+        }
+        for (pod, action) in actions {
+            self.start_task(st, tasks, &pod, action);
+        }
+    }
+
+    fn start_task(
+        &self,
+        st: &mut PodLoop,
+        tasks: &mut JoinSet<Done>,
+        pod: &Pod,
+        action: PodAction,
+    ) {
+        let (ns, name, uid) = pod_key(pod);
+        match action {
+            PodAction::Create => {
+                if st.creating >= self.config.max_concurrent_creates || !self.retry_due(st, &uid) {
+                    return;
+                }
+                st.busy.insert(uid.clone());
+                st.creating += 1;
+                let this = self.clone();
+                let pod = pod.clone();
+                tasks.spawn(async move {
+                    let result = this.create_group(&pod).await;
+                    Done::Created {
+                        uid,
+                        pod: Box::new(pod),
+                        result,
+                    }
+                });
+            }
+            PodAction::Delete { delete_group } => {
+                st.busy.insert(uid.clone());
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let result = this.delete_pod(&ns, &name, &uid, delete_group).await;
+                    Done::Deleted { uid, result }
+                });
+            }
+            PodAction::DeleteStaleGroup => {
+                st.busy.insert(uid.clone());
+                let aci = self.aci.clone();
+                let group = group_name(&ns, &name);
+                tasks.spawn(async move {
+                    tracing::info!(group = %group, pod = %format!("{ns}/{name}"), "deleting the group of an earlier pod of this name");
+                    let result = aci.delete(&group).await.map_err(|e| e.to_string());
+                    // Not a pod deletion: only clears `busy`.
+                    Done::Deleted {
+                        uid: format!("stale:{uid}"),
+                        result,
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn finish(&self, st: &mut PodLoop, done: Done, recorder: &Recorder) {
+        match done {
+            Done::Created { uid, pod, result } => {
+                st.busy.remove(&uid);
+                st.creating = st.creating.saturating_sub(1);
+                match result {
+                    Ok(()) => {
+                        st.created.insert(uid.clone(), Instant::now());
+                        st.retry.remove(&uid);
+                    }
+                    Err(f) => self.creation_failed(st, &pod, &uid, f, recorder).await,
+                }
+            }
+            Done::Deleted { uid, result } => {
+                let real = uid.strip_prefix("stale:").unwrap_or(&uid).to_string();
+                st.busy.remove(&real);
+                match result {
+                    Ok(()) if !uid.starts_with("stale:") => {
+                        st.created.remove(&real);
+                        st.started.remove(&real);
+                        st.retry.remove(&real);
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deletion failed; retried on the next sync")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn creation_failed(
+        &self,
+        st: &mut PodLoop,
+        pod: &Pod,
+        uid: &str,
+        f: CreateFailure,
+        recorder: &Recorder,
+    ) {
+        let (phase, reason, message, metric) = match &f {
+            CreateFailure::Kube(e) => {
+                tracing::warn!(error = %e, pod = %pod.name_any(), "reading the pod's ConfigMaps/Secrets failed; retrying");
+                self.backoff(st, uid);
+                return;
+            }
+            CreateFailure::Config(e) => ("Pending", pods::REASON_CONFIG_ERROR, e.to_string(), None),
+            CreateFailure::Translate(e) => (
+                "Failed",
+                pods::REASON_PROVIDER_FAILED,
+                format!("InvalidSpec: {e}"),
+                Some("invalid-spec"),
+            ),
+            CreateFailure::Aci(e @ AciError::InvalidSpec { .. }) => (
+                "Failed",
+                pods::REASON_PROVIDER_FAILED,
+                format!("InvalidSpec: {e}"),
+                Some("invalid-spec"),
+            ),
+            CreateFailure::Aci(e) => {
+                let metric = match e {
+                    AciError::QuotaExceeded { .. } => Some("quota"),
+                    AciError::CapacityUnavailable { .. } => Some("capacity"),
+                    _ => None,
+                };
+                (
+                    "Pending",
+                    pods::REASON_RETRYING,
+                    format!("{}: {e}; retrying", e.reason()),
+                    metric,
+                )
+            }
+        };
+        if phase == "Pending" {
+            self.backoff(st, uid);
+        }
+        if let (Some(m), Some(reason)) = (&self.metrics, metric) {
+            m.aci_container_group_start_failures
+                .with_label_values(&[reason])
+                .inc();
+        }
+        tracing::warn!(pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), reason, %message, "container group not created");
+        self.report_problem(pod, phase, reason, &message, recorder)
+            .await;
+    }
+
+    fn backoff(&self, st: &mut PodLoop, uid: &str) {
+        let attempts = st.retry.get(uid).map(|(_, n)| *n).unwrap_or(0);
+        let wait = self
+            .config
+            .retry_backoff
+            .saturating_mul(1u32 << attempts.min(16))
+            .min(self.config.max_retry_backoff);
+        st.retry
+            .insert(uid.to_string(), (Instant::now() + wait, attempts + 1));
+    }
+
+    /// Write a problem status (when it changes something) and an Event.
+    async fn report_problem(
+        &self,
+        pod: &Pod,
+        phase: &str,
+        reason: &str,
+        message: &str,
+        recorder: &Recorder,
+    ) {
+        let status = pods::problem_status(
+            pod,
+            phase,
+            reason,
+            message,
+            &self.config.node.internal_ip,
+            &now_time(),
+        );
+        if !pods::status_differs(pod.status.as_ref(), &status) {
+            return;
+        }
+        if let Err(e) = self.patch_pod_status(pod, &status).await {
+            tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
+        }
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(message.chars().take(1000).collect()),
+            action: if reason == pods::REASON_GROUP_VANISHED {
+                "SyncContainerGroup".into()
+            } else {
+                "CreateContainerGroup".into()
+            },
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+            tracing::warn!(error = %e, "event write failed");
+        }
+    }
+
+    async fn patch_pod_status(
+        &self,
+        pod: &Pod,
+        status: &k8s_openapi::api::core::v1::PodStatus,
+    ) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            &pod.namespace().unwrap_or_else(|| "default".into()),
+        );
+        let patch = Patch::Merge(json!({ "status": status_patch(status) }));
+        match api
+            .patch_status(&pod.name_any(), &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone meanwhile: nothing to report.
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resolve, translate and PUT the pod's group.
+    async fn create_group(&self, pod: &Pod) -> Result<(), CreateFailure> {
+        let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
+        let resolved = resolve::resolve(pod, &sources).map_err(CreateFailure::Config)?;
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+        let aci_settings = self
+            .policies
+            .as_ref()
+            .and_then(|store| {
+                store
+                    .current()
+                    .for_pod(&namespace, &labels)
+                    .map(|p| p.aci.clone())
+            })
+            .unwrap_or(AciSettings {
+                public_ip: PublicIp::Auto,
+                dns_name_label: None,
+            });
+        let ctx = PodContext {
+            config: &self.translate,
+            aci: &aci_settings,
+            resolved: &resolved,
+        };
+        let group = pod_to_group(pod, &ctx).map_err(CreateFailure::Translate)?;
+        tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
+        self.aci
+            .create_or_update(&group)
+            .await
+            .map(|_| ())
+            .map_err(CreateFailure::Aci)
+    }
+
+    /// Read the ConfigMaps, Secrets and service account tokens `pod` needs.
+    async fn read_sources(&self, pod: &Pod) -> Result<resolve::Sources, kube::Error> {
+        let ns = pod.namespace().unwrap_or_else(|| "default".into());
+        let refs = resolve::references(pod);
+        let mut out = resolve::Sources::default();
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        for name in &refs.config_maps {
+            if let Some(cm) = cms.get_opt(name).await? {
+                out.config_maps
+                    .insert(name.clone(), resolve::Sources::config_map_data(&cm));
+            }
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for name in &refs.secrets {
+            if let Some(s) = secrets.get_opt(name).await? {
+                out.secrets
+                    .insert(name.clone(), resolve::Sources::secret_data(&s));
+            }
+        }
+        let Some(spec) = pod.spec.as_ref() else {
+            return Ok(out);
+        };
+        let sa = spec
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
+        for v in spec.volumes.iter().flatten() {
+            for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                let Some(t) = &src.service_account_token else {
+                    continue;
+                };
+                let request = TokenRequest {
+                    spec: TokenRequestSpec {
+                        audiences: t.audience.clone().into_iter().collect(),
+                        expiration_seconds: t.expiration_seconds.or(Some(3600)),
+                        bound_object_ref: None,
+                    },
+                    ..Default::default()
+                };
+                match accounts
+                    .create_token_request(&sa, &PostParams::default(), &request)
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(s) = r.status {
+                            out.tokens.insert((v.name.clone(), t.path.clone()), s.token);
+                        }
+                    }
+                    // The container still runs; it just cannot call the API server.
+                    Err(e) => {
+                        tracing::debug!(error = %e, volume = %v.name, "no service account token")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete the pod's group (when ours), then the pod object (grace 0).
+    async fn delete_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        delete_group: bool,
+    ) -> Result<(), String> {
+        let group = group_name(ns, name);
+        if delete_group {
+            // Re-validate: the group must still be this pod's.
+            match self.aci.get(&group).await {
+                Ok(Some(g)) if pods::ownership(&g, ns, name, uid) == pods::Ownership::Ours => {
+                    self.aci
+                        .delete(&group)
+                        .await
+                        .map_err(|e| format!("delete group {group}: {e}"))?;
+                    tracing::info!(group = %group, "container group deleted");
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("read group {group}: {e}")),
+            }
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+            Err(e) => Err(format!("delete pod {ns}/{name}: {e}")),
+        }
+    }
+
+    /// One status sync: list, fill instance views, decide per pod, act.
+    async fn sync(
+        &self,
+        st: &mut PodLoop,
+        store: &Store<Pod>,
+        tasks: &mut JoinSet<Done>,
+        shared: &Shared,
+        recorder: &Recorder,
+    ) {
+        let cfg = &self.config;
+        let list_at = Instant::now();
+        let listed = match self.aci.list(&cfg.cluster_id).await {
+            Ok(l) => {
+                shared.record(Ok(()));
+                l
+            }
+            Err(e) => {
+                shared.record(Err(&e));
+                tracing::warn!(error = %e, "ACI list failed; no decisions this sync");
+                return;
+            }
+        };
+        let mut groups: HashMap<String, ContainerGroup> =
+            listed.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let pods = store.state();
+        let pod_of_group: HashMap<String, &Arc<Pod>> = pods
+            .iter()
+            .map(|p| {
+                let (ns, name, _) = pod_key(p);
+                (group_name(&ns, &name), p)
+            })
+            .collect();
+
+        // ARM's list has no instance views: GET finished groups, those whose
+        // pod is not Running yet first, the others when their view is old.
+        let mut unknown: HashSet<String> = HashSet::new();
+        let mut wanted: Vec<(u8, Option<Instant>, String)> = Vec::new();
+        for g in groups.values() {
+            let finished = matches!(
+                g.properties.provisioning_state.as_deref(),
+                None | Some("Succeeded" | "Failed" | "Canceled")
+            );
+            if !finished || has_instance_view(g) {
+                continue;
+            }
+            let Some(pod) = pod_of_group.get(&g.name) else {
+                continue;
+            };
+            let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
+                == Some("Running")
+                && pods::had_group(pod);
+            let last = st.last_get.get(&g.name).copied();
+            if !pod_running {
+                wanted.push((0, last, g.name.clone()));
+            } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
+                wanted.push((1, last, g.name.clone()));
+            } else {
+                unknown.insert(g.name.clone());
+            }
+        }
+        wanted.sort();
+        let (fetch, skip) = wanted.split_at(wanted.len().min(cfg.max_gets_per_sync));
+        unknown.extend(skip.iter().map(|(_, _, n)| n.clone()));
+        let aci = self.aci.clone();
+        let fetched: Vec<(String, Result<Option<ContainerGroup>, AciError>)> =
+            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
+                .map(move |name| {
+                    let aci = aci.clone();
+                    async move {
+                        let r = aci.get(&name).await;
+                        (name, r)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+        for (name, r) in fetched {
+            match r {
+                Ok(Some(g)) => {
+                    st.last_get.insert(name.clone(), Instant::now());
+                    groups.insert(name, g);
+                }
+                Ok(None) => {
+                    groups.remove(&name);
+                }
+                Err(e) => {
+                    shared.record(Err(&e));
+                    unknown.insert(name);
+                }
+            }
+        }
+
+        let now = now_time();
+        let mut patches = Vec::new();
+        let mut failures = Vec::new();
+        let mut starts = Vec::new();
+        for pod in pods.iter() {
+            let (ns, name, uid) = pod_key(pod);
+            let gname = group_name(&ns, &name);
+            if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let facts = self.facts(st, &uid, Some(list_at));
+            let action = pods::decide(pod, groups.get(&gname), facts, &cfg.node.internal_ip, &now);
+            match action {
+                PodAction::Nothing => {}
+                PodAction::Patch(status) => {
+                    let was = pod.status.as_ref().and_then(|s| s.phase.clone());
+                    let phase = status.phase.clone();
+                    if phase.as_deref() == Some("Running")
+                        && let Some(at) = st.created.get(&uid)
+                        && st.started.insert(uid.clone())
+                    {
+                        starts.push(at.elapsed());
+                    }
+                    if phase.as_deref() == Some("Failed") && was.as_deref() != Some("Failed") {
+                        failures.push("provisioning-failed");
+                    }
+                    patches.push((pod.clone(), status));
+                }
+                PodAction::Fail { reason, message } => {
+                    if reason == pods::REASON_GROUP_VANISHED {
+                        failures.push("vanished");
+                        tracing::warn!(pod = %format!("{ns}/{name}"), "container group vanished");
+                    }
+                    self.report_problem(pod, "Failed", &reason, &message, recorder)
+                        .await;
+                }
+                a => self.start_task(st, tasks, pod, a),
+            }
+        }
+        if let Some(m) = &self.metrics {
+            for d in &starts {
+                m.aci_container_group_start.observe(d.as_secs_f64());
+            }
+            for f in &failures {
+                m.aci_container_group_start_failures
+                    .with_label_values(&[f])
+                    .inc();
+            }
+        }
+        let this = self.clone();
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(patches)
+            .map(move |(pod, status)| {
+                let this = this.clone();
+                async move { this.patch_pod_status(&pod, &status).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            tracing::warn!(error = %e, "pod status write failed");
+        }
+        if let Some(m) = &self.metrics {
+            let mut counts: HashMap<&str, i64> =
+                ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+                    .into_iter()
+                    .map(|p| (p, 0))
+                    .collect();
+            for p in pods.iter() {
+                let phase = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .unwrap_or("Pending");
+                *counts.entry(phase).or_insert(0) += 1;
+            }
+            for (phase, n) in counts {
+                m.provider_pods.with_label_values(&[phase]).set(n);
+            }
+        }
+        let mut own = node::OwnUse::default();
+        for pod in pods.iter() {
+            let (ns, name, uid) = pod_key(pod);
+            let terminal = matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if let Some(g) = groups.get(&group_name(&ns, &name))
+                && !terminal
+                && pods::ownership(g, &ns, &name, &uid) == pods::Ownership::Ours
+            {
+                own.groups += 1;
+                own.cores += g
+                    .properties
+                    .containers
+                    .iter()
+                    .map(|c| c.properties.resources.requests.cpu)
+                    .sum::<f64>();
+            }
+        }
+        *shared.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
+        st.last_get.retain(|name, _| groups.contains_key(name));
+        let gc_due = st.last_gc.is_none_or(|t| t.elapsed() >= cfg.gc_interval);
+        if gc_due {
+            st.last_gc = Some(Instant::now());
+            self.collect_orphans(st, &groups, &pods).await;
+        }
+        st.last_list = Some((list_at, groups));
+        // A pod deleted while its creation was queued: forget its state.
+        let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
+        st.created
+            .retain(|uid, _| live.contains(uid) || st.busy.contains(uid));
+        st.retry.retain(|uid, _| live.contains(uid));
+        st.started.retain(|uid| live.contains(uid));
+    }
+
+    /// Delete groups tagged with our cluster id whose pod no longer exists.
+    /// The pod is re-read from the API server first: a lagging watch must
+    /// never cost a live pod its group.
+    async fn collect_orphans(
+        &self,
+        st: &PodLoop,
+        groups: &HashMap<String, ContainerGroup>,
+        pods: &[Arc<Pod>],
+    ) {
+        let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
+        for g in groups.values() {
+            let tag = |k: &str| g.tags.get(k).cloned();
+            let (Some(uid), Some(ns), Some(name)) =
+                (tag(TAG_POD_UID), tag(TAG_NAMESPACE), tag(TAG_POD_NAME))
+            else {
+                continue;
+            };
+            if live.contains(&uid) || st.busy.contains(&uid) {
+                continue;
+            }
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            match api.get_opt(&name).await {
+                Ok(Some(p)) if p.metadata.uid.as_deref() == Some(uid.as_str()) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %g.name, "GC: cannot read the pod; keeping the group");
+                    continue;
+                }
+            }
+            match self.aci.delete(&g.name).await {
+                Ok(()) => {
+                    tracing::info!(group = %g.name, pod = %format!("{ns}/{name}"), "GC: deleted orphan container group");
+                    if let Some(m) = &self.metrics {
+                        m.gc_deleted.inc();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, group = %g.name, "GC: delete failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_unreachable_only_after_failing_for_the_configured_time() {
+        let mut h = HealthTracker::default();
+        let t0 = Instant::now();
+        let after = Duration::from_secs(60);
+        let down = AciError::Transient {
+            message: "connection refused".into(),
+        };
+        h.record(Err(&down), t0);
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(59), after),
+            Health::Reachable
+        );
+        assert!(matches!(
+            h.health(t0 + Duration::from_secs(60), after),
+            Health::Unreachable { ref message } if message.contains("connection refused")
+        ));
+        // A throttled answer is an answer: ACI is there.
+        h.record(
+            Err(&AciError::Throttled {
+                retry_after: Duration::from_secs(1),
+            }),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(120), after),
+            Health::Reachable
+        );
+        h.record(Err(&down), t0 + Duration::from_secs(130));
+        h.record(Ok(()), t0 + Duration::from_secs(131));
+        assert_eq!(
+            h.health(t0 + Duration::from_secs(300), after),
+            Health::Reachable
+        );
+    }
+
+    #[test]
+    fn status_patch_clears_what_the_new_status_leaves_out() {
+        let running = k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("20.0.0.1".into()),
+            ..Default::default()
+        };
+        let v = status_patch(&running);
+        assert_eq!(v["phase"], "Running");
+        assert_eq!(v["podIP"], "20.0.0.1");
+        assert!(v["message"].is_null() && v.get("message").is_some());
+        assert!(v["reason"].is_null() && v.get("reason").is_some());
+    }
+}

@@ -1,0 +1,486 @@
+//! Pure decisions of the pod lifecycle: for one pod bound to the virtual
+//! node and what the last ACI list said about its group, what to do next;
+//! and the pod status to report, compared without timestamps so unchanged
+//! states cause no writes.
+//!
+//! No I/O and no clock: `now` and the facts are handed in (`mod.rs` acts).
+
+use crate::aci::translate::pod_status_from_group;
+use crate::aci::{ContainerGroup, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use k8s_openapi::api::core::v1 as k8s;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Pod status reason: the provider cannot run this pod (translation,
+/// a non-retryable ACI answer, a group name taken by another pod).
+pub const REASON_PROVIDER_FAILED: &str = "ProviderFailed";
+/// Pod status reason: the pod's group disappeared outside spillway.
+pub const REASON_GROUP_VANISHED: &str = "ContainerGroupVanished";
+/// Pod status reason (Pending): a ConfigMap/Secret the pod needs is missing.
+pub const REASON_CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// Pod status reason (Pending): ACI refused for now; retried.
+pub const REASON_RETRYING: &str = "ProviderRetrying";
+
+/// How a group found under a pod's name relates to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Tags name this pod, this uid.
+    Ours,
+    /// Same namespace/name, older uid: a previous pod of the same name.
+    Stale,
+    /// Tags name another pod (the names collided).
+    Foreign,
+}
+
+/// Whose group `group` is, from its tags (the name alone can collide).
+pub fn ownership(group: &ContainerGroup, namespace: &str, name: &str, uid: &str) -> Ownership {
+    let tag = |k: &str| group.tags.get(k).map(String::as_str);
+    if tag(TAG_NAMESPACE) != Some(namespace) || tag(TAG_POD_NAME) != Some(name) {
+        Ownership::Foreign
+    } else if tag(TAG_POD_UID) == Some(uid) {
+        Ownership::Ours
+    } else {
+        Ownership::Stale
+    }
+}
+
+/// What the sync pass does for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodAction {
+    Nothing,
+    /// No group yet: resolve, translate and create it.
+    Create,
+    /// The pod is being deleted: remove the group (when ours), then the pod.
+    Delete {
+        delete_group: bool,
+    },
+    /// A group of an older pod with the same name is in the way; remove it
+    /// (the next pass creates ours).
+    DeleteStaleGroup,
+    /// Write this status (it differs from the pod's).
+    Patch(Box<k8s::PodStatus>),
+    /// The pod cannot run or lost its group: mark it Failed.
+    Fail {
+        reason: String,
+        message: String,
+    },
+}
+
+/// Facts about a pod beyond the pod object and its listed group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PodFacts {
+    /// This process created the group before the list it is compared with
+    /// began (so its absence from the list means it is gone).
+    pub created_before_list: bool,
+    /// A create, delete or status write for it is in flight.
+    pub busy: bool,
+}
+
+fn is_terminal(pod: &k8s::Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Whether the pod's status shows it had an ACI group (container ids
+/// `aci://…` are only ever written from a group read back).
+pub fn had_group(pod: &k8s::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.container_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with("aci://"))
+            })
+        })
+}
+
+/// Decide for one pod. `group` is the group listed under the pod's group name.
+pub fn decide(
+    pod: &k8s::Pod,
+    group: Option<&ContainerGroup>,
+    facts: PodFacts,
+    host_ip: &str,
+    now: &Time,
+) -> PodAction {
+    if facts.busy {
+        return PodAction::Nothing;
+    }
+    let m = &pod.metadata;
+    let namespace = m.namespace.as_deref().unwrap_or("default");
+    let name = m.name.as_deref().unwrap_or_default();
+    let uid = m.uid.as_deref().unwrap_or_default();
+    let owner = group.map(|g| ownership(g, namespace, name, uid));
+    if m.deletion_timestamp.is_some() {
+        return PodAction::Delete {
+            delete_group: owner == Some(Ownership::Ours),
+        };
+    }
+    match (group, owner) {
+        (Some(g), Some(Ownership::Ours)) => {
+            let desired = desired_status(pod, g, host_ip, now);
+            if status_differs(pod.status.as_ref(), &desired) {
+                PodAction::Patch(Box::new(desired))
+            } else {
+                PodAction::Nothing
+            }
+        }
+        (Some(_), Some(Ownership::Stale)) => PodAction::DeleteStaleGroup,
+        (Some(g), _) => {
+            if is_terminal(pod) {
+                return PodAction::Nothing;
+            }
+            let tag = |k: &str| g.tags.get(k).cloned().unwrap_or_default();
+            PodAction::Fail {
+                reason: REASON_PROVIDER_FAILED.into(),
+                message: format!(
+                    "NameCollision: container group {} belongs to pod {}/{}",
+                    g.name,
+                    tag(TAG_NAMESPACE),
+                    tag(TAG_POD_NAME)
+                ),
+            }
+        }
+        (None, _) => {
+            if is_terminal(pod) {
+                PodAction::Nothing
+            } else if had_group(pod) || facts.created_before_list {
+                PodAction::Fail {
+                    reason: REASON_GROUP_VANISHED.into(),
+                    message: format!(
+                        "ACI container group {} was deleted outside spillway",
+                        crate::aci::translate::group_name(namespace, name)
+                    ),
+                }
+            } else {
+                PodAction::Create
+            }
+        }
+    }
+}
+
+/// The status to report for a pod whose group is `group`: the translation's
+/// mapping plus hostIP, a start time (kept once set) and condition
+/// transition times carried over from the pod's current status.
+pub fn desired_status(
+    pod: &k8s::Pod,
+    group: &ContainerGroup,
+    host_ip: &str,
+    now: &Time,
+) -> k8s::PodStatus {
+    let current = pod.status.as_ref();
+    let mut s = pod_status_from_group(group);
+    s.host_ip = Some(host_ip.to_string());
+    s.host_ips = Some(vec![k8s::HostIP {
+        ip: host_ip.to_string(),
+    }]);
+    s.start_time = current
+        .and_then(|c| c.start_time.clone())
+        .or(s.start_time)
+        .or_else(|| Some(now.clone()));
+    s.qos_class = current.and_then(|c| c.qos_class.clone());
+    stamp_conditions(current, &mut s, now);
+    s
+}
+
+/// A status for a pod that will not get a group (phase Failed) or is
+/// waiting to be retried (phase Pending), with a readable reason.
+pub fn problem_status(
+    pod: &k8s::Pod,
+    phase: &str,
+    reason: &str,
+    message: &str,
+    host_ip: &str,
+    now: &Time,
+) -> k8s::PodStatus {
+    let current = pod.status.as_ref();
+    let cond = |kind: &str, ok: bool, reason: Option<&str>| k8s::PodCondition {
+        type_: kind.to_string(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.map(str::to_string),
+        message: (!ok).then(|| message.to_string()),
+        ..Default::default()
+    };
+    let waiting_reason = if phase == "Failed" {
+        "PodCompleted"
+    } else {
+        reason
+    };
+    let mut s = k8s::PodStatus {
+        phase: Some(phase.to_string()),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        host_ip: Some(host_ip.to_string()),
+        host_ips: Some(vec![k8s::HostIP {
+            ip: host_ip.to_string(),
+        }]),
+        start_time: current
+            .and_then(|c| c.start_time.clone())
+            .or_else(|| Some(now.clone())),
+        conditions: Some(vec![
+            cond("PodScheduled", true, None),
+            cond("Initialized", phase != "Pending", Some(waiting_reason)),
+            cond("ContainersReady", false, Some(waiting_reason)),
+            cond("Ready", false, Some(waiting_reason)),
+        ]),
+        container_statuses: current.and_then(|c| c.container_statuses.clone()),
+        qos_class: current.and_then(|c| c.qos_class.clone()),
+        ..Default::default()
+    };
+    stamp_conditions(current, &mut s, now);
+    s
+}
+
+/// Conditions keep their `lastTransitionTime` while their status holds and
+/// get `now` when it changes.
+fn stamp_conditions(current: Option<&k8s::PodStatus>, desired: &mut k8s::PodStatus, now: &Time) {
+    for c in desired.conditions.iter_mut().flatten() {
+        let old = current
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|o| o.type_ == c.type_ && o.status == c.status)
+            })
+            .and_then(|o| o.last_transition_time.clone());
+        c.last_transition_time = old.or_else(|| Some(now.clone()));
+    }
+}
+
+/// Whether writing `desired` would change what `current` says, ignoring
+/// condition timestamps.
+pub fn status_differs(current: Option<&k8s::PodStatus>, desired: &k8s::PodStatus) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let conds = |s: &k8s::PodStatus| -> Vec<(String, String, Option<String>, Option<String>)> {
+        s.conditions
+            .iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .collect()
+    };
+    current.phase != desired.phase
+        || current.reason != desired.reason
+        || current.message != desired.message
+        || current.pod_ip != desired.pod_ip
+        || current.pod_ips != desired.pod_ips
+        || current.host_ip != desired.host_ip
+        || current.start_time != desired.start_time
+        || current.container_statuses != desired.container_statuses
+        || current.init_container_statuses != desired.init_container_statuses
+        || conds(current) != conds(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aci::{
+        Container, ContainerGroupProperties, ContainerProperties, GroupInstanceView, IpAddress,
+        TAG_CLUSTER,
+    };
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).expect("valid"))
+    }
+
+    fn pod() -> k8s::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "web", "uid": "u1"},
+            "spec": {"nodeName": "spillway-aci", "containers": [{"name": "app", "image": "nginx"}]},
+            "status": {"phase": "Pending"}
+        }))
+        .expect("pod")
+    }
+
+    fn group(uid: &str, state: &str) -> ContainerGroup {
+        let mut g = ContainerGroup {
+            name: "web-p".into(),
+            location: "westeurope".into(),
+            tags: BTreeMap::from([
+                (TAG_CLUSTER.to_string(), "c1".to_string()),
+                (TAG_NAMESPACE.to_string(), "web".to_string()),
+                (TAG_POD_NAME.to_string(), "p".to_string()),
+                (TAG_POD_UID.to_string(), uid.to_string()),
+            ]),
+            properties: ContainerGroupProperties::default(),
+            ..Default::default()
+        };
+        g.properties.containers = vec![Container {
+            name: "app".into(),
+            properties: ContainerProperties {
+                image: "nginx".into(),
+                ..Default::default()
+            },
+        }];
+        g.properties.provisioning_state = Some("Succeeded".into());
+        g.properties.instance_view = Some(GroupInstanceView {
+            state: Some(state.into()),
+            ..Default::default()
+        });
+        g.properties.ip_address = Some(IpAddress {
+            ip: Some("20.0.0.9".into()),
+            ..Default::default()
+        });
+        g
+    }
+
+    #[test]
+    fn new_pod_without_group_is_created() {
+        let a = decide(&pod(), None, PodFacts::default(), "10.0.0.1", &now());
+        assert_eq!(a, PodAction::Create);
+        let busy = PodFacts {
+            busy: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&pod(), None, busy, "10.0.0.1", &now()),
+            PodAction::Nothing
+        );
+    }
+
+    #[test]
+    fn running_group_patches_status_once() {
+        let g = group("u1", "Running");
+        let PodAction::Patch(status) =
+            decide(&pod(), Some(&g), PodFacts::default(), "10.0.0.1", &now())
+        else {
+            panic!("expected a patch");
+        };
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("20.0.0.9"));
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.start_time.is_some());
+        let mut p = pod();
+        p.status = Some(*status);
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_500).expect("valid"));
+        assert_eq!(
+            decide(&p, Some(&g), PodFacts::default(), "10.0.0.1", &later),
+            PodAction::Nothing,
+            "same state, later clock: no write"
+        );
+    }
+
+    #[test]
+    fn groups_are_adopted_only_by_tags() {
+        let stale = group("u0", "Running");
+        assert_eq!(
+            decide(&pod(), Some(&stale), PodFacts::default(), "h", &now()),
+            PodAction::DeleteStaleGroup
+        );
+        let mut foreign = group("u9", "Running");
+        foreign.tags.insert(TAG_NAMESPACE.into(), "web-p".into());
+        assert!(matches!(
+            decide(&pod(), Some(&foreign), PodFacts::default(), "h", &now()),
+            PodAction::Fail { ref reason, .. } if reason == REASON_PROVIDER_FAILED
+        ));
+    }
+
+    #[test]
+    fn vanished_group_fails_the_pod() {
+        let g = group("u1", "Running");
+        let mut p = pod();
+        p.status = Some(desired_status(&p, &g, "h", &now()));
+        assert!(had_group(&p));
+        assert!(matches!(
+            decide(&p, None, PodFacts::default(), "h", &now()),
+            PodAction::Fail { ref reason, .. } if reason == REASON_GROUP_VANISHED
+        ));
+        let created = PodFacts {
+            created_before_list: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&pod(), None, created, "h", &now()),
+            PodAction::Fail { .. }
+        ));
+        // A failed pod stays failed: no new group.
+        let mut failed = pod();
+        failed.status = Some(problem_status(
+            &failed,
+            "Failed",
+            REASON_PROVIDER_FAILED,
+            "x",
+            "h",
+            &now(),
+        ));
+        assert_eq!(
+            decide(&failed, None, PodFacts::default(), "h", &now()),
+            PodAction::Nothing
+        );
+    }
+
+    #[test]
+    fn deleting_pod_removes_only_its_own_group() {
+        let mut p = pod();
+        p.metadata.deletion_timestamp = Some(now());
+        assert_eq!(
+            decide(
+                &p,
+                Some(&group("u1", "Running")),
+                PodFacts::default(),
+                "h",
+                &now()
+            ),
+            PodAction::Delete { delete_group: true }
+        );
+        assert_eq!(
+            decide(
+                &p,
+                Some(&group("u0", "Running")),
+                PodFacts::default(),
+                "h",
+                &now()
+            ),
+            PodAction::Delete {
+                delete_group: false
+            }
+        );
+        assert_eq!(
+            decide(&p, None, PodFacts::default(), "h", &now()),
+            PodAction::Delete {
+                delete_group: false
+            }
+        );
+    }
+
+    #[test]
+    fn problem_status_is_readable_and_stable() {
+        let s = problem_status(
+            &pod(),
+            "Failed",
+            REASON_PROVIDER_FAILED,
+            "InvalidSpec: hostPath",
+            "h",
+            &now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+        assert_eq!(s.reason.as_deref(), Some(REASON_PROVIDER_FAILED));
+        let mut p = pod();
+        p.status = Some(s.clone());
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_900).expect("valid"));
+        let again = problem_status(
+            &p,
+            "Failed",
+            REASON_PROVIDER_FAILED,
+            "InvalidSpec: hostPath",
+            "h",
+            &later,
+        );
+        assert!(!status_differs(p.status.as_ref(), &again));
+        assert_eq!(
+            again.conditions, s.conditions,
+            "transition times carried over"
+        );
+    }
+}

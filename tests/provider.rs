@@ -1,0 +1,1114 @@
+//! The embedded provider end to end: the test API server and the ACI
+//! emulator, both in-process over real HTTP; spillway's provider between
+//! them as the virtual node.
+
+mod support;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
+use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, OperationFaults};
+use spillway::aci::paced::{Paced, PacingConfig};
+use spillway::aci::translate::group_name;
+use spillway::aci::{ContainerGroups, TAG_POD_UID};
+use spillway::metrics::Metrics;
+use spillway::provider::{Provider, ProviderConfig, logs, node as vnode, pods as vpods};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{PodDeletion, TestApiServer};
+use tokio::time::Instant;
+
+const NODE: &str = "spillway-aci";
+const CLUSTER: &str = "test-cluster";
+const NS: &str = "web";
+const HOST_IP: &str = "10.1.2.3";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Poll `check` every 50 ms until it holds or `WAIT` passes; panics with `what`.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, WAIT, check).await
+}
+
+async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn emulator_config() -> EmulatorConfig {
+    EmulatorConfig {
+        // 2 s Accepted + 3 s Creating at ×50: 100 ms.
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    }
+}
+
+fn pacing() -> PacingConfig {
+    PacingConfig {
+        writes_per_sec: 50.0,
+        write_burst: 50,
+        reads_per_sec: 100.0,
+        read_burst: 100,
+        max_attempts: 8,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        budget: Duration::from_secs(10),
+        seed: 7,
+    }
+}
+
+fn aci(emu: &EmulatorHandle, pacing: PacingConfig) -> Arc<dyn ContainerGroups> {
+    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
+    let client = AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}"));
+    Arc::new(Paced::new(client, pacing))
+}
+
+fn provider_config() -> ProviderConfig {
+    let mut c = ProviderConfig::new(NODE, CLUSTER, "westeurope", HOST_IP, 10250);
+    c.sync_interval = Duration::from_millis(200);
+    c.lease_interval = Duration::from_millis(300);
+    c.status_interval = Duration::from_secs(2);
+    c.usage_interval = Duration::from_millis(300);
+    c.gc_interval = Duration::from_millis(500);
+    c.unreachable_after = Duration::from_millis(800);
+    c.refresh_interval = Duration::from_millis(500);
+    c.retry_backoff = Duration::from_millis(200);
+    c.max_retry_backoff = Duration::from_secs(1);
+    c
+}
+
+/// A running provider; dropping `stop` ends it.
+struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _leader: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+fn start(
+    srv: &TestApiServer,
+    aci: Arc<dyn ContainerGroups>,
+    metrics: Option<Arc<Metrics>>,
+) -> Running {
+    let provider = Provider::new(srv.client(), aci, provider_config(), metrics);
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        if let Err(e) = provider
+            .run(leader_rx, async {
+                let _ = rx.await;
+            })
+            .await
+        {
+            panic!("provider failed: {e}");
+        }
+    });
+    Running {
+        stop: Some(tx),
+        task,
+        _leader: leader_tx,
+    }
+}
+
+struct World {
+    srv: TestApiServer,
+    emu: EmulatorHandle,
+    aci: Arc<dyn ContainerGroups>,
+}
+
+async fn world() -> World {
+    world_at(emulator_config()).await
+}
+
+async fn world_at(emulator: EmulatorConfig) -> World {
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let emu = Emulator::start(emulator)
+        .await
+        .unwrap_or_else(|e| panic!("emulator: {e}"));
+    let aci = aci(&emu, pacing());
+    World { srv, emu, aci }
+}
+
+fn app_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": NODE,
+            "tolerations": [{"key": vnode::TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": "app", "image": "nginx:1.27",
+                "ports": [{"containerPort": 80}],
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}
+            }]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("pod json: {e}"))
+}
+
+async fn create_pod(srv: &TestApiServer, pod: &Pod) -> Pod {
+    let api: Api<Pod> = Api::namespaced(srv.client(), NS);
+    api.create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod: {e}"))
+}
+
+fn phase(srv: &TestApiServer, name: &str) -> Option<String> {
+    srv.get::<Pod>(NS, name)
+        .and_then(|p| p.status)
+        .and_then(|s| s.phase)
+}
+
+fn running(srv: &TestApiServer, name: &str) -> bool {
+    phase(srv, name).as_deref() == Some("Running")
+}
+
+fn ready_condition(srv: &TestApiServer) -> Option<(String, Option<String>)> {
+    srv.get::<Node>("", NODE)
+        .and_then(|n| n.status)
+        .and_then(|s| s.conditions)
+        .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status, c.reason))
+}
+
+/// Groups per name ever created, and the groups present now.
+fn groups_created(w: &World) -> BTreeMap<String, u64> {
+    w.emu.state.counters().creates_by_name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_with_labels_taint_capacity_and_renews_its_lease() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    eventually("node registered with capacity and Ready", || async {
+        let Some(n) = w.srv.get::<Node>("", NODE) else {
+            return false;
+        };
+        let cap = n
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.clone())
+            .unwrap_or_default();
+        cap.get("cpu").map(|q| q.0.as_str()) == Some("100")
+            && ready_condition(&w.srv).map(|r| r.0).as_deref() == Some("True")
+    })
+    .await;
+    let n = w
+        .srv
+        .get::<Node>("", NODE)
+        .unwrap_or_else(|| panic!("node"));
+    let labels = n.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("type").map(String::as_str),
+        Some("virtual-kubelet")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/role").map(String::as_str),
+        Some("agent")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(
+        labels.get("spillway.io/virtual").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        labels
+            .get("kubernetes.azure.com/managed")
+            .map(String::as_str),
+        Some("false")
+    );
+    let taints = n.spec.clone().and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(|t| t.key == "virtual-kubelet.io/provider"
+            && t.value.as_deref() == Some("azure")
+            && t.effect == "NoSchedule"),
+        "taint: {taints:?}"
+    );
+    let status = n.status.unwrap_or_default();
+    let cap = status.capacity.unwrap_or_default();
+    assert_eq!(cap["pods"].0, "100", "groups left in the emulator's quota");
+    assert_eq!(cap["memory"].0, format!("{}Mi", 100 * 4 * 1024));
+    assert_eq!(
+        status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port),
+        Some(10250)
+    );
+    assert!(
+        status
+            .addresses
+            .unwrap_or_default()
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == HOST_IP)
+    );
+
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    eventually("lease created", || async { renew().is_some() }).await;
+    let first = renew();
+    eventually("lease renewed", || async { renew() > first }).await;
+    let lease = w
+        .srv
+        .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+        .unwrap_or_else(|| panic!("lease"));
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(NODE)
+    );
+
+    // Capacity is the quota the scheduler may still fill: this node's own
+    // pods are already subtracted by the scheduler (not counted twice);
+    // another cluster's groups in the subscription use quota up.
+    create_pod(&w.srv, &app_pod("a")).await;
+    eventually("pod Running", || async { running(&w.srv, "a") }).await;
+    let other: spillway::aci::ContainerGroup = serde_json::from_value(json!({
+        "name": "someone-else", "location": "westeurope",
+        "tags": {"spillway-cluster": "another-cluster"},
+        "properties": {"osType": "Linux", "containers": [{"name": "c", "properties": {
+            "image": "nginx", "resources": {"requests": {"cpu": 2.0, "memoryInGB": 1.0}}}}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.aci
+        .create_or_update(&other)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let capacity = |key: &'static str| {
+        w.srv
+            .get::<Node>("", NODE)
+            .and_then(|n| n.status)
+            .and_then(|s| s.capacity)
+            .and_then(|c| c.get(key).map(|q| q.0.clone()))
+    };
+    eventually(
+        "capacity shrinks by the other cluster's group only",
+        || async {
+            capacity("cpu").as_deref() == Some("98") && capacity("pods").as_deref() == Some("99")
+        },
+    )
+    .await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_served() {
+    // Slow enough (1 s to Running) that the pod is seen Pending first.
+    let w = world_at(EmulatorConfig {
+        speed: 5.0,
+        ..emulator_config()
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(w.srv.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": NS},
+        "stringData": {"password": "hunter2"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("secret: {e}"));
+    let mut pod = app_pod("api");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].env = Some(
+            serde_json::from_value(json!([
+                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "MODE", "value": "fast"}
+            ]))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let p = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    let created = create_pod(&w.srv, &pod).await;
+
+    eventually("pod Pending while its group is created", || async {
+        w.srv
+            .get::<Pod>(NS, "api")
+            .and_then(|p| p.status)
+            .and_then(|s| s.message)
+            .is_some_and(|m| m.contains("ACI container group"))
+    })
+    .await;
+    eventually("pod Running", || async { running(&w.srv, "api") }).await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "api")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    let snapshot = w.emu.state.snapshot();
+    let group = snapshot
+        .iter()
+        .find(|g| g.name == group_name(NS, "api"))
+        .unwrap_or_else(|| panic!("group in {snapshot:?}"));
+    assert_eq!(status.pod_ip, group.ip, "podIP is the group's IP");
+    assert!(
+        status
+            .pod_ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("20.0."))
+    );
+    assert_eq!(status.host_ip.as_deref(), Some(HOST_IP));
+    assert!(status.start_time.is_some());
+    assert_eq!(
+        group.tags.get(TAG_POD_UID),
+        created.metadata.uid.as_ref(),
+        "group tagged with the pod uid"
+    );
+    assert_eq!(
+        group.secure_env.get("app").cloned().unwrap_or_default(),
+        vec!["DB_PASSWORD".to_string()],
+        "the Secret's value went as secureValue, the plain one did not"
+    );
+    assert_eq!(groups_created(&w).get(&group.name), Some(&1));
+    assert_eq!(metrics.aci_container_group_start.get_sample_count(), 1);
+    eventually("provider_pods{phase=Running} = 1", || async {
+        metrics.provider_pods.with_label_values(&["Running"]).get() == 1
+    })
+    .await;
+
+    // Steady state writes nothing: a stale reason/message must not make
+    // every sync patch again.
+    let status_writes = || {
+        w.srv
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == "PATCH" && r.path == format!("/api/v1/namespaces/{NS}/pods/api/status")
+            })
+            .count()
+    };
+    let before = status_writes();
+    tokio::time::sleep(Duration::from_millis(1000)).await; // five syncs; a write would show
+    assert_eq!(
+        status_writes(),
+        before,
+        "no status writes while nothing changes"
+    );
+    let status = w
+        .srv
+        .get::<Pod>(NS, "api")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.message, None, "the Pending message is cleared");
+
+    // kubectl logs → the kubelet endpoint → ACI logs.
+    use tower::ServiceExt as _;
+    let get = |uri: String| {
+        axum::http::Request::builder()
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let router = logs::router(w.aci.clone());
+    let r = router
+        .clone()
+        .oneshot(get(format!("/containerLogs/{NS}/api/app?tailLines=10")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("nginx:1.27"),
+        "log text: {body:?}"
+    );
+    let r = router
+        .oneshot(get(format!("/containerLogs/{NS}/nope/app")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 404);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pod_removes_its_group_then_the_pod() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    create_pod(&w.srv, &app_pod("gone")).await;
+    eventually("pod Running", || async { running(&w.srv, "gone") }).await;
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("gone", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("pod object removed", || async {
+        w.srv.get::<Pod>(NS, "gone").is_none()
+    })
+    .await;
+    assert!(
+        w.emu
+            .state
+            .snapshot()
+            .iter()
+            .all(|g| g.name != group_name(NS, "gone")),
+        "the group is deleted before the pod"
+    );
+    assert_eq!(w.emu.state.counters().deletes, 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_deleted_behind_our_back_fails_the_pod() {
+    let w = world().await;
+    let metrics = Arc::new(Metrics::new());
+    let p = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    create_pod(&w.srv, &app_pod("victim")).await;
+    eventually("pod Running", || async { running(&w.srv, "victim") }).await;
+    w.emu
+        .state
+        .set_faults(Faults {
+            vanish: vec![group_name(NS, "victim")],
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("pod Failed", || async {
+        phase(&w.srv, "victim").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "victim")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some(vpods::REASON_GROUP_VANISHED));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("deleted outside spillway")
+    );
+    // No second group for the failed pod.
+    tokio::time::sleep(Duration::from_millis(600)).await; // three syncs: a recreate would show
+    assert_eq!(groups_created(&w).get(&group_name(NS, "victim")), Some(&1));
+    assert!(w.emu.state.snapshot().is_empty());
+    assert_eq!(
+        metrics
+            .aci_container_group_start_failures
+            .with_label_values(&["vanished"])
+            .get(),
+        1
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm_error_storm_still_runs_every_pod_once() {
+    let w = world().await;
+    let mut ops = BTreeMap::new();
+    ops.insert(
+        "*".to_string(),
+        OperationFaults {
+            // Every 429 pauses its whole lane for Retry-After (1 s).
+            error_rate: 0.25,
+            throttle_rate: 0.1,
+            ..OperationFaults::default()
+        },
+    );
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = start(&w.srv, w.aci.clone(), None);
+    let names: Vec<String> = (0..12).map(|i| format!("storm-{i}")).collect();
+    for n in &names {
+        create_pod(&w.srv, &app_pod(n)).await;
+    }
+    eventually_within(
+        "all pods Running through the storm",
+        Duration::from_secs(40),
+        || async { names.iter().all(|n| running(&w.srv, n)) },
+    )
+    .await;
+    let counters = w.emu.state.counters();
+    assert!(
+        counters.faults_injected > 0,
+        "the storm happened: {counters:?}"
+    );
+    assert_eq!(counters.creates, 12, "{counters:?}");
+    assert!(
+        counters.creates_by_name.values().all(|n| *n == 1),
+        "{counters:?}"
+    );
+    assert_eq!(w.emu.state.snapshot().len(), 12);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_restarted_mid_burst_creates_no_duplicates_and_leaks_nothing() {
+    let w = world().await;
+    // Slow writes so the first provider stops with the burst half done.
+    let slow = PacingConfig {
+        writes_per_sec: 4.0,
+        write_burst: 2,
+        ..pacing()
+    };
+    let first = start(&w.srv, aci(&w.emu, slow.clone()), None);
+    let names: Vec<String> = (0..16).map(|i| format!("burst-{i}")).collect();
+    for n in &names {
+        create_pod(&w.srv, &app_pod(n)).await;
+    }
+    eventually("some groups created", || async {
+        w.emu.state.snapshot().len() >= 3
+    })
+    .await;
+    first.stop().await;
+    let halfway = w.emu.state.snapshot().len();
+    assert!(
+        halfway < names.len(),
+        "stopped mid-burst ({halfway} groups)"
+    );
+
+    let second = start(&w.srv, aci(&w.emu, pacing()), None);
+    eventually("all pods Running after the restart", || async {
+        names.iter().all(|n| running(&w.srv, n))
+    })
+    .await;
+    let counters = w.emu.state.counters();
+    assert_eq!(counters.creates, 16, "{counters:?}");
+    assert!(
+        counters.creates_by_name.values().all(|n| *n == 1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.deletes, 0, "nothing of a live pod deleted");
+    let uids: std::collections::BTreeSet<String> = w
+        .srv
+        .list::<Pod>(Some(NS))
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(snapshot.len(), 16);
+    assert!(
+        snapshot
+            .iter()
+            .all(|g| g.tags.get(TAG_POD_UID).is_some_and(|u| uids.contains(u))),
+        "every group belongs to a live pod"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_watch_relists_without_losing_a_pod() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    create_pod(&w.srv, &app_pod("before")).await;
+    eventually("first pod Running", || async { running(&w.srv, "before") }).await;
+    let lists_before = pod_lists(&w.srv);
+    w.srv.expire_watches();
+    create_pod(&w.srv, &app_pod("after")).await;
+    eventually("pod created across the 410 Running", || async {
+        running(&w.srv, "after")
+    })
+    .await;
+    assert!(pod_lists(&w.srv) > lists_before, "the watcher relisted");
+    assert!(running(&w.srv, "before"));
+    assert_eq!(w.emu.state.counters().creates, 2);
+    p.stop().await;
+}
+
+fn pod_lists(srv: &TestApiServer) -> usize {
+    srv.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path == "/api/v1/pods"
+                && !r.is_watch()
+                && r.param("fieldSelector").is_some_and(|f| f.contains(NODE))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_pod_fails_with_a_readable_reason_and_an_event() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let mut pod = app_pod("hostpath");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = Some(
+            serde_json::from_value(json!([{"name": "h", "hostPath": {"path": "/var/run"}}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    create_pod(&w.srv, &pod).await;
+    eventually("pod Failed", || async {
+        phase(&w.srv, "hostpath").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "hostpath")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(vpods::REASON_PROVIDER_FAILED)
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("InvalidSpec: ") && message.contains("hostPath"),
+        "message: {message}"
+    );
+    eventually("a Warning event for the pod", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.reason.as_deref() == Some(vpods::REASON_PROVIDER_FAILED)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("hostpath")
+                && e.type_.as_deref() == Some("Warning")
+        })
+    })
+    .await;
+    assert!(
+        w.emu.state.snapshot().is_empty(),
+        "no group for an invalid pod"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_goes_not_ready_while_aci_is_unreachable_and_recovers() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    eventually("node Ready", || async {
+        ready_condition(&w.srv).map(|r| r.0).as_deref() == Some("True")
+    })
+    .await;
+    let mut ops = BTreeMap::new();
+    ops.insert(
+        "*".to_string(),
+        OperationFaults {
+            error_rate: 1.0,
+            ..OperationFaults::default()
+        },
+    );
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("node NotReady with the ACI reason", || async {
+        ready_condition(&w.srv)
+            == Some((
+                "False".to_string(),
+                Some(vnode::REASON_ACI_UNREACHABLE.to_string()),
+            ))
+    })
+    .await;
+    w.emu
+        .state
+        .set_faults(Faults::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("node Ready again", || async {
+        ready_condition(&w.srv).map(|r| r.0).as_deref() == Some("True")
+    })
+    .await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_does_nothing_until_it_leads() {
+    let w = world().await;
+    let provider = Provider::new(w.srv.client(), w.aci.clone(), provider_config(), None);
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    create_pod(&w.srv, &app_pod("waits")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // several sync intervals: nothing may happen
+    assert!(
+        w.srv.get::<Node>("", NODE).is_none(),
+        "no node while standby"
+    );
+    assert!(w.emu.state.snapshot().is_empty(), "no group while standby");
+    let _ = leader_tx.send(true);
+    eventually("pod Running once leading", || async {
+        running(&w.srv, "waits")
+    })
+    .await;
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
+#[derive(clap::Parser)]
+struct RunArgs {
+    #[command(flatten)]
+    run: spillway::run::RunCommand,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
+    use clap::Parser as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-run-policies");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let args = RunArgs::parse_from([
+        "spillway",
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+        "--identity",
+        "r1",
+        "--lease-seconds",
+        "3",
+        "--aci",
+        "emulator",
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--aci-sync-secs",
+        "1",
+    ]);
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = srv.kube_config();
+    let task = tokio::spawn(async move {
+        spillway::run::run_with(config, &args.run, store, metrics, listener, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    eventually("virtual node registered and Ready", || async {
+        ready_condition(&srv).map(|r| r.0).as_deref() == Some("True")
+    })
+    .await;
+    create_pod(&srv, &app_pod("demo")).await;
+    eventually("pod Running on the embedded emulator", || async {
+        running(&srv, "demo")
+    })
+    .await;
+
+    // kubectl logs goes to the node's kubelet endpoint.
+    let port = srv
+        .get::<Node>("", NODE)
+        .and_then(|n| n.status)
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .unwrap_or_else(|| panic!("kubelet endpoint port"));
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    conn.write_all(
+        format!("GET /containerLogs/{NS}/demo/app?tailLines=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("nginx:1.27"), "{answer}");
+
+    let _ = tx.send(());
+    let r = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("run_with did not stop"));
+    assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_lease_keeps_renewing_while_aci_hangs() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    eventually("lease created", || async { renew().is_some() }).await;
+    let mut ops = BTreeMap::new();
+    for op in ["usage", "list", "get"] {
+        ops.insert(
+            op.to_string(),
+            OperationFaults {
+                timeout_rate: 1.0,
+                ..OperationFaults::default()
+            },
+        );
+    }
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            hang_ms: 4000,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Let the hung calls start, then demand two renewals well inside one hang.
+    tokio::time::sleep(Duration::from_millis(400)).await; // lets hung calls begin; the checks below poll
+    for _ in 0..2 {
+        let before = renew();
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while renew() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "lease not renewed within 1.5 s while ACI hangs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    w.emu
+        .state
+        .set_faults(Faults::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_quota_waits_visibly_and_runs_when_quota_frees() {
+    let w = world_at(EmulatorConfig {
+        groups_limit: 1,
+        ..emulator_config()
+    })
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let p = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    create_pod(&w.srv, &app_pod("first")).await;
+    eventually("first pod Running", || async { running(&w.srv, "first") }).await;
+    create_pod(&w.srv, &app_pod("second")).await;
+    eventually("second pod Pending with a quota reason", || async {
+        w.srv
+            .get::<Pod>(NS, "second")
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.phase.as_deref() == Some("Pending")
+                    && s.reason.as_deref() == Some(vpods::REASON_RETRYING)
+                    && s.message.is_some_and(|m| m.contains("quota"))
+            })
+    })
+    .await;
+    eventually("a Warning event says why", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.reason.as_deref() == Some(vpods::REASON_RETRYING)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("second")
+        })
+    })
+    .await;
+    assert!(
+        metrics
+            .aci_container_group_start_failures
+            .with_label_values(&["quota"])
+            .get()
+            >= 1
+    );
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("first", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("second pod Running once the quota frees", || async {
+        running(&w.srv, "second")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "second")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.reason, None, "the retry reason is cleared");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
+    let w = world().await;
+    let first = start(&w.srv, w.aci.clone(), None);
+    for n in ["live", "doomed"] {
+        create_pod(&w.srv, &app_pod(n)).await;
+    }
+    eventually("both Running", || async {
+        running(&w.srv, "live") && running(&w.srv, "doomed")
+    })
+    .await;
+    first.stop().await;
+    // Force-deleted while no provider ran: its group is an orphan now.
+    w.srv.remove::<Pod>(NS, "doomed");
+
+    let metrics = Arc::new(Metrics::new());
+    let second = start(&w.srv, w.aci.clone(), Some(metrics.clone()));
+    eventually("the orphan's group collected", || async {
+        w.emu
+            .state
+            .snapshot()
+            .iter()
+            .all(|g| g.name != group_name(NS, "doomed"))
+    })
+    .await;
+    assert_eq!(metrics.gc_deleted.get(), 1);
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(
+        snapshot.len(),
+        1,
+        "the live pod's group is kept: {snapshot:?}"
+    );
+    assert_eq!(snapshot[0].name, group_name(NS, "live"));
+    let counters = w.emu.state.counters();
+    assert_eq!(
+        counters.creates, 2,
+        "adopted, not created again: {counters:?}"
+    );
+    assert!(running(&w.srv, "live"));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_config_map_holds_the_pod_until_it_exists() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let mut pod = app_pod("cfg");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].env_from = Some(
+            serde_json::from_value(json!([{"configMapRef": {"name": "settings"}}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        spec.volumes = Some(
+            serde_json::from_value(json!([{"name": "conf", "configMap": {"name": "settings"}}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        spec.containers[0].volume_mounts = Some(
+            serde_json::from_value(json!([{"name": "conf", "mountPath": "/etc/app"}]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    create_pod(&w.srv, &pod).await;
+    eventually("pod Pending with CreateContainerConfigError", || async {
+        w.srv
+            .get::<Pod>(NS, "cfg")
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.reason.as_deref() == Some(vpods::REASON_CONFIG_ERROR)
+                    && s.message
+                        .is_some_and(|m| m.contains("ConfigMap \"settings\" not found"))
+            })
+    })
+    .await;
+    assert!(w.emu.state.snapshot().is_empty());
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(w.srv.client(), NS);
+    let cm = serde_json::from_value(json!({
+        "metadata": {"name": "settings", "namespace": NS},
+        "data": {"LEVEL": "debug", "app.yaml": "a: 1"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("pod Running once the ConfigMap exists", || async {
+        running(&w.srv, "cfg")
+    })
+    .await;
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(
+        snapshot[0]
+            .secret_files
+            .get("conf")
+            .cloned()
+            .unwrap_or_default(),
+        vec!["LEVEL".to_string(), "app.yaml".to_string()],
+        "the ConfigMap's files reached the group"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selecting_policys_aci_section_shapes_the_group() {
+    let w = world().await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-aci-policies");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("web.yaml"),
+        "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  podSelector: { matchLabels: { app: web } }\n  burst: { mode: Auto, spillAfter: 30s, maxVmWait: 2m }\n  aci: { publicIp: auto, dnsNameLabel: \"{{namespace}}-{{name}}-pub\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics)
+            .unwrap_or_else(|e| panic!("{e:?}")),
+    );
+    let provider =
+        Provider::new(w.srv.client(), w.aci.clone(), provider_config(), None).with_policies(store);
+    let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    create_pod(&w.srv, &app_pod("site")).await;
+    eventually("pod Running", || async { running(&w.srv, "site") }).await;
+    let group = w
+        .aci
+        .get(&group_name(NS, "site"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group"));
+    assert_eq!(
+        group
+            .properties
+            .ip_address
+            .and_then(|ip| ip.dns_name_label)
+            .as_deref(),
+        Some("web-site-pub"),
+        "the policy's dnsNameLabel template was applied"
+    );
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
