@@ -817,6 +817,7 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = srv.kube_config();
+    let shared_metrics = metrics.clone();
     let task = tokio::spawn(async move {
         spillway::run::run_with(config, &args.run, store, metrics, listener, async {
             let _ = rx.await;
@@ -855,6 +856,13 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("nginx:1.27"), "{answer}");
+    // The production ACI stack counts every call it made.
+    let rendered = shared_metrics.render();
+    assert!(
+        rendered.contains("spillway_aci_requests_total{code=\"ok\",op=\"create\"} 1"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("spillway_aci_request_duration_seconds_count{op=\"list\"}"));
 
     let _ = tx.send(());
     let r = tokio::time::timeout(Duration::from_secs(10), task)

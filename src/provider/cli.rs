@@ -149,6 +149,21 @@ pub struct Started {
     pub emulator: Option<EmulatorHandle>,
 }
 
+/// The production stack around an ACI client: every attempt counted and timed
+/// (`Metered`), then paced below ARM's limits with 429s counted (`Paced`).
+fn metered_and_paced(
+    client: AzureContainerGroups,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn ContainerGroups> {
+    Arc::new(
+        Paced::new(
+            crate::aci::metered::Metered::new(client, metrics.clone()),
+            PacingConfig::default(),
+        )
+        .with_metrics(metrics.clone()),
+    )
+}
+
 /// Start the provider and its kubelet endpoint as `args` say; `None` for
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
@@ -172,7 +187,7 @@ pub async fn start(
                 cfg.timeout = Duration::from_secs(30);
                 let client = AzureContainerGroups::new(&cfg)?;
                 (
-                    Arc::new(Paced::new(client, PacingConfig::default())),
+                    metered_and_paced(client, &metrics),
                     args.cluster_id.clone().unwrap_or_default(),
                     None,
                 )
@@ -192,7 +207,7 @@ pub async fn start(
                 );
                 let client = AzureContainerGroups::new(&cfg)?;
                 (
-                    Arc::new(Paced::new(client, PacingConfig::default())),
+                    metered_and_paced(client, &metrics),
                     args.cluster_id.clone().unwrap_or_else(|| "local".into()),
                     Some(emu),
                 )
