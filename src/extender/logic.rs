@@ -68,13 +68,30 @@ fn candidates(verb: &'static str, args: &mut ExtenderArgs) -> Result<Candidates,
 /// object came with the request, by name (seen in the cluster or configured)
 /// otherwise.
 struct VirtualTest<'a> {
-    state: &'a cluster::ClusterState,
     config: &'a cluster::ClusterConfig,
+    /// Every known virtual node name (seen in the cluster or configured):
+    /// a handful, checked length-first, since requests carry thousands of
+    /// VM names that almost never share a virtual name's length.
+    names: Vec<&'a str>,
 }
 
-impl VirtualTest<'_> {
+impl<'a> VirtualTest<'a> {
+    fn new(state: &'a cluster::ClusterState, config: &'a cluster::ClusterConfig) -> Self {
+        let mut names: Vec<&str> = state
+            .virtual_nodes
+            .iter()
+            .chain(config.virtual_nodes.names.iter())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        VirtualTest { config, names }
+    }
+
     fn name(&self, name: &str) -> bool {
-        self.state.virtual_nodes.contains(name) || self.config.virtual_nodes.is_virtual_name(name)
+        self.names
+            .iter()
+            .any(|v| v.len() == name.len() && *v == name)
     }
     fn node(&self, node: &NodeIdentity) -> bool {
         let matcher = &self.config.virtual_nodes;
@@ -167,10 +184,7 @@ pub(super) fn filter(
     let cands = candidates(VERB, &mut args)?;
     let pod = require_pod(VERB, args.pod.take())?;
     let cluster = state.view.current();
-    let is_virtual = VirtualTest {
-        state: &cluster,
-        config: state.view.config(),
-    };
+    let is_virtual = VirtualTest::new(&cluster, state.view.config());
     let flags: Vec<bool> = match &cands {
         Candidates::Names(names) => names.iter().map(|n| is_virtual.name(n)).collect(),
         Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
@@ -240,10 +254,7 @@ pub(super) fn prioritize(
     let cands = candidates(VERB, &mut args)?;
     require_pod(VERB, args.pod.take())?;
     let cluster = state.view.current();
-    let is_virtual = VirtualTest {
-        state: &cluster,
-        config: state.view.config(),
-    };
+    let is_virtual = VirtualTest::new(&cluster, state.view.config());
     let score = |virt: bool| if virt { 0 } else { MAX_PRIORITY };
     Ok(match cands {
         Candidates::Names(names) => names
