@@ -81,7 +81,7 @@ pub struct RunCommand {
     #[arg(long)]
     pub dry_run: bool,
     /// How often to re-read the policy directory, in seconds.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub policy_reload_secs: u64,
     /// Minimum time between two rebuilds of the cluster view, in milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
