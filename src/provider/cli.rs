@@ -46,9 +46,26 @@ pub struct ProviderArgs {
     /// Memory reported per vCPU of quota left, in GiB.
     #[arg(long, default_value_t = 4.0)]
     pub aci_memory_gib_per_core: f64,
-    /// Address of the kubelet endpoint (`kubectl logs`), plain HTTP.
+    /// Address of the kubelet endpoint (`kubectl logs`): HTTPS with
+    /// --kubelet-tls-cert/--kubelet-tls-key, plain HTTP without.
     #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
     pub kubelet_listen: SocketAddr,
+    /// PEM certificate chain of the kubelet endpoint (with --kubelet-tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SPILLWAY_KUBELET_TLS_CERT",
+        requires = "kubelet_tls_key"
+    )]
+    pub kubelet_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the kubelet endpoint (with --kubelet-tls-cert).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SPILLWAY_KUBELET_TLS_KEY",
+        requires = "kubelet_tls_cert"
+    )]
+    pub kubelet_tls_key: Option<std::path::PathBuf>,
     /// The node's InternalIP (where the API server reaches the kubelet endpoint).
     #[arg(long, env = "POD_IP")]
     pub node_ip: Option<String>,
@@ -71,6 +88,8 @@ pub enum ProviderSetupError {
     Azure(#[from] crate::aci::azure::AzureSetupError),
     #[error("embedded ACI emulator: {0}")]
     Emulator(#[from] crate::aci::emulator::EmulatorError),
+    #[error("kubelet endpoint TLS: {0}")]
+    Tls(#[from] super::logs::TlsError),
     #[error("kubelet endpoint {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -213,6 +232,11 @@ pub async fn start(
                 )
             }
         };
+    // Certificates are read before anything starts: a bad file is a setup error.
+    let tls = match (&args.kubelet_tls_cert, &args.kubelet_tls_key) {
+        (Some(cert), Some(key)) => Some(super::logs::tls_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.kubelet_listen)
         .await
         .map_err(|source| ProviderSetupError::Listen {
@@ -235,7 +259,10 @@ pub async fn start(
     let logs_stop = stopped(stop.clone());
     let stop = stopped(stop);
     let task = tokio::spawn(async move {
-        let logs = tokio::spawn(super::logs::serve(listener, aci, logs_stop));
+        let logs = match tls {
+            Some(tls) => tokio::spawn(super::logs::serve_tls(listener, aci, tls, logs_stop)),
+            None => tokio::spawn(super::logs::serve(listener, aci, logs_stop)),
+        };
         if let Err(e) = provider.run(leader, stop).await {
             tracing::error!(error = %e, "provider stopped");
         }

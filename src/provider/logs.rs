@@ -4,6 +4,9 @@
 //!
 //! It reads only ACI; it never trusts the group name alone (names can
 //! collide) and checks the group's namespace/pod tags.
+//!
+//! Served over TLS when a certificate and key are configured (the API server
+//! talks HTTPS to kubelets), plain HTTP otherwise (tests, local runs).
 
 use crate::aci::translate::group_name;
 use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
@@ -92,6 +95,86 @@ pub fn router(aci: Arc<dyn ContainerGroups>) -> axum::Router {
         .with_state(aci)
 }
 
+/// A certificate or key for the kubelet endpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The server TLS configuration from PEM files (a chain and its private key).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(cert, &e))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Serve the kubelet endpoint over TLS on `listener` until `stop` resolves.
+/// A client that fails the handshake only loses its own connection.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    aci: Arc<dyn ContainerGroups>,
+    tls: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(aci);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "kubelet endpoint: TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "kubelet endpoint: connection ended with an error");
+            }
+        });
+    }
+}
+
 /// Serve the kubelet endpoint on `listener` until `stop` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -101,4 +184,117 @@ pub async fn serve(
     axum::serve(listener, router(aci))
         .with_graceful_shutdown(stop)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aci::azure::{AzureConfig, AzureContainerGroups};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("spillway-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    fn unused_aci() -> Arc<dyn ContainerGroups> {
+        // /healthz never calls ACI; the client only has to exist.
+        let cfg = AzureConfig::for_emulator("http://127.0.0.1:9", "t", "sub", "rg");
+        Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[tokio::test]
+    async fn the_kubelet_endpoint_speaks_tls_with_the_configured_certificate() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = scratch("ok");
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+        let tls = tls_config(&cert, &key).unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_tls(listener, unused_aci(), tls, async {
+            let _ = stop_rx.await;
+        }));
+
+        // A client that trusts only this certificate gets an answer over TLS.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ck.cert.der().clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name =
+            rustls::pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+        let mut stream = connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_string(&mut answer),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+
+        // Plain HTTP on the TLS port gets no HTTP answer, and the server stays up.
+        let mut plain = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            plain.read_to_end(&mut raw),
+        )
+        .await;
+        assert!(!String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+
+        let _ = stop_tx.send(());
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    }
+
+    #[test]
+    fn unusable_certificate_files_name_the_file() {
+        let dir = scratch("bad");
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, "not a certificate").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&key, "not a key").unwrap_or_else(|e| panic!("{e}"));
+        let e = tls_config(&cert, &key)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("tls.crt"), "{e}");
+        let missing = dir.join("missing.crt");
+        let e = tls_config(&missing, &key)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("missing.crt"), "{e}");
+    }
 }
