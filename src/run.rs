@@ -151,7 +151,7 @@ pub fn run(cmd: RunCommand) -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
-        match run_with(config, &cmd, store, metrics, listener, shutdown_signal()).await {
+        match run_with(config, &cmd, store, metrics, listener, crate::cli::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("spillway run: {e}");
@@ -159,28 +159,6 @@ pub fn run(cmd: RunCommand) -> ExitCode {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Read the cluster autoscaler's status, if it publishes one.

@@ -50,30 +50,6 @@ fn bad_input(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_BAD_INPUT)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-}
-
 /// `spillway extender`.
 pub fn run(cmd: ExtenderCommand) -> ExitCode {
     let Some(runtime) = crate::cli::server_runtime("extender") else {
@@ -142,7 +118,7 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
     tracing::info!(listen = %cmd.listen, policies = %cmd.policies.display(), "extender listening");
     let state = AppState::new(PolicySource::Store(store), view, metrics)
         .with_max_body_bytes(cmd.max_body_bytes);
-    match super::serve(listener, state, shutdown_signal()).await {
+    match super::serve(listener, state, crate::cli::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spillway extender: server error: {e}");
