@@ -14,6 +14,7 @@ pub struct Metrics {
     pub extender_requests: IntCounterVec,
     pub extender_duration: HistogramVec,
     pub decisions: IntCounterVec,
+    pub burst_reservations: IntCounterVec,
     pub pending_pods: IntGaugeVec,
     pub burst_pods: IntGaugeVec,
     pub burst_cpu_cores: GaugeVec,
@@ -85,6 +86,13 @@ impl Metrics {
                 )
                 .buckets(latency_buckets),
                 &["verb"]
+            )),
+            burst_reservations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_burst_reservations_total",
+                    "Attempts to reserve burst budget in the replicas' shared reservations, by outcome (admitted, refused: another replica's reservation used the budget, error: the ConfigMap could not be read or written, so the virtual node was refused)."
+                ),
+                &["outcome"]
             )),
             decisions: reg!(IntCounterVec::new(
                 Opts::new(

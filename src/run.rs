@@ -16,6 +16,7 @@ use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterView};
 use crate::decision::{Engine, EngineConfig};
+use crate::extender::reservations::SharedReservations;
 use crate::extender::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
 use crate::metrics::Metrics;
 use crate::policy::reload::PolicyStore;
@@ -29,6 +30,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often the leader removes settled burst reservations.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// Flags of `spillway run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -57,6 +61,10 @@ pub struct RunCommand {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "spillway-leader")]
     pub lease_name: String,
+    /// Name of the ConfigMap (in --namespace) where replicas reserve burst
+    /// budget, so budgets hold across replicas.
+    #[arg(long, default_value = crate::extender::reservations::DEFAULT_NAME)]
+    pub reservations_configmap: String,
     /// Lease duration in seconds: how long a crashed leader blocks a standby.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_seconds: u64,
@@ -217,19 +225,31 @@ pub async fn run_with(
             .clone()
             .watch(Duration::from_secs(cmd.policy_reload_secs)),
     );
-    let state = AppState::new(
+    let identity = cmd.identity();
+    // Conflicts are answered by re-reading, so no client-side retries.
+    let reservations = SharedReservations::new(
+        act_client.clone(),
+        &cmd.namespace,
+        &cmd.reservations_configmap,
+        &identity,
+    );
+    let mut state = AppState::new(
         PolicySource::Store(store.clone()),
         view.clone(),
         metrics.clone(),
     )
     .with_max_body_bytes(cmd.max_body_bytes);
+    // --dry-run writes nothing, reservations included: budgets are then
+    // counted per replica only.
+    if !cmd.dry_run {
+        state = state.with_reservations(reservations.clone());
+    }
     let server = tokio::spawn(crate::extender::serve(
         listener,
         state,
         stopped(stop_rx.clone()),
     ));
 
-    let identity = cmd.identity();
     let manager = LeaseManagerBuilder::new(client.clone(), &cmd.lease_name)
         .with_namespace(&cmd.namespace)
         .with_identity(&identity)
@@ -290,6 +310,7 @@ pub async fn run_with(
     let tick = Duration::from_millis(cmd.tick_ms);
     let mut stop = stop_rx.clone();
     let mut last_ca: Option<(tokio::time::Instant, Option<Vec<NodeGroupStatus>>)> = None;
+    let mut last_reconcile: Option<tokio::time::Instant> = None;
     let mut was_leader = false;
     loop {
         tokio::select! {
@@ -335,6 +356,16 @@ pub async fn run_with(
             .await;
         if !report.results.is_empty() {
             tracing::debug!(actions = report.results.len(), "autoscaler pass");
+        }
+        // The extender reserves, the loop reconciles: drop reservations the
+        // view has caught up with, so the ConfigMap stays small when idle.
+        if !cmd.dry_run && last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+            last_reconcile = Some(tokio::time::Instant::now());
+            match reservations.reconcile(&state, Timestamp::now_wall()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "burst reservations reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconciling burst reservations failed"),
+            }
         }
         // Never act twice within the tick's first 100 ms of a change storm.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,7 @@
 //! `spillway extender`: flags, start-up checks (exit 64 on bad configuration)
 //! and the server's lifetime.
 
+use super::reservations::SharedReservations;
 use super::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterView};
@@ -34,6 +35,14 @@ pub struct ExtenderCommand {
     /// How often to re-read the policy directory, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub policy_reload_secs: u64,
+    /// Namespace spillway runs in; with a live cluster the replicas reserve
+    /// burst budget in a ConfigMap here (see --reservations-configmap).
+    #[arg(long, default_value = "spillway-system", env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Name of the ConfigMap where replicas reserve burst budget, so
+    /// budgets hold across replicas. Not used with --cluster-state.
+    #[arg(long, default_value = super::reservations::DEFAULT_NAME)]
+    pub reservations_configmap: String,
     /// Minimum time between two rebuilds of the cluster view, in milliseconds.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub view_refresh_ms: u64,
@@ -74,6 +83,7 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
         }
     };
     let config = cmd.cluster_config();
+    let mut shared = None;
     let view = match &cmd.cluster_state {
         Some(file) => match cluster::load_cluster_state(file) {
             Ok(objects) => Arc::new(ClusterView::from_objects(
@@ -92,6 +102,15 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
                     ));
                 }
             };
+            let replica = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| format!("spillway-extender-{}", std::process::id()));
+            shared = Some(SharedReservations::new(
+                client.clone(),
+                &cmd.namespace,
+                &cmd.reservations_configmap,
+                &replica,
+            ));
             let view = Arc::new(ClusterView::new(config));
             let refresh = std::time::Duration::from_millis(cmd.view_refresh_ms);
             let watched = view.clone();
@@ -116,8 +135,11 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
         }
     };
     tracing::info!(listen = %cmd.listen, policies = %cmd.policies.display(), "extender listening");
-    let state = AppState::new(PolicySource::Store(store), view, metrics)
+    let mut state = AppState::new(PolicySource::Store(store), view, metrics)
         .with_max_body_bytes(cmd.max_body_bytes);
+    if let Some(shared) = shared {
+        state = state.with_reservations(shared);
+    }
     match super::serve(listener, state, crate::cli::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

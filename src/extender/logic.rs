@@ -1,5 +1,6 @@
 //! The extender's answers, as functions of (state, decoded request). No HTTP here.
 
+use super::reservations::{self, Outcome, Reservation, SharedReservations};
 use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MAX_PRIORITY, MetaPod,
@@ -7,9 +8,11 @@ use super::wire::{
 };
 use super::{AppState, ExtenderError};
 use crate::cluster;
-use crate::decision::{Reason, Snapshot, Verdict};
+use crate::decision::{BurstUsage, Decision, Reason, Snapshot, Verdict};
 use crate::policy::BurstMode;
+use crate::units::{Resources, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
 
 /// What the extender does with the virtual node for one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,8 +107,11 @@ impl<'a> VirtualTest<'a> {
 }
 
 /// DESIGN.md's filter rule for the virtual node, given how many VM nodes
-/// survived the scheduler's own filters.
-pub fn decide_for_virtual(
+/// survived the scheduler's own filters. A `burst` is recorded against the
+/// namespace's budget before it is answered: in the replicas' shared
+/// reservations when there are any (`reservations.rs`), else in this
+/// replica's ledger.
+pub async fn decide_for_virtual(
     state: &AppState,
     pod: &Pod,
     vm_candidates: usize,
@@ -137,37 +143,59 @@ pub fn decide_for_virtual(
     let cluster = state.view.current();
     let pending = cluster::pending_pod(pod, now, state.view.config())
         .map_err(|e| invalid("filter", e.to_string()))?;
-    let key = pod
-        .metadata
-        .uid
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| cluster::pod_key(pod));
     // The engine does not consult VM room here, so the (large) node list is left out.
-    let snap = Snapshot {
-        now,
-        nodes: Vec::new(),
-        pools: cluster.snapshot.pools.clone(),
-        pending: Vec::new(),
-        burst_usage: state.admissions.usage(
-            &cluster.snapshot.burst_usage,
-            cluster.snapshot.now,
+    let decide = |usage: &BTreeMap<String, BurstUsage>| {
+        let snap = Snapshot {
             now,
-            &key,
-        ),
-        aci_quota: cluster.snapshot.aci_quota,
-    };
-    let d = state
-        .engine
-        .decide_without_vm_room(&snap, &policies, &pending);
-    if d.verdict == Verdict::Burst {
-        let cfg = &state.engine.config;
-        let effective = cfg.aci_effective(&pending.requests);
-        let hourly = cfg.prices.aci_hourly(&effective);
+            nodes: Vec::new(),
+            pools: cluster.snapshot.pools.clone(),
+            pending: Vec::new(),
+            burst_usage: usage.clone(),
+            aci_quota: cluster.snapshot.aci_quota,
+        };
         state
-            .admissions
-            .record(&key, namespace, effective, hourly, now);
-    }
+            .engine
+            .decide_without_vm_room(&snap, &policies, &pending)
+    };
+    let cfg = &state.engine.config;
+    let effective = cfg.aci_effective(&pending.requests);
+    let hourly = cfg.prices.aci_hourly(&effective);
+    let d = match &state.reservations {
+        Some(shared) => {
+            // Others' reservations only add usage: a pod refused without
+            // them is refused with them, and needs no round trip.
+            let d = decide(&cluster.snapshot.burst_usage);
+            if d.verdict == Verdict::Burst {
+                reserve_shared(
+                    state, shared, &cluster, pod, d, effective, hourly, now, decide,
+                )
+                .await
+            } else {
+                d
+            }
+        }
+        None => {
+            let key = pod
+                .metadata
+                .uid
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| cluster::pod_key(pod));
+            let usage = state.admissions.usage(
+                &cluster.snapshot.burst_usage,
+                cluster.snapshot.now,
+                now,
+                &key,
+            );
+            let d = decide(&usage);
+            if d.verdict == Verdict::Burst {
+                state
+                    .admissions
+                    .record(&key, namespace, effective, hourly, now);
+            }
+            d
+        }
+    };
     let refusal = (d.verdict != Verdict::Burst).then(|| d.message());
     Ok(FilterDecision {
         verdict: d.verdict,
@@ -176,7 +204,64 @@ pub fn decide_for_virtual(
     })
 }
 
-pub(super) fn filter(
+/// Reserve budget for `pod` in the shared reservations; the decision to
+/// answer with. Failing to reserve refuses the virtual node (fail closed).
+#[allow(clippy::too_many_arguments)]
+async fn reserve_shared(
+    state: &AppState,
+    shared: &SharedReservations,
+    cluster: &cluster::ClusterState,
+    pod: &Pod,
+    admitted: Decision,
+    effective: Resources,
+    hourly: f64,
+    now: Timestamp,
+    decide: impl Fn(&BTreeMap<String, BurstUsage>) -> Decision,
+) -> Decision {
+    let reservation = Reservation {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod: cluster::pod_key(pod),
+        cpu_millis: effective.cpu_millis,
+        memory_bytes: effective.memory_bytes,
+        hourly_cost: hourly,
+        at_millis: now.millis(),
+        replica: String::new(),
+    };
+    let key = reservations::reservation_key(pod);
+    let counter = |outcome: &str| {
+        state
+            .metrics
+            .burst_reservations
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    match shared
+        .reserve(cluster, &key, reservation, now, decide)
+        .await
+    {
+        Ok(Outcome::Admitted) => {
+            counter("admitted");
+            admitted
+        }
+        Ok(Outcome::Refused(d)) => {
+            counter("refused");
+            d
+        }
+        Err(e) => {
+            counter("error");
+            tracing::warn!(pod = %cluster::pod_key(pod), error = %e, "cannot reserve burst budget; refusing the virtual node");
+            Decision {
+                verdict: Verdict::Wait,
+                detail: format!(
+                    "cannot reserve burst budget ({e}); the pod stays off the virtual node until a reservation succeeds"
+                ),
+                ..admitted
+            }
+        }
+    }
+}
+
+pub(super) async fn filter(
     state: &AppState,
     mut args: ExtenderArgs,
 ) -> Result<ExtenderFilterResult, ExtenderError> {
@@ -204,7 +289,7 @@ pub(super) fn filter(
     let refusal = if virtual_count == 0 {
         None
     } else {
-        let d = decide_for_virtual(state, &pod, flags.len() - virtual_count)?;
+        let d = decide_for_virtual(state, &pod, flags.len() - virtual_count).await?;
         state
             .metrics
             .decisions

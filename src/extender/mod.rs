@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod ledger;
 mod logic;
+pub mod reservations;
 pub mod wire;
 
 pub use cli::{ExtenderCommand, run};
@@ -101,8 +102,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub clock: Clock,
-    /// Burst admissions not yet visible in the view (counted against budgets).
+    /// Burst admissions not yet visible in the view (counted against
+    /// budgets) when there are no shared reservations.
     pub admissions: Arc<ledger::Admissions>,
+    /// Budget reservations shared by every replica (a ConfigMap); replaces
+    /// `admissions` when set.
+    pub reservations: Option<Arc<reservations::SharedReservations>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -125,7 +130,13 @@ impl AppState {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clock: Arc::new(Timestamp::now_wall),
             admissions: Arc::new(ledger::Admissions::default()),
+            reservations: None,
         }
+    }
+    /// Count budgets through reservations shared with the other replicas.
+    pub fn with_reservations(mut self, shared: reservations::SharedReservations) -> Self {
+        self.reservations = Some(Arc::new(shared));
+        self
     }
     pub fn with_clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
@@ -192,11 +203,14 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 async fn handle<T, F>(state: &AppState, verb: &'static str, req: Request, answer: F) -> Response
 where
     T: serde::de::DeserializeOwned,
-    F: FnOnce(&AppState, T) -> Result<(Response, &'static str), ExtenderError>,
+    F: AsyncFnOnce(&AppState, T) -> Result<(Response, &'static str), ExtenderError>,
 {
     let started = Instant::now();
     let result = match read_body(req, state.max_body_bytes).await {
-        Ok(bytes) => decode::<T>(verb, &bytes).and_then(|args| answer(state, args)),
+        Ok(bytes) => match decode::<T>(verb, &bytes) {
+            Ok(args) => answer(state, args).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
@@ -221,8 +235,8 @@ where
 }
 
 async fn filter(State(state): State<AppState>, req: Request) -> Response {
-    handle(&state, "filter", req, |s, args| {
-        logic::filter(s, args).map(|r| {
+    handle(&state, "filter", req, async |s, args| {
+        logic::filter(s, args).await.map(|r| {
             // A filter result with `Error` set is an answer, but not a decision.
             let outcome = if r.error.is_empty() { "ok" } else { "error" };
             (axum::Json(r).into_response(), outcome)
@@ -232,21 +246,21 @@ async fn filter(State(state): State<AppState>, req: Request) -> Response {
 }
 
 async fn prioritize(State(state): State<AppState>, req: Request) -> Response {
-    handle(&state, "prioritize", req, |s, args| {
+    handle(&state, "prioritize", req, async |s, args| {
         logic::prioritize(s, args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await
 }
 
 async fn preempt(State(state): State<AppState>, req: Request) -> Response {
-    handle(&state, "preempt", req, |_, args| {
+    handle(&state, "preempt", req, async |_, args| {
         logic::preempt(args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await
 }
 
 async fn bind(State(state): State<AppState>, req: Request) -> Response {
-    handle(&state, "bind", req, |_, args| {
+    handle(&state, "bind", req, async |_, args| {
         logic::bind(args).map(|r| (axum::Json(r).into_response(), "ok"))
     })
     .await

@@ -46,20 +46,20 @@ fn web_pod(pending_for_secs: i64) -> Pod {
         .build()
 }
 
-#[test]
-fn unmanaged_pods_keep_the_virtual_node() {
+#[tokio::test]
+async fn unmanaged_pods_keep_the_virtual_node() {
     let s = state(vec![policy(Some("other"), BurstMode::Auto)]);
-    let d = decide_for_virtual(&s, &web_pod(0), 2).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(0), 2).await.unwrap();
     assert_eq!(
         (d.verdict, d.reason, d.refusal),
         (Verdict::Ineligible, Reason::NoPolicy, None)
     );
 }
 
-#[test]
-fn vm_candidates_refuse_the_virtual_node() {
+#[tokio::test]
+async fn vm_candidates_refuse_the_virtual_node() {
     let s = state(vec![policy(None, BurstMode::Auto)]);
-    let d = decide_for_virtual(&s, &web_pod(3600), 1).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(3600), 1).await.unwrap();
     assert_eq!(d.reason, Reason::VmCapacityAvailable);
     let msg = d.refusal.unwrap();
     assert!(
@@ -68,10 +68,10 @@ fn vm_candidates_refuse_the_virtual_node() {
     );
 }
 
-#[test]
-fn young_pod_waits_with_time_left() {
+#[tokio::test]
+async fn young_pod_waits_with_time_left() {
     let s = state(vec![policy(None, BurstMode::Auto)]);
-    let d = decide_for_virtual(&s, &web_pod(10), 0).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(10), 0).await.unwrap();
     assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::WaitingForVm));
     let msg = d.refusal.unwrap();
     assert!(
@@ -80,40 +80,40 @@ fn young_pod_waits_with_time_left() {
     );
 }
 
-#[test]
-fn pod_past_spill_after_bursts() {
+#[tokio::test]
+async fn pod_past_spill_after_bursts() {
     let s = state(vec![policy(None, BurstMode::Auto)]);
-    let d = decide_for_virtual(&s, &web_pod(31), 0).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(31), 0).await.unwrap();
     assert_eq!(
         (d.verdict, d.reason, d.refusal),
         (Verdict::Burst, Reason::SpillAfterElapsed, None)
     );
 }
 
-#[test]
-fn never_refuses_even_without_vms_and_always_keeps_even_with_vms() {
+#[tokio::test]
+async fn never_refuses_even_without_vms_and_always_keeps_even_with_vms() {
     let s = state(vec![policy(Some("web"), BurstMode::Never)]);
-    let d = decide_for_virtual(&s, &web_pod(3600), 0).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(3600), 0).await.unwrap();
     assert_eq!(d.reason, Reason::PolicyNever);
     assert!(d.refusal.unwrap().starts_with("spillway: policy-never"));
     let s = state(vec![policy(Some("web"), BurstMode::Always)]);
-    let d = decide_for_virtual(&s, &web_pod(0), 3).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(0), 3).await.unwrap();
     assert_eq!(
         (d.verdict, d.reason, d.refusal),
         (Verdict::Burst, Reason::PolicyAlways, None)
     );
 }
 
-#[test]
-fn budget_and_compatibility_refusals_carry_the_engine_reason() {
+#[tokio::test]
+async fn budget_and_compatibility_refusals_carry_the_engine_reason() {
     let mut p = policy(None, BurstMode::Always);
     p.budget.max_pods = Some(0);
     let s = state(vec![p]);
-    let d = decide_for_virtual(&s, &web_pod(0), 0).unwrap();
+    let d = decide_for_virtual(&s, &web_pod(0), 0).await.unwrap();
     assert_eq!((d.verdict, d.reason), (Verdict::Wait, Reason::BudgetPods));
     let s = state(vec![policy(None, BurstMode::Auto)]);
     let no_toleration = pod().ns("web").created(Timestamp::from_secs(0)).build();
-    let d = decide_for_virtual(&s, &no_toleration, 0).unwrap();
+    let d = decide_for_virtual(&s, &no_toleration, 0).await.unwrap();
     assert_eq!(
         (d.verdict, d.reason),
         (Verdict::Ineligible, Reason::AciIncompatible)
@@ -121,16 +121,16 @@ fn budget_and_compatibility_refusals_carry_the_engine_reason() {
     assert!(d.refusal.unwrap().contains("does not tolerate"));
 }
 
-#[test]
-fn bad_quantity_in_the_request_pod_is_invalid_input() {
+#[tokio::test]
+async fn bad_quantity_in_the_request_pod_is_invalid_input() {
     let s = state(vec![policy(None, BurstMode::Auto)]);
     let p = pod().ns("web").cpu("a lot").tolerate_virtual().build();
-    let e = decide_for_virtual(&s, &p, 0).unwrap_err();
+    let e = decide_for_virtual(&s, &p, 0).await.unwrap_err();
     assert_eq!(e.status(), StatusCode::BAD_REQUEST);
 }
 
-#[test]
-fn error_statuses_and_outcomes() {
+#[tokio::test]
+async fn error_statuses_and_outcomes() {
     assert_eq!(
         ExtenderError::TooLarge { limit: 1 }.status(),
         StatusCode::PAYLOAD_TOO_LARGE
