@@ -9,7 +9,21 @@
 //! What it decides:
 //! - **nudges**: a pending pod whose verdict became `burst` gets an annotation
 //!   patch so kube-scheduler retries it now instead of after its back-off;
-//!   repeated every `renudge_after` while it stays pending;
+//!   repeated every `renudge_after` while it stays pending. Why an
+//!   annotation is enough (kube-scheduler source, v1.29 on): when an extender
+//!   filters out a node and the pod ends up unschedulable, `findNodesThatFitPod`
+//!   (pkg/scheduler/schedule_one.go) adds `framework.ExtenderName` to the pod's
+//!   unschedulable plugins, and the framework registers a default enqueue
+//!   extension for that name which matches every cluster event (extenders have
+//!   no queueing hints; kubernetes/kubernetes#122019). An update of the pod
+//!   itself is the `UnschedulablePod/Update` event (`PodSchedulingPropertiesChange`
+//!   falls back to the general Update when no label, toleration, gate or
+//!   resource changed), so the pod moves to the backoff/active queue
+//!   (at most the 10 s pod back-off) instead of waiting in the unschedulable
+//!   pool for up to 5 minutes. Without queueing hints, `isPodUpdated` counts
+//!   an annotation change as an update too. The virtual node is always among
+//!   the nodes the extender filtered out while a pod waits, so this holds
+//!   whenever a nudge is due;
 //! - **events** when a pending pod's verdict or reason changes
 //!   (`WaitingForVM`, `BudgetExhausted`, `Bursting`) and on drain-back;
 //! - **capacity placeholders**: one per burst pod whose policy enables

@@ -188,7 +188,12 @@ fn pod_fingerprint(p: &Pod) -> String {
 /// Like kube-scheduler's queue, a pod it could not place is parked and only
 /// retried when the pod itself is updated (e.g. spillway's nudge annotation),
 /// when nodes change or a bound pod goes away, or after
-/// [`UNSCHEDULABLE_BACKOFF`].
+/// [`UNSCHEDULABLE_BACKOFF`]. This follows kube-scheduler for pods an
+/// extender rejected nodes for: those carry `ExtenderName` among their
+/// unschedulable plugins, whose default enqueue extension requeues them on
+/// any event, their own `UnschedulablePod/Update` included (see the nudge
+/// notes in src/autoscaler/plan.rs). kube-scheduler also requeues on other
+/// events this model ignores; the nudge test relies only on the pod's own update.
 pub async fn scheduler(client: kube::Client, extender: String, bindings: Bindings) {
     let http = reqwest_lite::Client;
     let pods_all: Api<Pod> = Api::all(client.clone());
