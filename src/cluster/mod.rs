@@ -25,6 +25,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const VIRTUAL_KUBELET_TAINT: &str = "virtual-kubelet.io/provider";
 pub const POOL_LABELS: [&str; 2] = ["agentpool", "kubernetes.azure.com/agentpool"];
 
+/// Node label or annotation giving its pool's autoscaler minimum (e.g. set as
+/// an AKS node pool label, `az aks nodepool update --labels`).
+pub const POOL_MIN_SIZE: &str = "spillway.io/pool-min-size";
+/// Node label or annotation giving its pool's autoscaler maximum.
+pub const POOL_MAX_SIZE: &str = "spillway.io/pool-max-size";
+
 /// Errors of this module. Each names the object (and, for files, where it is).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -123,9 +129,13 @@ pub struct ClusterFlags {
     /// settings). Pools without one are assumed to grow by --pool-headroom nodes.
     #[arg(long = "pool-limit", value_name = "NAME=MIN:MAX", value_parser = parse_pool_limit)]
     pub pool_limits: Vec<(String, (u32, u32))>,
-    /// Nodes a pool without --pool-limit may still add beyond its current size.
+    /// Nodes a pool without --pool-limit (or pool-size labels) may still add
+    /// beyond its current size.
     #[arg(long, default_value_t = 10)]
     pub pool_headroom: u32,
+    /// Node label naming a node's VM pool (repeatable; the first present wins).
+    #[arg(long = "pool-label", value_name = "KEY", default_values_t = POOL_LABELS.map(String::from))]
+    pub pool_labels: Vec<String>,
 }
 
 impl ClusterFlags {
@@ -137,6 +147,7 @@ impl ClusterFlags {
             },
             pool_limits: self.pool_limits.iter().cloned().collect(),
             default_pool_headroom: self.pool_headroom,
+            pool_labels: self.pool_labels.clone(),
             ..ClusterConfig::default()
         }
     }
@@ -149,7 +160,9 @@ pub struct ClusterConfig {
     /// Node labels naming a node's pool, first match wins.
     pub pool_labels: Vec<String>,
     /// Known pool sizes `pool -> (min, max)` (from the cluster autoscaler's
-    /// configuration, which is not visible on nodes).
+    /// configuration, which is not visible on nodes). They win over the
+    /// nodes' [`POOL_MIN_SIZE`]/[`POOL_MAX_SIZE`] labels; the cluster
+    /// autoscaler's status, when published, wins over both.
     pub pool_limits: BTreeMap<String, (u32, u32)>,
     /// For a pool without known limits: `min` = its current node count and
     /// `max` = current + this. AKS does not publish autoscaler bounds on nodes;
@@ -444,6 +457,7 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut virtual_names = BTreeSet::new();
     let mut vm_index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut vm_nodes: Vec<VmNode> = Vec::new();
+    let mut labelled_bounds: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     // Node order decides first-fit placement: make it independent of the
     // order a store or file happens to list them in.
     let mut sorted: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
@@ -459,10 +473,17 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
+        let pool = node_pool(node, cfg);
+        if !pool.is_empty()
+            && !labelled_bounds.contains_key(&pool)
+            && let Some(bounds) = pool_size_marks(node)
+        {
+            labelled_bounds.insert(pool.clone(), bounds);
+        }
         vm_index.insert(name, vm_nodes.len());
         vm_nodes.push(VmNode {
             name: name.to_string(),
-            pool: node_pool(node, cfg),
+            pool,
             allocatable: lenient(node_allocatable(node)),
             allocated: Resources::default(),
             schedulable: !unschedulable && node_ready(node),
@@ -504,7 +525,7 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
 
     Snapshot {
         now,
-        pools: pools_from(&vm_nodes, cfg),
+        pools: pools_from(&vm_nodes, &labelled_bounds, cfg),
         nodes: vm_nodes,
         pending,
         burst_usage,
@@ -515,7 +536,11 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
 /// One `VmPool` per distinct pool label. A pool's node shape is the most
 /// common allocatable among its nodes (ties: the larger), since a VMSS pool
 /// has one VM size.
-fn pools_from(nodes: &[VmNode], cfg: &ClusterConfig) -> Vec<VmPool> {
+fn pools_from(
+    nodes: &[VmNode],
+    labelled: &BTreeMap<String, (u32, u32)>,
+    cfg: &ClusterConfig,
+) -> Vec<VmPool> {
     let mut by_pool: BTreeMap<&str, Vec<&VmNode>> = BTreeMap::new();
     for n in nodes.iter().filter(|n| !n.pool.is_empty()) {
         by_pool.entry(n.pool.as_str()).or_default().push(n);
@@ -538,6 +563,7 @@ fn pools_from(nodes: &[VmNode], cfg: &ClusterConfig) -> Vec<VmPool> {
             let (min, max) = cfg
                 .pool_limits
                 .get(name)
+                .or_else(|| labelled.get(name))
                 .copied()
                 .unwrap_or((count, count.saturating_add(cfg.default_pool_headroom)));
             VmPool {
@@ -551,6 +577,31 @@ fn pools_from(nodes: &[VmNode], cfg: &ClusterConfig) -> Vec<VmPool> {
             }
         })
         .collect()
+}
+
+/// A node's [`POOL_MIN_SIZE`]/[`POOL_MAX_SIZE`] (label or annotation), when
+/// both are present and make sense; anything else is logged and ignored.
+fn pool_size_marks(node: &Node) -> Option<(u32, u32)> {
+    let m = &node.metadata;
+    let mark = |key: &str| {
+        m.labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .or_else(|| m.annotations.as_ref().and_then(|a| a.get(key)))
+    };
+    let (min, max) = (mark(POOL_MIN_SIZE)?, mark(POOL_MAX_SIZE)?);
+    match (min.trim().parse::<u32>(), max.trim().parse::<u32>()) {
+        (Ok(min), Ok(max)) if min <= max => Some((min, max)),
+        _ => {
+            tracing::warn!(
+                node = m.name.as_deref().unwrap_or_default(),
+                min = %min,
+                max = %max,
+                "ignoring pool size marks: expected whole numbers with min <= max"
+            );
+            None
+        }
+    }
 }
 
 /// Parse a `--pool-limit` value: `NAME=MIN:MAX` (e.g. `nodepool1=3:20`).

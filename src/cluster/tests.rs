@@ -262,6 +262,64 @@ fn configured_pool_limits_override_the_default() {
 }
 
 #[test]
+fn pool_size_labels_or_annotations_bound_a_pool_unless_a_flag_does() {
+    let nodes = vec![
+        node("vm-a").pool("p1").build(),
+        node("vm-b")
+            .pool("p1")
+            .label(POOL_MIN_SIZE, "2")
+            .label(POOL_MAX_SIZE, "30")
+            .build(),
+        node("vm-c").pool("p2").build(),
+        node("vm-d")
+            .pool("p3")
+            .label(POOL_MIN_SIZE, "9")
+            .label(POOL_MAX_SIZE, "3")
+            .build(),
+    ];
+    let mut annotated = node("vm-e").pool("p4").build();
+    annotated.metadata.annotations = Some(
+        [(POOL_MIN_SIZE, "0"), (POOL_MAX_SIZE, "5")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let mut all = nodes.clone();
+    all.push(annotated);
+    let cfg = ClusterConfig::default();
+    let snap = snapshot_from(&all, &[] as &[Pod], t(0), &cfg);
+    let bounds = |name: &str| {
+        let p = snap.pools.iter().find(|p| p.name == name).expect(name);
+        (p.min, p.max)
+    };
+    assert_eq!(bounds("p1"), (2, 30), "labels on any node of the pool");
+    assert_eq!(bounds("p2"), (1, 11), "no marks: current size + headroom");
+    assert_eq!(bounds("p3"), (1, 11), "min > max is ignored");
+    assert_eq!(bounds("p4"), (0, 5), "annotations count too");
+    let mut flagged = ClusterConfig::default();
+    flagged.pool_limits.insert("p1".into(), (1, 4));
+    let snap = snapshot_from(&all, &[] as &[Pod], t(0), &flagged);
+    assert_eq!((snap.pools[0].min, snap.pools[0].max), (1, 4), "flags win");
+}
+
+#[test]
+fn the_pool_label_is_configurable() {
+    let nodes = vec![
+        node("vm-a").label("pool.example.com/name", "gpu").build(),
+        node("vm-b").pool("p1").build(),
+    ];
+    let flags = ClusterFlags {
+        virtual_node_names: vec![],
+        pool_limits: vec![],
+        pool_headroom: 10,
+        pool_labels: vec!["pool.example.com/name".into()],
+    };
+    let snap = snapshot_from(&nodes, &[] as &[Pod], t(0), &flags.cluster_config());
+    let names: Vec<&str> = snap.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["gpu"], "only the configured label names pools");
+}
+
+#[test]
 fn pool_limit_flags_parse() {
     assert_eq!(
         parse_pool_limit("nodepool1=3:20"),
