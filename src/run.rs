@@ -11,7 +11,7 @@
 //! (`provider/`); with `--aci none` (default) run beside the AKS virtual
 //! node add-on.
 
-use crate::autoscaler::pools::{NodeGroupStatus, parse_ca_status};
+use crate::autoscaler::pools::NodeGroupStatus;
 use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterView};
@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::policy::reload::PolicyStore;
 use crate::units::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube_lease_manager::LeaseManagerBuilder;
 use std::net::SocketAddr;
@@ -169,26 +168,6 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     })
 }
 
-/// Read the cluster autoscaler's status, if it publishes one.
-async fn ca_status(client: &kube::Client) -> Option<Vec<NodeGroupStatus>> {
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "kube-system");
-    let cm = match api.get_opt("cluster-autoscaler-status").await {
-        Ok(cm) => cm?,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the cluster-autoscaler status");
-            return None;
-        }
-    };
-    let text = cm.data.as_ref()?.get("status")?;
-    match parse_ca_status(text) {
-        Ok(groups) => Some(groups),
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring an unreadable cluster-autoscaler status");
-            None
-        }
-    }
-}
-
 /// Run everything until `shutdown` resolves. `config` is the Kubernetes
 /// client configuration (the caller infers it; tests point it at the test API server).
 pub async fn run_with(
@@ -225,6 +204,8 @@ pub async fn run_with(
             .clone()
             .watch(Duration::from_secs(cmd.policy_reload_secs)),
     );
+    let (ca_tx, mut ca_rx) = tokio::sync::watch::channel(None);
+    let ca_watch = tokio::spawn(cluster::ca_status::watch(client.clone(), ca_tx));
     let identity = cmd.identity();
     // Conflicts are answered by re-reading, so no client-side retries.
     let reservations = SharedReservations::new(
@@ -309,7 +290,9 @@ pub async fn run_with(
 
     let tick = Duration::from_millis(cmd.tick_ms);
     let mut stop = stop_rx.clone();
-    let mut last_ca: Option<(tokio::time::Instant, Option<Vec<NodeGroupStatus>>)> = None;
+    // When the view last got pool info (the learner changes it too, so it
+    // is refreshed at least every 10 s, and at once when the status changes).
+    let mut last_info: Option<tokio::time::Instant> = None;
     let mut last_reconcile: Option<tokio::time::Instant> = None;
     let mut was_leader = false;
     loop {
@@ -317,6 +300,7 @@ pub async fn run_with(
             _ = stop.wait_for(|s| *s) => break,
             _ = tokio::time::sleep(tick) => {},
             _ = view.changed() => {},
+            Ok(()) = ca_rx.changed() => last_info = None,
         }
         let synced = view.is_synced();
         metrics.ready.set(i64::from(synced));
@@ -325,21 +309,13 @@ pub async fn run_with(
             tracing::info!(identity = %identity, leader = is_leader, "leadership changed");
             was_leader = is_leader;
         }
-        // Every replica reads the autoscaler's status, so the extender's
+        // Every replica watches the autoscaler's status, so the extender's
         // predictions use upcoming nodes too; the leader adds what it learned.
-        let ca = match &last_ca {
-            Some((at, groups)) if at.elapsed() < Duration::from_secs(10) => groups.clone(),
-            _ => {
-                let groups = ca_status(&client).await;
-                last_ca = Some((tokio::time::Instant::now(), groups.clone()));
-                view.set_pool_info(
-                    autoscaler
-                        .learner
-                        .info(groups.as_deref().unwrap_or_default()),
-                );
-                groups
-            }
-        };
+        let ca: Option<Vec<NodeGroupStatus>> = ca_rx.borrow_and_update().clone();
+        if last_info.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            last_info = Some(tokio::time::Instant::now());
+            view.set_pool_info(autoscaler.learner.info(ca.as_deref().unwrap_or_default()));
+        }
         if !is_leader || !synced {
             continue;
         }
@@ -385,6 +361,7 @@ pub async fn run_with(
     }
     reflectors.abort();
     reload.abort();
+    ca_watch.abort();
     match server.await {
         Ok(r) => r?,
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),

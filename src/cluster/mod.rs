@@ -8,6 +8,7 @@
 //! file) and `view::run_reflectors` (watching the API server).
 
 pub mod build;
+pub mod ca_status;
 pub mod load;
 pub mod view;
 

@@ -94,11 +94,27 @@ impl ClusterView {
         );
     }
 
-    /// Set what is known about pools beyond their nodes (applies from the next rebuild).
+    /// Set what is known about pools beyond their nodes. When it differs
+    /// from what the view has, a synced view is rebuilt from the same
+    /// objects at once (keeping its build time), so a new cluster-autoscaler
+    /// status is seen without waiting for a node or pod to change.
     pub fn set_pool_info(&self, info: crate::autoscaler::pools::PoolInfo) {
-        match self.pool_info.write() {
-            Ok(mut g) => *g = info,
-            Err(poisoned) => *poisoned.into_inner() = info,
+        let changed = {
+            let mut g = match self.pool_info.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let changed = *g != info;
+            *g = info;
+            changed
+        };
+        let current = self.current();
+        if changed && current.synced {
+            self.replace_shared(
+                current.nodes.clone(),
+                current.pods.clone(),
+                current.snapshot.now,
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::reservations::SharedReservations;
 use super::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
+use crate::autoscaler::pools::ProvisionLearner;
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterView};
 use crate::metrics::Metrics;
@@ -112,6 +113,20 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
                 &replica,
             ));
             let view = Arc::new(ClusterView::new(config));
+            // Upcoming VMs and pool bounds from the cluster autoscaler's status.
+            let (ca_tx, mut ca_rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(cluster::ca_status::watch(client.clone(), ca_tx));
+            let pools_view = view.clone();
+            tokio::spawn(async move {
+                let learner = ProvisionLearner::default();
+                loop {
+                    let groups = ca_rx.borrow_and_update().clone().unwrap_or_default();
+                    pools_view.set_pool_info(learner.info(&groups));
+                    if ca_rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
             let refresh = std::time::Duration::from_millis(cmd.view_refresh_ms);
             let watched = view.clone();
             tokio::spawn(async move {
