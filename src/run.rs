@@ -325,6 +325,7 @@ pub async fn run_with(
             .pass(
                 &state.nodes,
                 &state.pods,
+                &state.pdbs,
                 &policies,
                 ca.as_deref(),
                 Timestamp::now_wall(),

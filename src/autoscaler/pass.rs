@@ -11,6 +11,7 @@ use crate::decision::Engine;
 use crate::policy::PolicySet;
 use crate::units::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
 
@@ -108,10 +109,15 @@ impl Autoscaler {
 
     /// Decide and act once on the given objects at `now`. `ca_status` is the
     /// cluster autoscaler's node group status, when it publishes one.
-    pub async fn pass<N: Borrow<Node>, P: Borrow<Pod>>(
+    /// `pdbs`: the cluster's PodDisruptionBudgets (burst pods whose budget
+    /// allows no disruption now are not asked to move); empty is fine, the
+    /// Eviction API still refuses what a budget forbids.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pass<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<PodDisruptionBudget>>(
         &mut self,
         nodes: &[N],
         pods: &[P],
+        pdbs: &[B],
         policies: &PolicySet,
         ca_status: Option<&[NodeGroupStatus]>,
         now: Timestamp,
@@ -141,7 +147,8 @@ impl Autoscaler {
             .filter_map(|n| n.metadata.name.clone())
             .chain(self.cluster.virtual_nodes.names.iter().cloned())
             .collect();
-        let burst = observe::burst_pods(pods.iter().map(Borrow::borrow), &virtual_nodes, now);
+        let mut burst = observe::burst_pods(pods.iter().map(Borrow::borrow), &virtual_nodes, now);
+        observe::mark_pdb_blocked(&mut burst, pdbs.iter().map(Borrow::borrow));
         let placeholders =
             observe::placeholders(pods.iter().map(Borrow::borrow), &self.placeholder_namespace);
         let pending_owners = observe::pending_owners(pods.iter().map(Borrow::borrow));

@@ -95,6 +95,9 @@ pub struct BurstPod {
     pub terminating: bool,
     /// Its current `pod-deletion-cost`, if any.
     pub deletion_cost: Option<i64>,
+    /// A PodDisruptionBudget covering it allows no disruption now (as its
+    /// status says; the Eviction API stays the authority).
+    pub pdb_blocked: bool,
 }
 
 /// A capacity placeholder pod that exists in the cluster.
@@ -413,6 +416,11 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
         }
         let Some(owner) = &b.owner else { continue };
         if state.in_flight.contains_key(&owner.uid) {
+            continue;
+        }
+        // Its budget is spent: asking would only earn a 429. Its room stays
+        // counted, so it goes as soon as the budget allows.
+        if b.pdb_blocked {
             continue;
         }
         let pod = PodRef {

@@ -52,6 +52,7 @@ fn burst(name: &str, bound: i64) -> BurstPod {
         ready: true,
         terminating: false,
         deletion_cost: Some(-1000),
+        pdb_blocked: false,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::decision::Snapshot;
 use crate::units::Timestamp;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -30,6 +31,8 @@ pub struct ClusterState {
     /// The objects it was built from (the autoscaler reads these).
     pub nodes: Vec<Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
+    /// PodDisruptionBudgets, when watched (empty until their first list).
+    pub pdbs: Vec<Arc<PodDisruptionBudget>>,
 }
 
 #[derive(Debug)]
@@ -118,8 +121,21 @@ impl ClusterView {
         }
     }
 
-    /// Rebuild from shared objects (a reflector store's state) without copying them.
+    /// Rebuild from shared objects (a reflector store's state) without
+    /// copying them, keeping the PodDisruptionBudgets it has.
     pub fn replace_shared(&self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>, now: Timestamp) {
+        let pdbs = self.current().pdbs.clone();
+        self.replace_all(nodes, pods, pdbs, now);
+    }
+
+    /// Rebuild from shared nodes, pods and PodDisruptionBudgets.
+    pub fn replace_all(
+        &self,
+        nodes: Vec<Arc<Node>>,
+        pods: Vec<Arc<Pod>>,
+        pdbs: Vec<Arc<PodDisruptionBudget>>,
+        now: Timestamp,
+    ) {
         let mut snapshot = snapshot_from(&nodes, &pods, now, &self.config);
         match self.pool_info.read() {
             Ok(info) => crate::autoscaler::pools::apply_info(&mut snapshot, &info),
@@ -136,6 +152,7 @@ impl ClusterView {
             synced: true,
             nodes,
             pods,
+            pdbs,
         });
         match self.state.write() {
             Ok(mut g) => *g = next,
@@ -153,9 +170,11 @@ pub async fn run_reflectors(
     min_interval: std::time::Duration,
 ) -> Result<(), ClusterError> {
     let nodes_api: kube::Api<Node> = kube::Api::all(client.clone());
-    let pods_api: kube::Api<Pod> = kube::Api::all(client);
+    let pods_api: kube::Api<Pod> = kube::Api::all(client.clone());
+    let pdbs_api: kube::Api<PodDisruptionBudget> = kube::Api::all(client);
     let (node_store, node_writer) = reflector::store::<Node>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
     let changed = Arc::new(tokio::sync::Notify::new());
 
     let node_events = reflector(
@@ -168,6 +187,12 @@ pub async fn run_reflectors(
         pod_writer,
         watcher(pods_api, watcher::Config::default())
             .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+            .default_backoff(),
+    );
+    let pdb_events = reflector(
+        pdb_writer,
+        watcher(pdbs_api, watcher::Config::default())
+            .modify(|b: &mut PodDisruptionBudget| b.metadata.managed_fields = None)
             .default_backoff(),
     );
     let drive = |events: futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
@@ -193,6 +218,13 @@ pub async fn run_reflectors(
         "pods",
         changed.clone(),
     ));
+    // Budgets only spare the autoscaler futile evictions: the view does not
+    // wait for them to sync.
+    let pdb_task = tokio::spawn(drive(
+        pdb_events.map(|r| r.map(|_| ())).boxed(),
+        "poddisruptionbudgets",
+        changed.clone(),
+    ));
 
     let rebuild = async {
         let ready = async {
@@ -206,7 +238,12 @@ pub async fn run_reflectors(
         }
         tracing::info!("cluster view synced");
         loop {
-            view.replace_shared(node_store.state(), pod_store.state(), Timestamp::now_wall());
+            view.replace_all(
+                node_store.state(),
+                pod_store.state(),
+                pdb_store.state(),
+                Timestamp::now_wall(),
+            );
             tokio::time::sleep(min_interval).await;
             changed.notified().await;
         }
@@ -214,6 +251,7 @@ pub async fn run_reflectors(
     let result = rebuild.await;
     node_task.abort();
     pod_task.abort();
+    pdb_task.abort();
     result
 }
 
