@@ -263,3 +263,29 @@ async fn an_unreachable_configmap_refuses_the_virtual_node() {
         "admitted once the ConfigMap is reachable"
     );
 }
+
+#[tokio::test]
+async fn a_slow_api_server_refuses_the_virtual_node_before_the_scheduler_gives_up() {
+    let srv = cluster().await;
+    let a = replica(&srv, "a", true).await;
+    synced(&[&a], PODS).await;
+    // Slower than RESERVE_WITHIN (500 ms), then answered normally: without
+    // the bound the reservation would succeed after 2 s, past kube-scheduler's
+    // 1 s httpTimeout, which skips an ignorable extender.
+    srv.inject(
+        support::Fault::latency(
+            format!("/api/v1/namespaces/{NS}/configmaps*"),
+            Duration::from_secs(2),
+        )
+        .times(1),
+    );
+    assert!(!admitted(&a, 0).await, "refused instead of answering late");
+    assert_eq!(
+        a.metrics
+            .burst_reservations
+            .with_label_values(&["error"])
+            .get(),
+        1
+    );
+    assert!(reservations(&srv).is_empty());
+}

@@ -1,6 +1,6 @@
 //! The extender's answers, as functions of (state, decoded request). No HTTP here.
 
-use super::reservations::{self, Outcome, Reservation, SharedReservations};
+use super::reservations::{self, Outcome, Reservation, ReservationError, SharedReservations};
 use super::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MAX_PRIORITY, MetaPod,
@@ -204,6 +204,11 @@ pub async fn decide_for_virtual(
     })
 }
 
+/// How long a reservation may take. kube-scheduler's extender `httpTimeout`
+/// is 1 s in deploy/, and a timed-out (ignorable) extender is skipped, which
+/// would let the pod onto the virtual node unchecked: answer well before.
+pub const RESERVE_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Reserve budget for `pod` in the shared reservations; the decision to
 /// answer with. Failing to reserve refuses the virtual node (fail closed).
 #[allow(clippy::too_many_arguments)]
@@ -235,10 +240,17 @@ async fn reserve_shared(
             .with_label_values(&[outcome])
             .inc();
     };
-    match shared
-        .reserve(cluster, &key, reservation, now, decide)
-        .await
-    {
+    let reserved = tokio::time::timeout(
+        RESERVE_WITHIN,
+        shared.reserve(cluster, &key, reservation, now, decide),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ReservationError::TimedOut {
+            within: RESERVE_WITHIN,
+        })
+    });
+    match reserved {
         Ok(Outcome::Admitted) => {
             counter("admitted");
             admitted

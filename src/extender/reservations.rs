@@ -100,6 +100,8 @@ pub enum ReservationError {
         name: String,
         attempts: u32,
     },
+    #[error("no answer from the API server within {within:?}")]
+    TimedOut { within: std::time::Duration },
     #[error(
         "ConfigMap {namespace}/{name} holds {bytes} bytes of reservations, over the {limit}-byte limit"
     )]
