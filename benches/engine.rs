@@ -3,8 +3,14 @@
 //! smaller tiers for scale. Plain timing loop; writes
 //! `target/spillway-bench/engine.json`.
 //!
+//! Baseline in the same run: the pass's VM first fit (every pending pod takes
+//! room on the lowest-index node of its pool that fits) done by the engine's
+//! `FitIndex` and by a naive per-pod scan over all nodes, on the same
+//! snapshot; both must place every pod alike.
+//!
 //! `cargo bench --bench engine` (release). Env: `SPILLWAY_BENCH_ITERS` (default 20).
 
+use spillway::decision::fit::FitIndex;
 use spillway::decision::{BurstUsage, Engine, PendingPod, Snapshot, VmNode, VmPool};
 use spillway::policy::{BurstPolicy, PolicySet};
 use spillway::units::{Duration, GIB, MIB, Resources, Timestamp};
@@ -156,6 +162,84 @@ fn measure(pending: usize, nodes: usize, namespaces: usize, iters: usize) -> (f6
     (percentile(&times, 50.0), percentile(&times, 99.0))
 }
 
+/// What both first-fit variants start from: free room per node, each node's
+/// pool, and the pool each pending pod asks for (as in the engine, an unknown
+/// pool is `usize::MAX` on a node and `usize::MAX - 1` on a pod: no match).
+struct FitInput {
+    room: Vec<Resources>,
+    node_pool: Vec<usize>,
+    wanted: Vec<Option<usize>>,
+    requests: Vec<Resources>,
+}
+
+fn fit_input(snap: &Snapshot) -> FitInput {
+    let pool_index: BTreeMap<&str, usize> = snap
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let index = |name: &str, unknown: usize| pool_index.get(name).copied().unwrap_or(unknown);
+    FitInput {
+        room: snap.nodes.iter().map(VmNode::free_room).collect(),
+        node_pool: snap
+            .nodes
+            .iter()
+            .map(|n| index(&n.pool, usize::MAX))
+            .collect(),
+        wanted: snap
+            .pending
+            .iter()
+            .map(|p| p.pool.as_deref().map(|n| index(n, usize::MAX - 1)))
+            .collect(),
+        requests: snap.pending.iter().map(|p| p.requests).collect(),
+    }
+}
+
+/// First fit through the engine's segment tree.
+fn first_fit_indexed(inp: &FitInput) -> Vec<Option<usize>> {
+    let mut fit = FitIndex::new(inp.room.clone());
+    inp.requests
+        .iter()
+        .zip(&inp.wanted)
+        .map(|(req, wanted)| {
+            let i = fit.first_fit(req, |i| wanted.is_none_or(|w| inp.node_pool[i] == w))?;
+            fit.take(i, req);
+            Some(i)
+        })
+        .collect()
+}
+
+/// The naive baseline: for each pod, scan every node from the first.
+fn first_fit_naive(inp: &FitInput) -> Vec<Option<usize>> {
+    let mut room = inp.room.clone();
+    inp.requests
+        .iter()
+        .zip(&inp.wanted)
+        .map(|(req, wanted)| {
+            let i = (0..room.len())
+                .find(|&i| wanted.is_none_or(|w| inp.node_pool[i] == w) && req.fits_in(&room[i]))?;
+            room[i] = room[i].saturating_sub(req);
+            Some(i)
+        })
+        .collect()
+}
+
+/// p50 of `f` in milliseconds over `iters` runs (after one warm-up run, whose
+/// result is returned).
+fn time_p50<T>(iters: usize, f: impl Fn() -> T) -> (f64, T) {
+    let first = f();
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (percentile(&times, 50.0), first)
+}
+
 fn main() {
     let iters: usize = std::env::var("SPILLWAY_BENCH_ITERS")
         .ok()
@@ -185,11 +269,32 @@ fn main() {
     let (p50, p99) = measure(pending, nodes, 100, iters);
     println!("{pending:>8} {nodes:>6} {p50:>10.2} {p99:>10.2}");
 
+    let inp = fit_input(&snapshot(pending, nodes, 100));
+    let (indexed_ms, indexed) = time_p50(iters, || first_fit_indexed(&inp));
+    let (naive_ms, naive) = time_p50(iters, || first_fit_naive(&inp));
+    if indexed != naive {
+        eprintln!("the indexed and the naive first fit place pods differently");
+        std::process::exit(1);
+    }
+    let placed = indexed.iter().filter(|n| n.is_some()).count();
+    let ratio = naive_ms / indexed_ms.max(f64::MIN_POSITIVE);
+    println!(
+        "first fit, {pending} pods × {nodes} nodes ({placed} placed): indexed {indexed_ms:.2} ms, naive scan {naive_ms:.2} ms (p50), naive/indexed {ratio:.1}×"
+    );
+
     let out = serde_json::json!({
         "pending": pending,
         "nodes": nodes,
         "pass_ms_p50": p50,
         "pass_ms_p99": p99,
+        "first_fit": {
+            "pending": pending,
+            "nodes": nodes,
+            "placed": placed,
+            "indexed_ms_p50": indexed_ms,
+            "naive_scan_ms_p50": naive_ms,
+            "naive_over_indexed": ratio,
+        },
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/spillway-bench");
     let path = dir.join("engine.json");

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod decision;
 pub mod explain;
 pub mod extender;
+pub mod located;
 pub mod metrics;
 pub mod policy;
 pub mod provider;

@@ -7,6 +7,9 @@
 //! room there, drain-back evicts the burst pods one at a time (PDB
 //! maxUnavailable 1), their replacements land on VMs and the placeholders go.
 //! Midway the leader stops and the standby finishes the job.
+//!
+//! Also: a scale-in of the ReplicaSet removes the burst replicas first (the
+//! test ReplicaSet controller picks victims as kube-controller-manager does).
 
 mod support;
 
@@ -20,6 +23,7 @@ use spillway::metrics::Metrics;
 use spillway::policy::reload::PolicyStore;
 use spillway::run::{RunCommand, run_with};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::actors::{self, Bindings, SCHEDULER_NAME};
@@ -127,6 +131,29 @@ fn on_node(p: &Pod) -> Option<String> {
     p.spec.as_ref()?.node_name.clone()
 }
 
+fn deletion_cost(p: &Pod) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get("controller.kubernetes.io/pod-deletion-cost")
+        .cloned()
+}
+
+fn running_and_ready(p: &Pod) -> bool {
+    let status = p.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn names(pods: &[Pod], on: impl Fn(Option<&str>) -> bool) -> BTreeSet<String> {
+    pods.iter()
+        .filter(|p| on(on_node(p).as_deref()))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
 fn holder(srv: &TestApiServer) -> Option<String> {
     srv.get::<Lease>("spillway-system", "spillway-leader")?
         .spec?
@@ -203,7 +230,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
             "web".into(),
             "web".into(),
             "rs-web-uid".into(),
-            REPLICAS,
+            Arc::new(AtomicUsize::new(REPLICAS)),
             template,
             created.clone(),
         )),
@@ -296,6 +323,16 @@ async fn burst_then_drain_back_with_a_leader_change() {
         .filter_map(|p| p.metadata.uid.clone())
         .collect();
     assert!(left.is_disjoint(&burst_uids));
+    // Drained back means a new pod from the template: none keeps the low cost.
+    let kept: Vec<String> = web_pods(&srv)
+        .iter()
+        .filter(|p| deletion_cost(p).is_some())
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "back on a VM with a deletion cost: {kept:?}"
+    );
     let evictions = srv
         .requests()
         .iter()
@@ -349,7 +386,7 @@ async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
             "web".into(),
             "web".into(),
             "rs-web-uid".into(),
-            4,
+            Arc::new(AtomicUsize::new(4)),
             template,
             created,
         )),
@@ -394,4 +431,196 @@ async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
         t.abort();
     }
     inst.stop().await;
+}
+
+/// Scale-in order, end to end: four replicas run on a VM, two burst onto the
+/// virtual node, all Running and Ready; the autoscaler gives the burst ones a
+/// low `pod-deletion-cost`; scaling the ReplicaSet down by two removes exactly
+/// the burst replicas. Without the cost the ReplicaSet controller would remove
+/// VM replicas here: more replicas share vm-1 (4) than the virtual node (2),
+/// and more pods on the same node go first (rule 5 of its ordering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_removes_the_burst_replicas_first() {
+    const ON_VM: usize = 4;
+    const BURST: usize = 2;
+    let srv = full_cluster().await;
+    // Room for exactly ON_VM replicas of 500m beside the full vm-0.
+    srv.insert(&node("vm-1").pool("user").cpu("2").memory("16Gi").build());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let extender = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let inst = start(&srv, "solo", listener, &[]).await;
+    let mut template = pod()
+        .ns("web")
+        .label("app", "web")
+        .cpu("500m")
+        .memory("512Mi")
+        .tolerate_virtual()
+        .build();
+    if let Some(s) = template.spec.as_mut() {
+        s.scheduler_name = Some(SCHEDULER_NAME.into());
+        s.termination_grace_period_seconds = Some(1);
+    }
+    let replicas = Arc::new(AtomicUsize::new(ON_VM + BURST));
+    let created = Arc::new(Mutex::new(0usize));
+    let actors = vec![
+        tokio::spawn(actors::scheduler(
+            srv.client(),
+            extender,
+            Bindings::default(),
+        )),
+        tokio::spawn(actors::kubelet(srv.client())),
+        tokio::spawn(actors::replicaset(
+            srv.client(),
+            "web".into(),
+            "web".into(),
+            "rs-web-uid".into(),
+            replicas.clone(),
+            template,
+            created.clone(),
+        )),
+    ];
+
+    eventually(
+        "4 replicas on vm-1, 2 on the virtual node, all Running and Ready",
+        || {
+            let pods = web_pods(&srv);
+            pods.len() == ON_VM + BURST
+                && pods.iter().all(running_and_ready)
+                && names(&pods, |n| n == Some("vm-1")).len() == ON_VM
+                && names(&pods, |n| n == Some(VIRTUAL)).len() == BURST
+        },
+    )
+    .await;
+    eventually("the burst replicas carry the low deletion cost", || {
+        web_pods(&srv)
+            .iter()
+            .filter(|p| on_node(p).as_deref() == Some(VIRTUAL))
+            .filter(|p| deletion_cost(p).as_deref() == Some("-1000"))
+            .count()
+            == BURST
+    })
+    .await;
+    let pods = web_pods(&srv);
+    let on_vm = names(&pods, |n| n == Some("vm-1"));
+    let burst = names(&pods, |n| n == Some(VIRTUAL));
+    assert_eq!(on_vm.len(), ON_VM, "{pods:?}");
+    assert_eq!(burst.len(), BURST, "{pods:?}");
+    // VM replicas never get it.
+    assert!(
+        pods.iter()
+            .filter(|p| on_node(p).as_deref() == Some("vm-1"))
+            .all(|p| deletion_cost(p).is_none()),
+        "{pods:?}"
+    );
+
+    // Scale in by the number of burst replicas.
+    replicas.store(ON_VM, Ordering::SeqCst);
+    eventually("the ReplicaSet is down to 4 replicas", || {
+        web_pods(&srv).len() == ON_VM
+    })
+    .await;
+    let left = names(&web_pods(&srv), |_| true);
+    assert_eq!(
+        left, on_vm,
+        "scale-in removed other replicas than {burst:?}"
+    );
+    eventually(
+        "the burst replicas are gone with their placeholders",
+        || {
+            let all: BTreeSet<String> = srv
+                .list::<Pod>(Some("web"))
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            all.is_disjoint(&burst) && srv.list::<Pod>(Some("spillway-system")).is_empty()
+        },
+    )
+    .await;
+    // Nothing was recreated: the ReplicaSet only deleted.
+    assert_eq!(created.lock().map(|c| *c).unwrap_or(0), ON_VM + BURST);
+    assert_eq!(names(&web_pods(&srv), |_| true), on_vm);
+
+    for t in actors {
+        t.abort();
+    }
+    inst.stop().await;
+}
+
+/// The test ReplicaSet controller's victim order, rule by rule
+/// (`ActivePodsWithRanks.Less` in kube-controller-manager).
+#[test]
+fn replicaset_scale_down_picks_victims_like_kube_controller_manager() {
+    use k8s_openapi::api::core::v1::PodCondition;
+    let ready = |mut p: Pod| {
+        p.status
+            .get_or_insert_with(Default::default)
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            });
+        p
+    };
+    let cost = |mut p: Pod, c: &str| {
+        p.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                "controller.kubernetes.io/pod-deletion-cost".into(),
+                c.into(),
+            );
+        p
+    };
+    let pick = |pods: &[Pod], n: usize| -> Vec<String> {
+        actors::pods_to_delete(pods, n)
+            .into_iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect()
+    };
+    // 1. unassigned before assigned; 2. Pending < Unknown < Running.
+    let pods = vec![
+        ready(pod().name("running").on_node("vm-1").build()),
+        pod()
+            .name("unknown")
+            .on_node("vm-2")
+            .phase("Unknown")
+            .build(),
+        pod()
+            .name("pending")
+            .on_node("vm-3")
+            .phase("Pending")
+            .build(),
+        pod().name("unassigned").build(),
+    ];
+    assert_eq!(pick(&pods, 3), ["unassigned", "pending", "unknown"]);
+    // 3. not ready before ready, whatever the cost.
+    let pods = vec![
+        cost(ready(pod().name("ready").on_node("vm-1").build()), "-1000"),
+        pod().name("not-ready").on_node("vm-2").build(),
+    ];
+    assert_eq!(pick(&pods, 1), ["not-ready"]);
+    // 4. lower cost first, before the node rank; invalid values count as 0.
+    let pods = vec![
+        ready(pod().name("a").on_node("vm-1").build()),
+        ready(pod().name("b").on_node("vm-1").build()),
+        cost(ready(pod().name("plus").on_node("vm-1").build()), "+5"),
+        cost(ready(pod().name("cheap").on_node("vm-2").build()), "-1"),
+    ];
+    assert_eq!(pick(&pods, 1), ["cheap"]);
+    assert_eq!(actors::deletion_cost(&pods[2]), 0);
+    // 5. at equal cost, pods on the busier node first.
+    let pods = vec![
+        ready(pod().name("alone").on_node("vm-2").build()),
+        ready(pod().name("a").on_node("vm-1").build()),
+        ready(pod().name("b").on_node("vm-1").build()),
+    ];
+    assert_eq!(pick(&pods, 2), ["a", "b"]);
+    assert_eq!(pick(&pods, 3).len(), 3);
 }

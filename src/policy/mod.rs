@@ -180,7 +180,7 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        crate::located::write_at(f, &self.file, self.line, self.column)?;
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -194,13 +194,7 @@ pub struct PolicyErrors(pub Vec<PolicyError>);
 
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::located::write_all(f, &self.0)
     }
 }
 

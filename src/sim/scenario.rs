@@ -35,12 +35,18 @@ pub const DEFAULT_POLICIES: &[(&str, &str)] = &[
 
 /// An error in a scenario or trace file, pointing at where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
 pub struct InputError {
     pub file: String,
     pub line: u64,
     pub column: u64,
     pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::located::write_at(f, &self.file, self.line, self.column)?;
+        write!(f, "{}", self.message)
+    }
 }
 
 /// Every error found in one file.
@@ -49,13 +55,7 @@ pub struct InputErrors(pub Vec<InputError>);
 
 impl fmt::Display for InputErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::located::write_all(f, &self.0)
     }
 }
 

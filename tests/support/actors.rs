@@ -1,8 +1,9 @@
 //! The rest of a cluster, for end-to-end tests: small stand-ins for
 //! kube-scheduler (calling the real extender over HTTP), the kubelet and a
-//! ReplicaSet controller. They talk to the test API server through
-//! `kube::Client` like the real components, poll every `TICK`, and stop when
-//! their task is aborted.
+//! ReplicaSet controller (scale-up, and scale-down with
+//! kube-controller-manager's choice of victims). They talk to the test API
+//! server through `kube::Client` like the real components, poll every
+//! `TICK`, and stop when their task is aborted.
 //!
 //! They are deliberately simple: the scheduler filters on readiness,
 //! cordons, NoSchedule taints, a `NotIn` node affinity and requests; scores
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 use spillway::cluster::pod_requests;
 use spillway::units::{Resources, parse_cpu_millis, parse_memory_bytes};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -442,36 +444,47 @@ pub async fn kubelet(client: kube::Client) {
     }
 }
 
-/// A ReplicaSet controller's part: keep `replicas` live pods made from `template`.
+/// A ReplicaSet controller's part: keep `replicas` live pods made from
+/// `template`. `replicas` may change while the actor runs (a scale of the
+/// ReplicaSet): surplus pods are deleted in [`pods_to_delete`] order, as
+/// kube-controller-manager's ReplicaSet controller does.
 pub async fn replicaset(
     client: kube::Client,
     ns: String,
     rs_name: String,
     rs_uid: String,
-    replicas: usize,
+    replicas: Arc<AtomicUsize>,
     template: Pod,
     created: Arc<Mutex<usize>>,
 ) {
     let api: Api<Pod> = Api::namespaced(client, &ns);
     loop {
-        let live_count = match api.list(&ListParams::default()).await {
+        let owned: Vec<Pod> = match api.list(&ListParams::default()).await {
             Ok(list) => list
                 .items
-                .iter()
-                .filter(|p| live(p))
+                .into_iter()
+                .filter(live)
                 .filter(|p| {
                     p.metadata
                         .owner_references
                         .as_ref()
                         .is_some_and(|o| o.iter().any(|r| r.uid == rs_uid))
                 })
-                .count(),
+                .collect(),
             Err(_) => {
                 tokio::time::sleep(TICK).await;
                 continue;
             }
         };
-        for _ in live_count..replicas {
+        let desired = replicas.load(Ordering::SeqCst);
+        if owned.len() > desired {
+            for victim in pods_to_delete(&owned, owned.len() - desired) {
+                if let Some(name) = victim.metadata.name.as_deref() {
+                    let _ = api.delete(name, &DeleteParams::default()).await;
+                }
+            }
+        }
+        for _ in owned.len()..desired {
             let n = match created.lock() {
                 Ok(mut c) => {
                     *c += 1;
@@ -497,4 +510,161 @@ pub async fn replicaset(
         }
         tokio::time::sleep(TICK).await;
     }
+}
+
+/// The `diff` pods a ReplicaSet scale-down deletes out of its active pods
+/// `owned`, the way kube-controller-manager picks them: `getPodsToDelete`
+/// (pkg/controller/replicaset/replica_set.go) sorts by `ActivePodsWithRanks`
+/// (pkg/controller/controller_utils.go) and takes the first `diff`. The rank
+/// of a pod is the number of active related pods on its node
+/// (`getPodsRankedByRelatedPodsOnSameNode`; for a ReplicaSet without a
+/// Deployment the related pods are its own).
+pub fn pods_to_delete(owned: &[Pod], diff: usize) -> Vec<&Pod> {
+    let mut on_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in owned.iter().filter(|p| live(p)) {
+        *on_node.entry(node_name(p)).or_default() += 1;
+    }
+    let mut ranked: Vec<(&Pod, usize)> = owned
+        .iter()
+        .map(|p| (p, on_node.get(node_name(p)).copied().unwrap_or(0)))
+        .collect();
+    // No need to sort when all go (as upstream).
+    if diff < ranked.len() {
+        ranked.sort_by(deletion_order);
+    }
+    ranked.into_iter().take(diff).map(|(p, _)| p).collect()
+}
+
+fn node_name(p: &Pod) -> &str {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+}
+
+/// `podPhaseToOrdinal`: Pending < Unknown < Running; any other phase (or
+/// none) is 0, as a missing key in the Go map.
+fn phase_ordinal(p: &Pod) -> u8 {
+    match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 0,
+    }
+}
+
+/// `podutil.IsPodReady`, and the `Ready` condition's lastTransitionTime
+/// (`podReadyTime`; `None` is Go's zero time).
+fn ready_since(p: &Pod) -> Option<Option<i64>> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map(|t| t.0.as_millisecond())
+        })
+}
+
+/// `GetDeletionCostFromPodAnnotations`: 0 when absent or invalid; values with
+/// a leading `+` or leading zeros are invalid; the value is an int32.
+pub fn deletion_cost(p: &Pod) -> i32 {
+    let Some(v) = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+    else {
+        return 0;
+    };
+    let valid_first = match v.as_bytes().first() {
+        Some(b'-') | Some(b'1'..=b'9') => true,
+        Some(b'0') => v == "0",
+        _ => false,
+    };
+    if !valid_first {
+        return 0;
+    }
+    v.parse::<i32>().unwrap_or(0)
+}
+
+fn max_restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Go's `afterOrZero(t1, t2)` as "t1 goes first": a zero time goes first,
+/// else the later time does.
+fn after_or_zero(t1: Option<i64>, t2: Option<i64>) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Greater, Less};
+    let first = match (t1, t2) {
+        (None, _) | (_, None) => t1.is_none(),
+        (Some(a), Some(b)) => a > b,
+    };
+    if first { Less } else { Greater }
+}
+
+/// `ActivePodsWithRanks.Less` as an ordering (`Less` = deleted first), rule
+/// for rule:
+/// 1. unassigned < assigned;
+/// 2. Pending < Unknown < Running;
+/// 3. not ready < ready;
+/// 4. lower pod-deletion-cost < higher (the PodDeletionCost gate is on by
+///    default since 1.22);
+/// 5. more related pods on the same node < fewer;
+/// 6. both ready: ready more recently (or zero time) < longer ready;
+/// 7. more container restarts < fewer;
+/// 8. created more recently (or zero time) < older.
+///
+/// Rules 6 and 8 are the LogarithmicScaleDown-off form (exact times, no
+/// log2 buckets with a UID tie-break); equal pods keep their list order.
+fn deletion_order(a: &(&Pod, usize), b: &(&Pod, usize)) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let ((pa, rank_a), (pb, rank_b)) = (*a, *b);
+    let (na, nb) = (node_name(pa), node_name(pb));
+    if na != nb && (na.is_empty() || nb.is_empty()) {
+        return if na.is_empty() { Less } else { Greater };
+    }
+    let ord = phase_ordinal(pa).cmp(&phase_ordinal(pb));
+    if ord != Equal {
+        return ord;
+    }
+    let (ra, rb) = (ready_since(pa), ready_since(pb));
+    if ra.is_some() != rb.is_some() {
+        return if ra.is_none() { Less } else { Greater };
+    }
+    let ord = deletion_cost(pa).cmp(&deletion_cost(pb));
+    if ord != Equal {
+        return ord;
+    }
+    if rank_a != rank_b {
+        return rank_b.cmp(&rank_a);
+    }
+    if let (Some(ta), Some(tb)) = (ra, rb)
+        && ta != tb
+    {
+        return after_or_zero(ta, tb);
+    }
+    let ord = max_restarts(pb).cmp(&max_restarts(pa));
+    if ord != Equal {
+        return ord;
+    }
+    let created = |p: &Pod| {
+        p.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond())
+    };
+    if created(pa) != created(pb) {
+        return after_or_zero(created(pa), created(pb));
+    }
+    Equal
 }
