@@ -117,7 +117,16 @@ fn start(
     aci: Arc<dyn ContainerGroups>,
     metrics: Option<Arc<Metrics>>,
 ) -> Running {
-    let provider = Provider::new(srv.client(), aci, provider_config(), metrics);
+    start_with(srv, aci, metrics, provider_config())
+}
+
+fn start_with(
+    srv: &TestApiServer,
+    aci: Arc<dyn ContainerGroups>,
+    metrics: Option<Arc<Metrics>>,
+    config: ProviderConfig,
+) -> Running {
+    let provider = Provider::new(srv.client(), aci, config, metrics);
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -917,6 +926,101 @@ async fn the_node_lease_keeps_renewing_while_aci_hangs() {
         .state
         .set_faults(Faults::default())
         .unwrap_or_else(|e| panic!("{e}"));
+    p.stop().await;
+}
+
+/// ACI list calls the emulator has seen so far.
+fn lists_seen(w: &World) -> u64 {
+    w.emu
+        .state
+        .counters()
+        .requests
+        .get("list")
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
+    let w = world().await;
+    let mut config = provider_config();
+    config.list_timeout = Duration::from_secs(1);
+    let p = start_with(&w.srv, w.aci.clone(), None, config);
+    create_pod(&w.srv, &app_pod("first")).await;
+    eventually("first pod Running", || async { running(&w.srv, "first") }).await;
+    eventually("node Ready", || async {
+        ready_condition(&w.srv).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    // Every list (and the quota read) hangs far longer than the test waits.
+    let mut ops = BTreeMap::new();
+    for op in ["list", "usage"] {
+        ops.insert(
+            op.to_string(),
+            OperationFaults {
+                timeout_rate: 1.0,
+                ..OperationFaults::default()
+            },
+        );
+    }
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            hang_ms: 30_000,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lists_before = lists_seen(&w);
+    eventually("a list is hanging", || async {
+        lists_seen(&w) > lists_before
+    })
+    .await;
+    create_pod(&w.srv, &app_pod("second")).await;
+    eventually_within(
+        "the new pod's group created while the list hangs",
+        Duration::from_secs(3),
+        || async { groups_created(&w).contains_key(&group_name(NS, "second")) },
+    )
+    .await;
+    let before = renew();
+    eventually_within(
+        "lease renewed while the list hangs",
+        Duration::from_millis(1500),
+        || async { renew() > before },
+    )
+    .await;
+    // Lists that time out are failures like any other: the node turns NotReady.
+    eventually_within(
+        "node NotReady after lists time out",
+        Duration::from_secs(5),
+        || async { ready_condition(&w.srv).is_some_and(|(s, _)| s == "False") },
+    )
+    .await;
+    assert_eq!(
+        groups_created(&w).get(&group_name(NS, "second")),
+        Some(&1),
+        "one create, no repeats from stale lists"
+    );
+    w.emu
+        .state
+        .set_faults(Faults::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("second pod Running once lists answer", || async {
+        running(&w.srv, "second")
+    })
+    .await;
+    eventually("node Ready again", || async {
+        ready_condition(&w.srv).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!(w.emu.state.counters().creates, 2);
     p.stop().await;
 }
 

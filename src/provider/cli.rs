@@ -72,6 +72,10 @@ pub struct ProviderArgs {
     /// Seconds between status syncs (one ACI list each).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub aci_sync_secs: u64,
+    /// Bound in seconds on a sync's ACI list (and again on its instance-view
+    /// reads); a list taking longer counts as failed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub aci_list_timeout_secs: u64,
     /// Seconds of failing ACI calls before the node turns NotReady.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub aci_unreachable_secs: u64,
@@ -135,6 +139,7 @@ impl ProviderArgs {
         c.node.memory_gib_per_core = self.aci_memory_gib_per_core;
         c.sync_interval = Duration::from_secs(self.aci_sync_secs);
         c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
+        c.list_timeout = Duration::from_secs(self.aci_list_timeout_secs);
         c
     }
 }
