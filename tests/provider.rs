@@ -540,6 +540,76 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after_a_restart() {
+    let w = world().await;
+    let group = group_name(NS, "early");
+    // Bound before the provider starts: its first sync creates the group,
+    // and the next sync (which would write Running) is a minute away.
+    create_pod(&w.srv, &app_pod("early")).await;
+    let mut slow = provider_config();
+    slow.sync_interval = Duration::from_secs(60);
+    let first = start_with(&w.srv, w.aci.clone(), None, slow);
+    let marked = || {
+        w.srv
+            .get::<Pod>(NS, "early")
+            .and_then(|p| p.metadata.annotations)
+            .and_then(|a| a.get(vpods::GROUP_ANNOTATION).cloned())
+    };
+    eventually("group created and the pod marked", || async {
+        groups_created(&w).contains_key(&group) && marked().is_some()
+    })
+    .await;
+    first.stop().await;
+    let uid = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.metadata.uid)
+        .unwrap_or_default();
+    assert_eq!(marked(), Some(format!("{group}/{uid}")));
+    let status = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert!(
+        status.container_statuses.is_none(),
+        "no status was written: {status:?}"
+    );
+
+    // The group disappears while no provider runs.
+    w.emu
+        .state
+        .set_faults(Faults {
+            vanish: vec![group.clone()],
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.emu.state.snapshot().is_empty());
+
+    let lists_before = lists_seen(&w);
+    let second = start(&w.srv, w.aci.clone(), None);
+    eventually("pod Failed", || async {
+        phase(&w.srv, "early").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some(vpods::REASON_GROUP_VANISHED));
+    // Later syncs leave the failed pod alone: still one create, no group.
+    eventually("three more lists", || async {
+        lists_seen(&w) >= lists_before + 4
+    })
+    .await;
+    assert_eq!(groups_created(&w).get(&group), Some(&1));
+    assert!(w.emu.state.snapshot().is_empty());
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arm_error_storm_still_runs_every_pod_once() {
     let w = world().await;
     let mut ops = BTreeMap::new();

@@ -21,6 +21,11 @@
 //!   never holds back creations, deletions or the handling of finished
 //!   tasks: those go on against the last good list. A group created after a
 //!   list began is never judged vanished from that list.
+//! - **durable creation marker**: once its group is created, a pod gets the
+//!   annotation [`pods::GROUP_ANNOTATION`]; a restarted provider that finds
+//!   the annotation but no group fails the pod as vanished instead of
+//!   creating the group again (before the first status write, nothing else
+//!   on the pod shows it had one).
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -892,8 +897,32 @@ impl Provider {
         self.aci
             .create_or_update(&group)
             .await
-            .map(|_| ())
-            .map_err(CreateFailure::Aci)
+            .map_err(CreateFailure::Aci)?;
+        self.mark_created(pod).await;
+        Ok(())
+    }
+
+    /// Record on the pod, durably, that its group was created
+    /// ([`pods::GROUP_ANNOTATION`]). Only ever after a successful create: a
+    /// crash before this leaves a group that a restart adopts by its tags.
+    /// The patch names the pod's uid, so a new pod of the same name is never
+    /// marked. A failed write is logged; the first status write (container
+    /// ids `aci://…`) records the same fact.
+    async fn mark_created(&self, pod: &Pod) {
+        let (ns, name, uid) = pod_key(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch = Patch::Merge(json!({ "metadata": {
+            "uid": uid,
+            "annotations": { pods::GROUP_ANNOTATION: pods::group_marker(&ns, &name, &uid) },
+        }}));
+        match api.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => {}
+            // Gone, or replaced by a pod of the same name: nothing to mark.
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "could not mark the pod as having its group")
+            }
+        }
     }
 
     /// Read the ConfigMaps, Secrets and service account tokens `pod` needs.
