@@ -1078,19 +1078,41 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
         Some(&1),
         "one create, no repeats from stale lists"
     );
+    // Deleting that pod (its group is in no list yet) is not held back either.
+    let pods: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    pods.delete("second", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete pod: {e}"));
+    eventually_within(
+        "group and pod deleted while the list hangs",
+        Duration::from_secs(3),
+        || async {
+            w.srv.get::<Pod>(NS, "second").is_none()
+                && !w
+                    .emu
+                    .state
+                    .snapshot()
+                    .iter()
+                    .any(|g| g.name == group_name(NS, "second"))
+        },
+    )
+    .await;
     w.emu
         .state
         .set_faults(Faults::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("second pod Running once lists answer", || async {
-        running(&w.srv, "second")
-    })
-    .await;
-    eventually("node Ready again", || async {
+    eventually("node Ready again once lists answer", || async {
         ready_condition(&w.srv).is_some_and(|(s, _)| s == "True")
     })
     .await;
-    assert_eq!(w.emu.state.counters().creates, 2);
+    create_pod(&w.srv, &app_pod("third")).await;
+    eventually("a pod created after the hang runs", || async {
+        running(&w.srv, "third")
+    })
+    .await;
+    assert!(running(&w.srv, "first"));
+    let counters = w.emu.state.counters();
+    assert_eq!((counters.creates, counters.deletes), (3, 1), "{counters:?}");
     p.stop().await;
 }
 

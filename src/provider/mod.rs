@@ -617,7 +617,8 @@ impl Provider {
             || (created.is_some() && list_at.is_none());
         PodFacts {
             created_before_list: matches!((created, list_at), (Some(c), Some(l)) if c < l),
-            busy: st.busy.contains(uid) || created_after,
+            created_after_list: created_after,
+            busy: st.busy.contains(uid),
         }
     }
 

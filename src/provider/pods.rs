@@ -87,6 +87,11 @@ pub struct PodFacts {
     /// This process created the group before the list it is compared with
     /// began (so its absence from the list means it is gone).
     pub created_before_list: bool,
+    /// This process created the group after the list it is compared with
+    /// began: the list says nothing about it (its absence is not a
+    /// vanishing, a stale group there may already be replaced). Only a
+    /// deletion acts on it, removing the group (re-read before deleting).
+    pub created_after_list: bool,
     /// A create, delete or status write for it is in flight.
     pub busy: bool,
 }
@@ -146,8 +151,11 @@ pub fn decide(
     let owner = group.map(|g| ownership(g, namespace, name, uid));
     if m.deletion_timestamp.is_some() {
         return PodAction::Delete {
-            delete_group: owner == Some(Ownership::Ours),
+            delete_group: owner == Some(Ownership::Ours) || facts.created_after_list,
         };
+    }
+    if facts.created_after_list {
+        return PodAction::Nothing;
     }
     match (group, owner) {
         (Some(g), Some(Ownership::Ours)) => {
@@ -490,6 +498,36 @@ mod tests {
             ),
             PodAction::Patch(_)
         ));
+    }
+
+    #[test]
+    fn a_group_created_after_the_list_began_is_judged_only_on_deletion() {
+        let after = PodFacts {
+            created_after_list: true,
+            ..Default::default()
+        };
+        let mut marked = pod();
+        marked.metadata.annotations = Some(BTreeMap::from([(
+            GROUP_ANNOTATION.to_string(),
+            group_marker("web", "p", "u1"),
+        )]));
+        // Missing from an older list: not vanished, not to be created again.
+        assert_eq!(
+            decide(&marked, None, after, "h", &now()),
+            PodAction::Nothing
+        );
+        // An older pod's group in that list may already be replaced by ours.
+        assert_eq!(
+            decide(&pod(), Some(&group("u0", "Running")), after, "h", &now()),
+            PodAction::Nothing
+        );
+        // Deleted meanwhile: its group goes too, though no list shows it yet.
+        let mut deleting = marked.clone();
+        deleting.metadata.deletion_timestamp = Some(now());
+        assert_eq!(
+            decide(&deleting, None, after, "h", &now()),
+            PodAction::Delete { delete_group: true }
+        );
     }
 
     #[test]
