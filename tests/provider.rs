@@ -855,6 +855,99 @@ async fn a_standby_replica_does_nothing_until_it_leads() {
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
 
+/// Accepts whatever certificate the server shows and keeps it: how a test
+/// learns the certificate a self-signed endpoint made (the strict check then
+/// pins it).
+#[derive(Debug)]
+struct CaptureCertificate {
+    seen: std::sync::Mutex<Option<rustls::pki_types::CertificateDer<'static>>>,
+    crypto: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CaptureCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(end_entity.clone().into_owned());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.crypto
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 GET over TLS to 127.0.0.1:`port`, asking for `name`.
+async fn tls_get(
+    port: u16,
+    client: rustls::ClientConfig,
+    name: &str,
+    path: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut answer))
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 #[derive(clap::Parser)]
 struct RunArgs {
     #[command(flatten)]
@@ -883,6 +976,9 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         "emulator",
         "--kubelet-listen",
         "127.0.0.1:0",
+        "--node-ip",
+        "127.0.0.1",
+        "--kubelet-tls-self-signed",
         "--aci-sync-secs",
         "1",
     ]);
@@ -913,28 +1009,62 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
     })
     .await;
 
-    // kubectl logs goes to the node's kubelet endpoint.
+    // kubectl logs goes to the node's kubelet endpoint: HTTPS with the
+    // certificate made at start-up (the API server does not verify it).
     let port = srv
         .get::<Node>("", NODE)
         .and_then(|n| n.status)
         .and_then(|s| s.daemon_endpoints)
         .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port)
+        .map(|e| e.port as u16)
         .unwrap_or_else(|| panic!("kubelet endpoint port"));
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+    let capture = Arc::new(CaptureCertificate {
+        seen: std::sync::Mutex::new(None),
+        crypto: ring(),
+    });
+    let trusting = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let logs_path = format!("/containerLogs/{NS}/demo/app?tailLines=5");
+    let answer = tls_get(port, trusting, "127.0.0.1", &logs_path)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    conn.write_all(
-        format!("GET /containerLogs/{NS}/demo/app?tailLines=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("logs over TLS: {e}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("nginx:1.27"), "{answer}");
+    // Plain HTTP gets no answer on the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut raw)).await;
+    assert!(!String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    // The certificate served is valid for the node IP and the node name.
+    let served = capture
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| panic!("no certificate seen"));
+    for name in ["127.0.0.1", NODE] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(served.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let strict = rustls::ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let answer = tls_get(port, strict, name, "/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+    }
     // The production ACI stack counts every call it made.
     let rendered = shared_metrics.render();
     assert!(
