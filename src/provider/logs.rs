@@ -5,8 +5,10 @@
 //! It reads only ACI; it never trusts the group name alone (names can
 //! collide) and checks the group's namespace/pod tags.
 //!
-//! Served over TLS when a certificate and key are configured (the API server
-//! talks HTTPS to kubelets), plain HTTP otherwise (tests, local runs).
+//! Served over TLS (the API server talks HTTPS to kubelets) with a
+//! certificate and key from PEM files ([`tls_config`]) or one generated in
+//! memory at start-up for the node IP and name ([`self_signed_tls_config`],
+//! what deploy/ uses by default); plain HTTP otherwise (tests, local runs).
 
 use crate::aci::translate::group_name;
 use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
