@@ -8,7 +8,12 @@
 //! - the PrometheusRule carries exactly the groups of the plain rules file;
 //! - the kube-scheduler configurations use only kube-scheduler v1 field names
 //!   and point at the spillway Service;
-//! - the policies copied into deploy/base are the repository's policies.
+//! - the policies copied into deploy/base are the repository's policies;
+//! - the spillway Deployment's arguments parse as `spillway run`, with the
+//!   kubelet endpoint on a self-signed certificate by default, and the
+//!   optional components of deploy/components/ (applied here the way
+//!   kustomize applies their JSON patches) keep them parsing and are built
+//!   by `.ci/check-deploy` through a fixture overlay.
 //!
 //! The tools' own checks (kubectl kustomize, kubernetes-validate, promtool,
 //! a live Prometheus) run in `.ci/check-deploy`.
@@ -1295,4 +1300,151 @@ fn pods_run_hardened() {
         port["containerPort"].as_i64(),
         "spillway listens where the probes and the Service look"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The Deployment's `spillway run` arguments, and the optional components.
+
+#[derive(clap::Parser)]
+struct SpillwayRun {
+    #[command(flatten)]
+    run: spillway::run::RunCommand,
+}
+
+/// The container's args parsed by the real `spillway run` flags.
+fn parse_run(what: &str, deployment: &Value) -> spillway::run::RunCommand {
+    use clap::Parser as _;
+    let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert_eq!(args.first(), Some(&"run"), "{what}: {args:?}");
+    SpillwayRun::try_parse_from(std::iter::once("spillway").chain(args[1..].iter().copied()))
+        .unwrap_or_else(|e| panic!("{what}: {args:?}: {e}"))
+        .run
+}
+
+/// Apply an RFC 6902 patch of `test`, `replace` and `add` operations (what
+/// the components use) as kustomize does; a failed `test` panics.
+fn json_patch(what: &str, doc: &mut Value, ops: &Value) {
+    for op in ops
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: not a list"))
+    {
+        let path = op["path"].as_str().unwrap_or_default();
+        let value = op["value"].clone();
+        match op["op"].as_str().unwrap_or_default() {
+            "test" => assert_eq!(doc.pointer(path), Some(&value), "{what}: test {path}"),
+            "replace" => {
+                *doc.pointer_mut(path)
+                    .unwrap_or_else(|| panic!("{what}: replace: no {path}")) = value
+            }
+            "add" => {
+                let (parent, last) = path
+                    .rsplit_once('/')
+                    .unwrap_or_else(|| panic!("{what}: add: bad path {path}"));
+                match doc.pointer_mut(parent) {
+                    Some(Value::Array(items)) if last == "-" => items.push(value),
+                    Some(Value::Array(items)) => {
+                        let at: usize = last
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{what}: add {path}: {e}"));
+                        items.insert(at, value);
+                    }
+                    Some(Value::Object(map)) => {
+                        map.insert(last.to_string(), value);
+                    }
+                    _ => panic!("{what}: add: no {parent}"),
+                }
+            }
+            other => panic!("{what}: unsupported op {other}"),
+        }
+    }
+}
+
+#[test]
+fn the_kubelet_endpoint_is_self_signed_by_default_and_the_secret_component_switches_to_files() {
+    let base = yaml("deploy/base/deployment.yaml");
+    let run = parse_run("deploy/base", &base);
+    assert!(run.provider.kubelet_tls_self_signed, "HTTPS by default");
+    assert!(run.provider.kubelet_tls_cert.is_none() && run.provider.kubelet_tls_key.is_none());
+    let env = &base["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "POD_IP"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
+        "the certificate's IP SAN and the node's InternalIP come from POD_IP"
+    );
+
+    let rel = "deploy/components/kubelet-tls-secret/kustomization.yaml";
+    let component = yaml(rel);
+    assert_eq!(component["kind"], "Component", "{rel}");
+    let patch = &component["patches"][0];
+    assert_eq!(patch["target"]["kind"], "Deployment", "{rel}");
+    assert_eq!(patch["target"]["name"], "spillway", "{rel}");
+    let ops: Value = serde_saphyr::from_str(patch["patch"].as_str().expect("inline patch"))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let mut patched = base.clone();
+    json_patch(rel, &mut patched, &ops);
+    let run = parse_run(rel, &patched);
+    assert!(!run.provider.kubelet_tls_self_signed, "{rel}");
+    let (Some(cert), Some(key)) = (
+        &run.provider.kubelet_tls_cert,
+        &run.provider.kubelet_tls_key,
+    ) else {
+        panic!("{rel}: the certificate and key flags")
+    };
+    // Both files come from one read-only mount of a kubernetes.io/tls Secret.
+    let dir = cert.parent().expect("cert dir");
+    assert_eq!(key.parent(), Some(dir), "{rel}");
+    assert_eq!(cert.file_name().and_then(|n| n.to_str()), Some("tls.crt"));
+    assert_eq!(key.file_name().and_then(|n| n.to_str()), Some("tls.key"));
+    let pod = &patched["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(std::path::Path::new) == Some(dir))
+        .unwrap_or_else(|| panic!("{rel}: nothing mounted at {}", dir.display()));
+    assert_eq!(mount["readOnly"], true, "{rel}");
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("{rel}: no volume {}", mount["name"]));
+    assert_eq!(
+        volume["secret"]["secretName"], "spillway-kubelet-tls",
+        "{rel}"
+    );
+    assert!(read("deploy/README.md").contains("spillway-kubelet-tls"));
+
+    // Every component is built and validated by .ci/check-deploy, through an
+    // overlay under .ci/fixtures/kustomize/ that uses it.
+    assert!(read(".ci/check-deploy").contains(".ci/fixtures/kustomize/*"));
+    let used: BTreeSet<String> = std::fs::read_dir(repo().join(".ci/fixtures/kustomize"))
+        .expect(".ci/fixtures/kustomize")
+        .flat_map(|e| {
+            let dir = e.expect("dir entry").path();
+            let k: Value = serde_saphyr::from_str(
+                &std::fs::read_to_string(dir.join("kustomization.yaml"))
+                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            strings(&k["components"])
+                .into_iter()
+                .filter_map(|c| c.rsplit('/').next().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for c in std::fs::read_dir(repo().join("deploy/components")).expect("deploy/components") {
+        let name = c
+            .expect("dir entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            used.contains(&name),
+            "component {name} is built by no .ci/fixtures/kustomize overlay"
+        );
+    }
 }

@@ -117,7 +117,16 @@ fn start(
     aci: Arc<dyn ContainerGroups>,
     metrics: Option<Arc<Metrics>>,
 ) -> Running {
-    let provider = Provider::new(srv.client(), aci, provider_config(), metrics);
+    start_with(srv, aci, metrics, provider_config())
+}
+
+fn start_with(
+    srv: &TestApiServer,
+    aci: Arc<dyn ContainerGroups>,
+    metrics: Option<Arc<Metrics>>,
+    config: ProviderConfig,
+) -> Running {
+    let provider = Provider::new(srv.client(), aci, config, metrics);
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -531,6 +540,76 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after_a_restart() {
+    let w = world().await;
+    let group = group_name(NS, "early");
+    // Bound before the provider starts: its first sync creates the group,
+    // and the next sync (which would write Running) is a minute away.
+    create_pod(&w.srv, &app_pod("early")).await;
+    let mut slow = provider_config();
+    slow.sync_interval = Duration::from_secs(60);
+    let first = start_with(&w.srv, w.aci.clone(), None, slow);
+    let marked = || {
+        w.srv
+            .get::<Pod>(NS, "early")
+            .and_then(|p| p.metadata.annotations)
+            .and_then(|a| a.get(vpods::GROUP_ANNOTATION).cloned())
+    };
+    eventually("group created and the pod marked", || async {
+        groups_created(&w).contains_key(&group) && marked().is_some()
+    })
+    .await;
+    first.stop().await;
+    let uid = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.metadata.uid)
+        .unwrap_or_default();
+    assert_eq!(marked(), Some(format!("{group}/{uid}")));
+    let status = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert!(
+        status.container_statuses.is_none(),
+        "no status was written: {status:?}"
+    );
+
+    // The group disappears while no provider runs.
+    w.emu
+        .state
+        .set_faults(Faults {
+            vanish: vec![group.clone()],
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.emu.state.snapshot().is_empty());
+
+    let lists_before = lists_seen(&w);
+    let second = start(&w.srv, w.aci.clone(), None);
+    eventually("pod Failed", || async {
+        phase(&w.srv, "early").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "early")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some(vpods::REASON_GROUP_VANISHED));
+    // Later syncs leave the failed pod alone: still one create, no group.
+    eventually("three more lists", || async {
+        lists_seen(&w) >= lists_before + 4
+    })
+    .await;
+    assert_eq!(groups_created(&w).get(&group), Some(&1));
+    assert!(w.emu.state.snapshot().is_empty());
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arm_error_storm_still_runs_every_pod_once() {
     let w = world().await;
     let mut ops = BTreeMap::new();
@@ -776,6 +855,99 @@ async fn a_standby_replica_does_nothing_until_it_leads() {
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
 
+/// Accepts whatever certificate the server shows and keeps it: how a test
+/// learns the certificate a self-signed endpoint made (the strict check then
+/// pins it).
+#[derive(Debug)]
+struct CaptureCertificate {
+    seen: std::sync::Mutex<Option<rustls::pki_types::CertificateDer<'static>>>,
+    crypto: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CaptureCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(end_entity.clone().into_owned());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.crypto
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 GET over TLS to 127.0.0.1:`port`, asking for `name`.
+async fn tls_get(
+    port: u16,
+    client: rustls::ClientConfig,
+    name: &str,
+    path: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut answer))
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 #[derive(clap::Parser)]
 struct RunArgs {
     #[command(flatten)]
@@ -804,6 +976,9 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         "emulator",
         "--kubelet-listen",
         "127.0.0.1:0",
+        "--node-ip",
+        "127.0.0.1",
+        "--kubelet-tls-self-signed",
         "--aci-sync-secs",
         "1",
     ]);
@@ -834,28 +1009,62 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
     })
     .await;
 
-    // kubectl logs goes to the node's kubelet endpoint.
+    // kubectl logs goes to the node's kubelet endpoint: HTTPS with the
+    // certificate made at start-up (the API server does not verify it).
     let port = srv
         .get::<Node>("", NODE)
         .and_then(|n| n.status)
         .and_then(|s| s.daemon_endpoints)
         .and_then(|d| d.kubelet_endpoint)
-        .map(|e| e.port)
+        .map(|e| e.port as u16)
         .unwrap_or_else(|| panic!("kubelet endpoint port"));
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+    let capture = Arc::new(CaptureCertificate {
+        seen: std::sync::Mutex::new(None),
+        crypto: ring(),
+    });
+    let trusting = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    let logs_path = format!("/containerLogs/{NS}/demo/app?tailLines=5");
+    let answer = tls_get(port, trusting, "127.0.0.1", &logs_path)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    conn.write_all(
-        format!("GET /containerLogs/{NS}/demo/app?tailLines=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("logs over TLS: {e}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("nginx:1.27"), "{answer}");
+    // Plain HTTP gets no answer on the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut raw)).await;
+    assert!(!String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    // The certificate served is valid for the node IP and the node name.
+    let served = capture
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| panic!("no certificate seen"));
+    for name in ["127.0.0.1", NODE] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(served.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let strict = rustls::ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let answer = tls_get(port, strict, name, "/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+    }
     // The production ACI stack counts every call it made.
     let rendered = shared_metrics.render();
     assert!(
@@ -917,6 +1126,123 @@ async fn the_node_lease_keeps_renewing_while_aci_hangs() {
         .state
         .set_faults(Faults::default())
         .unwrap_or_else(|e| panic!("{e}"));
+    p.stop().await;
+}
+
+/// ACI list calls the emulator has seen so far.
+fn lists_seen(w: &World) -> u64 {
+    w.emu
+        .state
+        .counters()
+        .requests
+        .get("list")
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
+    let w = world().await;
+    let mut config = provider_config();
+    config.list_timeout = Duration::from_secs(1);
+    let p = start_with(&w.srv, w.aci.clone(), None, config);
+    create_pod(&w.srv, &app_pod("first")).await;
+    eventually("first pod Running", || async { running(&w.srv, "first") }).await;
+    eventually("node Ready", || async {
+        ready_condition(&w.srv).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    // Every list (and the quota read) hangs far longer than the test waits.
+    let mut ops = BTreeMap::new();
+    for op in ["list", "usage"] {
+        ops.insert(
+            op.to_string(),
+            OperationFaults {
+                timeout_rate: 1.0,
+                ..OperationFaults::default()
+            },
+        );
+    }
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations: ops,
+            hang_ms: 30_000,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lists_before = lists_seen(&w);
+    eventually("a list is hanging", || async {
+        lists_seen(&w) > lists_before
+    })
+    .await;
+    create_pod(&w.srv, &app_pod("second")).await;
+    eventually_within(
+        "the new pod's group created while the list hangs",
+        Duration::from_secs(3),
+        || async { groups_created(&w).contains_key(&group_name(NS, "second")) },
+    )
+    .await;
+    let before = renew();
+    eventually_within(
+        "lease renewed while the list hangs",
+        Duration::from_millis(1500),
+        || async { renew() > before },
+    )
+    .await;
+    // Lists that time out are failures like any other: the node turns NotReady.
+    eventually_within(
+        "node NotReady after lists time out",
+        Duration::from_secs(5),
+        || async { ready_condition(&w.srv).is_some_and(|(s, _)| s == "False") },
+    )
+    .await;
+    assert_eq!(
+        groups_created(&w).get(&group_name(NS, "second")),
+        Some(&1),
+        "one create, no repeats from stale lists"
+    );
+    // Deleting that pod (its group is in no list yet) is not held back either.
+    let pods: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    pods.delete("second", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete pod: {e}"));
+    eventually_within(
+        "group and pod deleted while the list hangs",
+        Duration::from_secs(3),
+        || async {
+            w.srv.get::<Pod>(NS, "second").is_none()
+                && !w
+                    .emu
+                    .state
+                    .snapshot()
+                    .iter()
+                    .any(|g| g.name == group_name(NS, "second"))
+        },
+    )
+    .await;
+    w.emu
+        .state
+        .set_faults(Faults::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("node Ready again once lists answer", || async {
+        ready_condition(&w.srv).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    create_pod(&w.srv, &app_pod("third")).await;
+    eventually("a pod created after the hang runs", || async {
+        running(&w.srv, "third")
+    })
+    .await;
+    assert!(running(&w.srv, "first"));
+    let counters = w.emu.state.counters();
+    assert_eq!((counters.creates, counters.deletes), (3, 1), "{counters:?}");
     p.stop().await;
 }
 

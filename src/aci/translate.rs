@@ -124,6 +124,10 @@ pub enum EnvValue {
     Plain(String),
     /// Sent as `secureValue`.
     Secret(String),
+    /// An `optional` reference whose ConfigMap/Secret or key is missing:
+    /// as in Kubernetes, the variable is left out (an earlier definition of
+    /// the same name, e.g. from `envFrom`, stays).
+    Absent,
 }
 
 /// Azure Files credentials from the Secret a volume names.
@@ -527,6 +531,7 @@ fn translate_env(
                 value: None,
                 secure_value: Some(v),
             },
+            EnvValue::Absent => return,
         };
         // Later definitions win, as in Kubernetes; the first position is kept.
         match out.iter_mut().find(|e| e.name == name) {

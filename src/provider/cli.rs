@@ -47,7 +47,8 @@ pub struct ProviderArgs {
     #[arg(long, default_value_t = 4.0)]
     pub aci_memory_gib_per_core: f64,
     /// Address of the kubelet endpoint (`kubectl logs`): HTTPS with
-    /// --kubelet-tls-cert/--kubelet-tls-key, plain HTTP without.
+    /// --kubelet-tls-cert/--kubelet-tls-key or --kubelet-tls-self-signed,
+    /// plain HTTP without.
     #[arg(long, default_value = "0.0.0.0:10250", env = "SPILLWAY_KUBELET_LISTEN")]
     pub kubelet_listen: SocketAddr,
     /// PEM certificate chain of the kubelet endpoint (with --kubelet-tls-key).
@@ -66,12 +67,21 @@ pub struct ProviderArgs {
         requires = "kubelet_tls_cert"
     )]
     pub kubelet_tls_key: Option<std::path::PathBuf>,
+    /// HTTPS on the kubelet endpoint with a certificate generated in memory
+    /// at start-up, self-signed, for --node-ip and --node-name (instead of
+    /// --kubelet-tls-cert/--kubelet-tls-key).
+    #[arg(long, conflicts_with_all = ["kubelet_tls_cert", "kubelet_tls_key"])]
+    pub kubelet_tls_self_signed: bool,
     /// The node's InternalIP (where the API server reaches the kubelet endpoint).
     #[arg(long, env = "POD_IP")]
     pub node_ip: Option<String>,
     /// Seconds between status syncs (one ACI list each).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub aci_sync_secs: u64,
+    /// Bound in seconds on a sync's ACI list (and again on its instance-view
+    /// reads); a list taking longer counts as failed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub aci_list_timeout_secs: u64,
     /// Seconds of failing ACI calls before the node turns NotReady.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub aci_unreachable_secs: u64,
@@ -123,18 +133,25 @@ impl ProviderArgs {
         Ok(())
     }
 
-    fn config(&self, cluster_id: &str, port: u16) -> ProviderConfig {
-        let ip = self.node_ip.clone().unwrap_or_else(|| {
+    /// The node's InternalIP: --node-ip, else the listen address (loopback
+    /// when that is unspecified).
+    fn internal_ip(&self) -> String {
+        self.node_ip.clone().unwrap_or_else(|| {
             if self.kubelet_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
             } else {
                 self.kubelet_listen.ip().to_string()
             }
-        });
+        })
+    }
+
+    fn config(&self, cluster_id: &str, port: u16) -> ProviderConfig {
+        let ip = self.internal_ip();
         let mut c = ProviderConfig::new(&self.node_name, cluster_id, &self.aci_region, ip, port);
         c.node.memory_gib_per_core = self.aci_memory_gib_per_core;
         c.sync_interval = Duration::from_secs(self.aci_sync_secs);
         c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
+        c.list_timeout = Duration::from_secs(self.aci_list_timeout_secs);
         c
     }
 }
@@ -235,6 +252,11 @@ pub async fn start(
     // Certificates are read before anything starts: a bad file is a setup error.
     let tls = match (&args.kubelet_tls_cert, &args.kubelet_tls_key) {
         (Some(cert), Some(key)) => Some(super::logs::tls_config(cert, key)?),
+        _ if args.kubelet_tls_self_signed => {
+            let ip = args.internal_ip();
+            tracing::info!(ip = %ip, node = %args.node_name, "kubelet endpoint: self-signed certificate generated");
+            Some(super::logs::self_signed_tls_config(&ip, &args.node_name)?.config)
+        }
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(args.kubelet_listen)
@@ -315,5 +337,30 @@ mod tests {
         let a = Args::try_parse_from(["x", "--aci-memory-gib-per-core", "0"]).expect("parses");
         assert!(a.p.validate().is_err());
         assert!(Args::try_parse_from(["x", "--aci", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn a_self_signed_certificate_and_certificate_files_exclude_each_other() {
+        let a = Args::try_parse_from(["x", "--kubelet-tls-self-signed", "--node-ip", "10.0.0.7"])
+            .expect("parses");
+        assert!(a.p.kubelet_tls_self_signed);
+        assert_eq!(a.p.internal_ip(), "10.0.0.7");
+        for files in [
+            &["--kubelet-tls-cert", "/c", "--kubelet-tls-key", "/k"][..],
+            &["--kubelet-tls-cert", "/c"][..],
+            &["--kubelet-tls-key", "/k"][..],
+        ] {
+            let mut argv = vec!["x", "--kubelet-tls-self-signed"];
+            argv.extend_from_slice(files);
+            let e = Args::try_parse_from(&argv)
+                .err()
+                .unwrap_or_else(|| panic!("{argv:?} must not parse"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("--kubelet-tls-self-signed") && text.contains(files[0]),
+                "{text}"
+            );
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! It reads only ACI; it never trusts the group name alone (names can
 //! collide) and checks the group's namespace/pod tags.
 //!
-//! Served over TLS when a certificate and key are configured (the API server
-//! talks HTTPS to kubelets), plain HTTP otherwise (tests, local runs).
+//! Served over TLS (the API server talks HTTPS to kubelets) with a
+//! certificate and key from PEM files ([`tls_config`]) or one generated in
+//! memory at start-up for the node IP and name ([`self_signed_tls_config`],
+//! what deploy/ uses by default); plain HTTP otherwise (tests, local runs).
 
 use crate::aci::translate::group_name;
 use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
@@ -102,6 +104,53 @@ pub enum TlsError {
     File { path: String, message: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn server_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A certificate made in memory at start-up (`--kubelet-tls-self-signed`).
+pub struct SelfSigned {
+    pub config: Arc<rustls::ServerConfig>,
+    /// The certificate served (DER), e.g. for a client that pins it.
+    pub certificate: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// A server TLS configuration with a new self-signed certificate whose
+/// subject alternative names are `node_ip` (an IP SAN when it is an IP
+/// address) and `node_name` (the names the API server and clients use for
+/// the virtual node). The key never leaves the process; every start makes a
+/// new one. The API server does not verify kubelet certificates unless
+/// `--kubelet-certificate-authority` is set; then use real files instead.
+pub fn self_signed_tls_config(node_ip: &str, node_name: &str) -> Result<SelfSigned, TlsError> {
+    let mut params =
+        rcgen::CertificateParams::new(vec![node_ip.to_string(), node_name.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, node_name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let certificate = cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    Ok(SelfSigned {
+        config: server_config(vec![certificate.clone()], key)?,
+        certificate,
+    })
 }
 
 /// The server TLS configuration from PEM files (a chain and its private key).
@@ -123,12 +172,7 @@ pub fn tls_config(
         return Err(file_err(cert, &"no certificate in the file"));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    server_config(chain, key)
 }
 
 /// Serve the kubelet endpoint over TLS on `listener` until `stop` resolves.
@@ -273,6 +317,83 @@ mod tests {
         .await;
         assert!(!String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
         assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+
+        let _ = stop_tx.send(());
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    }
+
+    /// `GET /healthz` over TLS from a client that trusts only `trusted`,
+    /// asking for `name`; the answer, or why the handshake failed.
+    async fn healthz_over_tls(
+        addr: std::net::SocketAddr,
+        trusted: &rustls::pki_types::CertificateDer<'static>,
+        name: &str,
+    ) -> Result<String, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted.clone()).map_err(|e| e.to_string())?;
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        let mut stream = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_string(&mut answer),
+        )
+        .await;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn the_self_signed_certificate_serves_tls_for_the_node_ip_and_name() {
+        let made =
+            self_signed_tls_config("127.0.0.1", "spillway-aci").unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_tls(listener, unused_aci(), made.config, async {
+            let _ = stop_rx.await;
+        }));
+        // The handshake verifies the certificate for both of its names.
+        for name in ["127.0.0.1", "spillway-aci"] {
+            let answer = healthz_over_tls(addr, &made.certificate, name)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+            assert!(answer.ends_with("ok"), "{name}: {answer}");
+        }
+        // Names it was not made for are refused.
+        for name in ["127.0.0.2", "other-node"] {
+            let refused = healthz_over_tls(addr, &made.certificate, name).await;
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains("certificate")),
+                "{name}: {refused:?}"
+            );
+        }
+        // Each start makes a new certificate.
+        let again =
+            self_signed_tls_config("127.0.0.1", "spillway-aci").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(again.certificate, made.certificate);
 
         let _ = stop_tx.send(());
         let done = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;

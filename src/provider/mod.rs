@@ -15,7 +15,17 @@
 //!   relists, keeping the store); every `sync_interval` one ACI list (+ GETs
 //!   for instance views) and [`pods::decide`] per pod; creations and
 //!   deletions run as tasks, also started as soon as the watch reports a new
-//!   or terminating pod (using the last list).
+//!   or terminating pod (using the last list). The list and its GETs run as
+//!   a background task, one at a time and bounded by `list_timeout` (a
+//!   timed-out list is a failed one for node health), so a hung ACI list
+//!   never holds back creations, deletions or the handling of finished
+//!   tasks: those go on against the last good list. A group created after a
+//!   list began is never judged vanished from that list.
+//! - **durable creation marker**: once its group is created, a pod gets the
+//!   annotation [`pods::GROUP_ANNOTATION`]; a restarted provider that finds
+//!   the annotation but no group fails the pod as vanished instead of
+//!   creating the group again (before the first status write, nothing else
+//!   on the pod shows it had one).
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -85,6 +95,11 @@ pub struct ProviderConfig {
     pub refresh_interval: Duration,
     /// Bound on instance-view GETs per sync (ARM's read budget is shared).
     pub max_gets_per_sync: usize,
+    /// Bound on a sync's ACI list, and again on its instance-view GETs. A
+    /// list that takes longer counts as a failed one (node health); until
+    /// the next one succeeds, creations and deletions go on against the
+    /// last good list.
+    pub list_timeout: Duration,
     /// Creations in flight at once (each is paced anyway).
     pub max_concurrent_creates: usize,
     /// First wait before retrying a pod whose creation failed; doubles.
@@ -118,6 +133,7 @@ impl ProviderConfig {
             unreachable_after: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(60),
             max_gets_per_sync: 50,
+            list_timeout: Duration::from_secs(30),
             max_concurrent_creates: 32,
             retry_backoff: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(300),
@@ -239,6 +255,27 @@ enum Done {
         uid: String,
         result: Result<(), String>,
     },
+    /// An orphan GC pass ended.
+    Collected,
+}
+
+/// What the ACI half of a sync read (see [`Provider::read_aci`]).
+struct Listing {
+    /// When the list began: a group created later may be missing from it.
+    at: Instant,
+    read: Result<AciRead, AciError>,
+}
+
+struct AciRead {
+    /// The listed groups by name, with instance views from the GETs.
+    groups: HashMap<String, ContainerGroup>,
+    /// Groups whose state is not known this time (GET skipped, failed or
+    /// timed out): their pods get no status decision.
+    unknown: HashSet<String>,
+    /// Groups read by GET, and when.
+    got: Vec<(String, Instant)>,
+    /// Failed GETs, for node health.
+    errors: Vec<AciError>,
 }
 
 #[derive(Default)]
@@ -257,6 +294,8 @@ struct PodLoop {
     /// The last successful list: when it began, and the groups by name.
     last_list: Option<(Instant, HashMap<String, ContainerGroup>)>,
     last_gc: Option<Instant>,
+    /// An orphan GC task is running.
+    collecting: bool,
 }
 
 fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -537,11 +576,25 @@ impl Provider {
         );
         let mut st = PodLoop::default();
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        // The ACI half of a sync (list + GETs), at most one at a time.
+        let mut reads: JoinSet<Listing> = JoinSet::new();
         let mut next_sync = Instant::now();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next_sync) => {
-                    self.sync(&mut st, &store, &mut tasks, shared, &recorder).await;
+                _ = tokio::time::sleep_until(next_sync), if reads.is_empty() => {
+                    let this = self.clone();
+                    let store = store.clone();
+                    let last_get = st.last_get.clone();
+                    reads.spawn(async move { this.read_aci(store, last_get).await });
+                }
+                Some(read) = reads.join_next() => {
+                    match read {
+                        Ok(listing) => {
+                            self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder)
+                                .await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ACI read task failed"),
+                    }
                     next_sync = Instant::now() + self.config.sync_interval;
                 }
                 _ = changed.notified() => {
@@ -564,7 +617,8 @@ impl Provider {
             || (created.is_some() && list_at.is_none());
         PodFacts {
             created_before_list: matches!((created, list_at), (Some(c), Some(l)) if c < l),
-            busy: st.busy.contains(uid) || created_after,
+            created_after_list: created_after,
+            busy: st.busy.contains(uid),
         }
     }
 
@@ -686,6 +740,7 @@ impl Provider {
                     }
                 }
             }
+            Done::Collected => st.collecting = false,
         }
     }
 
@@ -843,8 +898,32 @@ impl Provider {
         self.aci
             .create_or_update(&group)
             .await
-            .map(|_| ())
-            .map_err(CreateFailure::Aci)
+            .map_err(CreateFailure::Aci)?;
+        self.mark_created(pod).await;
+        Ok(())
+    }
+
+    /// Record on the pod, durably, that its group was created
+    /// ([`pods::GROUP_ANNOTATION`]). Only ever after a successful create: a
+    /// crash before this leaves a group that a restart adopts by its tags.
+    /// The patch names the pod's uid, so a new pod of the same name is never
+    /// marked. A failed write is logged; the first status write (container
+    /// ids `aci://…`) records the same fact.
+    async fn mark_created(&self, pod: &Pod) {
+        let (ns, name, uid) = pod_key(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch = Patch::Merge(json!({ "metadata": {
+            "uid": uid,
+            "annotations": { pods::GROUP_ANNOTATION: pods::group_marker(&ns, &name, &uid) },
+        }}));
+        match api.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => {}
+            // Gone, or replaced by a pod of the same name: nothing to mark.
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %format!("{ns}/{name}"), "could not mark the pod as having its group")
+            }
+        }
     }
 
     /// Read the ConfigMaps, Secrets and service account tokens `pod` needs.
@@ -945,28 +1024,23 @@ impl Provider {
         }
     }
 
-    /// One status sync: list, fill instance views, decide per pod, act.
-    async fn sync(
-        &self,
-        st: &mut PodLoop,
-        store: &Store<Pod>,
-        tasks: &mut JoinSet<Done>,
-        shared: &Shared,
-        recorder: &Recorder,
-    ) {
+    /// The ACI half of a sync, run as a background task so that a slow or
+    /// hung ACI never holds back the pod loop: one list (bounded by
+    /// `list_timeout`), then GETs for instance views (bounded again).
+    async fn read_aci(&self, store: Store<Pod>, last_get: HashMap<String, Instant>) -> Listing {
         let cfg = &self.config;
-        let list_at = Instant::now();
-        let listed = match self.aci.list(&cfg.cluster_id).await {
-            Ok(l) => {
-                shared.record(Ok(()));
-                l
-            }
-            Err(e) => {
-                shared.record(Err(&e));
-                tracing::warn!(error = %e, "ACI list failed; no decisions this sync");
-                return;
-            }
-        };
+        let at = Instant::now();
+        let listed =
+            match tokio::time::timeout(cfg.list_timeout, self.aci.list(&cfg.cluster_id)).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => return Listing { at, read: Err(e) },
+                Err(_) => {
+                    let e = AciError::Transient {
+                        message: format!("list: no answer within {:?}", cfg.list_timeout),
+                    };
+                    return Listing { at, read: Err(e) };
+                }
+            };
         let mut groups: HashMap<String, ContainerGroup> =
             listed.into_iter().map(|g| (g.name.clone(), g)).collect();
         let pods = store.state();
@@ -996,7 +1070,7 @@ impl Provider {
             let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
                 == Some("Running")
                 && pods::had_group(pod);
-            let last = st.last_get.get(&g.name).copied();
+            let last = last_get.get(&g.name).copied();
             if !pod_running {
                 wanted.push((0, last, g.name.clone()));
             } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
@@ -1008,8 +1082,10 @@ impl Provider {
         wanted.sort();
         let (fetch, skip) = wanted.split_at(wanted.len().min(cfg.max_gets_per_sync));
         unknown.extend(skip.iter().map(|(_, _, n)| n.clone()));
+        // Until a GET answers, a group's state is unknown this time.
+        unknown.extend(fetch.iter().map(|(_, _, n)| n.clone()));
         let aci = self.aci.clone();
-        let fetched: Vec<(String, Result<Option<ContainerGroup>, AciError>)> =
+        let mut fetched =
             futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
                 .map(move |name| {
                     let aci = aci.clone();
@@ -1018,24 +1094,83 @@ impl Provider {
                         (name, r)
                     }
                 })
-                .buffer_unordered(8)
-                .collect()
-                .await;
-        for (name, r) in fetched {
+                .buffer_unordered(8);
+        let deadline = Instant::now() + cfg.list_timeout;
+        let mut got = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            let (name, r) = match tokio::time::timeout_at(deadline, fetched.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => break,
+                Err(_) => {
+                    errors.push(AciError::Transient {
+                        message: format!(
+                            "instance-view reads: no answer within {:?}",
+                            cfg.list_timeout
+                        ),
+                    });
+                    break;
+                }
+            };
             match r {
                 Ok(Some(g)) => {
-                    st.last_get.insert(name.clone(), Instant::now());
+                    unknown.remove(&name);
+                    got.push((name.clone(), Instant::now()));
                     groups.insert(name, g);
                 }
                 Ok(None) => {
+                    unknown.remove(&name);
                     groups.remove(&name);
                 }
-                Err(e) => {
-                    shared.record(Err(&e));
-                    unknown.insert(name);
-                }
+                Err(e) => errors.push(e),
             }
         }
+        Listing {
+            at,
+            read: Ok(AciRead {
+                groups,
+                unknown,
+                got,
+                errors,
+            }),
+        }
+    }
+
+    /// The rest of a sync, once its [`Listing`] is in: decide per pod (the
+    /// pods as the watch shows them now), act, and keep the list for
+    /// [`Self::quick_pass`].
+    async fn apply_listing(
+        &self,
+        st: &mut PodLoop,
+        listing: Listing,
+        store: &Store<Pod>,
+        tasks: &mut JoinSet<Done>,
+        shared: &Shared,
+        recorder: &Recorder,
+    ) {
+        let cfg = &self.config;
+        let list_at = listing.at;
+        let AciRead {
+            groups,
+            unknown,
+            got,
+            errors,
+        } = match listing.read {
+            Ok(read) => {
+                shared.record(Ok(()));
+                read
+            }
+            Err(e) => {
+                shared.record(Err(&e));
+                tracing::warn!(error = %e, "ACI list failed; no decisions this sync");
+                return;
+            }
+        };
+        for e in &errors {
+            shared.record(Err(e));
+        }
+        st.last_get.extend(got);
+        let pods = store.state();
 
         let now = now_time();
         let mut patches = Vec::new();
@@ -1139,9 +1274,17 @@ impl Provider {
         *shared.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
         st.last_get.retain(|name, _| groups.contains_key(name));
         let gc_due = st.last_gc.is_none_or(|t| t.elapsed() >= cfg.gc_interval);
-        if gc_due {
+        if gc_due && !st.collecting {
             st.last_gc = Some(Instant::now());
-            self.collect_orphans(st, &groups, &pods).await;
+            st.collecting = true;
+            let this = self.clone();
+            let busy = st.busy.clone();
+            let listed = groups.clone();
+            let pods = pods.clone();
+            tasks.spawn(async move {
+                this.collect_orphans(&busy, &listed, &pods).await;
+                Done::Collected
+            });
         }
         st.last_list = Some((list_at, groups));
         // A pod deleted while its creation was queued: forget its state.
@@ -1157,7 +1300,7 @@ impl Provider {
     /// never cost a live pod its group.
     async fn collect_orphans(
         &self,
-        st: &PodLoop,
+        busy: &HashSet<String>,
         groups: &HashMap<String, ContainerGroup>,
         pods: &[Arc<Pod>],
     ) {
@@ -1169,7 +1312,7 @@ impl Provider {
             else {
                 continue;
             };
-            if live.contains(&uid) || st.busy.contains(&uid) {
+            if live.contains(&uid) || busy.contains(&uid) {
                 continue;
             }
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);

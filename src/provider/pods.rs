@@ -20,6 +20,22 @@ pub const REASON_CONFIG_ERROR: &str = "CreateContainerConfigError";
 /// Pod status reason (Pending): ACI refused for now; retried.
 pub const REASON_RETRYING: &str = "ProviderRetrying";
 
+/// Pod annotation written once the pod's group has been created, with the
+/// value [`group_marker`] (`<group name>/<pod uid>`; the uid keeps a pod
+/// made from a copied manifest from inheriting it). It makes "this pod had
+/// a group" durable across restarts before the first status write shows
+/// `aci://` container ids: a marked pod whose group is missing is failed as
+/// vanished, never given a second group.
+pub const GROUP_ANNOTATION: &str = "spillway.io/aci-group";
+
+/// The value of [`GROUP_ANNOTATION`] for a pod.
+pub fn group_marker(namespace: &str, name: &str, uid: &str) -> String {
+    format!(
+        "{}/{uid}",
+        crate::aci::translate::group_name(namespace, name)
+    )
+}
+
 /// How a group found under a pod's name relates to the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
@@ -71,6 +87,11 @@ pub struct PodFacts {
     /// This process created the group before the list it is compared with
     /// began (so its absence from the list means it is gone).
     pub created_before_list: bool,
+    /// This process created the group after the list it is compared with
+    /// began: the list says nothing about it (its absence is not a
+    /// vanishing, a stale group there may already be replaced). Only a
+    /// deletion acts on it, removing the group (re-read before deleting).
+    pub created_after_list: bool,
     /// A create, delete or status write for it is in flight.
     pub busy: bool,
 }
@@ -82,19 +103,34 @@ fn is_terminal(pod: &k8s::Pod) -> bool {
     )
 }
 
-/// Whether the pod's status shows it had an ACI group (container ids
-/// `aci://…` are only ever written from a group read back).
+/// Whether the pod had an ACI group: it carries this pod's
+/// [`GROUP_ANNOTATION`], or its status shows `aci://…` container ids (only
+/// ever written from a group read back).
 pub fn had_group(pod: &k8s::Pod) -> bool {
-    pod.status
+    let m = &pod.metadata;
+    let marked = m
+        .annotations
         .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.container_id
-                    .as_deref()
-                    .is_some_and(|id| id.starts_with("aci://"))
+        .and_then(|a| a.get(GROUP_ANNOTATION))
+        .is_some_and(|v| {
+            *v == group_marker(
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default(),
+                m.uid.as_deref().unwrap_or_default(),
+            )
+        });
+    marked
+        || pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.container_id
+                        .as_deref()
+                        .is_some_and(|id| id.starts_with("aci://"))
+                })
             })
-        })
 }
 
 /// Decide for one pod. `group` is the group listed under the pod's group name.
@@ -115,8 +151,11 @@ pub fn decide(
     let owner = group.map(|g| ownership(g, namespace, name, uid));
     if m.deletion_timestamp.is_some() {
         return PodAction::Delete {
-            delete_group: owner == Some(Ownership::Ours),
+            delete_group: owner == Some(Ownership::Ours) || facts.created_after_list,
         };
+    }
+    if facts.created_after_list {
+        return PodAction::Nothing;
     }
     match (group, owner) {
         (Some(g), Some(Ownership::Ours)) => {
@@ -417,6 +456,77 @@ mod tests {
         assert_eq!(
             decide(&failed, None, PodFacts::default(), "h", &now()),
             PodAction::Nothing
+        );
+    }
+
+    #[test]
+    fn the_creation_marker_makes_a_missing_group_vanished_not_new() {
+        let mark = |p: &mut k8s::Pod, value: String| {
+            p.metadata.annotations = Some(BTreeMap::from([(GROUP_ANNOTATION.to_string(), value)]));
+        };
+        // Marked, no status written yet, group gone (e.g. after a restart).
+        let mut p = pod();
+        mark(&mut p, group_marker("web", "p", "u1"));
+        assert_eq!(
+            p.metadata
+                .annotations
+                .as_ref()
+                .map(|a| a[GROUP_ANNOTATION].as_str()),
+            Some("web-p/u1")
+        );
+        assert!(had_group(&p));
+        assert!(matches!(
+            decide(&p, None, PodFacts::default(), "h", &now()),
+            PodAction::Fail { ref reason, .. } if reason == REASON_GROUP_VANISHED
+        ));
+        // The marker of another pod of that name (a copied manifest): created.
+        let mut copied = pod();
+        mark(&mut copied, group_marker("web", "p", "u0"));
+        assert!(!had_group(&copied));
+        assert_eq!(
+            decide(&copied, None, PodFacts::default(), "h", &now()),
+            PodAction::Create
+        );
+        // Marked and its group listed: status as usual.
+        assert!(matches!(
+            decide(
+                &p,
+                Some(&group("u1", "Running")),
+                PodFacts::default(),
+                "h",
+                &now()
+            ),
+            PodAction::Patch(_)
+        ));
+    }
+
+    #[test]
+    fn a_group_created_after_the_list_began_is_judged_only_on_deletion() {
+        let after = PodFacts {
+            created_after_list: true,
+            ..Default::default()
+        };
+        let mut marked = pod();
+        marked.metadata.annotations = Some(BTreeMap::from([(
+            GROUP_ANNOTATION.to_string(),
+            group_marker("web", "p", "u1"),
+        )]));
+        // Missing from an older list: not vanished, not to be created again.
+        assert_eq!(
+            decide(&marked, None, after, "h", &now()),
+            PodAction::Nothing
+        );
+        // An older pod's group in that list may already be replaced by ours.
+        assert_eq!(
+            decide(&pod(), Some(&group("u0", "Running")), after, "h", &now()),
+            PodAction::Nothing
+        );
+        // Deleted meanwhile: its group goes too, though no list shows it yet.
+        let mut deleting = marked.clone();
+        deleting.metadata.deletion_timestamp = Some(now());
+        assert_eq!(
+            decide(&deleting, None, after, "h", &now()),
+            PodAction::Delete { delete_group: true }
         );
     }
 

@@ -5,7 +5,8 @@
 //! reads them from the API server into [`Sources`]) and [`resolve`] builds
 //! [`Resolved`] from them without I/O. A missing object or key that is not
 //! `optional` is an error naming the pod field, as the kubelet's
-//! `CreateContainerConfigError`.
+//! `CreateContainerConfigError`; an `optional` one leaves the environment
+//! variable out ([`EnvValue::Absent`]), as the kubelet does.
 
 use crate::aci::ImageRegistryCredential;
 use crate::aci::translate::{AzureFileCredential, EnvValue, Resolved};
@@ -226,10 +227,10 @@ pub fn resolve(pod: &k8s::Pod, sources: &Sources) -> Result<Resolved, ResolveErr
                     Some(None) if !optional => {
                         return Err(missing_key(&efield, "ConfigMap", &k.name, &k.key));
                     }
-                    // Optional and missing: Kubernetes leaves the variable
-                    // out; ACI has no "absent", so it is empty.
+                    // Optional and missing (key or whole ConfigMap): the
+                    // variable is left out, as the kubelet does.
                     _ => {
-                        env.insert(e.name.clone(), EnvValue::Plain(String::new()));
+                        env.insert(e.name.clone(), EnvValue::Absent);
                     }
                 }
             } else if let Some(k) = &src.secret_key_ref {
@@ -241,8 +242,9 @@ pub fn resolve(pod: &k8s::Pod, sources: &Sources) -> Result<Resolved, ResolveErr
                     Some(None) if !optional => {
                         return Err(missing_key(&efield, "Secret", &k.name, &k.key));
                     }
+                    // Optional and missing (key or whole Secret): left out.
                     _ => {
-                        env.insert(e.name.clone(), EnvValue::Secret(String::new()));
+                        env.insert(e.name.clone(), EnvValue::Absent);
                     }
                 }
             } else if let Some(r) = &src.resource_field_ref {
@@ -592,10 +594,61 @@ mod tests {
         let env = &r.env["app"];
         assert_eq!(env["PW"], EnvValue::Secret("hunter2".into()));
         assert_eq!(env["M"], EnvValue::Plain("fast".into()));
-        assert_eq!(env["OPT"], EnvValue::Plain(String::new()));
+        assert_eq!(env["OPT"], EnvValue::Absent);
         let from = &r.env_from["app"];
         assert!(from.contains(&("C_MODE".to_string(), EnvValue::Plain("fast".into()))));
         assert!(from.contains(&("password".to_string(), EnvValue::Secret("hunter2".into()))));
+    }
+
+    #[test]
+    fn optional_env_references_that_are_missing_leave_the_variable_out() {
+        use crate::aci::translate::{PodContext, TranslateConfig, pod_to_group};
+        use crate::policy::{AciSettings, PublicIp};
+        let p = pod(json!({"containers": [{
+            "name": "app", "image": "nginx",
+            "envFrom": [{"configMapRef": {"name": "cfg"}}],
+            "env": [
+                {"name": "KEEP", "value": "1"},
+                {"name": "NO_KEY", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x", "optional": true}}},
+                {"name": "NO_CM", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": true}}},
+                {"name": "NO_SKEY", "valueFrom": {"secretKeyRef": {"name": "db", "key": "x", "optional": true}}},
+                {"name": "NO_SECRET", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "x", "optional": true}}},
+                // Defined by envFrom; a missing optional key does not clear it.
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x", "optional": true}}},
+                {"name": "REF", "value": "[$(NO_KEY)]"}
+            ]
+        }]}));
+        let r = resolve(&p, &sources()).expect("resolves");
+        for name in ["NO_KEY", "NO_CM", "NO_SKEY", "NO_SECRET", "MODE"] {
+            assert_eq!(r.env["app"][name], EnvValue::Absent, "{name}");
+        }
+        let config = TranslateConfig::new("c1", "westeurope");
+        let aci = AciSettings {
+            public_ip: PublicIp::Auto,
+            dns_name_label: None,
+        };
+        let ctx = PodContext {
+            config: &config,
+            aci: &aci,
+            resolved: &r,
+        };
+        let g = pod_to_group(&p, &ctx).expect("translates");
+        let vars: BTreeMap<String, Option<String>> = g.properties.containers[0]
+            .properties
+            .environment_variables
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone().or(e.secure_value.clone())))
+            .collect();
+        assert_eq!(
+            vars,
+            BTreeMap::from([
+                ("KEEP".to_string(), Some("1".to_string())),
+                ("MODE".to_string(), Some("fast".to_string())),
+                ("level".to_string(), Some("3".to_string())),
+                // An undefined reference stays as written (Kubernetes' expansion).
+                ("REF".to_string(), Some("[$(NO_KEY)]".to_string())),
+            ])
+        );
     }
 
     #[test]
