@@ -30,7 +30,8 @@ use support::actors::{self, Bindings, SCHEDULER_NAME};
 use support::{PodDeletion, TestApiServer};
 
 const VIRTUAL: &str = "virtual-node-aci-linux";
-const REPLICAS: usize = 24;
+/// The Deployment of 50 pods (500m each: 25 cores, room on 7 new VMs).
+const REPLICAS: usize = 50;
 const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
@@ -276,7 +277,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
     .await;
 
     // 2. VM nodes join; the placeholders take the room; drain-back starts.
-    for n in ["vm-1", "vm-2", "vm-3", "vm-4"] {
+    for n in ["vm-1", "vm-2", "vm-3", "vm-4", "vm-5", "vm-6", "vm-7"] {
         srv.insert(&node(n).pool("user").cpu("4").memory("16Gi").build());
     }
     eventually("placeholders run on the new VMs", || {
@@ -315,6 +316,15 @@ async fn burst_then_drain_back_with_a_leader_change() {
     )
     .await;
 
+    // Budget reservations of the burst admissions were all settled and removed.
+    eventually("the burst reservations are reconciled away", || {
+        srv.get::<k8s_openapi::api::core::v1::ConfigMap>(
+            "spillway-system",
+            spillway::extender::reservations::DEFAULT_NAME,
+        )
+        .is_some_and(|cm| cm.data.as_ref().is_none_or(|d| d.is_empty()))
+    })
+    .await;
     // Each burst pod was evicted exactly once: one replacement per burst pod.
     let total_created = created.lock().map(|c| *c).unwrap_or(0);
     assert_eq!(total_created, 2 * REPLICAS, "replacements created");
