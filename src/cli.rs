@@ -241,3 +241,42 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// How the roles that talk to the API server find it.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct KubeFlags {
+    /// kubeconfig file to use. Without it: the in-cluster service account,
+    /// else $KUBECONFIG, else ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl KubeFlags {
+    /// The client configuration these flags select; the error says which
+    /// source failed and why.
+    pub async fn config(&self) -> Result<kube::Config, String> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        match &self.kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| format!("--context: {e}")),
+            None => kube::Config::infer().await.map_err(|e| {
+                format!("no usable Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config): {e}")
+            }),
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct RunCommand {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub cluster: cluster::ClusterFlags,
+    #[command(flatten)]
+    pub kube: crate::cli::KubeFlags,
     /// Namespace spillway runs in: its Lease and its capacity placeholders live here.
     #[arg(long, default_value = "spillway-system", env = "POD_NAMESPACE")]
     pub namespace: String,
@@ -140,14 +142,18 @@ pub fn run(cmd: RunCommand) -> ExitCode {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
-                eprintln!("spillway run: --policies: {} error(s) in {}", errors.0.len(), cmd.policies.display());
+                eprintln!(
+                    "spillway run: --policies: {} error(s) in {}",
+                    errors.0.len(),
+                    cmd.policies.display()
+                );
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
-        let config = match kube::Config::infer().await {
+        let config = match cmd.kube.config().await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("spillway run: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}");
+                eprintln!("spillway run: {e}");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
@@ -158,7 +164,16 @@ pub fn run(cmd: RunCommand) -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
-        match run_with(config, &cmd, store, metrics, listener, crate::cli::shutdown_signal()).await {
+        match run_with(
+            config,
+            &cmd,
+            store,
+            metrics,
+            listener,
+            crate::cli::shutdown_signal(),
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("spillway run: {e}");

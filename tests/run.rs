@@ -219,3 +219,71 @@ async fn the_leader_acts_the_standby_serves_and_takes_over() {
     let done = tokio::time::timeout(WAIT, &mut b.task).await;
     assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
 }
+
+/// Kills the child process when dropped (a failed assertion must not leak it).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_finds_the_api_server_through_kubeconfig_and_context() {
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-kubeconfig");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = dir.join("config");
+    // The current context points nowhere; --context picks the test server.
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\nclusters:\n- name: test\n  cluster: {{ server: \"{}\" }}\n- name: nowhere\n  cluster: {{ server: \"http://127.0.0.1:1\" }}\ncontexts:\n- name: test\n  context: {{ cluster: test, user: u }}\n- name: elsewhere\n  context: {{ cluster: nowhere, user: u }}\nusers:\n- name: u\n  user: {{}}\n",
+            srv.url()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["run", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--context", "test", "--identity", "from-kubeconfig"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--policies"])
+        .arg(policies_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _child = Child(child);
+    assert!(
+        eventually(|| holder(&srv).as_deref() == Some("from-kubeconfig")).await,
+        "spillway run did not take the lease through --kubeconfig/--context"
+    );
+}
+
+#[test]
+fn an_unreadable_kubeconfig_is_bad_input_naming_the_file() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args([
+            "run",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--policies",
+        ])
+        .arg(policies_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{err}"
+    );
+}

@@ -33,6 +33,8 @@ pub struct ExtenderCommand {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub cluster: cluster::ClusterFlags,
+    #[command(flatten)]
+    pub kube: crate::cli::KubeFlags,
     /// How often to re-read the policy directory, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub policy_reload_secs: u64,
@@ -95,13 +97,11 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
             Err(e) => return bad_input(e),
         },
         None => {
-            let client = match kube::Client::try_default().await {
+            let client = match cmd.kube.config().await.and_then(|c| {
+                kube::Client::try_from(c).map_err(|e| format!("Kubernetes client: {e}"))
+            }) {
                 Ok(c) => c,
-                Err(e) => {
-                    return bad_input(format!(
-                        "no --cluster-state FILE and no usable Kubernetes configuration: {e}"
-                    ));
-                }
+                Err(e) => return bad_input(format!("no --cluster-state FILE and {e}")),
             };
             let replica = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
