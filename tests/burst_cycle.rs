@@ -1,12 +1,15 @@
-//! A full burst cycle, end to end: `spillway run` (extender + autoscaler)
-//! against the test API server, with a small scheduler that calls the real
-//! extender over HTTP, a kubelet and a ReplicaSet controller.
+//! A full burst cycle, end to end: `spillway run` (extender + autoscaler +
+//! embedded provider) against the test API server and one ACI emulator, with
+//! a small scheduler that calls the real extender over HTTP, a kubelet for the
+//! VM nodes and a ReplicaSet controller.
 //!
-//! VMs are full → the ReplicaSet's pods wait `spillAfter`, then burst onto the
-//! virtual node; placeholders appear; VM nodes join → the placeholders hold
-//! room there, drain-back evicts the burst pods one at a time (PDB
-//! maxUnavailable 1), their replacements land on VMs and the placeholders go.
-//! Midway the leader stops and the standby finishes the job.
+//! VMs are full → the ReplicaSet's 50 pods wait `spillAfter`, then burst onto
+//! the virtual node and run as container groups with public IPs; placeholders
+//! appear; VM nodes join → the placeholders hold room there, drain-back evicts
+//! the burst pods one at a time (PDB maxUnavailable 1), their groups are
+//! deleted, their replacements land on VMs and the placeholders go. Midway the
+//! leader stops and the standby (its provider adopting the groups) finishes
+//! the job: one group per burst pod, none left.
 //!
 //! Also: a scale-in of the ReplicaSet removes the burst replicas first (the
 //! test ReplicaSet controller picks victims as kube-controller-manager does).
@@ -18,6 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
+use spillway::aci::emulator::{Emulator, EmulatorConfig};
 use spillway::cluster::build::{node, pod};
 use spillway::metrics::Metrics;
 use spillway::policy::reload::PolicyStore;
@@ -202,12 +206,34 @@ async fn burst_then_drain_back_with_a_leader_change() {
         .local_addr()
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string();
-    let a = start(&srv, "replica-a", la, &[]).await;
+    // ACI: one emulator both replicas' providers talk to (the leader's is
+    // the virtual node), 50 times faster than the real lifecycle.
+    let emu = Emulator::start(EmulatorConfig {
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let provider_args = [
+        "--aci",
+        "emulator",
+        "--aci-emulator-url",
+        emu.url.as_str(),
+        "--node-name",
+        VIRTUAL,
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--aci-sync-secs",
+        "1",
+        "--cluster-id",
+        "burst-cycle",
+    ];
+    let a = start(&srv, "replica-a", la, &provider_args).await;
     eventually("replica-a leads", || {
         holder(&srv).as_deref() == Some("replica-a")
     })
     .await;
-    let b = start(&srv, "replica-b", lb, &[]).await;
+    let b = start(&srv, "replica-b", lb, &provider_args).await;
 
     // The rest of the cluster.
     let bindings = Bindings::default();
@@ -222,10 +248,21 @@ async fn burst_then_drain_back_with_a_leader_change() {
     if let Some(s) = template.spec.as_mut() {
         s.scheduler_name = Some(SCHEDULER_NAME.into());
         s.termination_grace_period_seconds = Some(1);
+        // A web server: with `publicIp: auto` its group gets a public IP.
+        for c in &mut s.containers {
+            c.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                container_port: 80,
+                ..Default::default()
+            }]);
+        }
     }
     let actors = vec![
         tokio::spawn(actors::scheduler(srv.client(), extender, bindings.clone())),
-        tokio::spawn(actors::kubelet(srv.client())),
+        // spillway's provider is the virtual node's kubelet.
+        tokio::spawn(actors::kubelet_except(
+            srv.client(),
+            BTreeSet::from([VIRTUAL.to_string()]),
+        )),
         tokio::spawn(actors::replicaset(
             srv.client(),
             "web".into(),
@@ -256,6 +293,24 @@ async fn burst_then_drain_back_with_a_leader_change() {
         early.is_empty(),
         "bound to the virtual node before spillAfter: {early:?}"
     );
+    // Each burst pod runs as its own container group, with the group's public IP.
+    eventually(
+        "every burst pod Running with its container group's IP",
+        || {
+            let groups = emu.state.snapshot();
+            let ips: BTreeSet<String> = groups.iter().filter_map(|g| g.ip.clone()).collect();
+            let pods = web_pods(&srv);
+            groups.len() == REPLICAS
+                && pods.iter().all(|p| {
+                    running_and_ready(p)
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.pod_ip.as_ref())
+                            .is_some_and(|ip| ips.contains(ip))
+                })
+        },
+    )
+    .await;
     let burst_uids: BTreeSet<String> = web_pods(&srv)
         .iter()
         .filter_map(|p| p.metadata.uid.clone())
@@ -316,6 +371,20 @@ async fn burst_then_drain_back_with_a_leader_change() {
     )
     .await;
 
+    // ACI: every group deleted with its pod, one group per burst pod ever
+    // (no duplicate across the leader change), nothing leaked.
+    eventually("no container group is left", || {
+        emu.state.snapshot().is_empty()
+    })
+    .await;
+    let counters = emu.state.counters();
+    assert_eq!(counters.creates, REPLICAS as u64, "{counters:?}");
+    assert!(
+        counters.creates_by_name.values().all(|&n| n == 1),
+        "a group was created twice: {:?}",
+        counters.creates_by_name
+    );
+    assert_eq!(counters.deletes, REPLICAS as u64, "{counters:?}");
     // Budget reservations of the burst admissions were all settled and removed.
     eventually("the burst reservations are reconciled away", || {
         srv.get::<k8s_openapi::api::core::v1::ConfigMap>(

@@ -29,6 +29,11 @@ pub struct ProviderArgs {
     /// ACI backend of the embedded virtual node.
     #[arg(long = "aci", value_enum, default_value = "none", env = "SPILLWAY_ACI")]
     pub backend: AciBackend,
+    /// With `--aci emulator`: use the ACI emulator already serving at this
+    /// URL (`spillway aci-emulator`) instead of starting one in-process, so
+    /// several replicas (or restarts) share one set of container groups.
+    #[arg(long, value_name = "URL", env = "SPILLWAY_ACI_EMULATOR_URL")]
+    pub aci_emulator_url: Option<String>,
     /// Name of the virtual node spillway registers.
     #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
     pub node_name: String,
@@ -92,6 +97,8 @@ pub struct ProviderArgs {
 pub enum ProviderSetupError {
     #[error("--aci azure needs {0}")]
     Missing(&'static str),
+    #[error("--aci-emulator-url must be an http:// or https:// URL, not {0:?}")]
+    EmulatorUrl(String),
     #[error("--aci-memory-gib-per-core must be positive, not {0}")]
     Ratio(f64),
     #[error("ACI client: {0}")]
@@ -112,6 +119,16 @@ impl ProviderArgs {
     pub fn validate(&self) -> Result<(), ProviderSetupError> {
         if !(self.aci_memory_gib_per_core > 0.0 && self.aci_memory_gib_per_core.is_finite()) {
             return Err(ProviderSetupError::Ratio(self.aci_memory_gib_per_core));
+        }
+        if self.aci_emulator_url.is_some() && self.backend != AciBackend::Emulator {
+            return Err(ProviderSetupError::Missing(
+                "--aci emulator when --aci-emulator-url is given",
+            ));
+        }
+        if let Some(url) = &self.aci_emulator_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ProviderSetupError::EmulatorUrl(url.clone()));
         }
         if self.backend == AciBackend::Azure {
             if self.cluster_id.as_deref().is_none_or(str::is_empty) {
@@ -229,10 +246,19 @@ pub async fn start(
                 )
             }
             AciBackend::Emulator => {
-                let emu = Emulator::start(EmulatorConfig::default()).await?;
-                tracing::info!(url = %emu.url, "embedded ACI emulator started");
+                let (url, emu) = match &args.aci_emulator_url {
+                    Some(url) => {
+                        tracing::info!(url = %url, "using the ACI emulator at --aci-emulator-url");
+                        (url.clone(), None)
+                    }
+                    None => {
+                        let emu = Emulator::start(EmulatorConfig::default()).await?;
+                        tracing::info!(url = %emu.url, "embedded ACI emulator started");
+                        (emu.url.clone(), Some(emu))
+                    }
+                };
                 let cfg = AzureConfig::for_emulator(
-                    &emu.url,
+                    &url,
                     "emulator",
                     args.aci_subscription
                         .clone()
@@ -245,7 +271,7 @@ pub async fn start(
                 (
                     metered_and_paced(client, &metrics),
                     args.cluster_id.clone().unwrap_or_else(|| "local".into()),
-                    Some(emu),
+                    emu,
                 )
             }
         };
@@ -310,6 +336,33 @@ mod tests {
     struct Args {
         #[command(flatten)]
         p: ProviderArgs,
+    }
+
+    #[test]
+    fn an_emulator_url_needs_the_emulator_backend_and_an_http_url() {
+        let a = Args::try_parse_from(["x", "--aci-emulator-url", "http://127.0.0.1:9"])
+            .expect("parses");
+        let e = a.p.validate().expect_err("--aci none");
+        assert!(e.to_string().contains("--aci emulator"), "{e}");
+        let a = Args::try_parse_from([
+            "x",
+            "--aci",
+            "emulator",
+            "--aci-emulator-url",
+            "localhost:9",
+        ])
+        .expect("parses");
+        let e = a.p.validate().expect_err("no scheme");
+        assert!(e.to_string().contains("\"localhost:9\""), "{e}");
+        let a = Args::try_parse_from([
+            "x",
+            "--aci",
+            "emulator",
+            "--aci-emulator-url",
+            "http://127.0.0.1:9",
+        ])
+        .expect("parses");
+        assert!(a.p.validate().is_ok());
     }
 
     #[test]

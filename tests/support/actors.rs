@@ -411,6 +411,12 @@ async fn preempt_placeholders(
 
 /// The kubelet's part: bound pods become Running and Ready; terminating pods go.
 pub async fn kubelet(client: kube::Client) {
+    kubelet_except(client, BTreeSet::new()).await
+}
+
+/// [`kubelet`] for every node but `skip` (nodes another kubelet serves,
+/// e.g. spillway's embedded provider on the virtual node).
+pub async fn kubelet_except(client: kube::Client, skip: BTreeSet<String>) {
     let pods_all: Api<Pod> = Api::all(client.clone());
     loop {
         tokio::time::sleep(TICK).await;
@@ -422,6 +428,10 @@ pub async fn kubelet(client: kube::Client) {
             else {
                 continue;
             };
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            if node.is_some_and(|n| skip.contains(n)) {
+                continue;
+            }
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             if p.metadata.deletion_timestamp.is_some() {
                 let _ = api
