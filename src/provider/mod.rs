@@ -1324,6 +1324,21 @@ impl Provider {
                     continue;
                 }
             }
+            // The list may be old: a pod of the same name may have been
+            // created since and got a group under this name. Delete only
+            // the orphan itself, as it is now.
+            match self.aci.get(&g.name).await {
+                Ok(Some(now)) if now.tags.get(TAG_POD_UID) == Some(&uid) => {}
+                Ok(Some(_)) => {
+                    tracing::info!(group = %g.name, "GC: the group now belongs to another pod; keeping it");
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %g.name, "GC: cannot re-read the group; keeping it");
+                    continue;
+                }
+            }
             match self.aci.delete(&g.name).await {
                 Ok(()) => {
                     tracing::info!(group = %g.name, pod = %format!("{ns}/{name}"), "GC: deleted orphan container group");
@@ -1340,6 +1355,111 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ACI where `web-a`'s group was recreated for a new pod after the list
+    /// that showed the old one; records deletions.
+    struct Recreated {
+        deleted: std::sync::Mutex<Vec<String>>,
+    }
+
+    fn tagged(uid: &str) -> ContainerGroup {
+        ContainerGroup {
+            name: group_name("web", "a"),
+            tags: [
+                (TAG_POD_UID, uid),
+                (TAG_NAMESPACE, "web"),
+                (TAG_POD_NAME, "a"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        }
+    }
+
+    impl ContainerGroups for Recreated {
+        fn create_or_update<'a>(
+            &'a self,
+            g: &'a ContainerGroup,
+        ) -> futures::future::BoxFuture<'a, Result<ContainerGroup, AciError>> {
+            Box::pin(async move { Ok(g.clone()) })
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(Some(tagged("uid-new"))) })
+        }
+        fn list<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(vec![tagged("uid-new")]) })
+        }
+        fn delete<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<(), AciError>> {
+            Box::pin(async move {
+                if let Ok(mut d) = self.deleted.lock() {
+                    d.push(name.to_string());
+                }
+                Ok(())
+            })
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Option<u32>,
+        ) -> futures::future::BoxFuture<'a, Result<String, AciError>> {
+            Box::pin(async { Ok(String::new()) })
+        }
+        fn usage<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<crate::aci::Usage, AciError>> {
+            Box::pin(async { Ok(Default::default()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn gc_spares_a_group_recreated_for_a_new_pod_since_the_list() {
+        // The API server has no pod `web/a` (the old one is gone; the new
+        // one is not in this stale view either): every pod read is a 404.
+        let api = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "not found"
+                })),
+            )
+        });
+        let client = kube::Client::new(api, "default");
+        let aci = Arc::new(Recreated {
+            deleted: Default::default(),
+        });
+        let provider = Provider::new(
+            client,
+            aci.clone(),
+            ProviderConfig::new("aci", "c1", "westeurope", "10.0.0.1", 10250),
+            None,
+        );
+        let stale: HashMap<String, ContainerGroup> =
+            [(group_name("web", "a"), tagged("uid-old"))].into();
+        provider.collect_orphans(&HashSet::new(), &stale, &[]).await;
+        let deleted = aci.deleted.lock().map(|d| d.clone()).unwrap_or_default();
+        assert!(deleted.is_empty(), "deleted {deleted:?}");
+        // The control: a group still tagged with the gone pod is collected.
+        let current: HashMap<String, ContainerGroup> =
+            [(group_name("web", "a"), tagged("uid-new"))].into();
+        provider
+            .collect_orphans(&HashSet::new(), &current, &[])
+            .await;
+        let deleted = aci.deleted.lock().map(|d| d.clone()).unwrap_or_default();
+        assert_eq!(deleted, vec![group_name("web", "a")]);
+    }
 
     #[test]
     fn backend_is_unreachable_only_after_failing_for_the_configured_time() {
