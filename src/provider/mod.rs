@@ -1202,6 +1202,20 @@ impl Provider {
                 }
                 PodAction::Fail { reason, message } => {
                     if reason == pods::REASON_GROUP_VANISHED {
+                        // The list may predate the group (another replica
+                        // created it during a leader change): fail the pod
+                        // only if the group is gone now too.
+                        match self.aci.get(&gname).await {
+                            Ok(None) => {}
+                            Ok(Some(_)) => {
+                                tracing::info!(group = %gname, "group missing from the list but present now; judged on the next sync");
+                                continue;
+                            }
+                            Err(e) => {
+                                shared.record(Err(&e));
+                                continue;
+                            }
+                        }
                         failures.push("vanished");
                         tracing::warn!(pod = %format!("{ns}/{name}"), "container group vanished");
                     }
