@@ -203,7 +203,10 @@ fn first_fit_indexed(inp: &FitInput) -> Vec<Option<usize>> {
         .iter()
         .zip(&inp.wanted)
         .map(|(req, wanted)| {
-            let i = fit.first_fit(req, |i| wanted.is_none_or(|w| inp.node_pool[i] == w))?;
+            // As the engine does: failures remembered per pool asked for.
+            let key = wanted.map_or(0, |w| w as u64 + 1);
+            let i =
+                fit.first_fit_keyed(req, key, |i| wanted.is_none_or(|w| inp.node_pool[i] == w))?;
             fit.take(i, req);
             Some(i)
         })

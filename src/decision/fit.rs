@@ -3,14 +3,25 @@
 //! A segment tree keeps, per subtree, the largest free CPU and the largest free
 //! memory of any node below it. A subtree whose maxima cannot hold a request is
 //! skipped, so a pass over thousands of mostly-full nodes stays cheap.
+//!
+//! The maxima of CPU and memory can come from different nodes, so once the
+//! nodes are fragmented a request that fits nowhere may still walk much of
+//! the tree. Room only ever shrinks ([`FitIndex::take`]), so a request that
+//! found no node never will, and neither will any request at least as large
+//! in both resources: [`FitIndex::first_fit_keyed`] remembers the smallest
+//! such failures per constraint key and answers those at once.
 
 use crate::units::Resources;
+use std::collections::HashMap;
 
 pub struct FitIndex {
     size: usize,
     room: Vec<Resources>,
     /// (max cpu, max memory) per tree node; leaves at `size..size + n`.
     tree: Vec<(u64, u64)>,
+    /// Constraint key → requests that fit no node (only the minimal ones:
+    /// none is at least as large as another in both resources).
+    failed: HashMap<u64, Vec<Resources>>,
 }
 
 impl FitIndex {
@@ -23,7 +34,43 @@ impl FitIndex {
         for i in (1..size).rev() {
             tree[i] = merge(tree[2 * i], tree[2 * i + 1]);
         }
-        FitIndex { size, room, tree }
+        FitIndex {
+            size,
+            room,
+            tree,
+            failed: HashMap::new(),
+        }
+    }
+
+    /// [`FitIndex::first_fit`] for callers whose `allowed` is the same
+    /// function every time they pass the same `key` (e.g. "nodes of pool
+    /// k"). A request at least as large as one that already failed under
+    /// `key` fails without a search.
+    pub fn first_fit_keyed(
+        &mut self,
+        req: &Resources,
+        key: u64,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let covers =
+            |f: &Resources| f.cpu_millis <= req.cpu_millis && f.memory_bytes <= req.memory_bytes;
+        if self
+            .failed
+            .get(&key)
+            .is_some_and(|front| front.iter().any(covers))
+        {
+            return None;
+        }
+        let found = self.first_fit(req, allowed);
+        if found.is_none() {
+            let front = self.failed.entry(key).or_default();
+            // `req` is minimal among the failures now: drop those it covers.
+            front.retain(|f| {
+                !(req.cpu_millis <= f.cpu_millis && req.memory_bytes <= f.memory_bytes)
+            });
+            front.push(*req);
+        }
+        found
     }
 
     /// The lowest-index node with room for `req` that `allowed` accepts.
@@ -87,6 +134,40 @@ mod tests {
         assert_eq!(idx.first_fit(&req, |_| true), None);
         assert_eq!(idx.first_fit(&small, |_| true), Some(1));
         assert_eq!(idx.first_fit(&small, |i| i != 1), None);
+    }
+
+    #[test]
+    fn keyed_search_agrees_with_a_naive_scan_as_room_shrinks() {
+        // A small deterministic generator (no test dependency on `rand`).
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..50 {
+            let nodes = 1 + next(40) as usize;
+            let room: Vec<Resources> = (0..nodes)
+                .map(|_| Resources::new(next(8) * 500, next(8) << 30))
+                .collect();
+            let pool: Vec<u64> = (0..nodes).map(|_| next(3)).collect();
+            let mut idx = FitIndex::new(room.clone());
+            let mut naive = room;
+            for _ in 0..200 {
+                let req = Resources::new(next(5) * 500, next(5) << 30);
+                // Key 0: any node; key k > 0: nodes of pool k - 1.
+                let key = next(4);
+                let allowed = |i: usize| key == 0 || pool[i] == key - 1;
+                let want = (0..naive.len()).find(|&i| allowed(i) && req.fits_in(&naive[i]));
+                let got = idx.first_fit_keyed(&req, key, allowed);
+                assert_eq!(got, want, "round {round}, {req:?} key {key}");
+                if let Some(i) = got {
+                    idx.take(i, &req);
+                    naive[i] = naive[i].saturating_sub(&req);
+                }
+            }
+        }
     }
 
     #[test]

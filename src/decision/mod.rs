@@ -384,9 +384,11 @@ impl<'a> Pass<'a> {
             .pool
             .as_deref()
             .map(|p| pool_index.get(p).copied().unwrap_or(usize::MAX - 1));
-        let idx = self
-            .vm_room
-            .first_fit(&pod.requests, |i| wanted.is_none_or(|w| node_pool[i] == w))?;
+        // Key: the pool asked for (0 = any), so failures are remembered per pool.
+        let key = wanted.map_or(0, |w| w as u64 + 1);
+        let idx = self.vm_room.first_fit_keyed(&pod.requests, key, |i| {
+            wanted.is_none_or(|w| node_pool[i] == w)
+        })?;
         self.vm_room.take(idx, &pod.requests);
         self.last_node = Some(idx);
         Some(idx)
