@@ -539,6 +539,107 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     p.stop().await;
 }
 
+/// ACI whose lists leave out one group while it still exists: a list taken
+/// before another replica created it, as during a leader change.
+struct StaleList {
+    inner: Arc<dyn ContainerGroups>,
+    hide: std::sync::Mutex<Option<String>>,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+impl ContainerGroups for StaleList {
+    fn create_or_update<'a>(
+        &'a self,
+        g: &'a spillway::aci::model::ContainerGroup,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<spillway::aci::model::ContainerGroup, spillway::aci::AciError>,
+    > {
+        self.inner.create_or_update(g)
+    }
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Option<spillway::aci::model::ContainerGroup>, spillway::aci::AciError>,
+    > {
+        self.inner.get(name)
+    }
+    fn list<'a>(
+        &'a self,
+        cluster_id: &'a str,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Vec<spillway::aci::model::ContainerGroup>, spillway::aci::AciError>,
+    > {
+        Box::pin(async move {
+            let mut groups = self.inner.list(cluster_id).await?;
+            let hide = self.hide.lock().map(|h| h.clone()).unwrap_or_default();
+            if let Some(hide) = hide {
+                groups.retain(|g| g.name != hide);
+                self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(groups)
+        })
+    }
+    fn delete<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), spillway::aci::AciError>> {
+        self.inner.delete(name)
+    }
+    fn logs<'a>(
+        &'a self,
+        name: &'a str,
+        container: &'a str,
+        tail: Option<u32>,
+    ) -> futures::future::BoxFuture<'a, Result<String, spillway::aci::AciError>> {
+        self.inner.logs(name, container, tail)
+    }
+    fn usage<'a>(
+        &'a self,
+        location: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<spillway::aci::Usage, spillway::aci::AciError>> {
+        self.inner.usage(location)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
+    let w = world().await;
+    let stale = Arc::new(StaleList {
+        inner: w.aci.clone(),
+        hide: Default::default(),
+        lists: Default::default(),
+    });
+    let p = start(&w.srv, stale.clone(), None);
+    create_pod(&w.srv, &app_pod("kept")).await;
+    eventually("pod Running", || async { running(&w.srv, "kept") }).await;
+    // Lists stop showing the group, which still exists: the pod stays Running.
+    if let Ok(mut h) = stale.hide.lock() {
+        *h = Some(group_name(NS, "kept"));
+    }
+    eventually_within(
+        "five lists without the group",
+        Duration::from_secs(10),
+        || async { stale.lists.load(std::sync::atomic::Ordering::SeqCst) >= 5 },
+    )
+    .await;
+    assert_eq!(phase(&w.srv, "kept").as_deref(), Some("Running"));
+    // The control: once the group is really gone, the pod fails.
+    w.aci
+        .delete(&group_name(NS, "kept"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("pod Failed", || async {
+        phase(&w.srv, "kept").as_deref() == Some("Failed")
+    })
+    .await;
+    assert_eq!(groups_created(&w).get(&group_name(NS, "kept")), Some(&1));
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after_a_restart() {
     let w = world().await;
