@@ -250,6 +250,10 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Present at 0 from the start, so rate() and alerts see the first error.
+        for outcome in ["admitted", "refused", "error"] {
+            m.burst_reservations.with_label_values(&[outcome]);
+        }
         m
     }
 
