@@ -21,7 +21,8 @@
 //!   (the lowest priority, preempted by any real pod) so the autoscaler grows
 //!   the pool, and drain-back: once the placeholder has held VM room for
 //!   `drainBack.after`, the burst pod is evicted (at most `maxPerMinute` per
-//!   policy) and recreated, and the scheduler puts it on the VM.
+//!   namespace, as the autoscaler counts) and recreated, and the scheduler
+//!   puts it on the VM. Controllers and PDBs are not modelled.
 //!
 //! The baselines use the same engine with synthetic policies: `vm-only` is
 //! `mode: Never` everywhere; `aci-always` (the AKS virtual node's default) is
@@ -184,7 +185,9 @@ enum Phase {
 struct DrainCfg {
     after: u64,
     per_minute: u32,
-    policy: usize,
+    /// Index of the namespace's eviction log: like the autoscaler, the
+    /// per-minute limit counts every drain-back in the namespace.
+    namespace: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +276,7 @@ struct World<'a> {
     tokens_at: u64,
     nodes_requested: Vec<u64>,
     provision_sum: Vec<(u64, u64)>,
-    drain_policies: BTreeMap<String, usize>,
+    drain_namespaces: BTreeMap<String, usize>,
     drain_log: Vec<VecDeque<u64>>,
     // measurements
     events: u64,
@@ -362,7 +365,7 @@ impl<'a> World<'a> {
             tokens_at: 0,
             nodes_requested: vec![0; sc.pools.len()],
             provision_sum: vec![(0, 0); sc.pools.len()],
-            drain_policies: BTreeMap::new(),
+            drain_namespaces: BTreeMap::new(),
             drain_log: Vec::new(),
             events: 0,
             starts: 0,
@@ -652,15 +655,18 @@ impl<'a> World<'a> {
                 .for_pod(&spec.namespace, &spec.labels)
                 .filter(|pol| pol.drain_back.enabled)
                 .map(|pol| {
-                    let next = self.drain_policies.len();
-                    let idx = *self.drain_policies.entry(pol.id()).or_insert(next);
+                    let next = self.drain_namespaces.len();
+                    let idx = *self
+                        .drain_namespaces
+                        .entry(spec.namespace.to_string())
+                        .or_insert(next);
                     if idx == self.drain_log.len() {
                         self.drain_log.push(VecDeque::new());
                     }
                     DrainCfg {
                         after: pol.drain_back.after.millis(),
                         per_minute: pol.drain_back.max_per_minute,
-                        policy: idx,
+                        namespace: idx,
                     }
                 }),
             _ => None,
@@ -1006,7 +1012,7 @@ impl<'a> World<'a> {
             let Some(d) = self.pods[p as usize].aci.and_then(|a| a.drain) else {
                 continue;
             };
-            let log = &mut self.drain_log[d.policy];
+            let log = &mut self.drain_log[d.namespace];
             while log.front().is_some_and(|&t| t + 60_000 <= self.now) {
                 log.pop_front();
             }
