@@ -165,6 +165,33 @@ fn holder(srv: &TestApiServer) -> Option<String> {
         .holder_identity
 }
 
+/// The rest of the cluster: the test scheduler (calling the extender at
+/// `extender`), a kubelet for every node but `kubelet_skips`, and the
+/// ReplicaSet `web/web` keeping `replicas` pods of `template`.
+fn cluster_actors(
+    srv: &TestApiServer,
+    extender: String,
+    bindings: Bindings,
+    kubelet_skips: BTreeSet<String>,
+    replicas: Arc<AtomicUsize>,
+    template: Pod,
+    created: Arc<Mutex<usize>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(actors::scheduler(srv.client(), extender, bindings)),
+        tokio::spawn(actors::kubelet_except(srv.client(), kubelet_skips)),
+        tokio::spawn(actors::replicaset(
+            srv.client(),
+            "web".into(),
+            "web".into(),
+            "rs-web-uid".into(),
+            replicas,
+            template,
+            created,
+        )),
+    ]
+}
+
 /// One VM node, full, and the virtual node.
 async fn full_cluster() -> TestApiServer {
     let srv = TestApiServer::builder()
@@ -256,23 +283,16 @@ async fn burst_then_drain_back_with_a_leader_change() {
             }]);
         }
     }
-    let actors = vec![
-        tokio::spawn(actors::scheduler(srv.client(), extender, bindings.clone())),
+    let actors = cluster_actors(
+        &srv,
+        extender,
+        bindings.clone(),
         // spillway's provider is the virtual node's kubelet.
-        tokio::spawn(actors::kubelet_except(
-            srv.client(),
-            BTreeSet::from([VIRTUAL.to_string()]),
-        )),
-        tokio::spawn(actors::replicaset(
-            srv.client(),
-            "web".into(),
-            "web".into(),
-            "rs-web-uid".into(),
-            Arc::new(AtomicUsize::new(REPLICAS)),
-            template,
-            created.clone(),
-        )),
-    ];
+        BTreeSet::from([VIRTUAL.to_string()]),
+        Arc::new(AtomicUsize::new(REPLICAS)),
+        template,
+        created.clone(),
+    );
     let started = Instant::now();
 
     // 1. VMs are full: every replica bursts, but only after spillAfter (3 s;
@@ -453,23 +473,15 @@ async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
         s.scheduler_name = Some(SCHEDULER_NAME.into());
     }
     let created = Arc::new(Mutex::new(0usize));
-    let actors = vec![
-        tokio::spawn(actors::scheduler(
-            srv.client(),
-            extender,
-            Bindings::default(),
-        )),
-        tokio::spawn(actors::kubelet(srv.client())),
-        tokio::spawn(actors::replicaset(
-            srv.client(),
-            "web".into(),
-            "web".into(),
-            "rs-web-uid".into(),
-            Arc::new(AtomicUsize::new(4)),
-            template,
-            created,
-        )),
-    ];
+    let actors = cluster_actors(
+        &srv,
+        extender,
+        Bindings::default(),
+        BTreeSet::new(),
+        Arc::new(AtomicUsize::new(4)),
+        template,
+        created,
+    );
     eventually("the replicas exist", || web_pods(&srv).len() == 4).await;
     // Well past spillAfter (3 s): the engine says burst, nobody retries.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -546,23 +558,15 @@ async fn scale_in_removes_the_burst_replicas_first() {
     }
     let replicas = Arc::new(AtomicUsize::new(ON_VM + BURST));
     let created = Arc::new(Mutex::new(0usize));
-    let actors = vec![
-        tokio::spawn(actors::scheduler(
-            srv.client(),
-            extender,
-            Bindings::default(),
-        )),
-        tokio::spawn(actors::kubelet(srv.client())),
-        tokio::spawn(actors::replicaset(
-            srv.client(),
-            "web".into(),
-            "web".into(),
-            "rs-web-uid".into(),
-            replicas.clone(),
-            template,
-            created.clone(),
-        )),
-    ];
+    let actors = cluster_actors(
+        &srv,
+        extender,
+        Bindings::default(),
+        BTreeSet::new(),
+        replicas.clone(),
+        template,
+        created.clone(),
+    );
 
     eventually(
         "4 replicas on vm-1, 2 on the virtual node, all Running and Ready",

@@ -168,6 +168,31 @@ async fn world_at(emulator: EmulatorConfig) -> World {
     World { srv, emu, aci }
 }
 
+/// From now on every call of these ACI operations hangs for `ms`, then
+/// gets a gateway timeout (the work itself is done).
+fn hang(w: &World, ops: &[&str], ms: u64) {
+    let operations = ops
+        .iter()
+        .map(|op| {
+            (
+                op.to_string(),
+                OperationFaults {
+                    timeout_rate: 1.0,
+                    ..OperationFaults::default()
+                },
+            )
+        })
+        .collect();
+    w.emu
+        .state
+        .set_faults(Faults {
+            operations,
+            hang_ms: ms,
+            ..Faults::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn app_pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -1192,24 +1217,7 @@ async fn the_node_lease_keeps_renewing_while_aci_hangs() {
             .and_then(|s| s.renew_time)
     };
     eventually("lease created", || async { renew().is_some() }).await;
-    let mut ops = BTreeMap::new();
-    for op in ["usage", "list", "get"] {
-        ops.insert(
-            op.to_string(),
-            OperationFaults {
-                timeout_rate: 1.0,
-                ..OperationFaults::default()
-            },
-        );
-    }
-    w.emu
-        .state
-        .set_faults(Faults {
-            operations: ops,
-            hang_ms: 4000,
-            ..Faults::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+    hang(&w, &["usage", "list", "get"], 4000);
     // Let the hung calls start, then demand two renewals well inside one hang.
     tokio::time::sleep(Duration::from_millis(400)).await; // lets hung calls begin; the checks below poll
     for _ in 0..2 {
@@ -1260,24 +1268,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
             .and_then(|s| s.renew_time)
     };
     // Every list (and the quota read) hangs far longer than the test waits.
-    let mut ops = BTreeMap::new();
-    for op in ["list", "usage"] {
-        ops.insert(
-            op.to_string(),
-            OperationFaults {
-                timeout_rate: 1.0,
-                ..OperationFaults::default()
-            },
-        );
-    }
-    w.emu
-        .state
-        .set_faults(Faults {
-            operations: ops,
-            hang_ms: 30_000,
-            ..Faults::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+    hang(&w, &["list", "usage"], 30_000);
     let lists_before = lists_seen(&w);
     eventually("a list is hanging", || async {
         lists_seen(&w) > lists_before
