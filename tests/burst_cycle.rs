@@ -165,6 +165,30 @@ fn holder(srv: &TestApiServer) -> Option<String> {
         .holder_identity
 }
 
+/// The ReplicaSet's pod template: a 500m web server for the spillway
+/// scheduler that tolerates the virtual node (with `publicIp: auto` its
+/// container group gets a public IP because it has a port).
+fn web_template() -> Pod {
+    let mut template = pod()
+        .ns("web")
+        .label("app", "web")
+        .cpu("500m")
+        .memory("512Mi")
+        .tolerate_virtual()
+        .build();
+    if let Some(s) = template.spec.as_mut() {
+        s.scheduler_name = Some(SCHEDULER_NAME.into());
+        s.termination_grace_period_seconds = Some(1);
+        for c in &mut s.containers {
+            c.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                container_port: 80,
+                ..Default::default()
+            }]);
+        }
+    }
+    template
+}
+
 /// The rest of the cluster: the test scheduler (calling the extender at
 /// `extender`), a kubelet for every node but `kubelet_skips`, and the
 /// ReplicaSet `web/web` keeping `replicas` pods of `template`.
@@ -265,24 +289,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
     // The rest of the cluster.
     let bindings = Bindings::default();
     let created = Arc::new(Mutex::new(0usize));
-    let mut template = pod()
-        .ns("web")
-        .label("app", "web")
-        .cpu("500m")
-        .memory("512Mi")
-        .tolerate_virtual()
-        .build();
-    if let Some(s) = template.spec.as_mut() {
-        s.scheduler_name = Some(SCHEDULER_NAME.into());
-        s.termination_grace_period_seconds = Some(1);
-        // A web server: with `publicIp: auto` its group gets a public IP.
-        for c in &mut s.containers {
-            c.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
-                container_port: 80,
-                ..Default::default()
-            }]);
-        }
-    }
+    let template = web_template();
     let actors = cluster_actors(
         &srv,
         extender,
@@ -462,16 +469,7 @@ async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string();
     let inst = start(&srv, "dry", listener, &["--dry-run"]).await;
-    let mut template = pod()
-        .ns("web")
-        .label("app", "web")
-        .cpu("500m")
-        .memory("512Mi")
-        .tolerate_virtual()
-        .build();
-    if let Some(s) = template.spec.as_mut() {
-        s.scheduler_name = Some(SCHEDULER_NAME.into());
-    }
+    let template = web_template();
     let created = Arc::new(Mutex::new(0usize));
     let actors = cluster_actors(
         &srv,
@@ -545,17 +543,7 @@ async fn scale_in_removes_the_burst_replicas_first() {
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string();
     let inst = start(&srv, "solo", listener, &[]).await;
-    let mut template = pod()
-        .ns("web")
-        .label("app", "web")
-        .cpu("500m")
-        .memory("512Mi")
-        .tolerate_virtual()
-        .build();
-    if let Some(s) = template.spec.as_mut() {
-        s.scheduler_name = Some(SCHEDULER_NAME.into());
-        s.termination_grace_period_seconds = Some(1);
-    }
+    let template = web_template();
     let replicas = Arc::new(AtomicUsize::new(ON_VM + BURST));
     let created = Arc::new(Mutex::new(0usize));
     let actors = cluster_actors(
