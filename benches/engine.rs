@@ -5,12 +5,13 @@
 //!
 //! Baseline in the same run: the pass's VM first fit (every pending pod takes
 //! room on the lowest-index node of its pool that fits) done by the engine's
-//! `FitIndex` and by a naive per-pod scan over all nodes, on the same
-//! snapshot; both must place every pod alike.
+//! `GroupedFit` (an index over all nodes and one per pool) and by a naive
+//! per-pod scan over all nodes, on the same snapshot; both must place every
+//! pod alike.
 //!
 //! `cargo bench --bench engine` (release). Env: `SPILLWAY_BENCH_ITERS` (default 20).
 
-use spillway::decision::fit::FitIndex;
+use spillway::decision::fit::GroupedFit;
 use spillway::decision::{BurstUsage, Engine, PendingPod, Snapshot, VmNode, VmPool};
 use spillway::policy::{BurstPolicy, PolicySet};
 use spillway::units::{Duration, GIB, MIB, Resources, Timestamp};
@@ -198,15 +199,14 @@ fn fit_input(snap: &Snapshot) -> FitInput {
 
 /// First fit through the engine's segment tree.
 fn first_fit_indexed(inp: &FitInput) -> Vec<Option<usize>> {
-    let mut fit = FitIndex::new(inp.room.clone());
+    // As the engine does: one index over all nodes and one per pool.
+    let groups: Vec<u64> = inp.node_pool.iter().map(|&p| p as u64).collect();
+    let mut fit = GroupedFit::new(inp.room.clone(), &groups);
     inp.requests
         .iter()
         .zip(&inp.wanted)
         .map(|(req, wanted)| {
-            // As the engine does: failures remembered per pool asked for.
-            let key = wanted.map_or(0, |w| w as u64 + 1);
-            let i =
-                fit.first_fit_keyed(req, key, |i| wanted.is_none_or(|w| inp.node_pool[i] == w))?;
+            let i = fit.first_fit(req, wanted.map(|w| w as u64))?;
             fit.take(i, req);
             Some(i)
         })

@@ -106,6 +106,66 @@ impl FitIndex {
     }
 }
 
+/// First fit over all nodes, or over one group's nodes (a pool's), in node
+/// order either way. Each group keeps an index of its own, so a search for
+/// a pool never walks the room of other pools (a filter applied only at the
+/// leaves of one shared tree would).
+pub struct GroupedFit {
+    all: FitIndex,
+    /// Group → its members' node indexes, in order, and their index.
+    groups: HashMap<u64, (Vec<usize>, FitIndex)>,
+    /// Node → (its group, its position in the group).
+    member: Vec<(u64, usize)>,
+}
+
+impl GroupedFit {
+    /// `group[i]` is node `i`'s group.
+    pub fn new(room: Vec<Resources>, group: &[u64]) -> Self {
+        let mut members: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut member = Vec::with_capacity(room.len());
+        for i in 0..room.len() {
+            let g = group.get(i).copied().unwrap_or(u64::MAX);
+            let ids = members.entry(g).or_default();
+            member.push((g, ids.len()));
+            ids.push(i);
+        }
+        let groups = members
+            .into_iter()
+            .map(|(g, ids)| {
+                let index = FitIndex::new(ids.iter().map(|&i| room[i]).collect());
+                (g, (ids, index))
+            })
+            .collect();
+        GroupedFit {
+            all: FitIndex::new(room),
+            groups,
+            member,
+        }
+    }
+
+    /// The lowest-index node with room for `req`, among `group`'s nodes
+    /// when one is given (none when no node is in that group).
+    pub fn first_fit(&mut self, req: &Resources, group: Option<u64>) -> Option<usize> {
+        match group {
+            None => self.all.first_fit_keyed(req, 0, |_| true),
+            Some(g) => {
+                let (ids, index) = self.groups.get_mut(&g)?;
+                index.first_fit_keyed(req, 0, |_| true).map(|l| ids[l])
+            }
+        }
+    }
+
+    /// Subtract `req` from node `i`'s room.
+    pub fn take(&mut self, i: usize, req: &Resources) {
+        self.all.take(i, req);
+        if let Some(&(g, local)) = self.member.get(i)
+            && let Some((_, index)) = self.groups.get_mut(&g)
+        {
+            index.take(local, req);
+        }
+    }
+}
+
 fn merge(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.max(b.0), a.1.max(b.1))
 }
@@ -162,6 +222,42 @@ mod tests {
                 let want = (0..naive.len()).find(|&i| allowed(i) && req.fits_in(&naive[i]));
                 let got = idx.first_fit_keyed(&req, key, allowed);
                 assert_eq!(got, want, "round {round}, {req:?} key {key}");
+                if let Some(i) = got {
+                    idx.take(i, &req);
+                    naive[i] = naive[i].saturating_sub(&req);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_search_agrees_with_a_naive_scan_as_room_shrinks() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..50 {
+            let nodes = 1 + next(40) as usize;
+            let room: Vec<Resources> = (0..nodes)
+                .map(|_| Resources::new(next(8) * 500, next(8) << 30))
+                .collect();
+            let group: Vec<u64> = (0..nodes).map(|_| next(3)).collect();
+            let mut idx = GroupedFit::new(room.clone(), &group);
+            let mut naive = room;
+            for _ in 0..200 {
+                let req = Resources::new(next(5) * 500, next(5) << 30);
+                // None: any node; Some(3): a group no node is in.
+                let wanted = match next(5) {
+                    4 => None,
+                    g => Some(g),
+                };
+                let want = (0..naive.len())
+                    .find(|&i| wanted.is_none_or(|g| group[i] == g) && req.fits_in(&naive[i]));
+                let got = idx.first_fit(&req, wanted);
+                assert_eq!(got, want, "round {round}, {req:?} in {wanted:?}");
                 if let Some(i) = got {
                     idx.take(i, &req);
                     naive[i] = naive[i].saturating_sub(&req);

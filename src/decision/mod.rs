@@ -15,7 +15,7 @@ pub use reason::{Reason, Verdict};
 
 use crate::policy::{BurstMode, BurstPolicy, PolicySet};
 use crate::units::{Duration, GIB, MIB, Resources, Timestamp};
-use fit::FitIndex;
+use fit::GroupedFit;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -301,8 +301,7 @@ struct Pass<'a> {
     engine: &'a Engine,
     snap: &'a Snapshot,
     use_vm_room: bool,
-    vm_room: FitIndex,
-    node_pool: Vec<usize>,
+    vm_room: GroupedFit,
     pool_index: BTreeMap<&'a str, usize>,
     future: Vec<FutureNode>,
     /// Nodes each pool may still add (max - existing - upcoming - added this pass).
@@ -355,8 +354,10 @@ impl<'a> Pass<'a> {
             engine,
             snap,
             use_vm_room,
-            vm_room: FitIndex::new(room),
-            node_pool,
+            vm_room: GroupedFit::new(
+                room,
+                &node_pool.iter().map(|&p| p as u64).collect::<Vec<_>>(),
+            ),
             pool_index,
             future,
             headroom,
@@ -378,17 +379,13 @@ impl<'a> Pass<'a> {
         if !self.use_vm_room {
             return None;
         }
-        let node_pool = &self.node_pool;
         let pool_index = &self.pool_index;
+        // An unknown pool is a group no node is in: nothing fits.
         let wanted = pod
             .pool
             .as_deref()
-            .map(|p| pool_index.get(p).copied().unwrap_or(usize::MAX - 1));
-        // Key: the pool asked for (0 = any), so failures are remembered per pool.
-        let key = wanted.map_or(0, |w| w as u64 + 1);
-        let idx = self.vm_room.first_fit_keyed(&pod.requests, key, |i| {
-            wanted.is_none_or(|w| node_pool[i] == w)
-        })?;
+            .map(|p| pool_index.get(p).map_or(u64::MAX - 1, |&i| i as u64));
+        let idx = self.vm_room.first_fit(&pod.requests, wanted)?;
         self.vm_room.take(idx, &pod.requests);
         self.last_node = Some(idx);
         Some(idx)
