@@ -8,8 +8,9 @@
 //! nodes are fragmented a request that fits nowhere may still walk much of
 //! the tree. Room only ever shrinks ([`FitIndex::take`]), so a request that
 //! found no node never will, and neither will any request at least as large
-//! in both resources: [`FitIndex::first_fit_keyed`] remembers the smallest
-//! such failures per constraint key and answers those at once.
+//! in both resources: [`FitIndex::first_fit_any`] remembers the smallest such
+//! failures and answers those at once. [`GroupedFit`] keeps such an index
+//! over all nodes and one per pool, so a pool's search needs no filter.
 
 use crate::units::Resources;
 use std::collections::HashMap;
@@ -19,9 +20,9 @@ pub struct FitIndex {
     room: Vec<Resources>,
     /// (max cpu, max memory) per tree node; leaves at `size..size + n`.
     tree: Vec<(u64, u64)>,
-    /// Constraint key → requests that fit no node (only the minimal ones:
-    /// none is at least as large as another in both resources).
-    failed: HashMap<u64, Vec<Resources>>,
+    /// Requests that fit no node, for [`FitIndex::first_fit_any`] (only the
+    /// minimal ones: none is at least as large as another in both resources).
+    failed: Vec<Resources>,
 }
 
 impl FitIndex {
@@ -38,37 +39,26 @@ impl FitIndex {
             size,
             room,
             tree,
-            failed: HashMap::new(),
+            failed: Vec::new(),
         }
     }
 
-    /// [`FitIndex::first_fit`] for callers whose `allowed` is the same
-    /// function every time they pass the same `key` (e.g. "nodes of pool
-    /// k"). A request at least as large as one that already failed under
-    /// `key` fails without a search.
-    pub fn first_fit_keyed(
-        &mut self,
-        req: &Resources,
-        key: u64,
-        allowed: impl Fn(usize) -> bool,
-    ) -> Option<usize> {
+    /// The lowest-index node with room for `req`, any node allowed. A
+    /// request at least as large as one that already fit nowhere fails
+    /// without a search.
+    pub fn first_fit_any(&mut self, req: &Resources) -> Option<usize> {
         let covers =
             |f: &Resources| f.cpu_millis <= req.cpu_millis && f.memory_bytes <= req.memory_bytes;
-        if self
-            .failed
-            .get(&key)
-            .is_some_and(|front| front.iter().any(covers))
-        {
+        if self.failed.iter().any(covers) {
             return None;
         }
-        let found = self.first_fit(req, allowed);
+        let found = self.first_fit(req, |_| true);
         if found.is_none() {
-            let front = self.failed.entry(key).or_default();
             // `req` is minimal among the failures now: drop those it covers.
-            front.retain(|f| {
+            self.failed.retain(|f| {
                 !(req.cpu_millis <= f.cpu_millis && req.memory_bytes <= f.memory_bytes)
             });
-            front.push(*req);
+            self.failed.push(*req);
         }
         found
     }
@@ -147,10 +137,10 @@ impl GroupedFit {
     /// when one is given (none when no node is in that group).
     pub fn first_fit(&mut self, req: &Resources, group: Option<u64>) -> Option<usize> {
         match group {
-            None => self.all.first_fit_keyed(req, 0, |_| true),
+            None => self.all.first_fit_any(req),
             Some(g) => {
                 let (ids, index) = self.groups.get_mut(&g)?;
-                index.first_fit_keyed(req, 0, |_| true).map(|l| ids[l])
+                index.first_fit_any(req).map(|l| ids[l])
             }
         }
     }
@@ -197,41 +187,8 @@ mod tests {
     }
 
     #[test]
-    fn keyed_search_agrees_with_a_naive_scan_as_room_shrinks() {
-        // A small deterministic generator (no test dependency on `rand`).
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
-        for round in 0..50 {
-            let nodes = 1 + next(40) as usize;
-            let room: Vec<Resources> = (0..nodes)
-                .map(|_| Resources::new(next(8) * 500, next(8) << 30))
-                .collect();
-            let pool: Vec<u64> = (0..nodes).map(|_| next(3)).collect();
-            let mut idx = FitIndex::new(room.clone());
-            let mut naive = room;
-            for _ in 0..200 {
-                let req = Resources::new(next(5) * 500, next(5) << 30);
-                // Key 0: any node; key k > 0: nodes of pool k - 1.
-                let key = next(4);
-                let allowed = |i: usize| key == 0 || pool[i] == key - 1;
-                let want = (0..naive.len()).find(|&i| allowed(i) && req.fits_in(&naive[i]));
-                let got = idx.first_fit_keyed(&req, key, allowed);
-                assert_eq!(got, want, "round {round}, {req:?} key {key}");
-                if let Some(i) = got {
-                    idx.take(i, &req);
-                    naive[i] = naive[i].saturating_sub(&req);
-                }
-            }
-        }
-    }
-
-    #[test]
     fn grouped_search_agrees_with_a_naive_scan_as_room_shrinks() {
+        // A small deterministic generator (no test dependency on `rand`).
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = |n: u64| {
             state ^= state << 13;

@@ -321,14 +321,14 @@ impl<'a> Pass<'a> {
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
         // The extender's case never looks at VM room: skip indexing thousands of nodes.
-        let (room, node_pool): (Vec<Resources>, Vec<usize>) = if use_vm_room {
+        // Each node's group is its pool's index (u64::MAX: a pool the snapshot lacks).
+        let (room, node_pool): (Vec<Resources>, Vec<u64>) = if use_vm_room {
             snap.nodes
                 .iter()
                 .map(|n| {
                     let pool = pool_index
                         .get(n.pool.as_str())
-                        .copied()
-                        .unwrap_or(usize::MAX);
+                        .map_or(u64::MAX, |&i| i as u64);
                     (n.free_room(), pool)
                 })
                 .unzip()
@@ -354,10 +354,7 @@ impl<'a> Pass<'a> {
             engine,
             snap,
             use_vm_room,
-            vm_room: GroupedFit::new(
-                room,
-                &node_pool.iter().map(|&p| p as u64).collect::<Vec<_>>(),
-            ),
+            vm_room: GroupedFit::new(room, &node_pool),
             pool_index,
             future,
             headroom,
