@@ -38,7 +38,7 @@ use crate::units::{Duration, Resources, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Default name of the reservations ConfigMap (in spillway's namespace).
 pub const DEFAULT_NAME: &str = "spillway-burst-reservations";
@@ -151,12 +151,16 @@ pub fn outstanding(
     view: &ClusterState,
     now: Timestamp,
 ) -> BTreeMap<String, Reservation> {
-    if entries.is_empty() {
-        return BTreeMap::new();
-    }
-    // Keys of pods whose placement the view already accounts for.
-    let mut settled: HashMap<String, bool> = HashMap::new();
+    let mut live: BTreeMap<String, Reservation> = entries
+        .iter()
+        .filter(|(_, r)| now < r.at().plus(FORGET_AFTER))
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    // Drop those whose pod the view already accounts for: bound or finished.
     for pod in &view.pods {
+        if live.is_empty() {
+            break;
+        }
         let bound = pod
             .spec
             .as_ref()
@@ -166,15 +170,12 @@ pub fn outstanding(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        if bound || finished {
-            settled.insert(reservation_key(pod), true);
+        if !(bound || finished) {
+            continue;
         }
+        live.remove(&reservation_key(pod));
     }
-    entries
-        .iter()
-        .filter(|(k, r)| now < r.at().plus(FORGET_AFTER) && !settled.contains_key(*k))
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .collect()
+    live
 }
 
 /// `usage` plus `entries`, except the one under `skip`.
