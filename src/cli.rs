@@ -21,13 +21,33 @@ pub fn policy_check(dir: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            eprintln!("{} error(s) in {}", errors.0.len(), dir.display());
+            report_policy_errors(&errors, dir, "");
             ExitCode::from(EXIT_BAD_INPUT)
         }
     }
+}
+
+/// Print every policy error, then `{prefix}N error(s) in DIR`.
+pub fn report_policy_errors(errors: &crate::policy::PolicyErrors, dir: &Path, prefix: &str) {
+    for e in &errors.0 {
+        eprintln!("{e}");
+    }
+    eprintln!("{prefix}{} error(s) in {}", errors.0.len(), dir.display());
+}
+
+/// Open the hot-reloaded policy store of a long-running role; on errors
+/// report them (see [`report_policy_errors`]) and give the exit code.
+pub fn open_policy_store(
+    dir: &Path,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    prefix: &str,
+) -> Result<std::sync::Arc<crate::policy::reload::PolicyStore>, ExitCode> {
+    crate::policy::reload::PolicyStore::open(dir, metrics)
+        .map(std::sync::Arc::new)
+        .map_err(|errors| {
+            report_policy_errors(&errors, dir, prefix);
+            ExitCode::from(EXIT_BAD_INPUT)
+        })
 }
 
 /// Output format of commands that print results.

@@ -136,19 +136,13 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     }
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
-        let store = match PolicyStore::open(&cmd.policies, metrics.clone()) {
-            Ok(s) => Arc::new(s),
-            Err(errors) => {
-                for e in &errors.0 {
-                    eprintln!("{e}");
-                }
-                eprintln!(
-                    "spillway run: --policies: {} error(s) in {}",
-                    errors.0.len(),
-                    cmd.policies.display()
-                );
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
+        let store = match crate::cli::open_policy_store(
+            &cmd.policies,
+            metrics.clone(),
+            "spillway run: --policies: ",
+        ) {
+            Ok(s) => s,
+            Err(code) => return code,
         };
         let config = match cmd.kube.config().await {
             Ok(c) => c,

@@ -7,7 +7,6 @@ use crate::autoscaler::pools::ProvisionLearner;
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterView};
 use crate::metrics::Metrics;
-use crate::policy::reload::PolicyStore;
 use crate::units::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,18 +71,13 @@ pub fn run(cmd: ExtenderCommand) -> ExitCode {
 
 async fn run_async(cmd: ExtenderCommand) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
-    let store = match PolicyStore::open(&cmd.policies, metrics.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{e}");
-            }
-            return bad_input(format!(
-                "{} error(s) in {}",
-                errors.0.len(),
-                cmd.policies.display()
-            ));
-        }
+    let store = match crate::cli::open_policy_store(
+        &cmd.policies,
+        metrics.clone(),
+        "spillway extender: ",
+    ) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let config = cmd.cluster_config();
     let mut shared = None;
