@@ -54,14 +54,10 @@ async fn eventually(what: &str, check: impl FnMut() -> bool) {
 }
 
 fn policies_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("burst-cycle-policies");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(
-        dir.join("web.yaml"),
+    support::policy_dir(
+        "burst-cycle-policies",
         "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  burst: { mode: Auto, spillAfter: 3s, maxVmWait: 10m }\n  drainBack: { enabled: true, after: 2s, maxPerMinute: 600 }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    dir
 }
 
 struct Instance {

@@ -1495,13 +1495,10 @@ async fn a_missing_config_map_holds_the_pod_until_it_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_selecting_policys_aci_section_shapes_the_group() {
     let w = world().await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-aci-policies");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(
-        dir.join("web.yaml"),
+    let dir = support::policy_dir(
+        "provider-aci-policies",
         "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  podSelector: { matchLabels: { app: web } }\n  burst: { mode: Auto, spillAfter: 30s, maxVmWait: 2m }\n  aci: { publicIp: auto, dnsNameLabel: \"{{namespace}}-{{name}}-pub\" }\n",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
         spillway::policy::reload::PolicyStore::open(&dir, metrics)

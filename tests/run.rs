@@ -29,14 +29,10 @@ async fn eventually(check: impl FnMut() -> bool) -> bool {
 }
 
 fn policies_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run-policies");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(
-        dir.join("web.yaml"),
+    support::policy_dir(
+        "run-policies",
         "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  burst: { mode: Auto, spillAfter: 30s, maxVmWait: 2m }\n  drainBack: { enabled: true, after: 5m }\n",
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    dir
 }
 
 fn seed(srv: &TestApiServer) {

@@ -33,3 +33,12 @@ pub async fn poll_until(within: std::time::Duration, mut check: impl FnMut() -> 
     }
     check()
 }
+
+/// A policy directory `name` under the test binary's temporary directory,
+/// holding `web.yaml` with `policy` (the same path each run, rewritten).
+pub fn policy_dir(name: &str, policy: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::write(dir.join("web.yaml"), policy).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
