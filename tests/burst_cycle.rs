@@ -60,6 +60,18 @@ fn policies_dir() -> std::path::PathBuf {
     )
 }
 
+/// A listener on a free loopback port, and its `host:port`.
+async fn loopback() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    (listener, addr)
+}
+
 struct Instance {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), spillway::run::RunError>>,
@@ -243,16 +255,8 @@ async fn burst_then_drain_back_with_a_leader_change() {
     srv.insert(&pdb);
 
     // spillway: a leader and a standby, both serving the extender.
-    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let extender = lb
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
+    let (la, _) = loopback().await;
+    let (lb, extender) = loopback().await;
     // ACI: one emulator both replicas' providers talk to (the leader's is
     // the virtual node), 50 times faster than the real lifecycle.
     let emu = Emulator::start(EmulatorConfig {
@@ -457,13 +461,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
     let srv = full_cluster().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let extender = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
+    let (listener, extender) = loopback().await;
     let inst = start(&srv, "dry", listener, &["--dry-run"]).await;
     let template = web_template();
     let created = Arc::new(Mutex::new(0usize));
@@ -531,13 +529,7 @@ async fn scale_in_removes_the_burst_replicas_first() {
     let srv = full_cluster().await;
     // Room for exactly ON_VM replicas of 500m beside the full vm-0.
     srv.insert(&node("vm-1").pool("user").cpu("2").memory("16Gi").build());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let extender = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
+    let (listener, extender) = loopback().await;
     let inst = start(&srv, "solo", listener, &[]).await;
     let template = web_template();
     let replicas = Arc::new(AtomicUsize::new(ON_VM + BURST));
