@@ -168,29 +168,31 @@ async fn world_at(emulator: EmulatorConfig) -> World {
     World { srv, emu, aci }
 }
 
-/// From now on every call of these ACI operations hangs for `ms`, then
-/// gets a gateway timeout (the work itself is done).
-fn hang(w: &World, ops: &[&str], ms: u64) {
-    let operations = ops
-        .iter()
-        .map(|op| {
-            (
-                op.to_string(),
-                OperationFaults {
-                    timeout_rate: 1.0,
-                    ..OperationFaults::default()
-                },
-            )
-        })
-        .collect();
+/// From now on every call of the ACI operations `ops` (`*`: all) meets
+/// `faults`; hung calls hang for `hang_ms` (default: the emulator's).
+fn fault_ops(w: &World, ops: &[&str], faults: OperationFaults, hang_ms: Option<u64>) {
+    let defaults = Faults::default();
     w.emu
         .state
         .set_faults(Faults {
-            operations,
-            hang_ms: ms,
-            ..Faults::default()
+            operations: ops
+                .iter()
+                .map(|op| (op.to_string(), faults.clone()))
+                .collect(),
+            hang_ms: hang_ms.unwrap_or(defaults.hang_ms),
+            ..defaults
         })
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// From now on every call of these ACI operations hangs for `ms`, then
+/// gets a gateway timeout (the work itself is done).
+fn hang(w: &World, ops: &[&str], ms: u64) {
+    let hung = OperationFaults {
+        timeout_rate: 1.0,
+        ..OperationFaults::default()
+    };
+    fault_ops(w, ops, hung, Some(ms));
 }
 
 fn app_pod(name: &str) -> Pod {
@@ -738,23 +740,13 @@ async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arm_error_storm_still_runs_every_pod_once() {
     let w = world().await;
-    let mut ops = BTreeMap::new();
-    ops.insert(
-        "*".to_string(),
-        OperationFaults {
-            // Every 429 pauses its whole lane for Retry-After (1 s).
-            error_rate: 0.25,
-            throttle_rate: 0.1,
-            ..OperationFaults::default()
-        },
-    );
-    w.emu
-        .state
-        .set_faults(Faults {
-            operations: ops,
-            ..Faults::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let storm = OperationFaults {
+        // Every 429 pauses its whole lane for Retry-After (1 s).
+        error_rate: 0.25,
+        throttle_rate: 0.1,
+        ..OperationFaults::default()
+    };
+    fault_ops(&w, &["*"], storm, None);
     let p = start(&w.srv, w.aci.clone(), None);
     let names: Vec<String> = (0..12).map(|i| format!("storm-{i}")).collect();
     for n in &names {
@@ -918,21 +910,11 @@ async fn the_node_goes_not_ready_while_aci_is_unreachable_and_recovers() {
         ready_condition(&w.srv).map(|r| r.0).as_deref() == Some("True")
     })
     .await;
-    let mut ops = BTreeMap::new();
-    ops.insert(
-        "*".to_string(),
-        OperationFaults {
-            error_rate: 1.0,
-            ..OperationFaults::default()
-        },
-    );
-    w.emu
-        .state
-        .set_faults(Faults {
-            operations: ops,
-            ..Faults::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let down = OperationFaults {
+        error_rate: 1.0,
+        ..OperationFaults::default()
+    };
+    fault_ops(&w, &["*"], down, None);
     eventually("node NotReady with the ACI reason", || async {
         ready_condition(&w.srv)
             == Some((
