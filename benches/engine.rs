@@ -3,6 +3,11 @@
 //! smaller tiers for scale. Plain timing loop; writes
 //! `target/spillway-bench/engine.json`.
 //!
+//! The snapshot has AKS-like node classes (pool and zone labels, a tainted
+//! gpu pool) and pods with the API server's default tolerations, some
+//! pinned to a pool by nodeSelector or required affinity, some to zones,
+//! some tolerating the gpu taint: the pass judges placements per class.
+//!
 //! Baseline in the same run: the pass's VM first fit (every pending pod takes
 //! room on the lowest-index node of its pool that fits) done by the engine's
 //! `GroupedFit` (an index over all nodes and one per pool) and by a naive
@@ -12,7 +17,12 @@
 //! `cargo bench --bench engine` (release). Env: `SPILLWAY_BENCH_ITERS` (default 20).
 
 use spillway::decision::fit::GroupedFit;
-use spillway::decision::{BurstUsage, Engine, PendingPod, Snapshot, VmNode, VmPool};
+use spillway::decision::placement::{
+    NodeTerm, Operator, Requirement, Taint, TaintEffect, Toleration, TolerationOperator,
+};
+use spillway::decision::{
+    BurstUsage, Engine, NodeClass, PendingPod, Placement, Snapshot, VmNode, VmPool,
+};
 use spillway::policy::{BurstPolicy, PolicySet};
 use spillway::units::{Duration, GIB, MIB, Resources, Timestamp};
 use std::collections::BTreeMap;
@@ -50,7 +60,33 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
                 nodes: members as u32,
                 upcoming: Vec::new(),
                 provision_time: Some(Duration::from_secs(180 + 30 * p as u64)),
+                class: Some(p * 3),
             }
+        })
+        .collect();
+    // AKS-like node classes: pool and zone labels; the last pool is a
+    // tainted gpu pool.
+    let classes: std::sync::Arc<[NodeClass]> = (0..pools * 3)
+        .map(|c| {
+            let (p, zone) = (c / 3, c % 3 + 1);
+            let labels = BTreeMap::from([
+                ("agentpool".to_string(), format!("pool{p}")),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+                (
+                    "topology.kubernetes.io/zone".to_string(),
+                    format!("westeurope-{zone}"),
+                ),
+            ]);
+            let taints = if p == pools - 1 && pools > 1 {
+                vec![Taint {
+                    key: "sku".into(),
+                    value: "gpu".into(),
+                    effect: TaintEffect::NoSchedule,
+                }]
+            } else {
+                vec![]
+            };
+            NodeClass::new(labels, taints)
         })
         .collect();
     let vm_nodes: Vec<VmNode> = (0..nodes)
@@ -68,6 +104,8 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
                     a.memory_bytes * used_pct / 100,
                 ),
                 schedulable: rng.below(50) != 0,
+                // Three zones per pool, one class each.
+                class: (i % pools) * 3 + i % 3,
             }
         })
         .collect();
@@ -76,7 +114,7 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
             let ns = format!("ns{:03}", i % namespaces);
             let mut labels = BTreeMap::new();
             labels.insert("app".to_string(), format!("app{}", i % 7));
-            PendingPod {
+            let mut pod = PendingPod {
                 namespace: ns,
                 name: format!("pod-{i:06}"),
                 labels,
@@ -88,8 +126,60 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
                 pending_since: Timestamp::from_millis(NOW.millis() - rng.below(600_000) as i64),
                 tolerates_virtual: rng.below(10) != 0,
                 aci_incompatible: (rng.below(50) == 0).then(|| "uses hostNetwork".to_string()),
-                pool: (rng.below(5) == 0).then(|| format!("pool{}", rng.below(pools as u64))),
+                pool: None,
+                placement: Placement::default(),
+            };
+            // As the API server admits them: every pod tolerates not-ready and
+            // unreachable for a while (DefaultTolerationSeconds).
+            for key in [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable",
+            ] {
+                pod.placement.tolerations.push(Toleration {
+                    key: key.into(),
+                    operator: TolerationOperator::Exists,
+                    value: String::new(),
+                    effect: Some(TaintEffect::NoExecute),
+                });
             }
+            match rng.below(10) {
+                // Pinned to a pool: by nodeSelector or by required affinity.
+                0 => {
+                    let p = format!("pool{}", rng.below(pools as u64));
+                    pod.placement
+                        .node_selector
+                        .insert("agentpool".into(), p.clone());
+                    pod.pool = Some(p);
+                }
+                1 => {
+                    let p = format!("pool{}", rng.below(pools as u64));
+                    pod.placement.affinity = Some(vec![NodeTerm {
+                        expressions: vec![Requirement::new("agentpool", Operator::In, &[&p])],
+                        fields: vec![],
+                    }]);
+                    pod.pool = Some(p);
+                }
+                // A zone, through affinity.
+                2 => {
+                    pod.placement.affinity = Some(vec![NodeTerm {
+                        expressions: vec![Requirement::new(
+                            "topology.kubernetes.io/zone",
+                            Operator::In,
+                            &["westeurope-1", "westeurope-2"],
+                        )],
+                        fields: vec![],
+                    }]);
+                }
+                // Tolerates the gpu pool's taint.
+                3 => pod.placement.tolerations.push(Toleration {
+                    key: "sku".into(),
+                    operator: TolerationOperator::Equal,
+                    value: "gpu".into(),
+                    effect: None,
+                }),
+                _ => {}
+            }
+            pod
         })
         .collect();
     let burst_usage = (0..namespaces)
@@ -108,6 +198,7 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
         pending: pending_pods,
         burst_usage,
         aci_quota: Default::default(),
+        classes,
     }
 }
 

@@ -514,6 +514,7 @@ time: 2026-10-02 14:29:22.999645779 +0000 UTC
                 nodes: 4,
                 upcoming: vec![],
                 provision_time: None,
+                class: None,
             }],
             ..Snapshot::default()
         };

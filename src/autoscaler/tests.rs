@@ -19,6 +19,7 @@ fn node(name: &str, free_cpu: u64) -> VmNode {
         allocatable: Resources::new(4000, 16 * GIB),
         allocated: Resources::new(4000 - free_cpu, 4 * GIB),
         schedulable: true,
+        class: 0,
     }
 }
 
@@ -33,6 +34,7 @@ fn pending(name: &str, waited: i64) -> PendingPod {
         tolerates_virtual: true,
         aci_incompatible: None,
         pool: None,
+        placement: Default::default(),
     }
 }
 
@@ -96,10 +98,12 @@ impl Pass {
                     nodes: 1,
                     upcoming: vec![],
                     provision_time: Some(Duration::from_secs(60)),
+                    class: None,
                 }],
                 pending,
                 burst_usage: BTreeMap::new(),
                 aci_quota: AciQuota::default(),
+                classes: Default::default(),
             },
             policies: policies(true, 10),
             burst: vec![],

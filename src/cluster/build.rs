@@ -7,9 +7,9 @@
 
 use crate::units::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Container, HostPathVolumeSource, Node, NodeCondition, NodeSpec, NodeStatus,
-    PersistentVolumeClaimVolumeSource, Pod, PodCondition, PodSpec, PodStatus, ResourceRequirements,
-    SecurityContext, Taint, Toleration, Volume,
+    Container, HostPathVolumeSource, Node, NodeCondition, NodeSelectorRequirement,
+    NodeSelectorTerm, NodeSpec, NodeStatus, PersistentVolumeClaimVolumeSource, Pod, PodCondition,
+    PodSpec, PodStatus, ResourceRequirements, SecurityContext, Taint, Toleration, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -179,6 +179,31 @@ impl PodBuilder {
             .node_selector
             .get_or_insert_with(BTreeMap::new)
             .insert(k.into(), v.into());
+        self
+    }
+    /// Add `key operator values` to the first required node affinity term
+    /// (creating it): e.g. `require_node("agentpool", "In", &["nodepool1"])`.
+    pub fn require_node(mut self, key: &str, operator: &str, values: &[&str]) -> Self {
+        let affinity = self.spec().affinity.get_or_insert_with(Default::default);
+        let required = affinity
+            .node_affinity
+            .get_or_insert_with(Default::default)
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(Default::default);
+        if required.node_selector_terms.is_empty() {
+            required
+                .node_selector_terms
+                .push(NodeSelectorTerm::default());
+        }
+        required.node_selector_terms[0]
+            .match_expressions
+            .get_or_insert_with(Vec::new)
+            .push(NodeSelectorRequirement {
+                key: key.into(),
+                operator: operator.into(),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+            });
         self
     }
     pub fn host_path(mut self, volume: &str) -> Self {

@@ -9,18 +9,19 @@
 
 pub mod build;
 pub mod ca_status;
+pub mod constraints;
 pub mod load;
 pub mod view;
 
 pub use load::{ClusterObjects, load_cluster_state, parse_cluster_state};
 pub use view::{ClusterState, ClusterView};
 
-use crate::decision::{BurstUsage, EngineConfig, PendingPod, Snapshot, VmNode, VmPool};
+use crate::decision::{BurstUsage, EngineConfig, NodeClass, PendingPod, Snapshot, VmNode, VmPool};
 use crate::units::{Resources, Timestamp, parse_cpu_millis, parse_memory_bytes};
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Label and taint keys shared with virtual-kubelet and the AKS virtual node.
 pub const VIRTUAL_KUBELET_TAINT: &str = "virtual-kubelet.io/provider";
@@ -398,9 +399,11 @@ pub fn pending_pod(
     cfg: &ClusterConfig,
 ) -> Result<PendingPod, ClusterError> {
     let spec = pod.spec.as_ref();
-    let pool = spec
-        .and_then(|s| s.node_selector.as_ref())
-        .and_then(|sel| cfg.pool_labels.iter().find_map(|k| sel.get(k).cloned()));
+    let placement = constraints::pod_placement(pod);
+    let pool = cfg
+        .pool_labels
+        .iter()
+        .find_map(|k| placement.single_value(k).map(String::from));
     Ok(PendingPod {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
@@ -411,6 +414,7 @@ pub fn pending_pod(
         tolerates_virtual: tolerates_virtual(pod),
         aci_incompatible: aci_incompatibility(pod),
         pool,
+        placement,
     })
 }
 
@@ -459,6 +463,8 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut vm_index: BTreeMap<&str, usize> = BTreeMap::new();
     let mut vm_nodes: Vec<VmNode> = Vec::new();
     let mut labelled_bounds: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut classes: Vec<NodeClass> = Vec::new();
+    let mut class_index: HashMap<NodeClass, usize> = HashMap::new();
     // Node order decides first-fit placement: make it independent of the
     // order a store or file happens to list them in.
     let mut sorted: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
@@ -481,6 +487,12 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
         {
             labelled_bounds.insert(pool.clone(), bounds);
         }
+        let class = *class_index
+            .entry(constraints::node_class(node))
+            .or_insert_with_key(|c| {
+                classes.push(c.clone());
+                classes.len() - 1
+            });
         vm_index.insert(name, vm_nodes.len());
         vm_nodes.push(VmNode {
             name: name.to_string(),
@@ -488,6 +500,7 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
             allocatable: lenient(node_allocatable(node)),
             allocated: Resources::default(),
             schedulable: !unschedulable && node_ready(node),
+            class,
         });
     }
 
@@ -531,6 +544,7 @@ pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
         pending,
         burst_usage,
         aci_quota: Default::default(),
+        classes: classes.into(),
     }
 }
 
@@ -550,11 +564,19 @@ fn pools_from(
         .into_iter()
         .map(|(name, members)| {
             let mut shapes: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+            let mut classes: BTreeMap<usize, u32> = BTreeMap::new();
             for n in &members {
                 *shapes
                     .entry((n.allocatable.cpu_millis, n.allocatable.memory_bytes))
                     .or_default() += 1;
+                *classes.entry(n.class).or_default() += 1;
             }
+            // A new node gets the labels and taints most of the pool has
+            // (ties: the first class seen, i.e. of the first node by name).
+            let class = classes
+                .iter()
+                .max_by_key(|&(&c, &count)| (count, std::cmp::Reverse(c)))
+                .map(|(&c, _)| c);
             let shape = shapes
                 .iter()
                 .max_by_key(|(k, count)| (**count, **k))
@@ -575,6 +597,7 @@ fn pools_from(
                 nodes: count,
                 upcoming: Vec::new(),
                 provision_time: None,
+                class,
             }
         })
         .collect()

@@ -329,3 +329,36 @@ fn pool_limit_flags_parse() {
         assert!(parse_pool_limit(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn nodes_get_classes_and_pods_name_their_pool_through_affinity() {
+    let nodes = vec![
+        node("a-0")
+            .pool("nodepool1")
+            .label("kubernetes.io/hostname", "a-0")
+            .build(),
+        node("a-1")
+            .pool("nodepool1")
+            .label("kubernetes.io/hostname", "a-1")
+            .build(),
+        node("g-0").pool("gpu").taint("sku", "gpu").build(),
+        node("spillway-aci").virtual_kubelet().build(),
+    ];
+    let pinned = pod()
+        .ns("web")
+        .name("p")
+        .require_node("agentpool", "In", &["nodepool1"])
+        .build();
+    let s = snapshot_from(&nodes, &[pinned], t(0), &ClusterConfig::default());
+    assert_eq!(s.classes.len(), 2, "hostnames differ, the class does not");
+    assert_eq!(s.nodes[0].class, s.nodes[1].class);
+    let gpu = s
+        .pools
+        .iter()
+        .find(|p| p.name == "gpu")
+        .and_then(|p| p.class);
+    assert_eq!(gpu.map(|c| s.class(c).taints.len()), Some(1));
+    let p = &s.pending[0];
+    assert_eq!(p.pool.as_deref(), Some("nodepool1"));
+    assert!(s.node_admits(p, 0) && !s.node_admits(p, 2));
+}

@@ -145,6 +145,16 @@ impl GroupedFit {
         }
     }
 
+    /// The lowest-index node with room for `req` that `allowed` accepts
+    /// (one search of all nodes, filtered at the leaves).
+    pub fn first_fit_where(
+        &self,
+        req: &Resources,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.all.first_fit(req, allowed)
+    }
+
     /// Subtract `req` from node `i`'s room.
     pub fn take(&mut self, i: usize, req: &Resources) {
         self.all.take(i, req);

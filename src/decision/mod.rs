@@ -7,17 +7,19 @@
 //! `explain` all call it, so a decision seen in one is the decision of all.
 
 pub mod fit;
+pub mod placement;
 mod reason;
 #[cfg(test)]
 mod tests;
 
+pub use placement::{NodeClass, Placement};
 pub use reason::{Reason, Verdict};
 
 use crate::policy::{BurstMode, BurstPolicy, PolicySet};
 use crate::units::{Duration, GIB, MIB, Resources, Timestamp};
 use fit::GroupedFit;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Prices used for the burst cost model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -98,6 +100,9 @@ pub struct VmNode {
     pub allocated: Resources,
     /// Ready and not cordoned.
     pub schedulable: bool,
+    /// Its labels and taints: an index into [`Snapshot::classes`] (one past
+    /// the end, as in a snapshot without classes, is a node with neither).
+    pub class: usize,
 }
 
 impl VmNode {
@@ -130,6 +135,9 @@ pub struct VmPool {
     pub upcoming: Vec<UpcomingNode>,
     /// Observed provisioning time (request → node ready), if learned.
     pub provision_time: Option<Duration>,
+    /// Labels and taints a new node of this pool gets (the most common
+    /// class among its nodes), an index into [`Snapshot::classes`].
+    pub class: Option<usize>,
 }
 
 /// A pod waiting to be scheduled.
@@ -146,8 +154,12 @@ pub struct PendingPod {
     pub tolerates_virtual: bool,
     /// Why ACI cannot run it, if it cannot (hostPath, privileged, DaemonSet …).
     pub aci_incompatible: Option<String>,
-    /// Restricts VM placement to one pool (nodeSelector on the pool label).
+    /// The one pool it asks for (nodeSelector on the pool label, or a
+    /// required affinity naming one pool); it restricts VM placement as
+    /// [`PendingPod::placement`] does, and names the pool in messages.
     pub pool: Option<String>,
+    /// Taints it tolerates, nodeSelector and required node affinity.
+    pub placement: Placement,
 }
 
 /// What a namespace already has on the virtual node.
@@ -183,6 +195,34 @@ pub struct Snapshot {
     pub pending: Vec<PendingPod>,
     pub burst_usage: BTreeMap<String, BurstUsage>,
     pub aci_quota: AciQuota,
+    /// The distinct labels-and-taints of VM nodes ([`VmNode::class`]);
+    /// shared, since the extender copies a snapshot per request.
+    pub classes: std::sync::Arc<[NodeClass]>,
+}
+
+/// The class of nodes and pools without one: no labels, no taints.
+static NO_CLASS: std::sync::LazyLock<NodeClass> = std::sync::LazyLock::new(NodeClass::default);
+
+impl Snapshot {
+    /// The labels and taints behind a class index.
+    pub fn class(&self, i: usize) -> &NodeClass {
+        self.classes.get(i).unwrap_or(&NO_CLASS)
+    }
+
+    /// Whether `pod` may be placed on VM node `i` (its pool and placement;
+    /// room aside).
+    pub fn node_admits(&self, pod: &PendingPod, i: usize) -> bool {
+        let n = &self.nodes[i];
+        pod.pool.as_ref().is_none_or(|p| *p == n.pool)
+            && pod.placement.admits(self.class(n.class), &n.name)
+    }
+
+    /// Whether a new node of pool `i` would take `pod` (room aside).
+    pub fn pool_admits(&self, pod: &PendingPod, i: usize) -> bool {
+        let p = &self.pools[i];
+        let class = p.class.map_or(&*NO_CLASS, |c| self.class(c));
+        pod.pool.as_ref().is_none_or(|name| *name == p.name) && pod.placement.admits(class, "")
+    }
 }
 
 /// The engine's answer for one pod.
@@ -296,13 +336,37 @@ struct FutureNode {
     free: Resources,
 }
 
+/// Which VM nodes a placement allows, as groups of nodes that share pool
+/// and class ([`Pass::node_group`]).
+#[derive(Debug, Clone)]
+enum Allowed {
+    /// Every node.
+    All,
+    /// These groups only (few).
+    Groups(Vec<u64>),
+    /// Many groups: a mask indexed by group.
+    Mask(Vec<bool>),
+    /// The placement names nodes themselves: judged node by node.
+    PerNode,
+}
+
+/// Up to this many allowed groups are searched one by one (each has its own
+/// index); more go through one search of all nodes with a mask.
+const GROUP_SEARCH_LIMIT: usize = 16;
+
 /// Mutable state of one engine pass: what earlier pods have claimed.
 struct Pass<'a> {
     engine: &'a Engine,
     snap: &'a Snapshot,
     use_vm_room: bool,
     vm_room: GroupedFit,
-    pool_index: BTreeMap<&'a str, usize>,
+    /// Node → its group: one per distinct (pool, class) among the nodes.
+    node_group: Vec<u64>,
+    /// Group → (pool index or `u64::MAX`, class).
+    groups: Vec<(u64, usize)>,
+    /// Placement (with its pool) → the groups it allows, worked out once
+    /// per distinct placement (a ReplicaSet's pods share theirs).
+    allowed: HashMap<(Option<String>, Placement), Allowed>,
     future: Vec<FutureNode>,
     /// Nodes each pool may still add (max - existing - upcoming - added this pass).
     headroom: Vec<u32>,
@@ -314,27 +378,28 @@ struct Pass<'a> {
 
 impl<'a> Pass<'a> {
     fn new(engine: &'a Engine, snap: &'a Snapshot, use_vm_room: bool) -> Self {
-        let pool_index: BTreeMap<&str, usize> = snap
+        let pool_index: HashMap<&str, u64> = snap
             .pools
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.name.as_str(), i))
+            .map(|(i, p)| (p.name.as_str(), i as u64))
             .collect();
         // The extender's case never looks at VM room: skip indexing thousands of nodes.
-        // Each node's group is its pool's index (u64::MAX: a pool the snapshot lacks).
-        let (room, node_pool): (Vec<Resources>, Vec<u64>) = if use_vm_room {
-            snap.nodes
-                .iter()
-                .map(|n| {
-                    let pool = pool_index
-                        .get(n.pool.as_str())
-                        .map_or(u64::MAX, |&i| i as u64);
-                    (n.free_room(), pool)
-                })
-                .unzip()
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let mut groups: Vec<(u64, usize)> = Vec::new();
+        let mut node_group = Vec::new();
+        let mut room = Vec::new();
+        if use_vm_room {
+            let mut group_of: HashMap<(u64, usize), u64> = HashMap::new();
+            for n in &snap.nodes {
+                let pool = pool_index.get(n.pool.as_str()).copied().unwrap_or(u64::MAX);
+                let g = *group_of.entry((pool, n.class)).or_insert_with(|| {
+                    groups.push((pool, n.class));
+                    groups.len() as u64 - 1
+                });
+                node_group.push(g);
+                room.push(n.free_room());
+            }
+        }
         let mut future = Vec::new();
         let mut headroom = Vec::with_capacity(snap.pools.len());
         for (pi, p) in snap.pools.iter().enumerate() {
@@ -354,8 +419,10 @@ impl<'a> Pass<'a> {
             engine,
             snap,
             use_vm_room,
-            vm_room: GroupedFit::new(room, &node_pool),
-            pool_index,
+            vm_room: GroupedFit::new(room, &node_group),
+            node_group,
+            groups,
+            allowed: HashMap::new(),
             future,
             headroom,
             usage: snap.burst_usage.clone(),
@@ -364,26 +431,67 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn pool_allowed(&self, pod: &PendingPod, pool: usize) -> bool {
-        match &pod.pool {
-            None => true,
-            Some(name) => self.pool_index.get(name.as_str()) == Some(&pool),
-        }
+    /// The node groups `pod` may be placed in.
+    fn allowed_groups(&mut self, pod: &PendingPod) -> &Allowed {
+        let key = (pod.pool.clone(), pod.placement.clone());
+        let (snap, groups) = (self.snap, &self.groups);
+        self.allowed.entry(key).or_insert_with(|| {
+            if pod.placement.per_node() {
+                return Allowed::PerNode;
+            }
+            let mask: Vec<bool> = groups
+                .iter()
+                .map(|&(pool, class)| {
+                    let pool_ok = match &pod.pool {
+                        None => true,
+                        Some(name) => snap
+                            .pools
+                            .get(pool as usize)
+                            .is_some_and(|p| p.name == *name),
+                    };
+                    pool_ok && pod.placement.admits(snap.class(class), "")
+                })
+                .collect();
+            let count = mask.iter().filter(|&&ok| ok).count();
+            if count == mask.len() {
+                Allowed::All
+            } else if count <= GROUP_SEARCH_LIMIT {
+                Allowed::Groups(
+                    (0..mask.len() as u64)
+                        .filter(|&g| mask[g as usize])
+                        .collect(),
+                )
+            } else {
+                Allowed::Mask(mask)
+            }
+        })
     }
 
-    /// Claim room on an existing VM node, if one fits.
+    /// Claim room on an existing VM node the pod may use, if one fits.
     fn claim_vm_room(&mut self, pod: &PendingPod) -> Option<usize> {
         if !self.use_vm_room {
             return None;
         }
-        let pool_index = &self.pool_index;
-        // An unknown pool is a group no node is in: nothing fits.
-        let wanted = pod
-            .pool
-            .as_deref()
-            .map(|p| pool_index.get(p).map_or(u64::MAX - 1, |&i| i as u64));
-        let idx = self.vm_room.first_fit(&pod.requests, wanted)?;
-        self.vm_room.take(idx, &pod.requests);
+        let req = pod.requests;
+        let idx = match self.allowed_groups(pod).clone() {
+            Allowed::All => self.vm_room.first_fit(&req, None),
+            // Lowest node index over the groups = first fit among allowed nodes.
+            Allowed::Groups(gs) => gs
+                .iter()
+                .filter_map(|&g| self.vm_room.first_fit(&req, Some(g)))
+                .min(),
+            Allowed::Mask(mask) => {
+                let node_group = &self.node_group;
+                self.vm_room
+                    .first_fit_where(&req, |i| mask[node_group[i] as usize])
+            }
+            Allowed::PerNode => {
+                let snap = self.snap;
+                self.vm_room
+                    .first_fit_where(&req, |i| snap.node_admits(pod, i))
+            }
+        }?;
+        self.vm_room.take(idx, &req);
         self.last_node = Some(idx);
         Some(idx)
     }
@@ -392,12 +500,13 @@ impl<'a> Pass<'a> {
     fn claim_vm_eta(&mut self, pod: &PendingPod) -> Option<Timestamp> {
         let now = self.snap.now;
         let cfg = &self.engine.config;
+        let snap = self.snap;
         // Earliest upcoming node that has room left.
         let best_future = self
             .future
             .iter()
             .enumerate()
-            .filter(|(_, f)| self.pool_allowed(pod, f.pool) && pod.requests.fits_in(&f.free))
+            .filter(|(_, f)| pod.requests.fits_in(&f.free) && snap.pool_admits(pod, f.pool))
             .min_by_key(|(_, f)| f.ready_at)
             .map(|(i, f)| (i, f.ready_at));
         // A node the pool could still be asked for.
@@ -409,8 +518,8 @@ impl<'a> Pass<'a> {
             .enumerate()
             .filter(|(i, p)| {
                 self.headroom[*i] > 0
-                    && self.pool_allowed(pod, *i)
                     && pod.requests.fits_in(&p.node_allocatable)
+                    && snap.pool_admits(pod, *i)
             })
             .map(|(i, p)| {
                 let provision = p.provision_time.unwrap_or(cfg.default_provision_time);

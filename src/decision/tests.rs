@@ -19,6 +19,7 @@ fn pod(ns: &str, name: &str) -> PodB {
         tolerates_virtual: true,
         aci_incompatible: None,
         pool: None,
+        placement: Default::default(),
     })
 }
 
@@ -64,6 +65,7 @@ fn vm(name: &str, pool: &str, free_cpu: u64, free_gib: u64) -> VmNode {
         allocatable: Resources::new(4000, 16 * GIB),
         allocated: Resources::new(4000 - free_cpu, (16 - free_gib) * GIB),
         schedulable: true,
+        class: 0,
     }
 }
 
@@ -76,6 +78,7 @@ fn pool(name: &str, nodes: u32, max: u32) -> VmPool {
         nodes,
         upcoming: vec![],
         provision_time: Some(Duration::from_secs(180)),
+        class: None,
     }
 }
 
@@ -87,6 +90,7 @@ fn snap(nodes: Vec<VmNode>, pools: Vec<VmPool>, pending: Vec<PodB>) -> Snapshot 
         pending: pending.into_iter().map(|p| p.0).collect(),
         burst_usage: BTreeMap::new(),
         aci_quota: AciQuota::default(),
+        classes: Default::default(),
     }
 }
 
@@ -605,4 +609,264 @@ fn plan_names_the_node_each_vm_verdict_claimed() {
             "node {n}"
         );
     }
+}
+
+/// The engine's VM placements (classes, groups, memoised allowed sets,
+/// per-group indexes, masks) agree with a direct evaluation of every pod
+/// against every node, in the engine's order, as room shrinks.
+#[test]
+fn placements_agree_with_a_direct_per_node_evaluation() {
+    use placement::{HOSTNAME_LABEL, TolerationOperator};
+    use placement::{NodeTerm, Operator, Requirement, Taint, TaintEffect, Toleration};
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let taints = [
+        Taint {
+            key: "sku".into(),
+            value: "gpu".into(),
+            effect: TaintEffect::NoSchedule,
+        },
+        Taint {
+            key: "spot".into(),
+            value: String::new(),
+            effect: TaintEffect::NoExecute,
+        },
+        Taint {
+            key: "soft".into(),
+            value: String::new(),
+            effect: TaintEffect::PreferNoSchedule,
+        },
+    ];
+    let ops = [
+        Operator::In,
+        Operator::NotIn,
+        Operator::Exists,
+        Operator::DoesNotExist,
+        Operator::Gt,
+        Operator::Lt,
+    ];
+    let keys = ["agentpool", "zone", "gen", "spot", HOSTNAME_LABEL];
+    let mut paths = BTreeMap::<&str, usize>::new();
+    for round in 0..60 {
+        let pools = ["p0", "p1", "p2"];
+        let nclasses = 1 + next(30) as usize;
+        let classes: Vec<NodeClass> = (0..nclasses)
+            .map(|_| {
+                let mut labels = BTreeMap::new();
+                labels.insert("agentpool".to_string(), pools[next(3) as usize].to_string());
+                labels.insert("zone".to_string(), (1 + next(3)).to_string());
+                if next(2) == 0 {
+                    labels.insert("gen".to_string(), next(6).to_string());
+                }
+                if next(3) == 0 {
+                    labels.insert("spot".to_string(), "true".to_string());
+                }
+                let t = taints.iter().filter(|_| next(4) == 0).cloned().collect();
+                NodeClass::new(labels, t)
+            })
+            .collect();
+        let nodes: Vec<VmNode> = (0..1 + next(80))
+            .map(|i| {
+                let class = next(nclasses as u64) as usize;
+                VmNode {
+                    name: format!("n{i}"),
+                    pool: classes[class].labels["agentpool"].clone(),
+                    allocatable: Resources::new(4000, 16 * GIB),
+                    allocated: Resources::new(next(9) * 500, next(17) * GIB),
+                    schedulable: next(10) != 0,
+                    class,
+                }
+            })
+            .collect();
+        let value = |key: &str, next: &mut dyn FnMut(u64) -> u64| match key {
+            "agentpool" => pools[next(3) as usize].to_string(),
+            HOSTNAME_LABEL => format!("n{}", next(90)),
+            _ => next(6).to_string(),
+        };
+        // A few distinct placements, shared by many pods (as a ReplicaSet's are).
+        let placements: Vec<Placement> = (0..1 + next(6))
+            .map(|_| {
+                let mut p = Placement::default();
+                if next(3) == 0 {
+                    let key = keys[next(keys.len() as u64) as usize];
+                    p.node_selector.insert(key.into(), value(key, &mut next));
+                }
+                if next(2) == 0 {
+                    p.affinity = Some(
+                        (0..next(3))
+                            .map(|_| {
+                                let expressions = (0..next(3))
+                                    .map(|_| {
+                                        let key = keys[next(keys.len() as u64) as usize];
+                                        let op = ops[next(ops.len() as u64) as usize];
+                                        let values = match op {
+                                            Operator::Exists | Operator::DoesNotExist => vec![],
+                                            _ => (0..1 + next(2))
+                                                .map(|_| value(key, &mut next))
+                                                .collect(),
+                                        };
+                                        Requirement {
+                                            key: key.into(),
+                                            operator: op,
+                                            values,
+                                        }
+                                    })
+                                    .collect();
+                                let fields = if next(8) == 0 {
+                                    vec![Requirement::new("metadata.name", Operator::In, &["n3"])]
+                                } else {
+                                    vec![]
+                                };
+                                NodeTerm {
+                                    expressions,
+                                    fields,
+                                }
+                            })
+                            .collect(),
+                    );
+                }
+                p.tolerations = (0..next(3))
+                    .map(|_| {
+                        let t = &taints[next(3) as usize];
+                        Toleration {
+                            key: if next(5) == 0 {
+                                String::new()
+                            } else {
+                                t.key.clone()
+                            },
+                            operator: if next(2) == 0 {
+                                TolerationOperator::Exists
+                            } else {
+                                TolerationOperator::Equal
+                            },
+                            value: t.value.clone(),
+                            effect: (next(2) == 0).then_some(t.effect),
+                        }
+                    })
+                    .collect();
+                p
+            })
+            .collect();
+        let pending: Vec<PendingPod> = (0..1 + next(120))
+            .map(|i| {
+                let PodB(mut p) = pod("ns", &format!("p{i:03}"))
+                    .cpu(next(5) * 500)
+                    .mem_gib(next(5))
+                    .waited(next(100) as i64);
+                p.placement = placements[next(placements.len() as u64) as usize].clone();
+                if next(6) == 0 {
+                    p.pool = Some(pools[next(3) as usize].to_string());
+                }
+                p
+            })
+            .collect();
+        let s = Snapshot {
+            now: NOW,
+            pools: pools.iter().map(|p| pool(p, 1, 5)).collect(),
+            nodes,
+            pending,
+            burst_usage: BTreeMap::new(),
+            aci_quota: AciQuota::default(),
+            classes: classes.into(),
+        };
+        let plan = Engine::default().plan(&s, &PolicySet::with_default(auto(30, 600)));
+        // Direct: each pod in the engine's order takes the first node whose own
+        // labels and taints admit it and that still has room.
+        let mut room: Vec<Resources> = s.nodes.iter().map(VmNode::free_room).collect();
+        for &i in &plan.order {
+            let p = &s.pending[i];
+            let want = (0..s.nodes.len()).find(|&n| {
+                let node = &s.nodes[n];
+                p.pool.as_ref().is_none_or(|name| *name == node.pool)
+                    && p.placement
+                        .refusal(&s.classes[node.class], &node.name)
+                        .is_none()
+                    && p.requests.fits_in(&room[n])
+            });
+            assert_eq!(
+                plan.vm_node[i], want,
+                "round {round}, pod {}: {:?}",
+                p.name, p.placement
+            );
+            if let Some(n) = want {
+                room[n] = room[n].saturating_sub(&p.requests);
+            }
+            let path = if p.placement.per_node() {
+                "per-node"
+            } else {
+                "classes"
+            };
+            *paths.entry(path).or_default() += 1;
+        }
+    }
+    assert!(
+        paths.values().all(|&n| n > 100),
+        "both paths exercised: {paths:?}"
+    );
+}
+
+#[test]
+fn room_on_a_tainted_pool_the_pod_does_not_tolerate_is_no_room() {
+    use placement::{NodeTerm, Operator, Requirement, Taint, TaintEffect};
+    let pinned = || {
+        let PodB(mut p) = pod("ns", "web-1").waited(5);
+        p.placement.affinity = Some(vec![NodeTerm {
+            expressions: vec![Requirement::new("agentpool", Operator::In, &["a"])],
+            fields: vec![],
+        }]);
+        PodB(p)
+    };
+    let mut s = snap(
+        vec![vm("a-0", "a", 0, 0), vm("gpu-0", "gpu", 4000, 16)],
+        vec![pool("a", 1, 5), pool("gpu", 1, 1)],
+        vec![pinned(), pod("ns", "free").waited(5)],
+    );
+    let label = |pool: &str| BTreeMap::from([("agentpool".to_string(), pool.to_string())]);
+    let gpu_taint = Taint {
+        key: "sku".into(),
+        value: "gpu".into(),
+        effect: TaintEffect::NoSchedule,
+    };
+    s.classes = vec![
+        NodeClass::new(label("a"), vec![]),
+        NodeClass::new(label("gpu"), vec![gpu_taint]),
+    ]
+    .into();
+    s.nodes[1].class = 1;
+    s.pools[0].class = Some(0);
+    s.pools[1].class = Some(1);
+    let ds = decide(&s, auto(30, 600));
+    assert_eq!(
+        reasons(&ds),
+        [
+            (Verdict::Wait, Reason::WaitingForVm),
+            (Verdict::Wait, Reason::WaitingForVm)
+        ],
+        "{ds:?}"
+    );
+    // The gpu pool's room repels both (taint); pool a grows for both.
+    assert!(
+        ds.iter()
+            .all(|d| d.vm_eta == Some(NOW.plus(Duration::from_secs(185))))
+    );
+    // Tolerating the taint opens the gpu room to the unpinned pod only.
+    s.pending[1].placement.tolerations = vec![placement::Toleration {
+        key: "sku".into(),
+        operator: placement::TolerationOperator::Exists,
+        ..Default::default()
+    }];
+    s.pending[0].placement.tolerations = s.pending[1].placement.tolerations.clone();
+    let ds = decide(&s, auto(30, 600));
+    assert_eq!(
+        reasons(&ds),
+        [
+            (Verdict::Wait, Reason::WaitingForVm),
+            (Verdict::Vm, Reason::VmCapacityAvailable)
+        ]
+    );
 }

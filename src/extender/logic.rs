@@ -152,6 +152,7 @@ pub async fn decide_for_virtual(
             pending: Vec::new(),
             burst_usage: usage.clone(),
             aci_quota: cluster.snapshot.aci_quota,
+            classes: cluster.snapshot.classes.clone(),
         };
         state
             .engine

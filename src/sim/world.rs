@@ -321,6 +321,7 @@ impl<'a> World<'a> {
                 nodes: 0,
                 upcoming: Vec::new(),
                 provision_time: None,
+                class: None,
             })
             .collect();
         let mut w = World {
@@ -463,6 +464,7 @@ impl<'a> World<'a> {
             tolerates_virtual: s.tolerates_virtual,
             aci_incompatible: None,
             pool: None,
+            placement: Default::default(),
         });
         self.pending_ids.push(p);
         self.request_pass(self.now);
@@ -841,6 +843,7 @@ impl<'a> World<'a> {
             allocatable: spec.node,
             allocated: Resources::default(),
             schedulable: true,
+            class: 0,
         });
         let vp = &mut self.snap.pools[pool];
         vp.nodes += 1;
