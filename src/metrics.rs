@@ -38,6 +38,8 @@ pub struct Metrics {
     pub vm_provision_seconds: GaugeVec,
     pub vm_eta_seconds: GaugeVec,
     pub drainback_evictions: IntCounterVec,
+    pub drainback_rebursts: IntCounter,
+    pub placeholder_creates: IntCounterVec,
     pub pending_over_max_vm_wait: IntGaugeVec,
     pub policy_max_vm_wait: GaugeVec,
     pub ready: IntGauge,
@@ -227,6 +229,17 @@ impl Metrics {
                 ),
                 &["namespace", "outcome"]
             )),
+            drainback_rebursts: reg!(IntCounter::new(
+                "spillway_drainback_rebursts_total",
+                "Drain-backs whose replacement went back to the virtual node within 5 minutes (a burst pod of the same controller bound after the eviction). Goal: 0."
+            )),
+            placeholder_creates: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_placeholder_creates_total",
+                    "Capacity placeholder creations by outcome (done, refused, error, skipped, dry_run); refusals and errors also become a PlaceholderFailed Event on the burst pod."
+                ),
+                &["outcome"]
+            )),
             pending_over_max_vm_wait: reg!(IntGaugeVec::new(
                 Opts::new(
                     "spillway_pending_over_max_vm_wait_pods",
@@ -253,6 +266,9 @@ impl Metrics {
         // Present at 0 from the start, so rate() and alerts see the first error.
         for outcome in ["admitted", "refused", "error"] {
             m.burst_reservations.with_label_values(&[outcome]);
+        }
+        for outcome in ["done", "refused", "error"] {
+            m.placeholder_creates.with_label_values(&[outcome]);
         }
         m
     }

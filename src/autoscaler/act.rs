@@ -10,10 +10,13 @@
 
 use super::observe::{MANAGED_BY, MANAGED_BY_LABEL, PLACEHOLDER_FOR_LABEL};
 use super::plan::{Action, DELETION_COST_ANNOTATION, EventReason, NUDGE_ANNOTATION, PodRef};
+use crate::cluster::VIRTUAL_KUBELET_TAINT;
+use crate::cluster::constraints::{placement_k8s, pod_placement};
+use crate::decision::Placement;
+use crate::decision::placement::{Operator, Requirement};
 use crate::units::Resources;
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectReference, Pod, PodSpec, ResourceRequirements,
+    Affinity, Container, NodeAffinity, ObjectReference, Pod, PodSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -93,12 +96,18 @@ pub fn placeholder_name(for_uid: &str) -> String {
     format!("spillway-placeholder-{h:016x}")
 }
 
-/// The placeholder pod for a burst pod.
+/// The placeholder pod for a burst pod: its requests, and its placement
+/// (nodeSelector, required node affinity, tolerations) so the cluster
+/// autoscaler grows a pool the burst pod itself could use — minus the
+/// virtual node: every affinity term also keeps it off nodes labelled
+/// [`ActConfig::virtual_node_label`], and tolerations of the virtual node's
+/// taint are left out.
 pub fn placeholder_pod(
     cfg: &ActConfig,
     for_pod: &PodRef,
     for_uid: &str,
     requests: &Resources,
+    placement: &Placement,
 ) -> Pod {
     let quantities = BTreeMap::from([
         (
@@ -110,6 +119,13 @@ pub fn placeholder_pod(
             Quantity(requests.memory_bytes.to_string()),
         ),
     ]);
+    let keep_off = Requirement {
+        key: cfg.virtual_node_label.0.clone(),
+        operator: Operator::NotIn,
+        values: vec![cfg.virtual_node_label.1.clone()],
+    };
+    let (node_selector, required, tolerations) =
+        placement_k8s(placement, &keep_off, |t| t.key == VIRTUAL_KUBELET_TAINT);
     Pod {
         metadata: ObjectMeta {
             name: Some(placeholder_name(for_uid)),
@@ -130,18 +146,11 @@ pub fn placeholder_pod(
             termination_grace_period_seconds: Some(0),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            node_selector,
+            tolerations,
             affinity: Some(Affinity {
                 node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_expressions: Some(vec![NodeSelectorRequirement {
-                                key: cfg.virtual_node_label.0.clone(),
-                                operator: "NotIn".into(),
-                                values: Some(vec![cfg.virtual_node_label.1.clone()]),
-                            }]),
-                            ..Default::default()
-                        }],
-                    }),
+                    required_during_scheduling_ignored_during_execution: Some(required),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -248,7 +257,10 @@ impl Actor {
                     ..Default::default()
                 };
                 let ev = Event {
-                    type_: if *reason == EventReason::BudgetExhausted {
+                    type_: if matches!(
+                        reason,
+                        EventReason::BudgetExhausted | EventReason::PlaceholderFailed
+                    ) {
                         EventType::Warning
                     } else {
                         EventType::Normal
@@ -278,7 +290,9 @@ impl Actor {
                 if self.cfg.dry_run {
                     return Ok(Outcome::WouldDo);
                 }
-                let pod = placeholder_pod(&self.cfg, for_pod, for_uid, requests);
+                // Placement from the pod as it is now (the plan may be old).
+                let placement = pod_placement(&p);
+                let pod = placeholder_pod(&self.cfg, for_pod, for_uid, requests, &placement);
                 match self
                     .pods(&self.cfg.placeholder_namespace)
                     .create(&PostParams::default(), &pod)
@@ -404,6 +418,7 @@ mod tests {
             },
             "uid-1",
             &Resources::new(1500, 2 * 1024 * 1024 * 1024),
+            &Placement::default(),
         );
         let spec = p
             .spec
@@ -423,5 +438,80 @@ mod tests {
             ["nodeSelectorTerms"][0];
         assert_eq!(term["matchExpressions"][0]["operator"], "NotIn");
         assert_eq!(json["metadata"]["labels"][PLACEHOLDER_FOR_LABEL], "uid-1");
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use crate::cluster::build::pod;
+    use crate::decision::{NodeClass, placement::Taint, placement::TaintEffect};
+
+    /// A placeholder goes where its burst pod could go on a VM, never to the
+    /// virtual node: judged with the engine's own rules on the placeholder's
+    /// Kubernetes form.
+    #[test]
+    fn placeholders_carry_the_burst_pods_placement_but_not_onto_the_virtual_node() {
+        let burst = pod()
+            .ns("web")
+            .name("front-1")
+            .node_selector("kubernetes.io/os", "linux")
+            .require_node("agentpool", "In", &["nodepool1", "spot"])
+            .tolerate_virtual()
+            .toleration(k8s_openapi::api::core::v1::Toleration {
+                key: Some("kubernetes.azure.com/scalesetpriority".into()),
+                operator: Some("Equal".into()),
+                value: Some("spot".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            })
+            .build();
+        let cfg = ActConfig::default();
+        let ph = placeholder_pod(
+            &cfg,
+            &PodRef {
+                namespace: "web".into(),
+                name: "front-1".into(),
+            },
+            "uid-1",
+            &Resources::new(500, 1 << 30),
+            &pod_placement(&burst),
+        );
+        let placement = pod_placement(&ph);
+        let node = |pool: &str, extra: &[(&str, &str)], taints: Vec<Taint>| {
+            let mut labels: BTreeMap<String, String> = [
+                ("agentpool".to_string(), pool.to_string()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+            ]
+            .into();
+            for (k, v) in extra {
+                labels.insert(k.to_string(), v.to_string());
+            }
+            NodeClass::new(labels, taints)
+        };
+        let spot_taint = Taint {
+            key: "kubernetes.azure.com/scalesetpriority".into(),
+            value: "spot".into(),
+            effect: TaintEffect::NoSchedule,
+        };
+        let virtual_taint = Taint {
+            key: VIRTUAL_KUBELET_TAINT.into(),
+            value: "azure".into(),
+            effect: TaintEffect::NoSchedule,
+        };
+        assert!(placement.admits(&node("nodepool1", &[], vec![]), "n"));
+        assert!(placement.admits(&node("spot", &[], vec![spot_taint]), "n"));
+        assert!(!placement.admits(&node("gpu", &[], vec![]), "n"), "pool");
+        assert!(
+            !placement.admits(
+                &node("nodepool1", &[("type", "virtual-kubelet")], vec![]),
+                "n"
+            ),
+            "the virtual node's label"
+        );
+        assert!(
+            !placement.admits(&node("nodepool1", &[], vec![virtual_taint]), "n"),
+            "the virtual node's taint is no longer tolerated"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use super::act::{ActError, Actor, Outcome};
 use super::observe;
-use super::plan::{Action, Inputs, LoopConfig, LoopState, plan_actions};
+use super::plan::{Action, EventReason, Inputs, LoopConfig, LoopState, plan_actions};
 use super::pools::{self, NodeGroupStatus, ProvisionLearner};
 use crate::cluster::{ClusterConfig, snapshot_from};
 use crate::decision::Engine;
@@ -27,6 +27,8 @@ pub struct Autoscaler {
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// Ready nodes already seen (a node joining the set is a provisioning observation).
     ready_nodes: Option<BTreeSet<String>>,
+    /// Burst pod uid → the last placeholder failure announced in an Event.
+    placeholder_failures: std::collections::BTreeMap<String, String>,
     actor: Actor,
 }
 
@@ -62,6 +64,7 @@ impl Autoscaler {
             learner: ProvisionLearner::new(20),
             metrics: None,
             ready_nodes: None,
+            placeholder_failures: Default::default(),
             actor,
         }
     }
@@ -160,10 +163,33 @@ impl Autoscaler {
             placeholders: &placeholders,
             pending_owners: &pending_owners,
         };
+        let rebursts_before = self.state.rebursts;
         let actions = plan_actions(&inputs, &mut self.state, &self.loop_config);
+        if let Some(m) = &self.metrics {
+            m.drainback_rebursts
+                .inc_by(self.state.rebursts - rebursts_before);
+        }
         let mut results = Vec::with_capacity(actions.len());
+        let mut failed_placeholders = Vec::new();
         for action in actions {
             let outcome = self.actor.act(&action).await;
+            if let Action::CreatePlaceholder {
+                for_pod, for_uid, ..
+            } = &action
+            {
+                if let Some(m) = &self.metrics {
+                    let label = outcome.as_ref().map_or("error", Outcome::as_str);
+                    m.placeholder_creates.with_label_values(&[label]).inc();
+                }
+                let failure = match &outcome {
+                    Err(e) => Some(e.to_string()),
+                    Ok(Outcome::Refused(why)) => Some(why.clone()),
+                    Ok(_) => None,
+                };
+                if let Some(why) = failure {
+                    failed_placeholders.push((for_pod.clone(), for_uid.clone(), why));
+                }
+            }
             if let Action::Evict { uid, pod, .. } = &action {
                 if !matches!(outcome, Ok(Outcome::Done) | Ok(Outcome::WouldDo)) {
                     self.state.forget_eviction(uid);
@@ -180,6 +206,31 @@ impl Autoscaler {
                 Err(e) => tracing::warn!(?action, error = %e, "autoscaler action failed"),
             }
             results.push((action, outcome));
+        }
+        // A placeholder the API refuses (admission, RBAC, quota) leaves the
+        // cluster autoscaler blind to the burst pod: say so on the pod, once
+        // per distinct failure, not on every pass's retry.
+        let failing: BTreeSet<&str> = failed_placeholders
+            .iter()
+            .map(|(_, uid, _)| uid.as_str())
+            .collect();
+        let live: BTreeSet<&str> = burst.iter().map(|b| b.uid.as_str()).collect();
+        self.placeholder_failures
+            .retain(|uid, _| failing.contains(uid.as_str()) || live.contains(uid.as_str()));
+        for (pod, uid, why) in failed_placeholders {
+            if self.placeholder_failures.get(&uid) == Some(&why) {
+                continue;
+            }
+            let event = Action::Event {
+                pod,
+                reason: EventReason::PlaceholderFailed,
+                message: format!(
+                    "spillway: cannot create the capacity placeholder that lets the cluster autoscaler grow a VM pool for this pod: {why}"
+                ),
+            };
+            let outcome = self.actor.act(&event).await;
+            self.placeholder_failures.insert(uid, why);
+            results.push((event, outcome));
         }
         PassReport { results }
     }

@@ -30,13 +30,14 @@
 //!   drain-back and that has a controller; placeholders whose burst pod is
 //!   gone are deleted;
 //! - **drain-back**: a burst pod is evicted once VM room for it has existed
-//!   continuously for `drainBack.after` (its placeholder running on a VM, or
-//!   free room left after pending pods took theirs), at most `maxPerMinute`
+//!   continuously for `drainBack.after` — the room its own placeholder holds
+//!   on a VM (the placeholder carries the pod's placement, so that room is
+//!   room the pod may use; free room elsewhere may be on a pool it cannot
+//!   use, and evicting it there would only send it back to ACI), at most `maxPerMinute`
 //!   per namespace, one eviction in flight per controller, never a pod
 //!   without a controller;
 //! - **scale-in order**: burst pods get a low `pod-deletion-cost`.
 
-use crate::decision::fit::FitIndex;
 use crate::decision::{Plan, Reason, Snapshot, Verdict};
 use crate::policy::PolicySet;
 use crate::units::{Duration, Resources, Timestamp};
@@ -126,6 +127,8 @@ pub enum EventReason {
     BudgetExhausted,
     Bursting,
     DrainedBack,
+    /// The burst pod's capacity placeholder could not be created.
+    PlaceholderFailed,
 }
 
 impl EventReason {
@@ -135,6 +138,7 @@ impl EventReason {
             EventReason::BudgetExhausted => "BudgetExhausted",
             EventReason::Bursting => "Bursting",
             EventReason::DrainedBack => "DrainedBack",
+            EventReason::PlaceholderFailed => "PlaceholderFailed",
         }
     }
 }
@@ -191,6 +195,11 @@ pub struct LoopState {
     pub evictions: VecDeque<(Timestamp, String, String)>,
     /// Controller uid → (evicted pod uid, when).
     pub in_flight: BTreeMap<String, (String, Timestamp)>,
+    /// Controller uid → (the pod drained back, when), for
+    /// [`REBURST_WINDOW`] after each eviction.
+    pub drained: BTreeMap<String, (String, Timestamp)>,
+    /// Drain-backs whose replacement burst again (goal: none).
+    pub rebursts: u64,
 }
 
 impl LoopState {
@@ -199,6 +208,7 @@ impl LoopState {
     pub fn forget_eviction(&mut self, pod_uid: &str) {
         self.evictions.retain(|(_, _, uid)| uid != pod_uid);
         self.in_flight.retain(|_, (uid, _)| uid != pod_uid);
+        self.drained.retain(|_, (uid, _)| uid != pod_uid);
     }
 }
 
@@ -332,35 +342,19 @@ fn placeholder_actions(inp: &Inputs<'_>, out: &mut Vec<Action>) {
 
 fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out: &mut Vec<Action>) {
     let now = inp.snap.now;
-    // Free VM room after the pending pods' claims from this same pass.
-    let mut room: Vec<Resources> = inp
-        .snap
-        .nodes
+    // A burst pod has VM room only where its own placeholder runs: the
+    // placeholder carries the pod's nodeSelector, affinity and tolerations,
+    // so the scheduler put it where the pod may go, and the room is held
+    // until the pod is evicted (the placeholder is deleted with it). Free
+    // room elsewhere may be on a pool the pod cannot use.
+    let vm_nodes: BTreeSet<&str> = inp.snap.nodes.iter().map(|n| n.name.as_str()).collect();
+    let placed: BTreeSet<&str> = inp
+        .placeholders
         .iter()
-        .map(crate::decision::VmNode::free_room)
+        .filter(|p| p.node.as_deref().is_some_and(|n| vm_nodes.contains(n)))
+        .map(|p| p.for_uid.as_str())
         .collect();
-    for (i, node) in inp.plan.vm_node.iter().enumerate() {
-        if let Some(n) = node {
-            room[*n] = room[*n].saturating_sub(&inp.snap.pending[i].requests);
-        }
-    }
-    // Placeholders are invisible to the engine (any real pod may preempt
-    // them), but the room they hold is their burst pod's, not anyone else's.
-    let vm_nodes: BTreeMap<&str, usize> = inp
-        .snap
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let mut placed: BTreeMap<&str, &Placeholder> = BTreeMap::new();
-    for p in inp.placeholders {
-        if let Some(&i) = p.node.as_deref().and_then(|n| vm_nodes.get(n)) {
-            room[i] = room[i].saturating_sub(&p.requests);
-            placed.insert(p.for_uid.as_str(), p);
-        }
-    }
-    let mut fit = FitIndex::new(room);
+    count_rebursts(inp, state);
 
     // Forget what no longer exists; settle in-flight evictions.
     let burst_uids: BTreeSet<&str> = inp.burst.iter().map(|b| b.uid.as_str()).collect();
@@ -390,15 +384,7 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
         let Some(policy) = inp.policies.for_pod(&b.namespace, &b.labels) else {
             continue;
         };
-        let has_room = placed.contains_key(b.uid.as_str())
-            || match fit.first_fit(&b.requests, |_| true) {
-                Some(i) => {
-                    fit.take(i, &b.requests);
-                    true
-                }
-                None => false,
-            };
-        if !has_room {
+        if !placed.contains(b.uid.as_str()) {
             state.room_since.remove(&b.uid);
             continue;
         }
@@ -447,5 +433,32 @@ fn drain_actions(inp: &Inputs<'_>, state: &mut LoopState, cfg: &LoopConfig, out:
         state
             .in_flight
             .insert(owner.uid.clone(), (b.uid.clone(), now));
+        state
+            .drained
+            .insert(owner.uid.clone(), (b.uid.clone(), now));
+    }
+}
+
+/// How long after a drain-back a burst pod of the same controller counts as
+/// its replacement having burst again.
+pub const REBURST_WINDOW: Duration = Duration::from_secs(300);
+
+/// Count drain-backs whose replacement went back to the virtual node: a burst
+/// pod of the evicted pod's controller, bound after the eviction, within
+/// [`REBURST_WINDOW`]. Each drain-back counts at most once.
+fn count_rebursts(inp: &Inputs<'_>, state: &mut LoopState) {
+    let now = inp.snap.now;
+    state
+        .drained
+        .retain(|_, (_, at)| now.since(*at) < REBURST_WINDOW);
+    for b in inp.burst {
+        let Some(owner) = &b.owner else { continue };
+        if let Some((evicted, at)) = state.drained.get(&owner.uid)
+            && *evicted != b.uid
+            && b.bound_at >= *at
+        {
+            state.drained.remove(&owner.uid);
+            state.rebursts += 1;
+        }
     }
 }

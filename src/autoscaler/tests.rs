@@ -295,12 +295,13 @@ fn room_must_be_continuous() {
     let mut state = LoopState::default();
     let mut pass = Pass::new(T0, vec![node("vm-0", 2000)], vec![]);
     pass.burst = vec![burst("a", -600)];
+    pass.placeholders = vec![placeholder("a", Some("vm-0"))];
     pass.run(&mut state);
-    // The room is gone for one pass (another pod took it).
+    // The room is gone for one pass (a real pod preempted the placeholder).
     pass.snap.now = at(200);
-    pass.snap.nodes = vec![node("vm-0", 0)];
+    pass.placeholders = vec![placeholder("a", None)];
     pass.run(&mut state);
-    pass.snap.nodes = vec![node("vm-0", 2000)];
+    pass.placeholders = vec![placeholder("a", Some("vm-0"))];
     pass.snap.now = at(400);
     assert!(
         evictions(&pass.run(&mut state)).is_empty(),
@@ -311,16 +312,54 @@ fn room_must_be_continuous() {
 }
 
 #[test]
-fn pending_pods_claim_room_before_drain_back() {
+fn free_room_is_not_room_until_the_pods_own_placeholder_holds_it() {
     let mut state = LoopState::default();
-    // 1 vCPU free: the pending pod takes it, nothing left for the burst pod.
-    let mut pass = Pass::new(T0, vec![node("vm-0", 1000)], vec![pending("new", 0)]);
+    // Plenty of free room, but it may be on a pool the pod cannot use: only
+    // its placeholder, scheduled with the pod's own constraints, tells.
+    let mut pass = Pass::new(T0, vec![node("vm-0", 4000)], vec![]);
     pass.burst = vec![burst("a", -600)];
     pass.run(&mut state);
     assert!(state.room_since.is_empty());
-    pass.snap.pending.clear();
+    pass.placeholders = vec![placeholder("a", None)];
+    pass.run(&mut state);
+    assert!(state.room_since.is_empty(), "an unscheduled placeholder");
+    pass.placeholders = vec![placeholder("a", Some("virtual-node-aci-linux"))];
+    pass.run(&mut state);
+    assert!(state.room_since.is_empty(), "not a VM node");
+    pass.placeholders = vec![placeholder("a", Some("vm-0"))];
     pass.run(&mut state);
     assert_eq!(state.room_since.get("uid-a"), Some(&T0));
+    pass.snap.now = at(300);
+    assert_eq!(evictions(&pass.run(&mut state)), ["a"]);
+}
+
+#[test]
+fn a_replacement_that_bursts_again_is_counted_once() {
+    let mut state = LoopState::default();
+    let mut pass = Pass::new(T0, vec![node("vm-0", 4000)], vec![]);
+    pass.burst = vec![burst("a", -600)];
+    pass.placeholders = vec![placeholder("a", Some("vm-0"))];
+    pass.run(&mut state);
+    pass.snap.now = at(300);
+    assert_eq!(evictions(&pass.run(&mut state)), ["a"]);
+    // The replacement (same controller, new uid) lands on ACI again.
+    let mut again = burst("a-2", 310);
+    again.owner = burst("a", 0).owner;
+    pass.burst = vec![again];
+    pass.placeholders.clear();
+    pass.snap.now = at(320);
+    pass.run(&mut state);
+    pass.snap.now = at(330);
+    pass.run(&mut state);
+    assert_eq!(state.rebursts, 1);
+    // Past the window, another burst of that controller is not a reburst.
+    let mut state = LoopState::default();
+    state
+        .drained
+        .insert("rs-uid-a".into(), ("uid-a".into(), at(0)));
+    pass.snap.now = at(0).plus(REBURST_WINDOW);
+    pass.run(&mut state);
+    assert_eq!(state.rebursts, 0);
 }
 
 #[test]
@@ -342,6 +381,10 @@ fn drain_back_respects_rate_in_flight_readiness_and_controllers() {
         starting,
         bare,
     ];
+    pass.placeholders = ["a", "sibling", "b", "c", "starting", "bare"]
+        .iter()
+        .map(|b| placeholder(b, Some("vm-0")))
+        .collect();
     pass.run(&mut state);
     pass.snap.now = at(300);
     let a = pass.run(&mut state);
@@ -402,6 +445,10 @@ fn an_eviction_stays_in_flight_until_the_replacement_is_scheduled() {
     first.owner = burst("rs", 0).owner;
     second.owner = burst("rs", 0).owner;
     pass.burst = vec![first, second];
+    pass.placeholders = vec![
+        placeholder("first", Some("vm-0")),
+        placeholder("second", Some("vm-0")),
+    ];
     pass.run(&mut state);
     pass.snap.now = at(300);
     assert_eq!(evictions(&pass.run(&mut state)), ["first"]);

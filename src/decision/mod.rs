@@ -681,7 +681,9 @@ impl<'a> Pass<'a> {
             };
         };
         let burst = &policy.burst;
-        if burst.mode != BurstMode::Always && self.claim_vm_room(pod).is_some() {
+        // VMs first in every mode: `Always` means "burst without waiting
+        // when no VM fits", as the extender applies it.
+        if self.claim_vm_room(pod).is_some() {
             return mk(
                 Verdict::Vm,
                 Reason::VmCapacityAvailable,

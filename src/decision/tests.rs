@@ -277,10 +277,17 @@ fn policy_modes() {
     );
     let mut always = auto(30, 60);
     always.burst.mode = BurstMode::Always;
-    let d = &decide(&s, always)[0];
+    let d = &decide(&s, always.clone())[0];
     assert_eq!(
         (d.verdict, d.reason),
-        (Verdict::Burst, Reason::PolicyAlways)
+        (Verdict::Vm, Reason::VmCapacityAvailable),
+        "VMs first, in every mode"
+    );
+    let d = &decide(&full_cluster(vec![pod("ns", "p")]), always)[0];
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Burst, Reason::PolicyAlways),
+        "no VM fits: at once, no waiting"
     );
 
     let full = full_cluster(vec![pod("ns", "p").waited(1000)]);
