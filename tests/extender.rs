@@ -542,11 +542,18 @@ async fn never_always_and_unmanaged_get_the_obvious_answer() {
     );
     assert_eq!(names(&v), Vec::<String>::new());
 
-    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VM0, VIRTUAL])).await;
+    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VIRTUAL])).await;
     assert_eq!(
         names(&v),
-        vec![VM0, VIRTUAL],
-        "Always keeps the virtual node"
+        vec![VIRTUAL],
+        "Always keeps the virtual node at once when no VM fits"
+    );
+    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VM0, VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VM0], "Always still fills VMs first");
+    assert!(
+        unresolvable(&v, VIRTUAL)
+            .unwrap()
+            .starts_with("spillway: vm-capacity-available")
     );
 
     let (_, v) = post(&h, "/filter", &names_request(&mk("unmanaged"), &[VIRTUAL])).await;
