@@ -127,9 +127,7 @@ impl RunCommand {
     /// are compared (placeholders, drain-back evictions, deletion cost).
     pub fn virtual_node_names(&self) -> Vec<String> {
         let mut names = self.cluster.virtual_node_names.clone();
-        if self.provider.backend != AciBackend::None
-            && !names.contains(&self.provider.node_name)
-        {
+        if self.provider.backend != AciBackend::None && !names.contains(&self.provider.node_name) {
             names.push(self.provider.node_name.clone());
         }
         names

@@ -543,3 +543,94 @@ async fn the_extender_role_reports_ready_once_synced() {
         metrics_of(&last)
     );
 }
+
+/// `--kube-timeout-secs` bounds request/response calls; watches run on a
+/// client without it, so a quiet watch is not cut (on the calls' client it
+/// would be, which is why watches have their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_time_out_but_quiet_watches_stay_open() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{Api, WatchEvent, WatchParams};
+    // No bookmarks within the test: a watch with nothing to report is silent.
+    let srv = TestApiServer::builder()
+        .bookmark_interval(Duration::from_secs(600))
+        .start()
+        .await;
+    seed(&srv);
+    let args = Args::parse_from(["spillway", "--kube-timeout-secs", "1"]);
+    let clients = args
+        .run
+        .kube
+        .clients(srv.kube_config())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // A GET whose answer never comes fails instead of hanging its caller.
+    srv.inject(
+        support::Fault::latency("/api/v1/namespaces/web/pods/due", Duration::from_secs(300))
+            .method(axum::http::Method::GET)
+            .times(100),
+    );
+    let pods: Api<Pod> = Api::namespaced(clients.calls_no_retry.clone(), "web");
+    let hung = tokio::time::timeout(WAIT, pods.get("due")).await;
+    assert!(matches!(hung, Ok(Err(_))), "{hung:?}");
+    srv.clear_faults();
+
+    let rv = srv.resource_version().to_string();
+    let watch = |client: kube::Client| {
+        let rv = rv.clone();
+        async move {
+            let api: Api<Pod> = Api::namespaced(client, "web");
+            api.watch(&WatchParams::default().timeout(120), &rv)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .boxed()
+        }
+    };
+    let mut quiet = watch(clients.watches.clone()).await;
+    let mut cut = watch(clients.calls.clone()).await;
+    // Three times the timeout of silence: the watch client's stream stays
+    // open, the calls client's is cut by its read timeout.
+    let silent = tokio::time::timeout(Duration::from_secs(3), quiet.try_next()).await;
+    assert!(silent.is_err(), "the watch ended in silence: {silent:?}");
+    let ended = tokio::time::timeout(WAIT, cut.try_next()).await;
+    assert!(matches!(ended, Ok(Err(_)) | Ok(Ok(None))), "{ended:?}");
+    // ... and still delivers what happens next.
+    srv.modify::<Pod>("web", "due", |p| {
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("seen".into(), "yes".into());
+    });
+    let next = tokio::time::timeout(WAIT, quiet.try_next()).await;
+    assert!(
+        matches!(next, Ok(Ok(Some(WatchEvent::Modified(_))))),
+        "{next:?}"
+    );
+}
+
+#[test]
+fn kube_timeouts_come_from_the_flags() {
+    let args = Args::parse_from([
+        "spillway",
+        "--kube-connect-timeout-secs",
+        "4",
+        "--kube-timeout-secs",
+        "7",
+    ]);
+    let config = args.run.kube.with_timeouts(kube::Config::new(
+        "http://127.0.0.1:1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+    ));
+    assert_eq!(config.connect_timeout, Some(Duration::from_secs(4)));
+    assert_eq!(config.read_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(config.write_timeout, Some(Duration::from_secs(7)));
+    let defaults = Args::parse_from(["spillway"]);
+    assert_eq!(
+        (
+            defaults.run.kube.kube_connect_timeout_secs,
+            defaults.run.kube.kube_timeout_secs
+        ),
+        (10, 30)
+    );
+}
