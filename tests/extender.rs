@@ -876,6 +876,11 @@ async fn health_readiness_and_metrics() {
         text.contains(r#"spillway_extender_requests_total{outcome="error",verb="filter"} 1"#),
         "{text}"
     );
+    // `spillway_ready` mirrors /readyz at every scrape, in any role.
+    let (_, _, text) = call(&unsynced, "GET", "/metrics", Body::empty()).await;
+    assert!(text.contains("spillway_ready 0"), "{text}");
+    let (_, _, text) = call(&h, "GET", "/metrics", Body::empty()).await;
+    assert!(text.contains("spillway_ready 1"), "{text}");
 
     post(
         &h,
