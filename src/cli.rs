@@ -262,8 +262,8 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// How the roles that talk to the API server find it.
-#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+/// How the roles that talk to the API server find it, and how long they wait for it.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct KubeFlags {
     /// kubeconfig file to use. Without it: the in-cluster service account,
     /// else $KUBECONFIG, else ~/.kube/config.
@@ -272,11 +272,81 @@ pub struct KubeFlags {
     /// kubeconfig context to use (default: its current context).
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+    /// Seconds to wait for a connection (TCP and TLS) to the API server.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub kube_connect_timeout_secs: u64,
+    /// Seconds a request/response call (get, list, create, patch, delete,
+    /// eviction) may go without the API server sending or accepting a byte
+    /// before it fails. Watches are not cut by it: they end at their own
+    /// `timeoutSeconds` (290 s) and kube-rs' watcher drops one silent past that.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub kube_timeout_secs: u64,
+}
+
+impl Default for KubeFlags {
+    fn default() -> Self {
+        KubeFlags {
+            kubeconfig: None,
+            context: None,
+            kube_connect_timeout_secs: 10,
+            kube_timeout_secs: 30,
+        }
+    }
+}
+
+/// The clients of a long-running role, all made from one configuration by
+/// [`KubeFlags::clients`]: the only place API server timeouts are set.
+///
+/// kube-rs' read timeout is a socket idle timeout, applied to every read of
+/// a connection. A watch legitimately stays silent for minutes (a quiet
+/// node's pods, the autoscaler's status ConfigMap), so a watch on a client
+/// with a 30 s read timeout would be cut and re-established every 30 s.
+/// Watches therefore get their own client without one; everything else
+/// fails within the timeout instead of hanging a loop forever.
+#[derive(Clone)]
+pub struct KubeClients {
+    /// Request/response calls: connect, read and write timeouts; kube-rs
+    /// retries 429/503/504 (each attempt within the timeouts).
+    pub calls: kube::Client,
+    /// The same without kube-rs' retries, for writes whose errors must come
+    /// back at once: a PDB's 429 on an eviction, a reservation's 409.
+    pub calls_no_retry: kube::Client,
+    /// Watches (and the list each watch starts from): connect and write
+    /// timeouts only.
+    pub watches: kube::Client,
 }
 
 impl KubeFlags {
+    /// `config` with this replica's timeouts for request/response calls.
+    pub fn with_timeouts(&self, mut config: kube::Config) -> kube::Config {
+        let connect = std::time::Duration::from_secs(self.kube_connect_timeout_secs);
+        let io = std::time::Duration::from_secs(self.kube_timeout_secs);
+        config.connect_timeout = Some(connect);
+        config.read_timeout = Some(io);
+        config.write_timeout = Some(io);
+        // Count the read timeout from when a request is written, not from
+        // when its pooled connection went idle (up to 90 s earlier).
+        config.reset_reader_on_write = true;
+        config
+    }
+
+    /// The clients of a long-running role for `config` (see [`KubeClients`]).
+    pub fn clients(&self, config: kube::Config) -> Result<KubeClients, kube::Error> {
+        let calls = self.with_timeouts(config);
+        let mut no_retry = calls.clone();
+        no_retry.default_retry = false;
+        let mut watches = calls.clone();
+        watches.read_timeout = None;
+        watches.reset_reader_on_write = false;
+        Ok(KubeClients {
+            calls: kube::Client::try_from(calls)?,
+            calls_no_retry: kube::Client::try_from(no_retry)?,
+            watches: kube::Client::try_from(watches)?,
+        })
+    }
+
     /// The client configuration these flags select; the error says which
-    /// source failed and why.
+    /// source failed and why. Timeouts are applied by [`Self::clients`].
     pub async fn config(&self) -> Result<kube::Config, String> {
         use kube::config::{KubeConfigOptions, Kubeconfig};
         let options = KubeConfigOptions {

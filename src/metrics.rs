@@ -273,6 +273,25 @@ impl Metrics {
         m
     }
 
+    /// Forget every gauge only the leader sets (the autoscaler's pass and
+    /// the embedded provider), label sets and all. A replica that lost the
+    /// lease calls this: its last values would otherwise stay exported next
+    /// to the new leader's, double-counting in sums and keeping alerts such
+    /// as `SpillwayPodsWaitingPastMaxVmWait` firing for a state long gone.
+    pub fn reset_leader_gauges(&self) {
+        self.pending_pods.reset();
+        self.pending_over_max_vm_wait.reset();
+        self.burst_pods.reset();
+        self.burst_cpu_cores.reset();
+        self.burst_cost_per_hour.reset();
+        self.budget_utilization.reset();
+        self.policy_max_vm_wait.reset();
+        self.vm_provision_seconds.reset();
+        self.vm_eta_seconds.reset();
+        self.provider_pods.reset();
+        self.aci_quota_cores.reset();
+    }
+
     /// The registry, for components that register their own collectors.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -298,6 +317,34 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn losing_the_lease_forgets_every_leader_gauge() {
+        let m = Metrics::new();
+        m.pending_over_max_vm_wait
+            .with_label_values(&["web"])
+            .set(3);
+        m.burst_pods.with_label_values(&["web"]).set(2);
+        m.aci_quota_cores.with_label_values(&["used"]).set(8.0);
+        m.provider_pods.with_label_values(&["Running"]).set(2);
+        m.decisions
+            .with_label_values(&["burst", "policy-always"])
+            .inc();
+        m.ready.set(1);
+        m.reset_leader_gauges();
+        let text = m.render();
+        for gone in [
+            "spillway_pending_over_max_vm_wait_pods{",
+            "spillway_burst_pods{",
+            "spillway_aci_quota_cores{",
+            "spillway_provider_pods{",
+        ] {
+            assert!(!text.contains(gone), "{gone} still exported:\n{text}");
+        }
+        // Counters and this replica's own state stay.
+        assert!(text.contains("spillway_decisions_total{"));
+        assert!(text.contains("spillway_ready 1"));
+    }
 
     #[test]
     fn renders_build_info_and_names() {

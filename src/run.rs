@@ -10,6 +10,11 @@
 //! With `--aci azure|emulator` the leader is also the virtual node itself
 //! (`provider/`); with `--aci none` (default) run beside the AKS virtual
 //! node add-on.
+//!
+//! `--dry-run` writes nothing anywhere: no leader election (a Lease is a
+//! write; every dry-run replica decides and logs as if it led), no
+//! reservations, no autoscaler writes, and no embedded provider (refused
+//! with `--aci`, whose every step is a write).
 
 use crate::autoscaler::pools::NodeGroupStatus;
 use crate::autoscaler::{ActConfig, Actor, Autoscaler, LoopConfig};
@@ -20,6 +25,7 @@ use crate::extender::reservations::SharedReservations;
 use crate::extender::{AppState, DEFAULT_MAX_BODY_BYTES, PolicySource};
 use crate::metrics::Metrics;
 use crate::policy::reload::PolicyStore;
+use crate::provider::cli::AciBackend;
 use crate::units::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -86,7 +92,8 @@ pub struct RunCommand {
     /// pending), in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub eviction_settle_ms: u64,
-    /// Decide and log, never write to the cluster.
+    /// Decide and log, never write: no Lease (every dry-run replica decides
+    /// as if it led), no reservations, no pod changes. Refused with --aci.
     #[arg(long)]
     pub dry_run: bool,
     /// How often to re-read the policy directory, in seconds.
@@ -101,8 +108,35 @@ pub struct RunCommand {
 }
 
 impl RunCommand {
+    /// Check the flags completely before anything starts.
+    pub fn validate(&self) -> Result<(), FlagError> {
+        self.provider.validate()?;
+        if self.dry_run {
+            match self.provider.backend {
+                AciBackend::None => {}
+                AciBackend::Azure => return Err(FlagError::DryRunWithProvider("azure")),
+                AciBackend::Emulator => return Err(FlagError::DryRunWithProvider("emulator")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every virtual node name spillway acts on by name: `--virtual-node-name`
+    /// and, when spillway is the virtual node, its `--node-name`. Without the
+    /// latter a custom node name would not count as virtual where only names
+    /// are compared (placeholders, drain-back evictions, deletion cost).
+    pub fn virtual_node_names(&self) -> Vec<String> {
+        let mut names = self.cluster.virtual_node_names.clone();
+        if self.provider.backend != AciBackend::None && !names.contains(&self.provider.node_name) {
+            names.push(self.provider.node_name.clone());
+        }
+        names
+    }
+
     pub fn cluster_config(&self) -> ClusterConfig {
-        self.cluster.cluster_config()
+        let mut config = self.cluster.cluster_config();
+        config.virtual_nodes.names.extend(self.virtual_node_names());
+        config
     }
 
     fn identity(&self) -> String {
@@ -113,8 +147,21 @@ impl RunCommand {
     }
 }
 
+/// A combination of `spillway run` flags that cannot work (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error(
+        "--dry-run cannot be combined with --aci {0}: the embedded virtual node only writes (it registers the node, renews its Lease, writes pod status and creates billed ACI container groups). Use --dry-run with --aci none (the default), or drop --dry-run"
+    )]
+    DryRunWithProvider(&'static str),
+    #[error("{0}")]
+    Provider(#[from] crate::provider::cli::ProviderSetupError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("{0}")]
+    Flags(#[from] FlagError),
     #[error("kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error("leader election: {0}")]
@@ -130,7 +177,7 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     let Some(runtime) = crate::cli::server_runtime("run") else {
         return ExitCode::FAILURE;
     };
-    if let Err(e) = cmd.provider.validate() {
+    if let Err(e) = cmd.validate() {
         eprintln!("spillway run: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
@@ -187,11 +234,12 @@ pub async fn run_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let client = kube::Client::try_from(config.clone())?;
+    cmd.validate()?;
+    // Timeouts for every request/response call; watches on their own client.
+    let clients = cmd.kube.clients(config)?;
+    let client = clients.calls.clone();
     // Writes must not hide a PDB's 429 behind minutes of client retries.
-    let mut act_config = config;
-    act_config.default_retry = false;
-    let act_client = kube::Client::try_from(act_config)?;
+    let act_client = clients.calls_no_retry.clone();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -204,7 +252,7 @@ pub async fn run_with(
 
     let view = Arc::new(ClusterView::new(cmd.cluster_config()));
     let reflectors = tokio::spawn(cluster::view::run_reflectors(
-        client.clone(),
+        clients.watches.clone(),
         view.clone(),
         Duration::from_millis(cmd.view_refresh_ms),
     ));
@@ -214,7 +262,7 @@ pub async fn run_with(
             .watch(Duration::from_secs(cmd.policy_reload_secs)),
     );
     let (ca_tx, mut ca_rx) = tokio::sync::watch::channel(None);
-    let ca_watch = tokio::spawn(cluster::ca_status::watch(client.clone(), ca_tx));
+    let ca_watch = tokio::spawn(cluster::ca_status::watch(clients.watches.clone(), ca_tx));
     let identity = cmd.identity();
     // Conflicts are answered by re-reading, so no client-side retries.
     let reservations = SharedReservations::new(
@@ -240,23 +288,36 @@ pub async fn run_with(
         stopped(stop_rx.clone()),
     ));
 
-    let manager = LeaseManagerBuilder::new(client.clone(), &cmd.lease_name)
-        .with_namespace(&cmd.namespace)
-        .with_identity(&identity)
-        .with_duration(cmd.lease_seconds)
-        .with_grace((cmd.lease_seconds / 3).max(1))
-        .build()
-        .await?;
-    let (leader, lease_task) = manager.watch().await;
-    let provider = crate::provider::cli::start(
-        &cmd.provider,
-        client.clone(),
-        leader.clone(),
-        metrics.clone(),
-        store.clone(),
-        stop_rx.clone(),
-    )
-    .await?;
+    // A dry run takes no Lease (that is a write): every dry-run replica
+    // decides and logs as if it led, and `dry_leader` keeps that signal on.
+    let (leader, lease_task, dry_leader) = if cmd.dry_run {
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        (rx, None, Some(tx))
+    } else {
+        let manager = LeaseManagerBuilder::new(client.clone(), &cmd.lease_name)
+            .with_namespace(&cmd.namespace)
+            .with_identity(&identity)
+            .with_duration(cmd.lease_seconds)
+            .with_grace((cmd.lease_seconds / 3).max(1))
+            .build()
+            .await?;
+        let (leader, task) = manager.watch().await;
+        (leader, Some(task), None)
+    };
+    // `validate` refused --dry-run with a provider; this is the second lock.
+    let provider = if cmd.dry_run {
+        None
+    } else {
+        crate::provider::cli::start(
+            &cmd.provider,
+            &clients,
+            leader.clone(),
+            metrics.clone(),
+            store.clone(),
+            stop_rx.clone(),
+        )
+        .await?
+    };
     // Placeholders are owned by the Lease in spillway's namespace: deleting
     // the installation (and its namespace) collects them.
     let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cmd.namespace);
@@ -277,7 +338,7 @@ pub async fn run_with(
             placeholder_image: cmd.placeholder_image.clone(),
             placeholder_priority_class: cmd.placeholder_priority_class.clone(),
             owner,
-            virtual_node_names: cmd.cluster.virtual_node_names.clone(),
+            virtual_node_names: cmd.virtual_node_names(),
             dry_run: cmd.dry_run,
             ..ActConfig::default()
         },
@@ -317,6 +378,11 @@ pub async fn run_with(
         if is_leader != was_leader {
             tracing::info!(identity = %identity, leader = is_leader, "leadership changed");
             was_leader = is_leader;
+            // What the leader published is the new leader's to say now; kept
+            // here it would be counted twice, or alert forever.
+            if !is_leader {
+                metrics.reset_leader_gauges();
+            }
         }
         // Every replica watches the autoscaler's status, so the extender's
         // predictions use upcoming nodes too; the leader adds what it learned.
@@ -362,12 +428,15 @@ pub async fn run_with(
     {
         tracing::warn!(error = %e, "provider task failed");
     }
-    tracing::info!(identity = %identity, "shutting down: releasing the lease");
     drop(leader);
-    match lease_task.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed"),
-        Err(e) => tracing::warn!(error = %e, "lease task failed"),
+    drop(dry_leader);
+    if let Some(lease_task) = lease_task {
+        tracing::info!(identity = %identity, "shutting down: releasing the lease");
+        match lease_task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed"),
+            Err(e) => tracing::warn!(error = %e, "lease task failed"),
+        }
     }
     reflectors.abort();
     reload.abort();

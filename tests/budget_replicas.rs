@@ -54,6 +54,15 @@ fn policies() -> PolicySource {
 }
 
 async fn replica(srv: &TestApiServer, name: &str, shared: bool) -> Replica {
+    replica_with(srv, name, shared, policies()).await
+}
+
+async fn replica_with(
+    srv: &TestApiServer,
+    name: &str,
+    shared: bool,
+    policies: PolicySource,
+) -> Replica {
     let view = Arc::new(ClusterView::new(ClusterConfig::default()));
     let reflectors = tokio::spawn(run_reflectors(
         srv.client(),
@@ -61,7 +70,7 @@ async fn replica(srv: &TestApiServer, name: &str, shared: bool) -> Replica {
         Duration::from_millis(20),
     ));
     let metrics = Arc::new(Metrics::new());
-    let mut state = AppState::new(policies(), view.clone(), metrics.clone());
+    let mut state = AppState::new(policies, view.clone(), metrics.clone());
     if shared {
         state = state.with_reservations(SharedReservations::new(
             srv.client_without_retries(),
@@ -114,7 +123,13 @@ async fn synced(replicas: &[&Replica], pending: usize) {
 
 /// Ask `r` about pod `i`; true when the virtual node was kept.
 async fn admitted(r: &Replica, i: usize) -> bool {
-    let body = json!({"Pod": web_pod(i), "NodeNames": [VIRTUAL]});
+    admitted_among(r, i, &[VIRTUAL]).await
+}
+
+/// Ask `r` about pod `i` with these candidate nodes; true when the virtual
+/// node was kept.
+async fn admitted_among(r: &Replica, i: usize, candidates: &[&str]) -> bool {
+    let body = json!({"Pod": web_pod(i), "NodeNames": candidates});
     let req = Request::builder()
         .method("POST")
         .uri("/filter")
@@ -147,6 +162,42 @@ fn reservations(srv: &TestApiServer) -> Vec<String> {
     srv.get::<ConfigMap>(NS, DEFAULT_NAME)
         .map(|cm| parse(&cm).into_values().map(|r| r.pod).collect())
         .unwrap_or_default()
+}
+
+/// `Always` fills VMs first too: while the scheduler sends a feasible VM the
+/// virtual node is refused and no budget is reserved (a reservation would
+/// hold budget for 30 s for a pod that lands on the VM); with only the
+/// virtual node left it is reserved as usual.
+#[tokio::test]
+async fn always_reserves_no_budget_while_a_vm_is_feasible() {
+    let srv = cluster().await;
+    srv.insert::<Node>(&node("vm-0").pool("user").build());
+    let mut p = BurstPolicy::defaults("always", Some("web"));
+    p.burst.mode = spillway::policy::BurstMode::Always;
+    p.budget.max_pods = Some(MAX_PODS);
+    let set = PolicySet::new(vec![p]).expect("valid policy");
+    let r = replica_with(&srv, "a", true, PolicySource::Fixed(Arc::new(set))).await;
+    synced(&[&r], PODS).await;
+    let reservation_writes = |srv: &TestApiServer| {
+        srv.requests()
+            .iter()
+            .filter(|q| q.path.contains("/configmaps") && q.method != "GET")
+            .count()
+    };
+    for i in 0..PODS {
+        assert!(!admitted_among(&r, i, &["vm-0", VIRTUAL]).await, "pod {i}");
+    }
+    assert_eq!(reservation_writes(&srv), 0);
+    assert!(reservations(&srv).is_empty());
+    assert_eq!(
+        r.metrics
+            .burst_reservations
+            .with_label_values(&["admitted"])
+            .get(),
+        0
+    );
+    assert!(admitted_among(&r, 0, &[VIRTUAL]).await);
+    assert_eq!(reservations(&srv), vec!["web/web-0".to_string()]);
 }
 
 #[tokio::test]

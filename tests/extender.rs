@@ -542,11 +542,18 @@ async fn never_always_and_unmanaged_get_the_obvious_answer() {
     );
     assert_eq!(names(&v), Vec::<String>::new());
 
-    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VM0, VIRTUAL])).await;
+    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VIRTUAL])).await;
     assert_eq!(
         names(&v),
-        vec![VM0, VIRTUAL],
-        "Always keeps the virtual node"
+        vec![VIRTUAL],
+        "Always keeps the virtual node at once when no VM fits"
+    );
+    let (_, v) = post(&h, "/filter", &names_request(&mk("web"), &[VM0, VIRTUAL])).await;
+    assert_eq!(names(&v), vec![VM0], "Always still fills VMs first");
+    assert!(
+        unresolvable(&v, VIRTUAL)
+            .unwrap()
+            .starts_with("spillway: vm-capacity-available")
     );
 
     let (_, v) = post(&h, "/filter", &names_request(&mk("unmanaged"), &[VIRTUAL])).await;
@@ -869,6 +876,11 @@ async fn health_readiness_and_metrics() {
         text.contains(r#"spillway_extender_requests_total{outcome="error",verb="filter"} 1"#),
         "{text}"
     );
+    // `spillway_ready` mirrors /readyz at every scrape, in any role.
+    let (_, _, text) = call(&unsynced, "GET", "/metrics", Body::empty()).await;
+    assert!(text.contains("spillway_ready 0"), "{text}");
+    let (_, _, text) = call(&h, "GET", "/metrics", Body::empty()).await;
+    assert!(text.contains("spillway_ready 1"), "{text}");
 
     post(
         &h,

@@ -1517,3 +1517,61 @@ async fn the_selecting_policys_aci_section_shapes_the_group() {
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// The node's heartbeat does not wait on its status: with every status
+/// write hanging far past its deadline, the Lease keeps being renewed, the
+/// node stays Ready, and each hung write is abandoned and tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_status_write_stops_neither_the_lease_nor_readiness() {
+    let w = world().await;
+    let mut config = provider_config();
+    config.status_interval = Duration::from_millis(500);
+    config.status_timeout = Duration::from_millis(400);
+    config.lease_timeout = Duration::from_secs(1);
+    let p = start_with(&w.srv, w.aci.clone(), None, config);
+    let renew = || {
+        w.srv
+            .get::<Lease>(vnode::NODE_LEASE_NAMESPACE, NODE)
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    eventually("node Ready and its lease created", || async {
+        ready_condition(&w.srv).map(|r| r.0).as_deref() == Some("True") && renew().is_some()
+    })
+    .await;
+    let status_path = format!("/api/v1/nodes/{NODE}/status");
+    w.srv.inject(
+        support::Fault::latency(status_path.clone(), Duration::from_secs(300))
+            .method(axum::http::Method::PATCH)
+            .times(usize::MAX),
+    );
+    let status_writes = || {
+        w.srv
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path == status_path)
+            .count()
+    };
+    let hung_from = status_writes();
+    // Renewals every 300 ms go on, each well inside one hung write (300 s).
+    for _ in 0..5 {
+        let before = renew();
+        eventually_within(
+            "lease renewed while status writes hang",
+            Duration::from_secs(3),
+            || async { renew() > before },
+        )
+        .await;
+    }
+    eventually("hung status writes abandoned and retried", || async {
+        status_writes() >= hung_from + 3
+    })
+    .await;
+    assert_eq!(
+        ready_condition(&w.srv).map(|r| r.0).as_deref(),
+        Some("True"),
+        "the node stays Ready"
+    );
+    w.srv.clear_faults();
+    p.stop().await;
+}

@@ -7,6 +7,7 @@ mod support;
 use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use spillway::cluster::build::{node, pod};
 use spillway::metrics::Metrics;
 use spillway::policy::reload::PolicyStore;
@@ -80,8 +81,13 @@ struct Instance {
 }
 
 async fn start(srv: &TestApiServer, identity: &str) -> Instance {
+    start_with(srv, identity, &[]).await
+}
+
+/// A replica with the tests' usual flags plus `extra`.
+async fn start_with(srv: &TestApiServer, identity: &str, extra: &[&str]) -> Instance {
     let dir = policies_dir();
-    let args = Args::parse_from([
+    let mut argv = vec![
         "spillway",
         "--policies",
         dir.to_str().unwrap_or_default(),
@@ -93,7 +99,9 @@ async fn start(srv: &TestApiServer, identity: &str) -> Instance {
         "200",
         "--view-refresh-ms",
         "50",
-    ]);
+    ];
+    argv.extend_from_slice(extra);
+    let args = Args::parse_from(argv);
     let metrics = Arc::new(Metrics::new());
     let store =
         Arc::new(PolicyStore::open(&dir, metrics.clone()).unwrap_or_else(|e| panic!("{e}")));
@@ -281,5 +289,348 @@ fn an_unreadable_kubeconfig_is_bad_input_naming_the_file() {
     assert!(
         err.contains("--kubeconfig /nonexistent/kubeconfig"),
         "{err}"
+    );
+}
+
+/// Requests that change something: anything but GET (get, list, watch).
+fn writes(srv: &TestApiServer) -> Vec<String> {
+    srv.requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn metrics_of(srv_metrics: &Option<(u16, String)>) -> &str {
+    srv_metrics.as_ref().map_or("", |(_, body)| body.as_str())
+}
+
+/// `--dry-run` decides like a leader (no Lease: taking one is a write) and
+/// writes nothing at all: not one request but GET reaches the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_nothing_anywhere() {
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let mut inst = start_with(&srv, "dry", &["--dry-run"]).await;
+    // It decides: the pending pod's verdict is published by the autoscaler
+    // pass, and the pod is re-read before the nudge it would make.
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = get(inst.addr, "/metrics").await;
+        if metrics_of(&last)
+            .contains("spillway_pending_pods{namespace=\"web\",verdict=\"burst\"} 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics_of(&last).contains("spillway_pending_pods{namespace=\"web\",verdict=\"burst\"} 1"),
+        "{}",
+        metrics_of(&last)
+    );
+    assert!(
+        eventually(|| srv
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/api/v1/namespaces/web/pods/due"))
+        .await,
+        "the dry-run autoscaler re-read the pod it would nudge"
+    );
+    // A few more seconds of passes (tick 200 ms), watching for any write.
+    let window = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(writes(&srv), Vec::<String>::new());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(writes(&srv), Vec::<String>::new());
+    assert!(holder(&srv).is_none(), "no leader Lease");
+    assert!(srv.list::<Pod>(Some("spillway-system")).is_empty());
+    if let Some(stop) = inst.stop.take() {
+        let _ = stop.send(());
+    }
+    let done = tokio::time::timeout(WAIT, &mut inst.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    assert_eq!(writes(&srv), Vec::<String>::new(), "not even on shutdown");
+}
+
+/// The embedded virtual node writes by nature (node, Lease, pod status,
+/// container groups): `--dry-run --aci ...` is refused up front, exit 64.
+#[test]
+fn a_dry_run_with_the_embedded_provider_is_refused() {
+    for backend in ["emulator", "azure"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["run", "--dry-run", "--aci", backend])
+            .args(["--cluster-id", "c", "--aci-subscription", "s"])
+            .args(["--aci-resource-group", "rg", "--policies"])
+            .arg(policies_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status.code(), Some(64), "--aci {backend}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "--dry-run cannot be combined with --aci {backend}"
+            )),
+            "{err}"
+        );
+    }
+}
+
+/// A replica that loses the Lease forgets the gauges only the leader sets,
+/// so they are not summed with the new leader's nor alerted on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_lease_resets_the_leader_gauges() {
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let mut a = start(&srv, "replica-a").await;
+    assert!(eventually(|| holder(&srv).as_deref() == Some("replica-a")).await);
+    let leader_gauges = |m: &str| {
+        m.contains("spillway_burst_pods{namespace=\"web\"} 2")
+            && m.contains("spillway_pending_pods{namespace=\"web\"")
+    };
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline && !leader_gauges(metrics_of(&last)) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = get(a.addr, "/metrics").await;
+    }
+    assert!(leader_gauges(metrics_of(&last)), "{}", metrics_of(&last));
+
+    // Another holder takes the Lease and keeps it fresh (each poll renews it).
+    let intrude = || {
+        srv.modify::<Lease>("spillway-system", "spillway-leader", |l| {
+            let spec = l.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some("intruder".into());
+            spec.lease_duration_seconds = Some(3600);
+            spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        });
+    };
+    let reset = |m: &str| {
+        m.contains("spillway_ready 1")
+            && !m.contains("spillway_burst_pods{")
+            && !m.contains("spillway_pending_pods{")
+            && !m.contains("spillway_budget_utilization_ratio{")
+            && !m.contains("spillway_pending_over_max_vm_wait_pods{")
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline && !reset(metrics_of(&last)) {
+        intrude();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = get(a.addr, "/metrics").await;
+    }
+    assert!(reset(metrics_of(&last)), "{}", metrics_of(&last));
+    assert_eq!(holder(&srv).as_deref(), Some("intruder"));
+    if let Some(stop) = a.stop.take() {
+        let _ = stop.send(());
+    }
+    let _ = tokio::time::timeout(WAIT, &mut a.task).await;
+}
+
+/// With a custom `--node-name` the embedded virtual node's pods are burst
+/// pods for every step that compares node names: they get placeholders and
+/// a deletion cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_node_name_is_a_virtual_node_the_autoscaler_acts_on() {
+    const CUSTOM: &str = "burst-aci-1";
+    let srv = TestApiServer::builder()
+        .pod_deletion(support::PodDeletion::Kubelet)
+        .start()
+        .await;
+    srv.insert(&node("vm-0").pool("user").build());
+    for name in ["a", "b"] {
+        let mut p = pod()
+            .ns("web")
+            .name(name)
+            .cpu("1")
+            .memory("1Gi")
+            .tolerate_virtual()
+            .on_node(CUSTOM)
+            .owned_by("ReplicaSet", &format!("rs-{name}"))
+            .build();
+        p.metadata.uid = Some(format!("uid-{name}"));
+        srv.insert(&p);
+    }
+    let mut inst = start_with(
+        &srv,
+        "custom",
+        &[
+            "--aci",
+            "emulator",
+            "--node-name",
+            CUSTOM,
+            "--kubelet-listen",
+            "127.0.0.1:0",
+            "--node-ip",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    assert!(
+        eventually(|| srv
+            .get::<k8s_openapi::api::core::v1::Node>("", CUSTOM)
+            .is_some())
+        .await,
+        "the virtual node registers under its custom name"
+    );
+    assert!(
+        eventually(|| srv.list::<Pod>(Some("spillway-system")).len() == 2).await,
+        "one placeholder per burst pod: {:?}",
+        srv.list::<Pod>(Some("spillway-system"))
+    );
+    let cost = |name: &str| {
+        srv.get::<Pod>("web", name)
+            .and_then(|p| p.metadata.annotations)
+            .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost").cloned())
+    };
+    assert!(
+        eventually(|| ["a", "b"]
+            .iter()
+            .all(|n| cost(n).as_deref() == Some("-1000")))
+        .await,
+        "deletion cost: {:?} {:?}",
+        cost("a"),
+        cost("b")
+    );
+    if let Some(stop) = inst.stop.take() {
+        let _ = stop.send(());
+    }
+    let _ = tokio::time::timeout(WAIT, &mut inst.task).await;
+}
+
+/// The `extender` role reports `spillway_ready 1` once its view has synced
+/// (`SpillwayNotReady` would otherwise fire for every extender replica).
+#[tokio::test]
+async fn the_extender_role_reports_ready_once_synced() {
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("extender-kubeconfig");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster: {{ server: \"{}\" }}\ncontexts:\n- name: test\n  context: {{ cluster: test, user: u }}\nusers:\n- name: u\n  user: {{}}\n",
+            srv.url()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    drop(listener);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["extender", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--listen", &addr.to_string(), "--policies"])
+        .arg(policies_dir())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _child = Child(child);
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline && !metrics_of(&last).contains("spillway_ready 1")
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = get(addr, "/metrics").await;
+    }
+    assert!(
+        metrics_of(&last).contains("spillway_ready 1"),
+        "{}",
+        metrics_of(&last)
+    );
+}
+
+/// `--kube-timeout-secs` bounds request/response calls; watches run on a
+/// client without it, so a quiet watch is not cut (on the calls' client it
+/// would be, which is why watches have their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_time_out_but_quiet_watches_stay_open() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{Api, WatchEvent, WatchParams};
+    // No bookmarks within the test: a watch with nothing to report is silent.
+    let srv = TestApiServer::builder()
+        .bookmark_interval(Duration::from_secs(600))
+        .start()
+        .await;
+    seed(&srv);
+    let args = Args::parse_from(["spillway", "--kube-timeout-secs", "1"]);
+    let clients = args
+        .run
+        .kube
+        .clients(srv.kube_config())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // A GET whose answer never comes fails instead of hanging its caller.
+    srv.inject(
+        support::Fault::latency("/api/v1/namespaces/web/pods/due", Duration::from_secs(300))
+            .method(axum::http::Method::GET)
+            .times(100),
+    );
+    let pods: Api<Pod> = Api::namespaced(clients.calls_no_retry.clone(), "web");
+    let hung = tokio::time::timeout(WAIT, pods.get("due")).await;
+    assert!(matches!(hung, Ok(Err(_))), "{hung:?}");
+    srv.clear_faults();
+
+    let rv = srv.resource_version().to_string();
+    let watch = |client: kube::Client| {
+        let rv = rv.clone();
+        async move {
+            let api: Api<Pod> = Api::namespaced(client, "web");
+            api.watch(&WatchParams::default().timeout(120), &rv)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .boxed()
+        }
+    };
+    let mut quiet = watch(clients.watches.clone()).await;
+    let mut cut = watch(clients.calls.clone()).await;
+    // Three times the timeout of silence: the watch client's stream stays
+    // open, the calls client's is cut by its read timeout.
+    let silent = tokio::time::timeout(Duration::from_secs(3), quiet.try_next()).await;
+    assert!(silent.is_err(), "the watch ended in silence: {silent:?}");
+    let ended = tokio::time::timeout(WAIT, cut.try_next()).await;
+    assert!(matches!(ended, Ok(Err(_)) | Ok(Ok(None))), "{ended:?}");
+    // ... and still delivers what happens next.
+    srv.modify::<Pod>("web", "due", |p| {
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("seen".into(), "yes".into());
+    });
+    let next = tokio::time::timeout(WAIT, quiet.try_next()).await;
+    assert!(
+        matches!(next, Ok(Ok(Some(WatchEvent::Modified(_))))),
+        "{next:?}"
+    );
+}
+
+#[test]
+fn kube_timeouts_come_from_the_flags() {
+    let args = Args::parse_from([
+        "spillway",
+        "--kube-connect-timeout-secs",
+        "4",
+        "--kube-timeout-secs",
+        "7",
+    ]);
+    let config = args.run.kube.with_timeouts(kube::Config::new(
+        "http://127.0.0.1:1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}")),
+    ));
+    assert_eq!(config.connect_timeout, Some(Duration::from_secs(4)));
+    assert_eq!(config.read_timeout, Some(Duration::from_secs(7)));
+    assert_eq!(config.write_timeout, Some(Duration::from_secs(7)));
+    let defaults = Args::parse_from(["spillway"]);
+    assert_eq!(
+        (
+            defaults.run.kube.kube_connect_timeout_secs,
+            defaults.run.kube.kube_timeout_secs
+        ),
+        (10, 30)
     );
 }

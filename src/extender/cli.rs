@@ -91,8 +91,10 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
             Err(e) => return bad_input(e),
         },
         None => {
-            let client = match cmd.kube.config().await.and_then(|c| {
-                kube::Client::try_from(c).map_err(|e| format!("Kubernetes client: {e}"))
+            let clients = match cmd.kube.config().await.and_then(|c| {
+                cmd.kube
+                    .clients(c)
+                    .map_err(|e| format!("Kubernetes client: {e}"))
             }) {
                 Ok(c) => c,
                 Err(e) => return bad_input(format!("no --cluster-state FILE and {e}")),
@@ -100,8 +102,9 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
             let replica = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| format!("spillway-extender-{}", std::process::id()));
+            // Conflicts are answered by re-reading, so no client-side retries.
             shared = Some(SharedReservations::new(
-                client.clone(),
+                clients.calls_no_retry.clone(),
                 &cmd.namespace,
                 &cmd.reservations_configmap,
                 &replica,
@@ -109,7 +112,7 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
             let view = Arc::new(ClusterView::new(config));
             // Upcoming VMs and pool bounds from the cluster autoscaler's status.
             let (ca_tx, mut ca_rx) = tokio::sync::watch::channel(None);
-            tokio::spawn(cluster::ca_status::watch(client.clone(), ca_tx));
+            tokio::spawn(cluster::ca_status::watch(clients.watches.clone(), ca_tx));
             let pools_view = view.clone();
             tokio::spawn(async move {
                 let learner = ProvisionLearner::default();
@@ -124,7 +127,9 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
             let refresh = std::time::Duration::from_millis(cmd.view_refresh_ms);
             let watched = view.clone();
             tokio::spawn(async move {
-                if let Err(e) = cluster::view::run_reflectors(client, watched, refresh).await {
+                if let Err(e) =
+                    cluster::view::run_reflectors(clients.watches, watched, refresh).await
+                {
                     tracing::error!(error = %e, "cluster view stopped");
                 }
             });

@@ -107,10 +107,14 @@ impl<'a> VirtualTest<'a> {
 }
 
 /// DESIGN.md's filter rule for the virtual node, given how many VM nodes
-/// survived the scheduler's own filters. A `burst` is recorded against the
-/// namespace's budget before it is answered: in the replicas' shared
-/// reservations when there are any (`reservations.rs`), else in this
-/// replica's ledger.
+/// survived the scheduler's own filters. VMs come first for `Auto` and
+/// `Always` alike: while a VM node is feasible the virtual node is refused,
+/// and nothing is reserved (`Always` means "burst without waiting for a VM
+/// that is not there", not "prefer ACI over a VM that is"; a reservation
+/// would hold budget for 30 s for a pod that goes to the VM). A `burst` is
+/// recorded against the namespace's budget before it is answered: in the
+/// replicas' shared reservations when there are any (`reservations.rs`),
+/// else in this replica's ledger.
 pub async fn decide_for_virtual(
     state: &AppState,
     pod: &Pod,
@@ -128,7 +132,7 @@ pub async fn decide_for_virtual(
             refusal: None,
         });
     };
-    if policy.burst.mode == BurstMode::Auto && vm_candidates > 0 {
+    if policy.burst.mode != BurstMode::Never && vm_candidates > 0 {
         return Ok(FilterDecision {
             verdict: Verdict::Vm,
             reason: Reason::VmCapacityAvailable,

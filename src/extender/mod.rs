@@ -280,6 +280,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // `spillway_ready` mirrors /readyz at every scrape, whichever role serves
+    // this router (the `extender` role has no loop of its own to set it).
+    state.metrics.ready.set(i64::from(state.view.is_synced()));
     (
         [(
             header::CONTENT_TYPE,

@@ -91,17 +91,31 @@ async fn pod_past_spill_after_bursts() {
 }
 
 #[tokio::test]
-async fn never_refuses_even_without_vms_and_always_keeps_even_with_vms() {
+async fn never_refuses_even_without_vms_and_always_bursts_at_once_only_without_vms() {
     let s = state(vec![policy(Some("web"), BurstMode::Never)]);
     let d = decide_for_virtual(&s, &web_pod(3600), 0).await.unwrap();
     assert_eq!(d.reason, Reason::PolicyNever);
     assert!(d.refusal.unwrap().starts_with("spillway: policy-never"));
     let s = state(vec![policy(Some("web"), BurstMode::Always)]);
-    let d = decide_for_virtual(&s, &web_pod(0), 3).await.unwrap();
+    let d = decide_for_virtual(&s, &web_pod(0), 0).await.unwrap();
     assert_eq!(
         (d.verdict, d.reason, d.refusal),
         (Verdict::Burst, Reason::PolicyAlways, None)
     );
+    assert_eq!(s.admissions.len(), 1, "a burst is counted in the ledger");
+    // VMs come first: with a feasible VM the virtual node is refused and
+    // nothing is held against the budget.
+    let s = state(vec![policy(Some("web"), BurstMode::Always)]);
+    let d = decide_for_virtual(&s, &web_pod(0), 3).await.unwrap();
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Vm, Reason::VmCapacityAvailable)
+    );
+    assert!(
+        d.refusal
+            .is_some_and(|m| m.contains("VMs are filled first"))
+    );
+    assert!(s.admissions.is_empty(), "no ledger admission for a VM pod");
 }
 
 #[tokio::test]

@@ -221,7 +221,7 @@ fn metered_and_paced(
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
     args: &ProviderArgs,
-    client: kube::Client,
+    clients: &crate::cli::KubeClients,
     leader: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     policies: Arc<crate::policy::reload::PolicyStore>,
@@ -299,8 +299,9 @@ pub async fn start(
         })?;
     let config = args.config(&cluster_id, kubelet_addr.port());
     tracing::info!(node = %config.node.name, cluster_id = %cluster_id, backend = ?args.backend, kubelet = %kubelet_addr, "embedded ACI provider configured");
-    let provider =
-        Provider::new(client, aci.clone(), config, Some(metrics)).with_policies(policies);
+    let provider = Provider::new(clients.calls.clone(), aci.clone(), config, Some(metrics))
+        .with_watch_client(clients.watches.clone())
+        .with_policies(policies);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

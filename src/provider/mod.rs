@@ -10,7 +10,12 @@
 //!
 //! Shape of the work:
 //! - **node loop**: usage → capacity, backend health → Ready, node status
-//!   written on change or every `status_interval`, Lease every `lease_interval`.
+//!   written on change or every `status_interval`, each write bounded by
+//!   `status_timeout` and retried on the next tick.
+//! - **lease loop**: the node's heartbeat Lease renewed every
+//!   `lease_interval`, each renewal bounded by `lease_timeout`. Its own loop:
+//!   a stalled status write (or ACI call) must never stop the heartbeat, or
+//!   the node controller marks the node NotReady and evicts its pods.
 //! - **pod loop**: a reflector over pods with `spec.nodeName=<node>` (a 410
 //!   relists, keeping the store); every `sync_interval` one ACI list (+ GETs
 //!   for instance views) and [`pods::decide`] per pod; creations and
@@ -84,8 +89,14 @@ pub struct ProviderConfig {
     /// One ACI list per this interval (status sync).
     pub sync_interval: Duration,
     pub lease_interval: Duration,
+    /// Bound on one Lease renewal; a renewal that takes longer is abandoned
+    /// and retried (after a quarter of `lease_interval`).
+    pub lease_timeout: Duration,
     /// Node status is rewritten at least this often (and on change).
     pub status_interval: Duration,
+    /// Bound on one node status write (or registration); a write that takes
+    /// longer is abandoned and retried on the node loop's next tick.
+    pub status_timeout: Duration,
     /// How often the ACI quota (capacity) is read.
     pub usage_interval: Duration,
     pub gc_interval: Duration,
@@ -127,7 +138,9 @@ impl ProviderConfig {
             location: location.into(),
             sync_interval: Duration::from_secs(5),
             lease_interval: Duration::from_secs(10),
+            lease_timeout: Duration::from_secs(10),
             status_interval: Duration::from_secs(60),
+            status_timeout: Duration::from_secs(15),
             usage_interval: Duration::from_secs(30),
             gc_interval: Duration::from_secs(60),
             unreachable_after: Duration::from_secs(60),
@@ -226,7 +239,11 @@ fn status_patch(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::V
 /// The embedded virtual-kubelet.
 #[derive(Clone)]
 pub struct Provider {
+    /// Request/response calls (bounded by the client's timeouts).
     client: kube::Client,
+    /// The pod watch: a client without a read timeout, since a quiet node's
+    /// watch is silent for minutes (see `cli::KubeClients`).
+    watch_client: kube::Client,
     aci: Arc<dyn ContainerGroups>,
     config: Arc<ProviderConfig>,
     translate: Arc<TranslateConfig>,
@@ -315,6 +332,7 @@ impl Provider {
     ) -> Self {
         let translate = TranslateConfig::new(config.cluster_id.clone(), config.location.clone());
         Self {
+            watch_client: client.clone(),
             client,
             aci,
             config: Arc::new(config),
@@ -322,6 +340,12 @@ impl Provider {
             metrics,
             policies: None,
         }
+    }
+
+    /// Watch pods through `client` instead of the one given to [`Self::new`].
+    pub fn with_watch_client(mut self, client: kube::Client) -> Self {
+        self.watch_client = client;
+        self
     }
 
     /// Apply the `aci` settings of the policy that selects each pod.
@@ -355,6 +379,10 @@ impl Provider {
                 _ = &mut stop => return Ok(()),
                 _ = async { lost.wait_for(|l| !*l).await.is_ok() } => {
                     tracing::info!(node = %self.config.node.name, "provider paused (not leader)");
+                    // The new leader's provider reports pods and quota now.
+                    if let Some(m) = &self.metrics {
+                        m.reset_leader_gauges();
+                    }
                 }
                 r = self.active() => {
                     if let Err(e) = r {
@@ -368,7 +396,7 @@ impl Provider {
 
     async fn active(&self) -> Result<(), ProviderError> {
         let shared = Arc::new(Shared::default());
-        let pods: Api<Pod> = Api::all(self.client.clone());
+        let pods: Api<Pod> = Api::all(self.watch_client.clone());
         let (store, writer) = reflector::store::<Pod>();
         let changed = Arc::new(tokio::sync::Notify::new());
         let selector = format!("spec.nodeName={}", self.config.node.name);
@@ -391,9 +419,13 @@ impl Provider {
                 .await;
         };
         let node_name = self.config.node.name.clone();
+        // The node loop publishes the node's uid once registered; the lease
+        // loop owns the Lease by it.
+        let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
         tokio::select! {
             _ = drive => Err(ProviderError::WatchStopped { node: node_name, message: "stream ended".into() }),
-            r = self.node_loop(&shared) => r,
+            r = self.node_loop(&shared, uid_tx) => r,
+            r = self.lease_loop(uid_rx) => r,
             r = self.usage_loop(&shared) => r,
             r = self.pod_loop(store, changed, &shared) => r,
         }
@@ -429,33 +461,44 @@ impl Provider {
         }
     }
 
-    async fn node_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
+    /// Register the node and keep its status current: written on change or
+    /// every `status_interval`, each attempt bounded by `status_timeout`
+    /// (a failed or timed-out write is retried on the next tick). The node's
+    /// uid goes to `uid` for the lease loop.
+    async fn node_loop(
+        &self,
+        shared: &Shared,
+        uid: tokio::sync::watch::Sender<Option<String>>,
+    ) -> Result<(), ProviderError> {
         let cfg = &self.config;
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let mut node_uid: Option<String> = None;
+        let mut registered = false;
         let mut last_written: Option<NodeStatus> = None;
         let mut last_write_at: Option<Instant> = None;
-        let mut last_lease_at: Option<Instant> = None;
         let tick = cfg
-            .lease_interval
-            .min(cfg.usage_interval)
+            .usage_interval
             .min(cfg.status_interval)
             .min(Duration::from_secs(1).max(cfg.sync_interval / 2));
         loop {
-            let due =
-                |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
-            if node_uid.is_none() {
-                match self.ensure_node().await {
-                    Ok(uid) => {
-                        node_uid = Some(uid);
+            if !registered {
+                match tokio::time::timeout(cfg.status_timeout, self.ensure_node()).await {
+                    Ok(Ok(node_uid)) => {
+                        registered = true;
                         last_written = None;
+                        uid.send_replace(Some(node_uid));
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, node = %cfg.node.name, "cannot register the node")
                     }
+                    Err(_) => tracing::warn!(
+                        node = %cfg.node.name,
+                        within = ?cfg.status_timeout,
+                        "registering the node timed out; retrying"
+                    ),
                 }
             }
-            if node_uid.is_some() {
+            let due = last_write_at.is_none_or(|t| t.elapsed() >= cfg.status_interval);
+            if registered {
                 let own = *shared.own.lock().unwrap_or_else(|e| e.into_inner());
                 let usage = shared
                     .usage
@@ -465,16 +508,13 @@ impl Provider {
                 let health = shared.health(cfg.unreachable_after);
                 let mut desired =
                     node::node_status(&cfg.node, usage.as_ref(), &health, &now_time());
-                if due(last_write_at, cfg.status_interval)
-                    || node::status_differs(last_written.as_ref(), &desired)
-                {
+                if due || node::status_differs(last_written.as_ref(), &desired) {
                     node::carry_transition_times(last_written.as_ref(), &mut desired);
                     let patch = Patch::Merge(json!({ "status": desired }));
-                    match nodes
-                        .patch_status(&cfg.node.name, &PatchParams::default(), &patch)
-                        .await
-                    {
-                        Ok(n) => {
+                    let params = PatchParams::default();
+                    let write = nodes.patch_status(&cfg.node.name, &params, &patch);
+                    match tokio::time::timeout(cfg.status_timeout, write).await {
+                        Ok(Ok(n)) => {
                             if health != Health::Reachable
                                 || last_written
                                     .as_ref()
@@ -485,20 +525,57 @@ impl Provider {
                             last_written = n.status;
                             last_write_at = Some(Instant::now());
                         }
-                        Err(kube::Error::Api(s)) if s.is_not_found() => node_uid = None,
-                        Err(e) => tracing::warn!(error = %e, "node status write failed"),
+                        Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {
+                            // Deleted behind our back: register it again; its
+                            // Lease (owned by the old node) goes with it.
+                            registered = false;
+                            uid.send_replace(None);
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "node status write failed"),
+                        Err(_) => tracing::warn!(
+                            node = %cfg.node.name,
+                            within = ?cfg.status_timeout,
+                            "node status write timed out; retrying"
+                        ),
                     }
                 }
             }
-            if let Some(uid) = node_uid.clone()
-                && due(last_lease_at, cfg.lease_interval)
-            {
-                match self.renew_lease(uid).await {
-                    Ok(()) => last_lease_at = Some(Instant::now()),
-                    Err(e) => tracing::warn!(error = %e, "node lease renewal failed"),
-                }
-            }
             tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Renew the node's Lease every `lease_interval` while the node is
+    /// registered, each renewal bounded by `lease_timeout`. Independent of
+    /// the node loop, so a stalled status write never stops the heartbeat.
+    async fn lease_loop(
+        &self,
+        mut uid: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Result<(), ProviderError> {
+        let cfg = &self.config;
+        let retry = (cfg.lease_interval / 4).max(Duration::from_millis(50));
+        loop {
+            let Some(node_uid) = uid.borrow_and_update().clone() else {
+                // Not registered (yet, or again): no node to own the Lease.
+                if uid.changed().await.is_err() {
+                    // The node loop is gone, and `active` with it.
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            };
+            let wait = match tokio::time::timeout(cfg.lease_timeout, self.renew_lease(node_uid))
+                .await
+            {
+                Ok(Ok(())) => cfg.lease_interval,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "node lease renewal failed");
+                    retry
+                }
+                Err(_) => {
+                    tracing::warn!(within = ?cfg.lease_timeout, "node lease renewal timed out; retrying");
+                    retry
+                }
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
