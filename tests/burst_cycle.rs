@@ -73,6 +73,7 @@ async fn loopback() -> (tokio::net::TcpListener, String) {
 }
 
 struct Instance {
+    metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), spillway::run::RunError>>,
 }
@@ -119,6 +120,7 @@ async fn start(
         Arc::new(PolicyStore::open(&dir, metrics.clone()).unwrap_or_else(|e| panic!("{e}")));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = srv.kube_config();
+    let own = metrics.clone();
     let task = tokio::spawn(async move {
         run_with(config, &args.run, store, metrics, listener, async move {
             let _ = rx.await;
@@ -126,6 +128,7 @@ async fn start(
         .await
     });
     Instance {
+        metrics: own,
         stop: Some(tx),
         task,
     }
@@ -682,4 +685,146 @@ fn replicaset_scale_down_picks_victims_like_kube_controller_manager() {
     ];
     assert_eq!(pick(&pods, 2), ["a", "b"]);
     assert_eq!(pick(&pods, 3).len(), 3);
+}
+
+/// Pods pinned to pool `user` (required node affinity) while the only free
+/// VM room is on the tainted pool `gpu`: they burst, their placeholders
+/// carry the affinity, so neither the placeholders nor drain-back use the
+/// gpu room; once the cluster autoscaler grows `user` for the placeholders,
+/// drain-back brings every pod home to `user`, none bursts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_pods_drain_back_only_into_their_own_pool() {
+    let srv = full_cluster().await;
+    srv.insert(
+        &node("aks-gpu-0")
+            .pool("gpu")
+            .cpu("8")
+            .memory("32Gi")
+            .taint("sku", "gpu")
+            .build(),
+    );
+    let (listener, extender) = loopback().await;
+    let a = start(&srv, "replica-a", listener, &[]).await;
+    eventually("replica-a leads", || {
+        holder(&srv).as_deref() == Some("replica-a")
+    })
+    .await;
+    let mut template = web_template();
+    // Pool `user`, or the virtual node (terms are ORed; the scheduler
+    // applies required affinity to the virtual node too).
+    if let Some(s) = template.spec.as_mut() {
+        s.affinity = serde_json::from_value(json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["user"]}]},
+            {"matchExpressions": [{"key": "type", "operator": "In", "values": ["virtual-kubelet"]}]}
+        ]}}}))
+        .ok();
+    }
+    let replicas = 4;
+    let mut tasks = cluster_actors(
+        &srv,
+        extender,
+        Bindings::default(),
+        BTreeSet::new(),
+        Arc::new(AtomicUsize::new(replicas)),
+        template,
+        Arc::new(Mutex::new(0usize)),
+    );
+    eventually("all pods burst", || {
+        names(&web_pods(&srv), |n| n == Some(VIRTUAL)).len() == replicas
+    })
+    .await;
+    eventually("one placeholder per burst pod, none placed", || {
+        let ph = srv.list::<Pod>(Some("spillway-system"));
+        ph.len() == replicas && ph.iter().all(|p| on_node(p).is_none())
+    })
+    .await;
+    // Longer than drainBack.after (2 s) with the gpu room free all along:
+    // nothing is evicted, nothing lands on the gpu pool.
+    let calm = Instant::now();
+    while calm.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let evictions = srv
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/eviction"))
+            .count();
+        assert_eq!(
+            evictions, 0,
+            "no drain-back while only the tainted pool has room"
+        );
+    }
+    assert!(
+        srv.list::<Pod>(None)
+            .iter()
+            .all(|p| on_node(p).as_deref() != Some("aks-gpu-0"))
+    );
+
+    // The cluster autoscaler grows the pool the placeholders ask for.
+    let added = Arc::new(Mutex::new(Vec::new()));
+    tasks.push(tokio::spawn(actors::cluster_autoscaler(
+        srv.client(),
+        vec![
+            actors::PoolTemplate {
+                name: "gpu".into(),
+                max: 3,
+                cpu: "8".into(),
+                memory: "32Gi".into(),
+                labels: Default::default(),
+                taints: vec![("sku".into(), "gpu".into(), "NoSchedule".into())],
+            },
+            actors::PoolTemplate {
+                name: "user".into(),
+                max: 3,
+                cpu: "4".into(),
+                memory: "16Gi".into(),
+                labels: Default::default(),
+                taints: vec![],
+            },
+        ],
+        added.clone(),
+    )));
+    eventually("every pod home on pool user", || {
+        let pods = web_pods(&srv);
+        pods.len() == replicas
+            && pods.iter().all(|p| {
+                running_and_ready(p) && on_node(p).is_some_and(|n| n.starts_with("aks-user-"))
+            })
+    })
+    .await;
+    let grown: Vec<String> = added
+        .lock()
+        .map(|a| a.iter().map(|(pool, _)| pool.clone()).collect())
+        .unwrap_or_default();
+    assert!(
+        !grown.is_empty() && grown.iter().all(|p| p == "user"),
+        "{grown:?}"
+    );
+    eventually("placeholders gone", || {
+        srv.list::<Pod>(Some("spillway-system")).is_empty()
+    })
+    .await;
+    assert_eq!(
+        a.metrics.drainback_rebursts.get(),
+        0,
+        "no replacement burst again"
+    );
+    assert_eq!(
+        a.metrics
+            .drainback_evictions
+            .with_label_values(&["web", "done"])
+            .get(),
+        replicas as u64
+    );
+    assert_eq!(
+        a.metrics
+            .placeholder_creates
+            .with_label_values(&["error"])
+            .get(),
+        0
+    );
+    for t in tasks {
+        t.abort();
+    }
+    a.stop().await;
 }

@@ -313,3 +313,97 @@ fn extender_help_shows_defaults_and_bad_flags_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/state.yaml"));
 }
+
+/// A pod pinned (by required affinity) to a full pool, while the only free
+/// room is on a tainted pool it does not tolerate: explain says it waits
+/// for its own pool, through the binary on a dump.
+#[test]
+fn a_pinned_pod_waits_for_its_own_pool_not_for_a_tainted_ones_room() {
+    use spillway::cluster::build::{node, pod};
+    let t0 = Timestamp::parse_rfc3339(NOW).unwrap();
+    let items = vec![
+        serde_json::to_value(node("aks-nodepool1-0").pool("nodepool1").cpu("4").build()).unwrap(),
+        serde_json::to_value(node("aks-gpu-0").pool("gpu").taint("sku", "gpu").build()).unwrap(),
+        serde_json::to_value(node("spillway-aci").virtual_kubelet().build()).unwrap(),
+        // Fills nodepool1.
+        serde_json::to_value(
+            pod()
+                .ns("default")
+                .name("filler")
+                .cpu("4")
+                .on_node("aks-nodepool1-0")
+                .phase("Running")
+                .build(),
+        )
+        .unwrap(),
+        serde_json::to_value(
+            pod()
+                .ns("batch")
+                .name("pinned")
+                .cpu("1")
+                .memory("1Gi")
+                .require_node("agentpool", "In", &["nodepool1"])
+                .tolerate_virtual()
+                .created(Timestamp::from_millis(t0.millis() - 20_000))
+                .build(),
+        )
+        .unwrap(),
+        // Not pinned, but it does not tolerate the gpu pool's taint either.
+        serde_json::to_value(
+            pod()
+                .ns("batch")
+                .name("unpinned")
+                .cpu("1")
+                .memory("1Gi")
+                .tolerate_virtual()
+                .created(Timestamp::from_millis(t0.millis() - 20_000))
+                .build(),
+        )
+        .unwrap(),
+    ];
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let dir = std::env::temp_dir().join(format!("spillway-explain-pinned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("cluster.json");
+    std::fs::write(&state, list.to_string()).unwrap();
+    let out = spillway(&[
+        "explain",
+        "--cluster-state",
+        state.to_str().unwrap(),
+        "--policies",
+        POLICIES,
+        "--now",
+        NOW,
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for row in v.as_array().unwrap() {
+        assert_eq!(row["verdict"], "wait", "{row}");
+        assert_eq!(row["reason"], "waiting-for-vm", "{row}");
+    }
+    let table = spillway(&[
+        "explain",
+        "--cluster-state",
+        state.to_str().unwrap(),
+        "--policies",
+        POLICIES,
+        "--now",
+        NOW,
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let pinned = table
+        .lines()
+        .find(|l| l.contains(" pinned "))
+        .unwrap_or_default();
+    assert!(
+        pinned.contains("VM predicted in 4m (pool nodepool1)"),
+        "its own pool, not the gpu pool's free room: {table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -497,7 +497,8 @@ impl<'a> Pass<'a> {
     }
 
     /// Predict (and claim) when VM capacity for the pod will exist.
-    fn claim_vm_eta(&mut self, pod: &PendingPod) -> Option<Timestamp> {
+    /// Returns the time and the pool the capacity comes from.
+    fn claim_vm_eta(&mut self, pod: &PendingPod) -> Option<(Timestamp, usize)> {
         let now = self.snap.now;
         let cfg = &self.engine.config;
         let snap = self.snap;
@@ -508,7 +509,7 @@ impl<'a> Pass<'a> {
             .enumerate()
             .filter(|(_, f)| pod.requests.fits_in(&f.free) && snap.pool_admits(pod, f.pool))
             .min_by_key(|(_, f)| f.ready_at)
-            .map(|(i, f)| (i, f.ready_at));
+            .map(|(i, f)| (i, f.ready_at, f.pool));
         // A node the pool could still be asked for.
         let scale_up_start = pod.pending_since.plus(cfg.scale_up_delay).max(now);
         let best_new = self
@@ -527,10 +528,10 @@ impl<'a> Pass<'a> {
             })
             .min_by_key(|&(i, t)| (t, i));
         match (best_future, best_new) {
-            (Some((fi, t)), new) if new.is_none_or(|(_, nt)| t <= nt) => {
+            (Some((fi, t, pool)), new) if new.is_none_or(|(_, nt)| t <= nt) => {
                 let f = &mut self.future[fi];
                 f.free = f.free.saturating_sub(&pod.requests);
-                Some(t.max(now))
+                Some((t.max(now), pool))
             }
             (_, Some((pi, t))) => {
                 self.headroom[pi] -= 1;
@@ -540,7 +541,7 @@ impl<'a> Pass<'a> {
                     ready_at: t,
                     free: shape.saturating_sub(&pod.requests),
                 });
-                Some(t)
+                Some((t, pi))
             }
             _ => None,
         }
@@ -734,12 +735,19 @@ impl<'a> Pass<'a> {
                 ),
             );
         }
-        let eta = self.claim_vm_eta(pod);
+        let claimed = self.claim_vm_eta(pod);
+        let eta = claimed.map(|(t, _)| t);
+        let pool = claimed.map_or("", |(_, p)| self.snap.pools[p].name.as_str());
         let waited = now.since(pod.pending_since);
         let (reason, detail) = match eta {
             None => (
                 Reason::PoolsAtMax,
-                "no VM pool can grow to fit the pod".to_string(),
+                if pod.placement == Placement::default() && pod.pool.is_none() {
+                    "no VM pool can grow to fit the pod".to_string()
+                } else {
+                    "no VM pool the pod's nodeSelector, affinity and tolerations allow can grow to fit it"
+                        .to_string()
+                },
             ),
             Some(_) if waited >= burst.spill_after => (
                 Reason::SpillAfterElapsed,
@@ -748,7 +756,8 @@ impl<'a> Pass<'a> {
             Some(t) if t.since(pod.pending_since) > burst.max_vm_wait => (
                 Reason::VmEtaExceedsMaxWait,
                 format!(
-                    "VM predicted {} after the pod became pending > maxVmWait {}",
+                    "VM (pool {}) predicted {} after the pod became pending > maxVmWait {}",
+                    pool,
                     t.since(pod.pending_since),
                     burst.max_vm_wait
                 ),
@@ -761,10 +770,11 @@ impl<'a> Pass<'a> {
                     Some(until),
                     Some(t),
                     format!(
-                        "{} left of spillAfter {}, VM predicted in {}",
+                        "{} left of spillAfter {}, VM predicted in {} (pool {})",
                         until.since(now),
                         burst.spill_after,
-                        t.since(now)
+                        t.since(now),
+                        pool
                     ),
                 );
             }

@@ -180,7 +180,7 @@ fn waiting_reports_until_and_eta() {
     assert_eq!(d.vm_eta, Some(Timestamp::from_secs(10_000 + 2 + 180)));
     assert_eq!(
         d.message(),
-        "spillway: waiting-for-vm, 22s left of spillAfter 30s, VM predicted in 3m2s"
+        "spillway: waiting-for-vm, 22s left of spillAfter 30s, VM predicted in 3m2s (pool a)"
     );
 }
 

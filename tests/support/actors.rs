@@ -1,12 +1,15 @@
 //! The rest of a cluster, for end-to-end tests: small stand-ins for
 //! kube-scheduler (calling the real extender over HTTP), the kubelet and a
 //! ReplicaSet controller (scale-up, and scale-down with
-//! kube-controller-manager's choice of victims). They talk to the test API
+//! kube-controller-manager's choice of victims), and a cluster autoscaler
+//! that grows the pool an unschedulable pod could use. They talk to the test API
 //! server through `kube::Client` like the real components, poll every
 //! `TICK`, and stop when their task is aborted.
 //!
 //! They are deliberately simple: the scheduler filters on readiness,
-//! cordons, NoSchedule taints, a `NotIn` node affinity and requests; scores
+//! cordons, taints (`NoSchedule`, `NoExecute`), `nodeSelector`, required
+//! node affinity (every operator) and requests — its own code, written from
+//! kube-scheduler's rules, not spillway's; scores
 //! through the extender's `/prioritize` (first node wins ties); and preempts
 //! only capacity placeholders. Enough to drive spillway's decisions, not a
 //! scheduler.
@@ -60,6 +63,9 @@ fn ready(node: &Node) -> bool {
             .unwrap_or(false)
 }
 
+/// kube-scheduler's `TaintToleration` filter: every `NoSchedule` and
+/// `NoExecute` taint needs a toleration (`Toleration.ToleratesTaint`: an
+/// empty effect matches all effects, an empty key with `Exists` all keys).
 fn tolerates(pod: &Pod, node: &Node) -> bool {
     let taints = node
         .spec
@@ -71,25 +77,62 @@ fn tolerates(pod: &Pod, node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.tolerations.clone())
         .unwrap_or_default();
-    taints.iter().filter(|t| t.effect == "NoSchedule").all(|t| {
-        tols.iter().any(|tol| {
-            let key_ok = tol
-                .key
-                .as_deref()
-                .is_none_or(|k| k.is_empty() || k == t.key);
-            let op = tol.operator.as_deref().unwrap_or("Equal");
-            let val_ok = op == "Exists" || tol.value.as_deref() == t.value.as_deref();
-            let eff_ok = tol
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == t.effect);
-            key_ok && val_ok && eff_ok
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| {
+            tols.iter().any(|tol| {
+                let eff_ok = tol
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == t.effect);
+                let key_ok = tol
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| k.is_empty() || k == t.key);
+                let val_ok = match tol.operator.as_deref().unwrap_or("Equal") {
+                    "Exists" => true,
+                    "Equal" | "" => {
+                        tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("")
+                    }
+                    _ => false,
+                };
+                eff_ok && key_ok && val_ok
+            })
         })
-    })
 }
 
-/// Required node affinity, `NotIn`/`In` expressions only.
+/// One node selector requirement against a value (labels.Selector rules).
+fn requirement_ok(op: &str, values: &[String], v: Option<&String>) -> bool {
+    let int = |s: &str| s.parse::<i64>().ok();
+    match op {
+        "In" => v.is_some_and(|v| values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" | "Lt" => match (values, v.and_then(|v| int(v))) {
+            ([bound], Some(have)) => {
+                int(bound).is_some_and(|b| if op == "Gt" { have > b } else { have < b })
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// kube-scheduler's `NodeAffinity` filter: `nodeSelector` (every pair) and
+/// the required affinity (terms ORed, a term's requirements ANDed, an empty
+/// term matching nothing; `matchFields` on `metadata.name`).
 fn affinity_ok(pod: &Pod, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let selector = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_selector.clone())
+        .unwrap_or_default();
+    if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+        return false;
+    }
     let terms = pod
         .spec
         .as_ref()
@@ -101,18 +144,141 @@ fn affinity_ok(pod: &Pod, node: &Node) -> bool {
         })
         .map(|r| r.node_selector_terms.clone());
     let Some(terms) = terms else { return true };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.clone().unwrap_or_default();
     terms.iter().any(|t| {
-        t.match_expressions.iter().flatten().all(|e| {
-            let v = labels.get(&e.key);
-            let values = e.values.clone().unwrap_or_default();
-            match e.operator.as_str() {
-                "NotIn" => v.is_none_or(|v| !values.contains(v)),
-                "In" => v.is_some_and(|v| values.contains(v)),
-                _ => true,
-            }
-        })
+        let exprs = t.match_expressions.clone().unwrap_or_default();
+        let fields = t.match_fields.clone().unwrap_or_default();
+        (!exprs.is_empty() || !fields.is_empty())
+            && exprs.iter().all(|e| {
+                requirement_ok(
+                    &e.operator,
+                    &e.values.clone().unwrap_or_default(),
+                    labels.get(&e.key),
+                )
+            })
+            && fields.iter().all(|f| {
+                f.key == "metadata.name"
+                    && requirement_ok(
+                        &f.operator,
+                        &f.values.clone().unwrap_or_default(),
+                        Some(&name),
+                    )
+            })
     })
+}
+
+/// A node pool the test cluster autoscaler may grow: new nodes get these
+/// labels (plus `agentpool`), taints and allocatable.
+#[derive(Debug, Clone)]
+pub struct PoolTemplate {
+    pub name: String,
+    pub max: usize,
+    pub cpu: String,
+    pub memory: String,
+    pub labels: BTreeMap<String, String>,
+    /// (key, value, effect)
+    pub taints: Vec<(String, String, String)>,
+}
+
+impl PoolTemplate {
+    fn node(&self, index: usize) -> Node {
+        let mut labels = self.labels.clone();
+        labels.insert("agentpool".into(), self.name.clone());
+        let name = format!("aks-{}-{index}", self.name);
+        labels.insert("kubernetes.io/hostname".into(), name.clone());
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"taints": self.taints.iter().map(|(k, v, e)| json!({"key": k, "value": v, "effect": e})).collect::<Vec<_>>()},
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// The cluster autoscaler's part: a pod the scheduler marked unschedulable
+/// (placeholders included; pods on the virtual node are invisible to it)
+/// makes a pool grow by one node — the first pool whose template node the
+/// pod's tolerations, nodeSelector and required affinity allow and whose
+/// node fits its requests, below the pool's max. New nodes join Ready.
+/// `added` records (pool, node) in order.
+pub async fn cluster_autoscaler(
+    client: kube::Client,
+    pools: Vec<PoolTemplate>,
+    added: Arc<Mutex<Vec<(String, String)>>>,
+) {
+    let pods_all: Api<Pod> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    loop {
+        tokio::time::sleep(TICK * 5).await;
+        let (Ok(nodes), Ok(pods)) = (
+            nodes_api.list(&ListParams::default()).await,
+            pods_all.list(&ListParams::default()).await,
+        ) else {
+            continue;
+        };
+        let unschedulable = pods.items.iter().filter(|p| {
+            live(p)
+                && p.spec.as_ref().is_some_and(|s| s.node_name.is_none())
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.status == "False"
+                                && c.reason.as_deref() == Some("Unschedulable")
+                        })
+                    })
+        });
+        let mut grow: BTreeSet<usize> = BTreeSet::new();
+        for pod in unschedulable {
+            let req = pod_requests(pod).unwrap_or_default();
+            let pool = pools.iter().position(|t| {
+                let n = t.node(0);
+                let alloc = Resources::new(
+                    parse_cpu_millis(&t.cpu).unwrap_or(0),
+                    parse_memory_bytes(&t.memory).unwrap_or(0),
+                );
+                tolerates(pod, &n) && affinity_ok(pod, &n) && req.fits_in(&alloc)
+            });
+            if let Some(i) = pool {
+                grow.insert(i);
+            }
+        }
+        for i in grow {
+            let t = &pools[i];
+            let members = nodes
+                .items
+                .iter()
+                .filter(|n| {
+                    n.metadata.labels.as_ref().and_then(|l| l.get("agentpool")) == Some(&t.name)
+                })
+                .count();
+            if members >= t.max {
+                continue;
+            }
+            let node = t.node(members);
+            let name = node.metadata.name.clone().unwrap_or_default();
+            if nodes_api
+                .create(&PostParams::default(), &node)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let status = json!({"status": {
+                "allocatable": {"cpu": t.cpu, "memory": t.memory, "pods": "110"},
+                "capacity": {"cpu": t.cpu, "memory": t.memory, "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }});
+            let _ = nodes_api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await;
+            if let Ok(mut a) = added.lock() {
+                a.push((t.name.clone(), name));
+            }
+        }
+    }
 }
 
 fn is_virtual(node: &Node) -> bool {
