@@ -1035,10 +1035,26 @@ async fn a_429_storm_is_waited_out_without_failure() {
         retry_after_seconds: 1,
         ..Faults::default()
     });
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let hub = hub.with_observer(std::sync::Arc::new(move |a| {
+        log.lock().expect("log").push((a.lane, a.status));
+    }));
     let started = Instant::now();
     hub.create_configuration(&base_deployment("base", "tags.site='a'", 1))
         .await
         .expect("created despite the storm");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        [
+            ("configurations", Some(429)),
+            ("configurations", Some(429)),
+            ("configurations", Some(429)),
+            ("configurations", Some(200)),
+        ],
+        "every attempt is observed"
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(3),
         "Retry-After honoured"

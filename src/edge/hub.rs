@@ -343,6 +343,16 @@ enum Lane {
     Twins,
 }
 
+impl Lane {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Configurations => "configurations",
+            Self::Queries => "queries",
+            Self::Twins => "twins",
+        }
+    }
+}
+
 struct Buckets {
     configurations: Bucket,
     queries: Bucket,
@@ -372,13 +382,22 @@ impl Buckets {
 
 /// A successful answer.
 struct Answer {
-    status: StatusCode,
     headers: HeaderMap,
     body: bytes::Bytes,
-    /// More than one attempt was sent (a write may have been applied by an
-    /// attempt whose answer was lost).
-    retried: bool,
 }
+
+/// What the client saw for one HTTP attempt, for metrics
+/// (`spillway_edge_hub_requests_total{lane,code}`) kept outside this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// `configurations`, `queries` or `twins`.
+    pub lane: &'static str,
+    /// The HTTP status; `None` when no answer came (timeout, connection).
+    pub status: Option<u16>,
+}
+
+/// Called after every HTTP attempt, retries included.
+pub type AttemptObserver = std::sync::Arc<dyn Fn(Attempt) + Send + Sync>;
 
 /// The IoT Hub service client. Cheap to share behind an `Arc`.
 pub struct HubClient {
@@ -388,6 +407,7 @@ pub struct HubClient {
     tokens: Mutex<TokenCache>,
     buckets: Mutex<Buckets>,
     config: HubClientConfig,
+    observer: Option<AttemptObserver>,
 }
 
 impl fmt::Debug for HubClient {
@@ -446,7 +466,23 @@ impl HubClient {
                 jitter: seed,
             }),
             config,
+            observer: None,
         })
+    }
+
+    /// Report every HTTP attempt to `observer` (for request metrics).
+    pub fn with_observer(mut self, observer: AttemptObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, lane: Lane, status: Option<u16>) {
+        if let Some(o) = &self.observer {
+            o(Attempt {
+                lane: lane.name(),
+                status,
+            });
+        }
     }
 
     /// The hub's host name (what tokens are signed for).
@@ -537,21 +573,18 @@ impl HubClient {
             let outcome = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
+                    self.observe(lane, Some(status.as_u16()));
                     let headers = resp.headers().clone();
                     match resp.bytes().await {
-                        Ok(body) if status.is_success() => {
-                            return Ok(Answer {
-                                status,
-                                headers,
-                                body,
-                                retried: attempt > 1,
-                            });
-                        }
+                        Ok(body) if status.is_success() => return Ok(Answer { headers, body }),
                         Ok(body) => HubError::from_answer(op, status, &headers, &body),
                         Err(e) => self.transport_error(op, e),
                     }
                 }
-                Err(e) => self.transport_error(op, e),
+                Err(e) => {
+                    self.observe(lane, None);
+                    self.transport_error(op, e)
+                }
             };
             let wait = match &outcome {
                 HubError::Throttled { retry_after, .. } => {
@@ -817,7 +850,6 @@ impl HubClient {
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .filter(|s| !s.is_empty())
             .map(str::to_string);
-        let _ = (a.status, a.retried);
         Ok(QueryPage {
             items,
             continuation,

@@ -16,6 +16,9 @@ pub mod hub;
 pub mod model;
 pub mod sas;
 
-pub use hub::{ConfigurationPatch, HubClient, HubClientConfig, HubError, HubFault, QueryPage};
+pub use hub::{
+    Attempt, AttemptObserver, ConfigurationPatch, HubClient, HubClientConfig, HubError, HubFault,
+    QueryPage,
+};
 pub use model::{Configuration, EdgeAgentReport, ModuleTwin, QueriesTestResult};
 pub use sas::{ConnectionString, SasError, TokenCache};

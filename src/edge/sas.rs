@@ -46,14 +46,21 @@ pub fn url_decode(s: &str) -> Option<String> {
 pub enum SasError {
     #[error("connection string: missing {0}")]
     Missing(&'static str),
-    #[error("connection string: part {0:?} is not NAME=VALUE")]
-    Malformed(String),
+    /// The 1-based position of a part without `=` (its text may be a key).
+    #[error("connection string: part {0} is not NAME=VALUE")]
+    Malformed(usize),
     #[error("connection string: {0} is given twice")]
     Duplicate(String),
+    /// An unknown `NAME=` at a 1-based position; the name is not shown (a
+    /// pasted key can look like one), only the known name it resembles.
     #[error(
-        "connection string: unknown part {0:?} (a service connection string has HostName, SharedAccessKeyName and SharedAccessKey)"
+        "connection string: part {position} is not HostName, SharedAccessKeyName or SharedAccessKey{}",
+        did_you_mean(*.resembles)
     )]
-    UnknownPart(String),
+    UnknownPart {
+        position: usize,
+        resembles: Option<&'static str>,
+    },
     #[error(
         "connection string: this is a device or module connection string ({0}); the IoT Hub service API needs a hub-level shared access policy such as iothubowner"
     )]
@@ -65,6 +72,13 @@ pub enum SasError {
     #[error("SAS token: {0}")]
     BadToken(&'static str),
 }
+
+fn did_you_mean(name: Option<&'static str>) -> String {
+    name.map(|n| format!(" (did you mean {n}? names are case-sensitive)"))
+        .unwrap_or_default()
+}
+
+const KNOWN_PARTS: [&str; 3] = ["HostName", "SharedAccessKeyName", "SharedAccessKey"];
 
 /// A shared access key (decoded bytes). `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -146,11 +160,11 @@ impl ConnectionString {
     /// surrounding whitespace and a trailing `;` tolerated).
     pub fn parse(s: &str) -> Result<Self, SasError> {
         let (mut host, mut name, mut key) = (None, None, None);
-        for part in s.trim().split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let parts = s.trim().split(';').map(str::trim).filter(|p| !p.is_empty());
+        for (index, part) in parts.enumerate() {
             let Some((k, v)) = part.split_once('=') else {
-                // Never echo a part that might be a key.
-                let shown = if part.len() > 24 { "<long part>" } else { part };
-                return Err(SasError::Malformed(shown.to_string()));
+                // Never echo a part: it might be a key.
+                return Err(SasError::Malformed(index + 1));
             };
             let slot = match k.trim() {
                 "HostName" => &mut host,
@@ -159,7 +173,14 @@ impl ConnectionString {
                 other @ ("DeviceId" | "ModuleId" | "GatewayHostName") => {
                     return Err(SasError::NotAServiceString(other.to_string()));
                 }
-                other => return Err(SasError::UnknownPart(other.to_string())),
+                other => {
+                    return Err(SasError::UnknownPart {
+                        position: index + 1,
+                        resembles: KNOWN_PARTS
+                            .into_iter()
+                            .find(|k| k.eq_ignore_ascii_case(other)),
+                    });
+                }
             };
             if slot.is_some() {
                 return Err(SasError::Duplicate(k.trim().to_string()));
@@ -442,7 +463,20 @@ mod tests {
         }
         let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
         let err = ConnectionString::parse(&format!("HostName=h;{secret}")).expect_err("malformed");
+        assert_eq!(
+            err,
+            SasError::UnknownPart {
+                position: 2,
+                resembles: None
+            },
+            "a pasted key splits at its '=' padding"
+        );
         assert!(!err.to_string().contains(secret), "{err}");
+        let short = ConnectionString::parse("HostName=h;abc").expect_err("malformed");
+        assert_eq!(short, SasError::Malformed(2));
+        assert!(!short.to_string().contains("abc"), "{short}");
+        let typo = ConnectionString::parse("Hostname=h").expect_err("case");
+        assert!(typo.to_string().contains("did you mean HostName"), "{typo}");
         let parsed = ConnectionString::parse(&format!(
             "HostName=h;SharedAccessKeyName=p;SharedAccessKey={secret}"
         ))

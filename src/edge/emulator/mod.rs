@@ -430,3 +430,6 @@ impl Drop for EmulatorHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
