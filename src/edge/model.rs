@@ -24,19 +24,27 @@ pub struct Configuration {
     pub id: String,
     #[serde(default = "schema_version")]
     pub schema_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub content: ConfigurationContent,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub target_condition: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub priority: i32,
     /// Metrics the hub computes (`targetedCount`, `appliedCount`, …); read-only.
-    #[serde(default, skip_serializing_if = "ConfigurationMetrics::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "ConfigurationMetrics::is_empty"
+    )]
     pub system_metrics: ConfigurationMetrics,
     /// User metrics: queries the hub evaluates on demand.
-    #[serde(default, skip_serializing_if = "ConfigurationMetrics::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "ConfigurationMetrics::is_empty"
+    )]
     pub metrics: ConfigurationMetrics,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_time_utc: Option<String>,
@@ -45,6 +53,16 @@ pub struct Configuration {
     /// Unquoted etag as the hub returns it; send it quoted in `If-Match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+}
+
+/// Read `null` as the type's default: the hub writes `null` for absent maps
+/// and strings in some answers, and a read-modify-write must not fail on it.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 fn schema_version() -> String {
@@ -95,9 +113,9 @@ pub struct ConfigurationContent {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationMetrics {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub queries: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub results: BTreeMap<String, i64>,
 }
 
@@ -119,9 +137,9 @@ pub mod metric {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueriesTestInput {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub target_condition: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub custom_metric_queries: BTreeMap<String, String>,
 }
 
@@ -129,9 +147,9 @@ pub struct QueriesTestInput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueriesTestResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub target_condition_error: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub custom_metric_query_errors: BTreeMap<String, String>,
 }
 
@@ -159,23 +177,27 @@ pub struct ModuleTwin {
     pub module_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub version: i64,
     /// `Connected` / `Disconnected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_state: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub properties: TwinProperties,
     /// Configuration id → `{"status": "Targeted" | "Applied"}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub configurations: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TwinProperties {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub desired: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub reported: Value,
 }
 
@@ -202,9 +224,9 @@ pub struct EdgeAgentReport {
     pub last_desired_version: Option<i64>,
     #[serde(default)]
     pub last_desired_status: Option<DesiredStatus>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub system_modules: BTreeMap<String, ModuleReport>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub modules: BTreeMap<String, ModuleReport>,
 }
 
@@ -214,7 +236,7 @@ pub struct EdgeAgentReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DesiredStatus {
     pub code: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub description: String,
 }
 
@@ -223,7 +245,7 @@ pub struct DesiredStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ModuleReport {
     /// `running`, `backoff`, `stopped`, `failed`, `unknown`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub runtime_status: String,
     #[serde(default)]
     pub exit_code: Option<i64>,
@@ -240,7 +262,7 @@ pub struct ModuleReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleSettings {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub image: String,
 }
 
@@ -314,6 +336,28 @@ mod tests {
         assert_eq!(back["targetCondition"], "tags.site='munich'");
         assert!(back["content"]["modulesContent"]["$edgeAgent"].is_object());
         assert!(back.get("metrics").is_none(), "empty metrics are omitted");
+    }
+
+    #[test]
+    fn nulls_from_the_hub_read_as_empty() {
+        let wire = json!({
+            "id": "web-1", "schemaVersion": "1.0", "labels": null,
+            "content": {"modulesContent": {"$edgeAgent": {}}, "deviceContent": null},
+            "targetCondition": null, "priority": 0,
+            "systemMetrics": {"queries": null, "results": null}, "metrics": null,
+            "etag": "MQ=="
+        });
+        let c: Configuration = serde_json::from_value(wire).expect("nulls tolerated");
+        assert!(c.labels.is_empty());
+        assert!(c.target_condition.is_empty());
+        assert!(c.content.device_content.is_none());
+        let report: EdgeAgentReport = serde_json::from_value(json!({
+            "lastDesiredVersion": 3, "lastDesiredStatus": {"code": 200, "description": null},
+            "systemModules": null, "modules": {"web": {"runtimeStatus": "running", "exitCode": null}}
+        }))
+        .expect("report");
+        assert_eq!(report.modules["web"].exit_code, None);
+        assert!(report.system_modules.is_empty());
     }
 
     #[test]
