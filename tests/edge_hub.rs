@@ -1186,3 +1186,124 @@ fn the_subcommand_prints_the_connection_string_first() {
     );
     ConnectionString::parse(first.trim_end()).expect("parses");
 }
+
+// ---- outages, errors, lost answers, latency --------------------------------
+
+#[tokio::test]
+async fn a_lost_create_answer_is_retried_without_a_duplicate() {
+    let (emu, hub) = start(fast_emulator()).await;
+    emu.state.set_faults(Faults {
+        lose_answer_next: 1,
+        ..Faults::default()
+    });
+    let c = hub
+        .create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect("the retry finds the applied create and adopts it");
+    assert_eq!(c.id, "base");
+    let counters = emu.state.counters();
+    assert_eq!(counters.creates_by_id["base"], 1, "no duplicate");
+    assert_eq!(counters.requests["PUT configurations/{id} 500"], 1);
+    assert_eq!(counters.requests["PUT configurations/{id} 409"], 1);
+}
+
+#[tokio::test]
+async fn a_lost_delete_answer_is_retried_and_404_counts_as_done() {
+    let (emu, hub) = start(fast_emulator()).await;
+    hub.create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect("created");
+    emu.state.set_faults(Faults {
+        lose_answer_next: 1,
+        ..Faults::default()
+    });
+    hub.delete_configuration("base").await.expect("deleted");
+    assert!(hub.get_configuration("base").await.expect("get").is_none());
+    assert_eq!(
+        emu.state.counters().requests["DELETE configurations/{id} 404"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried() {
+    let (emu, hub) = start(fast_emulator()).await;
+    emu.state.set_faults(Faults {
+        error_next: 2,
+        ..Faults::default()
+    });
+    hub.create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect("third attempt lands");
+    assert_eq!(emu.state.counters().creates_by_id["base"], 1);
+}
+
+#[tokio::test]
+async fn an_outage_fails_within_the_budget_and_changes_nothing() {
+    let (emu, _) = start(fast_emulator()).await;
+    emu.state.set_faults(Faults {
+        outage: true,
+        ..Faults::default()
+    });
+    let hub = HubClient::new(
+        conn(&emu),
+        HubClientConfig {
+            budget: Duration::from_secs(1),
+            ..fast_client(&emu.url)
+        },
+    )
+    .expect("client");
+    let started = Instant::now();
+    let err = hub
+        .create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect_err("the hub is down");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the budget"
+    );
+    assert_eq!(err.reason(), "server_error", "{err}");
+    assert_eq!(err.fault().map(|f| f.status), Some(503));
+    assert!(err.is_transient());
+    emu.state.set_faults(Faults::default());
+    assert!(
+        hub.list_configurations(None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_hub_times_out_and_a_late_write_is_not_duplicated() {
+    let (emu, _) = start(fast_emulator()).await;
+    emu.state.set_faults(Faults {
+        latency_ms: 1_500,
+        ..Faults::default()
+    });
+    let hub = HubClient::new(
+        conn(&emu),
+        HubClientConfig {
+            request_timeout: Duration::from_millis(300),
+            max_attempts: 2,
+            ..fast_client(&emu.url)
+        },
+    )
+    .expect("client");
+    let err = hub
+        .create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect_err("times out");
+    assert_eq!(err.reason(), "timeout", "{err}");
+    emu.state.set_faults(Faults::default());
+    let created = eventually("the late write is visible", || async {
+        emu.state.counters().creates_by_id.get("base").copied()
+    })
+    .await;
+    assert_eq!(created, 1, "applied once, the retry met 409");
+    let again = hub
+        .create_configuration(&base_deployment("base", "tags.site='a'", 1))
+        .await
+        .expect("the caller's next try adopts it");
+    assert_eq!(again.id, "base");
+}

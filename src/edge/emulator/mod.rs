@@ -45,6 +45,9 @@
 //!   and queries and per second for twin reads → 429 `ThrottlingException`
 //!   with `Retry-After`; [`Faults::throttle_next`] answers the next N
 //!   requests with 429 regardless.
+//! - **Other faults** ([`Faults`]): an outage (503 for everything), 500s
+//!   before anything is applied, writes applied whose answer is lost (500),
+//!   and extra latency after the operation (for client timeouts).
 //!
 //! Control API (no auth; never on a real hub): `GET|POST /_emulator/devices`,
 //! `PATCH /_emulator/devices/{id}` (`online`, `tags`), `GET|POST
@@ -190,6 +193,15 @@ pub struct Faults {
     /// Images whose pull fails on every device: the module is in `backoff`
     /// and `$edgeAgent` reports 500.
     pub failing_images: BTreeSet<String>,
+    /// Every hub request is answered 503 `ServiceUnavailable` while set.
+    pub outage: bool,
+    /// Answer the next N hub requests 500 without applying them.
+    pub error_next: u32,
+    /// Apply the next N writes (PUT, DELETE) but answer 500, as when an
+    /// answer is lost: a client that retries must not duplicate anything.
+    pub lose_answer_next: u32,
+    /// Extra latency on every hub answer, after the operation is applied.
+    pub latency_ms: u64,
 }
 
 impl Default for Faults {
@@ -198,6 +210,10 @@ impl Default for Faults {
             throttle_next: 0,
             retry_after_seconds: 1,
             failing_images: BTreeSet::new(),
+            outage: false,
+            error_next: 0,
+            lose_answer_next: 0,
+            latency_ms: 0,
         }
     }
 }

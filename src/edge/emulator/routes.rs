@@ -128,7 +128,7 @@ struct Call<'a> {
     class: Class,
 }
 
-fn hub_call<F>(
+async fn hub_call<F>(
     state: &EmulatorState,
     call: Call<'_>,
     api: &ApiQuery,
@@ -138,33 +138,44 @@ fn hub_call<F>(
 where
     F: FnOnce(&mut World, Instant) -> Result<Response, HubRefusal>,
 {
-    let now = Instant::now();
-    let mut w = state.lock();
-    let tracking = w.tracking_id();
-    let result = if api.api_version.as_deref().is_none_or(str::is_empty) {
-        Err(HubRefusal::new(
-            400,
-            "InvalidProtocolVersion",
-            "The api-version query parameter is required.",
-        ))
-    } else {
-        authorize(state, headers, call.path)
-            .and_then(|()| w.admit(call.class, now))
-            .and_then(|()| op(&mut w, now))
+    let (resp, latency) = {
+        let now = Instant::now();
+        let mut w = state.lock();
+        let tracking = w.tracking_id();
+        let write = matches!(call.method, "PUT" | "DELETE");
+        let result = if api.api_version.as_deref().is_none_or(str::is_empty) {
+            Err(HubRefusal::new(
+                400,
+                "InvalidProtocolVersion",
+                "The api-version query parameter is required.",
+            ))
+        } else {
+            authorize(state, headers, call.path)
+                .and_then(|()| w.injected_failure())
+                .and_then(|()| w.admit(call.class, now))
+                .and_then(|()| op(&mut w, now))
+                .and_then(|resp| w.lose_answer(write).map(|()| resp))
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(r) => refusal(r, &tracking),
+        };
+        *w.counters
+            .requests
+            .entry(format!(
+                "{} {} {}",
+                call.method,
+                call.route,
+                resp.status().as_u16()
+            ))
+            .or_default() += 1;
+        (resp, std::time::Duration::from_millis(w.faults.latency_ms))
     };
-    let resp = match result {
-        Ok(r) => r,
-        Err(r) => refusal(r, &tracking),
-    };
-    *w.counters
-        .requests
-        .entry(format!(
-            "{} {} {}",
-            call.method,
-            call.route,
-            resp.status().as_u16()
-        ))
-        .or_default() += 1;
+    // Latency is added after the operation, outside the lock: a client that
+    // times out may have had its write applied.
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     resp
 }
 
@@ -209,6 +220,7 @@ async fn put_configuration(
             Ok((StatusCode::OK, axum::Json(stored)).into_response())
         },
     )
+    .await
 }
 
 async fn get_configuration(
@@ -230,6 +242,7 @@ async fn get_configuration(
         &headers,
         |w, now| Ok(axum::Json(w.get_configuration(&id, now)?).into_response()),
     )
+    .await
 }
 
 async fn delete_configuration(
@@ -254,6 +267,7 @@ async fn delete_configuration(
             Ok(StatusCode::NO_CONTENT.into_response())
         },
     )
+    .await
 }
 
 async fn list_configurations(
@@ -285,6 +299,7 @@ async fn list_configurations(
             Ok(axum::Json(w.list_configurations(top, now)).into_response())
         },
     )
+    .await
 }
 
 async fn test_queries(
@@ -308,6 +323,7 @@ async fn test_queries(
             Ok(axum::Json(w.test_queries(&input)).into_response())
         },
     )
+    .await
 }
 
 /// Continuation tokens are opaque to clients: base64 of the next offset.
@@ -373,6 +389,7 @@ async fn query_devices(
             Ok(resp)
         },
     )
+    .await
 }
 
 async fn device_twin(
@@ -394,6 +411,7 @@ async fn device_twin(
         &headers,
         |w, now| Ok(axum::Json(w.device_twin(&device, now)?).into_response()),
     )
+    .await
 }
 
 async fn module_twin(
@@ -415,6 +433,7 @@ async fn module_twin(
         &headers,
         |w, now| Ok(axum::Json(w.module_twin(&device, &module, now)?).into_response()),
     )
+    .await
 }
 
 // ---- control API ----------------------------------------------------------

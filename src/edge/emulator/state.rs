@@ -246,6 +246,39 @@ impl World {
         base64::engine::general_purpose::STANDARD.encode(self.etag_seq.to_string())
     }
 
+    /// Injected outages and errors, before anything is applied.
+    pub fn injected_failure(&mut self) -> Result<(), HubRefusal> {
+        if self.faults.outage {
+            return Err(HubRefusal::new(
+                503,
+                "ServiceUnavailable",
+                "The IoT hub is unavailable (injected outage).",
+            ));
+        }
+        if self.faults.error_next > 0 {
+            self.faults.error_next -= 1;
+            return Err(HubRefusal::new(
+                500,
+                "ServerError",
+                "An internal error occurred (injected); nothing was changed.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a write was applied: lose its answer if a fault says so.
+    pub fn lose_answer(&mut self, write: bool) -> Result<(), HubRefusal> {
+        if write && self.faults.lose_answer_next > 0 {
+            self.faults.lose_answer_next -= 1;
+            return Err(HubRefusal::new(
+                500,
+                "ServerError",
+                "An internal error occurred (injected after the change was applied).",
+            ));
+        }
+        Ok(())
+    }
+
     /// Throttling: injected 429s first, then the class's bucket.
     pub fn admit(&mut self, class: Class, now: Instant) -> Result<(), HubRefusal> {
         let throttled = |secs: u64, why: &str| HubRefusal {

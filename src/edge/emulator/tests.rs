@@ -111,7 +111,10 @@ async fn control_api_creates_devices_and_takes_them_offline() {
 #[tokio::test]
 async fn control_api_sets_and_shows_faults() {
     let s = state();
-    let faults = json!({"throttleNext": 2, "retryAfterSeconds": 3, "failingImages": ["bad:1"]});
+    let faults = json!({
+        "throttleNext": 2, "retryAfterSeconds": 3, "failingImages": ["bad:1"],
+        "outage": false, "errorNext": 1, "loseAnswerNext": 0, "latencyMs": 0
+    });
     let (status, _) = call(
         &s,
         Method::POST,
