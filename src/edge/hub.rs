@@ -971,6 +971,26 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_send_so_the_provider_can_spawn_them() {
+        fn send<T: Send>(_: T) {}
+        let conn = super::super::sas::ConnectionString::parse(
+            "HostName=h.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey=YQ==",
+        )
+        .expect("conn");
+        let c = HubClient::new(conn, HubClientConfig::default()).expect("client");
+        let config = Configuration::default();
+        send(c.create_configuration(&config));
+        send(c.update_configuration("x", &ConfigurationPatch::default()));
+        send(c.delete_configuration("x"));
+        send(c.list_configurations(None));
+        send(c.query_devices("SELECT * FROM devices"));
+        send(c.test_queries("tags.a='b'", &BTreeMap::new()));
+        send(c.edge_agent_twin("d"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("YQ=="), "{shown}");
+    }
+
+    #[test]
     fn ids_are_escaped_as_one_path_segment() {
         let conn = super::super::sas::ConnectionString::parse(
             "HostName=h.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey=YQ==",

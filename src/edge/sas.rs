@@ -312,10 +312,20 @@ pub struct TokenCache {
     cached: Option<CachedToken>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct CachedToken {
     token: String,
     renew_after_unix: u64,
+}
+
+impl fmt::Debug for CachedToken {
+    // A token is a credential for its lifetime: never in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &"<redacted>")
+            .field("renew_after_unix", &self.renew_after_unix)
+            .finish()
+    }
 }
 
 impl TokenCache {
@@ -507,5 +517,7 @@ mod tests {
         assert_ne!(renewed, first);
         assert!(renewed.contains("se=1180"));
         assert_eq!(cache.token(1_100), renewed);
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains(&renewed) && !shown.contains(KEY), "{shown}");
     }
 }
