@@ -230,3 +230,60 @@ fn configuration_is_checked_before_start() {
         assert!(EmulatorState::new(bad).is_err());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn devices_report_after_the_delay_in_tokio_time() {
+    let s = EmulatorState::new(EmulatorConfig {
+        report_delay: Duration::from_secs(30),
+        ..EmulatorConfig::default()
+    })
+    .expect("state");
+    s.add_device(NewDevice::edge("d1", json!({"site": "munich"})))
+        .expect("device");
+    let base = json!({
+        "id": "base",
+        "content": {"modulesContent": {"$edgeAgent": {"properties.desired": {
+            "schemaVersion": "1.1",
+            "systemModules": {"edgeAgent": {"settings": {"image": "agent:1"}}, "edgeHub": {"settings": {"image": "hub:1"}}},
+            "modules": {"web": {"settings": {"image": "nginx:1"}}}
+        }}}},
+        "targetCondition": "tags.site='munich'",
+        "priority": 1
+    });
+    let (status, body) = call(
+        &s,
+        Method::PUT,
+        "/configurations/base?api-version=2021-04-12",
+        Some(token(&s)),
+        Some(base),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let twin = |s: EmulatorState| async move {
+        call(
+            &s,
+            Method::GET,
+            "/twins/d1/modules/$edgeAgent?api-version=2021-04-12",
+            Some(token(&s)),
+            None,
+        )
+        .await
+        .1
+    };
+    let before = twin(s.clone()).await;
+    assert!(
+        before["properties"]["reported"]["lastDesiredVersion"].is_null(),
+        "{before}"
+    );
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(twin(s.clone()).await["properties"]["reported"]["lastDesiredVersion"].is_null());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let after = twin(s.clone()).await;
+    let reported = &after["properties"]["reported"];
+    assert_eq!(
+        reported["lastDesiredVersion"],
+        after["properties"]["desired"]["$version"]
+    );
+    assert_eq!(reported["lastDesiredStatus"]["code"], 200);
+    assert_eq!(reported["modules"]["web"]["runtimeStatus"], "running");
+}
