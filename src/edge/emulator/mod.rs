@@ -37,6 +37,8 @@
 //!   its module in `backoff` with a growing `restartCount`; 417 without a
 //!   base deployment; 406 while the device is offline) and per-module
 //!   `runtimeStatus` / `exitCode` / `restartCount` / image.
+//!   `deviceContent` / `moduleContent` configurations are stored, validated
+//!   and counted as targeted, but not applied to device twins.
 //! - **Metrics**: `systemMetrics` (targeted, applied, reportedSuccessful,
 //!   reportedFailed) are the hub's own queries evaluated by the query engine
 //!   on every read (the real hub refreshes them every few minutes), and so
