@@ -2,7 +2,7 @@
 //! first stdout line is the service connection string, so scripts can read
 //! it (`head -1`); the URL to reach it follows on stderr.
 
-use super::{Emulator, EmulatorConfig, OWNER_POLICY, random_key};
+use super::{Emulator, EmulatorConfig, NewDevice, OWNER_POLICY, random_key};
 use crate::edge::sas::SharedAccessKey;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -35,6 +35,28 @@ pub struct Args {
     /// Configuration operations per minute before 429.
     #[arg(long, default_value_t = 20.0)]
     pub configuration_ops_per_minute: f64,
+    /// An IoT Edge device to create at start, with tags: `ID[:KEY=VALUE,…]`
+    /// (e.g. `munich-1:site=munich,floor=2`). Repeatable; more through
+    /// `POST /_emulator/devices`.
+    #[arg(long = "device", value_name = "ID[:TAGS]", value_parser = parse_device)]
+    pub devices: Vec<NewDevice>,
+}
+
+/// `ID[:KEY=VALUE,…]` → an online IoT Edge device with string tags.
+fn parse_device(s: &str) -> Result<NewDevice, String> {
+    let (id, tags) = s.split_once(':').unwrap_or((s, ""));
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!("{s:?}: the device id must be 1 to 128 characters"));
+    }
+    let mut map = serde_json::Map::new();
+    for pair in tags.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("{s:?}: tag {pair:?} is not KEY=VALUE"))?;
+        map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    Ok(NewDevice::edge(id, serde_json::Value::Object(map)))
 }
 
 impl Args {
@@ -82,6 +104,15 @@ pub fn run(args: &Args) -> ExitCode {
                 return ExitCode::from(crate::cli::EXIT_BAD_INPUT);
             }
         };
+        for device in &args.devices {
+            if let Err(e) = handle.state.add_device(device.clone()) {
+                eprintln!(
+                    "spillway iothub-emulator: --device {}: {e}",
+                    device.device_id
+                );
+                return ExitCode::from(crate::cli::EXIT_BAD_INPUT);
+            }
+        }
         let Some(conn) = handle.connection_string() else {
             eprintln!("spillway iothub-emulator: no shared access policy");
             return ExitCode::FAILURE;
@@ -137,5 +168,33 @@ mod tests {
             conn.to_connection_string(),
             "HostName=h1.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=YWJj"
         );
+    }
+
+    #[test]
+    fn devices_with_tags_from_flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--device",
+            "munich-1:site=munich,floor=2",
+            "--device",
+            "bare",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.args.devices,
+            vec![
+                NewDevice::edge(
+                    "munich-1",
+                    serde_json::json!({"site": "munich", "floor": "2"})
+                ),
+                NewDevice::edge("bare", serde_json::json!({})),
+            ]
+        );
+        for bad in [":site=x", "d:site", "d:=x"] {
+            assert!(
+                Cli::try_parse_from(["x", "--device", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
