@@ -51,6 +51,16 @@
 //!   before anything is applied, writes applied whose answer is lost (500),
 //!   and extra latency after the operation (for client timeouts).
 //!
+//! Sources and assumptions (check against a live hub when one is available):
+//! the id rule follows the automatic device management docs; 401
+//! `IotHubUnauthorizedAccess`, 403 `IotHubQuotaExceeded`, 412
+//! `PreconditionFailed` and 429 `ThrottlingException` follow the REST
+//! common error codes; the names `ConfigurationNotFound` /
+//! `ConfigurationAlreadyExists`, the 400 for a content change and the 412 for
+//! a DELETE without `If-Match` (the SDKs always send one) are not confirmed.
+//! Error bodies use the hub's `{"Message":"ErrorCode:<code>;<text>",
+//! "ExceptionMessage":"Tracking ID:…"}` form.
+//!
 //! Control API (no auth; never on a real hub): `GET|POST /_emulator/devices`,
 //! `PATCH /_emulator/devices/{id}` (`online`, `tags`), `GET|POST
 //! /_emulator/faults`, `GET /_emulator/counters`.
