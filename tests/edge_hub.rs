@@ -816,6 +816,22 @@ async fn a_deployment_for_munich_reaches_3_of_5_devices() {
     })
     .await;
     assert_eq!(m, (3, 3, 3, 0), "targeted, applied, successful, failed");
+    let web1 = hub
+        .get_configuration("web-1")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        web1.device_counts().to_string(),
+        "targeted=3 applied=3 ok=3 failed=0"
+    );
+    assert!(web1.is_layered());
+    let base = hub
+        .get_configuration("spillway-base")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!base.is_layered());
     assert_eq!(metrics(&hub, "spillway-base").await, (5, 5, 5, 0));
 
     let twin = hub

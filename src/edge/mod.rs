@@ -20,5 +20,5 @@ pub use hub::{
     Attempt, AttemptObserver, ConfigurationPatch, HubClient, HubClientConfig, HubError, HubFault,
     QueryPage,
 };
-pub use model::{Configuration, EdgeAgentReport, ModuleTwin, QueriesTestResult};
+pub use model::{Configuration, DeviceCounts, EdgeAgentReport, ModuleTwin, QueriesTestResult};
 pub use sas::{ConnectionString, SasError, TokenCache};

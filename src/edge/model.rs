@@ -94,6 +94,46 @@ impl Configuration {
     pub fn system_metric(&self, name: &str) -> i64 {
         self.system_metrics.results.get(name).copied().unwrap_or(0)
     }
+
+    /// The four device counts of an IoT Edge deployment.
+    pub fn device_counts(&self) -> DeviceCounts {
+        DeviceCounts {
+            targeted: self.system_metric(metric::TARGETED),
+            applied: self.system_metric(metric::APPLIED),
+            reported_successful: self.system_metric(metric::REPORTED_SUCCESSFUL),
+            reported_failed: self.system_metric(metric::REPORTED_FAILED),
+        }
+    }
+
+    /// A layered deployment (`properties.desired.<path>` patches) rather
+    /// than a standard one (`$edgeAgent.properties.desired`).
+    pub fn is_layered(&self) -> bool {
+        self.content
+            .modules_content
+            .as_ref()
+            .and_then(|m| m.get("$edgeAgent"))
+            .is_none_or(|agent| agent.get("properties.desired").is_none())
+    }
+}
+
+/// Device counts from a deployment's system metrics; `Display` is the
+/// condition message form `targeted=5 applied=5 ok=4 failed=1`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    pub targeted: i64,
+    pub applied: i64,
+    pub reported_successful: i64,
+    pub reported_failed: i64,
+}
+
+impl std::fmt::Display for DeviceCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "targeted={} applied={} ok={} failed={}",
+            self.targeted, self.applied, self.reported_successful, self.reported_failed
+        )
+    }
 }
 
 /// `content`: exactly one of the three is set by the hub's rules.
@@ -330,6 +370,11 @@ mod tests {
         });
         let c: Configuration = serde_json::from_value(wire).expect("parses");
         assert_eq!(c.system_metric(metric::TARGETED), 3);
+        assert_eq!(
+            c.device_counts().to_string(),
+            "targeted=3 applied=0 ok=0 failed=0"
+        );
+        assert!(c.is_layered());
         assert_eq!(c.system_metric(metric::APPLIED), 0);
         assert_eq!(c.etag.as_deref(), Some("MQ=="));
         let back = serde_json::to_value(&c).expect("serialises");
