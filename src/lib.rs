@@ -6,6 +6,7 @@ pub mod autoscaler;
 pub mod cli;
 pub mod cluster;
 pub mod decision;
+pub mod edge;
 pub mod explain;
 pub mod extender;
 pub mod located;

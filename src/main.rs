@@ -31,6 +31,8 @@ enum Command {
     Explain(spillway::explain::ExplainCommand),
     /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
     AciEmulator(spillway::aci::emulator::cli::Args),
+    /// Run an IoT Hub service endpoint with simulated IoT Edge devices; prints its connection string first.
+    IothubEmulator(spillway::edge::emulator::cli::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,5 +59,6 @@ fn main() -> ExitCode {
         Command::Extender(args) => spillway::extender::run(args),
         Command::Explain(args) => spillway::explain::run(args),
         Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
+        Command::IothubEmulator(args) => spillway::edge::emulator::cli::run(&args),
     }
 }

@@ -1,0 +1,24 @@
+//! The IoT Hub side of the IoT Edge provider: everything spillway says to an
+//! IoT Hub, and a hub to say it to in tests.
+//!
+//! - [`sas`]: connection strings and shared access signatures.
+//! - [`model`]: the hub's wire types (configurations, metrics, module twins).
+//! - [`hub`]: [`hub::HubClient`], the paced REST client (api-version `2021-04-12`).
+//! - [`emulator`]: an in-process / standalone IoT Hub with simulated IoT Edge
+//!   devices (`spillway iothub-emulator`).
+//!
+//! Must not: know about Kubernetes. Mapping pods to deployments and reading
+//! pod status from metrics and twins belongs to the edge backend of the
+//! provider, which calls [`hub::HubClient`].
+
+pub mod emulator;
+pub mod hub;
+pub mod model;
+pub mod sas;
+
+pub use hub::{
+    Attempt, AttemptObserver, ConfigurationPatch, HubClient, HubClientConfig, HubError, HubFault,
+    QueryPage,
+};
+pub use model::{Configuration, DeviceCounts, EdgeAgentReport, ModuleTwin, QueriesTestResult};
+pub use sas::{ConnectionString, SasError, TokenCache};
