@@ -18,7 +18,8 @@ pub mod actors;
 pub mod apiserver;
 
 pub use apiserver::{
-    ApiError, Budget, Builder, Config, Fault, PodDeletion, RequestRecord, TestApiServer,
+    ApiError, Budget, Builder, Config, ExercisedRule, Fault, GrantedPermission, PodDeletion,
+    RequestRecord, RoleId, TestApiServer,
 };
 
 /// Poll `check` every 50 ms until it holds or `within` has passed; the last
