@@ -455,20 +455,8 @@ async fn the_recorder_lists_rules_no_request_used() {
 
 #[tokio::test]
 async fn deploy_manifests_load_from_kubectl_kustomize() {
-    let out = std::process::Command::new("kubectl")
-        .args([
-            "kustomize",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/overlays/aks"),
-        ])
-        .output()
-        .expect("kubectl is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let srv = TestApiServer::start().await;
-    let skipped = srv.apply_manifests(&String::from_utf8_lossy(&out.stdout));
+    let skipped = srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
     assert!(
         skipped
             .iter()

@@ -43,3 +43,27 @@ pub fn policy_dir(name: &str, policy: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("web.yaml"), policy).unwrap_or_else(|e| panic!("{e}"));
     dir
 }
+
+/// `kubectl kustomize <repo>/<dir>` (the real tool, as deploy/ is applied),
+/// e.g. `kustomize("deploy/overlays/aks")` for
+/// [`TestApiServer::apply_manifests`].
+pub fn kustomize(dir: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl kustomize {}: {e} (is kubectl installed?)",
+                path.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kustomize prints UTF-8")
+}
