@@ -273,6 +273,8 @@ struct Shared {
     tokens: Mutex<rbac::Tokens>,
     /// Which rule allowed each authorized request (RBAC recorder).
     exercised: Mutex<std::collections::BTreeSet<ExercisedRule>>,
+    /// Every 401/403 the authenticator and authorizer answered, as its message.
+    denials: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -330,6 +332,7 @@ impl TestApiServer {
             open_watches: AtomicUsize::new(0),
             tokens: Mutex::new(rbac::Tokens::default()),
             exercised: Mutex::new(Default::default()),
+            denials: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -596,6 +599,12 @@ impl TestApiServer {
         skipped
     }
 
+    /// The message of every request refused by authentication (401) or
+    /// RBAC (403) so far, in order: end-to-end tests assert it stays empty.
+    pub fn auth_denials(&self) -> Vec<String> {
+        lock(&self.shared.denials).clone()
+    }
+
     /// The RBAC rules that allowed requests so far, one entry per distinct
     /// (role, rule index, user, verb, group, resource).
     pub fn exercised_rules(&self) -> Vec<ExercisedRule> {
@@ -701,6 +710,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     if let Err(e) = authenticate_and_authorize(&shared, &parts) {
+        lock(&shared.denials).push(e.message.clone());
         return e.into_response();
     }
     match route(&shared, &parts, &bytes) {

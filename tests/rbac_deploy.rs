@@ -1,0 +1,230 @@
+//! spillway's own API calls under the RBAC it ships: the objects of
+//! `kubectl kustomize deploy/overlays/aks` are loaded into the test API
+//! server, and the code runs with the `spillway` ServiceAccount's token.
+//! Every request must be allowed (no 401/403); a rule removed from
+//! deploy/base/rbac.yaml that the code needs fails here.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway::aci::ContainerGroups;
+use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
+use spillway::aci::emulator::{Emulator, EmulatorConfig};
+use spillway::aci::paced::{Paced, PacingConfig};
+use spillway::cluster::ca_status;
+use spillway::provider::{Provider, ProviderConfig, node as vnode};
+use support::{PodDeletion, TestApiServer, poll_until};
+
+const SA_NS: &str = "spillway-system";
+const SA: &str = "spillway";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn cluster(srv: TestApiServer) -> TestApiServer {
+    srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    srv
+}
+
+#[tokio::test]
+async fn the_cluster_autoscaler_status_is_watched_as_spillway() {
+    let srv = cluster(TestApiServer::start().await).await;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let task = tokio::spawn(ca_status::watch(srv.client_as(SA_NS, SA), tx));
+    assert!(srv.wait_for_watches(1, Duration::from_secs(10)).await);
+    let status = "nodeGroups:
+- health:
+    cloudProviderTarget: 3
+    maxSize: 5
+    minSize: 1
+    nodeCounts:
+      registered:
+        ready: 2
+        total: 2
+    status: Healthy
+  name: aks-user-25795745-vmss
+";
+    srv.insert(&ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ca_status::NAME.into()),
+            namespace: Some(ca_status::NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("status".to_string(), status.to_string())])),
+        ..Default::default()
+    });
+    assert!(
+        poll_until(Duration::from_secs(10), || rx.borrow().is_some()).await,
+        "status seen; denials: {:?}",
+        srv.auth_denials()
+    );
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    task.abort();
+}
+
+fn pacing() -> PacingConfig {
+    PacingConfig {
+        writes_per_sec: 50.0,
+        write_burst: 50,
+        reads_per_sec: 100.0,
+        read_burst: 100,
+        max_attempts: 8,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        budget: Duration::from_secs(10),
+        seed: 7,
+    }
+}
+
+fn provider_config() -> ProviderConfig {
+    // The node name deploy/base/rbac.yaml pins with resourceNames.
+    let mut c = ProviderConfig::new(
+        "spillway-aci",
+        "test-cluster",
+        "westeurope",
+        "10.1.2.3",
+        10250,
+    );
+    c.sync_interval = Duration::from_millis(200);
+    c.lease_interval = Duration::from_millis(300);
+    c.status_interval = Duration::from_secs(2);
+    c.usage_interval = Duration::from_millis(300);
+    c.gc_interval = Duration::from_millis(500);
+    c.unreachable_after = Duration::from_millis(800);
+    c.refresh_interval = Duration::from_millis(500);
+    c.retry_backoff = Duration::from_millis(200);
+    c.max_retry_backoff = Duration::from_secs(1);
+    c
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("fixture: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_runs_a_burst_pod_as_spillway() {
+    let srv = cluster(
+        TestApiServer::builder()
+            .pod_deletion(PodDeletion::Kubelet)
+            .start()
+            .await,
+    )
+    .await;
+    let emu = Emulator::start(EmulatorConfig {
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("emulator: {e}"));
+    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
+    let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
+        AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}")),
+        pacing(),
+    ));
+    // What a burst pod refers to: a Secret, a ConfigMap, a projected token.
+    srv.insert::<Secret>(&obj(json!({"metadata": {"name": "db", "namespace": "web"},
+        "data": {"password": "aHVudGVyMg=="}})));
+    srv.insert::<ConfigMap>(&obj(
+        json!({"metadata": {"name": "settings", "namespace": "web"},
+        "data": {"mode": "fast"}}),
+    ));
+    srv.insert::<ServiceAccount>(&obj(
+        json!({"metadata": {"name": "default", "namespace": "web"}}),
+    ));
+    let pod: Pod = obj(json!({
+        "metadata": {"name": "api", "namespace": "web"},
+        "spec": {
+            "nodeName": "spillway-aci",
+            "tolerations": [{"key": vnode::TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": "app", "image": "nginx:1.27",
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                "env": [
+                    {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}
+                ],
+                "volumeMounts": [{"name": "token", "mountPath": "/var/run/token"}]
+            }],
+            "volumes": [{"name": "token", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
+            ]}}]
+        }
+    }));
+    let provider = Provider::new(srv.client_as(SA_NS, SA), aci, provider_config(), None);
+    let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Api::<Pod>::namespaced(srv.client(), "web")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod: {e}"));
+    let running = || {
+        srv.get::<Pod>("web", "api")
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running")
+    };
+    assert!(
+        poll_until(WAIT, running).await,
+        "pod Running; denials: {:?}",
+        srv.auth_denials()
+    );
+    // Node registered with status, its Lease renewed.
+    let node: Option<Node> = srv.get("", "spillway-aci");
+    assert!(
+        node.and_then(|n| n.status)
+            .and_then(|s| s.conditions)
+            .is_some()
+    );
+    assert!(
+        srv.get::<Lease>("kube-node-lease", "spillway-aci")
+            .is_some()
+    );
+    // Deleting the pod: the provider removes its group, then the pod.
+    Api::<Pod>::namespaced(srv.client(), "web")
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete pod: {e}"));
+    assert!(
+        poll_until(WAIT, || srv.get::<Pod>("web", "api").is_none()).await,
+        "pod deleted by the provider; denials: {:?}",
+        srv.auth_denials()
+    );
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    // The provider's rules were the ones used (a sample, by resource).
+    let used: Vec<(String, String)> = srv
+        .exercised_rules()
+        .into_iter()
+        .map(|r| (r.verb, r.resource))
+        .collect();
+    for (verb, resource) in [
+        ("create", "nodes"),
+        ("patch", "nodes/status"),
+        ("create", "leases"),
+        ("patch", "leases"),
+        ("get", "secrets"),
+        ("get", "configmaps"),
+        ("create", "serviceaccounts/token"),
+        ("patch", "pods/status"),
+        ("delete", "pods"),
+    ] {
+        assert!(
+            used.contains(&(verb.to_string(), resource.to_string())),
+            "{verb} {resource} not used: {used:?}"
+        );
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
