@@ -239,7 +239,13 @@ async fn resource_names_allow_only_named_requests() {
     let one = ListParams::default().fields("metadata.name=allowed");
     assert_eq!(cms.list(&one).await.expect("named list").items.len(), 1);
     let named_watch = kube::api::WatchParams::default().fields("metadata.name=allowed");
-    cms.watch(&named_watch, "0").await.expect("named watch");
+    let _events = cms.watch(&named_watch, "0").await.expect("named watch");
+    let all = kube::api::WatchParams::default();
+    assert_eq!(
+        status(cms.watch(&all, "0").await.map(|_| ())).0,
+        403,
+        "unnamed watch"
+    );
     // A create has no name in the URL: resourceNames never allow it.
     assert_eq!(
         status(

@@ -286,7 +286,7 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
             &a.combined_resource(),
             &a.subresource,
         )
-        && (names.is_empty() || (!a.name.is_empty() && names.iter().any(|n| *n == a.name)))
+        && (names.is_empty() || (!a.name.is_empty() && names.contains(&a.name)))
 }
 
 /// Upstream `appliesToUser`: a ServiceAccount subject without a namespace
