@@ -5,14 +5,18 @@
 //! `reflector`) talks to it unchanged over plain HTTP.
 //!
 //! Served: core/v1 pods (+ `status`, `binding`, `eviction`), nodes (+
-//! `status`), events, configmaps, secrets, namespaces; coordination/v1
-//! leases; policy/v1 poddisruptionbudgets (+ `status`); events.k8s.io/v1
-//! events (stored apart from core/v1 events). Metadata-only requests
+//! `status`), events, configmaps, secrets, namespaces, serviceaccounts (+
+//! `token`); coordination/v1 leases; policy/v1 poddisruptionbudgets (+
+//! `status`); events.k8s.io/v1 events (stored apart from core/v1 events);
+//! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
+//! clusterrolebindings. Metadata-only requests
 //! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
 //! (`sendInitialEvents=true`) are served too.
 //!
 //! Semantics follow kube-apiserver where it matters to a controller (see
-//! `store.rs` and `watch.rs`). Known simplifications, on purpose:
+//! `store.rs` and `watch.rs`), including Pod Security Admission per
+//! namespace label (`psa.rs`) and, for requests with a bearer token,
+//! authentication and RBAC authorization (`rbac.rs`). Known simplifications, on purpose:
 //! - strategic merge patch and server-side apply use a merge-key-table
 //!   approximation (see `patch.rs`); apply has no field ownership/conflicts;
 //! - list ignores `resourceVersion`/`resourceVersionMatch` and always serves
@@ -23,7 +27,7 @@
 //!   stand-in for the disruption controller keeps PDB status current after
 //!   every pod/PDB write (`Config::disruption_controller`, on by default;
 //!   `sync_disruption_budgets()` forces it when off);
-//! - pod admission is limited to a few spec defaults (schedulerName,
+//! - pod admission beyond Pod Security is limited to a few spec defaults (schedulerName,
 //!   terminationGracePeriodSeconds, restartPolicy, dnsPolicy, priority,
 //!   enableServiceLinks) and status reset to Pending on create; no QoS class,
 //!   no default tolerations, no container defaults; `managedFields` are not
