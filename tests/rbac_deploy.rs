@@ -228,3 +228,65 @@ async fn the_provider_runs_a_burst_pod_as_spillway() {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// deploy/README.md's RBAC table names every granted permission, and
+/// nothing that is not granted: (where, resource, names, verb).
+#[tokio::test]
+async fn every_granted_rule_is_documented_in_the_deploy_readme() {
+    let srv = cluster(TestApiServer::start().await).await;
+    type Key = (String, String, Vec<String>, String);
+    let granted: std::collections::BTreeSet<Key> = srv
+        .granted_permissions(SA_NS, SA)
+        .into_iter()
+        .map(|g| {
+            let place = if g.role.namespace.is_empty() {
+                g.role.kind.clone()
+            } else {
+                format!("{} {}", g.role.kind, g.role.namespace)
+            };
+            (place, g.resource, g.resource_names, g.verb)
+        })
+        .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/README.md"))
+        .expect("deploy/README.md");
+    let mut documented = std::collections::BTreeSet::new();
+    for row in readme
+        .lines()
+        .filter(|l| l.starts_with("| ClusterRole |") || l.starts_with("| Role "))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (place, rule) = (cells[1], cells[2]);
+        let (what, verbs) = rule.split_once(':').expect("`resources: verbs`");
+        // `nodes `spillway-aci`` / `policy poddisruptionbudgets` / `configmaps, secrets`.
+        let names: Vec<String> = what
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect();
+        let resources = what.split('`').next().unwrap_or_default();
+        let resources = resources
+            .split(',')
+            .map(|r| r.split_whitespace().last().unwrap_or_default().to_string());
+        for resource in resources {
+            for verb in verbs.split(',') {
+                documented.insert((
+                    place
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    resource.clone(),
+                    names.clone(),
+                    verb.trim().to_string(),
+                ));
+            }
+        }
+    }
+    let undocumented: Vec<&Key> = granted.difference(&documented).collect();
+    let not_granted: Vec<&Key> = documented.difference(&granted).collect();
+    assert!(
+        undocumented.is_empty() && not_granted.is_empty(),
+        "granted but not in the README table: {undocumented:?}\nin the table but not granted: {not_granted:?}"
+    );
+}
