@@ -196,15 +196,16 @@ impl Attributes {
     }
 }
 
-/// `metadata.name=X` (or `==`) as the only requirement of a field selector.
+/// The X of a `metadata.name=X` (or `==`) term in a field selector
+/// (upstream `RequiresExactMatch`; other terms may be present too).
 fn exact_name_match(selector: &str) -> Option<String> {
-    if selector.contains(',') {
-        return None;
-    }
-    let (k, v) = selector
-        .split_once("==")
-        .or_else(|| selector.split_once('='))?;
-    (k.trim() == "metadata.name" && !v.is_empty() && !v.starts_with('=')).then(|| v.to_string())
+    selector.split(',').find_map(|term| {
+        if term.contains("!=") {
+            return None;
+        }
+        let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (k.trim() == "metadata.name" && !v.is_empty()).then(|| v.trim().to_string())
+    })
 }
 
 /// A Role or ClusterRole.
