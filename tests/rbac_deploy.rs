@@ -290,3 +290,117 @@ async fn every_granted_rule_is_documented_in_the_deploy_readme() {
         "granted but not in the README table: {undocumented:?}\nin the table but not granted: {not_granted:?}"
     );
 }
+
+#[derive(clap::Parser)]
+struct RunArgs {
+    #[command(flatten)]
+    run: spillway::run::RunCommand,
+}
+
+/// `spillway run` (extender + leader election + autoscaler) as the
+/// ServiceAccount: it takes the leader Lease, nudges a pending pod and
+/// places one placeholder per burst pod, and is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spillway_run_leads_and_acts_as_spillway() {
+    use clap::Parser;
+    use spillway::cluster::build::{node, pod};
+    use spillway::units::Timestamp;
+    let srv = cluster(TestApiServer::start().await).await;
+    let now = Timestamp::now_wall();
+    srv.insert(&node("vm-0").pool("user").build());
+    srv.insert(&node("virtual-node-aci-linux").virtual_kubelet().build());
+    srv.insert(
+        &pod()
+            .ns("web")
+            .name("filler")
+            .cpu("4")
+            .memory("1Gi")
+            .on_node("vm-0")
+            .build(),
+    );
+    let mut due = pod()
+        .ns("web")
+        .name("due")
+        .cpu("1")
+        .memory("1Gi")
+        .tolerate_virtual()
+        .unschedulable_since(Timestamp::from_millis(now.millis() - 60_000))
+        .build();
+    due.metadata.uid = Some("uid-due".into());
+    srv.insert(&due);
+    for name in ["a", "b"] {
+        let mut p = pod()
+            .ns("web")
+            .name(name)
+            .cpu("1")
+            .memory("1Gi")
+            .tolerate_virtual()
+            .on_node("virtual-node-aci-linux")
+            .owned_by("ReplicaSet", &format!("rs-{name}"))
+            .build();
+        p.metadata.uid = Some(format!("uid-{name}"));
+        srv.insert(&p);
+    }
+    let dir = support::policy_dir(
+        "rbac-deploy-policies",
+        "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec:\n  burst: { mode: Auto, spillAfter: 30s, maxVmWait: 2m }\n  drainBack: { enabled: true, after: 5m }\n",
+    );
+    let args = RunArgs::parse_from([
+        "spillway",
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+        "--identity",
+        "replica-a",
+        "--lease-seconds",
+        "3",
+        "--tick-ms",
+        "200",
+        "--view-refresh-ms",
+        "50",
+    ]);
+    let metrics = Arc::new(spillway::metrics::Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = srv.kube_config_as(SA_NS, SA);
+    let task = tokio::spawn(async move {
+        spillway::run::run_with(config, &args.run, store, metrics, listener, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let holder = || {
+        srv.get::<Lease>(SA_NS, "spillway-leader")
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    assert!(
+        poll_until(WAIT, || holder().as_deref() == Some("replica-a")).await,
+        "leads; denials: {:?}",
+        srv.auth_denials()
+    );
+    assert!(
+        poll_until(WAIT, || srv.list::<Pod>(Some(SA_NS)).len() == 2).await,
+        "placeholders; denials: {:?}",
+        srv.auth_denials()
+    );
+    assert!(
+        poll_until(WAIT, || {
+            srv.get::<Pod>("web", "due")
+                .and_then(|p| p.metadata.annotations)
+                .is_some_and(|a| a.contains_key("spillway.io/burst-at"))
+        })
+        .await,
+        "nudge; denials: {:?}",
+        srv.auth_denials()
+    );
+    let _ = stop_tx.send(());
+    let done = tokio::time::timeout(WAIT, task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+}

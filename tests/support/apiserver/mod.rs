@@ -554,9 +554,9 @@ impl TestApiServer {
         lock(&self.shared.tokens).mint(rbac::UserInfo::service_account(ns, name), None, None)
     }
 
-    /// A client that sends `token` as its bearer token (kube-rs defaults
-    /// otherwise, retries included).
-    pub fn client_with_token(&self, token: &str) -> kube::Client {
+    /// The kube config of a client that sends `token` as its bearer token
+    /// (for code that builds its own clients, e.g. `run_with`).
+    pub fn kube_config_with_token(&self, token: &str) -> kube::Config {
         let mut cfg = self.kube_config();
         cfg.headers.push((
             header::AUTHORIZATION,
@@ -564,7 +564,19 @@ impl TestApiServer {
                 .parse()
                 .expect("a minted token is a valid header value"),
         ));
-        kube::Client::try_from(cfg).expect("kube client for test server")
+        cfg
+    }
+
+    /// The kube config of ServiceAccount `ns/sa`, subject to RBAC.
+    pub fn kube_config_as(&self, ns: &str, sa: &str) -> kube::Config {
+        self.kube_config_with_token(&self.token_for_service_account(ns, sa))
+    }
+
+    /// A client that sends `token` as its bearer token (kube-rs defaults
+    /// otherwise, retries included).
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        kube::Client::try_from(self.kube_config_with_token(token))
+            .expect("kube client for test server")
     }
 
     /// A client acting as ServiceAccount `ns/sa`, subject to RBAC.
