@@ -1176,17 +1176,50 @@ fn rbac_is_least_privilege() {
                 !resources.contains(&"pods/binding") && !resources.contains(&"bindings"),
                 "{what}: the scheduler binds"
             );
-            if resources.contains(&"secrets") || resources.contains(&"configmaps") {
+            let names = strings(&r["resourceNames"]);
+            if resources.contains(&"secrets") {
+                // By name only: a list or watch would hand spillway every
+                // Secret in the cluster.
+                assert!(
+                    verbs == ["get"],
+                    "{what}: secrets: get only, never list/watch"
+                );
+            }
+            if resources.contains(&"configmaps") {
                 // The one writable ConfigMap: the shared burst reservations,
                 // by name, in spillway's own namespace.
                 let reservations = kind == "Role"
                     && namespace == Some("spillway-system")
                     && resources == ["configmaps"]
-                    && strings(&r["resourceNames"]) == ["spillway-burst-reservations"]
-                    && verbs.iter().all(|v| ["get", "update"].contains(v));
+                    && names == ["spillway-burst-reservations"]
+                    && verbs == ["update"];
+                // The one watched ConfigMap: the cluster autoscaler's status.
+                let ca_status = kind == "Role"
+                    && namespace == Some("kube-system")
+                    && resources == ["configmaps"]
+                    && names == ["cluster-autoscaler-status"]
+                    && verbs.iter().all(|v| ["list", "watch"].contains(v));
                 assert!(
-                    reservations || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
-                    "{what}: secrets/configmaps are read-only"
+                    reservations || ca_status || verbs == ["get"],
+                    "{what}: configmaps: get by name; list/watch only of the CA status; update only of the reservations"
+                );
+            }
+            // A create has no name in its URL: resourceNames never match it,
+            // so such a rule grants nothing and misleads the reader.
+            assert!(
+                names.is_empty() || !verbs.contains(&"create"),
+                "{what}: create cannot be limited by resourceNames"
+            );
+            // Reads and writes of single nodes and Leases name the object
+            // (the virtual node, its Lease, the leader Leases).
+            if (resources.contains(&"nodes")
+                || resources.contains(&"nodes/status")
+                || resources.contains(&"leases"))
+                && verbs.iter().any(|v| ["get", "patch", "update"].contains(v))
+            {
+                assert!(
+                    !names.is_empty(),
+                    "{what}: name the objects (resourceNames)"
                 );
             }
             if resources.contains(&"nodes") {

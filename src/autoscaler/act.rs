@@ -16,7 +16,8 @@ use crate::decision::Placement;
 use crate::decision::placement::{Operator, Requirement};
 use crate::units::Resources;
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, NodeAffinity, ObjectReference, Pod, PodSpec, ResourceRequirements,
+    Affinity, Capabilities, Container, NodeAffinity, ObjectReference, Pod, PodSecurityContext,
+    PodSpec, ResourceRequirements, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -142,6 +143,7 @@ pub fn placeholder_pod(
             ..Default::default()
         },
         spec: Some(PodSpec {
+            security_context: Some(restricted_security_context().0),
             priority_class_name: Some(cfg.placeholder_priority_class.clone()),
             termination_grace_period_seconds: Some(0),
             automount_service_account_token: Some(false),
@@ -163,12 +165,43 @@ pub fn placeholder_pod(
                     limits: Some(quantities),
                     ..Default::default()
                 }),
+                security_context: Some(restricted_security_context().1),
                 ..Default::default()
             }],
             ..Default::default()
         }),
         status: None,
     }
+}
+
+/// UID/GID 65535: `nobody` in most images, including the pause image.
+const PLACEHOLDER_USER: i64 = 65535;
+
+/// The pod- and container-level security contexts that Pod Security
+/// `restricted` admits (spillway-system enforces it, see
+/// deploy/base/namespace.yaml): a placeholder created without them is
+/// refused with 403, so the cluster autoscaler never sees it and never grows
+/// a pool for burst pods. The pause container needs no privilege at all.
+pub fn restricted_security_context() -> (PodSecurityContext, SecurityContext) {
+    let pod = PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(PLACEHOLDER_USER),
+        run_as_group: Some(PLACEHOLDER_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    };
+    let container = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..Default::default()
+    };
+    (pod, container)
 }
 
 /// Performs actions with one client.

@@ -11,6 +11,7 @@
 use crate::aci::ImageRegistryCredential;
 use crate::aci::translate::{AzureFileCredential, EnvValue, Resolved};
 use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1 as k8s;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -166,6 +167,43 @@ pub fn references(pod: &k8s::Pod) -> References {
         r.secrets.insert(s.name.clone());
     }
     r
+}
+
+/// Lifetime asked for a burst pod's projected service account token when
+/// its projection names none: one hour, the API's own default for
+/// `serviceAccountToken.expirationSeconds`, well above the API server's
+/// minimum of 600 s. ACI cannot refresh a token inside a running
+/// container group, so the container sees a token that expires; a bound,
+/// short-lived token is still far safer than a long-lived one, and a
+/// client that re-reads the file sees the same token until the group is
+/// recreated.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// The TokenRequest for one `serviceAccountToken` projection of `pod`,
+/// bound to the pod (name and uid) as the kubelet binds the tokens it
+/// mounts: the API server stops accepting it once the pod is deleted, and
+/// refuses to issue it if the pod was replaced meanwhile (uid mismatch).
+pub fn token_request(
+    pod: &k8s::Pod,
+    projection: &k8s::ServiceAccountTokenProjection,
+) -> TokenRequest {
+    TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: projection.audience.clone().into_iter().collect(),
+            expiration_seconds: Some(
+                projection
+                    .expiration_seconds
+                    .unwrap_or(TOKEN_EXPIRATION_SECONDS),
+            ),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -537,6 +575,35 @@ pub fn registry_credentials(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn token_requests_are_bound_to_the_pod_with_a_documented_lifetime() {
+        let p = pod(json!({"containers": [{"name": "c"}]}));
+        let plain = k8s::ServiceAccountTokenProjection {
+            path: "token".into(),
+            ..Default::default()
+        };
+        let r = token_request(&p, &plain);
+        let bound = r.spec.bound_object_ref.expect("bound");
+        assert_eq!(
+            (
+                bound.kind.as_deref(),
+                bound.name.as_deref(),
+                bound.uid.as_deref()
+            ),
+            (Some("Pod"), Some("p"), Some("u1"))
+        );
+        assert_eq!(r.spec.expiration_seconds, Some(TOKEN_EXPIRATION_SECONDS));
+        assert!(r.spec.audiences.is_empty(), "the API server's own audience");
+        let asked = k8s::ServiceAccountTokenProjection {
+            path: "token".into(),
+            audience: Some("vault".into()),
+            expiration_seconds: Some(7200),
+        };
+        let r = token_request(&p, &asked);
+        assert_eq!(r.spec.expiration_seconds, Some(7200));
+        assert_eq!(r.spec.audiences, ["vault"]);
+    }
 
     fn pod(spec: serde_json::Value) -> k8s::Pod {
         serde_json::from_value(json!({

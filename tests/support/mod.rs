@@ -18,7 +18,8 @@ pub mod actors;
 pub mod apiserver;
 
 pub use apiserver::{
-    ApiError, Budget, Builder, Config, Fault, PodDeletion, RequestRecord, TestApiServer,
+    ApiError, Budget, Builder, Config, ExercisedRule, Fault, GrantedPermission, PodDeletion,
+    RequestRecord, RoleId, TestApiServer,
 };
 
 /// Poll `check` every 50 ms until it holds or `within` has passed; the last
@@ -41,4 +42,28 @@ pub fn policy_dir(name: &str, policy: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     std::fs::write(dir.join("web.yaml"), policy).unwrap_or_else(|e| panic!("{e}"));
     dir
+}
+
+/// `kubectl kustomize <repo>/<dir>` (the real tool, as deploy/ is applied),
+/// e.g. `kustomize("deploy/overlays/aks")` for
+/// [`TestApiServer::apply_manifests`].
+pub fn kustomize(dir: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl kustomize {}: {e} (is kubectl installed?)",
+                path.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kustomize prints UTF-8")
 }

@@ -5,14 +5,18 @@
 //! `reflector`) talks to it unchanged over plain HTTP.
 //!
 //! Served: core/v1 pods (+ `status`, `binding`, `eviction`), nodes (+
-//! `status`), events, configmaps, secrets, namespaces; coordination/v1
-//! leases; policy/v1 poddisruptionbudgets (+ `status`); events.k8s.io/v1
-//! events (stored apart from core/v1 events). Metadata-only requests
+//! `status`), events, configmaps, secrets, namespaces, serviceaccounts (+
+//! `token`); coordination/v1 leases; policy/v1 poddisruptionbudgets (+
+//! `status`); events.k8s.io/v1 events (stored apart from core/v1 events);
+//! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
+//! clusterrolebindings. Metadata-only requests
 //! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
 //! (`sendInitialEvents=true`) are served too.
 //!
 //! Semantics follow kube-apiserver where it matters to a controller (see
-//! `store.rs` and `watch.rs`). Known simplifications, on purpose:
+//! `store.rs` and `watch.rs`), including Pod Security Admission per
+//! namespace label (`psa.rs`) and, for requests with a bearer token,
+//! authentication and RBAC authorization (`rbac.rs`). Known simplifications, on purpose:
 //! - strategic merge patch and server-side apply use a merge-key-table
 //!   approximation (see `patch.rs`); apply has no field ownership/conflicts;
 //! - list ignores `resourceVersion`/`resourceVersionMatch` and always serves
@@ -23,7 +27,7 @@
 //!   stand-in for the disruption controller keeps PDB status current after
 //!   every pod/PDB write (`Config::disruption_controller`, on by default;
 //!   `sync_disruption_budgets()` forces it when off);
-//! - pod admission is limited to a few spec defaults (schedulerName,
+//! - pod admission beyond Pod Security is limited to a few spec defaults (schedulerName,
 //!   terminationGracePeriodSeconds, restartPolicy, dnsPolicy, priority,
 //!   enableServiceLinks) and status reset to Pending on create; no QoS class,
 //!   no default tolerations, no container defaults; `managedFields` are not
@@ -36,6 +40,8 @@
 //! It must not grow spillway logic: it is the cluster, not the controller.
 
 mod patch;
+mod psa;
+mod rbac;
 mod resources;
 mod selectors;
 mod status;
@@ -59,10 +65,11 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+pub use rbac::{ExercisedRule, GrantedPermission, RoleId};
 pub use status::ApiError;
 pub use store::Budget;
 
-use resources::{ResourceType, Route, lookup, parse_path};
+use resources::{ResourceType, Route, lookup, lookup_kind, parse_path};
 use selectors::{FieldSelector, LabelSelector};
 use status::success_status;
 use store::{DeleteOptions, Deleted, PatchKind, Store, meta_str};
@@ -91,6 +98,10 @@ pub struct Config {
     /// disruptionsAllowed) current after every pod/PDB write, as the
     /// disruption controller does in a real cluster.
     pub disruption_controller: bool,
+    /// Refuse requests without a bearer token (401). Off: a request without
+    /// a token is an unrestricted admin, as every existing test expects; a
+    /// request with a token is always authenticated and RBAC-authorized.
+    pub require_auth: bool,
 }
 
 impl Default for Config {
@@ -101,6 +112,7 @@ impl Default for Config {
             pod_deletion: PodDeletion::AfterGracePeriod,
             max_body_bytes: 3 * 1024 * 1024,
             disruption_controller: true,
+            require_auth: false,
         }
     }
 }
@@ -134,6 +146,11 @@ impl Builder {
 
     pub fn disruption_controller(mut self, on: bool) -> Self {
         self.config.disruption_controller = on;
+        self
+    }
+
+    pub fn require_auth(mut self, on: bool) -> Self {
+        self.config.require_auth = on;
         self
     }
 
@@ -257,6 +274,11 @@ struct Shared {
     faults: Mutex<Vec<Fault>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     open_watches: AtomicUsize,
+    tokens: Mutex<rbac::Tokens>,
+    /// Which rule allowed each authorized request (RBAC recorder).
+    exercised: Mutex<std::collections::BTreeSet<ExercisedRule>>,
+    /// Every 401/403 the authenticator and authorizer answered, as its message.
+    denials: Mutex<Vec<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -312,6 +334,9 @@ impl TestApiServer {
             faults: Mutex::new(Vec::new()),
             shutdown: shutdown_rx.clone(),
             open_watches: AtomicUsize::new(0),
+            tokens: Mutex::new(rbac::Tokens::default()),
+            exercised: Mutex::new(Default::default()),
+            denials: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -521,6 +546,115 @@ impl TestApiServer {
             .unwrap_or_else(|e| panic!("sync_disruption_budgets: {}", e.message));
     }
 
+    /// A token for ServiceAccount `ns/name` (user
+    /// `system:serviceaccount:NS:NAME`), valid until the server stops; the
+    /// ServiceAccount object need not exist. Requests with it are
+    /// authorized by the stored RBAC objects.
+    pub fn token_for_service_account(&self, ns: &str, name: &str) -> String {
+        lock(&self.shared.tokens).mint(rbac::UserInfo::service_account(ns, name), None, None)
+    }
+
+    /// The kube config of a client that sends `token` as its bearer token
+    /// (for code that builds its own clients, e.g. `run_with`).
+    pub fn kube_config_with_token(&self, token: &str) -> kube::Config {
+        let mut cfg = self.kube_config();
+        cfg.headers.push((
+            header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .expect("a minted token is a valid header value"),
+        ));
+        cfg
+    }
+
+    /// The kube config of ServiceAccount `ns/sa`, subject to RBAC.
+    pub fn kube_config_as(&self, ns: &str, sa: &str) -> kube::Config {
+        self.kube_config_with_token(&self.token_for_service_account(ns, sa))
+    }
+
+    /// A client that sends `token` as its bearer token (kube-rs defaults
+    /// otherwise, retries included).
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        kube::Client::try_from(self.kube_config_with_token(token))
+            .expect("kube client for test server")
+    }
+
+    /// A client acting as ServiceAccount `ns/sa`, subject to RBAC.
+    pub fn client_as(&self, ns: &str, sa: &str) -> kube::Client {
+        self.client_with_token(&self.token_for_service_account(ns, sa))
+    }
+
+    /// Stores every object of a multi-document YAML stream (e.g. the output
+    /// of `kubectl kustomize deploy/overlays/aks`) whose kind this server
+    /// serves: new objects are created as through the API (Namespaces get
+    /// their `kubernetes.io/metadata.name` label), existing ones are
+    /// overwritten. Returns `Kind namespace/name` of the documents skipped
+    /// because their kind is not served (Deployments, Services...).
+    pub fn apply_manifests(&self, yaml: &str) -> Vec<String> {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("manifests: {e}"));
+        let mut skipped = Vec::new();
+        let mut store = self.shared.store();
+        for doc in docs.into_iter().filter(|d| d.is_object()) {
+            let field = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let (api_version, kind) = (field("apiVersion"), field("kind"));
+            let ns = meta_str(&doc, "namespace").map(String::from);
+            let name = meta_str(&doc, "name").unwrap_or_default().to_string();
+            let Some(rt) = lookup_kind(&api_version, &kind) else {
+                skipped.push(format!("{kind} {}/{name}", ns.unwrap_or_default()));
+                continue;
+            };
+            let ns = ns.unwrap_or_else(|| "default".into());
+            let result = if store.get(rt, &ns, &name).is_some() {
+                store.upsert_raw(rt, doc)
+            } else {
+                store.create(rt, rt.namespaced.then_some(ns.as_str()), doc, true)
+            };
+            result.unwrap_or_else(|e| panic!("apply {kind} {ns}/{name}: {}", e.message));
+        }
+        skipped
+    }
+
+    /// The message of every request refused by authentication (401) or
+    /// RBAC (403) so far, in order: end-to-end tests assert it stays empty.
+    pub fn auth_denials(&self) -> Vec<String> {
+        lock(&self.shared.denials).clone()
+    }
+
+    /// The RBAC rules that allowed requests so far, one entry per distinct
+    /// (role, rule index, user, verb, group, resource).
+    pub fn exercised_rules(&self) -> Vec<ExercisedRule> {
+        lock(&self.shared.exercised).iter().cloned().collect()
+    }
+
+    /// Every (verb, group, resource) the stored roles grant ServiceAccount
+    /// `ns/sa` through its bindings.
+    pub fn granted_permissions(&self, ns: &str, sa: &str) -> Vec<GrantedPermission> {
+        rbac::granted(
+            &self.shared.store(),
+            &rbac::UserInfo::service_account(ns, sa),
+        )
+    }
+
+    /// Granted permissions of `ns/sa` that no allowed request has used yet.
+    pub fn unexercised_permissions(&self, ns: &str, sa: &str) -> Vec<GrantedPermission> {
+        let user = rbac::UserInfo::service_account(ns, sa).name;
+        let used = self.exercised_rules();
+        self.granted_permissions(ns, sa)
+            .into_iter()
+            .filter(|g| {
+                !used.iter().any(|u| {
+                    u.user == user
+                        && u.role == g.role
+                        && u.rule == g.rule
+                        && u.verb == g.verb
+                        && u.group == g.group
+                        && u.resource == g.resource
+                })
+            })
+            .collect()
+    }
+
     /// Stops the server and waits (bounded) for it to finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
@@ -591,9 +725,58 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return e.into_response();
         }
     }
+    if let Err(e) = authenticate_and_authorize(&shared, &parts) {
+        lock(&shared.denials).push(e.message.clone());
+        return e.into_response();
+    }
     match route(&shared, &parts, &bytes) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Bearer-token authentication and RBAC (`rbac.rs`). A request without a
+/// token is an unrestricted admin unless `require_auth`; any other
+/// `Authorization` header, an unknown, expired or unbound token is 401.
+fn authenticate_and_authorize(shared: &Shared, parts: &Parts) -> Result<(), ApiError> {
+    let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
+        return if shared.config.require_auth {
+            Err(rbac::unauthorized())
+        } else {
+            Ok(())
+        };
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(rbac::bearer)
+        .ok_or_else(rbac::unauthorized)?;
+    let store = shared.store();
+    let user = lock(&shared.tokens)
+        .authenticate(token, &store)
+        .ok_or_else(rbac::unauthorized)?;
+    // Non-resource URLs (discovery, health) are open to every authenticated
+    // user; unserved kinds get their 404 from `route`.
+    let Some(route) = parse_path(parts.uri.path()) else {
+        return Ok(());
+    };
+    let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let attrs = rbac::Attributes::of(&parts.method, &route, &q);
+    match rbac::authorize(&store, &user, &attrs) {
+        Ok((role, rule)) => {
+            lock(&shared.exercised).insert(ExercisedRule {
+                role,
+                rule,
+                user: user.name.clone(),
+                verb: attrs.verb.clone(),
+                group: attrs.group.clone(),
+                resource: attrs.combined_resource(),
+            });
+            Ok(())
+        }
+        Err(reason) => Err(rbac::forbidden(route.rt, &user, &attrs, &reason)),
     }
 }
 
@@ -736,6 +919,16 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
                 let body = parse_body(bytes)?;
                 shared.store().bind(ns_key, name, &body)?;
                 Ok(json_response(StatusCode::CREATED, &success_status(201)))
+            }
+            _ => Err(ApiError::method_not_allowed(method.as_str())),
+        },
+        (Some(name), Some("token")) if rt.is("", "serviceaccounts") => match *method {
+            Method::POST => {
+                let body = parse_body(bytes)?;
+                let store = shared.store();
+                let mut tokens = lock(&shared.tokens);
+                let request = rbac::token_request(&store, &mut tokens, ns_key, name, &body)?;
+                Ok(json_response(StatusCode::CREATED, &request))
             }
             _ => Err(ApiError::method_not_allowed(method.as_str())),
         },

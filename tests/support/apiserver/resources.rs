@@ -162,10 +162,68 @@ pub static RESOURCES: &[ResourceType] = &[
     },
 ];
 
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// Served too: the identities and RBAC objects `rbac.rs` reads.
+pub static IDENTITY_RESOURCES: &[ResourceType] = &[
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        kind: "ServiceAccount",
+        namespaced: true,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
+        group: RBAC,
+        version: "v1",
+        plural: "roles",
+        kind: "Role",
+        namespaced: true,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
+        group: RBAC,
+        version: "v1",
+        plural: "rolebindings",
+        kind: "RoleBinding",
+        namespaced: true,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
+        group: RBAC,
+        version: "v1",
+        plural: "clusterroles",
+        kind: "ClusterRole",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
+        group: RBAC,
+        version: "v1",
+        plural: "clusterrolebindings",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
+];
+
+fn all() -> impl Iterator<Item = &'static ResourceType> {
+    RESOURCES.iter().chain(IDENTITY_RESOURCES)
+}
+
+/// The served resource of a manifest's `apiVersion` and `kind`.
+pub fn lookup_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
+    all().find(|r| r.api_version() == api_version && r.kind == kind)
+}
+
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    all().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// A parsed request path.

@@ -103,6 +103,17 @@ impl ApiError {
         .with_details(rt, name)
     }
 
+    /// `pods "NAME" is forbidden: WHY` (`apierrors.NewForbidden`); without a
+    /// name, `pods is forbidden: WHY`.
+    pub fn forbidden(rt: &ResourceType, name: &str, why: &str) -> Self {
+        let message = if name.is_empty() {
+            format!("{} is forbidden: {why}", rt.qualified())
+        } else {
+            format!("{} \"{name}\" is forbidden: {why}", rt.qualified())
+        };
+        Self::new(403, "Forbidden", message).with_details(rt, name)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::patch::{json_patch, merge_patch, strategic_merge};
+use super::psa;
 use super::resources::{ResourceType, lookup};
 use super::selectors::LabelSelector;
 use super::status::ApiError;
@@ -568,6 +569,9 @@ impl Store {
         }
         if api && rt.is_pod() {
             default_pod(&mut obj);
+            // After name generation, as in the real server: refusals of
+            // generateName pods name the generated name.
+            self.admit_pod_security(&ns, &name, &obj)?;
         }
         if api && rt.is("", "namespaces") {
             let meta = meta_mut(&mut obj);
@@ -585,6 +589,29 @@ impl Store {
             return Err(ApiError::already_exists(rt, &name));
         }
         Ok(self.insert_new(rt, key, obj))
+    }
+
+    /// Pod Security Admission for a pod create or a significant update: the
+    /// namespace's `enforce` label decides; a namespace that is not stored
+    /// enforces nothing.
+    fn admit_pod_security(&self, ns: &str, name: &str, pod: &Value) -> Result<(), ApiError> {
+        let Some(namespace) = self.get(namespaces(), "", ns) else {
+            return Ok(());
+        };
+        let labels: BTreeMap<String, String> = namespace
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let policy = psa::enforce_policy(&labels);
+        match psa::evaluate(&policy, &typed_pod(pod)?) {
+            None => Ok(()),
+            Some(why) => Err(ApiError::forbidden(pods(), name, &why)),
+        }
     }
 
     /// Test hook: create or overwrite without admission or concurrency checks.
@@ -766,6 +793,10 @@ impl Store {
                     "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
                 ));
             }
+        }
+        if rt.is_pod() && psa::significant_update(&typed_pod(old)?, &typed_pod(&new)?) {
+            let ns = meta_str(old, "namespace").unwrap_or_default().to_string();
+            self.admit_pod_security(&ns, &name, &new)?;
         }
         if is_terminating(old) {
             let before = finalizers(old);
@@ -1183,6 +1214,16 @@ impl Store {
 fn pods() -> &'static ResourceType {
     // The table always contains pods; a missing entry is a bug in this file.
     lookup("", "v1", "pods").expect("pods are served")
+}
+
+fn namespaces() -> &'static ResourceType {
+    lookup("", "v1", "namespaces").expect("namespaces are served")
+}
+
+/// A stored or submitted pod as the typed object PSA reads.
+fn typed_pod(pod: &Value) -> Result<k8s_openapi::api::core::v1::Pod, ApiError> {
+    serde_json::from_value(pod.clone())
+        .map_err(|e| ApiError::bad_request(format!("failed to decode pod: {e}")))
 }
 
 fn pdbs() -> &'static ResourceType {
