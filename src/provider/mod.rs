@@ -51,7 +51,6 @@ use crate::aci::{
 use crate::metrics::Metrics;
 use crate::policy::{AciSettings, PublicIp};
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -1035,14 +1034,8 @@ impl Provider {
                 let Some(t) = &src.service_account_token else {
                     continue;
                 };
-                let request = TokenRequest {
-                    spec: TokenRequestSpec {
-                        audiences: t.audience.clone().into_iter().collect(),
-                        expiration_seconds: t.expiration_seconds.or(Some(3600)),
-                        bound_object_ref: None,
-                    },
-                    ..Default::default()
-                };
+                // Bound to the pod: the token dies with it.
+                let request = resolve::token_request(pod, t);
                 match accounts
                     .create_token_request(&sa, &PostParams::default(), &request)
                     .await
@@ -1053,9 +1046,12 @@ impl Provider {
                         }
                     }
                     // The container still runs; it just cannot call the API server.
-                    Err(e) => {
-                        tracing::debug!(error = %e, volume = %v.name, "no service account token")
-                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        volume = %v.name,
+                        pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()),
+                        "no service account token; the container runs without it"
+                    ),
                 }
             }
         }
