@@ -137,7 +137,7 @@ async fn a_placeholder_without_its_security_context_is_refused() {
         cpu_millis: 500,
         memory_bytes: 1 << 30,
     };
-    let mut bare = placeholder_pod(&cfg, &for_pod, "uid-a", &requests);
+    let mut bare = placeholder_pod(&cfg, &for_pod, "uid-a", &requests, &Default::default());
     if let Some(spec) = bare.spec.as_mut() {
         spec.security_context = None;
         for c in &mut spec.containers {
@@ -161,7 +161,7 @@ async fn a_placeholder_without_its_security_context_is_refused() {
     // With it: admitted.
     pods.create(
         &PostParams::default(),
-        &placeholder_pod(&cfg, &for_pod, "uid-a", &requests),
+        &placeholder_pod(&cfg, &for_pod, "uid-a", &requests, &Default::default()),
     )
     .await
     .expect("the real placeholder is admitted");
