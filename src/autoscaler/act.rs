@@ -8,9 +8,9 @@
 //! objects are done, evictions refused by a PodDisruptionBudget (429) are
 //! reported as `Refused` and retried by a later pass.
 
-use super::observe::{MANAGED_BY, MANAGED_BY_LABEL, PLACEHOLDER_FOR_LABEL};
 use super::plan::{Action, DELETION_COST_ANNOTATION, EventReason, NUDGE_ANNOTATION, PodRef};
 use crate::cluster::VIRTUAL_KUBELET_TAINT;
+use crate::cluster::classify::{MANAGED_BY, MANAGED_BY_LABEL, PLACEHOLDER_FOR_LABEL};
 use crate::cluster::constraints::{placement_k8s, pod_placement};
 use crate::decision::Placement;
 use crate::decision::placement::{Operator, Requirement};

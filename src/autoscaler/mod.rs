@@ -1,7 +1,10 @@
 //! The autoscaler: the loop that makes "fill VMs first, burst only when VMs
 //! are too slow, come back when they arrive" true in a live cluster.
 //!
-//! - [`observe`]: Kubernetes objects → the planner's inputs (pure);
+//! - [`crate::cluster::classify`] (not here): every node and pod classified
+//!   once into the engine's snapshot, burst pods, placeholders and pending
+//!   controllers; the autoscaler reads that, never the objects;
+//! - [`observe`]: what a PodDisruptionBudget allows for each burst pod (pure);
 //! - [`plan`]: the solve step, snapshot + engine plan → actions (pure);
 //! - [`act`]: each action re-validated against the latest object, then written.
 

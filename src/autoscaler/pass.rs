@@ -6,7 +6,8 @@ use super::act::{ActError, Actor, Outcome};
 use super::observe;
 use super::plan::{Action, EventReason, Inputs, LoopConfig, LoopState, plan_actions};
 use super::pools::{self, NodeGroupStatus, ProvisionLearner};
-use crate::cluster::{ClusterConfig, snapshot_from};
+use crate::cluster::ClusterConfig;
+use crate::cluster::classify::{Classified, classify};
 use crate::decision::Engine;
 use crate::policy::PolicySet;
 use crate::units::Timestamp;
@@ -129,7 +130,18 @@ impl Autoscaler {
             self.learner.observe_status(groups, now);
         }
         self.learn(nodes, now);
-        let mut snap = snapshot_from(nodes, pods, now, &self.cluster);
+        let Classified {
+            snapshot: mut snap,
+            mut burst,
+            placeholders,
+            pending_owners,
+        } = classify(
+            nodes,
+            pods,
+            now,
+            &self.cluster,
+            Some(&self.placeholder_namespace),
+        );
         pools::apply(&mut snap, ca_status.unwrap_or_default(), &self.learner);
         let plan = self.engine.plan(&snap, policies);
         if let Some(m) = &self.metrics {
@@ -143,18 +155,7 @@ impl Autoscaler {
                 cfg.default_provision_time,
             );
         }
-        let virtual_nodes: BTreeSet<String> = nodes
-            .iter()
-            .map(Borrow::borrow)
-            .filter(|n| self.cluster.virtual_nodes.is_virtual(n))
-            .filter_map(|n| n.metadata.name.clone())
-            .chain(self.cluster.virtual_nodes.names.iter().cloned())
-            .collect();
-        let mut burst = observe::burst_pods(pods.iter().map(Borrow::borrow), &virtual_nodes, now);
         observe::mark_pdb_blocked(&mut burst, pdbs.iter().map(Borrow::borrow));
-        let placeholders =
-            observe::placeholders(pods.iter().map(Borrow::borrow), &self.placeholder_namespace);
-        let pending_owners = observe::pending_owners(pods.iter().map(Borrow::borrow));
         let inputs = Inputs {
             snap: &snap,
             plan: &plan,

@@ -38,6 +38,7 @@
 //!   without a controller;
 //! - **scale-in order**: burst pods get a low `pod-deletion-cost`.
 
+pub use crate::cluster::classify::{BurstPod, DELETION_COST_ANNOTATION, Owner, Placeholder};
 use crate::decision::{Plan, Reason, Snapshot, Verdict};
 use crate::policy::PolicySet;
 use crate::units::{Duration, Resources, Timestamp};
@@ -45,8 +46,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The annotation whose change makes the scheduler retry a pod.
 pub const NUDGE_ANNOTATION: &str = "spillway.io/burst-at";
-/// The annotation ReplicaSets read to pick which pods to remove first.
-pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Settings of the loop that are not per-namespace policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,48 +68,6 @@ impl Default for LoopConfig {
             eviction_settle: Duration::from_secs(2),
         }
     }
-}
-
-/// The controller that owns a pod.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Owner {
-    pub kind: String,
-    pub name: String,
-    pub uid: String,
-}
-
-/// A pod running (or starting) on the virtual node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BurstPod {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub labels: BTreeMap<String, String>,
-    pub requests: Resources,
-    pub owner: Option<Owner>,
-    /// When it was bound to the virtual node.
-    pub bound_at: Timestamp,
-    /// Ready on ACI (never evict a pod that is still starting).
-    pub ready: bool,
-    /// Being deleted already.
-    pub terminating: bool,
-    /// Its current `pod-deletion-cost`, if any.
-    pub deletion_cost: Option<i64>,
-    /// A PodDisruptionBudget covering it allows no disruption now (as its
-    /// status says; the Eviction API stays the authority).
-    pub pdb_blocked: bool,
-}
-
-/// A capacity placeholder pod that exists in the cluster.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placeholder {
-    pub name: String,
-    /// UID of the burst pod it stands in for.
-    pub for_uid: String,
-    /// The VM node it runs on, if scheduled.
-    pub node: Option<String>,
-    /// What it holds (the burst pod's requests).
-    pub requests: Resources,
 }
 
 /// A reference to a pod.

@@ -3,12 +3,14 @@
 //!
 //! This module owns the translation rules (what is a virtual node, which pool a
 //! node is in, what a pod requests, whether ACI can run it) and the shared,
-//! non-blocking `ClusterView` the extender reads. It decides nothing: the
+//! non-blocking `ClusterView` the extender reads; [`classify`] turns nodes and
+//! pods into typed data in one pass. It decides nothing: the
 //! engine does. The only I/O is in `load` (reading a `kubectl get -o yaml`
 //! file) and `view::run_reflectors` (watching the API server).
 
 pub mod build;
 pub mod ca_status;
+pub mod classify;
 pub mod constraints;
 pub mod load;
 pub mod view;
@@ -16,12 +18,12 @@ pub mod view;
 pub use load::{ClusterObjects, load_cluster_state, parse_cluster_state};
 pub use view::{ClusterState, ClusterView};
 
-use crate::decision::{BurstUsage, EngineConfig, NodeClass, PendingPod, Snapshot, VmNode, VmPool};
+use crate::decision::{EngineConfig, PendingPod, Snapshot, VmNode, VmPool};
 use crate::units::{Resources, Timestamp, parse_cpu_millis, parse_memory_bytes};
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Label and taint keys shared with virtual-kubelet and the AKS virtual node.
 pub const VIRTUAL_KUBELET_TAINT: &str = "virtual-kubelet.io/provider";
@@ -442,110 +444,14 @@ pub fn node_allocatable(node: &Node) -> Result<Resources, ClusterError> {
     )
 }
 
-/// Build the engine's snapshot from nodes and pods.
-///
-/// Objects from the API server are validated, so a bad quantity only comes
-/// from a hand-written file (which `load` rejects first); here it counts as
-/// zero and is logged rather than failing the whole view.
+/// Build the engine's snapshot from nodes and pods (see [`classify::classify`]).
 pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     nodes: &[N],
     pods: &[P],
     now: Timestamp,
     cfg: &ClusterConfig,
 ) -> Snapshot {
-    let lenient = |r: Result<Resources, ClusterError>| {
-        r.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "ignoring unparseable quantity");
-            Resources::default()
-        })
-    };
-    let mut virtual_names = BTreeSet::new();
-    let mut vm_index: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut vm_nodes: Vec<VmNode> = Vec::new();
-    let mut labelled_bounds: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    let mut classes: Vec<NodeClass> = Vec::new();
-    let mut class_index: HashMap<NodeClass, usize> = HashMap::new();
-    // Node order decides first-fit placement: make it independent of the
-    // order a store or file happens to list them in.
-    let mut sorted: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
-    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for node in sorted {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        if cfg.virtual_nodes.is_virtual(node) {
-            virtual_names.insert(name);
-            continue;
-        }
-        let unschedulable = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false);
-        let pool = node_pool(node, cfg);
-        if !pool.is_empty()
-            && !labelled_bounds.contains_key(&pool)
-            && let Some(bounds) = pool_size_marks(node)
-        {
-            labelled_bounds.insert(pool.clone(), bounds);
-        }
-        let class = *class_index
-            .entry(constraints::node_class(node))
-            .or_insert_with_key(|c| {
-                classes.push(c.clone());
-                classes.len() - 1
-            });
-        vm_index.insert(name, vm_nodes.len());
-        vm_nodes.push(VmNode {
-            name: name.to_string(),
-            pool,
-            allocatable: lenient(node_allocatable(node)),
-            allocated: Resources::default(),
-            schedulable: !unschedulable && node_ready(node),
-            class,
-        });
-    }
-
-    let mut pending = Vec::new();
-    let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
-    for pod in pods {
-        let pod: &Pod = pod.borrow();
-        // Capacity placeholders hold VM room for burst pods; any real pod may
-        // preempt them, so the engine sees neither their demand nor their room.
-        if crate::autoscaler::observe::is_placeholder(pod) {
-            continue;
-        }
-        if is_pending(pod) {
-            match pending_pod(pod, now, cfg) {
-                Ok(p) => pending.push(p),
-                Err(e) => tracing::warn!(error = %e, "skipping pending pod"),
-            }
-            continue;
-        }
-        if is_terminal(pod) {
-            continue;
-        }
-        let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
-            continue;
-        };
-        let requests = lenient(pod_requests(pod));
-        if virtual_names.contains(node_name) || cfg.virtual_nodes.is_virtual_name(node_name) {
-            let effective = cfg.engine.aci_effective(&requests);
-            let hourly = cfg.engine.prices.aci_hourly(&effective);
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            burst_usage.entry(ns).or_default().add(&effective, hourly);
-        } else if let Some(&i) = vm_index.get(node_name) {
-            vm_nodes[i].allocated = vm_nodes[i].allocated.add(&requests);
-        }
-    }
-
-    Snapshot {
-        now,
-        pools: pools_from(&vm_nodes, &labelled_bounds, cfg),
-        nodes: vm_nodes,
-        pending,
-        burst_usage,
-        aci_quota: Default::default(),
-        classes: classes.into(),
-    }
+    classify::classify(nodes, pods, now, cfg, None).snapshot
 }
 
 /// One `VmPool` per distinct pool label. A pool's node shape is the most
