@@ -9,6 +9,7 @@ pub mod decision;
 pub mod edge;
 pub mod explain;
 pub mod extender;
+pub mod leader;
 pub mod located;
 pub mod metrics;
 pub mod policy;

@@ -290,6 +290,7 @@ pub async fn run_with(
 
     // A dry run takes no Lease (that is a write): every dry-run replica
     // decides and logs as if it led, and `dry_leader` keeps that signal on.
+    let mut guard_task = None;
     let (leader, lease_task, dry_leader) = if cmd.dry_run {
         let (tx, rx) = tokio::sync::watch::channel(true);
         (rx, None, Some(tx))
@@ -301,7 +302,17 @@ pub async fn run_with(
             .with_grace((cmd.lease_seconds / 3).max(1))
             .build()
             .await?;
-        let (leader, task) = manager.watch().await;
+        let (manager_leader, task) = manager.watch().await;
+        // Act only while the Lease itself names this replica (see crate::leader).
+        let (leader, guard) = crate::leader::guard(
+            manager_leader,
+            kube::Api::namespaced(client.clone(), &cmd.namespace),
+            cmd.lease_name.clone(),
+            identity.clone(),
+            crate::leader::check_every(cmd.lease_seconds),
+            stop_rx.clone(),
+        );
+        guard_task = Some(guard);
         (leader, Some(task), None)
     };
     // `validate` refused --dry-run with a provider; this is the second lock.
@@ -430,6 +441,13 @@ pub async fn run_with(
     }
     drop(leader);
     drop(dry_leader);
+    // The guard holds the manager's signal; the manager releases the Lease
+    // only once every holder of that signal is gone.
+    if let Some(g) = guard_task
+        && let Err(e) = g.await
+    {
+        tracing::warn!(error = %e, "leadership guard task failed");
+    }
     if let Some(lease_task) = lease_task {
         tracing::info!(identity = %identity, "shutting down: releasing the lease");
         match lease_task.await {

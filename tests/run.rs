@@ -634,3 +634,60 @@ fn kube_timeouts_come_from_the_flags() {
         (10, 30)
     );
 }
+
+/// A leader whose Lease renewals are refused (as when RBAC on the Lease is
+/// wrong) while its other writes succeed stops acting once the Lease it last
+/// read expires, although nobody else took it and kube-lease-manager still
+/// reports leadership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_renewals_fail_stops_acting_when_the_lease_expires() {
+    use axum::http::Method;
+    use support::Fault;
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let mut a = start(&srv, "replica-a").await;
+    assert!(eventually(|| holder(&srv).as_deref() == Some("replica-a")).await);
+    assert!(
+        eventually(|| placeholder_creates(&srv) == 2).await,
+        "a acts"
+    );
+    let lease = "/apis/coordination.k8s.io/v1/namespaces/spillway-system/leases/spillway-leader";
+    for m in [Method::PATCH, Method::PUT] {
+        srv.inject(Fault::status(lease, 403).method(m).times(usize::MAX));
+    }
+    // Once the Lease (3 s) has expired unrenewed the replica no longer acts:
+    // the leader gauges are withdrawn, and a placeholder removed behind its
+    // back is not created again.
+    let stepped_down =
+        |m: &str| m.contains("spillway_ready 1") && !m.contains("spillway_burst_pods{");
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline && !stepped_down(metrics_of(&last)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = get(a.addr, "/metrics").await;
+    }
+    assert!(stepped_down(metrics_of(&last)), "{}", metrics_of(&last));
+    assert_eq!(
+        holder(&srv).as_deref(),
+        Some("replica-a"),
+        "nobody took over"
+    );
+    for p in srv.list::<Pod>(Some("spillway-system")) {
+        srv.remove::<Pod>(
+            "spillway-system",
+            p.metadata.name.as_deref().unwrap_or_default(),
+        );
+    }
+    let creates = placeholder_creates(&srv);
+    // Several ticks (200 ms) of a replica that would act if it thought it led.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        placeholder_creates(&srv),
+        creates,
+        "no writes after stepping down"
+    );
+    if let Some(stop) = a.stop.take() {
+        let _ = stop.send(());
+    }
+    let _ = tokio::time::timeout(WAIT, &mut a.task).await;
+}
