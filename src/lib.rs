@@ -12,6 +12,7 @@ pub mod extender;
 pub mod leader;
 pub mod located;
 pub mod metrics;
+pub mod pacing;
 pub mod policy;
 pub mod provider;
 pub mod run;

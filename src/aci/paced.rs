@@ -19,6 +19,7 @@
 
 use super::{AciError, BoxFuture, ContainerGroup, ContainerGroups, Usage};
 use crate::metrics::Metrics;
+use crate::pacing::TokenBucket;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::future::Future;
@@ -62,56 +63,7 @@ impl Default for PacingConfig {
     }
 }
 
-#[derive(Debug)]
-struct Lane {
-    tokens: f64,
-    capacity: f64,
-    per_sec: f64,
-    last: Instant,
-    /// No call of this class before this instant (set by a 429).
-    paused_until: Option<Instant>,
-}
-
-impl Lane {
-    fn new(per_sec: f64, burst: u32, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(burst.max(1)),
-            capacity: f64::from(burst.max(1)),
-            per_sec: per_sec.max(0.001),
-            last: now,
-            paused_until: None,
-        }
-    }
-
-    /// ARM answered 429: no call before `until`, and the tokens this lane
-    /// believed it had are gone (ARM's bucket is empty; another client of the
-    /// subscription spent them), so after the pause it refills from zero
-    /// instead of bursting into a second 429.
-    fn throttled(&mut self, until: Instant, now: Instant) {
-        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
-        self.tokens = 0.0;
-        self.last = now;
-    }
-
-    /// Take a token now, or say how long to wait before asking again.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
-        if let Some(until) = self.paused_until {
-            if until > now {
-                return Some(until - now);
-            }
-            self.paused_until = None;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
-        }
-    }
-}
+type Lane = TokenBucket;
 
 struct Lanes {
     write: Lane,
@@ -261,26 +213,6 @@ impl<C: ContainerGroups> ContainerGroups for Paced<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lane_paces_and_pauses() {
-        let t0 = Instant::now();
-        let mut lane = Lane::new(2.0, 2, t0);
-        assert_eq!(lane.take(t0), None);
-        assert_eq!(lane.take(t0), None);
-        assert_eq!(lane.take(t0), Some(Duration::from_millis(500)));
-        assert_eq!(lane.take(t0 + Duration::from_millis(500)), None, "refilled");
-        lane.paused_until = Some(t0 + Duration::from_secs(5));
-        assert_eq!(
-            lane.take(t0 + Duration::from_secs(2)),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            lane.take(t0 + Duration::from_secs(5)),
-            None,
-            "pause over, bucket full again"
-        );
-    }
 
     #[test]
     fn a_429_empties_the_lane_so_the_pause_ends_without_a_burst() {

@@ -18,6 +18,7 @@
 
 use super::model::*;
 use super::sas::{ConnectionString, TokenCache};
+use crate::pacing::TokenBucket;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -282,58 +283,7 @@ pub struct QueryPage {
     pub continuation: Option<String>,
 }
 
-/// A token bucket with a pause (set by a 429).
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    capacity: f64,
-    per_sec: f64,
-    last: Instant,
-    paused_until: Option<Instant>,
-}
-
-impl Bucket {
-    fn new(per_sec: f64, burst: u32, now: Instant) -> Self {
-        let capacity = f64::from(burst.max(1));
-        Self {
-            tokens: capacity,
-            capacity,
-            per_sec: if per_sec.is_finite() {
-                per_sec.max(0.001)
-            } else {
-                1.0
-            },
-            last: now,
-            paused_until: None,
-        }
-    }
-
-    /// Take a token now, or say how long to wait before asking again.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
-        if let Some(until) = self.paused_until {
-            if until > now {
-                return Some(until - now);
-            }
-            self.paused_until = None;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
-        }
-    }
-
-    /// The hub answered 429: nothing before `until`, and refill from zero.
-    fn throttled(&mut self, until: Instant, now: Instant) {
-        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
-        self.tokens = 0.0;
-        self.last = now;
-    }
-}
+type Bucket = TokenBucket;
 
 /// Which bucket a request spends from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
