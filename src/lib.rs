@@ -16,5 +16,6 @@ pub mod pacing;
 pub mod policy;
 pub mod provider;
 pub mod run;
+pub mod served;
 pub mod sim;
 pub mod units;

@@ -360,8 +360,7 @@ pub struct EmulatorHandle {
     pub url: String,
     pub addr: SocketAddr,
     pub state: EmulatorState,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: crate::served::Served,
 }
 
 impl Emulator {
@@ -381,22 +380,13 @@ impl Emulator {
         let addr = listener
             .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = app(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let server = crate::served::Served::spawn(listener, addr, app(state.clone()));
         tracing::info!(%addr, "IoT Hub emulator listening");
         Ok(EmulatorHandle {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             addr,
             state,
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         })
     }
 }
@@ -408,54 +398,17 @@ impl EmulatorHandle {
     }
 
     /// Stop accepting connections and wait (at most 5 s) for in-flight requests.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await
     }
 
-    /// Serve until `stop` completes (or the server fails).
+    /// Serve until `stop` completes (or the server fails), then shut down
+    /// gracefully. For the standalone subcommand.
     pub async fn run_until<F: std::future::Future<Output = ()>>(
-        mut self,
+        self,
         stop: F,
     ) -> std::io::Result<()> {
-        let Some(mut task) = self.task.take() else {
-            return Ok(());
-        };
-        let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| {
-            r.unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        };
-        tokio::select! {
-            r = &mut task => return joined(r),
-            () = stop => {}
-        }
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-            Ok(r) => joined(r),
-            Err(_) => {
-                task.abort();
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for EmulatorHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.server.run_until(stop).await
     }
 }
 
