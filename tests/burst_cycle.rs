@@ -904,6 +904,21 @@ fn node_pools() -> Vec<actors::PoolTemplate> {
     ]
 }
 
+/// [`eventually`] for a phase run as the ServiceAccount: whether it timed
+/// out or not, any 401/403 so far fails it, listed (a refused request is
+/// usually why a phase times out).
+async fn eventually_allowed(srv: &TestApiServer, what: &str, check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let done = support::poll_until(WAIT, check).await;
+    let denials = srv.auth_denials();
+    assert!(
+        done && denials.is_empty(),
+        "{what}: {}; refused requests: {denials:#?}",
+        if done { "done" } else { "timed out" }
+    );
+    eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
+}
+
 fn is_placeholder_on_pool_user(bindings: &Bindings, placeholder: &str) -> bool {
     bindings
         .all()
@@ -998,13 +1013,17 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         &provider_args,
     )
     .await;
-    eventually("replica-a leads and registers the virtual node", || {
-        holder(&srv).as_deref() == Some("replica-a")
-            && srv
-                .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
-                .and_then(|n| n.status?.conditions)
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
+    eventually_allowed(
+        &srv,
+        "replica-a leads and registers the virtual node",
+        || {
+            holder(&srv).as_deref() == Some("replica-a")
+                && srv
+                    .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
+                    .and_then(|n| n.status?.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
     .await;
     let b = start_with_config(
         srv.kube_config_as(SA_NS, SA),
@@ -1030,7 +1049,7 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
 
     // 1. Pool `user` is full: every replica bursts and runs in ACI with
     // its Secret, ConfigMap and token resolved by the provider.
-    eventually("every replica Running on the virtual node", || {
+    eventually_allowed(&srv, "every replica Running on the virtual node", || {
         let pods = web_pods(&srv);
         pods.len() == REPLICAS
             && pods
@@ -1047,7 +1066,7 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         .iter()
         .map(|uid| spillway::autoscaler::act::placeholder_name(uid))
         .collect();
-    eventually("one admitted placeholder per burst pod", || {
+    let admitted = support::poll_until(WAIT, || {
         let ph: BTreeSet<String> = srv
             .list::<Pod>(Some(SA_NS))
             .into_iter()
@@ -1056,6 +1075,24 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         ph == placeholders
     })
     .await;
+    // Pod Security refusals are not auth denials: spillway reports them as
+    // PlaceholderFailed Events on the burst pods, with the API's message.
+    let refused: BTreeSet<String> = srv
+        .list::<k8s_openapi::api::events::v1::Event>(Some("web"))
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PlaceholderFailed"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        admitted && refused.is_empty(),
+        "one admitted placeholder per burst pod: {}; placeholder create errors: {}; PlaceholderFailed: {refused:#?}; refused requests: {:#?}",
+        if admitted { "done" } else { "timed out" },
+        a_metrics
+            .placeholder_creates
+            .with_label_values(&["error"])
+            .get(),
+        srv.auth_denials()
+    );
 
     // 2. The cluster autoscaler (only now: a real one takes minutes to add
     // a VM, longer than spillAfter) grows the pool the placeholders ask for.
@@ -1065,7 +1102,7 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         node_pools(),
         added.clone(),
     )));
-    eventually("some pods came back to pool user", || {
+    eventually_allowed(&srv, "some pods came back to pool user", || {
         web_pods(&srv)
             .iter()
             .filter(|p| on_node(p).is_some_and(|n| n.starts_with("aks-user-")))
@@ -1084,15 +1121,20 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         }
     });
     a.stop().await;
-    eventually("replica-b leads and restores the node's label", || {
-        holder(&srv).as_deref() == Some("replica-b")
-            && srv
-                .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
-                .and_then(|n| n.metadata.labels)
-                .is_some_and(|l| l.contains_key(LABEL))
-    })
+    eventually_allowed(
+        &srv,
+        "replica-b leads and restores the node's label",
+        || {
+            holder(&srv).as_deref() == Some("replica-b")
+                && srv
+                    .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
+                    .and_then(|n| n.metadata.labels)
+                    .is_some_and(|l| l.contains_key(LABEL))
+        },
+    )
     .await;
-    eventually(
+    eventually_allowed(
+        &srv,
         "every replica home on pool user, Running, no placeholder left",
         || {
             let pods = web_pods(&srv);
@@ -1104,11 +1146,11 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         },
     )
     .await;
-    eventually("no container group is left", || {
+    eventually_allowed(&srv, "no container group is left", || {
         emu.state.snapshot().is_empty()
     })
     .await;
-    eventually("the burst reservations are reconciled away", || {
+    eventually_allowed(&srv, "the burst reservations are reconciled away", || {
         srv.get::<k8s_openapi::api::core::v1::ConfigMap>(
             SA_NS,
             spillway::extender::reservations::DEFAULT_NAME,
