@@ -1085,7 +1085,7 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         .collect();
     // Pod Security refusals are not auth denials: spillway reports them as
     // PlaceholderFailed Events on the burst pods, with the API's message.
-    let placeholder_failures = || -> BTreeSet<String> {
+    let placeholder_failures = || -> Vec<String> {
         srv.list::<k8s_openapi::api::events::v1::Event>(Some("web"))
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some("PlaceholderFailed"))
@@ -1104,8 +1104,10 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
     let (failed, refused) = (placeholder_failures(), refused_requests(&srv));
     assert!(
         settled && failed.is_empty() && refused.is_empty(),
-        "one admitted placeholder per burst pod: {}; PlaceholderFailed Events: {failed:#?}; refused requests: {refused:#?}",
+        "one admitted placeholder per burst pod: {}; {} PlaceholderFailed Events, the first: {:?}; refused requests: {refused:#?}",
         if settled { "refused" } else { "timed out" },
+        failed.len(),
+        failed.first(),
     );
 
     // 2. The cluster autoscaler (only now: a real one takes minutes to add
