@@ -1222,32 +1222,51 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
 /// run did use is a stale note. Prints the lists on failure.
 fn assert_every_unexercised_rule_is_justified(srv: &TestApiServer) {
     type Key = (String, String, Vec<String>, String);
-    let key = |g: &support::GrantedPermission| -> Key {
+    // (where, resource, names, verb) as the README's rows name them.
+    let key = |place: &str, resource: &str, names: &[String], verb: &str| -> Key {
+        (place.into(), resource.into(), names.to_vec(), verb.into())
+    };
+    // Shown as a README row would name it: `ClusterRole | events.k8s.io events: patch`.
+    let row = |(place, resource, names, verb): &Key| {
+        let names: String = names.iter().map(|n| format!(" `{n}`")).collect();
+        format!("{place} | {resource}{names}: {verb}")
+    };
+    let mut unexercised: BTreeSet<Key> = BTreeSet::new();
+    let mut shown: std::collections::BTreeMap<Key, String> = Default::default();
+    for g in srv.unexercised_permissions(SA_NS, SA) {
         let place = if g.role.namespace.is_empty() {
             g.role.kind.clone()
         } else {
             format!("{} {}", g.role.kind, g.role.namespace)
         };
-        (
-            place,
-            g.resource.clone(),
-            g.resource_names.clone(),
-            g.verb.clone(),
-        )
-    };
-    let unexercised: BTreeSet<Key> = srv
-        .unexercised_permissions(SA_NS, SA)
-        .iter()
-        .map(key)
-        .collect();
+        let k = key(&place, &g.resource, &g.resource_names, &g.verb);
+        let group = if g.group.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", g.group)
+        };
+        let names: String = g.resource_names.iter().map(|n| format!(" `{n}`")).collect();
+        shown.insert(
+            k.clone(),
+            format!(
+                "{place} | {group}{}{names}: {} (rule {} of {})",
+                g.resource, g.verb, g.rule, g.role
+            ),
+        );
+        unexercised.insert(k);
+    }
     let justified = untested_rules_in_deploy_readme();
-    let unjustified: Vec<&Key> = unexercised.difference(&justified).collect();
-    let stale: Vec<&Key> = justified.difference(&unexercised).collect();
+    let unjustified: Vec<&String> = unexercised
+        .difference(&justified)
+        .filter_map(|k| shown.get(k))
+        .collect();
+    let stale: Vec<String> = justified.difference(&unexercised).map(row).collect();
     assert!(
         unjustified.is_empty() && stale.is_empty(),
         "granted, used by no request of the run, and not marked `untested:` in deploy/README.md: {unjustified:#?}\n\
-         marked `untested:` but used: {stale:#?}\n\
-         all unexercised: {unexercised:#?}"
+         marked `untested:` in deploy/README.md but used: {stale:#?}\n\
+         every unexercised permission: {:#?}",
+        shown.values().collect::<Vec<_>>()
     );
 }
 
