@@ -13,6 +13,12 @@
 //!
 //! Also: a scale-in of the ReplicaSet removes the burst replicas first (the
 //! test ReplicaSet controller picks victims as kube-controller-manager does).
+//!
+//! And the cycle once more on a cluster that refuses what AKS refuses:
+//! tokens required, RBAC and Pod Security from deploy/, spillway as its
+//! ServiceAccount, a cluster autoscaler growing only the pool the
+//! placeholders fit; it ends with the least-privilege check of
+//! deploy/README.md's RBAC table.
 
 mod support;
 
@@ -950,10 +956,11 @@ fn is_placeholder_on_pool_user(bindings: &Bindings, placeholder: &str) -> bool {
 /// (spillway-system is `restricted`). Every request of both spillway
 /// replicas and their embedded providers runs as
 /// `system:serviceaccount:spillway-system:spillway`; the rest of the
-/// cluster (scheduler, kubelet, ReplicaSet, cluster autoscaler) as the admin.
+/// cluster (scheduler, kubelet, ReplicaSet, cluster autoscaler) as the
+/// admin (`system:masters`, allowed before RBAC as upstream).
 ///
 /// 12 replicas rather than the 50 of the test above: the point here is what
-/// the cluster refuses, not scale, and it keeps the run near 30 s on two
+/// the cluster refuses, not scale, and it keeps the run near 15 s on two
 /// cores. The burst pods use a Secret, a ConfigMap and a projected token,
 /// and the standby finds the virtual node with a label removed, so the
 /// least-privilege check at the end sees every rule of deploy/base/rbac.yaml
