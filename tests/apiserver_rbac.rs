@@ -118,6 +118,36 @@ async fn tokens_authenticate_and_no_token_is_admin_unless_required() {
     assert_eq!(status(anon.list(&ListParams::default()).await).0, 401);
 }
 
+/// `system:masters` (the admin token) is allowed everything without a
+/// single RBAC object, as upstream's privileged-group authorizer, even with
+/// `require_auth`; it exercises no rule and is never denied.
+#[tokio::test]
+async fn the_admin_is_allowed_everything_before_rbac() {
+    let srv = TestApiServer::builder().require_auth(true).start().await;
+    let admin = srv.admin_client();
+    Api::<Secret>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("list secrets cluster-wide");
+    Api::<Pod>::namespaced(admin.clone(), "web")
+        .create(&PostParams::default(), &pod("web", "p"))
+        .await
+        .expect("create a pod");
+    Api::<Pod>::namespaced(admin, "web")
+        .delete("p", &Default::default())
+        .await
+        .expect("delete it");
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    assert!(
+        srv.exercised_rules().is_empty(),
+        "{:?}",
+        srv.exercised_rules()
+    );
+    // Still a token: a forged one is 401.
+    let forged: Api<Pod> = Api::all(srv.client_with_token("kubernetes-admin"));
+    assert_eq!(status(forged.list(&ListParams::default()).await).0, 401);
+}
+
 #[tokio::test]
 async fn verbs_groups_and_scopes() {
     let rules = "  - {apiGroups: [\"\"], resources: [pods], verbs: [get, list]}";

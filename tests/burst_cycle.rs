@@ -13,6 +13,12 @@
 //!
 //! Also: a scale-in of the ReplicaSet removes the burst replicas first (the
 //! test ReplicaSet controller picks victims as kube-controller-manager does).
+//!
+//! And the cycle once more on a cluster that refuses what AKS refuses:
+//! tokens required, RBAC and Pod Security from deploy/, spillway as its
+//! ServiceAccount, a cluster autoscaler growing only the pool the
+//! placeholders fit; it ends with the least-privilege check of
+//! deploy/README.md's RBAC table.
 
 mod support;
 
@@ -94,6 +100,17 @@ async fn start(
     listener: tokio::net::TcpListener,
     extra: &[&str],
 ) -> Instance {
+    start_with_config(srv.kube_config(), identity, listener, extra).await
+}
+
+/// [`start`] with every request of the process (extender, autoscaler,
+/// embedded provider) made with `config`, e.g. a ServiceAccount's token.
+async fn start_with_config(
+    config: kube::Config,
+    identity: &str,
+    listener: tokio::net::TcpListener,
+    extra: &[&str],
+) -> Instance {
     let dir = policies_dir();
     let mut argv: Vec<String> = [
         "spillway",
@@ -119,7 +136,6 @@ async fn start(
     let store =
         Arc::new(PolicyStore::open(&dir, metrics.clone()).unwrap_or_else(|e| panic!("{e}")));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let config = srv.kube_config();
     let own = metrics.clone();
     let task = tokio::spawn(async move {
         run_with(config, &args.run, store, metrics, listener, async move {
@@ -200,11 +216,12 @@ fn web_template() -> Pod {
     template
 }
 
-/// The rest of the cluster: the test scheduler (calling the extender at
-/// `extender`), a kubelet for every node but `kubelet_skips`, and the
-/// ReplicaSet `web/web` keeping `replicas` pods of `template`.
+/// The rest of the cluster, talking to the API server with `client`: the
+/// test scheduler (calling the extender at `extender`), a kubelet for every
+/// node but `kubelet_skips`, and the ReplicaSet `web/web` keeping
+/// `replicas` pods of `template`.
 fn cluster_actors(
-    srv: &TestApiServer,
+    client: kube::Client,
     extender: String,
     bindings: Bindings,
     kubelet_skips: BTreeSet<String>,
@@ -213,10 +230,10 @@ fn cluster_actors(
     created: Arc<Mutex<usize>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
-        tokio::spawn(actors::scheduler(srv.client(), extender, bindings)),
-        tokio::spawn(actors::kubelet_except(srv.client(), kubelet_skips)),
+        tokio::spawn(actors::scheduler(client.clone(), extender, bindings)),
+        tokio::spawn(actors::kubelet_except(client.clone(), kubelet_skips)),
         tokio::spawn(actors::replicaset(
-            srv.client(),
+            client,
             "web".into(),
             "web".into(),
             "rs-web-uid".into(),
@@ -294,7 +311,7 @@ async fn burst_then_drain_back_with_a_leader_change() {
     let created = Arc::new(Mutex::new(0usize));
     let template = web_template();
     let actors = cluster_actors(
-        &srv,
+        srv.client(),
         extender,
         bindings.clone(),
         // spillway's provider is the virtual node's kubelet.
@@ -469,7 +486,7 @@ async fn without_the_nudge_pods_wait_for_the_scheduler_back_off() {
     let template = web_template();
     let created = Arc::new(Mutex::new(0usize));
     let actors = cluster_actors(
-        &srv,
+        srv.client(),
         extender,
         Bindings::default(),
         BTreeSet::new(),
@@ -538,7 +555,7 @@ async fn scale_in_removes_the_burst_replicas_first() {
     let replicas = Arc::new(AtomicUsize::new(ON_VM + BURST));
     let created = Arc::new(Mutex::new(0usize));
     let actors = cluster_actors(
-        &srv,
+        srv.client(),
         extender,
         Bindings::default(),
         BTreeSet::new(),
@@ -722,7 +739,7 @@ async fn pinned_pods_drain_back_only_into_their_own_pool() {
     }
     let replicas = 4;
     let mut tasks = cluster_actors(
-        &srv,
+        srv.client(),
         extender,
         Bindings::default(),
         BTreeSet::new(),
@@ -827,4 +844,480 @@ async fn pinned_pods_drain_back_only_into_their_own_pool() {
         t.abort();
     }
     a.stop().await;
+}
+
+/// The ServiceAccount deploy/ gives spillway, and the node name its RBAC
+/// pins with `resourceNames` (the provider's default `--node-name`).
+const SA_NS: &str = "spillway-system";
+const SA: &str = "spillway";
+const ACI_NODE: &str = "spillway-aci";
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("fixture: {e}"))
+}
+
+/// What a real web Deployment carries and the provider must resolve as the
+/// kubelet would, each through its own RBAC rule: an env var from a Secret,
+/// one from a ConfigMap, and a projected service-account token (a
+/// TokenRequest bound to the pod). Pinned to pool `user` by required node
+/// affinity, or the virtual node (terms are ORed; the scheduler applies
+/// required affinity to the virtual node too).
+fn web_template_with_sources() -> Pod {
+    let mut template = web_template();
+    if let Some(s) = template.spec.as_mut() {
+        s.affinity = Some(obj(json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["user"]}]},
+            {"matchExpressions": [{"key": "type", "operator": "In", "values": ["virtual-kubelet"]}]}
+        ]}}})));
+        for c in &mut s.containers {
+            c.env = Some(obj(json!([
+                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}
+            ])));
+            c.volume_mounts = Some(obj(
+                json!([{"name": "token", "mountPath": "/var/run/token"}]),
+            ));
+        }
+        s.volumes = Some(obj(json!([{"name": "token", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
+        ]}}])));
+    }
+    template
+}
+
+/// Node pools the test cluster autoscaler may grow, in the order it tries
+/// them: two that a bare pause pod would fit (a tainted `gpu` pool and an
+/// untainted `spot` pool) before the `user` pool the web pods are pinned
+/// to. A placeholder without the burst pod's affinity and tolerations would
+/// grow the wrong pool.
+fn node_pools() -> Vec<actors::PoolTemplate> {
+    let pool = |name: &str, taints: Vec<(String, String, String)>| actors::PoolTemplate {
+        name: name.into(),
+        max: 4,
+        cpu: "4".into(),
+        memory: "16Gi".into(),
+        labels: Default::default(),
+        taints,
+    };
+    vec![
+        pool(
+            "gpu",
+            vec![("sku".into(), "gpu".into(), "NoSchedule".into())],
+        ),
+        pool("spot", vec![]),
+        pool("user", vec![]),
+    ]
+}
+
+/// [`eventually`] for a phase run as the ServiceAccount: the first 401/403
+/// ends it and fails the test with the refused requests listed (a refused
+/// request is usually why a phase would time out), without waiting out the
+/// deadline.
+async fn eventually_allowed(srv: &TestApiServer, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let done = support::poll_until(WAIT, || check() || !srv.auth_denials().is_empty()).await;
+    let refused = refused_requests(srv);
+    assert!(
+        done && refused.is_empty(),
+        "{what}: {}; refused requests (count: message): {refused:#?}",
+        if refused.is_empty() {
+            "timed out"
+        } else {
+            "refused"
+        }
+    );
+    eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Every distinct 401/403 message so far, with how often it came.
+fn refused_requests(srv: &TestApiServer) -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for d in srv.auth_denials() {
+        *counts.entry(d).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(d, n)| format!("{n}: {d}"))
+        .collect()
+}
+
+fn is_placeholder_on_pool_user(bindings: &Bindings, placeholder: &str) -> bool {
+    bindings
+        .all()
+        .iter()
+        .any(|(pod, node, _)| pod == placeholder && node.starts_with("aks-user-"))
+}
+
+/// The burst cycle on a cluster that enforces what AKS enforces: the API
+/// server requires a bearer token, authorizes it with the RBAC of
+/// `kubectl kustomize deploy/overlays/aks` (loaded as is, nothing written by
+/// hand) and admits pods by the namespaces' Pod Security labels
+/// (spillway-system is `restricted`). Every request of both spillway
+/// replicas and their embedded providers runs as
+/// `system:serviceaccount:spillway-system:spillway`; the rest of the
+/// cluster (scheduler, kubelet, ReplicaSet, cluster autoscaler) as the
+/// admin (`system:masters`, allowed before RBAC as upstream).
+///
+/// 12 replicas rather than the 50 of the test above: the point here is what
+/// the cluster refuses, not scale, and it keeps the run near 15 s on two
+/// cores. The burst pods use a Secret, a ConfigMap and a projected token,
+/// and the standby finds the virtual node with a label removed, so the
+/// least-privilege check at the end sees every rule of deploy/base/rbac.yaml
+/// used or justified in deploy/README.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
+    const REPLICAS: usize = 12;
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .require_auth(true)
+        .start()
+        .await;
+    let skipped = srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    assert!(
+        skipped.iter().all(|k| k.starts_with("Deployment ")
+            || k.starts_with("Service ")
+            || k.starts_with("PodDisruptionBudget ")
+            || k.starts_with("PriorityClass ")),
+        "{skipped:?}"
+    );
+    // The cluster as it stands: pool `user` full, the web app's namespace
+    // (baseline Pod Security), its Secret, ConfigMap and ServiceAccount.
+    srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
+    srv.insert(
+        &pod()
+            .ns("web")
+            .name("filler")
+            .cpu("4")
+            .memory("1Gi")
+            .on_node("vm-0")
+            .build(),
+    );
+    srv.insert::<k8s_openapi::api::core::v1::Namespace>(&obj(json!({"metadata": {
+        "name": "web",
+        "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})));
+    srv.insert::<k8s_openapi::api::core::v1::Secret>(&obj(json!({
+        "metadata": {"name": "db", "namespace": "web"},
+        "data": {"password": "aHVudGVyMg=="}})));
+    srv.insert::<k8s_openapi::api::core::v1::ConfigMap>(&obj(json!({
+        "metadata": {"name": "settings", "namespace": "web"},
+        "data": {"mode": "fast"}})));
+    srv.insert::<k8s_openapi::api::core::v1::ServiceAccount>(&obj(json!({
+        "metadata": {"name": "default", "namespace": "web"}})));
+    srv.insert::<PodDisruptionBudget>(&obj(json!({
+        "metadata": {"name": "web", "namespace": "web"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+    })));
+
+    let emu = Emulator::start(EmulatorConfig {
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The default --node-name (spillway-aci), which deploy/'s RBAC names.
+    let provider_args = [
+        "--aci",
+        "emulator",
+        "--aci-emulator-url",
+        emu.url.as_str(),
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--aci-sync-secs",
+        "1",
+        "--cluster-id",
+        "burst-cycle-rbac",
+    ];
+    let (la, _) = loopback().await;
+    let (lb, extender) = loopback().await;
+    let a = start_with_config(
+        srv.kube_config_as(SA_NS, SA),
+        "replica-a",
+        la,
+        &provider_args,
+    )
+    .await;
+    eventually_allowed(
+        &srv,
+        "replica-a leads and registers the virtual node",
+        || {
+            holder(&srv).as_deref() == Some("replica-a")
+                && srv
+                    .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
+                    .and_then(|n| n.status?.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        },
+    )
+    .await;
+    let b = start_with_config(
+        srv.kube_config_as(SA_NS, SA),
+        "replica-b",
+        lb,
+        &provider_args,
+    )
+    .await;
+    let (a_metrics, b_metrics) = (a.metrics.clone(), b.metrics.clone());
+
+    let admin = srv.admin_client();
+    let bindings = Bindings::default();
+    let created = Arc::new(Mutex::new(0usize));
+    let mut tasks = cluster_actors(
+        admin.clone(),
+        extender,
+        bindings.clone(),
+        BTreeSet::from([ACI_NODE.to_string()]),
+        Arc::new(AtomicUsize::new(REPLICAS)),
+        web_template_with_sources(),
+        created.clone(),
+    );
+
+    // 1. Pool `user` is full: every replica bursts and runs in ACI with
+    // its Secret, ConfigMap and token resolved by the provider.
+    eventually_allowed(&srv, "every replica Running on the virtual node", || {
+        let pods = web_pods(&srv);
+        pods.len() == REPLICAS
+            && pods
+                .iter()
+                .all(|p| on_node(p).as_deref() == Some(ACI_NODE) && running_and_ready(p))
+    })
+    .await;
+    let burst_uids: BTreeSet<String> = web_pods(&srv)
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    // Placeholders are admitted by restricted Pod Security, as spillway.
+    let placeholders: BTreeSet<String> = burst_uids
+        .iter()
+        .map(|uid| spillway::autoscaler::act::placeholder_name(uid))
+        .collect();
+    // Pod Security refusals are not auth denials: spillway reports them as
+    // PlaceholderFailed Events on the burst pods, with the API's message.
+    let placeholder_failures = || -> Vec<String> {
+        srv.list::<k8s_openapi::api::events::v1::Event>(Some("web"))
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("PlaceholderFailed"))
+            .filter_map(|e| e.note)
+            .collect()
+    };
+    let settled = support::poll_until(WAIT, || {
+        let ph: BTreeSet<String> = srv
+            .list::<Pod>(Some(SA_NS))
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        ph == placeholders || !placeholder_failures().is_empty() || !srv.auth_denials().is_empty()
+    })
+    .await;
+    let (failed, refused) = (placeholder_failures(), refused_requests(&srv));
+    assert!(
+        settled && failed.is_empty() && refused.is_empty(),
+        "one admitted placeholder per burst pod: {}; {} PlaceholderFailed Events, the first: {:?}; refused requests: {refused:#?}",
+        if settled { "refused" } else { "timed out" },
+        failed.len(),
+        failed.first(),
+    );
+
+    // 2. The cluster autoscaler (only now: a real one takes minutes to add
+    // a VM, longer than spillAfter) grows the pool the placeholders ask for.
+    let added = Arc::new(Mutex::new(Vec::new()));
+    tasks.push(tokio::spawn(actors::cluster_autoscaler(
+        admin.clone(),
+        node_pools(),
+        added.clone(),
+    )));
+    eventually_allowed(&srv, "some pods came back to pool user", || {
+        web_pods(&srv)
+            .iter()
+            .filter(|p| on_node(p).is_some_and(|n| n.starts_with("aks-user-")))
+            .count()
+            >= 3
+    })
+    .await;
+
+    // 3. Someone edits the virtual node (a label removed); then the leader
+    // goes away. The standby's provider puts the label back as it takes
+    // over, and finishes the cycle.
+    const LABEL: &str = "alpha.service-controller.kubernetes.io/exclude-balancer";
+    srv.modify::<k8s_openapi::api::core::v1::Node>("", ACI_NODE, |n| {
+        if let Some(l) = n.metadata.labels.as_mut() {
+            l.remove(LABEL);
+        }
+    });
+    a.stop().await;
+    eventually_allowed(
+        &srv,
+        "replica-b leads and restores the node's label",
+        || {
+            holder(&srv).as_deref() == Some("replica-b")
+                && srv
+                    .get::<k8s_openapi::api::core::v1::Node>("", ACI_NODE)
+                    .and_then(|n| n.metadata.labels)
+                    .is_some_and(|l| l.contains_key(LABEL))
+        },
+    )
+    .await;
+    eventually_allowed(
+        &srv,
+        "every replica home on pool user, Running, no placeholder left",
+        || {
+            let pods = web_pods(&srv);
+            pods.len() == REPLICAS
+                && pods.iter().all(|p| {
+                    running_and_ready(p) && on_node(p).is_some_and(|n| n.starts_with("aks-user-"))
+                })
+                && srv.list::<Pod>(Some(SA_NS)).is_empty()
+        },
+    )
+    .await;
+    eventually_allowed(&srv, "no container group is left", || {
+        emu.state.snapshot().is_empty()
+    })
+    .await;
+    eventually_allowed(&srv, "the burst reservations are reconciled away", || {
+        srv.get::<k8s_openapi::api::core::v1::ConfigMap>(
+            SA_NS,
+            spillway::extender::reservations::DEFAULT_NAME,
+        )
+        .is_some_and(|cm| cm.data.as_ref().is_none_or(|d| d.is_empty()))
+    })
+    .await;
+
+    // Every placeholder ran on a VM the autoscaler added to pool user, and
+    // only pool user grew.
+    let unplaced: Vec<&String> = placeholders
+        .iter()
+        .filter(|p| !is_placeholder_on_pool_user(&bindings, p))
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "never scheduled on pool user: {unplaced:?}"
+    );
+    let grown: Vec<(String, String)> = added.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(
+        !grown.is_empty() && grown.iter().all(|(pool, _)| pool == "user"),
+        "{grown:?}"
+    );
+    // One group and one replacement per burst pod; the new pods are not
+    // burst pods.
+    let counters = emu.state.counters();
+    assert_eq!(counters.creates, REPLICAS as u64, "{counters:?}");
+    assert_eq!(counters.deletes, REPLICAS as u64, "{counters:?}");
+    assert_eq!(created.lock().map(|c| *c).unwrap_or(0), 2 * REPLICAS);
+    let left: BTreeSet<String> = web_pods(&srv)
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    assert!(left.is_disjoint(&burst_uids));
+    for m in [&a_metrics, &b_metrics] {
+        assert_eq!(m.drainback_rebursts.get(), 0, "a replacement burst again");
+        assert_eq!(m.placeholder_creates.with_label_values(&["error"]).get(), 0);
+    }
+    // Nothing refused, from the first request to the last.
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+
+    for t in tasks {
+        t.abort();
+    }
+    b.stop().await;
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    assert_every_unexercised_rule_is_justified(&srv);
+}
+
+/// Least privilege: every permission deploy/ grants spillway that no
+/// request of the run used must say why in deploy/README.md's RBAC table
+/// (its last column starts with `untested:`), and a rule marked so that the
+/// run did use is a stale note. Prints the lists on failure.
+fn assert_every_unexercised_rule_is_justified(srv: &TestApiServer) {
+    type Key = (String, String, Vec<String>, String);
+    // (where, resource, names, verb) as the README's rows name them.
+    let key = |place: &str, resource: &str, names: &[String], verb: &str| -> Key {
+        (place.into(), resource.into(), names.to_vec(), verb.into())
+    };
+    // Shown as a README row would name it: `ClusterRole | events.k8s.io events: patch`.
+    let row = |(place, resource, names, verb): &Key| {
+        let names: String = names.iter().map(|n| format!(" `{n}`")).collect();
+        format!("{place} | {resource}{names}: {verb}")
+    };
+    let mut unexercised: BTreeSet<Key> = BTreeSet::new();
+    let mut shown: std::collections::BTreeMap<Key, String> = Default::default();
+    for g in srv.unexercised_permissions(SA_NS, SA) {
+        let place = if g.role.namespace.is_empty() {
+            g.role.kind.clone()
+        } else {
+            format!("{} {}", g.role.kind, g.role.namespace)
+        };
+        let k = key(&place, &g.resource, &g.resource_names, &g.verb);
+        let group = if g.group.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", g.group)
+        };
+        let names: String = g.resource_names.iter().map(|n| format!(" `{n}`")).collect();
+        shown.insert(
+            k.clone(),
+            format!(
+                "{place} | {group}{}{names}: {} (rule {} of {})",
+                g.resource, g.verb, g.rule, g.role
+            ),
+        );
+        unexercised.insert(k);
+    }
+    let justified = untested_rules_in_deploy_readme();
+    let unjustified: Vec<&String> = unexercised
+        .difference(&justified)
+        .filter_map(|k| shown.get(k))
+        .collect();
+    let stale: Vec<String> = justified.difference(&unexercised).map(row).collect();
+    assert!(
+        unjustified.is_empty() && stale.is_empty(),
+        "granted, used by no request of the run, and not marked `untested:` in deploy/README.md: {unjustified:#?}\n\
+         marked `untested:` in deploy/README.md but used: {stale:#?}\n\
+         every unexercised permission: {:#?}",
+        shown.values().collect::<Vec<_>>()
+    );
+}
+
+/// The (where, resource, resourceNames, verb) of every row of
+/// deploy/README.md's RBAC table whose last column starts with `untested:`
+/// (a row names `resources: verbs`, e.g. ``nodes `spillway-aci`: get, patch``).
+fn untested_rules_in_deploy_readme() -> BTreeSet<(String, String, Vec<String>, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/README.md"))
+        .unwrap_or_else(|e| panic!("deploy/README.md: {e}"));
+    let mut out = BTreeSet::new();
+    for row in readme
+        .lines()
+        .filter(|l| l.starts_with("| ClusterRole |") || l.starts_with("| Role "))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (place, rule, note) = (cells[1], cells[2], cells.get(4).copied().unwrap_or(""));
+        if !note.starts_with("untested:") {
+            continue;
+        }
+        let (what, verbs) = rule
+            .split_once(':')
+            .unwrap_or_else(|| panic!("`resources: verbs` in {row}"));
+        let names: Vec<String> = what
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect();
+        let resources = what.split('`').next().unwrap_or_default();
+        for resource in resources.split(',') {
+            let resource = resource.split_whitespace().last().unwrap_or_default();
+            for verb in verbs.split(',') {
+                out.insert((
+                    place
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    resource.to_string(),
+                    names.clone(),
+                    verb.trim().to_string(),
+                ));
+            }
+        }
+    }
+    out
 }

@@ -26,6 +26,10 @@
 //!   `system:authenticated`; a token bound to a pod stops working when the
 //!   pod (that uid) is gone, and every token stops at its expiry.
 //!
+//! - members of `system:masters` are allowed everything before RBAC is
+//!   consulted (upstream's privileged-group authorizer); their requests
+//!   exercise no rule;
+//!
 //! Simplifications: non-resource URLs (`/version`, `/healthz`) are allowed
 //! to every authenticated user (the bootstrap `system:discovery` roles do
 //! the same); requests for kinds this server does not serve skip
@@ -60,7 +64,26 @@ impl UserInfo {
             ],
         }
     }
+
+    /// A cluster administrator, as kubeadm's `kubernetes-admin`: in group
+    /// `system:masters`, which kube-apiserver authorizes before RBAC.
+    pub fn admin() -> Self {
+        Self {
+            name: "kubernetes-admin".into(),
+            groups: vec![PRIVILEGED_GROUP.into(), "system:authenticated".into()],
+        }
+    }
+
+    /// Whether upstream's privileged-group authorizer allows everything.
+    pub fn is_privileged(&self) -> bool {
+        self.groups.iter().any(|g| g == PRIVILEGED_GROUP)
+    }
 }
+
+/// `user.SystemPrivilegedGroup`: kube-apiserver chains
+/// `authorizerfactory.NewPrivilegedGroups("system:masters")` ahead of RBAC,
+/// so its members are allowed every request without any binding.
+pub const PRIVILEGED_GROUP: &str = "system:masters";
 
 /// The object a token is bound to (TokenRequest `boundObjectRef`).
 #[derive(Debug, Clone, PartialEq, Eq)]
