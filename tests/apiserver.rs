@@ -2164,3 +2164,102 @@ async fn pdb_status_follows_pods_like_the_disruption_controller() -> TestResult 
     assert_eq!(allowed(&srv), Some((1, 1, 1, 0)));
     Ok(())
 }
+
+/// The `Priority` admission plugin: a pod's priority comes from its
+/// PriorityClass; a class that does not exist, or a priority in the spec
+/// that differs from the class's, is refused with the real message.
+#[tokio::test]
+async fn priority_admission_resolves_priority_classes() -> TestResult {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let srv = TestApiServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(srv.client(), "web");
+    let with_class = |name: &str, class: &str| {
+        let mut p = pod("web", name).0;
+        p["spec"]["priorityClassName"] = json!(class);
+        serde_json::from_value::<Pod>(p)
+    };
+    // No such class.
+    let e = pods
+        .create(&PostParams::default(), &with_class("a", "low")?)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => (s.code, s.message),
+            other => panic!("{other:?}"),
+        });
+    assert_eq!(
+        e.err(),
+        Some((
+            403,
+            "pods \"a\" is forbidden: no PriorityClass with name low was found".into()
+        ))
+    );
+    // The class exists: the pod gets its value and preemption policy.
+    let classes: Api<PriorityClass> = Api::all(srv.client());
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": "low"}, "value": -10, "preemptionPolicy": "Never"
+            }))?,
+        )
+        .await?;
+    let created = pods
+        .create(&PostParams::default(), &with_class("a", "low")?)
+        .await?;
+    let spec = created.spec.unwrap_or_default();
+    assert_eq!(spec.priority, Some(-10));
+    assert_eq!(spec.preemption_policy.as_deref(), Some("Never"));
+    // Built-in system classes need no object.
+    let critical = pods
+        .create(
+            &PostParams::default(),
+            &with_class("b", "system-cluster-critical")?,
+        )
+        .await?;
+    assert_eq!(critical.spec.and_then(|s| s.priority), Some(2_000_000_000));
+    // A priority the class does not give.
+    let mut bad = with_class("c", "low")?;
+    if let Some(s) = bad.spec.as_mut() {
+        s.priority = Some(5);
+    }
+    let e = pods
+        .create(&PostParams::default(), &bad)
+        .await
+        .err()
+        .map(|e| match e {
+            kube::Error::Api(s) => (s.code, s.message),
+            other => panic!("{other:?}"),
+        });
+    assert_eq!(
+        e,
+        Some((403, "pods \"c\" is forbidden: the integer value of priority (5) must not be provided in pod spec; priority admission controller computed -10 from the given PriorityClass name".into()))
+    );
+    // No class named: the global default's, else 0.
+    let plain = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("web", "d").0)?,
+        )
+        .await?;
+    assert_eq!(plain.spec.and_then(|s| s.priority), Some(0));
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": "normal"}, "value": 100, "globalDefault": true
+            }))?,
+        )
+        .await?;
+    let defaulted = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("web", "e").0)?,
+        )
+        .await?;
+    let spec = defaulted.spec.unwrap_or_default();
+    assert_eq!(spec.priority, Some(100));
+    assert_eq!(spec.priority_class_name.as_deref(), Some("normal"));
+    Ok(())
+}

@@ -139,6 +139,7 @@ fn annotation(p: &Option<Pod>, key: &str) -> Option<String> {
 #[tokio::test]
 async fn a_full_pass_nudges_announces_places_placeholders_and_marks_burst_pods() {
     let srv = TestApiServer::start().await;
+    support::install_placeholder_priority_class(&srv);
     seed(&srv);
     let mut a = autoscaler(&srv);
     let report = pass(&mut a, &srv, now_plus(0)).await;
@@ -203,6 +204,7 @@ async fn a_full_pass_nudges_announces_places_placeholders_and_marks_burst_pods()
 #[tokio::test]
 async fn drain_back_evicts_when_placeholder_room_is_stable_and_pdbs_allow() {
     let srv = TestApiServer::start().await;
+    support::install_placeholder_priority_class(&srv);
     seed(&srv);
     // b is protected by a PDB that allows no disruption.
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
@@ -293,6 +295,7 @@ async fn drain_back_evicts_when_placeholder_room_is_stable_and_pdbs_allow() {
 #[tokio::test]
 async fn actions_are_revalidated_against_the_latest_objects() {
     let srv = TestApiServer::start().await;
+    support::install_placeholder_priority_class(&srv);
     seed(&srv);
     let actor = Actor::new(srv.client_without_retries(), ActConfig::default());
     let web = |name: &str| PodRef {
@@ -357,6 +360,7 @@ async fn actions_are_revalidated_against_the_latest_objects() {
 #[tokio::test]
 async fn dry_run_writes_nothing() {
     let srv = TestApiServer::start().await;
+    support::install_placeholder_priority_class(&srv);
     seed(&srv);
     let before = srv.resource_version();
     let cfg = ActConfig {

@@ -250,6 +250,7 @@ async fn full_cluster() -> TestApiServer {
         .pod_deletion(PodDeletion::Kubelet)
         .start()
         .await;
+    support::install_placeholder_priority_class(&srv);
     srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
     srv.insert(&node(VIRTUAL).virtual_kubelet().build());
     srv.insert(

@@ -37,6 +37,7 @@ fn policies_dir() -> std::path::PathBuf {
 }
 
 fn seed(srv: &TestApiServer) {
+    support::install_placeholder_priority_class(srv);
     let now = Timestamp::now_wall();
     srv.insert(&node("vm-0").pool("user").build());
     srv.insert(&node("virtual-node-aci-linux").virtual_kubelet().build());
@@ -438,6 +439,7 @@ async fn a_custom_node_name_is_a_virtual_node_the_autoscaler_acts_on() {
         .pod_deletion(support::PodDeletion::Kubelet)
         .start()
         .await;
+    support::install_placeholder_priority_class(&srv);
     srv.insert(&node("vm-0").pool("user").build());
     for name in ["a", "b"] {
         let mut p = pod()

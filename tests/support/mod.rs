@@ -67,3 +67,11 @@ pub fn kustomize(dir: &str) -> String {
     );
     String::from_utf8(out.stdout).expect("kustomize prints UTF-8")
 }
+
+/// Store the PriorityClass deploy/ ships for capacity placeholders (the API
+/// server refuses a pod naming a class that does not exist, as the real
+/// `Priority` admission plugin does).
+pub fn install_placeholder_priority_class(srv: &TestApiServer) {
+    let skipped = srv.apply_manifests(include_str!("../../deploy/base/priorityclass.yaml"));
+    assert!(skipped.is_empty(), "not stored: {skipped:?}");
+}

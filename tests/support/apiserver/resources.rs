@@ -135,6 +135,15 @@ pub static RESOURCES: &[ResourceType] = &[
         fields: &[],
     },
     ResourceType {
+        group: "scheduling.k8s.io",
+        version: "v1",
+        plural: "priorityclasses",
+        kind: "PriorityClass",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
         group: "policy",
         version: "v1",
         plural: "poddisruptionbudgets",

@@ -568,6 +568,7 @@ impl Store {
             meta.remove("deletionGracePeriodSeconds");
         }
         if api && rt.is_pod() {
+            self.admit_priority(&name, &mut obj)?;
             default_pod(&mut obj);
             // After name generation, as in the real server: refusals of
             // generateName pods name the generated name.
@@ -589,6 +590,87 @@ impl Store {
             return Err(ApiError::already_exists(rt, &name));
         }
         Ok(self.insert_new(rt, key, obj))
+    }
+
+    /// The `Priority` admission plugin on pod create
+    /// (plugin/pkg/admission/priority): the priority comes from the pod's
+    /// PriorityClass (the built-in `system-*` ones, a stored one, or the
+    /// global default when the pod names none, else 0); a class that does
+    /// not exist, or a `priority`/`preemptionPolicy` in the spec that differs
+    /// from the class's, is refused.
+    fn admit_priority(&self, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+        let classes = lookup("scheduling.k8s.io", "v1", "priorityclasses").expect("served");
+        let named = pod
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(String::from);
+        let class = |c: &Value| {
+            (
+                c.get("value").and_then(Value::as_i64).unwrap_or(0),
+                c.get("preemptionPolicy")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            )
+        };
+        let (value, policy) = match named.as_deref() {
+            Some("system-node-critical") => (2_000_001_000, None),
+            Some("system-cluster-critical") => (2_000_000_000, None),
+            Some(n) => match self.get(classes, "", n) {
+                Some(c) => class(c),
+                None => {
+                    return Err(ApiError::forbidden(
+                        pods(),
+                        name,
+                        &format!("no PriorityClass with name {n} was found"),
+                    ));
+                }
+            },
+            None => match self
+                .list(classes, None)
+                .into_iter()
+                .find(|c| c.get("globalDefault").and_then(Value::as_bool) == Some(true))
+            {
+                Some(c) => {
+                    if let Some(n) = meta_str(c, "name") {
+                        pod["spec"]["priorityClassName"] = json!(n);
+                    }
+                    class(c)
+                }
+                None => (0, None),
+            },
+        };
+        let policy = policy.unwrap_or_else(|| "PreemptLowerPriority".to_string());
+        if let Some(p) = pod.pointer("/spec/priority").and_then(Value::as_i64)
+            && p != value
+        {
+            return Err(ApiError::forbidden(
+                pods(),
+                name,
+                &format!(
+                    "the integer value of priority ({p}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                ),
+            ));
+        }
+        if let Some(p) = pod
+            .pointer("/spec/preemptionPolicy")
+            .and_then(Value::as_str)
+            && p != policy
+        {
+            return Err(ApiError::forbidden(
+                pods(),
+                name,
+                &format!(
+                    "the string value of PreemptionPolicy ({p}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+                ),
+            ));
+        }
+        if !pod.get("spec").is_some_and(Value::is_object) {
+            pod["spec"] = json!({});
+        }
+        pod["spec"]["priority"] = json!(value);
+        pod["spec"]["preemptionPolicy"] = json!(policy);
+        Ok(())
     }
 
     /// Pod Security Admission for a pod create or a significant update: the
