@@ -105,6 +105,43 @@ pub struct RunCommand {
     /// The embedded ACI provider (`--aci`, `--node-name`, …).
     #[command(flatten)]
     pub provider: Box<crate::provider::cli::ProviderArgs>,
+    /// The mutating admission webhook (`--webhook-listen`, …).
+    #[command(flatten)]
+    pub webhook: WebhookFlags,
+}
+
+/// Flags of the mutating admission webhook (`src/admission/`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookFlags {
+    /// Address of the webhook's HTTPS server (POST /mutate-pods).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "SPILLWAY_WEBHOOK_LISTEN")]
+    pub webhook_listen: SocketAddr,
+    /// The schedulerName the webhook gives pods that may reach the virtual node.
+    #[arg(long, default_value = crate::admission::SPILLWAY_SCHEDULER)]
+    pub webhook_scheduler_name: String,
+    /// The MutatingWebhookConfiguration whose caBundle gets this replica's CA
+    /// (with a generated certificate). Empty: publish nothing.
+    #[arg(
+        long,
+        default_value = "spillway",
+        env = "SPILLWAY_WEBHOOK_CONFIGURATION"
+    )]
+    pub webhook_configuration: String,
+    /// The Service in --namespace the API server calls: the generated
+    /// certificate is for SERVICE.NAMESPACE.svc (and .svc.cluster.local).
+    #[arg(long, default_value = "spillway")]
+    pub webhook_service: String,
+    /// More names or IP addresses for the generated certificate (repeatable;
+    /// e.g. the host of a `clientConfig.url`).
+    #[arg(long = "webhook-cert-host", value_name = "HOST")]
+    pub webhook_cert_hosts: Vec<String>,
+    /// PEM certificate chain of the webhook (e.g. from cert-manager, which
+    /// then injects the CA); with --webhook-tls-key. Default: generated at start-up.
+    #[arg(long, requires = "webhook_tls_key", env = "SPILLWAY_WEBHOOK_TLS_CERT")]
+    pub webhook_tls_cert: Option<PathBuf>,
+    /// PEM private key of the webhook (with --webhook-tls-cert).
+    #[arg(long, requires = "webhook_tls_cert", env = "SPILLWAY_WEBHOOK_TLS_KEY")]
+    pub webhook_tls_key: Option<PathBuf>,
 }
 
 impl RunCommand {
@@ -170,6 +207,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("embedded provider: {0}")]
     Provider(#[from] crate::provider::cli::ProviderSetupError),
+    #[error("{0}")]
+    Webhook(#[from] crate::admission::tls::TlsError),
 }
 
 /// `spillway run`.
@@ -205,12 +244,23 @@ pub fn run(cmd: RunCommand) -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
-        match run_with(
+        let webhook = match tokio::net::TcpListener::bind(cmd.webhook.webhook_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "spillway run: --webhook-listen {}: {e}",
+                    cmd.webhook.webhook_listen
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        match run_with_webhook(
             config,
             &cmd,
             store,
             metrics,
             listener,
+            Some(webhook),
             crate::cli::shutdown_signal(),
         )
         .await
@@ -224,14 +274,31 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     })
 }
 
-/// Run everything until `shutdown` resolves. `config` is the Kubernetes
-/// client configuration (the caller infers it; tests point it at the test API server).
+/// Run everything but the admission webhook until `shutdown` resolves.
+/// `config` is the Kubernetes client configuration (the caller infers it;
+/// tests point it at the test API server).
 pub async fn run_with(
     config: kube::Config,
     cmd: &RunCommand,
     store: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with_webhook(config, cmd, store, metrics, listener, None, shutdown).await
+}
+
+/// [`run_with`], plus the admission webhook on `webhook` when given
+/// (`spillway run` binds `--webhook-listen`; tests bind port 0). With
+/// `--dry-run` the webhook is not served and its CA not published: a
+/// mutated pod is a write.
+pub async fn run_with_webhook(
+    config: kube::Config,
+    cmd: &RunCommand,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    webhook: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     cmd.validate()?;
@@ -287,6 +354,16 @@ pub async fn run_with(
         state,
         stopped(stop_rx.clone()),
     ));
+    let webhook_tasks = match webhook {
+        Some(_) if cmd.dry_run => {
+            tracing::info!(
+                "--dry-run: the admission webhook is not served (a mutated pod is a write)"
+            );
+            Vec::new()
+        }
+        Some(webhook) => start_webhook(cmd, &clients, &store, &metrics, webhook, stop_rx.clone())?,
+        None => Vec::new(),
+    };
 
     // A dry run takes no Lease (that is a write): every dry-run replica
     // decides and logs as if it led, and `dry_leader` keeps that signal on.
@@ -441,9 +518,72 @@ pub async fn run_with(
     reflectors.abort();
     reload.abort();
     ca_watch.abort();
+    for t in webhook_tasks {
+        t.abort();
+    }
     match server.await {
         Ok(r) => r?,
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
     }
     Ok(())
+}
+
+/// Serve the admission webhook on `listener` (TLS), watch namespace labels
+/// and keep this replica's CA in the MutatingWebhookConfiguration. Returns
+/// the tasks to abort at shutdown.
+fn start_webhook(
+    cmd: &RunCommand,
+    clients: &crate::cli::KubeClients,
+    store: &Arc<PolicyStore>,
+    metrics: &Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    use crate::admission::{self, tls};
+    let flags = &cmd.webhook;
+    let mut tasks = Vec::new();
+    let tls_config = match (&flags.webhook_tls_cert, &flags.webhook_tls_key) {
+        (Some(cert), Some(key)) => tls::from_files(cert, key)?,
+        _ => {
+            let mut hosts = tls::service_names(&flags.webhook_service, &cmd.namespace);
+            hosts.extend(flags.webhook_cert_hosts.iter().cloned());
+            let serving = tls::generate(&hosts)?;
+            if !flags.webhook_configuration.is_empty() {
+                tasks.push(tokio::spawn(tls::keep_published(
+                    clients.calls.clone(),
+                    flags.webhook_configuration.clone(),
+                    serving.ca_pem.clone(),
+                )));
+            }
+            serving.config
+        }
+    };
+    let namespaces = admission::namespaces::NamespaceLabels::default();
+    tasks.push(tokio::spawn(
+        namespaces.clone().watch(clients.watches.clone()),
+    ));
+    let mut system_namespaces = vec!["kube-system".to_string()];
+    if cmd.namespace != "kube-system" {
+        system_namespaces.push(cmd.namespace.clone());
+    }
+    let state = admission::WebhookState {
+        policies: PolicySource::Store(store.clone()),
+        namespaces,
+        config: Arc::new(admission::AdmissionConfig {
+            scheduler_name: flags.webhook_scheduler_name.clone(),
+            virtual_nodes: cmd.cluster_config().virtual_nodes,
+            system_namespaces,
+        }),
+        metrics: metrics.clone(),
+    };
+    let mut stop = stop;
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tls::serve_tls(listener, admission::app(state), tls_config, stopped).await {
+            tracing::warn!(error = %e, "admission webhook server failed");
+        }
+    }));
+    Ok(tasks)
 }
