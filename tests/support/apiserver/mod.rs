@@ -767,7 +767,13 @@ async fn mutating_admission(
     let Ok(mut pod) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(bytes);
     };
-    if !pod.is_object() || meta_str(&pod, "namespace").is_some_and(|n| !n.is_empty() && n != ns) {
+    let wrong = |field: &str, want: &str| pod.get(field).is_some_and(|v| v.as_str() != Some(want));
+    if !pod.is_object()
+        || wrong("kind", "Pod")
+        || wrong("apiVersion", "v1")
+        || meta_str(&pod, "namespace").is_some_and(|n| !n.is_empty() && n != ns)
+    {
+        // Decoding fails before admission in kube-apiserver.
         return Ok(bytes);
     }
     pod["kind"] = json!("Pod");
