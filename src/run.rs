@@ -107,7 +107,7 @@ pub struct RunCommand {
     pub provider: Box<crate::provider::cli::ProviderArgs>,
     /// The mutating admission webhook (`--webhook-listen`, …).
     #[command(flatten)]
-    pub webhook: WebhookFlags,
+    pub webhook: Box<WebhookFlags>,
 }
 
 /// Flags of the mutating admission webhook (`src/admission/`).

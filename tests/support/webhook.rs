@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 type Responder = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+type HookState = (Received, Responder, Duration);
 
 /// A running stand-in webhook. Dropping it stops it.
 pub struct StandInWebhook {
@@ -16,7 +18,7 @@ pub struct StandInWebhook {
     /// PEM of the CA that signed its certificate.
     pub ca_pem: String,
     /// Every review received, with the query string it came with.
-    received: Arc<Mutex<Vec<(String, Value)>>>,
+    received: Received,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -40,11 +42,9 @@ impl StandInWebhook {
             .route(
                 "/hook",
                 axum::routing::post(
-                    |axum::extract::State((received, respond, delay)): axum::extract::State<(
-                        Arc<Mutex<Vec<(String, Value)>>>,
-                        Responder,
-                        Duration,
-                    )>,
+                    |axum::extract::State((received, respond, delay)): axum::extract::State<
+                        HookState,
+                    >,
                      uri: axum::http::Uri,
                      axum::Json(review): axum::Json<Value>| async move {
                         received
