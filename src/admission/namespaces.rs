@@ -56,7 +56,13 @@ impl NamespaceLabels {
             .boxed();
         // Objects of a relist, applied at its end so deleted namespaces go.
         let mut relist: Option<BTreeMap<String, BTreeMap<String, String>>> = None;
+        // Warn once per outage (e.g. no RBAC for namespaces where the webhook
+        // is not installed), not at every retry.
+        let mut warned = false;
         while let Some(event) = events.next().await {
+            if event.is_ok() {
+                warned = false;
+            }
             let entry = |m: &PartialObjectMeta<Namespace>| {
                 (
                     m.metadata.name.clone().unwrap_or_default(),
@@ -80,7 +86,11 @@ impl NamespaceLabels {
                 Ok(watcher::Event::InitDone) => {
                     *self.write() = relist.take().unwrap_or_default();
                 }
-                Err(e) => tracing::warn!(error = %e, "namespace watch error; retrying"),
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "namespace watch error; retrying (the webhook treats unseen namespaces as not opted out)");
+                }
+                Err(e) => tracing::debug!(error = %e, "namespace watch error; retrying"),
             }
         }
     }

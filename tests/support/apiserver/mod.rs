@@ -9,7 +9,9 @@
 //! `token`); coordination/v1 leases; policy/v1 poddisruptionbudgets (+
 //! `status`); events.k8s.io/v1 events (stored apart from core/v1 events);
 //! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
-//! clusterrolebindings. Metadata-only requests
+//! clusterrolebindings; admissionregistration.k8s.io/v1
+//! mutatingwebhookconfigurations, whose webhooks are called on pod creates
+//! (`webhooks.rs`). Metadata-only requests
 //! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
 //! (`sendInitialEvents=true`) are served too.
 //!
