@@ -340,3 +340,21 @@ fn a_ca_is_added_to_the_bundle_once_and_old_ones_fall_off() {
             .collect::<Vec<u8>>()
     );
 }
+
+#[test]
+fn certificate_files_are_read_and_a_missing_one_is_named() {
+    let dir = std::env::temp_dir().join(format!("spillway-webhook-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let ck = rcgen::generate_simple_self_signed(vec!["spillway.spillway-system.svc".to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(tls::from_files(&cert, &key).is_ok());
+    let missing = dir.join("nope.crt");
+    let err = tls::from_files(&missing, &key)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("nope.crt"), "{err}");
+}
