@@ -148,6 +148,9 @@ impl RunCommand {
     /// Check the flags completely before anything starts.
     pub fn validate(&self) -> Result<(), FlagError> {
         self.provider.validate()?;
+        if self.webhook.webhook_scheduler_name.trim().is_empty() {
+            return Err(FlagError::EmptySchedulerName);
+        }
         if self.dry_run {
             match self.provider.backend {
                 AciBackend::None => {}
@@ -191,6 +194,10 @@ pub enum FlagError {
         "--dry-run cannot be combined with --aci {0}: the embedded virtual node only writes (it registers the node, renews its Lease, writes pod status and creates billed ACI container groups). Use --dry-run with --aci none (the default), or drop --dry-run"
     )]
     DryRunWithProvider(&'static str),
+    #[error(
+        "--webhook-scheduler-name must not be empty: it is the schedulerName the webhook gives pods (default spillway-scheduler, the profile in deploy/scheduler/)"
+    )]
+    EmptySchedulerName,
     #[error("{0}")]
     Provider(#[from] crate::provider::cli::ProviderSetupError),
 }

@@ -342,13 +342,12 @@ async fn mutate(State(state): State<WebhookState>, req: Request) -> Response {
                 "Content-Type must be application/json".into(),
             ));
         }
-        let body = axum::body::Body::new(http_body_util::Limited::new(
-            req.into_body(),
-            MAX_REVIEW_BYTES,
-        ));
-        let bytes = match body.collect().await {
+        let bytes = match http_body_util::Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+            .collect()
+            .await
+        {
             Ok(c) => c.to_bytes(),
-            Err(e) if e.to_string().contains("length limit") => {
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return Err(AdmissionError::TooLarge {
                     limit: MAX_REVIEW_BYTES,
                 });

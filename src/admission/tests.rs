@@ -358,3 +358,20 @@ fn certificate_files_are_read_and_a_missing_one_is_named() {
         .unwrap_or_default();
     assert!(err.contains("nope.crt"), "{err}");
 }
+
+#[tokio::test]
+async fn an_oversized_review_gets_413() {
+    let s = state();
+    let req = Request::builder()
+        .method("POST")
+        .uri(MUTATE_PATH)
+        .header("content-type", "application/json")
+        .body(Body::from(vec![b' '; MAX_REVIEW_BYTES + 1]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let resp = app(s.clone())
+        .oneshot(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(outcome(&s, "error"), 1);
+}
