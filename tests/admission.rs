@@ -355,3 +355,59 @@ async fn an_untrusted_certificate_fails_the_handshake_and_is_ignored() {
     assert_eq!(scheduler_of(&q), "default-scheduler");
     spillway.stop().await;
 }
+
+/// spillway checks the opt-out labels itself too (second lock): with the
+/// configuration's selectors removed, the API server calls it for an
+/// opted-out namespace and pod, and it leaves both alone, reading the
+/// namespace's labels from its watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spillway_honours_the_opt_out_labels_without_the_configurations_selectors() {
+    let srv = cluster().await;
+    let (spillway, url) = start(&srv, &[]).await;
+    point_at(&srv, &url, None);
+    srv.modify::<MutatingWebhookConfiguration>("", "spillway", |m| {
+        for h in m.webhooks.iter_mut().flatten() {
+            h.namespace_selector = None;
+            h.object_selector = None;
+        }
+    });
+    assert!(support::poll_until(WAIT, || ca_bundle(&srv).is_some()).await);
+    // The namespace watch has listed (its watch request follows the list).
+    assert!(
+        support::poll_until(WAIT, || srv
+            .requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces" && r.is_watch()))
+        .await
+    );
+    let in_ns = create(
+        &srv,
+        "opted-out",
+        &simple_pod("p", json!({}), tolerate_virtual()),
+    )
+    .await;
+    assert_eq!(scheduler_of(&in_ns), "default-scheduler");
+    assert_eq!(spillway.reviews("skipped-namespace-opt-out"), 1);
+    let pod = create(
+        &srv,
+        "web",
+        &simple_pod("q", json!({"spillway.io/skip": "true"}), tolerate_virtual()),
+    )
+    .await;
+    assert_eq!(scheduler_of(&pod), "default-scheduler");
+    assert_eq!(spillway.reviews("skipped-opt-out"), 1);
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    spillway.stop().await;
+}
+
+#[test]
+fn an_empty_scheduler_name_is_refused_before_anything_starts() {
+    let args = Args::parse_from(["spillway", "--webhook-scheduler-name", ""]);
+    let err = args
+        .run
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("--webhook-scheduler-name"), "{err}");
+}
