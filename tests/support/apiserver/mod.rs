@@ -766,6 +766,14 @@ async fn mutating_admission(
     let Some(ns) = route.namespace.filter(|_| pod_create) else {
         return Ok(bytes);
     };
+    // Only when some configuration exists: otherwise nothing to do.
+    if shared
+        .store()
+        .list(webhooks::configurations(), None)
+        .is_empty()
+    {
+        return Ok(bytes);
+    }
     let Ok(mut pod) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(bytes);
     };
@@ -795,8 +803,13 @@ async fn mutating_admission(
             groups: vec!["system:masters".into(), "system:authenticated".into()],
         },
     };
-    let pod = webhooks::admit_pod_create(&shared.store, &ns, pod, &requester).await?;
-    Ok(Bytes::from(pod.to_string()))
+    // Unpatched, the request goes on byte for byte as it came.
+    Ok(
+        match webhooks::admit_pod_create(&shared.store, &ns, pod, &requester).await? {
+            Some(pod) => Bytes::from(pod.to_string()),
+            None => bytes,
+        },
+    )
 }
 
 /// Bearer-token authentication and RBAC (`rbac.rs`). A request without a

@@ -330,14 +330,16 @@ pub struct Requester {
     pub groups: Vec<String>,
 }
 
-/// Run the mutating webhooks on a pod CREATE in `ns`; the pod to create.
-/// `pod` is already defaulted and carries its namespace.
+/// Run the mutating webhooks on a pod CREATE in `ns`: the pod to create
+/// when a webhook patched it, None when none did. `pod` is already
+/// defaulted and carries its namespace.
 pub async fn admit_pod_create(
     store: &std::sync::Mutex<Store>,
     ns: &str,
     mut pod: Value,
     requester: &Requester,
-) -> Result<Value, ApiError> {
+) -> Result<Option<Value>, ApiError> {
+    let mut patched = false;
     let calls = {
         let store = store
             .lock()
@@ -350,6 +352,7 @@ pub async fn admit_pod_create(
             Ok(Outcome::Allowed(Some(ops))) => {
                 json_patch(&mut pod, &ops)
                     .map_err(|e| ApiError::internal(format!("Internal error occurred: {e:?}")))?;
+                patched = true;
             }
             Ok(Outcome::Denied { code, message }) => {
                 let denied = format!("admission webhook \"{}\" denied the request", call.name);
@@ -371,7 +374,7 @@ pub async fn admit_pod_create(
             }
         }
     }
-    Ok(pod)
+    Ok(patched.then_some(pod))
 }
 
 fn reason_for(code: u16) -> &'static str {
