@@ -411,3 +411,48 @@ fn an_empty_scheduler_name_is_refused_before_anything_starts() {
         .unwrap_or_default();
     assert!(err.contains("--webhook-scheduler-name"), "{err}");
 }
+
+/// Two replicas publishing at once both end up trusted: the write is
+/// conditional on the resourceVersion read, and the loser re-reads.
+#[tokio::test]
+async fn concurrent_publishers_both_end_up_in_the_ca_bundle() {
+    use spillway::admission::tls;
+    let srv = cluster().await;
+    let client = srv.client_as("spillway-system", "spillway");
+    let (a, b) = (
+        tls::generate(&["a".into()]).unwrap_or_else(|e| panic!("{e}")),
+        tls::generate(&["b".into()]).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let (ra, rb) = tokio::join!(
+        tls::publish_ca(&client, "spillway", &a.ca_pem),
+        tls::publish_ca(&client, "spillway", &b.ca_pem)
+    );
+    assert!(matches!((&ra, &rb), (Ok(true), Ok(true))), "{ra:?} {rb:?}");
+    let bundle = String::from_utf8(ca_bundle(&srv).unwrap_or_default()).unwrap_or_default();
+    let certs = tls::pem_certificates(&bundle);
+    for ca in [&a.ca_pem, &b.ca_pem] {
+        assert!(certs.contains(&tls::pem_certificates(ca)[0]));
+    }
+    // Publishing again changes nothing.
+    assert!(matches!(
+        tls::publish_ca(&client, "spillway", &a.ca_pem).await,
+        Ok(false)
+    ));
+    // Everything else of the configuration is kept.
+    let mwc = srv
+        .get::<MutatingWebhookConfiguration>("", "spillway")
+        .and_then(|m| m.webhooks)
+        .unwrap_or_default();
+    assert_eq!(mwc.len(), 1);
+    assert_eq!(mwc[0].failure_policy.as_deref(), Some("Ignore"));
+    assert!(mwc[0].namespace_selector.is_some());
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    let patches = srv
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH" && r.path.ends_with("/mutatingwebhookconfigurations/spillway")
+        })
+        .count();
+    assert!(patches >= 2, "{patches} patches");
+}

@@ -215,15 +215,21 @@ pub async fn publish_ca(
     name: &str,
     ca_pem: &str,
 ) -> Result<bool, PublishError> {
-    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+    // Untyped, so fields newer than k8s-openapi's types survive the rewrite
+    // of the list.
+    let resource = kube::api::ApiResource::erase::<MutatingWebhookConfiguration>(&());
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &resource);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let Some(config) = api.get_opt(name).await? else {
             return Err(PublishError::NotFound(name.to_string()));
         };
-        let mut webhooks = serde_json::to_value(config.webhooks.clone().unwrap_or_default())
-            .map_err(|e| PublishError::Kube(kube::Error::SerdeError(e)))?;
+        let mut webhooks = config
+            .data
+            .get("webhooks")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let Some(list) = webhooks.as_array_mut().filter(|l| !l.is_empty()) else {
             return Err(PublishError::NoWebhooks(name.to_string()));
         };
