@@ -273,6 +273,12 @@ pub fn run(cmd: RunCommand) -> ExitCode {
         .await
         {
             Ok(()) => ExitCode::SUCCESS,
+            // An unreadable certificate or key is bad input, found before
+            // anything started.
+            Err(e @ RunError::Webhook(_)) => {
+                eprintln!("spillway run: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
             Err(e) => {
                 eprintln!("spillway run: {e}");
                 ExitCode::FAILURE
@@ -309,6 +315,17 @@ pub async fn run_with_webhook(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     cmd.validate()?;
+    // The webhook's certificate first: bad files stop everything before it starts.
+    let webhook = match webhook {
+        Some(_) if cmd.dry_run => {
+            tracing::info!(
+                "--dry-run: the admission webhook is not served (a mutated pod is a write)"
+            );
+            None
+        }
+        Some(listener) => Some((listener, webhook_tls(cmd)?)),
+        None => None,
+    };
     // Timeouts for every request/response call; watches on their own client.
     let clients = cmd.kube.clients(config)?;
     let client = clients.calls.clone();
@@ -362,13 +379,15 @@ pub async fn run_with_webhook(
         stopped(stop_rx.clone()),
     ));
     let webhook_tasks = match webhook {
-        Some(_) if cmd.dry_run => {
-            tracing::info!(
-                "--dry-run: the admission webhook is not served (a mutated pod is a write)"
-            );
-            Vec::new()
-        }
-        Some(webhook) => start_webhook(cmd, &clients, &store, &metrics, webhook, stop_rx.clone())?,
+        Some((listener, tls)) => start_webhook(
+            cmd,
+            &clients,
+            &store,
+            &metrics,
+            listener,
+            tls,
+            stop_rx.clone(),
+        ),
         None => Vec::new(),
     };
 
@@ -535,36 +554,49 @@ pub async fn run_with_webhook(
     Ok(())
 }
 
+/// The webhook's serving configuration: from files, or generated (then with
+/// the CA to publish).
+fn webhook_tls(
+    cmd: &RunCommand,
+) -> Result<(Arc<rustls::ServerConfig>, Option<String>), crate::admission::tls::TlsError> {
+    use crate::admission::tls;
+    let flags = &cmd.webhook;
+    Ok(match (&flags.webhook_tls_cert, &flags.webhook_tls_key) {
+        (Some(cert), Some(key)) => (tls::from_files(cert, key)?, None),
+        _ => {
+            let mut hosts = tls::service_names(&flags.webhook_service, &cmd.namespace);
+            hosts.extend(flags.webhook_cert_hosts.iter().cloned());
+            let serving = tls::generate(&hosts)?;
+            (serving.config, Some(serving.ca_pem))
+        }
+    })
+}
+
 /// Serve the admission webhook on `listener` (TLS), watch namespace labels
 /// and keep this replica's CA in the MutatingWebhookConfiguration. Returns
 /// the tasks to abort at shutdown.
+#[allow(clippy::too_many_arguments)]
 fn start_webhook(
     cmd: &RunCommand,
     clients: &crate::cli::KubeClients,
     store: &Arc<PolicyStore>,
     metrics: &Arc<Metrics>,
     listener: tokio::net::TcpListener,
+    (tls_config, ca_pem): (Arc<rustls::ServerConfig>, Option<String>),
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+) -> Vec<tokio::task::JoinHandle<()>> {
     use crate::admission::{self, tls};
     let flags = &cmd.webhook;
     let mut tasks = Vec::new();
-    let tls_config = match (&flags.webhook_tls_cert, &flags.webhook_tls_key) {
-        (Some(cert), Some(key)) => tls::from_files(cert, key)?,
-        _ => {
-            let mut hosts = tls::service_names(&flags.webhook_service, &cmd.namespace);
-            hosts.extend(flags.webhook_cert_hosts.iter().cloned());
-            let serving = tls::generate(&hosts)?;
-            if !flags.webhook_configuration.is_empty() {
-                tasks.push(tokio::spawn(tls::keep_published(
-                    clients.calls.clone(),
-                    flags.webhook_configuration.clone(),
-                    serving.ca_pem.clone(),
-                )));
-            }
-            serving.config
-        }
-    };
+    if let Some(ca_pem) = ca_pem
+        && !flags.webhook_configuration.is_empty()
+    {
+        tasks.push(tokio::spawn(tls::keep_published(
+            clients.calls.clone(),
+            flags.webhook_configuration.clone(),
+            ca_pem,
+        )));
+    }
     let namespaces = admission::namespaces::NamespaceLabels::default();
     tasks.push(tokio::spawn(
         namespaces.clone().watch(clients.watches.clone()),
@@ -592,5 +624,5 @@ fn start_webhook(
             tracing::warn!(error = %e, "admission webhook server failed");
         }
     }));
-    Ok(tasks)
+    tasks
 }

@@ -456,3 +456,49 @@ async fn concurrent_publishers_both_end_up_in_the_ca_bundle() {
         .count();
     assert!(patches >= 2, "{patches} patches");
 }
+
+#[tokio::test]
+async fn an_unreadable_certificate_file_stops_spillway_before_it_starts() {
+    let srv = TestApiServer::start().await;
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-webhook.crt");
+    let path = missing.to_str().unwrap_or_default();
+    let args = Args::parse_from([
+        "spillway",
+        "--webhook-tls-cert",
+        path,
+        "--webhook-tls-key",
+        path,
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = support::policy_dir(
+        "admission-bad-cert",
+        "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: web, namespace: web }\nspec: {}\n",
+    );
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(
+        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let result = spillway::run::run_with_webhook(
+        srv.kube_config(),
+        &args.run,
+        store,
+        metrics,
+        listener,
+        Some(webhook),
+        std::future::pending(),
+    )
+    .await;
+    let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("no-such-webhook.crt"), "{err}");
+    assert!(
+        srv.requests().is_empty(),
+        "nothing started: {:?}",
+        srv.requests()
+    );
+}
