@@ -53,7 +53,14 @@ pub struct ExplainRow {
     pub wait_left: Option<Duration>,
     /// The namespace's burst usage against the pod's policy budget.
     pub budget: String,
+    /// It selects the virtual node (`nodeSelector` or required affinity on
+    /// its labels, e.g. the AKS example's `type: virtual-kubelet`): no VM can
+    /// take it, but spillway still decides when (spillAfter, budgets, quota).
+    pub pinned: bool,
 }
+
+/// What the table's DETAIL says of a pinned pod.
+pub const PINNED_NOTE: &str = "pinned to the virtual node (nodeSelector/required affinity): no VM can take it; spillway still applies spillAfter, budgets and quota";
 
 /// The JSON form: exactly these keys.
 #[derive(Debug, Serialize)]
@@ -84,7 +91,13 @@ pub fn explain(
                 .copied()
                 .unwrap_or_default();
             let budget = budget_use(policies.for_pod(&pod.namespace, &pod.labels), &usage);
+            let pinned = objects.pods.iter().any(|p| {
+                p.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+                    && p.metadata.name.as_deref() == Some(pod.name.as_str())
+                    && crate::admission::selects_virtual(p, &config.virtual_nodes)
+            });
             ExplainRow {
+                pinned,
                 wait_left: decision.until.map(|u| u.since(now)),
                 namespace: pod.namespace.clone(),
                 name: pod.name.clone(),
@@ -163,7 +176,11 @@ pub fn render_table(rows: &[ExplainRow]) -> String {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.budget.clone(),
-            r.decision.detail.clone(),
+            if r.pinned {
+                format!("{} ({PINNED_NOTE})", r.decision.detail)
+            } else {
+                r.decision.detail.clone()
+            },
         ]);
     }
     let mut widths = [0usize; 7];

@@ -2,6 +2,7 @@
 //! provider for AKS. See README.md and ../shared/DESIGN.md for the picture.
 
 pub mod aci;
+pub mod admission;
 pub mod autoscaler;
 pub mod cli;
 pub mod cluster;

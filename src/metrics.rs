@@ -43,6 +43,8 @@ pub struct Metrics {
     pub pending_over_max_vm_wait: IntGaugeVec,
     pub policy_max_vm_wait: GaugeVec,
     pub ready: IntGauge,
+    /// The admission webhook (issue 12).
+    pub admission_reviews: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -258,6 +260,13 @@ impl Metrics {
                 "spillway_ready",
                 "1 when this replica is ready (policies loaded, cluster view synced), else 0; mirrors /readyz."
             )),
+            admission_reviews: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_admission_reviews_total",
+                    "Pod admission reviews answered by the mutating webhook, by outcome: mutated (schedulerName set), skipped-<reason> (left as is: opt-out, namespace-opt-out, system-namespace, daemonset, mirror-pod, other-scheduler, no-virtual-node-access, no-policy, not-pod-create), error (malformed review, refused with 400, or a pod that does not decode, allowed unchanged)."
+                ),
+                &["outcome"]
+            )),
             registry,
         };
         m.build_info
@@ -269,6 +278,12 @@ impl Metrics {
         }
         for outcome in ["done", "refused", "error"] {
             m.placeholder_creates.with_label_values(&[outcome]);
+        }
+        for outcome in ["mutated", "error"]
+            .into_iter()
+            .chain(crate::admission::Skip::ALL.map(crate::admission::Skip::as_str))
+        {
+            m.admission_reviews.with_label_values(&[outcome]);
         }
         m
     }

@@ -105,12 +105,52 @@ pub struct RunCommand {
     /// The embedded ACI provider (`--aci`, `--node-name`, …).
     #[command(flatten)]
     pub provider: Box<crate::provider::cli::ProviderArgs>,
+    /// The mutating admission webhook (`--webhook-listen`, …).
+    #[command(flatten)]
+    pub webhook: Box<WebhookFlags>,
+}
+
+/// Flags of the mutating admission webhook (`src/admission/`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookFlags {
+    /// Address of the webhook's HTTPS server (POST /mutate-pods).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "SPILLWAY_WEBHOOK_LISTEN")]
+    pub webhook_listen: SocketAddr,
+    /// The schedulerName the webhook gives pods that may reach the virtual node.
+    #[arg(long, default_value = crate::admission::SPILLWAY_SCHEDULER)]
+    pub webhook_scheduler_name: String,
+    /// The MutatingWebhookConfiguration whose caBundle gets this replica's CA
+    /// (with a generated certificate). Empty: publish nothing.
+    #[arg(
+        long,
+        default_value = "spillway",
+        env = "SPILLWAY_WEBHOOK_CONFIGURATION"
+    )]
+    pub webhook_configuration: String,
+    /// The Service in --namespace the API server calls: the generated
+    /// certificate is for SERVICE.NAMESPACE.svc (and .svc.cluster.local).
+    #[arg(long, default_value = "spillway")]
+    pub webhook_service: String,
+    /// More names or IP addresses for the generated certificate (repeatable;
+    /// e.g. the host of a `clientConfig.url`).
+    #[arg(long = "webhook-cert-host", value_name = "HOST")]
+    pub webhook_cert_hosts: Vec<String>,
+    /// PEM certificate chain of the webhook (e.g. from cert-manager, which
+    /// then injects the CA); with --webhook-tls-key. Default: generated at start-up.
+    #[arg(long, requires = "webhook_tls_key", env = "SPILLWAY_WEBHOOK_TLS_CERT")]
+    pub webhook_tls_cert: Option<PathBuf>,
+    /// PEM private key of the webhook (with --webhook-tls-cert).
+    #[arg(long, requires = "webhook_tls_cert", env = "SPILLWAY_WEBHOOK_TLS_KEY")]
+    pub webhook_tls_key: Option<PathBuf>,
 }
 
 impl RunCommand {
     /// Check the flags completely before anything starts.
     pub fn validate(&self) -> Result<(), FlagError> {
         self.provider.validate()?;
+        if self.webhook.webhook_scheduler_name.trim().is_empty() {
+            return Err(FlagError::EmptySchedulerName);
+        }
         if self.dry_run {
             match self.provider.backend {
                 AciBackend::None => {}
@@ -154,6 +194,10 @@ pub enum FlagError {
         "--dry-run cannot be combined with --aci {0}: the embedded virtual node only writes (it registers the node, renews its Lease, writes pod status and creates billed ACI container groups). Use --dry-run with --aci none (the default), or drop --dry-run"
     )]
     DryRunWithProvider(&'static str),
+    #[error(
+        "--webhook-scheduler-name must not be empty: it is the schedulerName the webhook gives pods (default spillway-scheduler, the profile in deploy/scheduler/)"
+    )]
+    EmptySchedulerName,
     #[error("{0}")]
     Provider(#[from] crate::provider::cli::ProviderSetupError),
 }
@@ -170,6 +214,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("embedded provider: {0}")]
     Provider(#[from] crate::provider::cli::ProviderSetupError),
+    #[error("{0}")]
+    Webhook(#[from] crate::admission::tls::TlsError),
 }
 
 /// `spillway run`.
@@ -205,17 +251,34 @@ pub fn run(cmd: RunCommand) -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         };
-        match run_with(
+        let webhook = match tokio::net::TcpListener::bind(cmd.webhook.webhook_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "spillway run: --webhook-listen {}: {e}",
+                    cmd.webhook.webhook_listen
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        };
+        match run_with_webhook(
             config,
             &cmd,
             store,
             metrics,
             listener,
+            Some(webhook),
             crate::cli::shutdown_signal(),
         )
         .await
         {
             Ok(()) => ExitCode::SUCCESS,
+            // An unreadable certificate or key is bad input, found before
+            // anything started.
+            Err(e @ RunError::Webhook(_)) => {
+                eprintln!("spillway run: {e}");
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
             Err(e) => {
                 eprintln!("spillway run: {e}");
                 ExitCode::FAILURE
@@ -224,8 +287,9 @@ pub fn run(cmd: RunCommand) -> ExitCode {
     })
 }
 
-/// Run everything until `shutdown` resolves. `config` is the Kubernetes
-/// client configuration (the caller infers it; tests point it at the test API server).
+/// Run everything but the admission webhook until `shutdown` resolves.
+/// `config` is the Kubernetes client configuration (the caller infers it;
+/// tests point it at the test API server).
 pub async fn run_with(
     config: kube::Config,
     cmd: &RunCommand,
@@ -234,7 +298,34 @@ pub async fn run_with(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_with_webhook(config, cmd, store, metrics, listener, None, shutdown).await
+}
+
+/// [`run_with`], plus the admission webhook on `webhook` when given
+/// (`spillway run` binds `--webhook-listen`; tests bind port 0). With
+/// `--dry-run` the webhook is not served and its CA not published: a
+/// mutated pod is a write.
+pub async fn run_with_webhook(
+    config: kube::Config,
+    cmd: &RunCommand,
+    store: Arc<PolicyStore>,
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    webhook: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     cmd.validate()?;
+    // The webhook's certificate first: bad files stop everything before it starts.
+    let webhook = match webhook {
+        Some(_) if cmd.dry_run => {
+            tracing::info!(
+                "--dry-run: the admission webhook is not served (a mutated pod is a write)"
+            );
+            None
+        }
+        Some(listener) => Some((listener, webhook_tls(cmd)?)),
+        None => None,
+    };
     // Timeouts for every request/response call; watches on their own client.
     let clients = cmd.kube.clients(config)?;
     let client = clients.calls.clone();
@@ -287,6 +378,18 @@ pub async fn run_with(
         state,
         stopped(stop_rx.clone()),
     ));
+    let webhook_tasks = match webhook {
+        Some((listener, tls)) => start_webhook(
+            cmd,
+            &clients,
+            &store,
+            &metrics,
+            listener,
+            tls,
+            stop_rx.clone(),
+        ),
+        None => Vec::new(),
+    };
 
     // A dry run takes no Lease (that is a write): every dry-run replica
     // decides and logs as if it led, and `dry_leader` keeps that signal on.
@@ -459,9 +562,85 @@ pub async fn run_with(
     reflectors.abort();
     reload.abort();
     ca_watch.abort();
+    for t in webhook_tasks {
+        t.abort();
+    }
     match server.await {
         Ok(r) => r?,
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
     }
     Ok(())
+}
+
+/// The webhook's serving configuration: from files, or generated (then with
+/// the CA to publish).
+fn webhook_tls(
+    cmd: &RunCommand,
+) -> Result<(Arc<rustls::ServerConfig>, Option<String>), crate::admission::tls::TlsError> {
+    use crate::admission::tls;
+    let flags = &cmd.webhook;
+    Ok(match (&flags.webhook_tls_cert, &flags.webhook_tls_key) {
+        (Some(cert), Some(key)) => (tls::from_files(cert, key)?, None),
+        _ => {
+            let mut hosts = tls::service_names(&flags.webhook_service, &cmd.namespace);
+            hosts.extend(flags.webhook_cert_hosts.iter().cloned());
+            let serving = tls::generate(&hosts)?;
+            (serving.config, Some(serving.ca_pem))
+        }
+    })
+}
+
+/// Serve the admission webhook on `listener` (TLS), watch namespace labels
+/// and keep this replica's CA in the MutatingWebhookConfiguration. Returns
+/// the tasks to abort at shutdown.
+#[allow(clippy::too_many_arguments)]
+fn start_webhook(
+    cmd: &RunCommand,
+    clients: &crate::cli::KubeClients,
+    store: &Arc<PolicyStore>,
+    metrics: &Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    (tls_config, ca_pem): (Arc<rustls::ServerConfig>, Option<String>),
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::admission::{self, tls};
+    let flags = &cmd.webhook;
+    let mut tasks = Vec::new();
+    if let Some(ca_pem) = ca_pem
+        && !flags.webhook_configuration.is_empty()
+    {
+        tasks.push(tokio::spawn(tls::keep_published(
+            clients.calls.clone(),
+            flags.webhook_configuration.clone(),
+            ca_pem,
+        )));
+    }
+    let namespaces = admission::namespaces::NamespaceLabels::default();
+    tasks.push(tokio::spawn(
+        namespaces.clone().watch(clients.watches.clone()),
+    ));
+    let mut system_namespaces = vec!["kube-system".to_string()];
+    if cmd.namespace != "kube-system" {
+        system_namespaces.push(cmd.namespace.clone());
+    }
+    let state = admission::WebhookState {
+        policies: PolicySource::Store(store.clone()),
+        namespaces,
+        config: Arc::new(admission::AdmissionConfig {
+            scheduler_name: flags.webhook_scheduler_name.clone(),
+            virtual_nodes: cmd.cluster_config().virtual_nodes,
+            system_namespaces,
+        }),
+        metrics: metrics.clone(),
+    };
+    let mut stop = stop;
+    tasks.push(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tls::serve_tls(listener, admission::app(state), tls_config, stopped).await {
+            tracing::warn!(error = %e, "admission webhook server failed");
+        }
+    }));
+    tasks
 }

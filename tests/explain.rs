@@ -407,3 +407,56 @@ fn a_pinned_pod_waits_for_its_own_pool_not_for_a_tainted_ones_room() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The AKS virtual-node example pins its pod with `nodeSelector: {type:
+/// virtual-kubelet}`; explain says so, and spillway still decides it.
+#[test]
+fn a_pod_pinned_to_the_virtual_node_is_explained_as_pinned() {
+    use spillway::cluster::ClusterObjects;
+    use spillway::cluster::build::{node, pod};
+    let now = Timestamp::parse_rfc3339(NOW).unwrap();
+    let objects = ClusterObjects {
+        nodes: vec![
+            node("vm-0").pool("user").build(),
+            node("virtual-node-aci-linux").virtual_kubelet().build(),
+        ],
+        pods: vec![
+            pod()
+                .ns("web")
+                .name("aci-helloworld")
+                .cpu("1")
+                .memory("1Gi")
+                .tolerate_virtual()
+                .node_selector("type", "virtual-kubelet")
+                .unschedulable_since(Timestamp::from_millis(now.millis() - 60_000))
+                .build(),
+            pod()
+                .ns("web")
+                .name("free")
+                .cpu("1")
+                .memory("1Gi")
+                .tolerate_virtual()
+                .unschedulable_since(Timestamp::from_millis(now.millis() - 60_000))
+                .build(),
+        ],
+        ..Default::default()
+    };
+    let policies = spillway::policy::load_dir(Path::new(POLICIES)).unwrap();
+    let rows = explain(&objects, &policies, now, &ClusterConfig::default());
+    assert!(find(&rows, "web", "aci-helloworld").pinned);
+    assert!(!find(&rows, "web", "free").pinned);
+    let table = render_table(&rows);
+    let line = table
+        .lines()
+        .find(|l| l.contains("aci-helloworld"))
+        .unwrap_or_default();
+    assert!(line.contains(spillway::explain::PINNED_NOTE), "{table}");
+    assert!(
+        !table
+            .lines()
+            .find(|l| l.contains(" free "))
+            .unwrap_or_default()
+            .contains("pinned"),
+        "{table}"
+    );
+}

@@ -851,7 +851,9 @@ async fn health_readiness_and_metrics() {
     let (status, v, _) = call(&unsynced, "GET", "/readyz", Body::empty()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(v["error"].is_string());
-    // Unsynced, the extender will not decide on the virtual node: it says so in `Error`.
+    // Unsynced, the extender will not decide on the virtual node: it refuses
+    // it as unresolvable (an `Error` would make kube-scheduler skip this
+    // ignorable extender and keep the virtual node) and keeps the VMs.
     let (status, v) = post(
         &unsynced,
         "/filter",
@@ -859,7 +861,18 @@ async fn health_readiness_and_metrics() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(v["Error"].as_str().unwrap().contains("not synced"), "{v}");
+    assert_eq!(v["Error"].as_str().unwrap_or_default(), "", "{v}");
+    assert!(
+        unresolvable(&v, "virtual-node-aci-linux").is_some_and(|m| m.contains("not synced")),
+        "{v}"
+    );
+    assert_eq!(
+        names(&v),
+        vec![
+            "aks-nodepool1-12345678-vmss000000".to_string(),
+            "aks-nodepool1-12345678-vmss000001".to_string()
+        ]
+    );
     let (_, v) = post(
         &unsynced,
         "/filter",
@@ -873,7 +886,7 @@ async fn health_readiness_and_metrics() {
     );
     let text = unsynced.metrics.render();
     assert!(
-        text.contains(r#"spillway_extender_requests_total{outcome="error",verb="filter"} 1"#),
+        text.contains(r#"spillway_extender_requests_total{outcome="ok",verb="filter"} 2"#),
         "{text}"
     );
     // `spillway_ready` mirrors /readyz at every scrape, in any role.

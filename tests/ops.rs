@@ -777,6 +777,17 @@ const SCHED_PROFILE: &[&str] = &[
     "plugins",
     "pluginConfig",
 ];
+// kubescheduler.config.k8s.io/v1 PluginConfig and NodeAffinityArgs; core/v1
+// NodeAffinity, PreferredSchedulingTerm, NodeSelectorTerm, NodeSelectorRequirement.
+const SCHED_PLUGIN_CONFIG: &[&str] = &["name", "args"];
+const SCHED_NODE_AFFINITY_ARGS: &[&str] = &["apiVersion", "kind", "addedAffinity"];
+const NODE_AFFINITY: &[&str] = &[
+    "requiredDuringSchedulingIgnoredDuringExecution",
+    "preferredDuringSchedulingIgnoredDuringExecution",
+];
+const PREFERRED_TERM: &[&str] = &["weight", "preference"];
+const NODE_SELECTOR_TERM: &[&str] = &["matchExpressions", "matchFields"];
+const NODE_SELECTOR_REQUIREMENT: &[&str] = &["key", "operator", "values"];
 const SCHED_EXTENDER: &[&str] = &[
     "urlPrefix",
     "filterVerb",
@@ -865,6 +876,13 @@ fn check_scheduler_config(what: &str, c: &Value) {
     for p in profiles {
         check_keys(&format!("{what}: profile"), p, SCHED_PROFILE);
         assert!(p["schedulerName"].is_string(), "{what}: schedulerName");
+        for pc in p["pluginConfig"].as_array().into_iter().flatten() {
+            check_keys(&format!("{what}: pluginConfig[]"), pc, SCHED_PLUGIN_CONFIG);
+            assert!(pc["name"].is_string(), "{what}: pluginConfig name");
+            if pc["name"] == "NodeAffinity" {
+                check_node_affinity_args(&format!("{what}: NodeAffinityArgs"), &pc["args"]);
+            }
+        }
     }
     let exts = c["extenders"]
         .as_array()
@@ -933,6 +951,46 @@ fn check_scheduler_config(what: &str, c: &Value) {
     }
 }
 
+/// NodeAffinityArgs and the core/v1 NodeAffinity inside it.
+fn check_node_affinity_args(what: &str, args: &Value) {
+    check_keys(what, args, SCHED_NODE_AFFINITY_ARGS);
+    if let Some(k) = args.get("kind") {
+        assert_eq!(k, "NodeAffinityArgs", "{what}: kind");
+    }
+    let added = &args["addedAffinity"];
+    check_keys(&format!("{what}: addedAffinity"), added, NODE_AFFINITY);
+    let requirement = |at: &str, r: &Value| {
+        check_keys(at, r, NODE_SELECTOR_REQUIREMENT);
+        let op = r["operator"].as_str().unwrap_or_default();
+        assert!(
+            ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"].contains(&op),
+            "{at}: operator {op:?}"
+        );
+    };
+    let term = |at: &str, t: &Value| {
+        check_keys(at, t, NODE_SELECTOR_TERM);
+        for r in t["matchExpressions"].as_array().into_iter().flatten() {
+            requirement(&format!("{at}: matchExpressions[]"), r);
+        }
+    };
+    for p in added["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        check_keys(&format!("{what}: preferred term"), p, PREFERRED_TERM);
+        let w = p["weight"].as_i64().unwrap_or_default();
+        assert!((1..=100).contains(&w), "{what}: weight {w} not in 1..=100");
+        term(&format!("{what}: preference"), &p["preference"]);
+    }
+    if let Some(req) = added.get("requiredDuringSchedulingIgnoredDuringExecution") {
+        check_keys(&format!("{what}: required"), req, &["nodeSelectorTerms"]);
+        for t in req["nodeSelectorTerms"].as_array().into_iter().flatten() {
+            term(&format!("{what}: nodeSelectorTerms[]"), t);
+        }
+    }
+}
+
 #[test]
 fn scheduler_configs_use_kube_scheduler_v1_fields() {
     // The checker itself rejects what the scheduler would reject.
@@ -950,6 +1008,33 @@ fn scheduler_configs_use_kube_scheduler_v1_fields() {
     let profiles = aks["profiles"].as_array().expect("profiles");
     assert_eq!(profiles.len(), 1);
     assert_eq!(profiles[0]["schedulerName"], "spillway-scheduler");
+    // Fail-safe while the ignorable extender is down: prefer VMs (never require).
+    let node_affinity = profiles[0]["pluginConfig"]
+        .as_array()
+        .and_then(|pcs| pcs.iter().find(|pc| pc["name"] == "NodeAffinity"))
+        .expect("NodeAffinity pluginConfig");
+    let added = &node_affinity["args"]["addedAffinity"];
+    assert!(
+        added
+            .get("requiredDuringSchedulingIgnoredDuringExecution")
+            .is_none(),
+        "a required term would forbid the virtual node even when spillway allows it"
+    );
+    assert_eq!(
+        added["preferredDuringSchedulingIgnoredDuringExecution"],
+        serde_json::json!([{"weight": 100, "preference": {"matchExpressions": [
+            {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]}
+        ]}}])
+    );
+    // The checker rejects a misspelled field inside the args.
+    let mut typo = aks.clone();
+    typo["profiles"][0]["pluginConfig"][0]["args"]["addedAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["preference"]["matchExpression"] = serde_json::json!([]);
+    let caught = std::panic::catch_unwind(|| check_scheduler_config("typo", &typo));
+    assert!(
+        caught.is_err(),
+        "misspelled matchExpression must be rejected"
+    );
     let le = &aks["leaderElection"];
     assert_eq!(le["leaderElect"], true);
     assert_eq!(le["resourceLock"], "leases");
@@ -1126,10 +1211,14 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn rbac_is_least_privilege() {
-    let objects: Vec<(String, Value)> = ["deploy/base/rbac.yaml", "deploy/scheduler/rbac.yaml"]
-        .iter()
-        .flat_map(|f| docs(f).into_iter().map(move |d| (f.to_string(), d)))
-        .collect();
+    let objects: Vec<(String, Value)> = [
+        "deploy/base/rbac.yaml",
+        "deploy/scheduler/rbac.yaml",
+        "deploy/webhook/rbac.yaml",
+    ]
+    .iter()
+    .flat_map(|f| docs(f).into_iter().map(move |d| (f.to_string(), d)))
+    .collect();
     let mut spillway_cluster_rules = 0;
     for (f, o) in &objects {
         let kind = o["kind"].as_str().unwrap_or_default();
@@ -1140,6 +1229,7 @@ fn rbac_is_least_privilege() {
             assert!(
                 [
                     "spillway",
+                    "spillway-webhook",
                     "system:kube-scheduler",
                     "system:volume-scheduler"
                 ]
@@ -1480,4 +1570,178 @@ fn the_kubelet_endpoint_is_self_signed_by_default_and_the_secret_component_switc
             "component {name} is built by no .ci/fixtures/kustomize overlay"
         );
     }
+}
+
+/// The MutatingWebhookConfiguration fails open, is short, touches only pod
+/// creates outside the system namespaces and opted-out objects, and points
+/// at the port and path `spillway run` serves; only the AKS overlay has it.
+#[test]
+fn the_admission_webhook_fails_open_and_points_at_spillway() {
+    let mwc = yaml("deploy/webhook/mutatingwebhookconfiguration.yaml");
+    assert_eq!(mwc["apiVersion"], "admissionregistration.k8s.io/v1");
+    let run = parse_run(
+        "deploy/base/deployment.yaml",
+        &yaml("deploy/base/deployment.yaml"),
+    );
+    assert_eq!(
+        mwc["metadata"]["name"].as_str(),
+        Some(run.webhook.webhook_configuration.as_str()),
+        "spillway publishes its CA into this object"
+    );
+    let hooks = mwc["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 1);
+    let h = &hooks[0];
+    assert_eq!(
+        h["failurePolicy"], "Ignore",
+        "spillway down must never block pod creation"
+    );
+    let timeout = h["timeoutSeconds"].as_i64().expect("timeoutSeconds");
+    assert!(
+        (1..=5).contains(&timeout),
+        "timeoutSeconds {timeout}: keep it short"
+    );
+    assert_eq!(h["reinvocationPolicy"], "Never");
+    assert_eq!(h["sideEffects"], "None");
+    assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(
+        h["rules"],
+        serde_json::json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}])
+    );
+    let ns_exprs = h["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .expect("namespaceSelector");
+    assert!(ns_exprs.contains(&serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "spillway-system"]})));
+    let skip = serde_json::json!({"key": spillway::admission::SKIP_LABEL, "operator": "NotIn", "values": ["true"]});
+    assert!(ns_exprs.contains(&skip), "namespace opt-out");
+    assert!(
+        h["objectSelector"]["matchExpressions"]
+            .as_array()
+            .is_some_and(|e| e.contains(&skip)),
+        "pod opt-out"
+    );
+    // Where the API server calls: the Service's webhook port, which reaches
+    // the container port spillway listens on.
+    let svc_ref = &h["clientConfig"]["service"];
+    let svc = yaml("deploy/base/service.yaml");
+    assert_eq!(svc_ref["name"], svc["metadata"]["name"]);
+    assert_eq!(svc_ref["namespace"], svc["metadata"]["namespace"]);
+    assert_eq!(svc_ref["path"], spillway::admission::MUTATE_PATH);
+    assert!(
+        h["clientConfig"].get("caBundle").is_none(),
+        "spillway publishes the CA"
+    );
+    let port = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["port"] == svc_ref["port"])
+        .expect("the Service has the webhook port");
+    assert_eq!(port["targetPort"], "webhook");
+    let deploy = yaml("deploy/base/deployment.yaml");
+    let container_port = deploy["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "webhook")
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("container port webhook");
+    assert_eq!(u64::from(run.webhook.webhook_listen.port()), container_port);
+    assert_eq!(
+        run.webhook.webhook_service,
+        svc["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    // The caBundle is writable for that object only.
+    let rbac = docs("deploy/webhook/rbac.yaml");
+    let role = rbac
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    let rule = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| strings(&r["resources"]) == ["mutatingwebhookconfigurations"])
+        .expect("rule");
+    assert_eq!(
+        strings(&rule["resourceNames"]),
+        [mwc["metadata"]["name"].as_str().unwrap_or_default()]
+    );
+    assert_eq!(strings(&rule["verbs"]), ["get", "patch"]);
+    // AKS only: with a self-managed scheduler the extender sees every pod,
+    // and spillway-scheduler does not exist.
+    let aks = yaml("deploy/overlays/aks/kustomization.yaml");
+    assert!(strings(&aks["resources"]).contains(&"../../webhook"));
+    let selfm = yaml("deploy/overlays/self-managed/kustomization.yaml");
+    assert!(!strings(&selfm["resources"]).contains(&"../../webhook"));
+}
+
+/// The cert-manager component: spillway serves the Secret's certificate,
+/// publishes nothing, and cert-manager injects the CA.
+#[test]
+fn the_webhook_cert_manager_component_switches_to_files_and_ca_injection() {
+    let base = yaml("deploy/base/deployment.yaml");
+    let run = parse_run("deploy/base", &base);
+    assert!(
+        run.webhook.webhook_tls_cert.is_none(),
+        "generated by default"
+    );
+    let rel = "deploy/components/webhook-cert-manager/kustomization.yaml";
+    let component = yaml(rel);
+    assert_eq!(component["kind"], "Component", "{rel}");
+    let patches = component["patches"].as_array().expect("patches");
+    let deploy_patch = patches
+        .iter()
+        .find(|p| p["target"]["kind"] == "Deployment")
+        .expect("Deployment patch");
+    let ops: Value = serde_saphyr::from_str(deploy_patch["patch"].as_str().expect("inline patch"))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let mut patched = base.clone();
+    json_patch(rel, &mut patched, &ops);
+    let run = parse_run(rel, &patched);
+    assert_eq!(
+        run.webhook.webhook_configuration, "",
+        "{rel}: cert-manager injects the CA"
+    );
+    let (Some(cert), Some(key)) = (&run.webhook.webhook_tls_cert, &run.webhook.webhook_tls_key)
+    else {
+        panic!("{rel}: the certificate and key flags")
+    };
+    let dir = cert.parent().expect("cert dir");
+    assert_eq!(key.parent(), Some(dir), "{rel}");
+    let pod = &patched["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(std::path::Path::new) == Some(dir))
+        .unwrap_or_else(|| panic!("{rel}: nothing mounted at {}", dir.display()));
+    assert_eq!(mount["readOnly"], true, "{rel}");
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("{rel}: no volume {}", mount["name"]));
+    assert_eq!(
+        volume["secret"]["secretName"], "spillway-webhook-tls",
+        "{rel}"
+    );
+    let mwc_patch = patches
+        .iter()
+        .find(|p| p["target"]["kind"] == "MutatingWebhookConfiguration")
+        .expect("MutatingWebhookConfiguration patch");
+    let mwc = yaml("deploy/webhook/mutatingwebhookconfiguration.yaml");
+    assert_eq!(
+        mwc_patch["target"]["name"], mwc["metadata"]["name"],
+        "{rel}"
+    );
+    let mut mwc_patched = mwc.clone();
+    let ops: Value = serde_saphyr::from_str(mwc_patch["patch"].as_str().expect("inline patch"))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+    json_patch(rel, &mut mwc_patched, &ops);
+    assert_eq!(
+        mwc_patched["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "spillway-system/spillway-webhook"
+    );
+    assert!(read("deploy/README.md").contains("webhook-cert-manager"));
 }

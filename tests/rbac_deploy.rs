@@ -28,6 +28,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 async fn cluster(srv: TestApiServer) -> TestApiServer {
     srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    // The workload namespace: the shipped webhook's namespaceSelector needs
+    // the Namespace object of every pod create, as in kube-apiserver.
+    srv.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
     srv
 }
 

@@ -278,6 +278,10 @@ async fn reserve_shared(
     }
 }
 
+/// The refusal of the virtual node while this replica's view is not synced.
+pub const NOT_SYNCED: &str =
+    "spillway: the cluster view is not synced yet; the virtual node is refused until it is";
+
 pub(super) async fn filter(
     state: &AppState,
     mut args: ExtenderArgs,
@@ -292,19 +296,15 @@ pub(super) async fn filter(
         Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
     };
     let virtual_count = flags.iter().filter(|v| **v).count();
-    if virtual_count > 0 && !cluster.synced {
-        // Without pools and burst usage the engine would see "every pool at
-        // max" and let everything burst. Say so instead of deciding: the
-        // scheduler retries (or skips an ignorable extender).
-        return Ok(ExtenderFilterResult {
-            error:
-                "spillway: the cluster view is not synced yet; cannot decide on the virtual node"
-                    .into(),
-            ..Default::default()
-        });
-    }
     let refusal = if virtual_count == 0 {
         None
+    } else if !cluster.synced {
+        // Without pools and burst usage the engine would see "every pool at
+        // max" and let everything burst. An `Error` answer would be no
+        // better: kube-scheduler skips an ignorable extender that errs and
+        // keeps the virtual node. Refuse it as unresolvable instead; VMs
+        // stay, and the pod is retried once the view has synced.
+        Some(NOT_SYNCED.to_string())
     } else {
         let d = decide_for_virtual(state, &pod, flags.len() - virtual_count).await?;
         state

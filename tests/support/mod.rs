@@ -16,6 +16,7 @@
 
 pub mod actors;
 pub mod apiserver;
+pub mod webhook;
 
 pub use apiserver::{
     ApiError, Budget, Builder, Config, ExercisedRule, Fault, GrantedPermission, PodDeletion,

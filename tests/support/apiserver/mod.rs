@@ -9,7 +9,9 @@
 //! `token`); coordination/v1 leases; policy/v1 poddisruptionbudgets (+
 //! `status`); events.k8s.io/v1 events (stored apart from core/v1 events);
 //! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
-//! clusterrolebindings. Metadata-only requests
+//! clusterrolebindings; admissionregistration.k8s.io/v1
+//! mutatingwebhookconfigurations, whose webhooks are called on pod creates
+//! (`webhooks.rs`). Metadata-only requests
 //! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
 //! (`sendInitialEvents=true`) are served too.
 //!
@@ -47,6 +49,7 @@ mod selectors;
 mod status;
 mod store;
 mod watch;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -738,25 +741,103 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return e.into_response();
         }
     }
-    if let Err(e) = authenticate_and_authorize(&shared, &parts) {
-        lock(&shared.denials).push(e.message.clone());
-        return e.into_response();
-    }
+    let user = match authenticate_and_authorize(&shared, &parts) {
+        Ok(u) => u,
+        Err(e) => {
+            lock(&shared.denials).push(e.message.clone());
+            return e.into_response();
+        }
+    };
+    let bytes = match mutating_admission(&shared, &parts, bytes, user).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     match route(&shared, &parts, &bytes) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
+/// Mutating admission webhooks (`webhooks.rs`) on a pod CREATE: the body
+/// the rest of the request sees. Runs after authentication and
+/// authorization, on the defaulted pod, before validation and Pod Security
+/// (in `Store::create`), as in kube-apiserver. A body that does not parse,
+/// or names another namespace, is left for `Store::create` to refuse.
+async fn mutating_admission(
+    shared: &Shared,
+    parts: &Parts,
+    bytes: Bytes,
+    user: Option<rbac::UserInfo>,
+) -> Result<Bytes, ApiError> {
+    let Some(route) = parse_path(parts.uri.path()) else {
+        return Ok(bytes);
+    };
+    let pod_create = parts.method == Method::POST
+        && route.rt.is_pod()
+        && route.name.is_none()
+        && route.subresource.is_none();
+    let Some(ns) = route.namespace.filter(|_| pod_create) else {
+        return Ok(bytes);
+    };
+    // Only when some configuration exists: otherwise nothing to do.
+    if shared
+        .store()
+        .list(webhooks::configurations(), None)
+        .is_empty()
+    {
+        return Ok(bytes);
+    }
+    let Ok(mut pod) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(bytes);
+    };
+    let wrong = |field: &str, want: &str| pod.get(field).is_some_and(|v| v.as_str() != Some(want));
+    if !pod.is_object()
+        || wrong("kind", "Pod")
+        || wrong("apiVersion", "v1")
+        || meta_str(&pod, "namespace").is_some_and(|n| !n.is_empty() && n != ns)
+    {
+        // Decoding fails before admission in kube-apiserver.
+        return Ok(bytes);
+    }
+    pod["kind"] = json!("Pod");
+    pod["apiVersion"] = json!("v1");
+    if !pod.get("metadata").is_some_and(Value::is_object) {
+        pod["metadata"] = json!({});
+    }
+    pod["metadata"]["namespace"] = json!(ns);
+    store::default_pod_spec(&mut pod);
+    let requester = match user {
+        Some(u) => webhooks::Requester {
+            username: u.name,
+            groups: u.groups,
+        },
+        None => webhooks::Requester {
+            username: "system:admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        },
+    };
+    // Unpatched, the request goes on byte for byte as it came.
+    Ok(
+        match webhooks::admit_pod_create(&shared.store, &ns, pod, &requester).await? {
+            Some(pod) => Bytes::from(pod.to_string()),
+            None => bytes,
+        },
+    )
+}
+
 /// Bearer-token authentication and RBAC (`rbac.rs`). A request without a
 /// token is an unrestricted admin unless `require_auth`; any other
 /// `Authorization` header, an unknown, expired or unbound token is 401.
-fn authenticate_and_authorize(shared: &Shared, parts: &Parts) -> Result<(), ApiError> {
+/// The authenticated user, if there was a token.
+fn authenticate_and_authorize(
+    shared: &Shared,
+    parts: &Parts,
+) -> Result<Option<rbac::UserInfo>, ApiError> {
     let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
         return if shared.config.require_auth {
             Err(rbac::unauthorized())
         } else {
-            Ok(())
+            Ok(None)
         };
     };
     let token = header
@@ -769,12 +850,12 @@ fn authenticate_and_authorize(shared: &Shared, parts: &Parts) -> Result<(), ApiE
         .authenticate(token, &store)
         .ok_or_else(rbac::unauthorized)?;
     if user.is_privileged() {
-        return Ok(());
+        return Ok(Some(user));
     }
     // Non-resource URLs (discovery, health) are open to every authenticated
     // user; unserved kinds get their 404 from `route`.
     let Some(route) = parse_path(parts.uri.path()) else {
-        return Ok(());
+        return Ok(Some(user));
     };
     let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|Query(q)| q)
@@ -790,7 +871,7 @@ fn authenticate_and_authorize(shared: &Shared, parts: &Parts) -> Result<(), ApiE
                 group: attrs.group.clone(),
                 resource: attrs.combined_resource(),
             });
-            Ok(())
+            Ok(Some(user))
         }
         Err(reason) => Err(rbac::forbidden(route.rt, &user, &attrs, &reason)),
     }

@@ -169,6 +169,15 @@ pub static RESOURCES: &[ResourceType] = &[
             "type",
         ],
     },
+    ResourceType {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "mutatingwebhookconfigurations",
+        kind: "MutatingWebhookConfiguration",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
 ];
 
 const RBAC: &str = "rbac.authorization.k8s.io";

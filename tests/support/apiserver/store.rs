@@ -567,6 +567,9 @@ impl Store {
             meta.remove("deletionTimestamp");
             meta.remove("deletionGracePeriodSeconds");
         }
+        if api && rt.is(super::webhooks::GROUP, super::webhooks::PLURAL) {
+            super::webhooks::default_and_validate(&mut obj)?;
+        }
         if api && rt.is_pod() {
             self.admit_priority(&name, &mut obj)?;
             default_pod(&mut obj);
@@ -875,6 +878,9 @@ impl Store {
                     "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
                 ));
             }
+        }
+        if rt.is(super::webhooks::GROUP, super::webhooks::PLURAL) {
+            super::webhooks::default_and_validate(&mut new)?;
         }
         if rt.is_pod() && psa::significant_update(&typed_pod(old)?, &typed_pod(&new)?) {
             let ns = meta_str(old, "namespace").unwrap_or_default().to_string();
@@ -1332,7 +1338,7 @@ fn default_pod(pod: &mut Value) {
 }
 
 /// Spec defaults, applied to every pod write (as API defaulting is).
-fn default_pod_spec(pod: &mut Value) {
+pub(super) fn default_pod_spec(pod: &mut Value) {
     if !pod.get("spec").is_some_and(Value::is_object) {
         pod["spec"] = json!({});
     }
