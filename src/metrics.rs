@@ -43,6 +43,7 @@ pub struct Metrics {
     pub pending_over_max_vm_wait: IntGaugeVec,
     pub policy_max_vm_wait: GaugeVec,
     pub ready: IntGauge,
+    pub view_rebuild: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -257,6 +258,15 @@ impl Metrics {
             ready: reg!(IntGauge::new(
                 "spillway_ready",
                 "1 when this replica is ready (policies loaded, cluster view synced), else 0; mirrors /readyz."
+            )),
+            view_rebuild: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "spillway_view_rebuild_seconds",
+                    "Time to rebuild the cluster view (the engine's snapshot) from the watched nodes and pods, after a change or new pool information."
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+                ])
             )),
             registry,
         };

@@ -250,7 +250,9 @@ pub async fn run_with(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let view = Arc::new(ClusterView::new(cmd.cluster_config()));
+    let view = Arc::new(
+        ClusterView::new(cmd.cluster_config()).with_rebuild_histogram(metrics.view_rebuild.clone()),
+    );
     let reflectors = tokio::spawn(cluster::view::run_reflectors(
         clients.watches.clone(),
         view.clone(),

@@ -43,6 +43,8 @@ pub struct ClusterView {
     /// applied to every rebuilt snapshot.
     pool_info: RwLock<crate::autoscaler::pools::PoolInfo>,
     changed: tokio::sync::Notify,
+    /// Where each rebuild's duration goes (`spillway_view_rebuild_seconds`).
+    rebuild_seconds: Option<prometheus::Histogram>,
 }
 
 impl ClusterView {
@@ -53,7 +55,14 @@ impl ClusterView {
             state: RwLock::new(Arc::new(ClusterState::default())),
             pool_info: RwLock::new(Default::default()),
             changed: tokio::sync::Notify::new(),
+            rebuild_seconds: None,
         }
+    }
+
+    /// Record every rebuild's duration in `histogram`.
+    pub fn with_rebuild_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.rebuild_seconds = Some(histogram);
+        self
     }
 
     /// A synced view of fixed objects (`--cluster-state FILE`).
@@ -136,6 +145,7 @@ impl ClusterView {
         pdbs: Vec<Arc<PodDisruptionBudget>>,
         now: Timestamp,
     ) {
+        let started = std::time::Instant::now();
         let mut snapshot = snapshot_from(&nodes, &pods, now, &self.config);
         match self.pool_info.read() {
             Ok(info) => crate::autoscaler::pools::apply_info(&mut snapshot, &info),
@@ -154,10 +164,16 @@ impl ClusterView {
             pods,
             pdbs,
         });
-        match self.state.write() {
-            Ok(mut g) => *g = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        // The old state is dropped outside the lock, and after the timer:
+        // freeing it is not part of building the new one.
+        let previous = match self.state.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, next),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+        };
+        if let Some(h) = &self.rebuild_seconds {
+            h.observe(started.elapsed().as_secs_f64());
         }
+        drop(previous);
         self.changed.notify_waiters();
     }
 }
