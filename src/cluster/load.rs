@@ -345,6 +345,27 @@ items:
     }
 
     #[test]
+    fn json_lists_are_streamed_and_other_shapes_are_left_to_the_tree() {
+        let streamed = |text: &str| parse_json_list_streamed(text, "f", Keep::Whole).is_some();
+        assert!(streamed(
+            r#"{"apiVersion":"v1","items":[{"kind":"Node","metadata":{"name":"n"}}],"kind":"List"}"#
+        ));
+        assert!(streamed(
+            r#"{"kind":"PodList","items":[{"metadata":{"name":"a","namespace":"x"}}]}"#
+        ));
+        assert!(streamed(r#"{"kind":"List","items":[]}"#));
+        // A single object; kindless items before the list's kind; errors.
+        assert!(!streamed(r#"{"kind":"Node","metadata":{"name":"n"}}"#));
+        assert!(!streamed(
+            r#"{"items":[{"metadata":{"name":"a","namespace":"x"}}],"kind":"PodList"}"#
+        ));
+        assert!(!streamed(
+            r#"{"kind":"List","items":[{"kind":"Pod","spec":3}]}"#
+        ));
+        assert!(!streamed(r#"{"kind":"List","items":[]} x"#));
+    }
+
+    #[test]
     fn json_list_parses() {
         let text = r#"{"kind":"PodList","items":[{"metadata":{"name":"a","namespace":"x"},"spec":{"containers":[]}}]}"#;
         let objs = parse_cluster_state(text, "t.json").unwrap();

@@ -180,6 +180,7 @@ impl ClusterView {
 
 /// Watch nodes and pods and keep `view` up to date. Runs until the task is
 /// dropped; watch errors are retried with kube's default backoff and logged.
+/// Objects are slimmed ([`super::slim`]) before they enter the stores.
 pub async fn run_reflectors(
     client: kube::Client,
     view: Arc<ClusterView>,
@@ -196,13 +197,13 @@ pub async fn run_reflectors(
     let node_events = reflector(
         node_writer,
         watcher(nodes_api, watcher::Config::default())
-            .modify(|n: &mut Node| n.metadata.managed_fields = None)
+            .modify(super::slim::slim_node)
             .default_backoff(),
     );
     let pod_events = reflector(
         pod_writer,
         watcher(pods_api, watcher::Config::default())
-            .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+            .modify(super::slim::slim_pod)
             .default_backoff(),
     );
     let pdb_events = reflector(
