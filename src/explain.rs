@@ -222,7 +222,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// `spillway explain`.
 pub fn run(cmd: ExplainCommand) -> ExitCode {
-    let objects = match cluster::load_cluster_state(&cmd.cluster_state) {
+    let objects = match cluster::load_cluster_view_objects(&cmd.cluster_state) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// The admission webhook (issue 12).
     pub admission_reviews: IntCounterVec,
+    pub view_rebuild: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,6 +267,15 @@ impl Metrics {
                     "Pod admission reviews answered by the mutating webhook, by outcome: mutated (schedulerName set), skipped-<reason> (left as is: opt-out, namespace-opt-out, system-namespace, daemonset, mirror-pod, other-scheduler, no-virtual-node-access, no-policy, not-pod-create), error (malformed review, refused with 400, or a pod that does not decode, allowed unchanged)."
                 ),
                 &["outcome"]
+            )),
+            view_rebuild: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "spillway_view_rebuild_seconds",
+                    "Time to rebuild the cluster view (the engine's snapshot) from the watched nodes and pods, after a change or new pool information."
+                )
+                .buckets(vec![
+                    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+                ])
             )),
             registry,
         };

@@ -341,7 +341,9 @@ pub async fn run_with_webhook(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let view = Arc::new(ClusterView::new(cmd.cluster_config()));
+    let view = Arc::new(
+        ClusterView::new(cmd.cluster_config()).with_rebuild_histogram(metrics.view_rebuild.clone()),
+    );
     let reflectors = tokio::spawn(cluster::view::run_reflectors(
         clients.watches.clone(),
         view.clone(),

@@ -249,6 +249,12 @@ pub fn parse_quantity_scaled(s: &str, scale: f64) -> Result<u64, String> {
         return Err(format!("invalid quantity {t:?}"));
     }
     let mantissa: f64 = num.parse().map_err(|_| format!("invalid quantity {t:?}"))?;
+    if let Some(exact) = scaled_exactly(num, suffix, scale) {
+        return match exact {
+            Some(v) if v <= 9_000_000_000_000_000_000 => Ok(v as u64),
+            _ => Err(format!("quantity {t:?} is too large")),
+        };
+    }
     let factor: f64 = match suffix {
         "" => 1.0,
         "n" => 1e-9,
@@ -279,6 +285,63 @@ pub fn parse_quantity_scaled(s: &str, scale: f64) -> Result<u64, String> {
         return Err(format!("quantity {t:?} is too large"));
     }
     Ok(v.ceil() as u64)
+}
+
+/// `num` × `suffix` × `scale` in integers, rounded up: decimal fractions
+/// such as `m` are not exact in floating point (`2010m` would come out as
+/// 2,011 millicores). `None` when the float path must decide (a scale other
+/// than 1 or 1000, an unusual shape); `Some(None)` when it overflows.
+fn scaled_exactly(num: &str, suffix: &str, scale: f64) -> Option<Option<u128>> {
+    let scale_pow10: i32 = if scale == 1.0 {
+        0
+    } else if scale == 1000.0 {
+        3
+    } else {
+        return None;
+    };
+    let (pow10, pow1024): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 1),
+        "Mi" => (0, 2),
+        "Gi" => (0, 3),
+        "Ti" => (0, 4),
+        "Pi" => (0, 5),
+        "Ei" => (0, 6),
+        e if e.starts_with(['e', 'E']) => (e[1..].parse().ok()?, 0),
+        _ => return None,
+    };
+    let num = num.strip_prefix('+').unwrap_or(num);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.len() + frac.len() > 30 || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    let exp = pow10
+        .checked_add(scale_pow10)?
+        .checked_sub(frac.len() as i32)?;
+    let value = (|| {
+        let v = digits.checked_mul(1024u128.checked_pow(pow1024)?)?;
+        if exp >= 0 {
+            v.checked_mul(10u128.checked_pow(exp.unsigned_abs())?)
+        } else {
+            Some(v.div_ceil(10u128.checked_pow(exp.unsigned_abs())?))
+        }
+    })();
+    // A huge negative exponent overflows the divisor: the float path says 0 or 1.
+    if value.is_none() && exp < 0 {
+        return None;
+    }
+    Some(value)
 }
 
 /// CPU quantity → millicores.
@@ -384,6 +447,17 @@ mod tests {
         assert_eq!(parse_memory_bytes("1G").unwrap(), 1_000_000_000);
         assert_eq!(parse_memory_bytes("1e3").unwrap(), 1000);
         assert_eq!(parse_memory_bytes("128974848").unwrap(), 128_974_848);
+        // Exact: 0.001 is not in floating point, so 2010 × 0.001 × 1000 > 2010.
+        for m in [1, 7, 2010, 3010, 4095, 99_999, 123_456_789] {
+            assert_eq!(parse_cpu_millis(&format!("{m}m")).unwrap(), m, "{m}m");
+        }
+        assert_eq!(parse_cpu_millis("2.01").unwrap(), 2010);
+        assert_eq!(parse_cpu_millis("1u").unwrap(), 1, "rounded up");
+        assert_eq!(parse_cpu_millis("1500000u").unwrap(), 1500);
+        assert_eq!(parse_memory_bytes("1.5Gi").unwrap(), 3 * GIB / 2);
+        assert_eq!(parse_memory_bytes("129e6").unwrap(), 129_000_000);
+        assert_eq!(parse_memory_bytes("0.1").unwrap(), 1);
+        assert!(parse_memory_bytes("100Ei").is_err(), "too large");
         assert!(parse_memory_bytes("-1Gi").is_err());
         assert!(parse_memory_bytes("12Qi").is_err());
         assert!(parse_memory_bytes("Gi").is_err());

@@ -13,9 +13,12 @@ pub mod ca_status;
 pub mod classify;
 pub mod constraints;
 pub mod load;
+pub mod slim;
 pub mod view;
 
-pub use load::{ClusterObjects, load_cluster_state, parse_cluster_state};
+pub use load::{
+    ClusterObjects, load_cluster_state, load_cluster_view_objects, parse_cluster_state,
+};
 pub use view::{ClusterState, ClusterView};
 
 use crate::decision::{EngineConfig, PendingPod, Snapshot, VmNode, VmPool};

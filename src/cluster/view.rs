@@ -43,6 +43,8 @@ pub struct ClusterView {
     /// applied to every rebuilt snapshot.
     pool_info: RwLock<crate::autoscaler::pools::PoolInfo>,
     changed: tokio::sync::Notify,
+    /// Where each rebuild's duration goes (`spillway_view_rebuild_seconds`).
+    rebuild_seconds: Option<prometheus::Histogram>,
 }
 
 impl ClusterView {
@@ -53,7 +55,14 @@ impl ClusterView {
             state: RwLock::new(Arc::new(ClusterState::default())),
             pool_info: RwLock::new(Default::default()),
             changed: tokio::sync::Notify::new(),
+            rebuild_seconds: None,
         }
+    }
+
+    /// Record every rebuild's duration in `histogram`.
+    pub fn with_rebuild_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.rebuild_seconds = Some(histogram);
+        self
     }
 
     /// A synced view of fixed objects (`--cluster-state FILE`).
@@ -136,6 +145,7 @@ impl ClusterView {
         pdbs: Vec<Arc<PodDisruptionBudget>>,
         now: Timestamp,
     ) {
+        let started = std::time::Instant::now();
         let mut snapshot = snapshot_from(&nodes, &pods, now, &self.config);
         match self.pool_info.read() {
             Ok(info) => crate::autoscaler::pools::apply_info(&mut snapshot, &info),
@@ -154,16 +164,23 @@ impl ClusterView {
             pods,
             pdbs,
         });
-        match self.state.write() {
-            Ok(mut g) => *g = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        // The old state is dropped outside the lock, and after the timer:
+        // freeing it is not part of building the new one.
+        let previous = match self.state.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, next),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+        };
+        if let Some(h) = &self.rebuild_seconds {
+            h.observe(started.elapsed().as_secs_f64());
         }
+        drop(previous);
         self.changed.notify_waiters();
     }
 }
 
 /// Watch nodes and pods and keep `view` up to date. Runs until the task is
 /// dropped; watch errors are retried with kube's default backoff and logged.
+/// Objects are slimmed ([`super::slim`]) before they enter the stores.
 pub async fn run_reflectors(
     client: kube::Client,
     view: Arc<ClusterView>,
@@ -180,13 +197,13 @@ pub async fn run_reflectors(
     let node_events = reflector(
         node_writer,
         watcher(nodes_api, watcher::Config::default())
-            .modify(|n: &mut Node| n.metadata.managed_fields = None)
+            .modify(super::slim::slim_node)
             .default_backoff(),
     );
     let pod_events = reflector(
         pod_writer,
         watcher(pods_api, watcher::Config::default())
-            .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+            .modify(super::slim::slim_pod)
             .default_backoff(),
     );
     let pdb_events = reflector(

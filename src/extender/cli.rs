@@ -82,7 +82,7 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
     let config = cmd.cluster_config();
     let mut shared = None;
     let view = match &cmd.cluster_state {
-        Some(file) => match cluster::load_cluster_state(file) {
+        Some(file) => match cluster::load_cluster_view_objects(file) {
             Ok(objects) => Arc::new(ClusterView::from_objects(
                 &objects,
                 Timestamp::now_wall(),
@@ -109,7 +109,9 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
                 &cmd.reservations_configmap,
                 &replica,
             ));
-            let view = Arc::new(ClusterView::new(config));
+            let view = Arc::new(
+                ClusterView::new(config).with_rebuild_histogram(metrics.view_rebuild.clone()),
+            );
             // Upcoming VMs and pool bounds from the cluster autoscaler's status.
             let (ca_tx, mut ca_rx) = tokio::sync::watch::channel(None);
             tokio::spawn(cluster::ca_status::watch(clients.watches.clone(), ca_tx));

@@ -1,0 +1,237 @@
+//! What the cluster view keeps of a watched (or loaded) object.
+//!
+//! At 50,000 pods the whole objects cost gigabytes, most of it fields
+//! spillway never reads: managedFields, env, images, probes, container
+//! statuses, node images. Objects are slimmed once, before they enter the
+//! reflector stores (`view::run_reflectors`) or the cluster-state file's
+//! object lists (`load`), keeping every field that the view's readers use:
+//! `snapshot_from` and the functions it calls (`pending_pod`,
+//! `pod_requests`, `aci_incompatibility`, `constraints`), the autoscaler's
+//! `observe` and learner, and the extender's reservations.
+//!
+//! What it must not do: slim an object that is written back or acted on.
+//! Writers GET the pod first (`autoscaler::act`), and the embedded provider
+//! watches the pods of its own node with its own, unslimmed, store.
+//!
+//! A reader of a new field must keep it here; `tests` compares every
+//! reader's result on full and slimmed objects.
+
+use super::pod_requests;
+use crate::autoscaler::plan::DELETION_COST_ANNOTATION;
+use crate::units::Resources;
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec,
+    PodStatus, ResourceRequirements, SecurityContext, Volume,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+/// Annotations kept on pods: the ones spillway reads (the deletion cost of
+/// burst pods) and its own. Others (`kubectl.kubernetes.io/last-applied-configuration`,
+/// checksums, tool state) are dropped.
+fn keep_pod_annotation(key: &str) -> bool {
+    key == DELETION_COST_ANNOTATION || key.starts_with("spillway.io/")
+}
+
+/// Annotations kept on nodes: spillway's own (pool size marks).
+fn keep_node_annotation(key: &str) -> bool {
+    key.starts_with("spillway.io/")
+}
+
+fn slim_meta(meta: &mut ObjectMeta, keep_annotation: fn(&str) -> bool) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| keep_annotation(k));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// What ACI compatibility reads of a container: its name, if privileged.
+fn privileged_only(c: &Container) -> Option<Container> {
+    let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
+    privileged.then(|| Container {
+        name: c.name.clone(),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A container as far as requests and ACI compatibility go.
+fn slim_container(c: Container) -> Container {
+    let privileged = privileged_only(&c).and_then(|p| p.security_context);
+    Container {
+        name: c.name,
+        resources: c.resources,
+        restart_policy: c.restart_policy,
+        security_context: privileged,
+        ..Default::default()
+    }
+}
+
+/// `pod_requests` as a pod-level request list (which `pod_requests` reads
+/// first): one small map instead of whole containers (2 KB each in memory
+/// before any field is set).
+fn requests_as_pod_level(requests: Resources) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            (
+                "cpu".to_string(),
+                Quantity(format!("{}m", requests.cpu_millis)),
+            ),
+            (
+                "memory".to_string(),
+                Quantity(requests.memory_bytes.to_string()),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn slim_pod_spec(s: PodSpec, requests: Option<Resources>) -> PodSpec {
+    let pending = s.node_name.as_deref().is_none_or(str::is_empty);
+    let mut out = match requests {
+        // The requests, the overhead included, as pod-level requests; of the
+        // containers only the privileged ones of a pending pod (ACI refuses
+        // them, by name).
+        Some(total) => PodSpec {
+            containers: if pending {
+                s.containers.iter().filter_map(privileged_only).collect()
+            } else {
+                Vec::new()
+            },
+            init_containers: Some(
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .filter_map(privileged_only)
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|v| pending && !v.is_empty()),
+            resources: Some(requests_as_pod_level(total)),
+            ..Default::default()
+        },
+        None => PodSpec {
+            containers: s.containers.into_iter().map(slim_container).collect(),
+            init_containers: s
+                .init_containers
+                .map(|cs| cs.into_iter().map(slim_container).collect()),
+            resources: s.resources,
+            overhead: s.overhead,
+            ..Default::default()
+        },
+    };
+    out.node_name = s.node_name;
+    if !pending {
+        // Placement, priority and ACI compatibility are read of pending
+        // pods only (a binding is final; writers GET the pod first).
+        return out;
+    }
+    PodSpec {
+        priority: s.priority,
+        scheduling_gates: s.scheduling_gates,
+        tolerations: s.tolerations,
+        host_network: s.host_network,
+        volumes: s
+            .volumes
+            .map(|vs| {
+                vs.into_iter()
+                    .filter(|v| v.host_path.is_some() || v.persistent_volume_claim.is_some())
+                    .map(|v| Volume {
+                        name: v.name,
+                        host_path: v.host_path,
+                        persistent_volume_claim: v.persistent_volume_claim,
+                        ..Default::default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty()),
+        node_selector: s.node_selector,
+        // Only node affinity decides where a pod may go in the engine.
+        affinity: s
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .map(|node_affinity| Affinity {
+                node_affinity: Some(node_affinity),
+                ..Default::default()
+            }),
+        ..out
+    }
+}
+
+/// The conditions anyone reads: when the pod was (or failed to be)
+/// scheduled, and whether it is Ready.
+fn slim_pod_status(s: PodStatus) -> PodStatus {
+    PodStatus {
+        phase: s.phase,
+        conditions: s
+            .conditions
+            .map(|cs| {
+                cs.into_iter()
+                    .filter(|c| c.type_ == "PodScheduled" || c.type_ == "Ready")
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        last_transition_time: c.last_transition_time,
+                        ..Default::default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|cs| !cs.is_empty()),
+        ..Default::default()
+    }
+}
+
+/// Keep what the view's readers use of a pod (see the module doc). The
+/// containers' requests become one pod-level request list holding what
+/// `pod_requests` computes (unless a quantity does not parse: then the
+/// containers stay, with their resources only).
+pub fn slim_pod(pod: &mut Pod) {
+    let requests = pod_requests(pod).ok();
+    slim_meta(&mut pod.metadata, keep_pod_annotation);
+    pod.metadata.generate_name = None;
+    pod.spec = pod.spec.take().map(|s| slim_pod_spec(s, requests));
+    pod.status = pod.status.take().map(slim_pod_status);
+}
+
+/// Keep what the view's readers use of a node: labels, taints,
+/// schedulability, allocatable CPU and memory, and its Ready condition.
+pub fn slim_node(node: &mut Node) {
+    slim_meta(&mut node.metadata, keep_node_annotation);
+    node.spec = node.spec.take().map(|s| NodeSpec {
+        taints: s.taints,
+        unschedulable: s.unschedulable,
+        ..Default::default()
+    });
+    node.status = node.status.take().map(|s| NodeStatus {
+        allocatable: s.allocatable.map(|mut a| {
+            a.retain(|k, _| k == "cpu" || k == "memory");
+            a
+        }),
+        // Readiness decides whether a node takes pods, and when it became
+        // Ready how long provisioning took.
+        conditions: s
+            .conditions
+            .map(|cs| {
+                cs.into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .map(|c| NodeCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        last_transition_time: c.last_transition_time,
+                        ..Default::default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|cs| !cs.is_empty()),
+        ..Default::default()
+    });
+}
+
+#[cfg(test)]
+mod tests;
