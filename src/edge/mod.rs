@@ -6,15 +6,19 @@
 //! - [`hub`]: [`hub::HubClient`], the paced REST client (api-version `2021-04-12`).
 //! - [`emulator`]: an in-process / standalone IoT Hub with simulated IoT Edge
 //!   devices (`spillway iothub-emulator`).
+//! - [`translate`]: pods (and their owning controller) → layered IoT Edge
+//!   deployments, and the per-node base deployment; pure.
 //!
-//! Must not: know about Kubernetes. Mapping pods to deployments and reading
-//! pod status from metrics and twins belongs to the edge backend of the
-//! provider, which calls [`hub::HubClient`].
+//! Must not: know about Kubernetes outside [`translate`] (the hub layer
+//! speaks only hub types). Deciding when to create, update or delete
+//! deployments and reading pod status from metrics and twins belongs to the
+//! edge backend of the provider, which calls [`hub::HubClient`].
 
 pub mod emulator;
 pub mod hub;
 pub mod model;
 pub mod sas;
+pub mod translate;
 
 pub use hub::{
     Attempt, AttemptObserver, ConfigurationPatch, HubClient, HubClientConfig, HubError, HubFault,
