@@ -153,10 +153,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Everything this cluster runs on the backend, with enough state to
     /// report the status of `pods` (the pods bound to the node now).
-    fn read<'a>(
-        &'a self,
-        pods: &'a [Arc<Pod>],
-    ) -> BoxFuture<'a, ReadResult<Self>>;
+    fn read<'a>(&'a self, pods: &'a [Arc<Pod>]) -> BoxFuture<'a, ReadResult<Self>>;
 
     /// The quota the node's capacity comes from.
     fn capacity(&self) -> BoxFuture<'_, Result<Usage, Self::Error>>;

@@ -137,6 +137,7 @@ impl ProviderConfig {
                 kubelet_port,
                 memory_gib_per_core: 4.0,
                 os: "linux".into(),
+                profile: node::NodeProfile::aci(),
             },
             cluster_id: cluster_id.into(),
             location: location.into(),
