@@ -1391,4 +1391,31 @@ async fn translated_deployments_are_accepted_and_reach_the_matching_devices() {
         sensor.settings.as_ref().map(|s| s.image.as_str()),
         Some("sensor:1.0")
     );
+
+    // The pod status read from what the hub reports: Ready on 3 of 3.
+    let mut twins = Vec::new();
+    for (device, _) in FIVE {
+        twins.extend(hub.edge_agent_twin(device).await.expect("twin"));
+    }
+    let state = spillway::edge::status::DeploymentState {
+        configuration: hub
+            .get_configuration(&id)
+            .await
+            .expect("get")
+            .expect("exists"),
+        twins,
+    };
+    let status = spillway::edge::status::pod_status(&pod, &state);
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("targeted=3 applied=3 ok=3 failed=0")
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
 }

@@ -8,8 +8,9 @@
 //!   devices (`spillway iothub-emulator`).
 //! - [`translate`]: pods (and their owning controller) → layered IoT Edge
 //!   deployments, and the per-node base deployment; pure.
+//! - [`status`]: a deployment's metrics and `$edgeAgent` twins → pod status; pure.
 //!
-//! Must not: know about Kubernetes outside [`translate`] (the hub layer
+//! Must not: know about Kubernetes outside [`translate`] and [`status`] (the hub layer
 //! speaks only hub types). Deciding when to create, update or delete
 //! deployments and reading pod status from metrics and twins belongs to the
 //! edge backend of the provider, which calls [`hub::HubClient`].
@@ -18,6 +19,7 @@ pub mod emulator;
 pub mod hub;
 pub mod model;
 pub mod sas;
+pub mod status;
 pub mod translate;
 
 pub use hub::{
