@@ -9,12 +9,15 @@
 //! - [`translate`]: pods (and their owning controller) → layered IoT Edge
 //!   deployments, and the per-node base deployment; pure.
 //! - [`status`]: a deployment's metrics and `$edgeAgent` twins → pod status; pure.
+//! - [`backend`]: [`backend::EdgeBackend`], the provider backend over the hub
+//!   (reference-counted layered deployments, base deployment, orphan GC).
 //!
-//! Must not: know about Kubernetes outside [`translate`] and [`status`] (the hub layer
+//! Must not: know about Kubernetes outside [`translate`], [`status`] and [`backend`] (the hub layer
 //! speaks only hub types). Deciding when to create, update or delete
 //! deployments and reading pod status from metrics and twins belongs to the
 //! edge backend of the provider, which calls [`hub::HubClient`].
 
+pub mod backend;
 pub mod emulator;
 pub mod hub;
 pub mod model;

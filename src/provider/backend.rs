@@ -9,8 +9,10 @@
 //! the pod object) and every decision ([`super::pods::decide_for`]); a backend
 //! owns only its side of the wire and the mapping of a pod to its instance.
 //!
-//! Must not: talk to the Kubernetes API (the controllers hand in what it
-//! needs), decide about pod phases beyond mapping an instance to a status,
+//! Must not: write to the Kubernetes API (the controllers hand in the
+//! ConfigMaps/Secrets a pod references; a backend may read the few objects
+//! its mapping needs, e.g. the owning ReplicaSet's revision), decide about
+//! pod phases beyond mapping an instance to a status,
 //! or hold per-pod state the controllers would need to survive a restart
 //! (everything is recovered from [`Backend::read`] and the instances'
 //! owner records).

@@ -1,0 +1,247 @@
+//! The edge virtual node end to end: the shared provider controllers over
+//! the IoT Edge backend, between the test API server and the IoT Hub
+//! emulator (both in-process over real HTTP).
+
+mod support;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway::edge::backend::{EdgeBackend, EdgeBackendConfig, node_profile};
+use spillway::edge::emulator::{Emulator, EmulatorConfig, EmulatorHandle, NewDevice};
+use spillway::edge::translate::{EdgeNode, LABEL_NODE, LABEL_ROLE, ROLE_LAYERED};
+use spillway::edge::{HubClient, HubClientConfig};
+use spillway::provider::{Provider, ProviderConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{PodDeletion, TestApiServer};
+use tokio::time::Instant;
+
+const NODE: &str = "edge-munich";
+const NS: &str = "iot";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fast_emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        configuration_ops_per_minute: 60_000.0,
+        queries_per_minute: 60_000.0,
+        twin_reads_per_second: 1_000.0,
+        burst: 1_000,
+        report_delay: Duration::from_millis(100),
+        backoff_restart_every: Duration::from_millis(50),
+        ..EmulatorConfig::default()
+    }
+}
+
+fn fast_client(url: &str) -> HubClientConfig {
+    HubClientConfig {
+        endpoint: Some(url.to_string()),
+        request_timeout: Duration::from_secs(5),
+        configuration_ops_per_minute: 60_000.0,
+        queries_per_minute: 60_000.0,
+        twin_reads_per_second: 1_000.0,
+        burst: 100,
+        base_backoff: Duration::from_millis(20),
+        budget: Duration::from_secs(10),
+        ..HubClientConfig::default()
+    }
+}
+
+fn provider_config() -> ProviderConfig {
+    let mut c = ProviderConfig::new(NODE, "test-cluster", "hub", "10.1.2.3", 10250);
+    c.node.profile = node_profile();
+    c.sync_interval = Duration::from_millis(200);
+    c.lease_interval = Duration::from_millis(300);
+    c.status_interval = Duration::from_secs(2);
+    c.usage_interval = Duration::from_millis(300);
+    c.gc_interval = Duration::from_millis(500);
+    c.retry_backoff = Duration::from_millis(200);
+    c.max_retry_backoff = Duration::from_secs(1);
+    c
+}
+
+/// A replica of ReplicaSet `sensor-1` bound to the edge node, for munich.
+fn replica(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": NS,
+            "labels": {"app": "sensor", "edge.spillway.io/tag.site": "munich"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "sensor-1", "uid": "rs-uid-1", "controller": true}]
+        },
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "sensor", "image": "sensor:1.0"}],
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "value": "iotedge", "effect": "NoSchedule"}]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("pod: {e}"))
+}
+
+async fn hub_with_devices() -> (EmulatorHandle, Arc<HubClient>) {
+    let emu = Emulator::start(fast_emulator())
+        .await
+        .unwrap_or_else(|e| panic!("emulator: {e}"));
+    for (id, site) in [
+        ("munich-1", "munich"),
+        ("munich-2", "munich"),
+        ("munich-3", "munich"),
+        ("berlin-1", "berlin"),
+        ("berlin-2", "berlin"),
+    ] {
+        emu.state
+            .add_device(NewDevice::edge(id, json!({"site": site})))
+            .unwrap_or_else(|e| panic!("device: {e}"));
+    }
+    let conn = emu
+        .connection_string()
+        .unwrap_or_else(|| panic!("connection string"));
+    let hub = HubClient::new(conn, fast_client(&emu.url)).unwrap_or_else(|e| panic!("hub: {e}"));
+    (emu, Arc::new(hub))
+}
+
+async fn layered(hub: &HubClient) -> Vec<String> {
+    hub.list_configurations(None)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_LAYERED)
+                && c.labels.get(LABEL_NODE).map(String::as_str) == Some(NODE)
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+fn ready_with(pod: &Pod, message: &str) -> bool {
+    let Some(s) = &pod.status else {
+        return false;
+    };
+    s.phase.as_deref() == Some("Running")
+        && s.message.as_deref() == Some(message)
+        && s.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_with_the_last_pod()
+{
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    let (_emu, hub) = hub_with_devices().await;
+    let backend = Arc::new(EdgeBackend::new(
+        hub.clone(),
+        EdgeBackendConfig::new(EdgeNode::new(NODE, "*")),
+        Some(srv.client()),
+    ));
+    let provider = Provider::with_backend(srv.client(), backend, provider_config(), None);
+    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+
+    // The node: edge taint and label, never burst capacity.
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually("the edge node is registered", || async {
+        nodes.get_opt(NODE).await.ok().flatten().is_some()
+    })
+    .await;
+    let node = nodes
+        .get(NODE)
+        .await
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("spillway.io/edge").map(String::as_str),
+        Some("true")
+    );
+    assert!(!labels.contains_key("spillway.io/virtual"));
+    let taint = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| t.key == "virtual-kubelet.io/provider");
+    assert_eq!(taint.and_then(|t| t.value).as_deref(), Some("iotedge"));
+
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.create(&PostParams::default(), &replica(name))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        eventually(&format!("{name} Ready on 3 devices"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+        })
+        .await;
+    }
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1, "replicas share one deployment: {ids:?}");
+    let id = ids[0].clone();
+
+    // One replica goes: the deployment stays for the other.
+    pods.delete("sensor-1-a", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("sensor-1-a is removed", || async {
+        pods.get_opt("sensor-1-a").await.ok().flatten().is_none()
+    })
+    .await;
+    assert_eq!(layered(&hub).await, vec![id.clone()]);
+
+    // The last replica goes: the deployment is deleted and the module leaves the devices.
+    pods.delete("sensor-1-b", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("the deployment is deleted", || async {
+        layered(&hub).await.is_empty()
+    })
+    .await;
+    eventually("the module is gone from munich-1", || async {
+        let Ok(Some(twin)) = hub.edge_agent_twin("munich-1").await else {
+            return false;
+        };
+        twin.edge_agent_report().is_some_and(|r| {
+            r.last_desired_version == twin.desired_version() && !r.modules.contains_key("sensor")
+        })
+    })
+    .await;
+    eventually("sensor-1-b is removed", || async {
+        pods.get_opt("sensor-1-b").await.ok().flatten().is_none()
+    })
+    .await;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
