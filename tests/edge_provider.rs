@@ -131,6 +131,48 @@ async fn layered(hub: &HubClient) -> Vec<String> {
         .collect()
 }
 
+/// A running provider over the edge backend; `stop` ends it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    _leader: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn start(srv: &TestApiServer, hub: &Arc<HubClient>, orphan_grace: Duration) -> Running {
+    let mut config = EdgeBackendConfig::new(EdgeNode::new(NODE, "*"));
+    config.orphan_grace = orphan_grace;
+    let backend = Arc::new(EdgeBackend::new(hub.clone(), config, Some(srv.client())));
+    let provider = Provider::with_backend(srv.client(), backend, provider_config(), None);
+    let (leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Running {
+        stop,
+        task,
+        _leader: leader,
+    }
+}
+
+async fn api_server() -> TestApiServer {
+    TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await
+}
+
 fn ready_with(pod: &Pod, message: &str) -> bool {
     let Some(s) = &pod.status else {
         return false;
@@ -146,26 +188,9 @@ fn ready_with(pod: &Pod, message: &str) -> bool {
 #[tokio::test]
 async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_with_the_last_pod()
 {
-    let srv = TestApiServer::builder()
-        .pod_deletion(PodDeletion::Kubelet)
-        .start()
-        .await;
+    let srv = api_server().await;
     let (_emu, hub) = hub_with_devices().await;
-    let backend = Arc::new(EdgeBackend::new(
-        hub.clone(),
-        EdgeBackendConfig::new(EdgeNode::new(NODE, "*")),
-        Some(srv.client()),
-    ));
-    let provider = Provider::with_backend(srv.client(), backend, provider_config(), None);
-    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = provider
-            .run(leader_rx, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-    });
+    let running = start(&srv, &hub, Duration::from_secs(60));
 
     // The node: edge taint and label, never burst capacity.
     let nodes: Api<Node> = Api::all(srv.client());
@@ -242,6 +267,127 @@ async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_
         pods.get_opt("sensor-1-b").await.ok().flatten().is_none()
     })
     .await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_image_keeps_the_pod_unready_with_the_modules_status() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let mut faults = emu.state.faults();
+    faults.failing_images.insert("sensor:1.0".into());
+    emu.state.set_faults(faults);
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &replica("sensor-1-a"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("the module's back-off shows on the pod", || async {
+        let Some(p) = pods.get_opt("sensor-1-a").await.ok().flatten() else {
+            return false;
+        };
+        let Some(s) = p.status else { return false };
+        let waiting = s
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.waiting.clone())
+            .next();
+        s.phase.as_deref() == Some("Pending")
+            && s.reason.as_deref() == Some("DeploymentRollingOut")
+            && s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("failed=3") && m.contains("500"))
+            && waiting.is_some_and(|w| {
+                w.reason.as_deref() == Some("ModuleBackOff")
+                    && w.message.is_some_and(|m| m.contains("manifest unknown"))
+            })
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn no_matching_device_is_pending_with_no_target_devices() {
+    let srv = api_server().await;
+    let (_emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    let mut pod = replica("sensor-1-a");
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.insert("edge.spillway.io/tag.site".into(), "hamburg".into());
+    }
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("Pending with NoTargetDevices", || async {
+        pods.get_opt("sensor-1-a")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.phase.as_deref() == Some("Pending")
+                    && s.reason.as_deref() == Some("NoTargetDevices")
+            })
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_adopts_by_labels_creates_nothing_twice_and_collects_orphans() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let first = start(&srv, &hub, Duration::from_millis(300));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &replica("sensor-1-a"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("Ready", || async {
+        pods.get_opt("sensor-1-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1);
+    first.stop().await;
+
+    // While spillway is down: a deployment of a controller that is gone.
+    let mut orphan = hub
+        .get_configuration(&ids[0])
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"))
+        .unwrap_or_else(|| panic!("exists"));
+    orphan.id = "edge-munich-iot-gone-0000000000000000".into();
+    orphan
+        .labels
+        .insert("spillway.io/owner-uid".into(), "uid-of-a-deleted-rs".into());
+    orphan.etag = None;
+    hub.create_configuration(&orphan)
+        .await
+        .unwrap_or_else(|e| panic!("orphan: {e}"));
+
+    let second = start(&srv, &hub, Duration::from_millis(300));
+    eventually("the orphan is collected", || async {
+        layered(&hub).await == ids
+    })
+    .await;
+    // The pod stays Ready on the adopted deployment; nothing was created twice.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(layered(&hub).await, ids);
+    let p = pods
+        .get("sensor-1-a")
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"));
+    assert!(ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"));
+    let creates = emu.state.counters().creates_by_id;
+    assert!(
+        creates.values().all(|n| *n == 1),
+        "no duplicate creates: {creates:?}"
+    );
+    second.stop().await;
 }
