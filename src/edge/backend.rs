@@ -370,7 +370,7 @@ impl EdgeBackend {
         let orphans: Vec<String> = {
             let mut known = self.known();
             let created = std::mem::take(&mut known.created);
-            known.pods = instances
+            let mut pods: HashMap<String, (Arc<Pod>, String)> = instances
                 .values()
                 .map(|i| {
                     (
@@ -379,6 +379,15 @@ impl EdgeBackend {
                     )
                 })
                 .collect();
+            // Pods created while this read ran are missing from its list:
+            // keep their references, or a sibling's deletion would take
+            // their deployment with it.
+            for (name, entry) in known.pods.drain() {
+                if created.contains(&entry.1) {
+                    pods.entry(name).or_insert(entry);
+                }
+            }
+            known.pods = pods;
             known.deployments = managed.len() as i64;
             let candidates: HashSet<String> = by_owner
                 .values()
@@ -510,5 +519,72 @@ impl Backend for EdgeBackend {
             op: "read".into(),
             message: what,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::hub::HubFault;
+
+    fn fault() -> HubFault {
+        HubFault {
+            op: "create configuration x".into(),
+            status: 400,
+            code: "x".into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_answers_transport_failures_are_not() {
+        assert!(HubError::QuotaExceeded(fault()).is_answer());
+        assert!(
+            HubError::Throttled {
+                op: "x".into(),
+                retry_after: Duration::from_secs(1)
+            }
+            .is_answer()
+        );
+        assert!(!HubError::Server(fault()).is_answer());
+        assert!(
+            !HubError::Transport {
+                op: "x".into(),
+                message: "reset".into()
+            }
+            .is_answer()
+        );
+        assert!(!HubError::Unauthorized(fault()).is_answer());
+    }
+
+    #[test]
+    fn refusals_map_to_pod_states() {
+        assert!(matches!(
+            create_error(&HubError::QuotaExceeded(fault())),
+            CreateError::Retry {
+                metric: Some("quota"),
+                ..
+            }
+        ));
+        assert!(matches!(
+            create_error(&HubError::Rejected(fault())),
+            CreateError::Invalid { message } if message.starts_with("InvalidSpec: ")
+        ));
+        assert!(matches!(
+            create_error(&HubError::Server(fault())),
+            CreateError::Retry { metric: None, .. }
+        ));
+    }
+
+    #[test]
+    fn the_edge_node_is_never_burst_capacity() {
+        let p = node_profile();
+        assert_eq!(p.taint_value, "iotedge");
+        assert_eq!(
+            p.labels.get("spillway.io/edge").map(String::as_str),
+            Some("true")
+        );
+        assert!(!p.labels.contains_key("spillway.io/virtual"));
+        assert_eq!(edge_instance_name("iot", "sensor-a"), "iot/sensor-a");
     }
 }
