@@ -60,7 +60,7 @@ fn fast_client(url: &str) -> HubClientConfig {
         twin_reads_per_second: 1_000.0,
         burst: 100,
         base_backoff: Duration::from_millis(20),
-        budget: Duration::from_secs(10),
+        budget: Duration::from_secs(3),
         ..HubClientConfig::default()
     }
 }
@@ -75,6 +75,7 @@ fn provider_config() -> ProviderConfig {
     c.gc_interval = Duration::from_millis(500);
     c.retry_backoff = Duration::from_millis(200);
     c.max_retry_backoff = Duration::from_secs(1);
+    c.unreachable_after = Duration::from_millis(800);
     c
 }
 
@@ -390,4 +391,90 @@ async fn a_restart_adopts_by_labels_creates_nothing_twice_and_collects_orphans()
         "no duplicate creates: {creates:?}"
     );
     second.stop().await;
+}
+
+fn node_ready(node: &Node) -> Option<(String, String)> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn throttling_lost_answers_and_an_outage_leave_no_duplicates_and_no_leaks() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let mut faults = emu.state.faults();
+    faults.throttle_next = 20;
+    faults.retry_after_seconds = 0;
+    faults.lose_answer_next = 2;
+    emu.state.set_faults(faults);
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.create(&PostParams::default(), &replica(name))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        eventually(
+            &format!("{name} Ready despite 429s and lost answers"),
+            || async {
+                pods.get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+            },
+        )
+        .await;
+    }
+    assert_eq!(layered(&hub).await.len(), 1);
+
+    // The hub goes away: the node turns NotReady with the reason, then back.
+    let mut faults = emu.state.faults();
+    faults.outage = true;
+    emu.state.set_faults(faults);
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually("the node is NotReady with IotHubUnreachable", || async {
+        nodes
+            .get_opt(NODE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| node_ready(&n))
+            == Some(("False".into(), "IotHubUnreachable".into()))
+    })
+    .await;
+    let mut faults = emu.state.faults();
+    faults.outage = false;
+    emu.state.set_faults(faults);
+    eventually("the node is Ready again", || async {
+        nodes
+            .get_opt(NODE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| node_ready(&n))
+            .is_some_and(|(status, _)| status == "True")
+    })
+    .await;
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+    eventually("nothing leaked on the hub", || async {
+        layered(&hub).await.is_empty()
+    })
+    .await;
+    let creates = emu.state.counters().creates_by_id;
+    assert!(
+        creates.values().all(|n| *n == 1),
+        "no duplicate creates: {creates:?}"
+    );
+    running.stop().await;
 }

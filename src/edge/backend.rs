@@ -143,6 +143,9 @@ struct Known {
     /// Deployments created since the last read (not yet judged orphans).
     created: HashSet<String>,
     deployments: i64,
+    /// Why the last read failed; capacity reports it, so node health
+    /// follows the hub (capacity itself needs no call of its own).
+    last_read_error: Option<HubError>,
 }
 
 /// The IoT Edge backend of one edge node.
@@ -494,12 +497,22 @@ impl Backend for EdgeBackend {
     }
 
     fn read<'a>(&'a self, pods: &'a [Arc<Pod>]) -> BoxFuture<'a, ReadResult<Self>> {
-        Box::pin(self.read_all(pods))
+        Box::pin(async move {
+            let read = self.read_all(pods).await;
+            self.known().last_read_error = read.as_ref().err().cloned();
+            read
+        })
     }
 
     fn capacity(&self) -> BoxFuture<'_, Result<Usage, HubError>> {
         Box::pin(async move {
-            let used = self.known().deployments;
+            let (used, failed) = {
+                let known = self.known();
+                (known.deployments, known.last_read_error.clone())
+            };
+            if let Some(e) = failed {
+                return Err(e);
+            }
             Ok(Usage {
                 // Devices bring their own CPU; the node schedules by pods.
                 cores: Quota {
