@@ -478,3 +478,52 @@ async fn throttling_lost_answers_and_an_outage_leave_no_duplicates_and_no_leaks(
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn env_from_secrets_reaches_the_module_and_missing_optional_keys_are_left_out() {
+    use k8s_openapi::api::core::v1::Secret;
+    let srv = api_server().await;
+    let (_emu, hub) = hub_with_devices().await;
+    let secrets: Api<Secret> = Api::namespaced(srv.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hub-creds", "namespace": NS},
+        "stringData": {"token": "t0k"}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let mut pod = replica("sensor-1-a");
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.env = Some(
+            serde_json::from_value(json!([
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-creds", "key": "token"}}},
+                {"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "hub-creds", "key": "nope", "optional": true}}},
+                {"name": "URL", "value": "https://x/?t=$(TOKEN)"}
+            ]))
+            .unwrap_or_else(|e| panic!("env: {e}")),
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("the deployment exists", || async {
+        layered(&hub).await.len() == 1
+    })
+    .await;
+    let id = layered(&hub).await.remove(0);
+    let c = hub
+        .get_configuration(&id)
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"))
+        .unwrap_or_else(|| panic!("exists"));
+    let modules = c.content.modules_content.unwrap_or_default();
+    let env = &modules["$edgeAgent"]["properties.desired.modules.sensor"]["env"];
+    assert_eq!(env["TOKEN"]["value"], "t0k");
+    assert_eq!(env["URL"]["value"], "https://x/?t=t0k");
+    assert!(env.get("EXTRA").is_none(), "{env}");
+    running.stop().await;
+}

@@ -22,6 +22,7 @@ use super::translate::{
     self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_UID, LABEL_ROLE,
     LayeredInput, MANAGED_BY, REVISION_ANNOTATION, ROLE_LAYERED, Resolved,
 };
+use crate::aci::translate::EnvValue;
 use crate::aci::{Quota, Usage};
 use crate::provider::backend::{
     Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read, ReadResult,
@@ -166,6 +167,55 @@ fn is_live(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
 }
 
+/// `valueFrom` / `envFrom` values from the ConfigMaps and Secrets the
+/// controllers read (missing non-optional ones: `CreateContainerConfigError`).
+fn edge_resolved(pod: &Pod, sources: &Sources) -> Result<Resolved, CreateError> {
+    let needs = pod.spec.iter().flat_map(|s| s.containers.iter()).any(|c| {
+        c.env_from.as_ref().is_some_and(|v| !v.is_empty())
+            || c.env.iter().flatten().any(|e| {
+                e.value_from
+                    .as_ref()
+                    .is_some_and(|v| v.config_map_key_ref.is_some() || v.secret_key_ref.is_some())
+            })
+    });
+    if !needs {
+        return Ok(Resolved::default());
+    }
+    let aci = crate::provider::resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
+        message: e.to_string(),
+    })?;
+    let mut out = Resolved::default();
+    for (container, vars) in aci.env {
+        for (name, value) in vars {
+            match value {
+                EnvValue::Plain(v) | EnvValue::Secret(v) => {
+                    out.env
+                        .entry(container.clone())
+                        .or_default()
+                        .insert(name, v);
+                }
+                EnvValue::Absent => {
+                    out.absent
+                        .entry(container.clone())
+                        .or_default()
+                        .insert(name);
+                }
+            }
+        }
+    }
+    for (container, vars) in aci.env_from {
+        let vars = vars
+            .into_iter()
+            .filter_map(|(name, value)| match value {
+                EnvValue::Plain(v) | EnvValue::Secret(v) => Some((name, v)),
+                EnvValue::Absent => None,
+            })
+            .collect();
+        out.env_from.insert(container, vars);
+    }
+    Ok(out)
+}
+
 fn create_error(e: &HubError) -> CreateError {
     match e {
         HubError::QuotaExceeded(_) => CreateError::Retry {
@@ -243,7 +293,8 @@ impl EdgeBackend {
         }
     }
 
-    async fn create_deployment(&self, pod: &Pod) -> Result<(), CreateError> {
+    async fn create_deployment(&self, pod: &Pod, sources: &Sources) -> Result<(), CreateError> {
+        let resolved = edge_resolved(pod, sources)?;
         let owner = translate::owner_of(pod).map_err(|e| CreateError::Invalid {
             message: format!("InvalidSpec: {e}"),
         })?;
@@ -254,7 +305,7 @@ impl EdgeBackend {
                 node: &self.config.node,
                 owner: &owner,
                 revision,
-                resolved: &Resolved::default(),
+                resolved: &resolved,
             },
         )
         .map_err(|e| match e {
@@ -483,9 +534,9 @@ impl Backend for EdgeBackend {
     fn create<'a>(
         &'a self,
         pod: &'a Pod,
-        _sources: &'a Sources,
+        sources: &'a Sources,
     ) -> BoxFuture<'a, Result<(), CreateError>> {
-        Box::pin(self.create_deployment(pod))
+        Box::pin(self.create_deployment(pod, sources))
     }
 
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EdgePod>, HubError>> {

@@ -206,6 +206,9 @@ pub struct Resolved {
     pub env: BTreeMap<String, BTreeMap<String, String>>,
     /// container name → variables produced by `envFrom` (prefix applied), in order.
     pub env_from: BTreeMap<String, Vec<(String, String)>>,
+    /// container name → `optional` references whose object or key is
+    /// missing: the variable is left out, as the kubelet does.
+    pub absent: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// Inputs of [`layered_deployment`] besides the pod.
@@ -714,6 +717,12 @@ fn module_env(
                         format!("{field}.env[{i}].valueFrom.resourceFieldRef"),
                         "not supported on edge nodes",
                     ));
+                } else if resolved
+                    .absent
+                    .get(&c.name)
+                    .is_some_and(|names| names.contains(&e.name))
+                {
+                    continue;
                 } else {
                     resolved
                         .env

@@ -751,3 +751,26 @@ fn labels_identify_the_deployment_for_adoption() {
     assert_eq!(l[LABEL_CONTENT_HASH], d.content_hash);
     assert!(d.id().ends_with(&d.content_hash));
 }
+
+#[test]
+fn optional_references_that_are_missing_leave_the_variable_out() {
+    let p = pod("iot", "p")
+        .container(
+            c("app", "img")
+                .env_secret("EXTRA", "s", "nope")
+                .env("A", "1"),
+        )
+        .build();
+    let resolved = Resolved {
+        absent: BTreeMap::from([(
+            "app".to_string(),
+            std::collections::BTreeSet::from(["EXTRA".to_string()]),
+        )]),
+        ..Default::default()
+    };
+    let d = translate_with(&p, &rs_owner(), None, &resolved).expect("resolved");
+    let agent = &d.configuration.content.modules_content.as_ref().expect("m")["$edgeAgent"];
+    let env = &agent["properties.desired.modules.app"]["env"];
+    assert!(env.get("EXTRA").is_none(), "{env}");
+    assert_eq!(env["A"]["value"], "1");
+}
