@@ -640,6 +640,101 @@ mod tests {
         ));
     }
 
+    /// A ReplicaSet `sensor-1` (uid `rs-uid-1`) at revision 3, served the
+    /// way the API server serves it; everything else is a 404.
+    fn api_with_replicaset() -> kube::Client {
+        let api = axum::Router::new()
+            .route(
+                "/apis/apps/v1/namespaces/iot/replicasets/sensor-1",
+                axum::routing::get(|| async {
+                    axum::Json(serde_json::json!({
+                        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                        "metadata": {"name": "sensor-1", "namespace": "iot", "uid": "rs-uid-1",
+                            "annotations": {"deployment.kubernetes.io/revision": "3"}},
+                        "spec": {"selector": {"matchLabels": {"app": "sensor"}}}
+                    }))
+                }),
+            )
+            .fallback(|| async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    axum::Json(serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "not found"
+                    })),
+                )
+            });
+        kube::Client::new(api, "default")
+    }
+
+    fn replica(owner_uid: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sensor-1-a", "namespace": "iot", "uid": "pod-1",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "sensor-1", "uid": owner_uid, "controller": true}]},
+            "spec": {"containers": [{"name": "sensor", "image": "sensor:1.0"}]}
+        }))
+        .unwrap_or_else(|e| panic!("pod: {e}"))
+    }
+
+    #[tokio::test]
+    async fn priority_adds_the_replicasets_revision_so_a_rollout_wins() {
+        use crate::edge::emulator::{Emulator, EmulatorConfig};
+        let emu = Emulator::start(EmulatorConfig {
+            configuration_ops_per_minute: 60_000.0,
+            queries_per_minute: 60_000.0,
+            burst: 1_000,
+            ..EmulatorConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("emulator: {e}"));
+        let conn = emu
+            .connection_string()
+            .unwrap_or_else(|| panic!("connection string"));
+        let hub = HubClient::new(
+            conn,
+            crate::edge::HubClientConfig {
+                endpoint: Some(emu.url.clone()),
+                configuration_ops_per_minute: 60_000.0,
+                queries_per_minute: 60_000.0,
+                burst: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("hub: {e}"));
+        let backend = EdgeBackend::new(
+            Arc::new(hub),
+            EdgeBackendConfig::new(EdgeNode::new("edge-a", "*")),
+            Some(api_with_replicaset()),
+        );
+        assert_eq!(backend.revision(&replica("rs-uid-1")).await, Some(3));
+        // A ReplicaSet of the same name but another uid is not the owner.
+        assert_eq!(backend.revision(&replica("rs-uid-old")).await, None);
+        backend
+            .create(&replica("rs-uid-1"), &Sources::default())
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let ids: Vec<_> = backend
+            .known()
+            .pods
+            .values()
+            .map(|(_, id)| id.clone())
+            .collect();
+        let created = backend
+            .hub
+            .get_configuration(&ids[0])
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"))
+            .unwrap_or_else(|| panic!("created"));
+        assert_eq!(created.priority, 103, "100 + revision 3");
+        // Creating again (another replica, or a retry) is idempotent.
+        backend
+            .create(&replica("rs-uid-1"), &Sources::default())
+            .await
+            .unwrap_or_else(|e| panic!("create again: {e}"));
+        assert_eq!(emu.state.counters().creates_by_id.get(&ids[0]), Some(&1));
+    }
+
     #[test]
     fn the_edge_node_is_never_burst_capacity() {
         let p = node_profile();
