@@ -9,10 +9,12 @@
 //! through the [`backend::Backend`] contract (create / get / delete / read /
 //! capacity, with its idempotency rules written down there). ACI is the
 //! backend today ([`crate::aci::backend::AciBackend`], the default type
-//! parameter, so `Provider::new` builds an ACI provider). Still ACI-shaped
-//! here: the node's labels and taint (`node.rs`), the `aci_*` metric names,
-//! the kubelet endpoint's logs ([`logs`]) and which ConfigMaps/Secrets a pod
-//! needs ([`resolve`]).
+//! parameter, so `Provider::new` builds an ACI provider); IoT Edge is the
+//! second ([`crate::edge::backend::EdgeBackend`], via
+//! [`Provider::with_backend`]). The node's taint, role labels and condition
+//! names come from the backend's [`node::NodeProfile`]. Still ACI-shaped
+//! here: the `aci_*` metric names and Event actions, the kubelet endpoint's
+//! logs ([`logs`]) and which ConfigMaps/Secrets a pod needs ([`resolve`]).
 //!
 //! It does not decide which pods burst (`decision/`, the extender).
 //!
