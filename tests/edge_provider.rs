@@ -190,7 +190,7 @@ fn ready_with(pod: &Pod, message: &str) -> bool {
 async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_with_the_last_pod()
 {
     let srv = api_server().await;
-    let (_emu, hub) = hub_with_devices().await;
+    let (emu, hub) = hub_with_devices().await;
     let running = start(&srv, &hub, Duration::from_secs(60));
 
     // The node: edge taint and label, never burst capacity.
@@ -236,6 +236,23 @@ async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_
     let ids = layered(&hub).await;
     assert_eq!(ids.len(), 1, "replicas share one deployment: {ids:?}");
     let id = ids[0].clone();
+
+    // Steady state: twins are cached while the metrics hold (device queries
+    // are scarce on a real hub), though a sync runs every 200 ms.
+    let queries = |c: &spillway::edge::emulator::Counters| {
+        c.requests
+            .iter()
+            .filter(|(k, _)| k.contains("devices/query"))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let before = queries(&emu.state.counters());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = queries(&emu.state.counters()) - before;
+    assert!(
+        during <= 1,
+        "{during} device queries in 1 s of steady state"
+    );
 
     // One replica goes: the deployment stays for the other.
     pods.delete("sensor-1-a", &DeleteParams::default())

@@ -123,6 +123,10 @@ pub struct EdgeBackendConfig {
     pub orphan_grace: Duration,
     /// The hub's configuration quota (100 per hub by default): node capacity.
     pub deployment_quota: i64,
+    /// A deployment's twins are queried again after this long, or sooner
+    /// when its system metrics change (device queries are about 20/min per
+    /// hub unit: one per deployment per sync would exhaust them).
+    pub twin_refresh: Duration,
 }
 
 impl EdgeBackendConfig {
@@ -131,6 +135,7 @@ impl EdgeBackendConfig {
             node,
             orphan_grace: Duration::from_secs(60),
             deployment_quota: 100,
+            twin_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -147,7 +152,11 @@ struct Known {
     /// Why the last read failed; capacity reports it, so node health
     /// follows the hub (capacity itself needs no call of its own).
     last_read_error: Option<HubError>,
+    /// deployment id → (when read, its system metrics then, the twins).
+    twin_cache: HashMap<String, CachedTwins>,
 }
+
+type CachedTwins = (Instant, BTreeMap<String, i64>, Vec<ModuleTwin>);
 
 /// The IoT Edge backend of one edge node.
 pub struct EdgeBackend {
@@ -248,7 +257,8 @@ impl EdgeBackend {
 
     /// The managed deployments of this node, by id.
     async fn managed(&self) -> Result<Vec<Configuration>, HubError> {
-        let all = self.hub.list_configurations(None).await?;
+        // The hub's quota is 100 configurations; list them all.
+        let all = self.hub.list_configurations(Some(100)).await?;
         Ok(all
             .into_iter()
             .filter(|c| {
@@ -268,6 +278,27 @@ impl EdgeBackend {
             .into_iter()
             .filter_map(|r| serde_json::from_value(r).ok())
             .collect())
+    }
+
+    /// The twins of `c`'s devices: cached, re-queried when the metrics move
+    /// or the cache is older than `twin_refresh`.
+    async fn cached_twins(&self, c: &Configuration) -> Result<Vec<ModuleTwin>, HubError> {
+        if let Some((at, metrics, twins)) = self.known().twin_cache.get(&c.id)
+            && at.elapsed() < self.config.twin_refresh
+            && *metrics == c.system_metrics.results
+        {
+            return Ok(twins.clone());
+        }
+        let twins = self.twins(&c.id).await?;
+        self.known().twin_cache.insert(
+            c.id.clone(),
+            (
+                Instant::now(),
+                c.system_metrics.results.clone(),
+                twins.clone(),
+            ),
+        );
+        Ok(twins)
     }
 
     async fn revision(&self, pod: &Pod) -> Option<i32> {
@@ -395,7 +426,7 @@ impl EdgeBackend {
                 referenced.insert(c.id.clone());
             }
             if !twins.contains_key(&c.id) {
-                match self.twins(&c.id).await {
+                match self.cached_twins(c).await {
                     Ok(t) => {
                         twins.insert(c.id.clone(), t);
                     }
@@ -443,6 +474,9 @@ impl EdgeBackend {
             }
             known.pods = pods;
             known.deployments = managed.len() as i64;
+            known
+                .twin_cache
+                .retain(|id, _| managed.iter().any(|c| c.id == *id));
             let candidates: HashSet<String> = by_owner
                 .values()
                 .map(|c| c.id.clone())
