@@ -544,3 +544,71 @@ async fn env_from_secrets_reaches_the_module_and_missing_optional_keys_are_left_
     assert!(env.get("EXTRA").is_none(), "{env}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_edge_flags_start_a_node_from_the_connection_secret() {
+    use k8s_openapi::api::core::v1::Secret;
+    use spillway::edge::node::{EdgeArgs, EdgeMode, start as start_edge};
+    let srv = api_server().await;
+    let (emu, _hub) = hub_with_devices().await;
+    let conn = emu
+        .connection_string()
+        .unwrap_or_else(|| panic!("connection string"))
+        .to_connection_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hub", "namespace": "spillway"},
+        "stringData": {"connectionString": conn}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    Api::<Secret>::namespaced(srv.client(), "spillway")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    let args = EdgeArgs {
+        mode: EdgeMode::Emulator,
+        edge_node: "edge-from-flags".into(),
+        edge_connection_secret: Some("spillway/hub".into()),
+        edge_hub_url: Some(emu.url.clone()),
+        edge_target_condition: "*".into(),
+        edge_sync_secs: 1,
+    };
+    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = start_edge(
+        &args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        leader_rx,
+        stop_rx,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"))
+    .unwrap_or_else(|| panic!("an edge node"));
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually(
+        "the node from the flags is registered and Ready",
+        || async {
+            nodes
+                .get_opt("edge-from-flags")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| node_ready(&n))
+                .is_some_and(|(status, _)| status == "True")
+        },
+    )
+    .await;
+    // A Secret without the key is a setup error naming it.
+    let mut bad = args.clone();
+    bad.edge_connection_secret = Some("spillway/missing".into());
+    let (_l, l_rx) = tokio::sync::watch::channel(true);
+    let (_s, s_rx) = tokio::sync::watch::channel(false);
+    let err = start_edge(&bad, srv.client(), srv.client(), "10.1.2.3", l_rx, s_rx)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a missing Secret is refused"));
+    assert!(err.to_string().contains("spillway/missing"), "{err}");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;
+}

@@ -11,8 +11,9 @@
 //! - [`status`]: a deployment's metrics and `$edgeAgent` twins → pod status; pure.
 //! - [`backend`]: [`backend::EdgeBackend`], the provider backend over the hub
 //!   (reference-counted layered deployments, base deployment, orphan GC).
+//! - [`node`]: the edge node's flags and start-up (`--edge hub|emulator`).
 //!
-//! Must not: know about Kubernetes outside [`translate`], [`status`] and [`backend`] (the hub layer
+//! Must not: know about Kubernetes outside [`translate`], [`status`], [`backend`] and [`node`] (the hub layer
 //! speaks only hub types). Deciding when to create, update or delete
 //! deployments and reading pod status from metrics and twins belongs to the
 //! edge backend of the provider, which calls [`hub::HubClient`].
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod emulator;
 pub mod hub;
 pub mod model;
+pub mod node;
 pub mod sas;
 pub mod status;
 pub mod translate;
