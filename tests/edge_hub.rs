@@ -1323,3 +1323,99 @@ async fn a_slow_hub_times_out_and_a_late_write_is_not_duplicated() {
         .expect("the caller's next try adopts it");
     assert_eq!(again.id, "base");
 }
+
+/// The mapping's output is what the hub accepts: a translated pod (with its
+/// tag label) and the node's base deployment reach exactly the matching
+/// devices, with the module running at the pod's image.
+#[tokio::test]
+async fn translated_deployments_are_accepted_and_reach_the_matching_devices() {
+    use k8s_openapi::api::core::v1 as k8s;
+    use spillway::edge::translate::{
+        EdgeNode, LayeredInput, Resolved, base_deployment, layered_deployment, owner_of,
+    };
+    let (emu, hub) = start(fast_emulator()).await;
+    add_devices(&emu, &FIVE).await;
+    let node = EdgeNode::new("edge-a", "*");
+    let pod: k8s::Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "sensor-abc", "namespace": "iot", "uid": "pod-uid",
+            "labels": {"edge.spillway.io/tag.site": "munich"},
+            "annotations": {"edge.spillway.io/routes":
+                "{\"up\":\"FROM /messages/modules/sensor/outputs/* INTO $upstream\"}"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "sensor", "uid": "rs-uid", "controller": true}]
+        },
+        "spec": {"containers": [{"name": "sensor", "image": "sensor:1.0",
+            "ports": [{"containerPort": 8080}],
+            "resources": {"limits": {"memory": "64Mi"}}}]}
+    }))
+    .expect("pod");
+    let owner = owner_of(&pod).expect("owner");
+    let layered = layered_deployment(
+        &pod,
+        LayeredInput {
+            node: &node,
+            owner: &owner,
+            revision: Some(2),
+            resolved: &Resolved::default(),
+        },
+    )
+    .expect("translates");
+    let test = hub
+        .test_queries(&layered.configuration.target_condition, &BTreeMap::new())
+        .await
+        .expect("testQueries");
+    assert!(test.is_ok(), "{test:?}");
+    hub.create_configuration(&base_deployment(&node))
+        .await
+        .expect("base accepted");
+    hub.create_configuration(&layered.configuration)
+        .await
+        .expect("layered accepted");
+    let id = layered.id().to_string();
+    let m = eventually("3 devices report success", || async {
+        let m = metrics(&hub, &id).await;
+        (m.2 == 3).then_some(m)
+    })
+    .await;
+    assert_eq!(m, (3, 3, 3, 0));
+    let twin = hub
+        .edge_agent_twin("munich-1")
+        .await
+        .expect("twin")
+        .expect("exists");
+    let report = twin.edge_agent_report().expect("report");
+    let sensor = &report.modules["sensor"];
+    assert_eq!(sensor.runtime_status, "running");
+    assert_eq!(
+        sensor.settings.as_ref().map(|s| s.image.as_str()),
+        Some("sensor:1.0")
+    );
+
+    // The pod status read from what the hub reports: Ready on 3 of 3.
+    let mut twins = Vec::new();
+    for (device, _) in FIVE {
+        twins.extend(hub.edge_agent_twin(device).await.expect("twin"));
+    }
+    let state = spillway::edge::status::DeploymentState {
+        configuration: hub
+            .get_configuration(&id)
+            .await
+            .expect("get")
+            .expect("exists"),
+        twins,
+    };
+    let status = spillway::edge::status::pod_status(&pod, &state);
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("targeted=3 applied=3 ok=3 failed=0")
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}

@@ -8,6 +8,7 @@
 //! to ACI.
 
 pub mod azure;
+pub mod backend;
 pub mod emulator;
 pub mod metered;
 pub mod model;

@@ -1,12 +1,22 @@
-//! The embedded ACI provider: spillway *is* the virtual node.
+//! The embedded provider: spillway *is* the virtual node.
 //!
 //! Owns the virtual node object, its heartbeat Lease, and the lifecycle of
-//! the pods bound to it (pod → container group → pod status → deletion),
+//! the pods bound to it (pod → backend instance → pod status → deletion),
 //! plus orphan GC and the kubelet endpoint for `kubectl logs` ([`logs`]).
 //! It acts only while [`Provider::run`]'s leader signal is true.
 //!
-//! It does not decide which pods burst to ACI (`decision/`, the extender)
-//! and speaks to ACI only through [`ContainerGroups`] (paced by the caller).
+//! The controllers here are backend-neutral: they speak to the backend only
+//! through the [`backend::Backend`] contract (create / get / delete / read /
+//! capacity, with its idempotency rules written down there). ACI is the
+//! backend today ([`crate::aci::backend::AciBackend`], the default type
+//! parameter, so `Provider::new` builds an ACI provider); IoT Edge is the
+//! second ([`crate::edge::backend::EdgeBackend`], via
+//! [`Provider::with_backend`]). The node's taint, role labels and condition
+//! names come from the backend's [`node::NodeProfile`]. Still ACI-shaped
+//! here: the `aci_*` metric names and Event actions, the kubelet endpoint's
+//! logs ([`logs`]) and which ConfigMaps/Secrets a pod needs ([`resolve`]).
+//!
+//! It does not decide which pods burst (`decision/`, the extender).
 //!
 //! Shape of the work:
 //! - **node loop**: usage → capacity, backend health → Ready, node status
@@ -36,20 +46,17 @@
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
 //!   the pod from the API server before deleting).
 
+pub mod backend;
 pub mod cli;
 pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod resolve;
 
-use crate::aci::translate::{
-    PodContext, TranslateConfig, group_name, has_instance_view, pod_to_group,
-};
-use crate::aci::{
-    AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID, Usage,
-};
+use crate::aci::backend::AciBackend;
+use crate::aci::{ContainerGroups, Usage};
 use crate::metrics::Metrics;
-use crate::policy::{AciSettings, PublicIp};
+use backend::{Backend, BackendError, CreateError, Instance, Read};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, ServiceAccount};
@@ -132,6 +139,7 @@ impl ProviderConfig {
                 kubelet_port,
                 memory_gib_per_core: 4.0,
                 os: "linux".into(),
+                profile: node::NodeProfile::aci(),
             },
             cluster_id: cluster_id.into(),
             location: location.into(),
@@ -161,16 +169,11 @@ struct HealthTracker {
 }
 
 impl HealthTracker {
-    fn record(&mut self, result: Result<(), &AciError>, now: Instant) {
+    fn record<E: BackendError>(&mut self, result: Result<(), &E>, now: Instant) {
         match result {
-            // Throttling, quota, not-found… are answers: ACI is there.
-            Ok(())
-            | Err(AciError::Throttled { .. })
-            | Err(AciError::QuotaExceeded { .. })
-            | Err(AciError::CapacityUnavailable { .. })
-            | Err(AciError::InvalidSpec { .. })
-            | Err(AciError::NotFound)
-            | Err(AciError::Conflict { .. }) => self.failing_since = None,
+            // Throttling, quota, not-found… are answers: the backend is there.
+            Ok(()) => self.failing_since = None,
+            Err(e) if e.is_answer() => self.failing_since = None,
             Err(e) => {
                 self.failing_since.get_or_insert(now);
                 self.last_error = e.to_string();
@@ -197,7 +200,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, result: Result<(), &AciError>) {
+    fn record<E: BackendError>(&self, result: Result<(), &E>) {
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -235,30 +238,36 @@ fn status_patch(status: &k8s_openapi::api::core::v1::PodStatus) -> serde_json::V
     v
 }
 
-/// The embedded virtual-kubelet.
-#[derive(Clone)]
-pub struct Provider {
+/// The embedded virtual-kubelet, over backend `B` (ACI by default).
+pub struct Provider<B: Backend = AciBackend> {
     /// Request/response calls (bounded by the client's timeouts).
     client: kube::Client,
     /// The pod watch: a client without a read timeout, since a quiet node's
     /// watch is silent for minutes (see `cli::KubeClients`).
     watch_client: kube::Client,
-    aci: Arc<dyn ContainerGroups>,
+    backend: Arc<B>,
     config: Arc<ProviderConfig>,
-    translate: Arc<TranslateConfig>,
     metrics: Option<Arc<Metrics>>,
-    /// BurstPolicies: their `aci` section (public IP, DNS label) applies to
-    /// the pods they select. Without, every pod gets the defaults.
-    policies: Option<Arc<crate::policy::reload::PolicyStore>>,
+}
+
+impl<B: Backend> Clone for Provider<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            watch_client: self.watch_client.clone(),
+            backend: self.backend.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 /// Why one creation did not happen.
 #[derive(Debug)]
 enum CreateFailure {
+    /// Reading what the pod references failed: retried quietly.
     Kube(kube::Error),
-    Config(resolve::ResolveError),
-    Translate(crate::aci::translate::TranslateError),
-    Aci(AciError),
+    Backend(CreateError),
 }
 
 enum Done {
@@ -275,43 +284,48 @@ enum Done {
     Collected,
 }
 
-/// What the ACI half of a sync read (see [`Provider::read_aci`]).
-struct Listing {
-    /// When the list began: a group created later may be missing from it.
+/// What the backend half of a sync read (see [`Provider::read_backend`]).
+struct Listing<I, E> {
+    /// When the read began: an instance created later may be missing from it.
     at: Instant,
-    read: Result<AciRead, AciError>,
+    read: Result<Read<I, E>, E>,
 }
 
-struct AciRead {
-    /// The listed groups by name, with instance views from the GETs.
-    groups: HashMap<String, ContainerGroup>,
-    /// Groups whose state is not known this time (GET skipped, failed or
-    /// timed out): their pods get no status decision.
-    unknown: HashSet<String>,
-    /// Groups read by GET, and when.
-    got: Vec<(String, Instant)>,
-    /// Failed GETs, for node health.
-    errors: Vec<AciError>,
-}
-
-#[derive(Default)]
-struct PodLoop {
+struct PodLoop<I> {
     /// uid → when this process's create of its group returned.
     created: HashMap<String, Instant>,
     /// uids whose Running was already timed.
     started: HashSet<String>,
-    /// group name → last GET.
-    last_get: HashMap<String, Instant>,
     /// uid → (next attempt, attempts so far).
     retry: HashMap<String, (Instant, u32)>,
     /// uids with a create or delete task in flight.
     busy: HashSet<String>,
     creating: usize,
     /// The last successful list: when it began, and the groups by name.
-    last_list: Option<(Instant, HashMap<String, ContainerGroup>)>,
+    last_list: Option<(Instant, HashMap<String, I>)>,
     last_gc: Option<Instant>,
     /// An orphan GC task is running.
     collecting: bool,
+}
+
+impl<I> Default for PodLoop<I> {
+    fn default() -> Self {
+        Self {
+            created: HashMap::new(),
+            started: HashSet::new(),
+            retry: HashMap::new(),
+            busy: HashSet::new(),
+            creating: 0,
+            last_list: None,
+            last_gc: None,
+            collecting: false,
+        }
+    }
+}
+
+/// The name of the backend instance that runs pod `namespace/name`.
+fn instance_name<B: Backend>(namespace: &str, name: &str) -> String {
+    (<B::Instance as Instance>::KIND.instance_name)(namespace, name)
 }
 
 fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -322,22 +336,39 @@ fn pod_key(pod: &Pod) -> (String, String, String) {
     )
 }
 
-impl Provider {
+impl Provider<AciBackend> {
+    /// The ACI provider.
     pub fn new(
         client: kube::Client,
         aci: Arc<dyn ContainerGroups>,
         config: ProviderConfig,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
-        let translate = TranslateConfig::new(config.cluster_id.clone(), config.location.clone());
+        let backend = Arc::new(AciBackend::new(aci, &config));
+        Self::with_backend(client, backend, config, metrics)
+    }
+
+    /// Apply the `aci` settings of the policy that selects each pod.
+    pub fn with_policies(mut self, store: Arc<crate::policy::reload::PolicyStore>) -> Self {
+        self.backend = Arc::new(self.backend.with_policies(store));
+        self
+    }
+}
+
+impl<B: Backend> Provider<B> {
+    /// A provider over any backend.
+    pub fn with_backend(
+        client: kube::Client,
+        backend: Arc<B>,
+        config: ProviderConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             watch_client: client.clone(),
             client,
-            aci,
+            backend,
             config: Arc::new(config),
-            translate: Arc::new(translate),
             metrics,
-            policies: None,
         }
     }
 
@@ -347,10 +378,8 @@ impl Provider {
         self
     }
 
-    /// Apply the `aci` settings of the policy that selects each pod.
-    pub fn with_policies(mut self, store: Arc<crate::policy::reload::PolicyStore>) -> Self {
-        self.policies = Some(store);
-        self
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
     }
 
     pub fn config(&self) -> &ProviderConfig {
@@ -433,14 +462,14 @@ impl Provider {
     // ------------------------------------------------------------------
     // Node
 
-    /// Read the ACI quota every `usage_interval`. Its own loop: a slow or
-    /// failing ACI (paced retries can take minutes) must never delay the
-    /// node Lease, or the node controller would evict the node's pods.
+    /// Read the backend's quota every `usage_interval`. Its own loop: a
+    /// slow or failing backend (paced retries can take minutes) must never
+    /// delay the node Lease, or the node controller would evict the node's pods.
     async fn usage_loop(&self, shared: &Shared) -> Result<(), ProviderError> {
         loop {
-            match self.aci.usage(&self.config.location).await {
+            match self.backend.capacity().await {
                 Ok(u) => {
-                    shared.record(Ok(()));
+                    shared.record::<B::Error>(Ok(()));
                     if let Some(m) = &self.metrics {
                         m.aci_quota_cores
                             .with_label_values(&["limit"])
@@ -452,7 +481,7 @@ impl Provider {
                     *shared.usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "ACI usage read failed");
+                    tracing::warn!(error = %e, "backend capacity read failed");
                     shared.record(Err(&e));
                 }
             }
@@ -650,18 +679,17 @@ impl Provider {
                 instance: Some(self.config.node.name.clone()),
             },
         );
-        let mut st = PodLoop::default();
+        let mut st: PodLoop<B::Instance> = PodLoop::default();
         let mut tasks: JoinSet<Done> = JoinSet::new();
-        // The ACI half of a sync (list + GETs), at most one at a time.
-        let mut reads: JoinSet<Listing> = JoinSet::new();
+        // The backend half of a sync (ACI: list + GETs), at most one at a time.
+        let mut reads: JoinSet<Listing<B::Instance, B::Error>> = JoinSet::new();
         let mut next_sync = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_sync), if reads.is_empty() => {
                     let this = self.clone();
                     let store = store.clone();
-                    let last_get = st.last_get.clone();
-                    reads.spawn(async move { this.read_aci(store, last_get).await });
+                    reads.spawn(async move { this.read_backend(store).await });
                 }
                 Some(read) = reads.join_next() => {
                     match read {
@@ -669,7 +697,7 @@ impl Provider {
                             self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder)
                                 .await;
                         }
-                        Err(e) => tracing::warn!(error = %e, "ACI read task failed"),
+                        Err(e) => tracing::warn!(error = %e, "backend read task failed"),
                     }
                     next_sync = Instant::now() + self.config.sync_interval;
                 }
@@ -686,7 +714,7 @@ impl Provider {
         }
     }
 
-    fn facts(&self, st: &PodLoop, uid: &str, list_at: Option<Instant>) -> PodFacts {
+    fn facts(&self, st: &PodLoop<B::Instance>, uid: &str, list_at: Option<Instant>) -> PodFacts {
         let created = st.created.get(uid).copied();
         // Created after the list began: the list cannot show it yet.
         let created_after = matches!((created, list_at), (Some(c), Some(l)) if c >= l)
@@ -698,7 +726,7 @@ impl Provider {
         }
     }
 
-    fn retry_due(&self, st: &PodLoop, uid: &str) -> bool {
+    fn retry_due(&self, st: &PodLoop<B::Instance>, uid: &str) -> bool {
         st.retry
             .get(uid)
             .is_none_or(|(at, _)| Instant::now() >= *at)
@@ -706,7 +734,12 @@ impl Provider {
 
     /// On watch changes: start creations and deletions at once, judged
     /// against the last list (statuses wait for the next sync).
-    fn quick_pass(&self, st: &mut PodLoop, store: &Store<Pod>, tasks: &mut JoinSet<Done>) {
+    fn quick_pass(
+        &self,
+        st: &mut PodLoop<B::Instance>,
+        store: &Store<Pod>,
+        tasks: &mut JoinSet<Done>,
+    ) {
         let Some((list_at, groups)) = st.last_list.as_ref() else {
             return;
         };
@@ -714,13 +747,13 @@ impl Provider {
         let mut actions = Vec::new();
         for pod in store.state() {
             let (ns, name, uid) = pod_key(&pod);
-            let group = groups.get(&group_name(&ns, &name));
+            let group = groups.get(&instance_name::<B>(&ns, &name));
             // Status work waits for the sync; only creations and deletions are urgent.
             if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
-            let action = pods::decide(
+            let action = pods::decide_for(
                 &pod,
                 group,
                 facts,
@@ -738,7 +771,7 @@ impl Provider {
 
     fn start_task(
         &self,
-        st: &mut PodLoop,
+        st: &mut PodLoop<B::Instance>,
         tasks: &mut JoinSet<Done>,
         pod: &Pod,
         action: PodAction,
@@ -754,7 +787,7 @@ impl Provider {
                 let this = self.clone();
                 let pod = pod.clone();
                 tasks.spawn(async move {
-                    let result = this.create_group(&pod).await;
+                    let result = this.create_instance(&pod).await;
                     Done::Created {
                         uid,
                         pod: Box::new(pod),
@@ -772,11 +805,11 @@ impl Provider {
             }
             PodAction::DeleteStaleGroup => {
                 st.busy.insert(uid.clone());
-                let aci = self.aci.clone();
-                let group = group_name(&ns, &name);
+                let backend = self.backend.clone();
+                let group = instance_name::<B>(&ns, &name);
                 tasks.spawn(async move {
                     tracing::info!(group = %group, pod = %format!("{ns}/{name}"), "deleting the group of an earlier pod of this name");
-                    let result = aci.delete(&group).await.map_err(|e| e.to_string());
+                    let result = backend.delete(&group).await.map_err(|e| e.to_string());
                     // Not a pod deletion: only clears `busy`.
                     Done::Deleted {
                         uid: format!("stale:{uid}"),
@@ -788,7 +821,7 @@ impl Provider {
         }
     }
 
-    async fn finish(&self, st: &mut PodLoop, done: Done, recorder: &Recorder) {
+    async fn finish(&self, st: &mut PodLoop<B::Instance>, done: Done, recorder: &Recorder) {
         match done {
             Done::Created { uid, pod, result } => {
                 st.busy.remove(&uid);
@@ -822,7 +855,7 @@ impl Provider {
 
     async fn creation_failed(
         &self,
-        st: &mut PodLoop,
+        st: &mut PodLoop<B::Instance>,
         pod: &Pod,
         uid: &str,
         f: CreateFailure,
@@ -834,31 +867,17 @@ impl Provider {
                 self.backoff(st, uid);
                 return;
             }
-            CreateFailure::Config(e) => ("Pending", pods::REASON_CONFIG_ERROR, e.to_string(), None),
-            CreateFailure::Translate(e) => (
+            CreateFailure::Backend(CreateError::Config { message }) => {
+                ("Pending", pods::REASON_CONFIG_ERROR, message.clone(), None)
+            }
+            CreateFailure::Backend(CreateError::Invalid { message }) => (
                 "Failed",
                 pods::REASON_PROVIDER_FAILED,
-                format!("InvalidSpec: {e}"),
+                message.clone(),
                 Some("invalid-spec"),
             ),
-            CreateFailure::Aci(e @ AciError::InvalidSpec { .. }) => (
-                "Failed",
-                pods::REASON_PROVIDER_FAILED,
-                format!("InvalidSpec: {e}"),
-                Some("invalid-spec"),
-            ),
-            CreateFailure::Aci(e) => {
-                let metric = match e {
-                    AciError::QuotaExceeded { .. } => Some("quota"),
-                    AciError::CapacityUnavailable { .. } => Some("capacity"),
-                    _ => None,
-                };
-                (
-                    "Pending",
-                    pods::REASON_RETRYING,
-                    format!("{}: {e}; retrying", e.reason()),
-                    metric,
-                )
+            CreateFailure::Backend(CreateError::Retry { message, metric }) => {
+                ("Pending", pods::REASON_RETRYING, message.clone(), *metric)
             }
         };
         if phase == "Pending" {
@@ -874,7 +893,7 @@ impl Provider {
             .await;
     }
 
-    fn backoff(&self, st: &mut PodLoop, uid: &str) {
+    fn backoff(&self, st: &mut PodLoop<B::Instance>, uid: &str) {
         let attempts = st.retry.get(uid).map(|(_, n)| *n).unwrap_or(0);
         let wait = self
             .config
@@ -945,36 +964,14 @@ impl Provider {
         }
     }
 
-    /// Resolve, translate and PUT the pod's group.
-    async fn create_group(&self, pod: &Pod) -> Result<(), CreateFailure> {
+    /// Read what the pod references, then have the backend create its
+    /// instance, then mark the pod.
+    async fn create_instance(&self, pod: &Pod) -> Result<(), CreateFailure> {
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
-        let resolved = resolve::resolve(pod, &sources).map_err(CreateFailure::Config)?;
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-        let aci_settings = self
-            .policies
-            .as_ref()
-            .and_then(|store| {
-                store
-                    .current()
-                    .for_pod(&namespace, &labels)
-                    .map(|p| p.aci.clone())
-            })
-            .unwrap_or(AciSettings {
-                public_ip: PublicIp::Auto,
-                dns_name_label: None,
-            });
-        let ctx = PodContext {
-            config: &self.translate,
-            aci: &aci_settings,
-            resolved: &resolved,
-        };
-        let group = pod_to_group(pod, &ctx).map_err(CreateFailure::Translate)?;
-        tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
-        self.aci
-            .create_or_update(&group)
+        self.backend
+            .create(pod, &sources)
             .await
-            .map_err(CreateFailure::Aci)?;
+            .map_err(CreateFailure::Backend)?;
         self.mark_created(pod).await;
         Ok(())
     }
@@ -990,7 +987,10 @@ impl Provider {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let patch = Patch::Merge(json!({ "metadata": {
             "uid": uid,
-            "annotations": { pods::GROUP_ANNOTATION: pods::group_marker(&ns, &name, &uid) },
+            "annotations": {
+                <B::Instance as Instance>::KIND.marker_annotation:
+                    pods::instance_marker::<B::Instance>(&ns, &name, &uid)
+            },
         }}));
         match api.patch(&name, &PatchParams::default(), &patch).await {
             Ok(_) => {}
@@ -1066,12 +1066,12 @@ impl Provider {
         uid: &str,
         delete_group: bool,
     ) -> Result<(), String> {
-        let group = group_name(ns, name);
+        let group = instance_name::<B>(ns, name);
         if delete_group {
             // Re-validate: the group must still be this pod's.
-            match self.aci.get(&group).await {
-                Ok(Some(g)) if pods::ownership(&g, ns, name, uid) == pods::Ownership::Ours => {
-                    self.aci
+            match self.backend.get(&group).await {
+                Ok(Some(g)) if pods::ownership_of(&g, ns, name, uid) == pods::Ownership::Ours => {
+                    self.backend
                         .delete(&group)
                         .await
                         .map_err(|e| format!("delete group {group}: {e}"))?;
@@ -1097,116 +1097,21 @@ impl Provider {
         }
     }
 
-    /// The ACI half of a sync, run as a background task so that a slow or
-    /// hung ACI never holds back the pod loop: one list (bounded by
-    /// `list_timeout`), then GETs for instance views (bounded again).
-    async fn read_aci(&self, store: Store<Pod>, last_get: HashMap<String, Instant>) -> Listing {
-        let cfg = &self.config;
+    /// The backend half of a sync, run as a background task so that a slow
+    /// or hung backend never holds back the pod loop. The backend bounds its
+    /// own calls; `list_timeout` (twice: ACI lists, then GETs) is the
+    /// controllers' backstop.
+    async fn read_backend(&self, store: Store<Pod>) -> Listing<B::Instance, B::Error> {
         let at = Instant::now();
-        let listed =
-            match tokio::time::timeout(cfg.list_timeout, self.aci.list(&cfg.cluster_id)).await {
-                Ok(Ok(l)) => l,
-                Ok(Err(e)) => return Listing { at, read: Err(e) },
-                Err(_) => {
-                    let e = AciError::Transient {
-                        message: format!("list: no answer within {:?}", cfg.list_timeout),
-                    };
-                    return Listing { at, read: Err(e) };
-                }
-            };
-        let mut groups: HashMap<String, ContainerGroup> =
-            listed.into_iter().map(|g| (g.name.clone(), g)).collect();
         let pods = store.state();
-        let pod_of_group: HashMap<String, &Arc<Pod>> = pods
-            .iter()
-            .map(|p| {
-                let (ns, name, _) = pod_key(p);
-                (group_name(&ns, &name), p)
-            })
-            .collect();
-
-        // ARM's list has no instance views: GET finished groups, those whose
-        // pod is not Running yet first, the others when their view is old.
-        let mut unknown: HashSet<String> = HashSet::new();
-        let mut wanted: Vec<(u8, Option<Instant>, String)> = Vec::new();
-        for g in groups.values() {
-            let finished = matches!(
-                g.properties.provisioning_state.as_deref(),
-                None | Some("Succeeded" | "Failed" | "Canceled")
-            );
-            if !finished || has_instance_view(g) {
-                continue;
-            }
-            let Some(pod) = pod_of_group.get(&g.name) else {
-                continue;
-            };
-            let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
-                == Some("Running")
-                && pods::had_group(pod);
-            let last = last_get.get(&g.name).copied();
-            if !pod_running {
-                wanted.push((0, last, g.name.clone()));
-            } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
-                wanted.push((1, last, g.name.clone()));
-            } else {
-                unknown.insert(g.name.clone());
-            }
-        }
-        wanted.sort();
-        let (fetch, skip) = wanted.split_at(wanted.len().min(cfg.max_gets_per_sync));
-        unknown.extend(skip.iter().map(|(_, _, n)| n.clone()));
-        // Until a GET answers, a group's state is unknown this time.
-        unknown.extend(fetch.iter().map(|(_, _, n)| n.clone()));
-        let aci = self.aci.clone();
-        let mut fetched =
-            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
-                .map(move |name| {
-                    let aci = aci.clone();
-                    async move {
-                        let r = aci.get(&name).await;
-                        (name, r)
-                    }
-                })
-                .buffer_unordered(8);
-        let deadline = Instant::now() + cfg.list_timeout;
-        let mut got = Vec::new();
-        let mut errors = Vec::new();
-        loop {
-            let (name, r) = match tokio::time::timeout_at(deadline, fetched.next()).await {
-                Ok(Some(answer)) => answer,
-                Ok(None) => break,
-                Err(_) => {
-                    errors.push(AciError::Transient {
-                        message: format!(
-                            "instance-view reads: no answer within {:?}",
-                            cfg.list_timeout
-                        ),
-                    });
-                    break;
-                }
-            };
-            match r {
-                Ok(Some(g)) => {
-                    unknown.remove(&name);
-                    got.push((name.clone(), Instant::now()));
-                    groups.insert(name, g);
-                }
-                Ok(None) => {
-                    unknown.remove(&name);
-                    groups.remove(&name);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        Listing {
-            at,
-            read: Ok(AciRead {
-                groups,
-                unknown,
-                got,
-                errors,
-            }),
-        }
+        let limit = self.config.list_timeout.saturating_mul(2) + Duration::from_secs(1);
+        let read = match tokio::time::timeout(limit, self.backend.read(&pods)).await {
+            Ok(r) => r,
+            Err(_) => Err(self
+                .backend
+                .timed_out(format!("read: no answer within {limit:?}"))),
+        };
+        Listing { at, read }
     }
 
     /// The rest of a sync, once its [`Listing`] is in: decide per pod (the
@@ -1214,8 +1119,8 @@ impl Provider {
     /// [`Self::quick_pass`].
     async fn apply_listing(
         &self,
-        st: &mut PodLoop,
-        listing: Listing,
+        st: &mut PodLoop<B::Instance>,
+        listing: Listing<B::Instance, B::Error>,
         store: &Store<Pod>,
         tasks: &mut JoinSet<Done>,
         shared: &Shared,
@@ -1223,26 +1128,24 @@ impl Provider {
     ) {
         let cfg = &self.config;
         let list_at = listing.at;
-        let AciRead {
-            groups,
+        let Read {
+            instances: groups,
             unknown,
-            got,
             errors,
         } = match listing.read {
             Ok(read) => {
-                shared.record(Ok(()));
+                shared.record::<B::Error>(Ok(()));
                 read
             }
             Err(e) => {
                 shared.record(Err(&e));
-                tracing::warn!(error = %e, "ACI list failed; no decisions this sync");
+                tracing::warn!(error = %e, "backend read failed; no decisions this sync");
                 return;
             }
         };
         for e in &errors {
             shared.record(Err(e));
         }
-        st.last_get.extend(got);
         let pods = store.state();
 
         let now = now_time();
@@ -1251,12 +1154,13 @@ impl Provider {
         let mut starts = Vec::new();
         for pod in pods.iter() {
             let (ns, name, uid) = pod_key(pod);
-            let gname = group_name(&ns, &name);
+            let gname = instance_name::<B>(&ns, &name);
             if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
-            let action = pods::decide(pod, groups.get(&gname), facts, &cfg.node.internal_ip, &now);
+            let action =
+                pods::decide_for(pod, groups.get(&gname), facts, &cfg.node.internal_ip, &now);
             match action {
                 PodAction::Nothing => {}
                 PodAction::Patch(status) => {
@@ -1278,7 +1182,7 @@ impl Provider {
                         // The list may predate the group (another replica
                         // created it during a leader change): fail the pod
                         // only if the group is gone now too.
-                        match self.aci.get(&gname).await {
+                        match self.backend.get(&gname).await {
                             Ok(None) => {}
                             Ok(Some(_)) => {
                                 tracing::info!(group = %gname, "group missing from the list but present now; judged on the next sync");
@@ -1345,21 +1249,15 @@ impl Provider {
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             );
-            if let Some(g) = groups.get(&group_name(&ns, &name))
+            if let Some(g) = groups.get(&instance_name::<B>(&ns, &name))
                 && !terminal
-                && pods::ownership(g, &ns, &name, &uid) == pods::Ownership::Ours
+                && pods::ownership_of(g, &ns, &name, &uid) == pods::Ownership::Ours
             {
                 own.groups += 1;
-                own.cores += g
-                    .properties
-                    .containers
-                    .iter()
-                    .map(|c| c.properties.resources.requests.cpu)
-                    .sum::<f64>();
+                own.cores += g.held_cores();
             }
         }
         *shared.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
-        st.last_get.retain(|name, _| groups.contains_key(name));
         let gc_due = st.last_gc.is_none_or(|t| t.elapsed() >= cfg.gc_interval);
         if gc_due && !st.collecting {
             st.last_gc = Some(Instant::now());
@@ -1388,15 +1286,13 @@ impl Provider {
     async fn collect_orphans(
         &self,
         busy: &HashSet<String>,
-        groups: &HashMap<String, ContainerGroup>,
+        groups: &HashMap<String, B::Instance>,
         pods: &[Arc<Pod>],
     ) {
         let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
         for g in groups.values() {
-            let tag = |k: &str| g.tags.get(k).cloned();
-            let (Some(uid), Some(ns), Some(name)) =
-                (tag(TAG_POD_UID), tag(TAG_NAMESPACE), tag(TAG_POD_NAME))
-            else {
+            let owner = g.owner();
+            let (Some(uid), Some(ns), Some(name)) = (owner.uid, owner.namespace, owner.name) else {
                 continue;
             };
             if live.contains(&uid) || busy.contains(&uid) {
@@ -1407,33 +1303,33 @@ impl Provider {
                 Ok(Some(p)) if p.metadata.uid.as_deref() == Some(uid.as_str()) => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, group = %g.name, "GC: cannot read the pod; keeping the group");
+                    tracing::warn!(error = %e, group = %g.name(), "GC: cannot read the pod; keeping the group");
                     continue;
                 }
             }
             // The list may be old: a pod of the same name may have been
             // created since and got a group under this name. Delete only
             // the orphan itself, as it is now.
-            match self.aci.get(&g.name).await {
-                Ok(Some(now)) if now.tags.get(TAG_POD_UID) == Some(&uid) => {}
+            match self.backend.get(g.name()).await {
+                Ok(Some(now)) if now.owner().uid.as_deref() == Some(uid.as_str()) => {}
                 Ok(Some(_)) => {
-                    tracing::info!(group = %g.name, "GC: the group now belongs to another pod; keeping it");
+                    tracing::info!(group = %g.name(), "GC: the group now belongs to another pod; keeping it");
                     continue;
                 }
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, group = %g.name, "GC: cannot re-read the group; keeping it");
+                    tracing::warn!(error = %e, group = %g.name(), "GC: cannot re-read the group; keeping it");
                     continue;
                 }
             }
-            match self.aci.delete(&g.name).await {
+            match self.backend.delete(g.name()).await {
                 Ok(()) => {
-                    tracing::info!(group = %g.name, pod = %format!("{ns}/{name}"), "GC: deleted orphan container group");
+                    tracing::info!(group = %g.name(), pod = %format!("{ns}/{name}"), "GC: deleted orphan container group");
                     if let Some(m) = &self.metrics {
                         m.gc_deleted.inc();
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, group = %g.name, "GC: delete failed"),
+                Err(e) => tracing::warn!(error = %e, group = %g.name(), "GC: delete failed"),
             }
         }
     }
@@ -1442,6 +1338,8 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aci::translate::group_name;
+    use crate::aci::{AciError, ContainerGroup, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 
     /// ACI where `web-a`'s group was recreated for a new pod after the list
     /// that showed the old one; records deletions.
@@ -1577,7 +1475,7 @@ mod tests {
             Health::Reachable
         );
         h.record(Err(&down), t0 + Duration::from_secs(130));
-        h.record(Ok(()), t0 + Duration::from_secs(131));
+        h.record::<AciError>(Ok(()), t0 + Duration::from_secs(131));
         assert_eq!(
             h.health(t0 + Duration::from_secs(300), after),
             Health::Reachable

@@ -1,5 +1,7 @@
 //! The virtual node object and its Lease, as pure functions of the
-//! provider's settings, the last ACI usage answer and the backend's health.
+//! provider's settings, the last usage answer and the backend's health.
+//! What differs per backend (taint value, role labels, the names in
+//! condition messages) is the settings' [`NodeProfile`].
 //!
 //! Nothing here talks to the API server; `mod.rs` writes what these build.
 
@@ -37,6 +39,38 @@ pub struct NodeSettings {
     pub memory_gib_per_core: f64,
     /// Operating system of the pods this node runs.
     pub os: String,
+    /// What the backend makes the node say about itself.
+    pub profile: NodeProfile,
+}
+
+/// The backend-specific part of the node: its taint, role labels and the
+/// names its conditions use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProfile {
+    /// Value of the [`TAINT_KEY`] taint (`azure` for ACI, as the AKS virtual node).
+    pub taint_value: String,
+    /// Labels besides the common virtual-kubelet ones (ACI:
+    /// `spillway.io/virtual=true`, which marks burst capacity).
+    pub labels: BTreeMap<String, String>,
+    /// The backend as people call it, in condition messages (`ACI`).
+    pub system: String,
+    /// `nodeInfo.containerRuntimeVersion`.
+    pub runtime_version: String,
+    /// Ready=False reason while the backend is unreachable.
+    pub unreachable_reason: String,
+}
+
+impl NodeProfile {
+    /// The ACI virtual node.
+    pub fn aci() -> Self {
+        Self {
+            taint_value: TAINT_VALUE.into(),
+            labels: BTreeMap::from([("spillway.io/virtual".to_string(), "true".to_string())]),
+            system: "ACI".into(),
+            runtime_version: "aci://2023-05-01".into(),
+            unreachable_reason: REASON_ACI_UNREACHABLE.into(),
+        }
+    }
 }
 
 /// The labels manifests written for the AKS virtual node select on.
@@ -47,7 +81,6 @@ pub fn node_labels(settings: &NodeSettings) -> BTreeMap<String, String> {
         ("kubernetes.io/os", settings.os.as_str()),
         ("beta.kubernetes.io/os", settings.os.as_str()),
         ("kubernetes.io/hostname", settings.name.as_str()),
-        ("spillway.io/virtual", "true"),
         ("kubernetes.azure.com/managed", "false"),
         (
             "alpha.service-controller.kubernetes.io/exclude-balancer",
@@ -56,13 +89,14 @@ pub fn node_labels(settings: &NodeSettings) -> BTreeMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(settings.profile.labels.clone())
     .collect()
 }
 
-pub fn node_taints() -> Vec<Taint> {
+pub fn node_taints(profile: &NodeProfile) -> Vec<Taint> {
     vec![Taint {
         key: TAINT_KEY.to_string(),
-        value: Some(TAINT_VALUE.to_string()),
+        value: Some(profile.taint_value.clone()),
         effect: "NoSchedule".to_string(),
         time_added: None,
     }]
@@ -125,20 +159,21 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str, now: &Time) 
 
 /// Node conditions: Ready follows the backend's health; the pressure
 /// conditions are always False (ACI has no shared node to pressure).
-pub fn conditions(health: &Health, now: &Time) -> Vec<NodeCondition> {
+pub fn conditions(profile: &NodeProfile, health: &Health, now: &Time) -> Vec<NodeCondition> {
+    let system = profile.system.as_str();
     let ready = match health {
         Health::Reachable => condition(
             "Ready",
             true,
             REASON_READY,
-            "spillway ACI provider is ready",
+            &format!("spillway {system} provider is ready"),
             now,
         ),
         Health::Unreachable { message } => condition(
             "Ready",
             false,
-            REASON_ACI_UNREACHABLE,
-            &format!("ACI backend unreachable: {message}"),
+            &profile.unreachable_reason,
+            &format!("{system} backend unreachable: {message}"),
             now,
         ),
     };
@@ -148,28 +183,28 @@ pub fn conditions(health: &Health, now: &Time) -> Vec<NodeCondition> {
             "MemoryPressure",
             false,
             "KubeletHasSufficientMemory",
-            "ACI has no memory pressure",
+            &format!("{system} has no memory pressure"),
             now,
         ),
         condition(
             "DiskPressure",
             false,
             "KubeletHasNoDiskPressure",
-            "ACI has no disk pressure",
+            &format!("{system} has no disk pressure"),
             now,
         ),
         condition(
             "PIDPressure",
             false,
             "KubeletHasSufficientPID",
-            "ACI has no PID pressure",
+            &format!("{system} has no PID pressure"),
             now,
         ),
         condition(
             "NetworkUnavailable",
             false,
             "RouteCreated",
-            "ACI networking is managed by Azure",
+            &format!("{system} networking is managed by Azure"),
             now,
         ),
     ]
@@ -186,7 +221,7 @@ pub fn node_status(
     NodeStatus {
         capacity: Some(capacity.clone()),
         allocatable: Some(capacity),
-        conditions: Some(conditions(health, now)),
+        conditions: Some(conditions(&settings.profile, health, now)),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".into(),
@@ -205,7 +240,7 @@ pub fn node_status(
         node_info: Some(NodeSystemInfo {
             architecture: "amd64".into(),
             boot_id: String::new(),
-            container_runtime_version: "aci://2023-05-01".into(),
+            container_runtime_version: settings.profile.runtime_version.clone(),
             kernel_version: String::new(),
             kube_proxy_version: String::new(),
             kubelet_version: KUBELET_VERSION.into(),
@@ -229,7 +264,7 @@ pub fn node_object(settings: &NodeSettings) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            taints: Some(node_taints()),
+            taints: Some(node_taints(&settings.profile)),
             ..Default::default()
         }),
         status: None,
@@ -248,7 +283,9 @@ pub fn node_needs_update(node: &Node, settings: &NodeSettings) -> bool {
         .and_then(|s| s.taints.clone())
         .unwrap_or_default();
     let taint_ok = taints.iter().any(|t| {
-        t.key == TAINT_KEY && t.value.as_deref() == Some(TAINT_VALUE) && t.effect == "NoSchedule"
+        t.key == TAINT_KEY
+            && t.value.as_deref() == Some(settings.profile.taint_value.as_str())
+            && t.effect == "NoSchedule"
     });
     !(labels_ok && taint_ok)
 }
@@ -334,6 +371,7 @@ mod tests {
             kubelet_port: 10250,
             memory_gib_per_core: 4.0,
             os: "linux".into(),
+            profile: NodeProfile::aci(),
         }
     }
 
@@ -505,6 +543,57 @@ mod tests {
         assert_eq!(
             l.metadata.owner_references.unwrap_or_default()[0].kind,
             "Node"
+        );
+    }
+
+    #[test]
+    fn the_profile_decides_taint_role_labels_and_condition_names() {
+        let mut edge = settings();
+        edge.profile = NodeProfile {
+            taint_value: "iotedge".into(),
+            labels: BTreeMap::from([("spillway.io/edge".to_string(), "true".to_string())]),
+            system: "IoT Edge".into(),
+            runtime_version: "iotedge://1.5".into(),
+            unreachable_reason: "IotHubUnreachable".into(),
+        };
+        let node = node_object(&edge);
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("spillway.io/edge").map(String::as_str),
+            Some("true")
+        );
+        assert!(
+            !labels.contains_key("spillway.io/virtual"),
+            "an edge node is never burst capacity"
+        );
+        assert_eq!(labels["type"], "virtual-kubelet");
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        assert_eq!(taints[0].value.as_deref(), Some("iotedge"));
+        assert!(!node_needs_update(&node, &edge));
+        // The ACI node's taint does not satisfy the edge profile.
+        assert!(node_needs_update(&node_object(&settings()), &edge));
+        let down = Health::Unreachable {
+            message: "x".into(),
+        };
+        let conds = conditions(
+            &edge.profile,
+            &down,
+            &Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(conds[0].reason.as_deref(), Some("IotHubUnreachable"));
+        assert_eq!(
+            conds[0].message.as_deref(),
+            Some("IoT Edge backend unreachable: x")
+        );
+        // The ACI profile says what it always said.
+        let aci = node_object(&settings());
+        assert_eq!(
+            aci.metadata.labels.unwrap_or_default()["spillway.io/virtual"],
+            "true"
         );
     }
 }

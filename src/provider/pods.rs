@@ -4,9 +4,13 @@
 //! states cause no writes.
 //!
 //! No I/O and no clock: `now` and the facts are handed in (`mod.rs` acts).
+//!
+//! Backend-neutral: the `*_for` / `*_of` forms take any
+//! [`Instance`]; the short forms (`decide`, `ownership`, `had_group`, …) are
+//! the same decisions for ACI's [`ContainerGroup`].
 
-use crate::aci::translate::pod_status_from_group;
-use crate::aci::{ContainerGroup, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use super::backend::Instance;
+use crate::aci::ContainerGroup;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -26,14 +30,17 @@ pub const REASON_RETRYING: &str = "ProviderRetrying";
 /// a group" durable across restarts before the first status write shows
 /// `aci://` container ids: a marked pod whose group is missing is failed as
 /// vanished, never given a second group.
-pub const GROUP_ANNOTATION: &str = "spillway.io/aci-group";
+pub const GROUP_ANNOTATION: &str = crate::aci::backend::GROUP_ANNOTATION;
 
 /// The value of [`GROUP_ANNOTATION`] for a pod.
 pub fn group_marker(namespace: &str, name: &str, uid: &str) -> String {
-    format!(
-        "{}/{uid}",
-        crate::aci::translate::group_name(namespace, name)
-    )
+    instance_marker::<ContainerGroup>(namespace, name, uid)
+}
+
+/// The value of an instance kind's marker annotation for a pod:
+/// `<instance name>/<pod uid>`.
+pub fn instance_marker<I: Instance>(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{}/{uid}", (I::KIND.instance_name)(namespace, name))
 }
 
 /// How a group found under a pod's name relates to the pod.
@@ -49,10 +56,20 @@ pub enum Ownership {
 
 /// Whose group `group` is, from its tags (the name alone can collide).
 pub fn ownership(group: &ContainerGroup, namespace: &str, name: &str, uid: &str) -> Ownership {
-    let tag = |k: &str| group.tags.get(k).map(String::as_str);
-    if tag(TAG_NAMESPACE) != Some(namespace) || tag(TAG_POD_NAME) != Some(name) {
+    ownership_of(group, namespace, name, uid)
+}
+
+/// Whose instance it is, from the owner it records.
+pub fn ownership_of<I: Instance>(
+    instance: &I,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Ownership {
+    let owner = instance.owner();
+    if owner.namespace.as_deref() != Some(namespace) || owner.name.as_deref() != Some(name) {
         Ownership::Foreign
-    } else if tag(TAG_POD_UID) == Some(uid) {
+    } else if owner.uid.as_deref() == Some(uid) {
         Ownership::Ours
     } else {
         Ownership::Stale
@@ -107,13 +124,19 @@ fn is_terminal(pod: &k8s::Pod) -> bool {
 /// [`GROUP_ANNOTATION`], or its status shows `aci://…` container ids (only
 /// ever written from a group read back).
 pub fn had_group(pod: &k8s::Pod) -> bool {
+    had_instance::<ContainerGroup>(pod)
+}
+
+/// Whether the pod had an instance of kind `I`: it carries this pod's
+/// marker annotation, or its status shows container ids of `I`'s scheme.
+pub fn had_instance<I: Instance>(pod: &k8s::Pod) -> bool {
     let m = &pod.metadata;
     let marked = m
         .annotations
         .as_ref()
-        .and_then(|a| a.get(GROUP_ANNOTATION))
+        .and_then(|a| a.get(I::KIND.marker_annotation))
         .is_some_and(|v| {
-            *v == group_marker(
+            *v == instance_marker::<I>(
                 m.namespace.as_deref().unwrap_or("default"),
                 m.name.as_deref().unwrap_or_default(),
                 m.uid.as_deref().unwrap_or_default(),
@@ -128,7 +151,7 @@ pub fn had_group(pod: &k8s::Pod) -> bool {
                 cs.iter().any(|c| {
                     c.container_id
                         .as_deref()
-                        .is_some_and(|id| id.starts_with("aci://"))
+                        .is_some_and(|id| id.starts_with(I::KIND.container_id_scheme))
                 })
             })
 }
@@ -141,6 +164,18 @@ pub fn decide(
     host_ip: &str,
     now: &Time,
 ) -> PodAction {
+    decide_for(pod, group, facts, host_ip, now)
+}
+
+/// Decide for one pod of any backend. `group` is the instance listed under
+/// the pod's instance name.
+pub fn decide_for<I: Instance>(
+    pod: &k8s::Pod,
+    group: Option<&I>,
+    facts: PodFacts,
+    host_ip: &str,
+    now: &Time,
+) -> PodAction {
     if facts.busy {
         return PodAction::Nothing;
     }
@@ -148,7 +183,7 @@ pub fn decide(
     let namespace = m.namespace.as_deref().unwrap_or("default");
     let name = m.name.as_deref().unwrap_or_default();
     let uid = m.uid.as_deref().unwrap_or_default();
-    let owner = group.map(|g| ownership(g, namespace, name, uid));
+    let owner = group.map(|g| ownership_of(g, namespace, name, uid));
     if m.deletion_timestamp.is_some() {
         return PodAction::Delete {
             delete_group: owner == Some(Ownership::Ours) || facts.created_after_list,
@@ -159,7 +194,7 @@ pub fn decide(
     }
     match (group, owner) {
         (Some(g), Some(Ownership::Ours)) => {
-            let desired = desired_status(pod, g, host_ip, now);
+            let desired = desired_status_for(pod, g, host_ip, now);
             if status_differs(pod.status.as_ref(), &desired) {
                 PodAction::Patch(Box::new(desired))
             } else {
@@ -171,26 +206,29 @@ pub fn decide(
             if is_terminal(pod) {
                 return PodAction::Nothing;
             }
-            let tag = |k: &str| g.tags.get(k).cloned().unwrap_or_default();
+            let owner = g.owner();
             PodAction::Fail {
                 reason: REASON_PROVIDER_FAILED.into(),
                 message: format!(
-                    "NameCollision: container group {} belongs to pod {}/{}",
-                    g.name,
-                    tag(TAG_NAMESPACE),
-                    tag(TAG_POD_NAME)
+                    "NameCollision: {} {} belongs to pod {}/{}",
+                    I::KIND.noun,
+                    g.name(),
+                    owner.namespace.unwrap_or_default(),
+                    owner.name.unwrap_or_default()
                 ),
             }
         }
         (None, _) => {
             if is_terminal(pod) {
                 PodAction::Nothing
-            } else if had_group(pod) || facts.created_before_list {
+            } else if had_instance::<I>(pod) || facts.created_before_list {
                 PodAction::Fail {
                     reason: REASON_GROUP_VANISHED.into(),
                     message: format!(
-                        "ACI container group {} was deleted outside spillway",
-                        crate::aci::translate::group_name(namespace, name)
+                        "{} {} {} was deleted outside spillway",
+                        I::KIND.system,
+                        I::KIND.noun,
+                        (I::KIND.instance_name)(namespace, name)
                     ),
                 }
             } else {
@@ -209,8 +247,18 @@ pub fn desired_status(
     host_ip: &str,
     now: &Time,
 ) -> k8s::PodStatus {
+    desired_status_for(pod, group, host_ip, now)
+}
+
+/// [`desired_status`] for an instance of any backend.
+pub fn desired_status_for<I: Instance>(
+    pod: &k8s::Pod,
+    group: &I,
+    host_ip: &str,
+    now: &Time,
+) -> k8s::PodStatus {
     let current = pod.status.as_ref();
-    let mut s = pod_status_from_group(group);
+    let mut s = group.pod_status();
     s.host_ip = Some(host_ip.to_string());
     s.host_ips = Some(vec![k8s::HostIP {
         ip: host_ip.to_string(),
@@ -324,7 +372,7 @@ mod tests {
     use super::*;
     use crate::aci::{
         Container, ContainerGroupProperties, ContainerProperties, GroupInstanceView, IpAddress,
-        TAG_CLUSTER,
+        TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID,
     };
     use serde_json::json;
     use std::collections::BTreeMap;

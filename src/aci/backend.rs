@@ -1,0 +1,399 @@
+//! ACI as a provider backend: [`AciBackend`] implements
+//! [`crate::provider::backend::Backend`] over [`ContainerGroups`], and a
+//! [`ContainerGroup`] is the backend's [`Instance`].
+//!
+//! Owns the ACI-specific half of the pod lifecycle: resolving and
+//! translating a pod into its group (with the `aci` settings of the policy
+//! that selects it), the sync's list plus the instance-view GETs ARM's list
+//! leaves out (bounded per sync, oldest first), and the quota read.
+//! Must not: talk to the Kubernetes API or decide pod phases (the shared
+//! controllers in `provider/` do both).
+
+use super::translate::{
+    PodContext, TranslateConfig, group_name, has_instance_view, pod_status_from_group, pod_to_group,
+};
+use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use super::{BoxFuture, Usage};
+use crate::policy::reload::PolicyStore;
+use crate::policy::{AciSettings, PublicIp};
+use crate::provider::ProviderConfig;
+use crate::provider::backend::{
+    Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read,
+};
+use crate::provider::resolve::{self, Sources};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::ResourceExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Pod annotation marking that the pod's group was created (kept under its
+/// historical name so pods marked by earlier releases stay recognised).
+pub const GROUP_ANNOTATION: &str = "spillway.io/aci-group";
+
+impl Instance for ContainerGroup {
+    const KIND: InstanceKind = InstanceKind {
+        system: "ACI",
+        noun: "container group",
+        marker_annotation: GROUP_ANNOTATION,
+        container_id_scheme: "aci://",
+        instance_name: group_name,
+    };
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn owner(&self) -> OwnerRecord {
+        let tag = |k: &str| self.tags.get(k).cloned();
+        OwnerRecord {
+            namespace: tag(TAG_NAMESPACE),
+            name: tag(TAG_POD_NAME),
+            uid: tag(TAG_POD_UID),
+        }
+    }
+
+    fn pod_status(&self) -> PodStatus {
+        pod_status_from_group(self)
+    }
+
+    fn held_cores(&self) -> f64 {
+        self.properties
+            .containers
+            .iter()
+            .map(|c| c.properties.resources.requests.cpu)
+            .sum()
+    }
+}
+
+impl BackendError for AciError {
+    fn is_answer(&self) -> bool {
+        // Throttling, quota, not-found… are answers: ACI is there.
+        matches!(
+            self,
+            AciError::Throttled { .. }
+                | AciError::QuotaExceeded { .. }
+                | AciError::CapacityUnavailable { .. }
+                | AciError::InvalidSpec { .. }
+                | AciError::NotFound
+                | AciError::Conflict { .. }
+        )
+    }
+}
+
+/// Settings of the ACI backend (taken from [`ProviderConfig`]).
+#[derive(Debug, Clone, PartialEq)]
+struct AciBackendConfig {
+    cluster_id: String,
+    location: String,
+    list_timeout: Duration,
+    refresh_interval: Duration,
+    max_gets_per_sync: usize,
+}
+
+/// The ACI backend.
+pub struct AciBackend {
+    aci: Arc<dyn ContainerGroups>,
+    config: AciBackendConfig,
+    translate: TranslateConfig,
+    /// BurstPolicies: their `aci` section (public IP, DNS label) applies to
+    /// the pods they select. Without, every pod gets the defaults.
+    policies: Option<Arc<PolicyStore>>,
+    /// group name → last instance-view GET.
+    last_get: Mutex<HashMap<String, Instant>>,
+}
+
+impl AciBackend {
+    pub fn new(aci: Arc<dyn ContainerGroups>, config: &ProviderConfig) -> Self {
+        Self {
+            aci,
+            config: AciBackendConfig {
+                cluster_id: config.cluster_id.clone(),
+                location: config.location.clone(),
+                list_timeout: config.list_timeout,
+                refresh_interval: config.refresh_interval,
+                max_gets_per_sync: config.max_gets_per_sync,
+            },
+            translate: TranslateConfig::new(config.cluster_id.clone(), config.location.clone()),
+            policies: None,
+            last_get: Mutex::default(),
+        }
+    }
+
+    /// The same backend, applying the `aci` settings of `store`'s policies.
+    pub fn with_policies(&self, store: Arc<PolicyStore>) -> Self {
+        Self {
+            aci: self.aci.clone(),
+            config: self.config.clone(),
+            translate: self.translate.clone(),
+            policies: Some(store),
+            last_get: Mutex::new(self.last_gets()),
+        }
+    }
+
+    pub fn container_groups(&self) -> &Arc<dyn ContainerGroups> {
+        &self.aci
+    }
+
+    fn last_gets(&self) -> HashMap<String, Instant> {
+        self.last_get
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn settings_for(&self, pod: &Pod) -> AciSettings {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+        self.policies
+            .as_ref()
+            .and_then(|store| {
+                store
+                    .current()
+                    .for_pod(&namespace, &labels)
+                    .map(|p| p.aci.clone())
+            })
+            .unwrap_or(AciSettings {
+                public_ip: PublicIp::Auto,
+                dns_name_label: None,
+            })
+    }
+
+    /// One list (bounded by `list_timeout`), then GETs for instance views
+    /// (bounded again): ARM's list has none, so finished groups are read
+    /// again, those whose pod is not Running yet first, the others when
+    /// their view is older than `refresh_interval`.
+    async fn read_groups(
+        &self,
+        pods: &[Arc<Pod>],
+    ) -> Result<Read<ContainerGroup, AciError>, AciError> {
+        let cfg = &self.config;
+        let listed =
+            match tokio::time::timeout(cfg.list_timeout, self.aci.list(&cfg.cluster_id)).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(AciError::Transient {
+                        message: format!("list: no answer within {:?}", cfg.list_timeout),
+                    });
+                }
+            };
+        let mut groups: HashMap<String, ContainerGroup> =
+            listed.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let pod_of_group: HashMap<String, &Arc<Pod>> = pods
+            .iter()
+            .map(|p| {
+                let ns = p.namespace().unwrap_or_else(|| "default".into());
+                (group_name(&ns, &p.name_any()), p)
+            })
+            .collect();
+        let last_get = self.last_gets();
+
+        let mut unknown: HashSet<String> = HashSet::new();
+        let mut wanted: Vec<(u8, Option<Instant>, String)> = Vec::new();
+        for g in groups.values() {
+            let finished = matches!(
+                g.properties.provisioning_state.as_deref(),
+                None | Some("Succeeded" | "Failed" | "Canceled")
+            );
+            if !finished || has_instance_view(g) {
+                continue;
+            }
+            let Some(pod) = pod_of_group.get(&g.name) else {
+                continue;
+            };
+            let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
+                == Some("Running")
+                && crate::provider::pods::had_group(pod);
+            let last = last_get.get(&g.name).copied();
+            if !pod_running {
+                wanted.push((0, last, g.name.clone()));
+            } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
+                wanted.push((1, last, g.name.clone()));
+            } else {
+                unknown.insert(g.name.clone());
+            }
+        }
+        wanted.sort();
+        let (fetch, skip) = wanted.split_at(wanted.len().min(cfg.max_gets_per_sync));
+        unknown.extend(skip.iter().map(|(_, _, n)| n.clone()));
+        // Until a GET answers, a group's state is unknown this time.
+        unknown.extend(fetch.iter().map(|(_, _, n)| n.clone()));
+        let aci = self.aci.clone();
+        let mut fetched =
+            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
+                .map(move |name| {
+                    let aci = aci.clone();
+                    async move {
+                        let r = aci.get(&name).await;
+                        (name, r)
+                    }
+                })
+                .buffer_unordered(8);
+        let deadline = Instant::now() + cfg.list_timeout;
+        let mut got = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            let (name, r) = match tokio::time::timeout_at(deadline, fetched.next()).await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => break,
+                Err(_) => {
+                    errors.push(AciError::Transient {
+                        message: format!(
+                            "instance-view reads: no answer within {:?}",
+                            cfg.list_timeout
+                        ),
+                    });
+                    break;
+                }
+            };
+            match r {
+                Ok(Some(g)) => {
+                    unknown.remove(&name);
+                    got.push((name.clone(), Instant::now()));
+                    groups.insert(name, g);
+                }
+                Ok(None) => {
+                    unknown.remove(&name);
+                    groups.remove(&name);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        {
+            let mut last = self.last_get.lock().unwrap_or_else(|e| e.into_inner());
+            last.extend(got);
+            last.retain(|name, _| groups.contains_key(name));
+        }
+        Ok(Read {
+            instances: groups,
+            unknown,
+            errors,
+        })
+    }
+
+    async fn create_group(&self, pod: &Pod, sources: &Sources) -> Result<(), CreateError> {
+        let resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
+            message: e.to_string(),
+        })?;
+        let settings = self.settings_for(pod);
+        let ctx = PodContext {
+            config: &self.translate,
+            aci: &settings,
+            resolved: &resolved,
+        };
+        let group = pod_to_group(pod, &ctx).map_err(|e| CreateError::Invalid {
+            message: format!("InvalidSpec: {e}"),
+        })?;
+        tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
+        self.aci
+            .create_or_update(&group)
+            .await
+            .map(|_| ())
+            .map_err(create_error)
+    }
+}
+
+/// How an ACI refusal shows on the pod.
+fn create_error(e: AciError) -> CreateError {
+    match e {
+        e @ AciError::InvalidSpec { .. } => CreateError::Invalid {
+            message: format!("InvalidSpec: {e}"),
+        },
+        e => {
+            let metric = match e {
+                AciError::QuotaExceeded { .. } => Some("quota"),
+                AciError::CapacityUnavailable { .. } => Some("capacity"),
+                _ => None,
+            };
+            CreateError::Retry {
+                message: format!("{}: {e}; retrying", e.reason()),
+                metric,
+            }
+        }
+    }
+}
+
+impl Backend for AciBackend {
+    type Instance = ContainerGroup;
+    type Error = AciError;
+
+    fn create<'a>(
+        &'a self,
+        pod: &'a Pod,
+        sources: &'a Sources,
+    ) -> BoxFuture<'a, Result<(), CreateError>> {
+        Box::pin(self.create_group(pod, sources))
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {
+        self.aci.get(name)
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), AciError>> {
+        self.aci.delete(name)
+    }
+
+    fn read<'a>(
+        &'a self,
+        pods: &'a [Arc<Pod>],
+    ) -> BoxFuture<'a, Result<Read<ContainerGroup, AciError>, AciError>> {
+        Box::pin(self.read_groups(pods))
+    }
+
+    fn capacity(&self) -> BoxFuture<'_, Result<Usage, AciError>> {
+        self.aci.usage(&self.config.location)
+    }
+
+    fn timed_out(&self, what: String) -> AciError {
+        AciError::Transient { message: what }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_answers_transport_failures_are_not() {
+        assert!(
+            AciError::Throttled {
+                retry_after: Duration::from_secs(1)
+            }
+            .is_answer()
+        );
+        assert!(AciError::NotFound.is_answer());
+        assert!(
+            !AciError::Transient {
+                message: "reset".into()
+            }
+            .is_answer()
+        );
+        assert!(
+            !AciError::Auth {
+                message: "no".into()
+            }
+            .is_answer()
+        );
+    }
+
+    #[test]
+    fn refusals_map_to_pod_states() {
+        assert!(matches!(
+            create_error(AciError::InvalidSpec { message: "x".into() }),
+            CreateError::Invalid { message } if message.starts_with("InvalidSpec: ")
+        ));
+        assert!(matches!(
+            create_error(AciError::QuotaExceeded { code: "c".into(), message: "m".into() }),
+            CreateError::Retry { metric: Some("quota"), message } if message.ends_with("; retrying")
+        ));
+        assert!(matches!(
+            create_error(AciError::Transient {
+                message: "m".into()
+            }),
+            CreateError::Retry { metric: None, .. }
+        ));
+    }
+}

@@ -1,0 +1,614 @@
+//! The edge virtual node end to end: the shared provider controllers over
+//! the IoT Edge backend, between the test API server and the IoT Hub
+//! emulator (both in-process over real HTTP).
+
+mod support;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use spillway::edge::backend::{EdgeBackend, EdgeBackendConfig, node_profile};
+use spillway::edge::emulator::{Emulator, EmulatorConfig, EmulatorHandle, NewDevice};
+use spillway::edge::translate::{EdgeNode, LABEL_NODE, LABEL_ROLE, ROLE_LAYERED};
+use spillway::edge::{HubClient, HubClientConfig};
+use spillway::provider::{Provider, ProviderConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{PodDeletion, TestApiServer};
+use tokio::time::Instant;
+
+const NODE: &str = "edge-munich";
+const NS: &str = "iot";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fast_emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        configuration_ops_per_minute: 60_000.0,
+        queries_per_minute: 60_000.0,
+        twin_reads_per_second: 1_000.0,
+        burst: 1_000,
+        report_delay: Duration::from_millis(100),
+        backoff_restart_every: Duration::from_millis(50),
+        ..EmulatorConfig::default()
+    }
+}
+
+fn fast_client(url: &str) -> HubClientConfig {
+    HubClientConfig {
+        endpoint: Some(url.to_string()),
+        request_timeout: Duration::from_secs(5),
+        configuration_ops_per_minute: 60_000.0,
+        queries_per_minute: 60_000.0,
+        twin_reads_per_second: 1_000.0,
+        burst: 100,
+        base_backoff: Duration::from_millis(20),
+        budget: Duration::from_secs(3),
+        ..HubClientConfig::default()
+    }
+}
+
+fn provider_config() -> ProviderConfig {
+    let mut c = ProviderConfig::new(NODE, "test-cluster", "hub", "10.1.2.3", 10250);
+    c.node.profile = node_profile();
+    c.sync_interval = Duration::from_millis(200);
+    c.lease_interval = Duration::from_millis(300);
+    c.status_interval = Duration::from_secs(2);
+    c.usage_interval = Duration::from_millis(300);
+    c.gc_interval = Duration::from_millis(500);
+    c.retry_backoff = Duration::from_millis(200);
+    c.max_retry_backoff = Duration::from_secs(1);
+    c.unreachable_after = Duration::from_millis(800);
+    c
+}
+
+/// A replica of ReplicaSet `sensor-1` bound to the edge node, for munich.
+fn replica(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": NS,
+            "labels": {"app": "sensor", "edge.spillway.io/tag.site": "munich"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "sensor-1", "uid": "rs-uid-1", "controller": true}]
+        },
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "sensor", "image": "sensor:1.0"}],
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "value": "iotedge", "effect": "NoSchedule"}]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("pod: {e}"))
+}
+
+async fn hub_with_devices() -> (EmulatorHandle, Arc<HubClient>) {
+    let emu = Emulator::start(fast_emulator())
+        .await
+        .unwrap_or_else(|e| panic!("emulator: {e}"));
+    for (id, site) in [
+        ("munich-1", "munich"),
+        ("munich-2", "munich"),
+        ("munich-3", "munich"),
+        ("berlin-1", "berlin"),
+        ("berlin-2", "berlin"),
+    ] {
+        emu.state
+            .add_device(NewDevice::edge(id, json!({"site": site})))
+            .unwrap_or_else(|e| panic!("device: {e}"));
+    }
+    let conn = emu
+        .connection_string()
+        .unwrap_or_else(|| panic!("connection string"));
+    let hub = HubClient::new(conn, fast_client(&emu.url)).unwrap_or_else(|e| panic!("hub: {e}"));
+    (emu, Arc::new(hub))
+}
+
+async fn layered(hub: &HubClient) -> Vec<String> {
+    hub.list_configurations(None)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_LAYERED)
+                && c.labels.get(LABEL_NODE).map(String::as_str) == Some(NODE)
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+/// A running provider over the edge backend; `stop` ends it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    _leader: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn start(srv: &TestApiServer, hub: &Arc<HubClient>, orphan_grace: Duration) -> Running {
+    let mut config = EdgeBackendConfig::new(EdgeNode::new(NODE, "*"));
+    config.orphan_grace = orphan_grace;
+    let backend = Arc::new(EdgeBackend::new(hub.clone(), config, Some(srv.client())));
+    let provider = Provider::with_backend(srv.client(), backend, provider_config(), None);
+    let (leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Running {
+        stop,
+        task,
+        _leader: leader,
+    }
+}
+
+async fn api_server() -> TestApiServer {
+    TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await
+}
+
+fn ready_with(pod: &Pod, message: &str) -> bool {
+    let Some(s) = &pod.status else {
+        return false;
+    };
+    s.phase.as_deref() == Some("Running")
+        && s.message.as_deref() == Some(message)
+        && s.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_with_the_last_pod()
+{
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_secs(60));
+
+    // The node: edge taint and label, never burst capacity.
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually("the edge node is registered", || async {
+        nodes.get_opt(NODE).await.ok().flatten().is_some()
+    })
+    .await;
+    let node = nodes
+        .get(NODE)
+        .await
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("spillway.io/edge").map(String::as_str),
+        Some("true")
+    );
+    assert!(!labels.contains_key("spillway.io/virtual"));
+    let taint = node
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|t| t.key == "virtual-kubelet.io/provider");
+    assert_eq!(taint.and_then(|t| t.value).as_deref(), Some("iotedge"));
+
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.create(&PostParams::default(), &replica(name))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        eventually(&format!("{name} Ready on 3 devices"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+        })
+        .await;
+    }
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1, "replicas share one deployment: {ids:?}");
+    let id = ids[0].clone();
+
+    // Steady state: twins are cached while the metrics hold (device queries
+    // are scarce on a real hub), though a sync runs every 200 ms.
+    let queries = |c: &spillway::edge::emulator::Counters| {
+        c.requests
+            .iter()
+            .filter(|(k, _)| k.contains("devices/query"))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let before = queries(&emu.state.counters());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = queries(&emu.state.counters()) - before;
+    assert!(
+        during <= 1,
+        "{during} device queries in 1 s of steady state"
+    );
+
+    // One replica goes: the deployment stays for the other.
+    pods.delete("sensor-1-a", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("sensor-1-a is removed", || async {
+        pods.get_opt("sensor-1-a").await.ok().flatten().is_none()
+    })
+    .await;
+    assert_eq!(layered(&hub).await, vec![id.clone()]);
+
+    // The last replica goes: the deployment is deleted and the module leaves the devices.
+    pods.delete("sensor-1-b", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("the deployment is deleted", || async {
+        layered(&hub).await.is_empty()
+    })
+    .await;
+    eventually("the module is gone from munich-1", || async {
+        let Ok(Some(twin)) = hub.edge_agent_twin("munich-1").await else {
+            return false;
+        };
+        twin.edge_agent_report().is_some_and(|r| {
+            r.last_desired_version == twin.desired_version() && !r.modules.contains_key("sensor")
+        })
+    })
+    .await;
+    eventually("sensor-1-b is removed", || async {
+        pods.get_opt("sensor-1-b").await.ok().flatten().is_none()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_image_keeps_the_pod_unready_with_the_modules_status() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let mut faults = emu.state.faults();
+    faults.failing_images.insert("sensor:1.0".into());
+    emu.state.set_faults(faults);
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &replica("sensor-1-a"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("the module's back-off shows on the pod", || async {
+        let Some(p) = pods.get_opt("sensor-1-a").await.ok().flatten() else {
+            return false;
+        };
+        let Some(s) = p.status else { return false };
+        let waiting = s
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.waiting.clone())
+            .next();
+        s.phase.as_deref() == Some("Pending")
+            && s.reason.as_deref() == Some("DeploymentRollingOut")
+            && s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("failed=3") && m.contains("500"))
+            && waiting.is_some_and(|w| {
+                w.reason.as_deref() == Some("ModuleBackOff")
+                    && w.message.is_some_and(|m| m.contains("manifest unknown"))
+            })
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn no_matching_device_is_pending_with_no_target_devices() {
+    let srv = api_server().await;
+    let (_emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    let mut pod = replica("sensor-1-a");
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.insert("edge.spillway.io/tag.site".into(), "hamburg".into());
+    }
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("Pending with NoTargetDevices", || async {
+        pods.get_opt("sensor-1-a")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.phase.as_deref() == Some("Pending")
+                    && s.reason.as_deref() == Some("NoTargetDevices")
+            })
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_adopts_by_labels_creates_nothing_twice_and_collects_orphans() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let first = start(&srv, &hub, Duration::from_millis(300));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &replica("sensor-1-a"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("Ready", || async {
+        pods.get_opt("sensor-1-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1);
+    first.stop().await;
+
+    // While spillway is down: a deployment of a controller that is gone.
+    let mut orphan = hub
+        .get_configuration(&ids[0])
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"))
+        .unwrap_or_else(|| panic!("exists"));
+    orphan.id = "edge-munich-iot-gone-0000000000000000".into();
+    orphan
+        .labels
+        .insert("spillway.io/owner-uid".into(), "uid-of-a-deleted-rs".into());
+    orphan.etag = None;
+    hub.create_configuration(&orphan)
+        .await
+        .unwrap_or_else(|e| panic!("orphan: {e}"));
+
+    let second = start(&srv, &hub, Duration::from_millis(300));
+    eventually("the orphan is collected", || async {
+        layered(&hub).await == ids
+    })
+    .await;
+    // The pod stays Ready on the adopted deployment; nothing was created twice.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(layered(&hub).await, ids);
+    let p = pods
+        .get("sensor-1-a")
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"));
+    assert!(ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"));
+    let creates = emu.state.counters().creates_by_id;
+    assert!(
+        creates.values().all(|n| *n == 1),
+        "no duplicate creates: {creates:?}"
+    );
+    second.stop().await;
+}
+
+fn node_ready(node: &Node) -> Option<(String, String)> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn throttling_lost_answers_and_an_outage_leave_no_duplicates_and_no_leaks() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let mut faults = emu.state.faults();
+    faults.throttle_next = 20;
+    faults.retry_after_seconds = 0;
+    faults.lose_answer_next = 2;
+    emu.state.set_faults(faults);
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.create(&PostParams::default(), &replica(name))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        eventually(
+            &format!("{name} Ready despite 429s and lost answers"),
+            || async {
+                pods.get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+            },
+        )
+        .await;
+    }
+    assert_eq!(layered(&hub).await.len(), 1);
+
+    // The hub goes away: the node turns NotReady with the reason, then back.
+    let mut faults = emu.state.faults();
+    faults.outage = true;
+    emu.state.set_faults(faults);
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually("the node is NotReady with IotHubUnreachable", || async {
+        nodes
+            .get_opt(NODE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| node_ready(&n))
+            == Some(("False".into(), "IotHubUnreachable".into()))
+    })
+    .await;
+    let mut faults = emu.state.faults();
+    faults.outage = false;
+    emu.state.set_faults(faults);
+    eventually("the node is Ready again", || async {
+        nodes
+            .get_opt(NODE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| node_ready(&n))
+            .is_some_and(|(status, _)| status == "True")
+    })
+    .await;
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+    eventually("nothing leaked on the hub", || async {
+        layered(&hub).await.is_empty()
+    })
+    .await;
+    let creates = emu.state.counters().creates_by_id;
+    assert!(
+        creates.values().all(|n| *n == 1),
+        "no duplicate creates: {creates:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn env_from_secrets_reaches_the_module_and_missing_optional_keys_are_left_out() {
+    use k8s_openapi::api::core::v1::Secret;
+    let srv = api_server().await;
+    let (_emu, hub) = hub_with_devices().await;
+    let secrets: Api<Secret> = Api::namespaced(srv.client(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hub-creds", "namespace": NS},
+        "stringData": {"token": "t0k"}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let mut pod = replica("sensor-1-a");
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.env = Some(
+            serde_json::from_value(json!([
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-creds", "key": "token"}}},
+                {"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "hub-creds", "key": "nope", "optional": true}}},
+                {"name": "URL", "value": "https://x/?t=$(TOKEN)"}
+            ]))
+            .unwrap_or_else(|e| panic!("env: {e}")),
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("the deployment exists", || async {
+        layered(&hub).await.len() == 1
+    })
+    .await;
+    let id = layered(&hub).await.remove(0);
+    let c = hub
+        .get_configuration(&id)
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"))
+        .unwrap_or_else(|| panic!("exists"));
+    let modules = c.content.modules_content.unwrap_or_default();
+    let env = &modules["$edgeAgent"]["properties.desired.modules.sensor"]["env"];
+    assert_eq!(env["TOKEN"]["value"], "t0k");
+    assert_eq!(env["URL"]["value"], "https://x/?t=t0k");
+    assert!(env.get("EXTRA").is_none(), "{env}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_edge_flags_start_a_node_from_the_connection_secret() {
+    use k8s_openapi::api::core::v1::Secret;
+    use spillway::edge::node::{EdgeArgs, EdgeMode, start as start_edge};
+    let srv = api_server().await;
+    let (emu, _hub) = hub_with_devices().await;
+    let conn = emu
+        .connection_string()
+        .unwrap_or_else(|| panic!("connection string"))
+        .to_connection_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hub", "namespace": "spillway"},
+        "stringData": {"connectionString": conn}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    Api::<Secret>::namespaced(srv.client(), "spillway")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    let args = EdgeArgs {
+        mode: EdgeMode::Emulator,
+        edge_node: "edge-from-flags".into(),
+        edge_connection_secret: Some("spillway/hub".into()),
+        edge_hub_url: Some(emu.url.clone()),
+        edge_target_condition: "*".into(),
+        edge_sync_secs: 1,
+    };
+    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = start_edge(
+        &args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        leader_rx,
+        stop_rx,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"))
+    .unwrap_or_else(|| panic!("an edge node"));
+    let nodes: Api<Node> = Api::all(srv.client());
+    eventually(
+        "the node from the flags is registered and Ready",
+        || async {
+            nodes
+                .get_opt("edge-from-flags")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| node_ready(&n))
+                .is_some_and(|(status, _)| status == "True")
+        },
+    )
+    .await;
+    // A Secret without the key is a setup error naming it.
+    let mut bad = args.clone();
+    bad.edge_connection_secret = Some("spillway/missing".into());
+    let (_l, l_rx) = tokio::sync::watch::channel(true);
+    let (_s, s_rx) = tokio::sync::watch::channel(false);
+    let err = start_edge(&bad, srv.client(), srv.client(), "10.1.2.3", l_rx, s_rx)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a missing Secret is refused"));
+    assert!(err.to_string().contains("spillway/missing"), "{err}");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;
+}
