@@ -194,6 +194,10 @@ pub fn classify<N: Borrow<Node>, P: Borrow<Pod>>(
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for node in sorted {
         let name = node.metadata.name.as_deref().unwrap_or_default();
+        // Neither burst capacity nor VM room: its pods count nowhere.
+        if super::is_edge_node(node.metadata.labels.as_ref()) {
+            continue;
+        }
         if cfg.virtual_nodes.is_virtual(node) {
             virtual_names.insert(name);
             continue;
@@ -375,6 +379,31 @@ mod tests {
         assert_eq!(c.placeholders[0].node.as_deref(), Some("vm-0"));
         let owners: Vec<&str> = c.pending_owners.iter().map(String::as_str).collect();
         assert_eq!(owners.len(), 1, "the waiting pod's controller: {owners:?}");
+        // An IoT Edge node is neither burst capacity nor VM room.
+        let mut edge = node("edge-munich")
+            .virtual_kubelet()
+            .label("spillway.io/edge", "true")
+            .build();
+        edge.metadata.name = Some("edge-munich".into());
+        let on_edge = pod()
+            .ns("web")
+            .name("sensor")
+            .on_node("edge-munich")
+            .phase("Running")
+            .build();
+        let with_edge = classify(
+            &[nodes[0].clone(), nodes[1].clone(), edge],
+            &[pods[0].clone(), on_edge],
+            now,
+            &ClusterConfig::default(),
+            None,
+        );
+        assert_eq!(with_edge.snapshot.nodes.len(), 1, "only vm-0 is VM room");
+        assert_eq!(with_edge.burst.len(), 1, "only the pod on spillway-aci");
+        assert_eq!(
+            with_edge.snapshot.burst_usage.get("web").map(|u| u.pods),
+            Some(1)
+        );
         // Without a placeholder namespace, nothing is listed as one.
         let plain = classify(&nodes, &pods, now, &ClusterConfig::default(), None);
         assert!(plain.placeholders.is_empty());

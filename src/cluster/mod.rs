@@ -70,7 +70,21 @@ pub enum ClusterError {
     Kube(String),
 }
 
-/// Decides which nodes are virtual (ACI) nodes.
+/// Label of spillway's IoT Edge virtual nodes: placement targets chosen by
+/// selector, never burst capacity and never VM room.
+pub const EDGE_NODE_LABEL: (&str, &str) = ("spillway.io/edge", "true");
+
+/// Whether a node is an IoT Edge virtual node (see [`EDGE_NODE_LABEL`]).
+pub fn is_edge_node(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(EDGE_NODE_LABEL.0))
+        .map(String::as_str)
+        == Some(EDGE_NODE_LABEL.1)
+}
+
+/// Decides which nodes are virtual (ACI) nodes. Edge nodes carry the
+/// virtual-kubelet label and taint too, but are not burst capacity: they
+/// never match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualNodeMatcher {
     /// A node with any of these `key=value` labels is virtual.
@@ -111,6 +125,9 @@ impl VirtualNodeMatcher {
         labels: Option<&BTreeMap<String, String>>,
         mut taint_keys: impl Iterator<Item = &'a str>,
     ) -> bool {
+        if is_edge_node(labels) {
+            return false;
+        }
         self.names.contains(name)
             || self
                 .labels
