@@ -108,6 +108,9 @@ pub struct RunCommand {
     /// The mutating admission webhook (`--webhook-listen`, …).
     #[command(flatten)]
     pub webhook: Box<WebhookFlags>,
+    /// The IoT Edge virtual node (`--edge`, `--edge-node`, …).
+    #[command(flatten)]
+    pub edge: Box<crate::edge::node::EdgeArgs>,
 }
 
 /// Flags of the mutating admission webhook (`src/admission/`).
@@ -150,6 +153,10 @@ impl RunCommand {
         self.provider.validate()?;
         if self.webhook.webhook_scheduler_name.trim().is_empty() {
             return Err(FlagError::EmptySchedulerName);
+        }
+        self.edge.validate()?;
+        if self.dry_run && self.edge.mode != crate::edge::node::EdgeMode::None {
+            return Err(FlagError::DryRunWithEdge);
         }
         if self.dry_run {
             match self.provider.backend {
@@ -200,6 +207,12 @@ pub enum FlagError {
     EmptySchedulerName,
     #[error("{0}")]
     Provider(#[from] crate::provider::cli::ProviderSetupError),
+    #[error(
+        "--dry-run cannot be combined with --edge hub|emulator: the edge virtual node only writes (it registers the node and creates IoT Edge deployments). Drop one of them"
+    )]
+    DryRunWithEdge,
+    #[error("{0}")]
+    Edge(#[from] crate::edge::node::EdgeSetupError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +229,8 @@ pub enum RunError {
     Provider(#[from] crate::provider::cli::ProviderSetupError),
     #[error("{0}")]
     Webhook(#[from] crate::admission::tls::TlsError),
+    #[error("edge virtual node: {0}")]
+    Edge(#[from] crate::edge::node::EdgeSetupError),
 }
 
 /// `spillway run`.
@@ -434,6 +449,20 @@ pub async fn run_with_webhook(
         )
         .await?
     };
+    // The IoT Edge virtual node, also leader-only; `validate` refused it with --dry-run.
+    let edge = if cmd.dry_run {
+        None
+    } else {
+        crate::edge::node::start(
+            &cmd.edge,
+            clients.calls.clone(),
+            clients.watches.clone(),
+            &cmd.provider.internal_ip(),
+            leader.clone(),
+            stop_rx.clone(),
+        )
+        .await?
+    };
     // Placeholders are owned by the Lease in spillway's namespace: deleting
     // the installation (and its namespace) collects them.
     let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cmd.namespace);
@@ -543,6 +572,14 @@ pub async fn run_with_webhook(
         && let Err(e) = p.task.await
     {
         tracing::warn!(error = %e, "provider task failed");
+    }
+    if let Some(e) = edge {
+        if let Err(err) = e.task.await {
+            tracing::warn!(error = %err, "edge node task failed");
+        }
+        if let Some(emu) = e.emulator {
+            emu.shutdown().await;
+        }
     }
     drop(leader);
     drop(dry_leader);

@@ -693,3 +693,58 @@ async fn a_leader_whose_lease_renewals_fail_stops_acting_when_the_lease_expires(
     }
     let _ = tokio::time::timeout(WAIT, &mut a.task).await;
 }
+
+/// `spillway run --edge emulator` registers the IoT Edge virtual node (as
+/// the leader, with its own taint and label), which the engine never counts
+/// as burst capacity; with `--dry-run` the flag is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_registers_the_edge_virtual_node() {
+    use k8s_openapi::api::core::v1::Node;
+    let srv = TestApiServer::start().await;
+    seed(&srv);
+    let mut inst = start_with(
+        &srv,
+        "edge",
+        &["--edge", "emulator", "--edge-node", "edge-munich"],
+    )
+    .await;
+    assert!(
+        eventually(|| srv.get::<Node>("", "edge-munich").is_some()).await,
+        "the edge node registers"
+    );
+    let node: Option<Node> = srv.get("", "edge-munich");
+    let node = node.unwrap_or_default();
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("spillway.io/edge").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        labels.get("type").map(String::as_str),
+        Some("virtual-kubelet")
+    );
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints.iter().any(
+            |t| t.key == "virtual-kubelet.io/provider" && t.value.as_deref() == Some("iotedge")
+        ),
+        "{taints:?}"
+    );
+    if let Some(stop) = inst.stop.take() {
+        let _ = stop.send(());
+    }
+    let done = tokio::time::timeout(WAIT, &mut inst.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["run", "--dry-run", "--edge", "emulator", "--policies"])
+        .arg(policies_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--dry-run cannot be combined with --edge"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -152,7 +152,7 @@ impl ProviderArgs {
 
     /// The node's InternalIP: --node-ip, else the listen address (loopback
     /// when that is unspecified).
-    fn internal_ip(&self) -> String {
+    pub fn internal_ip(&self) -> String {
         self.node_ip.clone().unwrap_or_else(|| {
             if self.kubelet_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
