@@ -55,6 +55,14 @@ pub struct RunCommand {
     /// Largest extender request body accepted; larger ones get 413.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Extender calls served at once; more get 503 at once (never queued
+    /// past the scheduler's timeout).
+    #[arg(long, default_value_t = crate::extender::DEFAULT_MAX_CONCURRENT, value_parser = clap::value_parser!(usize))]
+    pub max_concurrent_requests: usize,
+    /// Each extender call is answered within this many milliseconds, else
+    /// 503 (below kube-scheduler's 1 s httpTimeout).
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub request_deadline_ms: u64,
     #[command(flatten)]
     pub cluster: cluster::ClusterFlags,
     #[command(flatten)]
@@ -384,7 +392,11 @@ pub async fn run_with_webhook(
         view.clone(),
         metrics.clone(),
     )
-    .with_max_body_bytes(cmd.max_body_bytes);
+    .with_max_body_bytes(cmd.max_body_bytes)
+    .with_limits(
+        cmd.max_concurrent_requests,
+        Duration::from_millis(cmd.request_deadline_ms),
+    );
     // --dry-run writes nothing, reservations included: budgets are then
     // counted per replica only.
     if !cmd.dry_run {

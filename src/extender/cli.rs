@@ -30,6 +30,14 @@ pub struct ExtenderCommand {
     /// (names only) bodies stay small; full node lists of large clusters need more.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = clap::value_parser!(usize))]
     pub max_body_bytes: usize,
+    /// Extender calls served at once; more get 503 at once (never queued
+    /// past the scheduler's timeout).
+    #[arg(long, default_value_t = crate::extender::DEFAULT_MAX_CONCURRENT, value_parser = clap::value_parser!(usize))]
+    pub max_concurrent_requests: usize,
+    /// Each extender call is answered within this many milliseconds, else
+    /// 503 (below kube-scheduler's 1 s httpTimeout).
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub request_deadline_ms: u64,
     #[command(flatten)]
     pub cluster: cluster::ClusterFlags,
     #[command(flatten)]
@@ -152,7 +160,11 @@ async fn run_async(cmd: ExtenderCommand) -> ExitCode {
     };
     tracing::info!(listen = %cmd.listen, policies = %cmd.policies.display(), "extender listening");
     let mut state = AppState::new(PolicySource::Store(store), view, metrics)
-        .with_max_body_bytes(cmd.max_body_bytes);
+        .with_max_body_bytes(cmd.max_body_bytes)
+        .with_limits(
+            cmd.max_concurrent_requests,
+            std::time::Duration::from_millis(cmd.request_deadline_ms),
+        );
     if let Some(shared) = shared {
         state = state.with_reservations(shared);
     }

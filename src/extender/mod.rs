@@ -38,6 +38,40 @@ use std::time::Instant;
 /// comes near it.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Extender calls served at once by one replica; more are refused at once
+/// with 503 rather than queued past the scheduler's 1 s `httpTimeout`.
+/// The scheduler makes one filter and one prioritize call per pod, one pod
+/// at a time per profile, so this only bites when something else floods it.
+pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// Each extender call is answered (or refused with 503) within this, below
+/// kube-scheduler's `httpTimeout` (1 s in deploy/scheduler/).
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// Load limits of the extender's `/filter`, `/prioritize`, `/preempt`, `/bind`.
+#[derive(Debug)]
+pub struct RequestLimits {
+    permits: tokio::sync::Semaphore,
+    max: usize,
+    pub deadline: std::time::Duration,
+}
+
+impl RequestLimits {
+    pub fn new(max_concurrent: usize, deadline: std::time::Duration) -> Self {
+        let max = max_concurrent.max(1);
+        RequestLimits {
+            permits: tokio::sync::Semaphore::new(max),
+            max,
+            deadline,
+        }
+    }
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits::new(DEFAULT_MAX_CONCURRENT, DEFAULT_DEADLINE)
+    }
+}
+
 /// Errors of the extender; each maps to an HTTP status and a metric outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtenderError {
@@ -49,12 +83,19 @@ pub enum ExtenderError {
     Malformed { verb: &'static str, message: String },
     #[error("invalid {verb} request: {message}")]
     Invalid { verb: &'static str, message: String },
+    #[error("{limit} requests already in progress; try again")]
+    Overloaded { limit: usize },
+    #[error("no answer within the {millis} ms request deadline")]
+    Deadline { millis: u128 },
 }
 
 impl ExtenderError {
     pub fn status(&self) -> StatusCode {
         match self {
             ExtenderError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ExtenderError::Overloaded { .. } | ExtenderError::Deadline { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -62,6 +103,8 @@ impl ExtenderError {
     pub fn outcome(&self) -> &'static str {
         match self {
             ExtenderError::TooLarge { .. } => "too_large",
+            ExtenderError::Overloaded { .. } => "overloaded",
+            ExtenderError::Deadline { .. } => "deadline",
             _ => "bad_request",
         }
     }
@@ -108,6 +151,7 @@ pub struct AppState {
     /// Budget reservations shared by every replica (a ConfigMap); replaces
     /// `admissions` when set.
     pub reservations: Option<Arc<reservations::SharedReservations>>,
+    pub limits: Arc<RequestLimits>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -131,7 +175,13 @@ impl AppState {
             clock: Arc::new(Timestamp::now_wall),
             admissions: Arc::new(ledger::Admissions::default()),
             reservations: None,
+            limits: Arc::new(RequestLimits::default()),
         }
+    }
+    /// At most `max_concurrent` calls at once, each within `deadline`.
+    pub fn with_limits(mut self, max_concurrent: usize, deadline: std::time::Duration) -> Self {
+        self.limits = Arc::new(RequestLimits::new(max_concurrent, deadline));
+        self
     }
     /// Count budgets through reservations shared with the other replicas.
     pub fn with_reservations(mut self, shared: reservations::SharedReservations) -> Self {
@@ -206,12 +256,28 @@ where
     F: AsyncFnOnce(&AppState, T) -> Result<(Response, &'static str), ExtenderError>,
 {
     let started = Instant::now();
-    let result = match read_body(req, state.max_body_bytes).await {
-        Ok(bytes) => match decode::<T>(verb, &bytes) {
-            Ok(args) => answer(state, args).await,
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+    let limits = &state.limits;
+    // Shed, never queue: a queued call would answer after the scheduler
+    // gave up on it. A call cut off at the deadline may leave a budget
+    // reservation behind; it expires as any unbound one does (30 s).
+    let result = match limits.permits.try_acquire() {
+        Err(_) => Err(ExtenderError::Overloaded { limit: limits.max }),
+        Ok(_permit) => {
+            let work = async {
+                match read_body(req, state.max_body_bytes).await {
+                    Ok(bytes) => match decode::<T>(verb, &bytes) {
+                        Ok(args) => answer(state, args).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            };
+            tokio::time::timeout(limits.deadline, work)
+                .await
+                .unwrap_or(Err(ExtenderError::Deadline {
+                    millis: limits.deadline.as_millis(),
+                }))
+        }
     };
     let (response, outcome) = match result {
         Ok(answered) => answered,

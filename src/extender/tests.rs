@@ -159,3 +159,72 @@ async fn error_statuses_and_outcomes() {
         (StatusCode::BAD_REQUEST, "bad_request")
     );
 }
+
+/// A call past the deadline is answered 503 (`deadline`) before the
+/// scheduler's timeout, and while the one permitted call is in progress
+/// another is shed at once with 503 (`overloaded`), never queued.
+#[tokio::test]
+async fn calls_past_the_deadline_or_the_concurrency_limit_get_503() {
+    use tower::ServiceExt;
+    let st = state(vec![policy(None, BurstMode::Auto)])
+        .with_limits(1, std::time::Duration::from_millis(200));
+    let stalled = || {
+        // A body that never arrives: the call holds its permit until the deadline.
+        let body = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        axum::http::Request::post("/filter")
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap_or_default()
+    };
+    let first = tokio::spawn(app(st.clone()).oneshot(stalled()));
+    // Wait until the first call holds the only permit.
+    for _ in 0..200 {
+        if st.limits.permits.available_permits() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(st.limits.permits.available_permits(), 0);
+    let shed = app(st.clone())
+        .oneshot(stalled())
+        .await
+        .ok()
+        .map(|r| r.status());
+    assert_eq!(
+        shed,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "second call shed"
+    );
+    let first = first.await.ok().and_then(Result::ok).map(|r| r.status());
+    assert_eq!(
+        first,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "first call cut at the deadline"
+    );
+    let text = st.metrics.render();
+    assert!(
+        text.contains("spillway_extender_requests_total{outcome=\"overloaded\",verb=\"filter\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spillway_extender_requests_total{outcome=\"deadline\",verb=\"filter\"} 1"),
+        "{text}"
+    );
+    // The permit is back: a normal call is answered.
+    let ok = app(st.clone())
+        .oneshot(
+            axum::http::Request::post("/filter")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    serde_json::json!({"Pod": web_pod(0), "NodeNames": ["vm-0", "aci"]})
+                        .to_string(),
+                ))
+                .unwrap_or_default(),
+        )
+        .await
+        .ok()
+        .map(|r| r.status());
+    assert_eq!(ok, Some(StatusCode::OK));
+}
