@@ -979,7 +979,8 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         skipped.iter().all(|k| k.starts_with("Deployment ")
             || k.starts_with("Service ")
             || k.starts_with("PodDisruptionBudget ")
-            || k.starts_with("PriorityClass ")),
+            || k.starts_with("PriorityClass ")
+            || k.starts_with("NetworkPolicy ")),
         "{skipped:?}"
     );
     // The cluster as it stands: pool `user` full, the web app's namespace

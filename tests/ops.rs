@@ -1745,3 +1745,83 @@ fn the_webhook_cert_manager_component_switches_to_files_and_ca_injection() {
     );
     assert!(read("deploy/README.md").contains("webhook-cert-manager"));
 }
+
+/// The NetworkPolicy (AKS overlay) admits the extender port only from the
+/// spillway-scheduler pods and labelled monitoring namespaces, and the
+/// webhook and kubelet ports from anywhere; every port it names is one the
+/// spillway container declares, and its selectors match the pods they mean.
+#[test]
+fn the_network_policy_locks_the_extender_port_to_the_scheduler() {
+    let np = yaml("deploy/networkpolicy/networkpolicy.yaml");
+    assert_eq!(np["apiVersion"], "networking.k8s.io/v1");
+    let spillway = yaml("deploy/base/deployment.yaml");
+    let scheduler = yaml("deploy/scheduler/deployment.yaml");
+    assert_eq!(
+        np["metadata"]["namespace"],
+        spillway["metadata"]["namespace"]
+    );
+    assert_eq!(
+        np["metadata"]["namespace"], scheduler["metadata"]["namespace"],
+        "a bare podSelector only selects pods of the policy's namespace"
+    );
+    let labels = |d: &Value| d["spec"]["template"]["metadata"]["labels"].clone();
+    let selects = |sel: &Value, pod_labels: &Value| {
+        sel["matchLabels"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| pod_labels[k] == *v))
+    };
+    assert!(selects(&np["spec"]["podSelector"], &labels(&spillway)));
+    assert!(!selects(&np["spec"]["podSelector"], &labels(&scheduler)));
+    assert_eq!(strings(&np["spec"]["policyTypes"]), ["Ingress"]);
+    let declared: BTreeSet<String> = spillway["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    let rules = np["spec"]["ingress"].as_array().expect("ingress rules");
+    let mut open_to_all = BTreeSet::new();
+    let mut http_from = None;
+    for r in rules {
+        let ports: Vec<String> = r["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["port"].as_str().unwrap_or_default().to_string())
+            .collect();
+        for p in &ports {
+            assert!(
+                declared.contains(p),
+                "port {p} is not declared by the container"
+            );
+        }
+        match r.get("from") {
+            None => open_to_all.extend(ports),
+            Some(from) => {
+                assert_eq!(ports, ["http"], "only the extender port is restricted");
+                http_from = Some(from.clone());
+            }
+        }
+    }
+    assert_eq!(
+        open_to_all,
+        BTreeSet::from(["kubelet".to_string(), "webhook".to_string()]),
+        "the API server's address is unknown on AKS"
+    );
+    let from = http_from.expect("a rule for the extender port");
+    let from = from.as_array().expect("from peers");
+    assert!(
+        from.iter()
+            .any(|peer| selects(&peer["podSelector"], &labels(&scheduler))),
+        "the scheduler pods reach the extender"
+    );
+    assert!(
+        from.iter()
+            .any(|peer| peer["namespaceSelector"]["matchLabels"]["spillway.io/scrape"] == "true"),
+        "monitoring namespaces labelled spillway.io/scrape=true scrape /metrics"
+    );
+    assert!(
+        read("deploy/overlays/aks/kustomization.yaml").contains("../../networkpolicy"),
+        "the AKS overlay ships it"
+    );
+}
