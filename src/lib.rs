@@ -19,4 +19,5 @@ pub mod provider;
 pub mod run;
 pub mod served;
 pub mod sim;
+pub mod tls;
 pub mod units;

@@ -93,21 +93,9 @@ pub fn generate(hosts: &[String]) -> Result<ServingCert, TlsError> {
     let chain = vec![cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     Ok(ServingCert {
-        config: server_config(chain, key)?,
+        config: crate::tls::server_config(chain, key)?,
         ca_pem: ca.pem(),
     })
-}
-
-fn server_config(
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
 }
 
 /// Serve `app` over TLS on `listener` until `stop` resolves. A client that
@@ -292,19 +280,9 @@ pub fn from_files(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let file_err = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(cert, &e))?;
-    if chain.is_empty() {
-        return Err(file_err(cert, &"no certificate in the file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, &e))?;
-    server_config(chain, key)
+    let (chain, key) = crate::tls::read_pem_pair(cert, key).map_err(|e| TlsError::File {
+        path: e.path,
+        message: e.message,
+    })?;
+    Ok(crate::tls::server_config(chain, key)?)
 }
