@@ -43,6 +43,7 @@
 use super::model::*;
 use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 use crate::policy::{AciSettings, PublicIp, render_dns_label};
+use crate::provider::resolve::expand_vars;
 use crate::units::{parse_cpu_millis, parse_memory_bytes};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1 as k8s;
@@ -569,7 +570,18 @@ fn translate_env(
             }
             (Some(v), None) => {
                 // `$(VAR)` may refer to variables defined earlier in the list.
-                let (expanded, secret) = expand_vars(v, &out);
+                let mut secret = false;
+                let expanded = expand_vars(v, |name| {
+                    let e = out.iter().find(|e| e.name == name)?;
+                    // A value built from a secret stays secret.
+                    secret |= e.secure_value.is_some();
+                    Some(
+                        e.secure_value
+                            .as_deref()
+                            .or(e.value.as_deref())
+                            .unwrap_or_default(),
+                    )
+                });
                 set(
                     &mut out,
                     &e.name,
@@ -584,54 +596,6 @@ fn translate_env(
         }
     }
     Ok(out)
-}
-
-/// Kubernetes' `$(VAR)` expansion: a defined variable is replaced, an
-/// undefined reference is kept as written, `$$` is a literal `$`. Returns the
-/// result and whether it took a secret value (then it must stay secret).
-fn expand_vars(input: &str, env: &[EnvironmentVariable]) -> (String, bool) {
-    let mut out = String::with_capacity(input.len());
-    let mut secret = false;
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('(') {
-            match tail.find(')') {
-                Some(end) => {
-                    let name = &tail[..end];
-                    match env.iter().find(|e| e.name == name) {
-                        Some(EnvironmentVariable {
-                            secure_value: Some(v),
-                            ..
-                        }) => {
-                            secret = true;
-                            out.push_str(v);
-                        }
-                        Some(e) => out.push_str(e.value.as_deref().unwrap_or_default()),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &tail[end + 1..];
-                }
-                None => {
-                    out.push_str("$(");
-                    rest = tail;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    (out, secret)
 }
 
 /// The downward-API values that need only the pod object.
@@ -840,7 +804,16 @@ fn translate_init_container(
 
 /// `$(VAR)` in command and args refers to the container's environment.
 fn expand_command(command: Vec<String>, env: &[EnvironmentVariable]) -> Vec<String> {
-    command.iter().map(|arg| expand_vars(arg, env).0).collect()
+    let lookup = |name: &str| {
+        let e = env.iter().find(|e| e.name == name)?;
+        Some(
+            e.secure_value
+                .as_deref()
+                .or(e.value.as_deref())
+                .unwrap_or_default(),
+        )
+    };
+    command.iter().map(|arg| expand_vars(arg, lookup)).collect()
 }
 
 fn translate_probe(

@@ -39,6 +39,7 @@
 //!   operator's choice to make, and the caller resolves them.
 
 use super::model::Configuration;
+use crate::provider::resolve::expand_vars;
 use crate::units::{parse_cpu_millis, parse_memory_bytes};
 use k8s_openapi::api::core::v1 as k8s;
 use serde_json::{Map, Value, json};
@@ -698,7 +699,7 @@ fn module_env(
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
         let value = match &e.value_from {
-            None => expand_vars(e.value.as_deref().unwrap_or_default(), &env),
+            None => expand_vars(e.value.as_deref().unwrap_or_default(), lookup(&env)),
             Some(source) => {
                 if let Some(f) = &source.field_ref {
                     if f.field_path == "metadata.namespace" {
@@ -741,43 +742,9 @@ fn module_env(
     Ok(env)
 }
 
-/// Kubernetes `$(VAR)` expansion: defined variables are replaced, `$$` is a
-/// literal `$`, undefined references stay as written.
-fn expand_vars(input: &str, env: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('(') {
-            match tail.find(')') {
-                Some(end) => {
-                    let name = &tail[..end];
-                    match env.iter().find(|(n, _)| n == name) {
-                        Some((_, v)) => out.push_str(v),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &tail[end + 1..];
-                }
-                None => {
-                    out.push_str("$(");
-                    rest = tail;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
+/// The value of a variable defined so far, for `$(VAR)` expansion.
+fn lookup<'e>(env: &'e [(String, String)]) -> impl Fn(&str) -> Option<&'e str> {
+    move |name| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 /// Docker create options for one container, as a JSON string.
@@ -790,11 +757,11 @@ fn create_options(
     let mut top = Map::new();
     let mut host = Map::new();
     if let Some(cmd) = c.command.as_ref().filter(|v| !v.is_empty()) {
-        let cmd: Vec<String> = cmd.iter().map(|a| expand_vars(a, env)).collect();
+        let cmd: Vec<String> = cmd.iter().map(|a| expand_vars(a, lookup(env))).collect();
         top.insert("Entrypoint".into(), json!(cmd));
     }
     if let Some(args) = c.args.as_ref().filter(|v| !v.is_empty()) {
-        let args: Vec<String> = args.iter().map(|a| expand_vars(a, env)).collect();
+        let args: Vec<String> = args.iter().map(|a| expand_vars(a, lookup(env))).collect();
         top.insert("Cmd".into(), json!(args));
     }
     if let Some(dir) = c.working_dir.as_ref().filter(|d| !d.is_empty()) {

@@ -571,6 +571,47 @@ pub fn registry_credentials(
     Ok(out)
 }
 
+/// Kubernetes' `$(VAR)` expansion, as the kubelet applies it to env values,
+/// command and args: a reference `lookup` knows is replaced, an unknown one
+/// is kept as written, `$$` is a literal `$`. Shared by every backend's
+/// translation.
+pub fn expand_vars<'e>(input: &str, mut lookup: impl FnMut(&str) -> Option<&'e str>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('(') {
+            match tail.find(')') {
+                Some(end) => {
+                    let name = &tail[..end];
+                    match lookup(name) {
+                        Some(v) => out.push_str(v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &tail[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = tail;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,5 +822,14 @@ mod tests {
             data: BTreeMap::from([(".dockerconfigjson".to_string(), b"{oops".to_vec())]),
         };
         assert!(registry_credentials("x", &bad).is_err());
+    }
+
+    #[test]
+    fn dollar_references_expand_like_the_kubelet() {
+        let env = [("A", "1"), ("B", "two")];
+        let lookup = |n: &str| env.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        assert_eq!(expand_vars("$(A)-$(B)", lookup), "1-two");
+        assert_eq!(expand_vars("$(C) $$(A) $A $(A", lookup), "$(C) $(A) $A $(A");
+        assert_eq!(expand_vars("no refs", lookup), "no refs");
     }
 }
