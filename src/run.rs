@@ -554,9 +554,10 @@ pub async fn run_with_webhook(
         let state = view.current();
         let policies = store.current();
         let report = autoscaler
-            .pass(
+            .pass_with(
                 &state.nodes,
                 &state.pods,
+                &state.bound,
                 &state.pdbs,
                 &policies,
                 ca.as_deref(),

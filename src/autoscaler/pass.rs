@@ -7,7 +7,8 @@ use super::observe;
 use super::plan::{Action, EventReason, Inputs, LoopConfig, LoopState, plan_actions};
 use super::pools::{self, NodeGroupStatus, ProvisionLearner};
 use crate::cluster::ClusterConfig;
-use crate::cluster::classify::{Classified, classify};
+use crate::cluster::bound::BoundPod;
+use crate::cluster::classify::{Classified, classify_with};
 use crate::decision::Engine;
 use crate::policy::PolicySet;
 use crate::units::Timestamp;
@@ -116,11 +117,33 @@ impl Autoscaler {
     /// `pdbs`: the cluster's PodDisruptionBudgets (burst pods whose budget
     /// allows no disruption now are not asked to move); empty is fine, the
     /// Eviction API still refuses what a budget forbids.
-    #[allow(clippy::too_many_arguments)]
     pub async fn pass<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<PodDisruptionBudget>>(
         &mut self,
         nodes: &[N],
         pods: &[P],
+        pdbs: &[B],
+        policies: &PolicySet,
+        ca_status: Option<&[NodeGroupStatus]>,
+        now: Timestamp,
+    ) -> PassReport {
+        let none: &[BoundPod] = &[];
+        self.pass_with(nodes, pods, none, pdbs, policies, ca_status, now)
+            .await
+    }
+
+    /// [`Self::pass`] on the cluster view's objects: whole pods plus the
+    /// records of bound pods ([`BoundPod`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pass_with<
+        N: Borrow<Node>,
+        P: Borrow<Pod>,
+        R: Borrow<BoundPod>,
+        B: Borrow<PodDisruptionBudget>,
+    >(
+        &mut self,
+        nodes: &[N],
+        pods: &[P],
+        bound: &[R],
         pdbs: &[B],
         policies: &PolicySet,
         ca_status: Option<&[NodeGroupStatus]>,
@@ -135,9 +158,10 @@ impl Autoscaler {
             mut burst,
             placeholders,
             pending_owners,
-        } = classify(
+        } = classify_with(
             nodes,
             pods,
+            bound,
             now,
             &self.cluster,
             Some(&self.placeholder_namespace),

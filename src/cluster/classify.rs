@@ -8,6 +8,7 @@
 //! placeholders and pending controllers from the same pass, never the
 //! objects. Pure: no I/O, `now` is an argument.
 
+use super::bound::{BoundPod, controller, is_compactable};
 use super::constraints;
 use super::{
     ClusterConfig, ClusterError, is_pending, is_terminal, node_allocatable, node_pool, node_ready,
@@ -90,64 +91,6 @@ pub fn is_placeholder(pod: &Pod) -> bool {
         .is_some_and(|l| l.contains_key(PLACEHOLDER_FOR_LABEL))
 }
 
-fn condition_true_since(pod: &Pod, kind: &str) -> Option<Option<Timestamp>> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == kind && c.status == "True")?;
-    Some(
-        c.last_transition_time
-            .as_ref()
-            .map(|t| Timestamp::from_millis(t.0.as_millisecond())),
-    )
-}
-
-fn controller(pod: &Pod) -> Option<Owner> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-        .map(|r| Owner {
-            kind: r.kind.clone(),
-            name: r.name.clone(),
-            uid: r.uid.clone(),
-        })
-}
-
-/// A pod bound to a virtual node, unless it lacks a name or uid.
-fn burst_pod(pod: &Pod, requests: Resources, now: Timestamp) -> Option<BurstPod> {
-    let created = pod
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| Timestamp::from_millis(t.0.as_millisecond()));
-    Some(BurstPod {
-        namespace: pod.metadata.namespace.clone()?,
-        name: pod.metadata.name.clone()?,
-        uid: pod.metadata.uid.clone()?,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        requests,
-        owner: controller(pod),
-        bound_at: condition_true_since(pod, "PodScheduled")
-            .flatten()
-            .or(created)
-            .unwrap_or(now),
-        ready: condition_true_since(pod, "Ready").is_some(),
-        terminating: pod.metadata.deletion_timestamp.is_some(),
-        deletion_cost: pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(DELETION_COST_ANNOTATION))
-            .and_then(|v| v.trim().parse().ok()),
-        pdb_blocked: false,
-    })
-}
-
 fn placeholder(pod: &Pod) -> Option<Placeholder> {
     Some(Placeholder {
         name: pod.metadata.name.clone()?,
@@ -172,6 +115,27 @@ fn placeholder(pod: &Pod) -> Option<Placeholder> {
 pub fn classify<N: Borrow<Node>, P: Borrow<Pod>>(
     nodes: &[N],
     pods: &[P],
+    now: Timestamp,
+    cfg: &ClusterConfig,
+    placeholder_namespace: Option<&str>,
+) -> Classified {
+    classify_with(
+        nodes,
+        pods,
+        &[] as &[BoundPod],
+        now,
+        cfg,
+        placeholder_namespace,
+    )
+}
+
+/// [`classify`] of whole pods plus the records of bound pods the view keeps
+/// instead of whole ones ([`BoundPod`]); a whole bound pod counts as its
+/// record would, so both forms of a pod give the same result.
+pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
+    nodes: &[N],
+    pods: &[P],
+    bound: &[B],
     now: Timestamp,
     cfg: &ClusterConfig,
     placeholder_namespace: Option<&str>,
@@ -234,10 +198,20 @@ pub fn classify<N: Borrow<Node>, P: Borrow<Pod>>(
     let mut out = Classified::default();
     let mut pending = Vec::new();
     let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
+    let mut records = Vec::new();
     for pod in pods {
         let pod: &Pod = pod.borrow();
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        if node_name.is_none() && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod) {
+        if is_compactable(pod) {
+            records.push(BoundPod::from_pod(pod));
+            continue;
+        }
+        // Unbound (or a placeholder).
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if !bound && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod) {
             out.pending_owners.extend(controller(pod).map(|o| o.uid));
         }
         // Capacity placeholders hold VM room for burst pods; any real pod may
@@ -255,29 +229,35 @@ pub fn classify<N: Borrow<Node>, P: Borrow<Pod>>(
                 Ok(p) => pending.push(p),
                 Err(e) => tracing::warn!(error = %e, "skipping pending pod"),
             }
+        }
+    }
+    for pod in records.iter().chain(bound.iter().map(Borrow::borrow)) {
+        if pod.terminal {
             continue;
         }
-        if is_terminal(pod) {
-            continue;
-        }
-        let Some(node_name) = node_name else {
-            continue;
-        };
+        let node_name: &str = &pod.node;
         if virtual_names.contains(node_name) || cfg.virtual_nodes.is_virtual_name(node_name) {
             // The engine counts what ACI bills; the autoscaler moves pods
             // whose requests it can read (the extender reports the others).
-            let requests = pod_requests(pod);
             let effective = cfg
                 .engine
-                .aci_effective(requests.as_ref().unwrap_or(&Resources::default()));
+                .aci_effective(pod.requests.as_ref().unwrap_or(&Resources::default()));
             let hourly = cfg.engine.prices.aci_hourly(&effective);
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            burst_usage.entry(ns).or_default().add(&effective, hourly);
-            if let Ok(r) = requests {
-                out.burst.extend(burst_pod(pod, r, now));
+            burst_usage
+                .entry(pod.namespace().to_string())
+                .or_default()
+                .add(&effective, hourly);
+            if let Ok(r) = &pod.requests {
+                out.burst.extend(pod.burst_pod(*r, now));
             }
         } else if let Some(&i) = vm_index.get(node_name) {
-            let requests = lenient(pod_requests(pod));
+            let requests = match &pod.requests {
+                Ok(r) => *r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring unparseable quantity");
+                    Resources::default()
+                }
+            };
             vm_nodes[i].allocated = vm_nodes[i].allocated.add(&requests);
         }
     }

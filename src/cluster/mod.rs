@@ -8,6 +8,7 @@
 //! engine does. The only I/O is in `load` (reading a `kubectl get -o yaml`
 //! file) and `view::run_reflectors` (watching the API server).
 
+pub mod bound;
 pub mod build;
 pub mod ca_status;
 pub mod classify;
@@ -369,7 +370,7 @@ pub fn aci_incompatibility(pod: &Pod) -> Option<String> {
     None
 }
 
-fn is_terminal(pod: &Pod) -> bool {
+pub(crate) fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded") | Some("Failed")

@@ -3,7 +3,8 @@
 //! At 50,000 pods the whole objects cost gigabytes, most of it fields
 //! spillway never reads: managedFields, env, images, probes, container
 //! statuses, node images. Objects are slimmed once, before they enter the
-//! reflector stores (`view::run_reflectors`) or the cluster-state file's
+//! view's stores (`view::run_reflectors`; pods bound to a node are kept
+//! as even smaller records there, `bound::BoundPod`) or the cluster-state file's
 //! object lists (`load`), keeping every field that the view's readers use:
 //! `snapshot_from` and the functions it calls (`pending_pod`,
 //! `pod_requests`, `aci_incompatibility`, `constraints`), the autoscaler's

@@ -4,18 +4,20 @@
 //!
 //! Writers replace the whole state at once (an `Arc` swap under a short write
 //! lock); readers clone the `Arc`. In cluster mode the state is rebuilt from
-//! kube reflector stores (nodes and pods), at most once per `min_interval`,
+//! watch stores (a kube reflector store of nodes; pods in the view's own
+//! store, bound pods as compact records), at most once per `min_interval`,
 //! whenever a watch event arrives; in file mode it is built once.
 
-use super::{ClusterConfig, ClusterError, ClusterObjects, snapshot_from, virtual_node_names};
+use super::bound::{BoundPod, is_compactable};
+use super::{ClusterConfig, ClusterError, ClusterObjects, virtual_node_names};
 use crate::decision::Snapshot;
 use crate::units::Timestamp;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One consistent picture of the cluster.
 #[derive(Debug, Clone, Default)]
@@ -28,9 +30,12 @@ pub struct ClusterState {
     pub vm_nodes: BTreeSet<String>,
     /// False until the first full list of nodes and pods has arrived.
     pub synced: bool,
-    /// The objects it was built from (the autoscaler reads these).
+    /// The objects it was built from (the autoscaler reads these): nodes,
+    /// pods not bound to a node and placeholders as (slimmed) objects, and
+    /// every other pod as its compact record.
     pub nodes: Vec<Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
+    pub bound: Vec<Arc<BoundPod>>,
     /// PodDisruptionBudgets, when watched (empty until their first list).
     pub pdbs: Vec<Arc<PodDisruptionBudget>>,
 }
@@ -99,9 +104,20 @@ impl ClusterView {
         N: std::borrow::Borrow<Node>,
         P: std::borrow::Borrow<Pod>,
     {
-        self.replace_shared(
+        let (mut whole, mut bound) = (Vec::new(), Vec::new());
+        for pod in pods.iter().map(std::borrow::Borrow::borrow) {
+            if is_compactable(pod) {
+                bound.push(Arc::new(BoundPod::from_pod(pod)));
+            } else {
+                whole.push(Arc::new(pod.clone()));
+            }
+        }
+        let pdbs = self.current().pdbs.clone();
+        self.replace_all(
             nodes.iter().map(|n| Arc::new(n.borrow().clone())).collect(),
-            pods.iter().map(|p| Arc::new(p.borrow().clone())).collect(),
+            whole,
+            bound,
+            pdbs,
             now,
         );
     }
@@ -122,31 +138,29 @@ impl ClusterView {
         };
         let current = self.current();
         if changed && current.synced {
-            self.replace_shared(
+            self.replace_all(
                 current.nodes.clone(),
                 current.pods.clone(),
+                current.bound.clone(),
+                current.pdbs.clone(),
                 current.snapshot.now,
             );
         }
     }
 
-    /// Rebuild from shared objects (a reflector store's state) without
-    /// copying them, keeping the PodDisruptionBudgets it has.
-    pub fn replace_shared(&self, nodes: Vec<Arc<Node>>, pods: Vec<Arc<Pod>>, now: Timestamp) {
-        let pdbs = self.current().pdbs.clone();
-        self.replace_all(nodes, pods, pdbs, now);
-    }
-
-    /// Rebuild from shared nodes, pods and PodDisruptionBudgets.
+    /// Rebuild from shared nodes, pods (whole ones and records of bound
+    /// ones, see [`BoundPod`]) and PodDisruptionBudgets, without copying them.
     pub fn replace_all(
         &self,
         nodes: Vec<Arc<Node>>,
         pods: Vec<Arc<Pod>>,
+        bound: Vec<Arc<BoundPod>>,
         pdbs: Vec<Arc<PodDisruptionBudget>>,
         now: Timestamp,
     ) {
         let started = std::time::Instant::now();
-        let mut snapshot = snapshot_from(&nodes, &pods, now, &self.config);
+        let mut snapshot =
+            super::classify::classify_with(&nodes, &pods, &bound, now, &self.config, None).snapshot;
         match self.pool_info.read() {
             Ok(info) => crate::autoscaler::pools::apply_info(&mut snapshot, &info),
             Err(poisoned) => {
@@ -162,6 +176,7 @@ impl ClusterView {
             synced: true,
             nodes,
             pods,
+            bound,
             pdbs,
         });
         // The old state is dropped outside the lock, and after the timer:
@@ -178,6 +193,86 @@ impl ClusterView {
     }
 }
 
+/// The view's pods as the watch reports them: unbound pods and placeholders
+/// as slimmed objects, bound pods as [`BoundPod`] records (what a kube
+/// reflector store would hold as whole objects, at a tenth of the memory).
+///
+/// Like a reflector store, a relist (`Init` .. `InitDone`) fills a buffer
+/// that replaces the live maps at once, so readers never see half a list.
+#[derive(Debug, Default)]
+struct PodStore {
+    live: PodMaps,
+    /// The relist in progress.
+    buffer: Option<PodMaps>,
+    /// A first full list has arrived.
+    ready: bool,
+}
+
+#[derive(Debug, Default)]
+struct PodMaps {
+    whole: HashMap<String, Arc<Pod>>,
+    bound: HashMap<String, Arc<BoundPod>>,
+}
+
+impl PodMaps {
+    fn apply(&mut self, mut pod: Pod) {
+        let key = pod_store_key(&pod);
+        if is_compactable(&pod) {
+            self.whole.remove(&key);
+            self.bound.insert(key, Arc::new(BoundPod::from_pod(&pod)));
+        } else {
+            self.bound.remove(&key);
+            super::slim::slim_pod(&mut pod);
+            self.whole.insert(key, Arc::new(pod));
+        }
+    }
+
+    fn delete(&mut self, pod: &Pod) {
+        let key = pod_store_key(pod);
+        self.whole.remove(&key);
+        self.bound.remove(&key);
+    }
+}
+
+fn pod_store_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl PodStore {
+    fn apply_event(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) => self.live.apply(pod),
+            watcher::Event::Delete(pod) => self.live.delete(&pod),
+            watcher::Event::Init => self.buffer = Some(PodMaps::default()),
+            watcher::Event::InitApply(pod) => self.buffer.get_or_insert_default().apply(pod),
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.buffer.take() {
+                    self.live = listed;
+                }
+                self.ready = true;
+            }
+        }
+    }
+
+    fn state(&self) -> (Vec<Arc<Pod>>, Vec<Arc<BoundPod>>) {
+        (
+            self.live.whole.values().cloned().collect(),
+            self.live.bound.values().cloned().collect(),
+        )
+    }
+}
+
+fn lock_store(store: &Mutex<PodStore>) -> std::sync::MutexGuard<'_, PodStore> {
+    match store.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// Watch nodes and pods and keep `view` up to date. Runs until the task is
 /// dropped; watch errors are retried with kube's default backoff and logged.
 /// Objects are slimmed ([`super::slim`]) before they enter the stores.
@@ -190,7 +285,8 @@ pub async fn run_reflectors(
     let pods_api: kube::Api<Pod> = kube::Api::all(client.clone());
     let pdbs_api: kube::Api<PodDisruptionBudget> = kube::Api::all(client);
     let (node_store, node_writer) = reflector::store::<Node>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pod_store = Arc::new(Mutex::new(PodStore::default()));
+    let (pods_ready_tx, mut pods_ready) = tokio::sync::watch::channel(false);
     let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
     let changed = Arc::new(tokio::sync::Notify::new());
 
@@ -200,12 +296,20 @@ pub async fn run_reflectors(
             .modify(super::slim::slim_node)
             .default_backoff(),
     );
-    let pod_events = reflector(
-        pod_writer,
+    let pod_events = {
+        let store = pod_store.clone();
         watcher(pods_api, watcher::Config::default())
-            .modify(super::slim::slim_pod)
-            .default_backoff(),
-    );
+            .default_backoff()
+            .map(move |ev| {
+                ev.map(|ev| {
+                    let mut s = lock_store(&store);
+                    s.apply_event(ev);
+                    if s.ready {
+                        pods_ready_tx.send_replace(true);
+                    }
+                })
+            })
+    };
     let pdb_events = reflector(
         pdb_writer,
         watcher(pdbs_api, watcher::Config::default())
@@ -230,11 +334,7 @@ pub async fn run_reflectors(
         "nodes",
         changed.clone(),
     ));
-    let pod_task = tokio::spawn(drive(
-        pod_events.map(|r| r.map(|_| ())).boxed(),
-        "pods",
-        changed.clone(),
-    ));
+    let pod_task = tokio::spawn(drive(pod_events.boxed(), "pods", changed.clone()));
     // Budgets only spare the autoscaler futile evictions: the view does not
     // wait for them to sync.
     let pdb_task = tokio::spawn(drive(
@@ -245,8 +345,16 @@ pub async fn run_reflectors(
 
     let rebuild = async {
         let ready = async {
-            node_store.wait_until_ready().await?;
-            pod_store.wait_until_ready().await
+            node_store
+                .wait_until_ready()
+                .await
+                .map_err(|e| e.to_string())?;
+            // The sender lives as long as the pod watch task.
+            pods_ready
+                .wait_for(|ready| *ready)
+                .await
+                .map(|_| ())
+                .map_err(|_| "the pod watch ended".to_string())
         };
         if let Err(e) = ready.await {
             return Err(ClusterError::Kube(format!(
@@ -255,9 +363,11 @@ pub async fn run_reflectors(
         }
         tracing::info!("cluster view synced");
         loop {
+            let (pods, bound) = lock_store(&pod_store).state();
             view.replace_all(
                 node_store.state(),
-                pod_store.state(),
+                pods,
+                bound,
                 pdb_store.state(),
                 Timestamp::now_wall(),
             );
@@ -328,5 +438,119 @@ mod tests {
             Some(crate::units::Duration::from_secs(150))
         );
         assert_eq!(state.nodes.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::cluster::build::{node, pod};
+    use crate::cluster::classify::PLACEHOLDER_FOR_LABEL;
+
+    fn names(store: &PodStore) -> (Vec<String>, Vec<String>) {
+        let (whole, bound) = store.state();
+        let mut w: Vec<String> = whole.iter().map(|p| pod_store_key(p)).collect();
+        let mut b: Vec<String> = bound
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.namespace(),
+                    p.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        w.sort();
+        b.sort();
+        (w, b)
+    }
+
+    #[test]
+    fn bound_pods_become_records_and_a_relist_replaces_everything_at_once() {
+        let mut store = PodStore::default();
+        let waiting = pod().ns("web").name("a").cpu("1").build();
+        let running = pod().ns("web").name("b").cpu("1").on_node("vm-0").build();
+        let holder = pod()
+            .ns("spillway-system")
+            .name("ph")
+            .label(PLACEHOLDER_FOR_LABEL, "u1")
+            .on_node("vm-0")
+            .build();
+        store.apply_event(watcher::Event::Init);
+        store.apply_event(watcher::Event::InitApply(waiting.clone()));
+        store.apply_event(watcher::Event::InitApply(running.clone()));
+        // Not ready, nothing live, until the list is complete.
+        assert!(!store.ready);
+        assert_eq!(names(&store), (vec![], vec![]));
+        store.apply_event(watcher::Event::InitApply(holder.clone()));
+        store.apply_event(watcher::Event::InitDone);
+        assert!(store.ready);
+        assert_eq!(
+            names(&store),
+            (
+                vec!["spillway-system/ph".to_string(), "web/a".to_string()],
+                vec!["web/b".to_string()]
+            )
+        );
+        // The waiting pod binds: it moves from the objects to the records.
+        let mut bound = waiting.clone();
+        bound.spec.as_mut().expect("spec").node_name = Some("vm-0".into());
+        store.apply_event(watcher::Event::Apply(bound));
+        assert_eq!(
+            names(&store),
+            (
+                vec!["spillway-system/ph".to_string()],
+                vec!["web/a".to_string(), "web/b".to_string()]
+            )
+        );
+        store.apply_event(watcher::Event::Delete(running));
+        assert_eq!(names(&store).1, vec!["web/a".to_string()]);
+        // A relist that no longer holds a pod drops it when it completes.
+        store.apply_event(watcher::Event::Init);
+        store.apply_event(watcher::Event::InitApply(holder));
+        assert_eq!(names(&store).1, vec!["web/a".to_string()]);
+        store.apply_event(watcher::Event::InitDone);
+        assert_eq!(
+            names(&store),
+            (vec!["spillway-system/ph".to_string()], vec![])
+        );
+    }
+
+    #[test]
+    fn the_view_of_records_is_the_view_of_whole_pods() {
+        let nodes = vec![
+            node("vm-0").pool("p1").cpu("4").memory("16Gi").build(),
+            node("aci").virtual_kubelet().build(),
+        ];
+        let pods = vec![
+            pod().ns("web").name("r").cpu("1").on_node("vm-0").build(),
+            pod()
+                .ns("web")
+                .name("b")
+                .cpu("2")
+                .on_node("aci")
+                .owned_by("ReplicaSet", "web-1")
+                .build(),
+            pod().ns("web").name("w").cpu("1").build(),
+        ];
+        let now = Timestamp::from_secs(100);
+        let cfg = ClusterConfig::default();
+        let view = ClusterView::new(cfg.clone());
+        view.replace(&nodes, &pods, now);
+        let state = view.current();
+        assert_eq!((state.pods.len(), state.bound.len()), (1, 2));
+        let whole = crate::cluster::classify::classify(&nodes, &pods, now, &cfg, None);
+        let split = crate::cluster::classify::classify_with(
+            &state.nodes,
+            &state.pods,
+            &state.bound,
+            now,
+            &cfg,
+            None,
+        );
+        assert_eq!(state.snapshot, whole.snapshot);
+        assert_eq!(split.burst, whole.burst);
+        assert_eq!(split.burst.len(), 1);
+        assert_eq!(state.snapshot.nodes[0].allocated.cpu_millis, 1000);
     }
 }

@@ -175,6 +175,13 @@ pub fn outstanding(
         }
         live.remove(&reservation_key(pod));
     }
+    // Bound pods the view keeps as records.
+    for pod in &view.bound {
+        if live.is_empty() {
+            break;
+        }
+        live.remove(&pod.reservation_key());
+    }
     live
 }
 
