@@ -1,9 +1,15 @@
-//! `spillway explain`: read a cluster state file (`kubectl get nodes,pods -A
-//! -o yaml`) and show, for every pending pod, the engine's verdict and why.
+//! `spillway explain`: for every pending pod of the cluster (the one the
+//! kubeconfig points at, like kubectl, or a `kubectl get nodes,pods -A -o
+//! yaml` dump), the engine's verdict and why; `--pod NAME` tells one pod's
+//! whole story ([`story`]).
 //!
-//! Offline and read-only: it runs the same `Engine::decide_all` pass as the
-//! autoscaler and simulator, so what it prints is what spillway would do.
+//! Read-only: it runs the same `Engine::decide_all` pass as the autoscaler
+//! and simulator, so what it prints is what spillway would do.
 
+pub mod live;
+pub mod story;
+
+use crate::autoscaler::pools::{NodeGroupStatus, ProvisionLearner};
 use crate::cli::EXIT_BAD_INPUT;
 use crate::cluster::{self, ClusterConfig, ClusterObjects};
 use crate::decision::{BurstUsage, Decision, Engine, Snapshot};
@@ -13,16 +19,37 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Explain each pending pod's verdict from a cluster state file.
+/// Explain each pending pod's verdict, from the live cluster or a dump.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExplainCommand {
-    /// Output of `kubectl get nodes,pods -A -o yaml` (or `-o json`).
+    /// Read this dump (`kubectl get nodes,pods -A -o yaml`, or `-o json`)
+    /// instead of the cluster the kubeconfig points at.
     #[arg(long, value_name = "FILE")]
-    pub cluster_state: PathBuf,
-    /// Directory of BurstPolicy files [default: a built-in cluster default:
-    /// mode Auto, spillAfter 30s, maxVmWait 2m, no budgets].
+    pub cluster_state: Option<PathBuf>,
+    /// Directory of BurstPolicy files [default: live, the policy ConfigMap
+    /// (--policies-configmap); with a dump, a built-in cluster default: mode
+    /// Auto, spillAfter 30s, maxVmWait 2m, no budgets].
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
+    /// Live: the ConfigMap spillway mounts its policies from, NAMESPACE/NAME.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        default_value = "spillway-system/spillway-policies",
+        value_parser = parse_configmap_ref
+    )]
+    pub policies_configmap: (String, String),
+    /// Only pods of this namespace (the pod of --pod is looked up here;
+    /// default there: `default`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// One pending pod's whole story: the policy that governs it and why,
+    /// budget use, the VM ETA and what it rests on, every node considered
+    /// and why each was refused.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+    #[command(flatten)]
+    pub kube: crate::cli::KubeFlags,
     /// Evaluate as of this time (RFC 3339) [default: now].
     #[arg(long, value_name = "RFC3339", value_parser = parse_now)]
     pub now: Option<Timestamp>,
@@ -37,10 +64,20 @@ fn parse_now(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse_rfc3339(s)
 }
 
+fn parse_configmap_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+    }
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 /// One pending pod's explanation.
@@ -79,9 +116,30 @@ pub fn explain(
     now: Timestamp,
     config: &ClusterConfig,
 ) -> Vec<ExplainRow> {
-    let snap: Snapshot = cluster::snapshot_from(&objects.nodes, &objects.pods, now, config);
+    evaluate(objects, policies, now, config, &[]).rows
+}
+
+/// The snapshot explain decided on, and one row per pending pod in
+/// `snapshot.pending` order.
+pub struct Explained {
+    pub snapshot: Snapshot,
+    pub rows: Vec<ExplainRow>,
+}
+
+/// [`explain`] with the cluster autoscaler's node groups (pool bounds and
+/// nodes on their way), keeping the snapshot for [`story::story`].
+pub fn evaluate(
+    objects: &ClusterObjects,
+    policies: &PolicySet,
+    now: Timestamp,
+    config: &ClusterConfig,
+    ca_groups: &[NodeGroupStatus],
+) -> Explained {
+    let mut snap: Snapshot = cluster::snapshot_from(&objects.nodes, &objects.pods, now, config);
+    crate::autoscaler::pools::apply(&mut snap, ca_groups, &ProvisionLearner::new(1));
     let decisions = Engine::new(config.engine.clone()).decide_all(&snap, policies);
-    snap.pending
+    let rows = snap
+        .pending
         .iter()
         .zip(decisions)
         .map(|(pod, decision)| {
@@ -105,10 +163,14 @@ pub fn explain(
                 budget,
             }
         })
-        .collect()
+        .collect();
+    Explained {
+        snapshot: snap,
+        rows,
+    }
 }
 
-fn budget_use(policy: Option<&BurstPolicy>, used: &BurstUsage) -> String {
+pub(crate) fn budget_use(policy: Option<&BurstPolicy>, used: &BurstUsage) -> String {
     let Some(policy) = policy else {
         return "-".into();
     };
@@ -142,7 +204,17 @@ fn sorted(rows: &[ExplainRow]) -> Vec<&ExplainRow> {
 }
 
 pub fn render_json(rows: &[ExplainRow]) -> String {
-    let out: Vec<JsonRow> = sorted(rows)
+    serde_json::to_string_pretty(&json_rows(rows))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// The rows as YAML (the JSON form's keys).
+pub fn render_yaml(rows: &[ExplainRow]) -> String {
+    serde_saphyr::to_string(&json_rows(rows)).unwrap_or_else(|e| format!("error: {e}\n"))
+}
+
+fn json_rows(rows: &[ExplainRow]) -> Vec<JsonRow<'_>> {
+    sorted(rows)
         .into_iter()
         .map(|r| JsonRow {
             namespace: &r.namespace,
@@ -151,8 +223,7 @@ pub fn render_json(rows: &[ExplainRow]) -> String {
             reason: r.decision.reason.as_str(),
             until: r.decision.until,
         })
-        .collect();
-    serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        .collect()
 }
 
 pub fn render_table(rows: &[ExplainRow]) -> String {
@@ -222,27 +293,145 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// `spillway explain`.
 pub fn run(cmd: ExplainCommand) -> ExitCode {
-    let objects = match cluster::load_cluster_view_objects(&cmd.cluster_state) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
-    let policies = match &cmd.policies {
+    let from_dir = match &cmd.policies {
         Some(dir) => match crate::policy::load_dir(dir) {
-            Ok(set) => set,
+            Ok(set) => Some(set),
             Err(errors) => {
                 let n = errors.0.len();
                 let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
                 return fail(format!("{n} policy error(s); first: {first}"));
             }
         },
-        None => PolicySet::with_default(BurstPolicy::defaults("built-in-default", None)),
+        None => None,
+    };
+    let (objects, ca_groups, policies) = match &cmd.cluster_state {
+        Some(path) => match cluster::load_cluster_view_objects(path) {
+            Ok(o) => (
+                o,
+                Vec::new(),
+                from_dir.unwrap_or_else(live::builtin_default),
+            ),
+            Err(e) => return fail(e),
+        },
+        None => match read_live(&cmd, from_dir.is_none()) {
+            Ok((l, from_cluster)) => {
+                for note in &l.notes {
+                    eprintln!("spillway explain: note: {note}");
+                }
+                let policies = from_dir
+                    .or(from_cluster)
+                    .unwrap_or_else(live::builtin_default);
+                (l.objects, l.ca_groups, policies)
+            }
+            Err(e) => {
+                eprintln!("spillway explain: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        },
     };
     let now = cmd.now.unwrap_or_else(Timestamp::now_wall);
     let config = cmd.cluster.cluster_config();
-    let rows = explain(&objects, &policies, now, &config);
+    let explained = evaluate(&objects, &policies, now, &config, &ca_groups);
+    if let Some(name) = &cmd.pod {
+        let ns = cmd.namespace.as_deref().unwrap_or("default");
+        let Some(i) = explained
+            .snapshot
+            .pending
+            .iter()
+            .position(|p| p.namespace == ns && p.name == *name)
+        else {
+            return not_pending(&objects, ns, name);
+        };
+        let row = &explained.rows[i];
+        let s = story::story(
+            &explained.snapshot,
+            i,
+            &row.decision,
+            &policies,
+            config.engine.default_provision_time,
+            row.pinned,
+            now,
+        );
+        match cmd.output {
+            Format::Table => print!("{}", story::render_text(&s)),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&s)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            ),
+            Format::Yaml => print!(
+                "{}",
+                serde_saphyr::to_string(&s).unwrap_or_else(|e| format!("error: {e}\n"))
+            ),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<ExplainRow> = match &cmd.namespace {
+        Some(ns) => explained
+            .rows
+            .into_iter()
+            .filter(|r| r.namespace == *ns)
+            .collect(),
+        None => explained.rows,
+    };
     match cmd.output {
         Format::Table => print!("{}", render_table(&rows)),
         Format::Json => println!("{}", render_json(&rows)),
+        Format::Yaml => print!("{}", render_yaml(&rows)),
     }
     ExitCode::SUCCESS
+}
+
+/// Exit status when the cluster cannot be read (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+fn read_live(
+    cmd: &ExplainCommand,
+    policies_from_cluster: bool,
+) -> Result<(live::Live, Option<PolicySet>), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let config = cmd.kube.config().await?;
+        let client = kube::Client::try_from(cmd.kube.with_timeouts(config))
+            .map_err(|e| format!("Kubernetes client: {e}"))?;
+        let (ns, name) = &cmd.policies_configmap;
+        live::read(
+            client,
+            policies_from_cluster.then_some((ns.as_str(), name.as_str())),
+        )
+        .await
+    })
+}
+
+/// `--pod` names a pod that is not pending: say where it is instead.
+fn not_pending(objects: &ClusterObjects, ns: &str, name: &str) -> ExitCode {
+    let found = objects.pods.iter().find(|p| {
+        p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+    });
+    match found {
+        None => {
+            eprintln!("spillway explain: pod {ns}/{name} not found");
+            ExitCode::from(1)
+        }
+        Some(p) => {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("Unknown");
+            match node {
+                Some(node) if !node.is_empty() => {
+                    println!("pod {ns}/{name} is not pending: bound to node {node} (phase {phase})")
+                }
+                _ => println!(
+                    "pod {ns}/{name} is not pending (phase {phase}, being deleted, or held by scheduling gates): spillway does not decide for it"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+    }
 }

@@ -27,7 +27,7 @@ enum Command {
     },
     /// Run only the scheduler extender HTTP server.
     Extender(spillway::extender::ExtenderCommand),
-    /// Offline: print each pending pod's verdict and why, from `kubectl get nodes,pods -A -o yaml`.
+    /// Print each pending pod's verdict and why (the live cluster, like kubectl, or a dump); --pod NAME for one pod's story.
     Explain(spillway::explain::ExplainCommand),
     /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
     AciEmulator(spillway::aci::emulator::cli::Args),

@@ -1,0 +1,166 @@
+//! `spillway explain` against the cluster the kubeconfig (or the pod's
+//! service account) points at: one paged list of nodes and of pods, the
+//! cluster autoscaler's status for upcoming nodes, and the policies from the
+//! ConfigMap spillway mounts — read-only, like `kubectl get`.
+
+use crate::autoscaler::pools::NodeGroupStatus;
+use crate::cluster::{ClusterObjects, ca_status, slim};
+use crate::policy::{BurstPolicy, PolicySet};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, ListParams};
+use serde::de::DeserializeOwned;
+
+/// Page size of the lists (the API server's default chunking in kubectl).
+const PAGE: u32 = 500;
+
+/// What explain reads from a live cluster.
+pub struct Live {
+    pub objects: ClusterObjects,
+    pub ca_groups: Vec<NodeGroupStatus>,
+    /// Notes for stderr: what could not be read and what was used instead.
+    pub notes: Vec<String>,
+}
+
+async fn list_all<K>(api: &Api<K>, what: &str) -> Result<Vec<K>, String>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    // Bounded: a cluster with more than 10,000 pages is not one we know.
+    for _ in 0..10_000 {
+        let page = api
+            .list(&params)
+            .await
+            .map_err(|e| format!("listing {what}: {e}"))?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        out.extend(page.items);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+    Err(format!("listing {what}: too many pages"))
+}
+
+/// Read nodes, pods, the cluster autoscaler's status and (unless a
+/// directory was given) the policies from the cluster.
+pub async fn read(
+    client: kube::Client,
+    policies_configmap: Option<(&str, &str)>,
+) -> Result<(Live, Option<PolicySet>), String> {
+    let mut notes = Vec::new();
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let mut nodes = list_all(&nodes_api, "nodes").await?;
+    nodes.iter_mut().for_each(slim::slim_node);
+    let mut pods = list_all(&pods_api, "pods").await?;
+    pods.iter_mut().for_each(slim::slim_pod);
+
+    let ca_api: Api<ConfigMap> = Api::namespaced(client.clone(), ca_status::NAMESPACE);
+    let ca_groups = match ca_api.get_opt(ca_status::NAME).await {
+        Ok(Some(cm)) => match ca_status::groups_of(&cm) {
+            Ok(groups) => groups,
+            Err(e) => {
+                notes.push(format!(
+                    "cluster autoscaler status {}/{} unreadable ({e}): upcoming nodes unknown",
+                    ca_status::NAMESPACE,
+                    ca_status::NAME
+                ));
+                Vec::new()
+            }
+        },
+        Ok(None) => {
+            notes.push(format!(
+                "no cluster autoscaler status ({}/{}): upcoming nodes unknown",
+                ca_status::NAMESPACE,
+                ca_status::NAME
+            ));
+            Vec::new()
+        }
+        Err(e) => {
+            notes.push(format!(
+                "cannot read the cluster autoscaler status: {e}: upcoming nodes unknown"
+            ));
+            Vec::new()
+        }
+    };
+
+    let policies = match policies_configmap {
+        None => None,
+        Some((ns, name)) => Some(read_policies(client, ns, name, &mut notes).await?),
+    };
+    Ok((
+        Live {
+            objects: ClusterObjects {
+                nodes,
+                pods,
+                skipped: 0,
+            },
+            ca_groups,
+            notes,
+        },
+        policies,
+    ))
+}
+
+/// The policies in ConfigMap `ns/name`, parsed exactly as the running
+/// spillway parses them: its keys written as the files of a directory (what
+/// the ConfigMap volume shows the pod), then loaded from there.
+async fn read_policies(
+    client: kube::Client,
+    ns: &str,
+    name: &str,
+    notes: &mut Vec<String>,
+) -> Result<PolicySet, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client, ns);
+    let cm = match api.get_opt(name).await {
+        Ok(Some(cm)) => cm,
+        Ok(None) => {
+            notes.push(format!(
+                "no policy ConfigMap {ns}/{name}: using the built-in default (pass --policies DIR to use files)"
+            ));
+            return Ok(builtin_default());
+        }
+        Err(e) => return Err(format!("reading the policy ConfigMap {ns}/{name}: {e}")),
+    };
+    let dir = tempfile_dir()?;
+    let result = (|| {
+        for (key, text) in cm.data.iter().flatten() {
+            // ConfigMap keys are file names ([-._a-zA-Z0-9]+): no separators.
+            if key.contains('/') || key.starts_with('.') {
+                continue;
+            }
+            std::fs::write(dir.join(key), text)
+                .map_err(|e| format!("writing {}: {e}", dir.join(key).display()))?;
+        }
+        crate::policy::load_dir(&dir).map_err(|errors| {
+            let n = errors.0.len();
+            let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
+            format!("policy ConfigMap {ns}/{name}: {n} error(s); first: {first}")
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let dir = base.join(format!(
+            "spillway-explain-policies-{}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+        }
+    }
+    Err("no free temporary directory for the policies".into())
+}
+
+/// The cluster default explain uses when no policies are given.
+pub fn builtin_default() -> PolicySet {
+    PolicySet::with_default(BurstPolicy::defaults("built-in-default", None))
+}
