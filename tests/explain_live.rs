@@ -29,7 +29,8 @@ fn config_map(ns: &str, name: &str, data: BTreeMap<String, String>) -> ConfigMap
     }
 }
 
-/// The repository's policies as the ConfigMap deploy/ mounts.
+/// The repository's policies as the ConfigMap deploy/ mounts, under the
+/// name kustomize's configMapGenerator gives it (a content-hash suffix).
 fn policies_config_map() -> ConfigMap {
     let mut data = BTreeMap::new();
     for entry in std::fs::read_dir(POLICIES).unwrap_or_else(|e| panic!("{e}")) {
@@ -43,7 +44,7 @@ fn policies_config_map() -> ConfigMap {
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")),
         );
     }
-    config_map("spillway-system", "spillway-policies", data)
+    config_map("spillway-system", "spillway-policies-5g7h2k8m9t", data)
 }
 
 /// pool1 is scaling up: two nodes asked for at 09:59, not joined yet.
@@ -138,7 +139,14 @@ async fn live_explain_says_what_the_dump_says_with_the_cluster_policies() {
     srv.insert(&policies_config_map());
     let kc = kubeconfig(&srv, "rows");
 
-    let live = stdout(&spillway(args(&kc, &["-o", "json"])).await);
+    let out = spillway(args(&kc, &["-o", "json"])).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("policies from ConfigMap spillway-system/spillway-policies-5g7h2k8m9t"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = stdout(&out);
     let dump = stdout(
         &spillway(vec![
             "explain".into(),

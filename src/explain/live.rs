@@ -114,15 +114,27 @@ async fn read_policies(
     notes: &mut Vec<String>,
 ) -> Result<PolicySet, String> {
     let api: Api<ConfigMap> = Api::namespaced(client, ns);
-    let cm = match api.get_opt(name).await {
-        Ok(Some(cm)) => cm,
-        Ok(None) => {
-            notes.push(format!(
-                "no policy ConfigMap {ns}/{name}: using the built-in default (pass --policies DIR to use files)"
-            ));
-            return Ok(builtin_default());
-        }
-        Err(e) => return Err(format!("reading the policy ConfigMap {ns}/{name}: {e}")),
+    let exact = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading the policy ConfigMap {ns}/{name}: {e}"))?;
+    let cm = match exact {
+        Some(cm) => cm,
+        None => match newest_hashed(&api, name).await? {
+            Some(cm) => {
+                notes.push(format!(
+                    "policies from ConfigMap {ns}/{} (kustomize's hashed name of {name}, the newest)",
+                    cm.metadata.name.as_deref().unwrap_or_default()
+                ));
+                cm
+            }
+            None => {
+                notes.push(format!(
+                    "no policy ConfigMap {ns}/{name}: using the built-in default (pass --policies DIR to use files)"
+                ));
+                return Ok(builtin_default());
+            }
+        },
     };
     let dir = tempfile_dir()?;
     let result = (|| {
@@ -144,6 +156,38 @@ async fn read_policies(
     result
 }
 
+/// Whether `candidate` is `name` with a kustomize content-hash suffix
+/// (`name-` and ten lowercase letters or digits).
+pub fn is_hashed_name(candidate: &str, name: &str) -> bool {
+    candidate
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|h| {
+            h.len() == 10
+                && h.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
+/// The newest ConfigMap named `name-<hash>` (a configMapGenerator's output;
+/// older generations stay until pruned, the newest is the one applied last).
+async fn newest_hashed(api: &Api<ConfigMap>, name: &str) -> Result<Option<ConfigMap>, String> {
+    let all = list_all(api, "configmaps").await?;
+    Ok(all
+        .into_iter()
+        .filter(|cm| {
+            cm.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| is_hashed_name(n, name))
+        })
+        .max_by(|a, b| {
+            let t = |cm: &ConfigMap| cm.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            t(a).cmp(&t(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        }))
+}
+
 fn tempfile_dir() -> Result<std::path::PathBuf, String> {
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
@@ -163,4 +207,26 @@ fn tempfile_dir() -> Result<std::path::PathBuf, String> {
 /// The cluster default explain uses when no policies are given.
 pub fn builtin_default() -> PolicySet {
     PolicySet::with_default(BurstPolicy::defaults("built-in-default", None))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kustomize_hashed_names_are_recognised() {
+        use super::is_hashed_name;
+        assert!(is_hashed_name(
+            "spillway-policies-5g7h2k8m9t",
+            "spillway-policies"
+        ));
+        assert!(!is_hashed_name("spillway-policies", "spillway-policies"));
+        assert!(!is_hashed_name(
+            "spillway-policies-old",
+            "spillway-policies"
+        ));
+        assert!(!is_hashed_name(
+            "spillway-policies-5G7H2K8M9T",
+            "spillway-policies"
+        ));
+        assert!(!is_hashed_name("other-5g7h2k8m9t", "spillway-policies"));
+    }
 }
