@@ -29,6 +29,11 @@ enum Command {
     Extender(spillway::extender::ExtenderCommand),
     /// Print each pending pod's verdict and why (the live cluster, like kubectl, or a dump); --pod NAME for one pod's story.
     Explain(spillway::explain::ExplainCommand),
+    /// Azure Container Instances tools: `aci render -f pod.yaml` prints the ARM body spillway would send.
+    Aci {
+        #[command(subcommand)]
+        action: AciCommand,
+    },
     /// Run an ARM-compatible Azure Container Instances endpoint (local runs, tests).
     AciEmulator(spillway::aci::emulator::cli::Args),
     /// Run an IoT Hub service endpoint with simulated IoT Edge devices; prints its connection string first.
@@ -39,6 +44,12 @@ enum Command {
 enum PolicyCommand {
     /// Check every policy file in DIR.
     Check { dir: std::path::PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum AciCommand {
+    /// Print the ARM request body (JSON) spillway would PUT for a pod, secure values masked, or the exact errors (exit 65).
+    Render(spillway::aci::render::RenderArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
         } => spillway::cli::policy_check(&dir),
         Command::Extender(args) => spillway::extender::run(args),
         Command::Explain(args) => spillway::explain::run(args),
+        Command::Aci {
+            action: AciCommand::Render(args),
+        } => spillway::aci::render::run(&args),
         Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
         Command::IothubEmulator(args) => spillway::edge::emulator::cli::run(&args),
     }

@@ -13,6 +13,7 @@ pub mod emulator;
 pub mod metered;
 pub mod model;
 pub mod paced;
+pub mod render;
 pub mod translate;
 
 pub use model::*;

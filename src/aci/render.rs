@@ -1,0 +1,433 @@
+//! `spillway aci render -f pod.yaml`: the ARM request body spillway would
+//! PUT for a pod (secure values masked), or the exact errors — what a user
+//! runs before letting a new workload burst.
+//!
+//! It runs the provider's own code: the policy the pod would get
+//! (`--policies`), `provider::resolve` for its ConfigMaps, Secrets and
+//! tokens, and `translate::pod_to_group`. ConfigMaps and Secrets come from a
+//! dump (`--cluster-state`, any `kubectl get ... -o yaml` List holding them)
+//! or, without one, are placeholders named as such (`<configmap NAME/KEY>`).
+//! A workload file (Deployment, StatefulSet, ReplicaSet, Job) renders its
+//! pod template.
+
+use super::model::ContainerGroup;
+use super::translate::{PodContext, TranslateConfig, pod_to_group};
+use crate::policy::{AciSettings, PolicySet, PublicIp};
+use crate::provider::resolve::{self, SecretData, Sources};
+use k8s_openapi::api::core::v1 as k8s;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What masked values read as.
+pub const MASKED: &str = "<masked>";
+/// Exit status for a pod spillway cannot run (EX_DATAERR).
+pub const EXIT_INVALID_POD: u8 = 65;
+
+/// Print the ARM body spillway would send for a pod.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderArgs {
+    /// The pod (or a workload with a pod template), YAML or JSON.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Directory of BurstPolicy files: the pod's policy decides its `aci`
+    /// settings (public IP, DNS label) [default: public IP auto].
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// ConfigMaps and Secrets to resolve references from (`kubectl get
+    /// configmaps,secrets -n NS -o yaml`); without it they are placeholders.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_state: Option<PathBuf>,
+    /// Azure region the group goes to.
+    #[arg(long, default_value = "westeurope", env = "SPILLWAY_ACI_REGION")]
+    pub aci_region: String,
+    /// The cluster id the provider tags groups with.
+    #[arg(long, default_value = "render", env = "SPILLWAY_CLUSTER_ID")]
+    pub cluster_id: String,
+}
+
+/// Why a pod cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The documents of a YAML (several, `---`-separated) or JSON file.
+fn documents(text: &str) -> Result<Vec<serde_json::Value>, RenderError> {
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(text)
+            .map(|v| vec![v])
+            .map_err(|e| RenderError::Input(e.to_string()));
+    }
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| RenderError::Input(e.to_string()))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+const WORKLOADS: [&str; 4] = ["Deployment", "StatefulSet", "ReplicaSet", "Job"];
+
+/// The pod in `text`: the first Pod, or pod template of a workload, among
+/// its documents (a manifest may carry a Service or a PDB beside it).
+pub fn pod_from_text(text: &str) -> Result<k8s::Pod, RenderError> {
+    let docs = documents(text)?;
+    let kind_of = |v: &serde_json::Value| {
+        v.get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let Some(v) = docs
+        .iter()
+        .find(|d| kind_of(d) == "Pod" || WORKLOADS.contains(&kind_of(d).as_str()))
+    else {
+        let kinds: Vec<String> = docs.iter().map(kind_of).collect();
+        return Err(RenderError::Input(format!(
+            "no Pod or workload (Deployment, StatefulSet, ReplicaSet, Job) in the file; found kind {}",
+            if kinds.is_empty() {
+                "nothing".to_string()
+            } else {
+                kinds.join(", ")
+            }
+        )));
+    };
+    let kind = kind_of(v);
+    if kind == "Pod" {
+        return serde_json::from_value(v.clone())
+            .map_err(|e| RenderError::Input(format!("Pod: {e}")));
+    }
+    let template = v
+        .pointer("/spec/template")
+        .cloned()
+        .ok_or_else(|| RenderError::Input(format!("{kind} without spec.template")))?;
+    let mut pod: k8s::Pod = serde_json::from_value(template)
+        .map_err(|e| RenderError::Input(format!("{kind} spec.template: {e}")))?;
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("workload");
+    pod.metadata.name = Some(format!("{name}-render"));
+    if pod.metadata.namespace.is_none() {
+        pod.metadata.namespace = v
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
+    }
+    Ok(pod)
+}
+
+/// ConfigMaps and Secrets of namespace `ns` in a List (or single object) dump.
+pub fn sources_from_dump(text: &str, ns: &str) -> Result<Sources, RenderError> {
+    let mut items = Vec::new();
+    for v in documents(text)? {
+        match v.get("items").and_then(|i| i.as_array()) {
+            Some(list) => items.extend(list.iter().cloned()),
+            None => items.push(v),
+        }
+    }
+    let mut out = Sources::default();
+    for item in items {
+        let in_ns = item
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            == ns;
+        match item.get("kind").and_then(|k| k.as_str()) {
+            Some("ConfigMap") if in_ns => {
+                let cm: k8s::ConfigMap = serde_json::from_value(item)
+                    .map_err(|e| RenderError::Input(format!("ConfigMap: {e}")))?;
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                out.config_maps.insert(name, Sources::config_map_data(&cm));
+            }
+            Some("Secret") if in_ns => {
+                let s: k8s::Secret = serde_json::from_value(item)
+                    .map_err(|e| RenderError::Input(format!("Secret: {e}")))?;
+                let name = s.metadata.name.clone().unwrap_or_default();
+                out.secrets.insert(name, Sources::secret_data(&s));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Placeholders for everything `pod` refers to: every key it names gets the
+/// value `<configmap NAME/KEY>` / `<secret NAME/KEY>`. What it takes whole
+/// (`envFrom`, volumes without `items`) has unknown keys: those are listed
+/// in the returned notes.
+pub fn placeholder_sources(pod: &k8s::Pod) -> (Sources, Vec<String>) {
+    let refs = resolve::references(pod);
+    let mut out = Sources::default();
+    let mut notes = Vec::new();
+    let mut cm_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut secret_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return (out, notes);
+    };
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        for e in c.env.iter().flatten() {
+            if let Some(src) = &e.value_from {
+                if let Some(k) = &src.config_map_key_ref {
+                    cm_keys
+                        .entry(k.name.clone())
+                        .or_default()
+                        .push(k.key.clone());
+                }
+                if let Some(k) = &src.secret_key_ref {
+                    secret_keys
+                        .entry(k.name.clone())
+                        .or_default()
+                        .push(k.key.clone());
+                }
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(cm) = &f.config_map_ref {
+                notes.push(format!(
+                    "container {}: envFrom configMap {}: its keys are unknown without --cluster-state; left out",
+                    c.name, cm.name
+                ));
+            }
+            if let Some(s) = &f.secret_ref {
+                notes.push(format!(
+                    "container {}: envFrom secret {}: its keys are unknown without --cluster-state; left out",
+                    c.name, s.name
+                ));
+            }
+        }
+    }
+    for v in spec.volumes.iter().flatten() {
+        let items = |items: Option<&Vec<k8s::KeyToPath>>| -> Option<Vec<String>> {
+            items.map(|is| is.iter().map(|i| i.key.clone()).collect())
+        };
+        if let Some(cm) = &v.config_map {
+            match items(cm.items.as_ref()) {
+                Some(keys) => cm_keys.entry(cm.name.clone()).or_default().extend(keys),
+                None => notes.push(format!(
+                    "volume {}: configMap {} without items: its files are unknown without --cluster-state",
+                    v.name, cm.name
+                )),
+            }
+        }
+        if let Some(s) = &v.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            match items(s.items.as_ref()) {
+                Some(keys) => secret_keys.entry(name).or_default().extend(keys),
+                None => notes.push(format!(
+                    "volume {}: secret {name} without items: its files are unknown without --cluster-state",
+                    v.name
+                )),
+            }
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &src.config_map
+                && let Some(keys) = items(cm.items.as_ref())
+            {
+                cm_keys.entry(cm.name.clone()).or_default().extend(keys);
+            }
+            if let Some(s) = &src.secret
+                && let Some(keys) = items(s.items.as_ref())
+            {
+                secret_keys.entry(s.name.clone()).or_default().extend(keys);
+            }
+            if let Some(t) = &src.service_account_token {
+                out.tokens.insert(
+                    (v.name.clone(), t.path.clone()),
+                    "<service account token>".into(),
+                );
+            }
+        }
+        if let Some(af) = &v.azure_file {
+            secret_keys
+                .entry(af.secret_name.clone())
+                .or_default()
+                .extend([
+                    "azurestorageaccountname".to_string(),
+                    "azurestorageaccountkey".to_string(),
+                ]);
+        }
+    }
+    let pull: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    for name in &refs.config_maps {
+        let data = cm_keys
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|k| (k.clone(), format!("<configmap {name}/{k}>").into_bytes()))
+            .collect();
+        out.config_maps.insert(name.clone(), data);
+    }
+    for name in &refs.secrets {
+        if pull.contains(name) {
+            notes.push(format!(
+                "imagePullSecrets {name}: registry credentials are unknown without --cluster-state; left out"
+            ));
+            out.secrets.insert(
+                name.clone(),
+                SecretData {
+                    type_: "kubernetes.io/dockerconfigjson".into(),
+                    data: BTreeMap::from([(
+                        ".dockerconfigjson".to_string(),
+                        br#"{"auths":{}}"#.to_vec(),
+                    )]),
+                },
+            );
+            continue;
+        }
+        let data = secret_keys
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|k| (k.clone(), format!("<secret {name}/{k}>").into_bytes()))
+            .collect();
+        out.secrets.insert(
+            name.clone(),
+            SecretData {
+                type_: "Opaque".into(),
+                data,
+            },
+        );
+    }
+    (out, notes)
+}
+
+/// The ARM body of `group` as JSON, secret material masked.
+pub fn masked_body(group: &ContainerGroup) -> serde_json::Value {
+    let mut g = group.spec();
+    let mask_env = |env: &mut Vec<super::model::EnvironmentVariable>| {
+        for e in env {
+            if e.secure_value.is_some() {
+                e.secure_value = Some(MASKED.into());
+            }
+        }
+    };
+    for c in &mut g.properties.containers {
+        mask_env(&mut c.properties.environment_variables);
+    }
+    for c in &mut g.properties.init_containers {
+        mask_env(&mut c.properties.environment_variables);
+    }
+    for v in &mut g.properties.volumes {
+        if let Some(s) = &mut v.secret {
+            for val in s.values_mut() {
+                *val = MASKED.into();
+            }
+        }
+        if let Some(f) = &mut v.azure_file
+            && f.storage_account_key.is_some()
+        {
+            f.storage_account_key = Some(MASKED.into());
+        }
+    }
+    for c in &mut g.properties.image_registry_credentials {
+        if c.password.is_some() {
+            c.password = Some(MASKED.into());
+        }
+    }
+    serde_json::to_value(&g).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+/// Render `pod` as the provider would: its policy's ACI settings, its
+/// references resolved from `sources`, then the translation.
+pub fn render(
+    pod: &k8s::Pod,
+    policies: Option<&PolicySet>,
+    sources: &Sources,
+    config: &TranslateConfig,
+) -> Result<ContainerGroup, RenderError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let aci = policies
+        .and_then(|p| p.for_pod(namespace, &labels))
+        .map(|p| p.aci.clone())
+        .unwrap_or(AciSettings {
+            public_ip: PublicIp::Auto,
+            dns_name_label: None,
+        });
+    let resolved =
+        resolve::resolve(pod, sources).map_err(|e| RenderError::Invalid(e.to_string()))?;
+    let ctx = PodContext {
+        config,
+        aci: &aci,
+        resolved: &resolved,
+    };
+    pod_to_group(pod, &ctx).map_err(|e| RenderError::Invalid(e.to_string()))
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("spillway aci render: {msg}");
+    ExitCode::from(code)
+}
+
+/// `spillway aci render`.
+pub fn run(args: &RenderArgs) -> ExitCode {
+    let bad = crate::cli::EXIT_BAD_INPUT;
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => return fail(bad, format!("{}: {e}", args.file.display())),
+    };
+    let pod = match pod_from_text(&text) {
+        Ok(p) => p,
+        Err(e) => return fail(bad, format!("{}: {e}", args.file.display())),
+    };
+    let policies = match &args.policies {
+        Some(dir) => match crate::policy::load_dir(dir) {
+            Ok(set) => Some(set),
+            Err(errors) => {
+                let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
+                return fail(
+                    bad,
+                    format!("{} policy error(s); first: {first}", errors.0.len()),
+                );
+            }
+        },
+        None => None,
+    };
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let sources = match &args.cluster_state {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| RenderError::Input(e.to_string()))
+            .and_then(|t| sources_from_dump(&t, &namespace))
+        {
+            Ok(s) => s,
+            Err(e) => return fail(bad, format!("{}: {e}", path.display())),
+        },
+        None => {
+            let (s, notes) = placeholder_sources(&pod);
+            for n in notes {
+                eprintln!("spillway aci render: note: {n}");
+            }
+            s
+        }
+    };
+    let config = TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone());
+    match render(&pod, policies.as_ref(), &sources, &config) {
+        Ok(group) => {
+            match serde_json::to_string_pretty(&masked_body(&group)) {
+                // A closed pipe (`| head`) is not an error worth a panic.
+                Ok(json) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stdout().lock(), "{json}");
+                }
+                Err(e) => return fail(1, e),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_INVALID_POD, e),
+    }
+}

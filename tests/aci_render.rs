@@ -1,0 +1,177 @@
+//! `spillway aci render`: the binary prints the ARM body the provider would
+//! PUT (secure values masked) for the README's example and for pods with
+//! references, resolved from a dump or as named placeholders; an invalid pod
+//! is exit 65 naming the field, bad flags exit 64.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/examples/web-burst.yaml"
+);
+const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+
+fn render(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["aci", "render"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("aci-render");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn body(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const SECRET_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: checkout, namespace: shop, labels: { app: checkout } }
+spec:
+  containers:
+    - name: app
+      image: shop/checkout:3
+      ports: [{ containerPort: 8080 }]
+      env:
+        - name: MODE
+          valueFrom: { configMapKeyRef: { name: settings, key: mode } }
+        - name: DB_PASSWORD
+          valueFrom: { secretKeyRef: { name: db, key: password } }
+      resources:
+        requests: { cpu: 250m, memory: 256Mi }
+"#;
+
+const DUMP: &str = r#"
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: ConfigMap
+    metadata: { name: settings, namespace: shop }
+    data: { mode: canary }
+  - apiVersion: v1
+    kind: Secret
+    metadata: { name: db, namespace: shop }
+    type: Opaque
+    data: { password: czNjcjN0 }
+  - apiVersion: v1
+    kind: ConfigMap
+    metadata: { name: settings, namespace: elsewhere }
+    data: { mode: wrong-namespace }
+"#;
+
+fn env_of(body: &Value) -> Vec<Value> {
+    body.pointer("/properties/containers/0/properties/environmentVariables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn var<'a>(env: &'a [Value], name: &str) -> &'a Value {
+    env.iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {env:?}"))
+}
+
+#[test]
+fn the_readme_example_renders_to_an_arm_body() {
+    let b = body(&render(&[
+        "-f",
+        EXAMPLE,
+        "--policies",
+        POLICIES,
+        "--aci-region",
+        "northeurope",
+    ]));
+    assert_eq!(b["location"], "northeurope");
+    let name = b["name"].as_str().unwrap_or_default();
+    assert!(name.starts_with("web-frontend-render"), "{name}");
+    let c = &b["properties"]["containers"][0]["properties"];
+    assert!(
+        c["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("aci-helloworld")),
+        "{c}"
+    );
+    assert_eq!(b["properties"]["osType"], "Linux", "{b}");
+    // Only the ARM body: no read-only fields.
+    for key in ["id", "type"] {
+        assert!(b.get(key).is_none(), "{key} in {b}");
+    }
+}
+
+#[test]
+fn references_resolve_from_a_dump_with_secrets_masked() {
+    let pod = scratch("secret-pod.yaml", SECRET_POD);
+    let dump = scratch("dump.yaml", DUMP);
+    let b = body(&render(&[
+        "-f",
+        pod.to_str().unwrap_or_default(),
+        "--cluster-state",
+        dump.to_str().unwrap_or_default(),
+    ]));
+    let env = env_of(&b);
+    assert_eq!(var(&env, "MODE")["value"], "canary");
+    assert_eq!(var(&env, "DB_PASSWORD")["secureValue"], "<masked>");
+    assert!(
+        !String::from_utf8_lossy(&serde_json::to_vec(&b).unwrap_or_default()).contains("s3cr3t")
+    );
+}
+
+#[test]
+fn without_a_dump_references_are_named_placeholders() {
+    let pod = scratch("secret-pod-2.yaml", SECRET_POD);
+    let out = render(&["-f", pod.to_str().unwrap_or_default()]);
+    let b = body(&out);
+    let env = env_of(&b);
+    assert_eq!(var(&env, "MODE")["value"], "<configmap settings/mode>");
+    assert_eq!(var(&env, "DB_PASSWORD")["secureValue"], "<masked>");
+}
+
+#[test]
+fn an_invalid_pod_is_exit_65_naming_the_field_and_bad_flags_exit_64() {
+    let pod = scratch(
+        "hostpath.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: logger, namespace: default }
+spec:
+  containers: [{ name: c, image: busybox }]
+  volumes: [{ name: docker, hostPath: { path: /var/run/docker.sock } }]
+"#,
+    );
+    let out = render(&["-f", pod.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.volumes[0].hostPath"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let out = render(&["-f", EXAMPLE, "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let out = render(&[]);
+    assert_eq!(out.status.code(), Some(64), "-f is required: {out:?}");
+    let service = scratch(
+        "service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: { name: s }\n",
+    );
+    let out = render(&["-f", service.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("found kind Service"));
+}
