@@ -45,6 +45,10 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// The admission webhook (issue 12).
     pub admission_reviews: IntCounterVec,
+    /// IoT Edge virtual nodes (`--edge`): see [`crate::edge`].
+    pub edge_deployments: IntGaugeVec,
+    pub edge_devices: IntGaugeVec,
+    pub edge_hub_requests: IntCounterVec,
     pub view_rebuild: Histogram,
 }
 
@@ -268,6 +272,27 @@ impl Metrics {
                 ),
                 &["outcome"]
             )),
+            edge_deployments: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "spillway_edge_deployments",
+                    "Layered IoT Edge deployments an edge virtual node manages on its hub, by node."
+                ),
+                &["node"]
+            )),
+            edge_devices: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "spillway_edge_devices",
+                    "Edge devices over the node's layered deployments, by node and state (targeted, applied, succeeded, failed), from the hub's system metrics; a device counts once per deployment."
+                ),
+                &["node", "state"]
+            )),
+            edge_hub_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_edge_hub_requests_total",
+                    "IoT Hub REST requests of an edge virtual node (retries included), by node, lane (configurations, queries, twins) and HTTP status code (\"error\" when no answer came)."
+                ),
+                &["node", "lane", "code"]
+            )),
             view_rebuild: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "spillway_view_rebuild_seconds",
@@ -315,6 +340,8 @@ impl Metrics {
         self.vm_eta_seconds.reset();
         self.provider_pods.reset();
         self.aci_quota_cores.reset();
+        self.edge_deployments.reset();
+        self.edge_devices.reset();
     }
 
     /// The registry, for components that register their own collectors.

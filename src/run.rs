@@ -472,6 +472,7 @@ pub async fn run_with_webhook(
             &cmd.provider.internal_ip(),
             leader.clone(),
             stop_rx.clone(),
+            Some(metrics.clone()),
         )
         .await?
     };

@@ -134,6 +134,8 @@ async fn layered(hub: &HubClient) -> Vec<String> {
 
 /// A running provider over the edge backend; `stop` ends it.
 struct Running {
+    /// Where the backend exports `spillway_edge_*`.
+    metrics: Arc<spillway::metrics::Metrics>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     _leader: tokio::sync::watch::Sender<bool>,
@@ -149,7 +151,10 @@ impl Running {
 fn start(srv: &TestApiServer, hub: &Arc<HubClient>, orphan_grace: Duration) -> Running {
     let mut config = EdgeBackendConfig::new(EdgeNode::new(NODE, "*"));
     config.orphan_grace = orphan_grace;
-    let backend = Arc::new(EdgeBackend::new(hub.clone(), config, Some(srv.client())));
+    let metrics = Arc::new(spillway::metrics::Metrics::new());
+    let backend = Arc::new(
+        EdgeBackend::new(hub.clone(), config, Some(srv.client())).with_metrics(metrics.clone()),
+    );
     let provider = Provider::with_backend(srv.client(), backend, provider_config(), None);
     let (leader, leader_rx) = tokio::sync::watch::channel(true);
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -161,6 +166,7 @@ fn start(srv: &TestApiServer, hub: &Arc<HubClient>, orphan_grace: Duration) -> R
             .await;
     });
     Running {
+        metrics,
         stop,
         task,
         _leader: leader,
@@ -236,6 +242,37 @@ async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_
     let ids = layered(&hub).await;
     assert_eq!(ids.len(), 1, "replicas share one deployment: {ids:?}");
     let id = ids[0].clone();
+    // The node's gauges follow the hub's system metrics.
+    let gauge = |text: &str, series: &str| -> Option<i64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let text = running.metrics.render();
+    assert_eq!(
+        gauge(
+            &text,
+            &format!("spillway_edge_deployments{{node=\"{NODE}\"}}")
+        ),
+        Some(1),
+        "{text}"
+    );
+    for (state, want) in [
+        ("targeted", 3),
+        ("applied", 3),
+        ("succeeded", 3),
+        ("failed", 0),
+    ] {
+        assert_eq!(
+            gauge(
+                &text,
+                &format!("spillway_edge_devices{{node=\"{NODE}\",state=\"{state}\"}}")
+            ),
+            Some(want),
+            "{state}: {text}"
+        );
+    }
 
     // Steady state: twins are cached while the metrics hold (device queries
     // are scarce on a real hub), though a sync runs every 200 ms.
@@ -270,6 +307,13 @@ async fn two_replicas_share_one_deployment_run_on_the_3_matching_devices_and_go_
         .unwrap_or_else(|e| panic!("delete: {e}"));
     eventually("the deployment is deleted", || async {
         layered(&hub).await.is_empty()
+    })
+    .await;
+    eventually("the gauge says no deployment", || async {
+        running
+            .metrics
+            .render()
+            .contains(&format!("spillway_edge_deployments{{node=\"{NODE}\"}} 0"))
     })
     .await;
     eventually("the module is gone from munich-1", || async {
@@ -574,6 +618,7 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
     };
     let (_leader, leader_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(spillway::metrics::Metrics::new());
     let started = start_edge(
         &args,
         srv.client(),
@@ -581,6 +626,7 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         "10.1.2.3",
         leader_rx,
         stop_rx,
+        Some(metrics.clone()),
     )
     .await
     .unwrap_or_else(|e| panic!("start: {e}"))
@@ -599,15 +645,30 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         },
     )
     .await;
+    // Every hub request is counted, by lane and status.
+    eventually("hub requests are counted", || async {
+        metrics.render().contains(
+            "spillway_edge_hub_requests_total{code=\"200\",lane=\"configurations\",node=\"edge-from-flags\"}",
+        )
+    })
+    .await;
     // A Secret without the key is a setup error naming it.
     let mut bad = args.clone();
     bad.edge_connection_secret = Some("spillway/missing".into());
     let (_l, l_rx) = tokio::sync::watch::channel(true);
     let (_s, s_rx) = tokio::sync::watch::channel(false);
-    let err = start_edge(&bad, srv.client(), srv.client(), "10.1.2.3", l_rx, s_rx)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a missing Secret is refused"));
+    let err = start_edge(
+        &bad,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        l_rx,
+        s_rx,
+        None,
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("a missing Secret is refused"));
     assert!(err.to_string().contains("spillway/missing"), "{err}");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;

@@ -80,6 +80,13 @@ fn exported_sample_names() -> BTreeSet<String> {
     m.policy_last_success.set(1.7e9);
     m.policies_loaded.set(3.0);
     m.provider_pods.with_label_values(&["Running"]).set(1);
+    m.edge_deployments.with_label_values(&["edge-1"]).set(1);
+    m.edge_devices
+        .with_label_values(&["edge-1", "targeted"])
+        .set(3);
+    m.edge_hub_requests
+        .with_label_values(&["edge-1", "configurations", "200"])
+        .inc();
     m.aci_requests.with_label_values(&["create", "201"]).inc();
     m.aci_request_duration
         .with_label_values(&["create"])

@@ -16,7 +16,7 @@
 //! revision, nothing else), or decide pod phases (the shared controllers do).
 
 use super::hub::{HubClient, HubError};
-use super::model::{Configuration, ModuleTwin};
+use super::model::{Configuration, ModuleTwin, metric};
 use super::status::{self, DeploymentState};
 use super::translate::{
     self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_UID, LABEL_ROLE,
@@ -165,6 +165,8 @@ pub struct EdgeBackend {
     /// Reads the owning ReplicaSet's revision (priority); `None`: revision 0.
     kube: Option<kube::Client>,
     known: Mutex<Known>,
+    /// `spillway_edge_deployments` / `spillway_edge_devices`, when exported.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The controller uid a pod's deployment belongs to (the pod's for a bare pod).
@@ -248,6 +250,41 @@ impl EdgeBackend {
             config,
             kube,
             known: Mutex::default(),
+            metrics: None,
+        }
+    }
+
+    /// Export `spillway_edge_deployments` and `spillway_edge_devices` for
+    /// this node after every read.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Set the node's gauges from its managed deployments.
+    fn record(&self, managed: &[Configuration]) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let node = self.config.node.name.as_str();
+        let layered: Vec<&Configuration> = managed
+            .iter()
+            .filter(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_LAYERED))
+            .collect();
+        m.edge_deployments
+            .with_label_values(&[node])
+            .set(layered.len() as i64);
+        for (state, key) in [
+            ("targeted", metric::TARGETED),
+            ("applied", metric::APPLIED),
+            ("succeeded", metric::REPORTED_SUCCESSFUL),
+            ("failed", metric::REPORTED_FAILED),
+        ] {
+            let sum: i64 = layered
+                .iter()
+                .map(|c| c.system_metrics.results.get(key).copied().unwrap_or(0))
+                .sum();
+            m.edge_devices.with_label_values(&[node, state]).set(sum);
         }
     }
 
@@ -396,6 +433,7 @@ impl EdgeBackend {
 
     async fn read_all(&self, pods: &[Arc<Pod>]) -> ReadResult<Self> {
         let managed = self.managed().await?;
+        self.record(&managed);
         let mut errors = Vec::new();
         // The newest layered deployment of each owner.
         let mut by_owner: HashMap<String, Configuration> = HashMap::new();

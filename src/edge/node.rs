@@ -152,6 +152,23 @@ async fn connection_from_secret(
     ConnectionString::parse(text.trim()).map_err(|e| fail(e.to_string()))
 }
 
+/// Counts every hub request of node `node` in `spillway_edge_hub_requests_total`.
+pub fn hub_request_counter(
+    metrics: Arc<crate::metrics::Metrics>,
+    node: &str,
+) -> super::hub::AttemptObserver {
+    let node = node.to_string();
+    Arc::new(move |a: super::hub::Attempt| {
+        let code = a
+            .status
+            .map_or_else(|| "error".to_string(), |s| s.to_string());
+        metrics
+            .edge_hub_requests
+            .with_label_values(&[node.as_str(), a.lane, code.as_str()])
+            .inc();
+    })
+}
+
 /// A started edge node: await `task` after `stop` fired.
 pub struct EdgeStarted {
     pub task: tokio::task::JoinHandle<()>,
@@ -161,6 +178,7 @@ pub struct EdgeStarted {
 
 /// Start the edge node as `args` say; `None` for `--edge none`. It acts
 /// only while `leader` is true.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     args: &EdgeArgs,
     client: kube::Client,
@@ -168,6 +186,7 @@ pub async fn start(
     node_ip: &str,
     leader: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> Result<Option<EdgeStarted>, EdgeSetupError> {
     args.validate()?;
     let (conn, endpoint, emulator) = match (args.mode, &args.edge_connection_secret) {
@@ -191,21 +210,28 @@ pub async fn start(
         (EdgeMode::Hub, None) => return Err(EdgeSetupError::MissingSecret),
     };
     let host = conn.host_name.clone();
-    let hub = HubClient::new(
+    let mut hub = HubClient::new(
         conn,
         HubClientConfig {
             endpoint,
             ..HubClientConfig::default()
         },
     )?;
-    let backend = Arc::new(EdgeBackend::new(
+    if let Some(m) = &metrics {
+        hub = hub.with_observer(hub_request_counter(m.clone(), &args.edge_node));
+    }
+    let mut backend = EdgeBackend::new(
         Arc::new(hub),
         EdgeBackendConfig::new(EdgeNode::new(
             args.edge_node.clone(),
             args.edge_target_condition.clone(),
         )),
         Some(client.clone()),
-    ));
+    );
+    if let Some(m) = metrics {
+        backend = backend.with_metrics(m);
+    }
+    let backend = Arc::new(backend);
     let mut config = ProviderConfig::new(args.edge_node.clone(), "edge", host, node_ip, 0);
     config.node.profile = node_profile();
     config.sync_interval = Duration::from_secs(args.edge_sync_secs);
