@@ -6,23 +6,79 @@ use std::process::ExitCode;
 /// Exit code for bad input or configuration (EX_USAGE / EX_DATAERR family).
 pub const EXIT_BAD_INPUT: u8 = 64;
 
-/// `spillway policy check DIR`: print every error, exit 64 if any; else a summary.
-pub fn policy_check(dir: &Path) -> ExitCode {
-    match crate::policy::load_dir(dir) {
-        Ok(set) => {
-            let default = set.iter().filter(|p| p.namespace.is_none()).count();
-            println!(
-                "{}: {} policies ok ({} namespaces, {} cluster default)",
-                dir.display(),
-                set.len(),
-                set.namespaces().count(),
-                default
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            report_policy_errors(&errors, dir, "");
-            ExitCode::from(EXIT_BAD_INPUT)
+/// Flags of `spillway policy check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyCheckArgs {
+    /// Policy files, or directories whose `*.yaml`/`*.yml` files are read (as the extender reads them).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// `text`: one `file:line:column: field: message` line per error, then a summary;
+    /// `json`: `{"errors": [{file, line, column, field, message}], "summary": {...}}` for editors and CI.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+}
+
+/// Output of `spillway policy check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+/// `spillway policy check PATH...`: every error of every file and the
+/// conflicts between files, on stdout; exit 64 if there is any.
+pub fn policy_check(args: &PolicyCheckArgs) -> ExitCode {
+    let report = crate::policy::check::check_paths(&args.paths);
+    let text = match args.format {
+        CheckFormat::Text => report.text(),
+        CheckFormat::Json => format!("{}\n", report.json()),
+    };
+    if !write_stdout(&text) {
+        return ExitCode::FAILURE;
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_INPUT)
+    }
+}
+
+/// `spillway --version`: the crate version, git commit and build date (set by build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPILLWAY_GIT_COMMIT"),
+    ", built ",
+    env!("SPILLWAY_BUILD_DATE"),
+    ")"
+);
+
+/// `spillway version`: one `key: value` per line.
+pub fn version() -> ExitCode {
+    let text = format!(
+        "spillway {}\ncommit: {}\nbuilt: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SPILLWAY_GIT_COMMIT"),
+        env!("SPILLWAY_BUILD_DATE"),
+    );
+    if write_stdout(&text) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `spillway completion SHELL`: the completion script for `cmd` on stdout.
+pub fn completion(shell: clap_complete::Shell, cmd: &mut clap::Command) -> ExitCode {
+    let mut script = Vec::new();
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, cmd, name, &mut script);
+    match String::from_utf8(script) {
+        Ok(text) if write_stdout(&text) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("completion script is not UTF-8: {e}");
+            ExitCode::FAILURE
         }
     }
 }
