@@ -83,12 +83,16 @@ pub fn completion(shell: clap_complete::Shell, cmd: &mut clap::Command) -> ExitC
     }
 }
 
-/// Print every policy error, then `{prefix}N error(s) in DIR`.
+/// Print every policy error, then `{prefix}N errors in M files (DIR)`.
 pub fn report_policy_errors(errors: &crate::policy::PolicyErrors, dir: &Path, prefix: &str) {
     for e in &errors.0 {
         eprintln!("{e}");
     }
-    eprintln!("{prefix}{} error(s) in {}", errors.0.len(), dir.display());
+    eprintln!(
+        "{prefix}{} ({})",
+        crate::policy::check::summary(&errors.0),
+        dir.display()
+    );
 }
 
 /// Open the hot-reloaded policy store of a long-running role; on errors

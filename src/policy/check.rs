@@ -451,6 +451,25 @@ fn blank(doc: &mut String, start: usize, end: usize) {
     doc.replace_range(start..end, &replaced);
 }
 
+/// Distinct files among `errors`.
+pub fn files_with_errors(errors: &[PolicyError]) -> usize {
+    let mut files: Vec<&str> = errors.iter().map(|e| e.file.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    files.len()
+}
+
+/// `N errors in M files` (singular for one).
+pub fn summary(errors: &[PolicyError]) -> String {
+    let n = errors.len();
+    let m = files_with_errors(errors);
+    format!(
+        "{n} error{} in {m} file{}",
+        if n == 1 { "" } else { "s" },
+        if m == 1 { "" } else { "s" }
+    )
+}
+
 /// What `spillway policy check` found.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
@@ -467,21 +486,12 @@ pub struct CheckReport {
 impl CheckReport {
     /// Distinct files with at least one error.
     pub fn files_with_errors(&self) -> usize {
-        let mut files: Vec<&str> = self.errors.iter().map(|e| e.file.as_str()).collect();
-        files.sort_unstable();
-        files.dedup();
-        files.len()
+        files_with_errors(&self.errors)
     }
 
     /// `N errors in M files`.
     pub fn summary(&self) -> String {
-        let n = self.errors.len();
-        let m = self.files_with_errors();
-        format!(
-            "{n} error{} in {m} file{}",
-            if n == 1 { "" } else { "s" },
-            if m == 1 { "" } else { "s" }
-        )
+        summary(&self.errors)
     }
 
     /// The human-readable report: one `file:line:column: field: message` per

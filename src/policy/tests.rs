@@ -572,3 +572,43 @@ fn check_report_counts_and_json() {
     assert_eq!(json["summary"]["files_checked"], 4);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn reload_rejects_with_every_error_and_keeps_the_last_good_set() {
+    use reload::{PolicyStore, ReloadOutcome};
+    let d = temp_dir("reload-all");
+    std::fs::write(d.join("web.yaml"), FULL).unwrap();
+    let store = PolicyStore::open(&d, std::sync::Arc::new(crate::metrics::Metrics::new())).unwrap();
+    std::fs::write(
+        d.join("web.yaml"),
+        FULL.replace("mode: Auto", "mode: Soon").replace(
+            "    minPriority: 0\n",
+            "    minPriority: 0\n    spilAfter: 1s\n",
+        ),
+    )
+    .unwrap();
+    match store.reload_if_changed() {
+        ReloadOutcome::Rejected(errors) => {
+            let places: Vec<(u64, &str)> = errors
+                .0
+                .iter()
+                .map(|e| (e.line, e.field.as_str()))
+                .collect();
+            assert_eq!(
+                places,
+                [(7, "spec.burst.mode"), (11, "spec.burst.spilAfter")]
+            );
+            assert!(
+                errors
+                    .to_string()
+                    .contains("web.yaml:11:5: spec.burst.spilAfter: unknown field")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.current().iter().next().map(|p| p.burst.mode),
+        Some(BurstMode::Auto)
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
