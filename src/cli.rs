@@ -145,6 +145,10 @@ pub struct SimulateArgs {
     /// Print the built-in scenario (a starting point for --scenario) and exit.
     #[arg(long)]
     pub print_scenario: bool,
+    /// Run the strategies on up to N threads (default: the machine's cores). The output
+    /// is the same for any N; 1 runs them one after the other.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
 
 fn parse_strategy(s: &str) -> Result<crate::sim::Strategy, String> {
@@ -215,9 +219,16 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
     }
     let seed = args.seed.or(sc.seed).unwrap_or(42);
     let bar = progress_bar(sc.horizon().millis() / 1000 * args.strategies.len() as u64);
-    let horizon_s = sc.horizon().millis() / 1000;
-    let cmp = sim::compare(&sc, &policies, seed, &args.strategies, &mut |i, t| {
-        bar.set_position(i as u64 * horizon_s + t / 1000);
+    let threads = args
+        .threads
+        .map_or_else(sim::default_threads, usize::from);
+    // Strategies run side by side: the bar shows the sum of their progress.
+    let mut done_s = vec![0u64; args.strategies.len()];
+    let cmp = sim::compare_on(&sc, &policies, seed, &args.strategies, threads, &mut |i, t| {
+        if let Some(d) = done_s.get_mut(i) {
+            *d = t / 1000;
+        }
+        bar.set_position(done_s.iter().sum());
     });
     bar.finish_and_clear();
     if let Some(path) = &args.report {
