@@ -219,17 +219,22 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
     }
     let seed = args.seed.or(sc.seed).unwrap_or(42);
     let bar = progress_bar(sc.horizon().millis() / 1000 * args.strategies.len() as u64);
-    let threads = args
-        .threads
-        .map_or_else(sim::default_threads, usize::from);
+    let threads = args.threads.map_or_else(sim::default_threads, usize::from);
     // Strategies run side by side: the bar shows the sum of their progress.
     let mut done_s = vec![0u64; args.strategies.len()];
-    let cmp = sim::compare_on(&sc, &policies, seed, &args.strategies, threads, &mut |i, t| {
-        if let Some(d) = done_s.get_mut(i) {
-            *d = t / 1000;
-        }
-        bar.set_position(done_s.iter().sum());
-    });
+    let cmp = sim::compare_on(
+        &sc,
+        &policies,
+        seed,
+        &args.strategies,
+        threads,
+        &mut |i, t| {
+            if let Some(d) = done_s.get_mut(i) {
+                *d = t / 1000;
+            }
+            bar.set_position(done_s.iter().sum());
+        },
+    );
     bar.finish_and_clear();
     if let Some(path) = &args.report {
         let page = match sim::report::html(&cmp) {

@@ -13,8 +13,8 @@ pub mod scenario;
 pub mod trace;
 pub mod world;
 
-pub use scenario::{InputError, InputErrors, Scenario};
 pub use breakdown::{Breakdown, Stats};
+pub use scenario::{InputError, InputErrors, Scenario};
 pub use world::{PodOutcome, RunResult, Sample, Strategy};
 
 use crate::policy::{PolicyErrors, PolicySet, parse_file};
@@ -297,12 +297,10 @@ impl Comparison {
             "-".into(),
             "-".into(),
             format!("{:.2}", ideal.cost_usd),
-            self.vm_only_cost()
-                .filter(|c| *c > 0.0)
-                .map_or_else(
-                    || "-".to_string(),
-                    |c| format!("{:+.1}%", (ideal.cost_usd / c - 1.0) * 100.0),
-                ),
+            self.vm_only_cost().filter(|c| *c > 0.0).map_or_else(
+                || "-".to_string(),
+                |c| format!("{:+.1}%", (ideal.cost_usd / c - 1.0) * 100.0),
+            ),
             "-".into(),
             "-".into(),
         ]);

@@ -210,6 +210,7 @@ fn cdf_chart(cmp: &Comparison) -> Result<String, ReportError> {
         chart
             .configure_mesh()
             .x_desc("seconds from submission to running (log scale)")
+            .x_labels(20)
             .y_desc("share of pods")
             .x_label_formatter(&|x| {
                 if *x >= 10.0 {
