@@ -127,7 +127,6 @@ pub(crate) fn split_documents(text: &str) -> Vec<String> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut has_content = false;
-    let mut line_no = 0usize;
     let mut flush = |current: &mut String, has_content: &mut bool, next_start: usize| {
         if *has_content {
             docs.push(std::mem::take(current));
@@ -135,7 +134,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<String> {
         *current = "\n".repeat(next_start);
         *has_content = false;
     };
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
         let body = line.trim_end_matches(['\n', '\r']);
         let is_start =
             body.starts_with("---") && body[3..].chars().next().is_none_or(char::is_whitespace);
@@ -158,7 +157,6 @@ pub(crate) fn split_documents(text: &str) -> Vec<String> {
             }
             has_content |= is_content(body);
         }
-        line_no += 1;
     }
     flush(&mut current, &mut has_content, 0);
     docs

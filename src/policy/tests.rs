@@ -506,7 +506,7 @@ fn equally_specific_policies_in_two_files_are_reported_with_both_places() {
     std::fs::write(d.join("a.yaml"), a).unwrap();
     std::fs::write(d.join("b.yaml"), b).unwrap();
     std::fs::write(d.join("c.yaml"), c).unwrap();
-    let report = check::check_paths(&[d.clone()]);
+    let report = check::check_paths(std::slice::from_ref(&d));
     assert_eq!(report.errors.len(), 1, "{}", report.text());
     let e = &report.errors[0];
     let a_path = d.join("a.yaml").display().to_string();
