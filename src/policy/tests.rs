@@ -612,3 +612,47 @@ fn reload_rejects_with_every_error_and_keeps_the_last_good_set() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn nested_unknown_blocks_and_sequence_items_are_skipped_and_named() {
+    let text = "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: a, namespace: web }\nspec:\n  extra:\n    a: 1\n    b: [2]\n  podSelector:\n    matchExpressions:\n    - key: tier\n      operator: In\n      value: [a]\n  burst:\n    mode: Never\n    spilAfter: 1s\n";
+    let errors = all_errors(text);
+    assert_eq!(
+        summary(&errors),
+        [
+            (5, "spec.extra".to_string()),
+            (9, "spec.podSelector.matchExpressions[0]".to_string()),
+            (12, "spec.podSelector.matchExpressions.value".to_string()),
+            (15, "spec.burst.spilAfter".to_string()),
+        ],
+        "{}",
+        PolicyErrors(errors.clone())
+    );
+    // Once `value` is out of the way, the item is validated: In needs values.
+    assert!(
+        errors[1].message.contains("needs at least one value"),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn documents_are_split_on_markers_keeping_line_numbers() {
+    let docs = check::split_documents(
+        "%YAML 1.2\n---\na: 1\n...\n# only a comment\n--- { b: 2 }\n---\n\nc: 3\n",
+    );
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    // Each document has its text on the file's own lines.
+    assert_eq!(docs[0].lines().nth(2), Some("a: 1"));
+    assert_eq!(docs[1].lines().nth(5), Some("    { b: 2 }"));
+    assert_eq!(docs[2].lines().nth(8), Some("c: 3"));
+    // An inline document after `---` is a policy like any other.
+    let mut errors = Vec::new();
+    let ps = parse_file(
+        "--- { apiVersion: spillway.io/v1alpha1, kind: BurstPolicy, metadata: { name: x }, spec: {} }\n",
+        "p.yaml",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{}", PolicyErrors(errors));
+    assert_eq!(ps.len(), 1);
+}
