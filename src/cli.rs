@@ -6,33 +6,93 @@ use std::process::ExitCode;
 /// Exit code for bad input or configuration (EX_USAGE / EX_DATAERR family).
 pub const EXIT_BAD_INPUT: u8 = 64;
 
-/// `spillway policy check DIR`: print every error, exit 64 if any; else a summary.
-pub fn policy_check(dir: &Path) -> ExitCode {
-    match crate::policy::load_dir(dir) {
-        Ok(set) => {
-            let default = set.iter().filter(|p| p.namespace.is_none()).count();
-            println!(
-                "{}: {} policies ok ({} namespaces, {} cluster default)",
-                dir.display(),
-                set.len(),
-                set.namespaces().count(),
-                default
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            report_policy_errors(&errors, dir, "");
-            ExitCode::from(EXIT_BAD_INPUT)
+/// Flags of `spillway policy check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyCheckArgs {
+    /// Policy files, or directories whose `*.yaml`/`*.yml` files are read (as the extender reads them).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// `text`: one `file:line:column: field: message` line per error, then a summary;
+    /// `json`: `{"errors": [{file, line, column, field, message}], "summary": {...}}` for editors and CI.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+}
+
+/// Output of `spillway policy check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+/// `spillway policy check PATH...`: every error of every file and the
+/// conflicts between files, on stdout; exit 64 if there is any.
+pub fn policy_check(args: &PolicyCheckArgs) -> ExitCode {
+    let report = crate::policy::check::check_paths(&args.paths);
+    let text = match args.format {
+        CheckFormat::Text => report.text(),
+        CheckFormat::Json => format!("{}\n", report.json()),
+    };
+    if !write_stdout(&text) {
+        return ExitCode::FAILURE;
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_INPUT)
+    }
+}
+
+/// `spillway --version`: the crate version, git commit and build date (set by build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPILLWAY_GIT_COMMIT"),
+    ", built ",
+    env!("SPILLWAY_BUILD_DATE"),
+    ")"
+);
+
+/// `spillway version`: one `key: value` per line.
+pub fn version() -> ExitCode {
+    let text = format!(
+        "spillway {}\ncommit: {}\nbuilt: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SPILLWAY_GIT_COMMIT"),
+        env!("SPILLWAY_BUILD_DATE"),
+    );
+    if write_stdout(&text) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `spillway completion SHELL`: the completion script for `cmd` on stdout.
+pub fn completion(shell: clap_complete::Shell, cmd: &mut clap::Command) -> ExitCode {
+    let mut script = Vec::new();
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, cmd, name, &mut script);
+    match String::from_utf8(script) {
+        Ok(text) if write_stdout(&text) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("completion script is not UTF-8: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Print every policy error, then `{prefix}N error(s) in DIR`.
+/// Print every policy error, then `{prefix}N errors in M files (DIR)`.
 pub fn report_policy_errors(errors: &crate::policy::PolicyErrors, dir: &Path, prefix: &str) {
     for e in &errors.0 {
         eprintln!("{e}");
     }
-    eprintln!("{prefix}{} error(s) in {}", errors.0.len(), dir.display());
+    eprintln!(
+        "{prefix}{} ({})",
+        crate::policy::check::summary(&errors.0),
+        dir.display()
+    );
 }
 
 /// Open the hot-reloaded policy store of a long-running role; on errors
@@ -85,6 +145,10 @@ pub struct SimulateArgs {
     /// Print the built-in scenario (a starting point for --scenario) and exit.
     #[arg(long)]
     pub print_scenario: bool,
+    /// Run the strategies on up to N threads (default: the machine's cores). The output
+    /// is the same for any N; 1 runs them one after the other.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
 }
 
 fn parse_strategy(s: &str) -> Result<crate::sim::Strategy, String> {
@@ -155,10 +219,22 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
     }
     let seed = args.seed.or(sc.seed).unwrap_or(42);
     let bar = progress_bar(sc.horizon().millis() / 1000 * args.strategies.len() as u64);
-    let horizon_s = sc.horizon().millis() / 1000;
-    let cmp = sim::compare(&sc, &policies, seed, &args.strategies, &mut |i, t| {
-        bar.set_position(i as u64 * horizon_s + t / 1000);
-    });
+    let threads = args.threads.map_or_else(sim::default_threads, usize::from);
+    // Strategies run side by side: the bar shows the sum of their progress.
+    let mut done_s = vec![0u64; args.strategies.len()];
+    let cmp = sim::compare_on(
+        &sc,
+        &policies,
+        seed,
+        &args.strategies,
+        threads,
+        &mut |i, t| {
+            if let Some(d) = done_s.get_mut(i) {
+                *d = t / 1000;
+            }
+            bar.set_position(done_s.iter().sum());
+        },
+    );
     bar.finish_and_clear();
     if let Some(path) = &args.report {
         let page = match sim::report::html(&cmp) {

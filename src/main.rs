@@ -1,12 +1,12 @@
 //! The `spillway` binary: parse flags, build, run. Exit 64 on bad flags or config.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "spillway",
-    version,
+    version = spillway::cli::VERSION,
     about = "Burst-scaling scheduler extender, autoscaler and embedded ACI provider for AKS"
 )]
 struct Cli {
@@ -20,7 +20,7 @@ enum Command {
     Run(spillway::run::RunCommand),
     /// Replay a workload against vm-only, aci-always and spillway; print latency and cost.
     Simulate(spillway::cli::SimulateArgs),
-    /// Validate policy files and exit 64 with file:line:column errors.
+    /// Validate policy files: every error as file:line:column, exit 64 if any.
     Policy {
         #[command(subcommand)]
         action: PolicyCommand,
@@ -38,12 +38,27 @@ enum Command {
     AciEmulator(spillway::aci::emulator::cli::Args),
     /// Run an IoT Hub service endpoint with simulated IoT Edge devices; prints its connection string first.
     IothubEmulator(spillway::edge::emulator::cli::Args),
+    /// Print the version, git commit and build date.
+    Version,
+    /// Print a shell completion script (e.g. `spillway completion bash > /etc/bash_completion.d/spillway`).
+    Completion {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The shells `spillway completion` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
-    /// Check every policy file in DIR.
-    Check { dir: std::path::PathBuf },
+    /// Check policy files (or every *.yaml/*.yml in a directory): all errors of all files, and conflicts between them.
+    Check(spillway::cli::PolicyCheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,8 +80,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => spillway::cli::simulate(&args),
         Command::Run(args) => spillway::run::run(args),
         Command::Policy {
-            action: PolicyCommand::Check { dir },
-        } => spillway::cli::policy_check(&dir),
+            action: PolicyCommand::Check(args),
+        } => spillway::cli::policy_check(&args),
         Command::Extender(args) => spillway::extender::run(args),
         Command::Explain(args) => spillway::explain::run(args),
         Command::Aci {
@@ -74,5 +89,14 @@ fn main() -> ExitCode {
         } => spillway::aci::render::run(&args),
         Command::AciEmulator(args) => spillway::aci::emulator::cli::run(&args),
         Command::IothubEmulator(args) => spillway::edge::emulator::cli::run(&args),
+        Command::Version => spillway::cli::version(),
+        Command::Completion { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            spillway::cli::completion(shell, &mut Cli::command())
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! files it is pointed at, and it never decides anything: the decision engine
 //! reads policies, policies do not read the cluster.
 
+pub mod check;
 mod raw;
 pub mod reload;
 
@@ -124,14 +125,26 @@ pub struct BurstPolicy {
     pub budget: Budget,
     pub drain_back: DrainBack,
     pub aci: AciSettings,
-    /// Where it came from, for messages.
+    /// Where it came from, for messages: the file, and the line and column
+    /// of its `metadata.name` (0 when built in code).
     pub source: String,
+    pub line: u64,
+    pub column: u64,
 }
 
 impl BurstPolicy {
     /// `namespace/name`, or `*/name` for the cluster default.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace.as_deref().unwrap_or("*"), self.name)
+    }
+
+    /// `file:line:column` of its `metadata.name`, or just the file when unknown.
+    pub fn place(&self) -> String {
+        if self.line == 0 {
+            self.source.clone()
+        } else {
+            format!("{}:{}:{}", self.source, self.line, self.column)
+        }
     }
 
     /// A policy with the documented defaults (mode Auto, spillAfter 30s,
@@ -158,6 +171,8 @@ impl BurstPolicy {
                 dns_name_label: None,
             },
             source: "<built-in>".into(),
+            line: 0,
+            column: 0,
         }
     }
 }
@@ -180,7 +195,12 @@ pub struct PolicyError {
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::located::write_at(f, &self.file, self.line, self.column)?;
+        if self.line == 0 {
+            // Not about a place in the file (it could not be read at all).
+            write!(f, "{}: ", self.file)?;
+        } else {
+            crate::located::write_at(f, &self.file, self.line, self.column)?;
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -267,6 +287,10 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
         );
     }
     let name = raw.metadata.name.value.clone();
+    let (line, column) = (
+        raw.metadata.name.referenced.line(),
+        raw.metadata.name.referenced.column(),
+    );
     if !is_dns_label(&name, 253) {
         c.at(
             raw.metadata.name.referenced,
@@ -410,6 +434,8 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
             dns_name_label,
         },
         source: file.to_string(),
+        line,
+        column,
     })
 }
 
@@ -489,37 +515,11 @@ pub fn render_dns_label(template: &str, namespace: &str, name: &str) -> String {
         .replace("{{name}}", name)
 }
 
-/// Parse every policy document in one file's text. Errors are appended to `errors`.
+/// Parse every policy document in one file's text. Every error found is
+/// appended to `errors` (see [`check::parse_documents`]); only documents
+/// without errors yield a policy.
 pub fn parse_file(text: &str, file: &str, errors: &mut Vec<PolicyError>) -> Vec<BurstPolicy> {
-    let docs: Vec<RawPolicy> = match serde_saphyr::from_multiple(text) {
-        Ok(d) => d,
-        Err(e) => {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            errors.push(PolicyError {
-                file: file.to_string(),
-                line,
-                column,
-                field: String::new(),
-                message: first_line(&e.to_string()),
-            });
-            return Vec::new();
-        }
-    };
-    docs.into_iter()
-        .filter_map(|raw| validate(raw, file, errors))
-        .collect()
-}
-
-fn first_line(s: &str) -> String {
-    // serde-saphyr renders a snippet after the message; keep the message.
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid YAML")
-        .to_string()
+    check::parse_documents(text, file, errors)
 }
 
 /// An immutable, validated set of policies with lookup by pod.
@@ -538,44 +538,51 @@ impl PolicySet {
         let mut set = PolicySet::default();
         for p in policies {
             let idx = set.policies.len();
-            let conflict_err = |other: &BurstPolicy, why: &str| PolicyError {
+            // Reported at this policy, naming where the other one is, so both
+            // places are in the message.
+            let conflict_err = |other: &BurstPolicy, field: &str, why: &str| PolicyError {
                 file: p.source.clone(),
-                line: 1,
-                column: 1,
-                field: "spec.podSelector".into(),
-                message: format!("{} {why} {} (from {})", p.id(), other.id(), other.source),
+                line: p.line.max(1),
+                column: p.column.max(1),
+                field: field.into(),
+                message: format!("{} {why} {} (at {})", p.id(), other.id(), other.place()),
             };
+            let mut clashes = Vec::new();
             match &p.namespace {
                 None => {
                     if let Some(d) = set.default {
-                        errors.push(conflict_err(
+                        clashes.push(conflict_err(
                             &set.policies[d],
+                            "metadata.namespace",
                             "is a second cluster default besides",
                         ));
-                        continue;
                     }
                 }
                 Some(ns) => {
                     let existing = set.by_namespace.get(ns).map(Vec::as_slice).unwrap_or(&[]);
-                    let mut clash = None;
                     for &j in existing {
                         let other = &set.policies[j];
                         if other.name == p.name {
-                            clash = Some((j, "has the same name as"));
+                            clashes.push(conflict_err(
+                                other,
+                                "metadata.name",
+                                "has the same name as",
+                            ));
                         } else if other.selector.specificity() == p.selector.specificity()
                             && other.selector.may_overlap(&p.selector)
                         {
-                            clash = Some((j, "claims the same pods with equal specificity as"));
+                            clashes.push(conflict_err(
+                                other,
+                                "spec.podSelector",
+                                "claims the same pods with equal specificity as",
+                            ));
                         }
-                        if clash.is_some() {
-                            break;
-                        }
-                    }
-                    if let Some((j, why)) = clash {
-                        errors.push(conflict_err(&set.policies[j], why));
-                        continue;
                     }
                 }
+            }
+            if !clashes.is_empty() {
+                errors.extend(clashes);
+                continue;
             }
             match &p.namespace {
                 None => set.default = Some(idx),
@@ -671,40 +678,13 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Load and validate every policy file in `dir`, reporting every error found.
+/// Load and validate every policy file in `dir`, reporting every error found
+/// (the same reading as `spillway policy check`, see [`check::check_paths`]).
 pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
-    let files = policy_files(dir).map_err(|e| {
-        PolicyErrors(vec![PolicyError {
-            file: dir.display().to_string(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read policy directory: {e}"),
-        }])
-    })?;
-    let mut errors = Vec::new();
-    let mut policies = Vec::new();
-    for f in &files {
-        let name = f.display().to_string();
-        match std::fs::read_to_string(f) {
-            Ok(text) => policies.extend(parse_file(&text, &name, &mut errors)),
-            Err(e) => errors.push(PolicyError {
-                file: name,
-                line: 0,
-                column: 0,
-                field: String::new(),
-                message: format!("cannot read: {e}"),
-            }),
-        }
-    }
-    let set = PolicySet::new(policies);
-    match set {
-        Ok(s) if errors.is_empty() => Ok(s),
-        Ok(_) => Err(PolicyErrors(errors)),
-        Err(PolicyErrors(more)) => {
-            errors.extend(more);
-            Err(PolicyErrors(errors))
-        }
+    let report = check::check_paths(&[dir.to_path_buf()]);
+    match report.set {
+        Some(set) if report.errors.is_empty() => Ok(set),
+        _ => Err(PolicyErrors(report.errors)),
     }
 }
 

@@ -359,3 +359,300 @@ fn first_load_of_an_invalid_dir_fails() {
     assert!(reload::PolicyStore::open(&d, metrics).is_err());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+// ---- every error in one go (`policy check`) ----
+
+fn all_errors(text: &str) -> Vec<PolicyError> {
+    let mut errors = Vec::new();
+    let policies = parse_file(text, "p.yaml", &mut errors);
+    assert!(
+        errors.is_empty() || policies.is_empty() || text.contains("\n---"),
+        "a document with errors yielded a policy"
+    );
+    errors
+}
+
+fn summary(errors: &[PolicyError]) -> Vec<(u64, String)> {
+    errors.iter().map(|e| (e.line, e.field.clone())).collect()
+}
+
+#[test]
+fn structural_and_value_errors_of_a_document_are_all_reported_once() {
+    // The file: an unknown field, a bad mode and a bad quantity, plus
+    // a wrong type and an unknown key inside a flow mapping.
+    let text = FULL
+        .replace("mode: Auto", "mode: Sometimes")
+        .replace(
+            "    minPriority: 0\n",
+            "    minPriority: 0\n    spilAfter: 10s\n",
+        )
+        .replace("maxPods: 200", "maxPods: lots")
+        .replace("maxMemory: 800Gi", "maxMemory: 800Qi")
+        .replace("publicIp: auto,", "publicIp: auto, colour: blue,");
+    let errors = all_errors(&text);
+    assert_eq!(
+        summary(&errors),
+        [
+            (7, "spec.burst.mode".to_string()),
+            (11, "spec.burst.spilAfter".to_string()),
+            (12, "spec.budget.maxPods".to_string()),
+            (12, "spec.budget.maxMemory".to_string()),
+            (14, "spec.aci.colour".to_string()),
+        ],
+        "{}",
+        PolicyErrors(errors.clone())
+    );
+    for e in &errors {
+        // The position is said once, by the prefix.
+        let line = e.to_string();
+        assert!(
+            line.starts_with(&format!("p.yaml:{}:{}: {}: ", e.line, e.column, e.field)),
+            "{line}"
+        );
+        assert!(
+            !e.message.contains("line ") && !e.message.contains("column"),
+            "{line}"
+        );
+        assert!(!e.message.contains('\n'), "{line}");
+    }
+    assert!(errors[1].message.contains("unknown field `spilAfter`"));
+    assert_eq!(errors[1].column, 5);
+    let aci_line = text.lines().nth(13).unwrap_or_default();
+    assert_eq!(
+        errors[4].column,
+        aci_line.find("colour").map_or(0, |c| c as u64 + 1)
+    );
+}
+
+#[test]
+fn an_unknown_only_child_does_not_turn_its_parent_into_null() {
+    // Blanking `spilAfter` leaves `burst:` empty; that must not add an error.
+    let text = "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: a }\nspec:\n  burst:\n    spilAfter: 10s\n  budget: { maxCpu: lots }\n";
+    let errors = all_errors(text);
+    assert_eq!(
+        summary(&errors),
+        [
+            (6, "spec.burst.spilAfter".to_string()),
+            (7, "spec.budget.maxCpu".to_string())
+        ],
+        "{}",
+        PolicyErrors(errors.clone())
+    );
+}
+
+#[test]
+fn errors_in_every_document_keep_their_file_lines() {
+    let bad_second = FULL
+        .replace("web-burst", "second")
+        .replace("kind: BurstPolicy", "kind: Policy")
+        .replace("maxVmWait: 90s", "maxVmWait: soon");
+    let text = format!(
+        "{}---\n# only a comment\n---\n{}---\napiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: {{ nam: x }}\nspec: {{}}\n",
+        FULL.replace("maxPods: 200", "maxPods: -1"),
+        bad_second
+    );
+    let errors = all_errors(&text);
+    let lines = FULL.lines().count() as u64;
+    // Document 1: line 11; document 2 starts after two marker lines and a comment.
+    let doc2 = lines + 3;
+    let doc3 = doc2 + lines + 1;
+    assert_eq!(
+        summary(&errors),
+        [
+            (11, "spec.budget.maxPods".to_string()),
+            (doc2 + 2, "kind".to_string()),
+            (doc2 + 9, "spec.burst.maxVmWait".to_string()),
+            (doc3 + 3, "metadata".to_string()),
+            (doc3 + 3, "metadata.nam".to_string()),
+        ],
+        "{}",
+        PolicyErrors(errors.clone())
+    );
+    assert!(errors[3].message.contains("missing field `name`"));
+}
+
+#[test]
+fn a_bad_required_value_is_one_error_not_also_missing() {
+    let errors = all_errors(
+        "apiVersion: spillway.io/v1alpha1\nkind: [BurstPolicy]\nmetadata: { name: a }\nspec: {}\n",
+    );
+    assert_eq!(errors.len(), 1, "{}", PolicyErrors(errors.clone()));
+    assert_eq!((errors[0].line, errors[0].field.as_str()), (2, "kind"));
+}
+
+#[test]
+fn a_good_file_still_parses_every_document() {
+    let text = format!(
+        "---\n{FULL}---\n{}",
+        FULL.replace("web-burst", "b")
+            .replace("namespace: web", "namespace: shop")
+    );
+    let mut errors = Vec::new();
+    let ps = parse_file(&text, "p.yaml", &mut errors);
+    assert!(errors.is_empty(), "{}", PolicyErrors(errors));
+    assert_eq!(ps.len(), 2);
+    // metadata.name of each, counted in the file (after the leading `---`).
+    assert_eq!((ps[0].line, ps[0].column), (4, 19));
+    assert_eq!(ps[1].line, FULL.lines().count() as u64 + 5);
+}
+
+#[test]
+fn equally_specific_policies_in_two_files_are_reported_with_both_places() {
+    let d = temp_dir("conflict");
+    let a = "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata:\n  name: by-tier\n  namespace: web\nspec:\n  podSelector: { matchLabels: { tier: y } }\n";
+    let b = "# second\napiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: by-app, namespace: web }\nspec:\n  podSelector: { matchLabels: { app: x } }\n";
+    // More specific than both: no conflict.
+    let c = "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: both, namespace: web }\nspec:\n  podSelector: { matchLabels: { app: x, tier: y } }\n";
+    std::fs::write(d.join("a.yaml"), a).unwrap();
+    std::fs::write(d.join("b.yaml"), b).unwrap();
+    std::fs::write(d.join("c.yaml"), c).unwrap();
+    let report = check::check_paths(std::slice::from_ref(&d));
+    assert_eq!(report.errors.len(), 1, "{}", report.text());
+    let e = &report.errors[0];
+    let a_path = d.join("a.yaml").display().to_string();
+    assert!(e.file.ends_with("b.yaml"), "{e}");
+    assert_eq!(
+        (e.line, e.column, e.field.as_str()),
+        (4, 19, "spec.podSelector")
+    );
+    assert!(
+        e.message
+            .contains("web/by-app claims the same pods with equal specificity as web/by-tier")
+            && e.message.contains(&format!("{a_path}:4:9")),
+        "{e}"
+    );
+    assert_eq!(report.summary(), "1 error in 1 file");
+    assert!(report.set.is_none());
+    // load_dir (the extender, the reloader) reads the same way.
+    assert_eq!(load_dir(&d).unwrap_err().0, report.errors);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn check_report_counts_and_json() {
+    let d = temp_dir("report");
+    std::fs::write(
+        d.join("a.yaml"),
+        FULL.replace("mode: Auto", "mode: Later")
+            .replace("30s", "x"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.yaml"),
+        FULL.replace("web-burst", "b")
+            .replace("namespace: web", "namespace: shop")
+            .replace("dnsNameLabel: \"{{namespace}}-{{name}}\"", "dnsName: x"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("c.yaml"),
+        FULL.replace("namespace: web", "namespace: batch"),
+    )
+    .unwrap();
+    let report = check::check_paths(&[d.clone(), d.join("missing.yaml")]);
+    assert_eq!(report.files.len(), 4);
+    assert_eq!(report.errors.len(), 4, "{}", report.text());
+    assert_eq!(report.summary(), "4 errors in 3 files");
+    let text = report.text();
+    assert!(text.ends_with("4 errors in 3 files\n"), "{text}");
+    assert!(text.contains("missing.yaml: cannot read: "), "{text}");
+    let json = report.json();
+    let errors = json["errors"].as_array().cloned().unwrap_or_default();
+    assert_eq!(errors.len(), 4);
+    for e in &errors {
+        for k in ["file", "field", "message"] {
+            assert!(e[k].is_string(), "{k} in {e}");
+        }
+        assert!(e["line"].is_u64() && e["column"].is_u64(), "{e}");
+    }
+    assert_eq!(errors[0]["field"], "spec.burst.mode");
+    assert_eq!(errors[0]["line"], 7);
+    assert_eq!(json["summary"]["errors"], 4);
+    assert_eq!(json["summary"]["files_with_errors"], 3);
+    assert_eq!(json["summary"]["files_checked"], 4);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn reload_rejects_with_every_error_and_keeps_the_last_good_set() {
+    use reload::{PolicyStore, ReloadOutcome};
+    let d = temp_dir("reload-all");
+    std::fs::write(d.join("web.yaml"), FULL).unwrap();
+    let store = PolicyStore::open(&d, std::sync::Arc::new(crate::metrics::Metrics::new())).unwrap();
+    std::fs::write(
+        d.join("web.yaml"),
+        FULL.replace("mode: Auto", "mode: Soon").replace(
+            "    minPriority: 0\n",
+            "    minPriority: 0\n    spilAfter: 1s\n",
+        ),
+    )
+    .unwrap();
+    match store.reload_if_changed() {
+        ReloadOutcome::Rejected(errors) => {
+            let places: Vec<(u64, &str)> = errors
+                .0
+                .iter()
+                .map(|e| (e.line, e.field.as_str()))
+                .collect();
+            assert_eq!(
+                places,
+                [(7, "spec.burst.mode"), (11, "spec.burst.spilAfter")]
+            );
+            assert!(
+                errors
+                    .to_string()
+                    .contains("web.yaml:11:5: spec.burst.spilAfter: unknown field")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.current().iter().next().map(|p| p.burst.mode),
+        Some(BurstMode::Auto)
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn nested_unknown_blocks_and_sequence_items_are_skipped_and_named() {
+    let text = "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: a, namespace: web }\nspec:\n  extra:\n    a: 1\n    b: [2]\n  podSelector:\n    matchExpressions:\n    - key: tier\n      operator: In\n      value: [a]\n  burst:\n    mode: Never\n    spilAfter: 1s\n";
+    let errors = all_errors(text);
+    assert_eq!(
+        summary(&errors),
+        [
+            (5, "spec.extra".to_string()),
+            (9, "spec.podSelector.matchExpressions[0]".to_string()),
+            (12, "spec.podSelector.matchExpressions.value".to_string()),
+            (15, "spec.burst.spilAfter".to_string()),
+        ],
+        "{}",
+        PolicyErrors(errors.clone())
+    );
+    // Once `value` is out of the way, the item is validated: In needs values.
+    assert!(
+        errors[1].message.contains("needs at least one value"),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn documents_are_split_on_markers_keeping_line_numbers() {
+    let docs = check::split_documents(
+        "%YAML 1.2\n---\na: 1\n...\n# only a comment\n--- { b: 2 }\n---\n\nc: 3\n",
+    );
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    // Each document has its text on the file's own lines.
+    assert_eq!(docs[0].lines().nth(2), Some("a: 1"));
+    assert_eq!(docs[1].lines().nth(5), Some("    { b: 2 }"));
+    assert_eq!(docs[2].lines().nth(8), Some("c: 3"));
+    // An inline document after `---` is a policy like any other.
+    let mut errors = Vec::new();
+    let ps = parse_file(
+        "--- { apiVersion: spillway.io/v1alpha1, kind: BurstPolicy, metadata: { name: x }, spec: {} }\n",
+        "p.yaml",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{}", PolicyErrors(errors));
+    assert_eq!(ps.len(), 1);
+}

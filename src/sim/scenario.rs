@@ -166,6 +166,8 @@ pub struct Scenario {
 /// One pod of the generated workload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodSpec {
+    /// Index of the workload (in `Scenario::workloads`) it came from.
+    pub workload: u32,
     pub namespace: Arc<str>,
     pub name: String,
     pub labels: Arc<BTreeMap<String, String>>,
@@ -241,6 +243,7 @@ impl Scenario {
             let mut push = |submit: Duration, rng: &mut SmallRng, i: usize| {
                 let duration = w.duration.sample(rng.random(), rng.random());
                 pods.push(PodSpec {
+                    workload: wi as u32,
                     namespace: ns.clone(),
                     name: format!("{}-{i}", w.name),
                     labels: labels.clone(),
@@ -306,6 +309,7 @@ impl Scenario {
                 Arrivals::Trace(trace) => {
                     for (i, p) in trace.iter().enumerate() {
                         pods.push(PodSpec {
+                            workload: wi as u32,
                             namespace: Arc::from(p.namespace.as_str()),
                             name: format!("{}-{i}", w.name),
                             labels: labels.clone(),

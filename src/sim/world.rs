@@ -104,6 +104,21 @@ pub struct Sample {
     pub burst_cores: f64,
 }
 
+/// What happened to one pod in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PodOutcome {
+    /// Submit → first running, in milliseconds; `None` if it never started.
+    pub pending_ms: Option<u64>,
+    /// It ran on ACI at least once.
+    pub burst: bool,
+    /// Its ACI bill over all its incarnations, USD.
+    pub aci_cost_usd: f64,
+    /// Its use of VM nodes at list price: hours bound to a node × the larger
+    /// of its CPU and memory fractions of that node × the node's hourly
+    /// price. The VM bill (idle nodes included) is shared out in proportion.
+    pub vm_use_usd: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunResult {
@@ -131,11 +146,29 @@ pub struct RunResult {
     pub peak_burst_by_namespace: BTreeMap<String, BurstUsage>,
     pub events: u64,
     pub series: Vec<Sample>,
+    /// Per pod, in the order of the generated workload.
+    pub outcomes: Vec<PodOutcome>,
 }
 
 impl RunResult {
     pub fn cost_usd(&self) -> f64 {
         self.vm_cost_usd + self.aci_cost_usd
+    }
+
+    /// Each pod's share of the bill: its ACI cost plus its part of the VM
+    /// bill, in proportion to its VM use. They add up to [`Self::cost_usd`]
+    /// whenever some pod ran on a VM (else the idle VM bill is nobody's).
+    pub fn pod_costs_usd(&self) -> Vec<f64> {
+        let use_total: f64 = self.outcomes.iter().map(|o| o.vm_use_usd).sum();
+        let per_use = if use_total > 0.0 {
+            self.vm_cost_usd / use_total
+        } else {
+            0.0
+        };
+        self.outcomes
+            .iter()
+            .map(|o| o.aci_cost_usd + o.vm_use_usd * per_use)
+            .collect()
     }
 
     /// Nearest-rank percentile of pending seconds (0 when nothing started).
@@ -212,6 +245,8 @@ struct Pod {
     started: bool,
     aci: Option<OnAci>,
     placeholder: Option<Placeholder>,
+    /// When it was bound to its VM node (while on one).
+    vm_bound_at: u64,
     pending_pos: usize,
     /// The scheduler tried and could not place it (PodScheduled=False): only
     /// such pods are demand for the cluster autoscaler.
@@ -233,6 +268,14 @@ struct Node {
 }
 
 const NONE: usize = usize::MAX;
+
+/// The larger of a pod's CPU and memory fractions of a node: how much of
+/// the node it keeps others from using.
+pub fn node_fraction(req: &Resources, node: &Resources) -> f64 {
+    let cpu = req.cpu_millis as f64 / node.cpu_millis.max(1) as f64;
+    let mem = req.memory_bytes as f64 / node.memory_bytes.max(1) as f64;
+    cpu.max(mem)
+}
 
 /// Run one strategy over a generated workload.
 pub fn run(
@@ -291,6 +334,7 @@ struct World<'a> {
     peak_vm_nodes: u32,
     peak_by_ns: BTreeMap<String, BurstUsage>,
     series: Vec<Sample>,
+    outcomes: Vec<PodOutcome>,
 }
 
 impl<'a> World<'a> {
@@ -346,6 +390,7 @@ impl<'a> World<'a> {
                     started: false,
                     aci: None,
                     placeholder: None,
+                    vm_bound_at: 0,
                     pending_pos: NONE,
                     unschedulable: false,
                 })
@@ -380,6 +425,7 @@ impl<'a> World<'a> {
             peak_vm_nodes: 0,
             peak_by_ns: BTreeMap::new(),
             series: Vec::new(),
+            outcomes: vec![PodOutcome::default(); specs.len()],
         };
         for (pi, p) in sc.pools.iter().enumerate() {
             for _ in 0..p.min {
@@ -495,6 +541,7 @@ impl<'a> World<'a> {
             pod.started = true;
             let submit = self.specs[p as usize].submit.millis();
             self.pending_ms.push(self.now - submit);
+            self.outcomes[p as usize].pending_ms = Some(self.now - submit);
         }
         let end = pod.end_at;
         self.push(end, Ev::Complete(p, inc));
@@ -604,6 +651,7 @@ impl<'a> World<'a> {
         let pod = &mut self.pods[p as usize];
         pod.inc += 1;
         pod.phase = Phase::Starting(Place::Vm(n));
+        pod.vm_bound_at = self.now;
         let inc = pod.inc;
         let lat = self
             .sc
@@ -635,7 +683,17 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Count a pod's time on its VM node, from binding until now.
+    fn charge_vm_use(&mut self, p: u32, n: u32) {
+        let pool = &self.sc.pools[self.nodes[n as usize].pool];
+        let req = self.specs[p as usize].requests;
+        let hours = (self.now - self.pods[p as usize].vm_bound_at) as f64 / 3_600_000.0;
+        self.outcomes[p as usize].vm_use_usd +=
+            hours * node_fraction(&req, &pool.node) * pool.price_per_hour;
+    }
+
     fn release_vm(&mut self, p: u32, n: u32) {
+        self.charge_vm_use(p, n);
         let req = self.specs[p as usize].requests;
         let node = &mut self.nodes[n as usize];
         node.real = node.real.saturating_sub(&req);
@@ -697,6 +755,7 @@ impl<'a> World<'a> {
         if pod.inc == 0 {
             self.burst_pods += 1;
         }
+        self.outcomes[p as usize].burst = true;
         pod.inc += 1;
         pod.phase = Phase::Starting(Place::Aci);
         pod.aci = Some(OnAci {
@@ -731,6 +790,9 @@ impl<'a> World<'a> {
         let hours = (self.now - a.bound_at) as f64 / 3_600_000.0;
         self.aci_vcpu_hours += a.res.cpu_cores() * hours;
         self.aci_gb_hours += a.res.memory_gb() * hours;
+        self.outcomes[p as usize].aci_cost_usd += hours
+            * (a.res.cpu_cores() * self.sc.prices.aci_vcpu_hour
+                + a.res.memory_gb() * self.sc.prices.aci_gb_hour);
         self.aci_in_use = self.aci_in_use.saturating_sub(&a.res);
         self.aci_groups -= 1;
         let prices = self.engine.config.prices;
@@ -1049,6 +1111,13 @@ impl<'a> World<'a> {
         for p in on_aci {
             self.leave_aci(p);
         }
+        for p in 0..self.pods.len() as u32 {
+            if let Phase::Starting(Place::Vm(n)) | Phase::Running(Place::Vm(n)) =
+                self.pods[p as usize].phase
+            {
+                self.charge_vm_use(p, n);
+            }
+        }
         let mut vm_node_hours = 0.0;
         let mut vm_cost_usd = 0.0;
         for n in &self.nodes {
@@ -1080,6 +1149,7 @@ impl<'a> World<'a> {
             peak_burst_by_namespace: self.peak_by_ns,
             events: self.events,
             series: self.series,
+            outcomes: self.outcomes,
         }
     }
 }
