@@ -3,7 +3,8 @@
 //! `SPILLWAY_BUILD_DATE`
 //! (UTC, `YYYY-MM-DD`; `SOURCE_DATE_EPOCH` wins, for reproducible builds).
 //! Outside a git checkout (a source tarball) both fall back to "unknown"
-//! rather than failing the build.
+//! rather than failing the build, unless `SPILLWAY_GIT_COMMIT` is set in the
+//! build's environment (the Dockerfile passes its `REVISION` argument).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -90,7 +91,14 @@ fn main() {
             rerun_if_exists(PathBuf::from(common).join(head_ref));
         }
     }
-    let commit = commit.unwrap_or_else(|| "unknown".into());
+    // A build without the checkout (a container build whose context leaves
+    // out .git) names the commit itself: `SPILLWAY_GIT_COMMIT`.
+    println!("cargo:rerun-if-env-changed=SPILLWAY_GIT_COMMIT");
+    let given = std::env::var("SPILLWAY_GIT_COMMIT")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "unknown");
+    let commit = given.or(commit).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SPILLWAY_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=SPILLWAY_BUILD_DATE={}", build_date());
 }
