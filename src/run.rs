@@ -458,6 +458,10 @@ pub async fn run_with_webhook(
             metrics.clone(),
             store.clone(),
             stop_rx.clone(),
+            crate::provider::cli::SpillwayScheduler {
+                name: cmd.webhook.webhook_scheduler_name.clone(),
+                view: view.clone(),
+            },
         )
         .await?
     };
