@@ -148,6 +148,12 @@ kind: BurstPolicy
 metadata: { name: vm-only, namespace: vm-only }
 spec:
   burst: { mode: Never }
+---
+apiVersion: spillway.io/v1alpha1
+kind: BurstPolicy
+metadata: { name: opted-out, namespace: opted-out }
+spec:
+  burst: { mode: Never }
 ";
 
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -225,11 +231,16 @@ async fn cluster() -> TestApiServer {
         .await;
     srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
     let namespaces: Api<Namespace> = Api::all(srv.client());
-    for name in ["web", "shop", "vm-only"] {
+    for (name, labels) in [
+        ("web", json!({})),
+        ("shop", json!({})),
+        ("vm-only", json!({})),
+        ("opted-out", json!({"spillway.io/skip": "true"})),
+    ] {
         namespaces
             .create(
                 &PostParams::default(),
-                &obj(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})),
+                &obj(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})),
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -495,7 +506,13 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
     let summary = |ns: &str| -> Vec<(String, Option<String>, Option<String>)> {
         live(&srv, ns)
             .iter()
-            .map(|p| (p.metadata.name.clone().unwrap_or_default(), on_node(p), phase(p)))
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    on_node(p),
+                    phase(p),
+                )
+            })
             .collect()
     };
     assert!(
@@ -592,8 +609,23 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
 /// Create `name` in `ns` as the default scheduler's: the AKS example's
 /// pod spec (pinned to the virtual node), no webhook in the way.
 async fn create_bypassing(srv: &TestApiServer, ns: &str, name: &str) {
+    create_bypassing_labelled(srv, ns, name, &[]).await
+}
+
+async fn create_bypassing_labelled(
+    srv: &TestApiServer,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) {
     let mut p = template_of(AKS_EXAMPLE);
     p.metadata.name = Some(name.into());
+    for (k, v) in labels {
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(k.to_string(), v.to_string());
+    }
     let api: Api<Pod> = Api::namespaced(srv.client(), ns);
     let created = api
         .create(&PostParams::default(), &p)
@@ -644,13 +676,20 @@ async fn pods_another_scheduler_bound_run_with_an_event_and_the_gauge() {
         "{reported:?}"
     );
     assert!(
-        reported[0].1.contains("by default-scheduler, not spillway-scheduler")
+        reported[0]
+            .1
+            .contains("by default-scheduler, not spillway-scheduler")
             && reported[0].1.contains("--unadmitted-pods=run"),
         "{}",
         reported[0].1
     );
     assert_eq!(spillway.unadmitted_gauge("web"), 3);
-    assert!(spillway.metrics.render().contains("spillway_unadmitted_pods{namespace=\"web\"} 3"));
+    assert!(
+        spillway
+            .metrics
+            .render()
+            .contains("spillway_unadmitted_pods{namespace=\"web\"} 3")
+    );
     assert!(events(&srv, "web", "NotAdmitted").is_empty());
 
     // Gone from the node, gone from the gauge.
@@ -679,9 +718,9 @@ async fn reject_mode_fails_what_the_engine_would_not_admit_and_creates_no_group(
         create_bypassing(&srv, "web", name).await;
     }
     let two_running = support::poll_until(WAIT, || {
-        ["a", "b"].iter().all(|n| {
-            phase(&get_pod(&srv, "web", n)).as_deref() == Some("Running")
-        })
+        ["a", "b"]
+            .iter()
+            .all(|n| phase(&get_pod(&srv, "web", n)).as_deref() == Some("Running"))
     })
     .await;
     assert!(two_running, "{:?}", live(&srv, "web"));
@@ -700,7 +739,10 @@ async fn reject_mode_fails_what_the_engine_would_not_admit_and_creates_no_group(
         srv.get::<Pod>("web", "c").and_then(|p| p.status),
         srv.get::<Pod>("vm-only", "d").and_then(|p| p.status)
     );
-    for (ns, name, rule) in [("web", "c", "budget-pods"), ("vm-only", "d", "policy-never")] {
+    for (ns, name, rule) in [
+        ("web", "c", "budget-pods"),
+        ("vm-only", "d", "policy-never"),
+    ] {
         let p = get_pod(&srv, ns, name);
         let status = p.status.unwrap_or_default();
         assert_eq!(status.reason.as_deref(), Some("NotAdmitted"), "{ns}/{name}");
@@ -712,7 +754,9 @@ async fn reject_mode_fails_what_the_engine_would_not_admit_and_creates_no_group(
         );
         let refused = events(&srv, ns, "NotAdmitted");
         assert!(
-            refused.iter().any(|(n, note)| n == name && note.contains(rule)),
+            refused
+                .iter()
+                .any(|(n, note)| n == name && note.contains(rule)),
             "{ns}: {refused:?}"
         );
         assert_eq!(
@@ -724,21 +768,45 @@ async fn reject_mode_fails_what_the_engine_would_not_admit_and_creates_no_group(
             1
         );
     }
-    // No group for the rejected pods, then or later; the two admitted run.
+    // Opted out (pod label; namespace label, though its policy says
+    // Never): left alone, they run, unreported, past the budget.
+    create_bypassing_labelled(&srv, "web", "e", &[("spillway.io/skip", "true")]).await;
+    create_bypassing(&srv, "opted-out", "f").await;
+    let opted_running = support::poll_until(WAIT, || {
+        [("web", "e"), ("opted-out", "f")]
+            .iter()
+            .all(|(ns, n)| phase(&get_pod(&srv, ns, n)).as_deref() == Some("Running"))
+    })
+    .await;
+    assert!(
+        opted_running,
+        "{:?}",
+        srv.get::<Pod>("opted-out", "f").and_then(|p| p.status)
+    );
+    // No group for the rejected pods, then or later; the admitted run.
     let lists = spillway.aci_lists();
     assert!(support::poll_until(WAIT, || spillway.aci_lists() >= lists + 3).await);
     let groups = groups_by_pod(&spillway.emulator);
     assert_eq!(
         groups.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["a", "b"],
+        ["a", "b", "e", "f"],
         "{groups:?}"
     );
-    assert_eq!(spillway.emulator.state.counters().creates, 2);
+    assert_eq!(spillway.emulator.state.counters().creates, 4);
     for name in ["a", "b"] {
-        assert_eq!(phase(&get_pod(&srv, "web", name)).as_deref(), Some("Running"));
+        assert_eq!(
+            phase(&get_pod(&srv, "web", name)).as_deref(),
+            Some("Running")
+        );
     }
+    assert!(events(&srv, "opted-out", "NotAdmittedBySpillway").is_empty());
     // Every bypassing pod was reported once; the gauge counts the live ones.
-    assert_eq!(events(&srv, "web", "NotAdmittedBySpillway").len(), 3);
+    let mut reported: Vec<String> = events(&srv, "web", "NotAdmittedBySpillway")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    reported.sort();
+    assert_eq!(reported, ["a", "b", "c"]);
     assert_eq!(events(&srv, "vm-only", "NotAdmittedBySpillway").len(), 1);
     assert_eq!(spillway.unadmitted_gauge("web"), 2);
     assert_eq!(spillway.unadmitted_gauge("vm-only"), 0);

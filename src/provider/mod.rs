@@ -317,6 +317,9 @@ struct PodLoop<I> {
     last_gc: Option<Instant>,
     /// An orphan GC task is running.
     collecting: bool,
+    /// Pods another scheduler bound here: uid → whether they (or their
+    /// namespace) opted out of spillway (then they are left alone).
+    opted_out: HashMap<String, bool>,
     /// Bypassing pods (see [`unadmitted`]) whose Event was written.
     reported: HashSet<String>,
     /// Bypassing pods the engine judged (reject mode): uid → admitted.
@@ -336,6 +339,7 @@ impl<I> Default for PodLoop<I> {
             last_list: None,
             last_gc: None,
             collecting: false,
+            opted_out: HashMap::new(),
             reported: HashSet::new(),
             judged: HashMap::new(),
             unwritten: HashMap::new(),
@@ -755,18 +759,17 @@ impl<B: Backend> Provider<B> {
     }
 
     /// Whether `pod` must not get its group (yet): it bypassed spillway,
-    /// `--unadmitted-pods=reject` is on, and the engine has not admitted it.
+    /// `--unadmitted-pods=reject` is on, and neither has the engine admitted
+    /// it nor has it been found opted out.
     fn awaits_judgement(&self, st: &PodLoop<B::Instance>, pod: &Pod) -> bool {
         let Some(gate) = &self.unadmitted else {
             return false;
         };
         gate.mode == unadmitted::Mode::Reject
             && unadmitted::bypassed(pod, &gate.spillway_scheduler)
-            && pod
-                .metadata
-                .uid
-                .as_ref()
-                .is_none_or(|uid| st.judged.get(uid) != Some(&true))
+            && pod.metadata.uid.as_ref().is_none_or(|uid| {
+                st.judged.get(uid) != Some(&true) && st.opted_out.get(uid) != Some(&true)
+            })
     }
 
     /// Pods another scheduler bound here: the gauge, one Event per pod, and
@@ -783,7 +786,7 @@ impl<B: Backend> Provider<B> {
         let Some(gate) = &self.unadmitted else {
             return;
         };
-        let bypassing: Vec<&Pod> = pods
+        let candidates: Vec<&Pod> = pods
             .iter()
             .map(|p| p.as_ref())
             .filter(|p| {
@@ -794,6 +797,29 @@ impl<B: Backend> Provider<B> {
                     )
                     && unadmitted::bypassed(p, &gate.spillway_scheduler)
             })
+            .collect();
+        // Opted out (pod or namespace label, as the webhook reads them):
+        // left to the other scheduler on purpose. Looked up once per pod.
+        let mut namespaces: HashMap<String, bool> = HashMap::new();
+        for p in &candidates {
+            let (ns, _, uid) = pod_key(p);
+            if st.opted_out.contains_key(&uid) {
+                continue;
+            }
+            let out = unadmitted::opted_out(p.metadata.labels.as_ref())
+                || match namespaces.get(&ns) {
+                    Some(out) => *out,
+                    None => {
+                        let out = self.namespace_opted_out(&ns).await;
+                        namespaces.insert(ns, out);
+                        out
+                    }
+                };
+            st.opted_out.insert(uid, out);
+        }
+        let bypassing: Vec<&Pod> = candidates
+            .into_iter()
+            .filter(|p| st.opted_out.get(&pod_key(p).2) == Some(&false))
             .collect();
         if let Some(m) = &self.metrics {
             let mut per_ns: HashMap<String, i64> = HashMap::new();
@@ -925,6 +951,24 @@ impl<B: Backend> Provider<B> {
                 .await
             {
                 st.unwritten.insert(j.uid.clone(), message);
+            }
+        }
+    }
+
+    /// Whether namespace `ns` carries `spillway.io/skip: "true"`. A list by
+    /// name (the webhook's RBAC allows list/watch of namespaces); when it
+    /// fails the namespace counts as not opted out.
+    async fn namespace_opted_out(&self, ns: &str) -> bool {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let params = kube::api::ListParams::default().fields(&format!("metadata.name={ns}"));
+        match api.list_metadata(&params).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .any(|n| unadmitted::opted_out(n.metadata.labels.as_ref())),
+            Err(e) => {
+                tracing::warn!(error = %e, namespace = %ns, "cannot read the namespace's labels; its pods count as not opted out");
+                false
             }
         }
     }
@@ -1492,6 +1536,7 @@ impl<B: Backend> Provider<B> {
         st.retry.retain(|uid, _| live.contains(uid));
         st.started.retain(|uid| live.contains(uid));
         st.reported.retain(|uid| live.contains(uid));
+        st.opted_out.retain(|uid, _| live.contains(uid));
         st.judged.retain(|uid, _| live.contains(uid));
         st.unwritten.retain(|uid, _| live.contains(uid));
     }

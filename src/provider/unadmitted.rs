@@ -73,6 +73,15 @@ pub fn bypassed(pod: &Pod, spillway_scheduler: &str) -> bool {
     scheduler_of(pod) != spillway_scheduler
 }
 
+/// Whether `labels` (a pod's or its namespace's) opt out of spillway with
+/// `spillway.io/skip: "true"`, as the webhook reads them: such a pod was
+/// left to the default scheduler on purpose and is not reported or judged.
+pub fn opted_out(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(crate::admission::SKIP_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// The engine's answer for one bypassing pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
@@ -266,6 +275,10 @@ mod tests {
             .map(|s| s.scheduler_name = Some("spillway-scheduler".into()));
         assert!(!bypassed(&p, "spillway-scheduler"));
         assert!(bypassed(&p, "my-spillway"));
+        let skip = |v: &str| BTreeMap::from([("spillway.io/skip".to_string(), v.to_string())]);
+        assert!(opted_out(Some(&skip("true"))));
+        assert!(!opted_out(Some(&skip("false"))));
+        assert!(!opted_out(None));
     }
 
     #[test]
