@@ -270,9 +270,9 @@ mod tests {
         let mut p = bound("a", 0);
         assert!(bypassed(&p, "spillway-scheduler"));
         assert_eq!(scheduler_of(&p), "default-scheduler");
-        p.spec
-            .as_mut()
-            .map(|s| s.scheduler_name = Some("spillway-scheduler".into()));
+        if let Some(s) = p.spec.as_mut() {
+            s.scheduler_name = Some("spillway-scheduler".into());
+        }
         assert!(!bypassed(&p, "spillway-scheduler"));
         assert!(bypassed(&p, "my-spillway"));
         let skip = |v: &str| BTreeMap::from([("spillway.io/skip".to_string(), v.to_string())]);
@@ -332,7 +332,7 @@ mod tests {
         let p = bound("a", 0);
         let out = run(
             &policy(BurstMode::Never, None, 0),
-            &[p.clone()],
+            std::slice::from_ref(&p),
             &[&p],
             false,
         );
@@ -342,7 +342,7 @@ mod tests {
         );
         let out = run(
             &policy(BurstMode::Auto, None, 100),
-            &[p.clone()],
+            std::slice::from_ref(&p),
             &[&p],
             false,
         );
@@ -351,7 +351,12 @@ mod tests {
             (false, Reason::PriorityBelowMinimum)
         );
         // A pool that can grow: spillway would have waited spillAfter.
-        let out = run(&policy(BurstMode::Auto, None, 0), &[p.clone()], &[&p], true);
+        let out = run(
+            &policy(BurstMode::Auto, None, 0),
+            std::slice::from_ref(&p),
+            &[&p],
+            true,
+        );
         assert_eq!(
             (out[0].admitted, out[0].decision.reason),
             (false, Reason::WaitingForVm)
@@ -360,7 +365,7 @@ mod tests {
         let old = bound("old", 60);
         let out = run(
             &policy(BurstMode::Auto, None, 0),
-            &[old.clone()],
+            std::slice::from_ref(&old),
             &[&old],
             true,
         );
@@ -370,7 +375,7 @@ mod tests {
         );
         // No policy: the scheduler's own rules decide, as in the extender.
         let empty = PolicySet::new(vec![]).unwrap_or_else(|e| panic!("{e}"));
-        let out = run(&empty, &[p.clone()], &[&p], true);
+        let out = run(&empty, std::slice::from_ref(&p), &[&p], true);
         assert_eq!(
             (out[0].admitted, out[0].decision.reason),
             (true, Reason::NoPolicy)
