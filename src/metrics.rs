@@ -283,7 +283,7 @@ impl Metrics {
             unadmitted_pods: reg!(IntGaugeVec::new(
                 Opts::new(
                     "spillway_unadmitted_pods",
-                    "Live pods on the virtual node that another scheduler bound (schedulerName is not spillway's: created before the admission webhook, or while it was down), by namespace. They run without spillway's wait for VMs and budgets unless --unadmitted-pods=reject."
+                    "Live pods on the virtual node that another scheduler bound although the admission webhook would have given them spillway's schedulerName (created before the webhook, or while it was down), by namespace. They run without spillway's wait for VMs and budgets unless --unadmitted-pods=reject."
                 ),
                 &["namespace"]
             )),

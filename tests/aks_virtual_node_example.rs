@@ -752,13 +752,14 @@ async fn reject_mode_fails_what_the_engine_would_not_admit_and_creates_no_group(
                 && message.contains("by default-scheduler, not spillway-scheduler"),
             "{ns}/{name}: {message}"
         );
-        let refused = events(&srv, ns, "NotAdmitted");
-        assert!(
-            refused
+        // The Event follows the status write.
+        let named = support::poll_until(WAIT, || {
+            events(&srv, ns, "NotAdmitted")
                 .iter()
-                .any(|(n, note)| n == name && note.contains(rule)),
-            "{ns}: {refused:?}"
-        );
+                .any(|(n, note)| n == name && note.contains(rule))
+        })
+        .await;
+        assert!(named, "{ns}: {:?}", events(&srv, ns, "NotAdmitted"));
         assert_eq!(
             spillway
                 .metrics

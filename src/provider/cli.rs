@@ -37,11 +37,12 @@ pub struct ProviderArgs {
     /// Name of the virtual node spillway registers.
     #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
     pub node_name: String,
-    /// Pods another scheduler bound to the virtual node (their schedulerName
-    /// is not --webhook-scheduler-name: created before the admission webhook,
-    /// or while it was down): `run` them, with an Event NotAdmittedBySpillway
-    /// and the gauge spillway_unadmitted_pods; or `reject` (fail, reason
-    /// NotAdmitted) those spillway's engine would not have admitted.
+    /// Pods another scheduler bound to the virtual node although the
+    /// admission webhook would have sent them to --webhook-scheduler-name
+    /// (created before it, or while it was down): `run` them, with an Event
+    /// NotAdmittedBySpillway and the gauge spillway_unadmitted_pods; or
+    /// `reject` (fail, reason NotAdmitted) those spillway's engine would not
+    /// have admitted.
     #[arg(
         long,
         value_enum,
@@ -233,8 +234,9 @@ fn metered_and_paced(
 /// judge pods that bypassed spillway's scheduler (`--unadmitted-pods`).
 #[derive(Debug, Clone)]
 pub struct SpillwayScheduler {
-    /// The schedulerName the admission webhook sets (`--webhook-scheduler-name`).
-    pub name: String,
+    /// The admission webhook's rule settings (the schedulerName it sets,
+    /// `--webhook-scheduler-name`, and the namespaces it leaves alone).
+    pub admission: crate::admission::AdmissionConfig,
     /// The cluster view the extender decides with.
     pub view: Arc<crate::cluster::ClusterView>,
 }
@@ -325,7 +327,7 @@ pub async fn start(
     let engine = crate::decision::Engine::new(scheduler.view.config().engine.clone());
     let gate = super::unadmitted::Gate {
         mode: args.unadmitted_pods,
-        spillway_scheduler: scheduler.name,
+        admission: scheduler.admission,
         view: scheduler.view,
         policies: policies.clone(),
         engine,

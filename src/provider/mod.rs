@@ -42,7 +42,8 @@
 //!   creating the group again (before the first status write, nothing else
 //!   on the pod shows it had one).
 //! - **pods that bypassed spillway** ([`unadmitted`]): a pod another
-//!   scheduler bound here gets an Event and counts in
+//!   scheduler bound here, which the admission webhook's rule would have
+//!   sent to spillway's scheduler, gets an Event and counts in
 //!   `spillway_unadmitted_pods`; with `--unadmitted-pods=reject` it gets
 //!   no group until the engine has judged it on a sync (with the view
 //!   synced), and is failed (`NotAdmitted`) when the engine would not have
@@ -77,7 +78,7 @@ use kube::{Resource, ResourceExt};
 use node::{Health, NodeSettings};
 use pods::{PodAction, PodFacts};
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -317,9 +318,9 @@ struct PodLoop<I> {
     last_gc: Option<Instant>,
     /// An orphan GC task is running.
     collecting: bool,
-    /// Pods another scheduler bound here: uid → whether they (or their
-    /// namespace) opted out of spillway (then they are left alone).
-    opted_out: HashMap<String, bool>,
+    /// Pods another scheduler bound here: uid → whether they bypassed
+    /// spillway (see [`unadmitted::bypassed`]; if not, they are left alone).
+    bypassed: HashMap<String, bool>,
     /// Bypassing pods (see [`unadmitted`]) whose Event was written.
     reported: HashSet<String>,
     /// Bypassing pods the engine judged (reject mode): uid → admitted.
@@ -339,7 +340,7 @@ impl<I> Default for PodLoop<I> {
             last_list: None,
             last_gc: None,
             collecting: false,
-            opted_out: HashMap::new(),
+            bypassed: HashMap::new(),
             reported: HashSet::new(),
             judged: HashMap::new(),
             unwritten: HashMap::new(),
@@ -397,8 +398,8 @@ impl<B: Backend> Provider<B> {
         }
     }
 
-    /// Recognise pods bound here by a scheduler other than
-    /// `gate.spillway_scheduler`, and handle them as `gate.mode` says.
+    /// Recognise pods bound here that bypassed spillway's scheduler
+    /// (`gate.admission.scheduler_name`), and handle them as `gate.mode` says.
     pub fn with_unadmitted(mut self, gate: unadmitted::Gate) -> Self {
         self.unadmitted = Some(Arc::new(gate));
         self
@@ -758,17 +759,17 @@ impl<B: Backend> Provider<B> {
         }
     }
 
-    /// Whether `pod` must not get its group (yet): it bypassed spillway,
-    /// `--unadmitted-pods=reject` is on, and neither has the engine admitted
-    /// it nor has it been found opted out.
+    /// Whether `pod` must not get its group (yet): another scheduler bound
+    /// it, `--unadmitted-pods=reject` is on, and it is not known to be left
+    /// to that scheduler on purpose nor admitted by the engine.
     fn awaits_judgement(&self, st: &PodLoop<B::Instance>, pod: &Pod) -> bool {
         let Some(gate) = &self.unadmitted else {
             return false;
         };
         gate.mode == unadmitted::Mode::Reject
-            && unadmitted::bypassed(pod, &gate.spillway_scheduler)
+            && unadmitted::foreign(pod, &gate.admission)
             && pod.metadata.uid.as_ref().is_none_or(|uid| {
-                st.judged.get(uid) != Some(&true) && st.opted_out.get(uid) != Some(&true)
+                st.judged.get(uid) != Some(&true) && st.bypassed.get(uid) != Some(&false)
             })
     }
 
@@ -786,7 +787,7 @@ impl<B: Backend> Provider<B> {
         let Some(gate) = &self.unadmitted else {
             return;
         };
-        let candidates: Vec<&Pod> = pods
+        let foreign: Vec<&Pod> = pods
             .iter()
             .map(|p| p.as_ref())
             .filter(|p| {
@@ -795,31 +796,29 @@ impl<B: Backend> Provider<B> {
                         p.status.as_ref().and_then(|s| s.phase.as_deref()),
                         Some("Succeeded" | "Failed")
                     )
-                    && unadmitted::bypassed(p, &gate.spillway_scheduler)
+                    && unadmitted::foreign(p, &gate.admission)
             })
             .collect();
-        // Opted out (pod or namespace label, as the webhook reads them):
-        // left to the other scheduler on purpose. Looked up once per pod.
-        let mut namespaces: HashMap<String, bool> = HashMap::new();
-        for p in &candidates {
+        // Would the webhook have sent it to spillway? Decided once per pod
+        // (with its namespace's labels, read once per pass).
+        let policies = gate.policies.current();
+        let mut namespaces: HashMap<String, Option<BTreeMap<String, String>>> = HashMap::new();
+        for p in &foreign {
             let (ns, _, uid) = pod_key(p);
-            if st.opted_out.contains_key(&uid) {
+            if st.bypassed.contains_key(&uid) {
                 continue;
             }
-            let out = unadmitted::opted_out(p.metadata.labels.as_ref())
-                || match namespaces.get(&ns) {
-                    Some(out) => *out,
-                    None => {
-                        let out = self.namespace_opted_out(&ns).await;
-                        namespaces.insert(ns, out);
-                        out
-                    }
-                };
-            st.opted_out.insert(uid, out);
+            if !namespaces.contains_key(&ns) {
+                let labels = self.namespace_labels(&ns).await;
+                namespaces.insert(ns.clone(), labels);
+            }
+            let labels = namespaces.get(&ns).and_then(Option::as_ref);
+            let bypassed = unadmitted::bypassed(p, labels, &policies, &gate.admission);
+            st.bypassed.insert(uid, bypassed);
         }
-        let bypassing: Vec<&Pod> = candidates
+        let bypassing: Vec<&Pod> = foreign
             .into_iter()
-            .filter(|p| st.opted_out.get(&pod_key(p).2) == Some(&false))
+            .filter(|p| st.bypassed.get(&pod_key(p).2) == Some(&true))
             .collect();
         if let Some(m) = &self.metrics {
             let mut per_ns: HashMap<String, i64> = HashMap::new();
@@ -831,7 +830,7 @@ impl<B: Backend> Provider<B> {
                 m.unadmitted_pods.with_label_values(&[&ns]).set(n);
             }
         }
-        let spillway = gate.spillway_scheduler.as_str();
+        let spillway = gate.admission.scheduler_name.as_str();
         for p in &bypassing {
             let uid = pod_key(p).2;
             if st.reported.contains(&uid) {
@@ -955,20 +954,22 @@ impl<B: Backend> Provider<B> {
         }
     }
 
-    /// Whether namespace `ns` carries `spillway.io/skip: "true"`. A list by
-    /// name (the webhook's RBAC allows list/watch of namespaces); when it
-    /// fails the namespace counts as not opted out.
-    async fn namespace_opted_out(&self, ns: &str) -> bool {
+    /// The labels of namespace `ns` (for its `spillway.io/skip` opt-out),
+    /// by a list by name (the webhook's RBAC allows list/watch of
+    /// namespaces). `None` when that fails: the pods count as not opted out.
+    async fn namespace_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let params = kube::api::ListParams::default().fields(&format!("metadata.name={ns}"));
         match api.list_metadata(&params).await {
-            Ok(list) => list
-                .items
-                .iter()
-                .any(|n| unadmitted::opted_out(n.metadata.labels.as_ref())),
+            Ok(list) => Some(
+                list.items
+                    .into_iter()
+                    .find_map(|n| n.metadata.labels)
+                    .unwrap_or_default(),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, namespace = %ns, "cannot read the namespace's labels; its pods count as not opted out");
-                false
+                None
             }
         }
     }
@@ -1536,7 +1537,7 @@ impl<B: Backend> Provider<B> {
         st.retry.retain(|uid, _| live.contains(uid));
         st.started.retain(|uid| live.contains(uid));
         st.reported.retain(|uid| live.contains(uid));
-        st.opted_out.retain(|uid, _| live.contains(uid));
+        st.bypassed.retain(|uid, _| live.contains(uid));
         st.judged.retain(|uid, _| live.contains(uid));
         st.unwritten.retain(|uid, _| live.contains(uid));
     }

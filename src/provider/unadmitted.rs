@@ -2,10 +2,14 @@
 //!
 //! A pod bound to the virtual node whose `schedulerName` is not spillway's
 //! (the one the admission webhook sets) was placed by another scheduler —
-//! created before the webhook existed, while it was down, or in a way it
-//! does not see — with no extender call, no wait for VMs and no budget. The
-//! provider recognises such a pod ([`bypassed`]) and, as
-//! `--unadmitted-pods` says ([`Mode`]):
+//! created before the webhook existed, while it was down, or bound by hand —
+//! with no extender call, no wait for VMs and no budget. It *bypassed*
+//! spillway ([`bypassed`]) when the webhook's own rule
+//! ([`crate::admission::decide`]) would have given it spillway's scheduler:
+//! pods left to another scheduler on purpose (opted out with
+//! `spillway.io/skip`, no BurstPolicy, a DaemonSet's, another named
+//! scheduler's, kube-system's) are not reported or judged. The provider
+//! handles a bypassing pod as `--unadmitted-pods` says ([`Mode`]):
 //! - `run` (default): runs it, with an Event `NotAdmittedBySpillway` and the
 //!   gauge `spillway_unadmitted_pods`;
 //! - `reject`: asks the engine whether it would have let the pod onto the
@@ -19,6 +23,7 @@
 //! engine the extender asks (without VM room: like the extender, it judges
 //! the virtual node only). Pure: no I/O, no clock (`mod.rs` acts).
 
+use crate::admission::{self, AdmissionConfig};
 use crate::cluster::{self, ClusterConfig, ClusterState, ClusterView};
 use crate::decision::{BurstUsage, Decision, Engine, Reason, Snapshot, Verdict};
 use crate::policy::PolicySet;
@@ -47,12 +52,12 @@ pub enum Mode {
 }
 
 /// What the provider needs to recognise and judge bypassing pods: the
-/// scheduler name the webhook sets, and the view, policies and engine the
-/// extender decides with.
+/// webhook's settings (the scheduler name it sets, the namespaces it never
+/// touches), and the view, policies and engine the extender decides with.
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub mode: Mode,
-    pub spillway_scheduler: String,
+    pub admission: AdmissionConfig,
     pub view: Arc<ClusterView>,
     pub policies: Arc<PolicyStore>,
     pub engine: Engine,
@@ -67,19 +72,28 @@ pub fn scheduler_of(pod: &Pod) -> &str {
         .unwrap_or(DEFAULT_SCHEDULER)
 }
 
-/// Whether `pod` reached the virtual node through a scheduler other than
-/// spillway's (`spillway_scheduler`, the name the webhook sets).
-pub fn bypassed(pod: &Pod, spillway_scheduler: &str) -> bool {
-    scheduler_of(pod) != spillway_scheduler
+/// Whether `pod` (bound to the virtual node) reached it through a
+/// scheduler other than spillway's (`config.scheduler_name`, the name the
+/// webhook sets).
+pub fn foreign(pod: &Pod, config: &AdmissionConfig) -> bool {
+    scheduler_of(pod) != config.scheduler_name
 }
 
-/// Whether `labels` (a pod's or its namespace's) opt out of spillway with
-/// `spillway.io/skip: "true"`, as the webhook reads them: such a pod was
-/// left to the default scheduler on purpose and is not reported or judged.
-pub fn opted_out(labels: Option<&BTreeMap<String, String>>) -> bool {
-    labels
-        .and_then(|l| l.get(crate::admission::SKIP_LABEL))
-        .is_some_and(|v| v == "true")
+/// Whether `pod` (bound to the virtual node, [`foreign`]) bypassed
+/// spillway: the webhook's rule, given its namespace's labels (`None`:
+/// unknown) and the policies, would have sent it to spillway's scheduler.
+pub fn bypassed(
+    pod: &Pod,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    policies: &PolicySet,
+    config: &AdmissionConfig,
+) -> bool {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    foreign(pod, config)
+        && matches!(
+            admission::decide(pod, namespace, namespace_labels, policies, config),
+            admission::Verdict::SetScheduler(_)
+        )
 }
 
 /// The engine's answer for one bypassing pod.
@@ -266,19 +280,36 @@ mod tests {
     }
 
     #[test]
-    fn spillways_scheduler_is_admitted_and_any_other_or_none_is_not() {
+    fn a_pod_bypassed_spillway_when_the_webhook_would_have_sent_it_there() {
+        let config = AdmissionConfig::default();
+        let policies = policy(BurstMode::Auto, None, 0);
+        let skip = BTreeMap::from([("spillway.io/skip".to_string(), "true".to_string())]);
         let mut p = bound("a", 0);
-        assert!(bypassed(&p, "spillway-scheduler"));
         assert_eq!(scheduler_of(&p), "default-scheduler");
+        assert!(bypassed(&p, None, &policies, &config));
+        // Opted out, pod or namespace: left to the default scheduler on purpose.
+        assert!(!bypassed(&p, Some(&skip), &policies, &config));
+        let mut labelled = p.clone();
+        labelled.metadata.labels = Some(skip.clone());
+        assert!(!bypassed(&labelled, None, &policies, &config));
+        // No policy covers it: spillway has nothing to say.
+        let none = PolicySet::new(vec![]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!bypassed(&p, None, &none, &config));
+        // Spillway's scheduler (the configured name), or another named one.
         if let Some(s) = p.spec.as_mut() {
             s.scheduler_name = Some("spillway-scheduler".into());
         }
-        assert!(!bypassed(&p, "spillway-scheduler"));
-        assert!(bypassed(&p, "my-spillway"));
-        let skip = |v: &str| BTreeMap::from([("spillway.io/skip".to_string(), v.to_string())]);
-        assert!(opted_out(Some(&skip("true"))));
-        assert!(!opted_out(Some(&skip("false"))));
-        assert!(!opted_out(None));
+        assert!(!foreign(&p, &config));
+        assert!(!bypassed(&p, None, &policies, &config));
+        let renamed = AdmissionConfig {
+            scheduler_name: "my-spillway".into(),
+            ..AdmissionConfig::default()
+        };
+        assert!(foreign(&p, &renamed));
+        assert!(
+            !bypassed(&p, None, &policies, &renamed),
+            "another named scheduler"
+        );
     }
 
     #[test]
