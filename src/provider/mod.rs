@@ -831,36 +831,48 @@ impl<B: Backend> Provider<B> {
             }
         }
         let spillway = gate.admission.scheduler_name.as_str();
-        for p in &bypassing {
-            let uid = pod_key(p).2;
-            if st.reported.contains(&uid) {
-                continue;
+        let then = match gate.mode {
+            unadmitted::Mode::Run => {
+                "it runs without spillway's wait for VMs and burst budgets (--unadmitted-pods=run)"
             }
-            let scheduler = unadmitted::scheduler_of(p);
-            let then = match gate.mode {
-                unadmitted::Mode::Run => {
-                    "it runs without spillway's wait for VMs and burst budgets (--unadmitted-pods=run)"
-                }
-                unadmitted::Mode::Reject => {
-                    "spillway's rules are applied before it may run (--unadmitted-pods=reject)"
-                }
-            };
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: unadmitted::EVENT_NOT_ADMITTED_BY_SPILLWAY.into(),
-                note: Some(format!(
-                    "bound to the virtual node by {scheduler}, not {spillway} (created before spillway's admission webhook, or while it was down); {then}"
-                )),
-                action: "Admit".into(),
-                secondary: None,
-            };
-            match recorder.publish(&event, &p.object_ref(&())).await {
-                Ok(()) => {
-                    st.reported.insert(uid);
-                }
-                Err(e) => tracing::warn!(error = %e, "event write failed"),
+            unadmitted::Mode::Reject => {
+                "spillway's rules are applied before it may run (--unadmitted-pods=reject)"
             }
-        }
+        };
+        // One Event per pod, written side by side (after an outage there
+        // may be many at once).
+        let unreported: Vec<(String, KubeEvent, k8s_openapi::api::core::v1::ObjectReference)> =
+            bypassing
+                .iter()
+                .filter(|p| !st.reported.contains(&pod_key(p).2))
+                .map(|p| {
+                    let scheduler = unadmitted::scheduler_of(p);
+                    let event = KubeEvent {
+                        type_: EventType::Warning,
+                        reason: unadmitted::EVENT_NOT_ADMITTED_BY_SPILLWAY.into(),
+                        note: Some(format!(
+                            "bound to the virtual node by {scheduler}, not {spillway} (created before spillway's admission webhook, or while it was down); {then}"
+                        )),
+                        action: "Admit".into(),
+                        secondary: None,
+                    };
+                    (pod_key(p).2, event, p.object_ref(&()))
+                })
+                .collect();
+        let written: Vec<Option<String>> = futures::stream::iter(unreported)
+            .map(|(uid, event, reference)| async move {
+                match recorder.publish(&event, &reference).await {
+                    Ok(()) => Some(uid),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event write failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        st.reported.extend(written.into_iter().flatten());
         if gate.mode != unadmitted::Mode::Reject {
             return;
         }
