@@ -50,6 +50,9 @@ pub struct Metrics {
     pub edge_devices: IntGaugeVec,
     pub edge_hub_requests: IntCounterVec,
     pub view_rebuild: Histogram,
+    /// Pods on the virtual node that spillway's scheduler did not place (issue 12).
+    pub unadmitted_pods: IntGaugeVec,
+    pub unadmitted_rejections: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -302,6 +305,20 @@ impl Metrics {
                     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
                 ])
             )),
+            unadmitted_pods: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "spillway_unadmitted_pods",
+                    "Live pods on the virtual node that another scheduler bound although the admission webhook would have given them spillway's schedulerName (created before the webhook, or while it was down), by namespace. They run without spillway's wait for VMs and budgets unless --unadmitted-pods=reject."
+                ),
+                &["namespace"]
+            )),
+            unadmitted_rejections: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_unadmitted_pods_rejected_total",
+                    "Pods another scheduler bound to the virtual node that --unadmitted-pods=reject failed (NotAdmitted), by the engine's reason (policy-never, budget-pods, priority-below-minimum, waiting-for-vm, ...)."
+                ),
+                &["reason"]
+            )),
             registry,
         };
         m.build_info
@@ -342,6 +359,7 @@ impl Metrics {
         self.aci_quota_cores.reset();
         self.edge_deployments.reset();
         self.edge_devices.reset();
+        self.unadmitted_pods.reset();
     }
 
     /// The registry, for components that register their own collectors.

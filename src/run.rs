@@ -194,6 +194,20 @@ impl RunCommand {
         config
     }
 
+    /// The webhook's rule settings; the embedded virtual node applies the
+    /// same rule to pods that reached it without the webhook.
+    pub fn admission_config(&self) -> crate::admission::AdmissionConfig {
+        let mut system_namespaces = vec!["kube-system".to_string()];
+        if self.namespace != "kube-system" {
+            system_namespaces.push(self.namespace.clone());
+        }
+        crate::admission::AdmissionConfig {
+            scheduler_name: self.webhook.webhook_scheduler_name.clone(),
+            virtual_nodes: self.cluster_config().virtual_nodes,
+            system_namespaces,
+        }
+    }
+
     fn identity(&self) -> String {
         self.identity
             .clone()
@@ -458,6 +472,10 @@ pub async fn run_with_webhook(
             metrics.clone(),
             store.clone(),
             stop_rx.clone(),
+            crate::provider::cli::SpillwayScheduler {
+                admission: cmd.admission_config(),
+                view: view.clone(),
+            },
         )
         .await?
     };
@@ -672,18 +690,10 @@ fn start_webhook(
     tasks.push(tokio::spawn(
         namespaces.clone().watch(clients.watches.clone()),
     ));
-    let mut system_namespaces = vec!["kube-system".to_string()];
-    if cmd.namespace != "kube-system" {
-        system_namespaces.push(cmd.namespace.clone());
-    }
     let state = admission::WebhookState {
         policies: PolicySource::Store(store.clone()),
         namespaces,
-        config: Arc::new(admission::AdmissionConfig {
-            scheduler_name: flags.webhook_scheduler_name.clone(),
-            virtual_nodes: cmd.cluster_config().virtual_nodes,
-            system_namespaces,
-        }),
+        config: Arc::new(cmd.admission_config()),
         metrics: metrics.clone(),
     };
     let mut stop = stop;

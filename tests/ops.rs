@@ -113,6 +113,10 @@ fn exported_sample_names() -> BTreeSet<String> {
         .with_label_values(&["web", "web-burst"])
         .set(60.0);
     m.ready.set(1);
+    m.unadmitted_pods.with_label_values(&["web"]).set(1);
+    m.unadmitted_rejections
+        .with_label_values(&["budget-pods"])
+        .inc();
     sample_names(&m.render())
 }
 

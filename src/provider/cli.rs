@@ -37,6 +37,19 @@ pub struct ProviderArgs {
     /// Name of the virtual node spillway registers.
     #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
     pub node_name: String,
+    /// Pods another scheduler bound to the virtual node although the
+    /// admission webhook would have sent them to --webhook-scheduler-name
+    /// (created before it, or while it was down): `run` them, with an Event
+    /// NotAdmittedBySpillway and the gauge spillway_unadmitted_pods; or
+    /// `reject` (fail, reason NotAdmitted) those spillway's engine would not
+    /// have admitted.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "run",
+        env = "SPILLWAY_UNADMITTED_PODS"
+    )]
+    pub unadmitted_pods: super::unadmitted::Mode,
     /// Cluster id tagged on every container group; GC touches only groups
     /// with this tag, so it must be unique per cluster sharing a resource
     /// group. Required with `--aci azure`.
@@ -217,6 +230,17 @@ fn metered_and_paced(
     )
 }
 
+/// What the rest of `spillway run` shares with the provider so it can
+/// judge pods that bypassed spillway's scheduler (`--unadmitted-pods`).
+#[derive(Debug, Clone)]
+pub struct SpillwayScheduler {
+    /// The admission webhook's rule settings (the schedulerName it sets,
+    /// `--webhook-scheduler-name`, and the namespaces it leaves alone).
+    pub admission: crate::admission::AdmissionConfig,
+    /// The cluster view the extender decides with.
+    pub view: Arc<crate::cluster::ClusterView>,
+}
+
 /// Start the provider and its kubelet endpoint as `args` say; `None` for
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
@@ -226,6 +250,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     policies: Arc<crate::policy::reload::PolicyStore>,
     stop: tokio::sync::watch::Receiver<bool>,
+    scheduler: SpillwayScheduler,
 ) -> Result<Option<Started>, ProviderSetupError> {
     args.validate()?;
     let (aci, cluster_id, emulator): (Arc<dyn ContainerGroups>, String, Option<EmulatorHandle>) =
@@ -299,9 +324,18 @@ pub async fn start(
         })?;
     let config = args.config(&cluster_id, kubelet_addr.port());
     tracing::info!(node = %config.node.name, cluster_id = %cluster_id, backend = ?args.backend, kubelet = %kubelet_addr, "embedded ACI provider configured");
+    let engine = crate::decision::Engine::new(scheduler.view.config().engine.clone());
+    let gate = super::unadmitted::Gate {
+        mode: args.unadmitted_pods,
+        admission: scheduler.admission,
+        view: scheduler.view,
+        policies: policies.clone(),
+        engine,
+    };
     let provider = Provider::new(clients.calls.clone(), aci.clone(), config, Some(metrics))
         .with_watch_client(clients.watches.clone())
-        .with_policies(policies);
+        .with_policies(policies)
+        .with_unadmitted(gate);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

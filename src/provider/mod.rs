@@ -41,6 +41,14 @@
 //!   the annotation but no group fails the pod as vanished instead of
 //!   creating the group again (before the first status write, nothing else
 //!   on the pod shows it had one).
+//! - **pods that bypassed spillway** ([`unadmitted`]): a pod another
+//!   scheduler bound here, which the admission webhook's rule would have
+//!   sent to spillway's scheduler, gets an Event and counts in
+//!   `spillway_unadmitted_pods`; with `--unadmitted-pods=reject` it gets
+//!   no group until the engine has judged it on a sync (with the view
+//!   synced), and is failed (`NotAdmitted`) when the engine would not have
+//!   let it onto the virtual node. A pod that already has a group is never
+//!   judged: it runs.
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -52,6 +60,7 @@ pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod resolve;
+pub mod unadmitted;
 
 use crate::aci::backend::AciBackend;
 use crate::aci::{ContainerGroups, Usage};
@@ -69,7 +78,7 @@ use kube::{Resource, ResourceExt};
 use node::{Health, NodeSettings};
 use pods::{PodAction, PodFacts};
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -248,6 +257,8 @@ pub struct Provider<B: Backend = AciBackend> {
     backend: Arc<B>,
     config: Arc<ProviderConfig>,
     metrics: Option<Arc<Metrics>>,
+    /// Pods bound here by another scheduler: how to recognise and judge them.
+    unadmitted: Option<Arc<unadmitted::Gate>>,
 }
 
 impl<B: Backend> Clone for Provider<B> {
@@ -258,6 +269,7 @@ impl<B: Backend> Clone for Provider<B> {
             backend: self.backend.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            unadmitted: self.unadmitted.clone(),
         }
     }
 }
@@ -306,6 +318,15 @@ struct PodLoop<I> {
     last_gc: Option<Instant>,
     /// An orphan GC task is running.
     collecting: bool,
+    /// Pods another scheduler bound here: uid → whether they bypassed
+    /// spillway (see [`unadmitted::bypassed`]; if not, they are left alone).
+    bypassed: HashMap<String, bool>,
+    /// Bypassing pods (see [`unadmitted`]) whose Event was written.
+    reported: HashSet<String>,
+    /// Bypassing pods the engine judged (reject mode): uid → admitted.
+    judged: HashMap<String, bool>,
+    /// Rejected pods whose Failed status could not be written yet: uid → message.
+    unwritten: HashMap<String, String>,
 }
 
 impl<I> Default for PodLoop<I> {
@@ -319,6 +340,10 @@ impl<I> Default for PodLoop<I> {
             last_list: None,
             last_gc: None,
             collecting: false,
+            bypassed: HashMap::new(),
+            reported: HashSet::new(),
+            judged: HashMap::new(),
+            unwritten: HashMap::new(),
         }
     }
 }
@@ -369,7 +394,15 @@ impl<B: Backend> Provider<B> {
             backend,
             config: Arc::new(config),
             metrics,
+            unadmitted: None,
         }
+    }
+
+    /// Recognise pods bound here that bypassed spillway's scheduler
+    /// (`gate.admission.scheduler_name`), and handle them as `gate.mode` says.
+    pub fn with_unadmitted(mut self, gate: unadmitted::Gate) -> Self {
+        self.unadmitted = Some(Arc::new(gate));
+        self
     }
 
     /// Watch pods through `client` instead of the one given to [`Self::new`].
@@ -726,6 +759,233 @@ impl<B: Backend> Provider<B> {
         }
     }
 
+    /// Whether `pod` must not get its group (yet): another scheduler bound
+    /// it, `--unadmitted-pods=reject` is on, and it is not known to be left
+    /// to that scheduler on purpose nor admitted by the engine.
+    fn awaits_judgement(&self, st: &PodLoop<B::Instance>, pod: &Pod) -> bool {
+        let Some(gate) = &self.unadmitted else {
+            return false;
+        };
+        gate.mode == unadmitted::Mode::Reject
+            && unadmitted::foreign(pod, &gate.admission)
+            && pod.metadata.uid.as_ref().is_none_or(|uid| {
+                st.judged.get(uid) != Some(&true) && st.bypassed.get(uid) != Some(&false)
+            })
+    }
+
+    /// Pods another scheduler bound here: the gauge, one Event per pod, and
+    /// (reject mode) the engine's judgement of those without a group yet,
+    /// failing the ones it would not have admitted. Judged only on a synced
+    /// view: until then they wait (no group is created for them).
+    async fn handle_unadmitted(
+        &self,
+        st: &mut PodLoop<B::Instance>,
+        pods: &[Arc<Pod>],
+        groups: &HashMap<String, B::Instance>,
+        recorder: &Recorder,
+    ) {
+        let Some(gate) = &self.unadmitted else {
+            return;
+        };
+        let foreign: Vec<&Pod> = pods
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+                    && unadmitted::foreign(p, &gate.admission)
+            })
+            .collect();
+        // Would the webhook have sent it to spillway? Decided once per pod
+        // (with its namespace's labels, read once per pass).
+        let policies = gate.policies.current();
+        let mut namespaces: HashMap<String, Option<BTreeMap<String, String>>> = HashMap::new();
+        for p in &foreign {
+            let (ns, _, uid) = pod_key(p);
+            if st.bypassed.contains_key(&uid) {
+                continue;
+            }
+            if !namespaces.contains_key(&ns) {
+                let labels = self.namespace_labels(&ns).await;
+                namespaces.insert(ns.clone(), labels);
+            }
+            let labels = namespaces.get(&ns).and_then(Option::as_ref);
+            let bypassed = unadmitted::bypassed(p, labels, &policies, &gate.admission);
+            st.bypassed.insert(uid, bypassed);
+        }
+        let bypassing: Vec<&Pod> = foreign
+            .into_iter()
+            .filter(|p| st.bypassed.get(&pod_key(p).2) == Some(&true))
+            .collect();
+        if let Some(m) = &self.metrics {
+            let mut per_ns: HashMap<String, i64> = HashMap::new();
+            for p in &bypassing {
+                *per_ns.entry(pod_key(p).0).or_default() += 1;
+            }
+            m.unadmitted_pods.reset();
+            for (ns, n) in per_ns {
+                m.unadmitted_pods.with_label_values(&[&ns]).set(n);
+            }
+        }
+        let spillway = gate.admission.scheduler_name.as_str();
+        let then = match gate.mode {
+            unadmitted::Mode::Run => {
+                "it runs without spillway's wait for VMs and burst budgets (--unadmitted-pods=run)"
+            }
+            unadmitted::Mode::Reject => {
+                "spillway's rules are applied before it may run (--unadmitted-pods=reject)"
+            }
+        };
+        // One Event per pod, written side by side (after an outage there
+        // may be many at once).
+        let unreported: Vec<(String, KubeEvent, k8s_openapi::api::core::v1::ObjectReference)> =
+            bypassing
+                .iter()
+                .filter(|p| !st.reported.contains(&pod_key(p).2))
+                .map(|p| {
+                    let scheduler = unadmitted::scheduler_of(p);
+                    let event = KubeEvent {
+                        type_: EventType::Warning,
+                        reason: unadmitted::EVENT_NOT_ADMITTED_BY_SPILLWAY.into(),
+                        note: Some(format!(
+                            "bound to the virtual node by {scheduler}, not {spillway} (created before spillway's admission webhook, or while it was down); {then}"
+                        )),
+                        action: "Admit".into(),
+                        secondary: None,
+                    };
+                    (pod_key(p).2, event, p.object_ref(&()))
+                })
+                .collect();
+        let written: Vec<Option<String>> = futures::stream::iter(unreported)
+            .map(|(uid, event, reference)| async move {
+                match recorder.publish(&event, &reference).await {
+                    Ok(()) => Some(uid),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event write failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        st.reported.extend(written.into_iter().flatten());
+        if gate.mode != unadmitted::Mode::Reject {
+            return;
+        }
+        let mut to_judge = Vec::new();
+        let mut rewrite = Vec::new();
+        for p in &bypassing {
+            let (ns, name, uid) = pod_key(p);
+            if let Some(message) = st.unwritten.get(&uid) {
+                rewrite.push((*p, message.clone()));
+            }
+            if st.judged.contains_key(&uid) {
+                continue;
+            }
+            if groups.contains_key(&instance_name::<B>(&ns, &name))
+                || st.created.contains_key(&uid)
+                || pods::had_instance::<B::Instance>(p)
+            {
+                // It runs already (adopted after a restart, or created
+                // before reject mode was on): never taken away.
+                st.judged.insert(uid, true);
+            } else {
+                to_judge.push(*p);
+            }
+        }
+        for (p, message) in rewrite {
+            let uid = pod_key(p).2;
+            if self
+                .report_problem(
+                    p,
+                    "Failed",
+                    unadmitted::REASON_NOT_ADMITTED,
+                    &message,
+                    recorder,
+                )
+                .await
+            {
+                st.unwritten.remove(&uid);
+            }
+        }
+        if to_judge.is_empty() {
+            return;
+        }
+        if !gate.view.is_synced() {
+            tracing::info!(
+                pods = to_judge.len(),
+                "pods bypassed spillway; judged once the cluster view has synced"
+            );
+            return;
+        }
+        let rejected: HashSet<String> = st
+            .judged
+            .iter()
+            .filter(|(_, admitted)| !**admitted)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        let judgements = unadmitted::judge(
+            &gate.engine,
+            &gate.view.current(),
+            gate.view.config(),
+            &gate.policies.current(),
+            &to_judge,
+            &rejected,
+            crate::units::Timestamp::now_wall(),
+        );
+        for (p, j) in to_judge.iter().zip(judgements) {
+            let (ns, name, _) = pod_key(p);
+            st.judged.insert(j.uid.clone(), j.admitted);
+            if j.admitted {
+                tracing::info!(pod = %format!("{ns}/{name}"), reason = %j.decision.reason, "pod bypassed spillway; the engine admits it");
+                continue;
+            }
+            if let Some(m) = &self.metrics {
+                m.unadmitted_rejections
+                    .with_label_values(&[j.decision.reason.as_str()])
+                    .inc();
+            }
+            let message = j.rejection_message(unadmitted::scheduler_of(p), spillway);
+            tracing::warn!(pod = %format!("{ns}/{name}"), reason = %j.decision.reason, "pod bypassed spillway; rejected");
+            if !self
+                .report_problem(
+                    p,
+                    "Failed",
+                    unadmitted::REASON_NOT_ADMITTED,
+                    &message,
+                    recorder,
+                )
+                .await
+            {
+                st.unwritten.insert(j.uid.clone(), message);
+            }
+        }
+    }
+
+    /// The labels of namespace `ns` (for its `spillway.io/skip` opt-out),
+    /// by a list by name (the webhook's RBAC allows list/watch of
+    /// namespaces). `None` when that fails: the pods count as not opted out.
+    async fn namespace_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let params = kube::api::ListParams::default().fields(&format!("metadata.name={ns}"));
+        match api.list_metadata(&params).await {
+            Ok(list) => Some(
+                list.items
+                    .into_iter()
+                    .find_map(|n| n.metadata.labels)
+                    .unwrap_or_default(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, namespace = %ns, "cannot read the namespace's labels; its pods count as not opted out");
+                None
+            }
+        }
+    }
+
     fn retry_due(&self, st: &PodLoop<B::Instance>, uid: &str) -> bool {
         st.retry
             .get(uid)
@@ -779,7 +1039,10 @@ impl<B: Backend> Provider<B> {
         let (ns, name, uid) = pod_key(pod);
         match action {
             PodAction::Create => {
-                if st.creating >= self.config.max_concurrent_creates || !self.retry_due(st, &uid) {
+                if st.creating >= self.config.max_concurrent_creates
+                    || !self.retry_due(st, &uid)
+                    || self.awaits_judgement(st, pod)
+                {
                     return;
                 }
                 st.busy.insert(uid.clone());
@@ -905,6 +1168,7 @@ impl<B: Backend> Provider<B> {
     }
 
     /// Write a problem status (when it changes something) and an Event.
+    /// False when the status write failed.
     async fn report_problem(
         &self,
         pod: &Pod,
@@ -912,7 +1176,7 @@ impl<B: Backend> Provider<B> {
         reason: &str,
         message: &str,
         recorder: &Recorder,
-    ) {
+    ) -> bool {
         let status = pods::problem_status(
             pod,
             phase,
@@ -922,25 +1186,30 @@ impl<B: Backend> Provider<B> {
             &now_time(),
         );
         if !pods::status_differs(pod.status.as_ref(), &status) {
-            return;
+            return true;
         }
-        if let Err(e) = self.patch_pod_status(pod, &status).await {
-            tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
-        }
+        let written = match self.patch_pod_status(pod, &status).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
+                false
+            }
+        };
         let event = KubeEvent {
             type_: EventType::Warning,
             reason: reason.to_string(),
             note: Some(message.chars().take(1000).collect()),
-            action: if reason == pods::REASON_GROUP_VANISHED {
-                "SyncContainerGroup".into()
-            } else {
-                "CreateContainerGroup".into()
+            action: match reason {
+                pods::REASON_GROUP_VANISHED => "SyncContainerGroup".into(),
+                unadmitted::REASON_NOT_ADMITTED => "Admit".into(),
+                _ => "CreateContainerGroup".into(),
             },
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
             tracing::warn!(error = %e, "event write failed");
         }
+        written
     }
 
     async fn patch_pod_status(
@@ -1147,6 +1416,7 @@ impl<B: Backend> Provider<B> {
             shared.record(Err(e));
         }
         let pods = store.state();
+        self.handle_unadmitted(st, &pods, &groups, recorder).await;
 
         let now = now_time();
         let mut patches = Vec::new();
@@ -1278,6 +1548,10 @@ impl<B: Backend> Provider<B> {
             .retain(|uid, _| live.contains(uid) || st.busy.contains(uid));
         st.retry.retain(|uid, _| live.contains(uid));
         st.started.retain(|uid| live.contains(uid));
+        st.reported.retain(|uid| live.contains(uid));
+        st.bypassed.retain(|uid, _| live.contains(uid));
+        st.judged.retain(|uid, _| live.contains(uid));
+        st.unwritten.retain(|uid, _| live.contains(uid));
     }
 
     /// Delete groups tagged with our cluster id whose pod no longer exists.
