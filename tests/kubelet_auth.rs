@@ -321,22 +321,37 @@ impl World {
         assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
     }
 
-    /// The API server's kubelet client certificate reads the logs, once the
-    /// endpoint has loaded the CA (it reads kube-root-ca.crt at start-up).
-    async fn logs_as_the_api_server(&self) -> Answer {
+    /// Wait until the API server's kubelet client certificate is accepted
+    /// (`/healthz`, which reads nothing from ACI): the endpoint reads
+    /// kube-root-ca.crt in the background at start-up.
+    async fn wait_for_the_cluster_ca(&self) {
         let cert = self.srv.kubelet_client_certificate();
         let mut last = None;
         for _ in 0..100 {
-            let a = call(self.port, Some(&cert), None, LOGS)
+            let a = call(self.port, Some(&cert), None, "/healthz")
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             if a.status == 200 {
-                return a;
+                return;
             }
             last = Some(a);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the API server's certificate was not accepted: {last:?}");
+        panic!(
+            "the API server's certificate was not accepted: {last:?}; denials: {:?}",
+            self.srv.auth_denials()
+        );
+    }
+
+    /// The logs as the API server reads them.
+    async fn logs_as_the_api_server(&self) -> Answer {
+        self.wait_for_the_cluster_ca().await;
+        let cert = self.srv.kubelet_client_certificate();
+        let a = call(self.port, Some(&cert), None, LOGS)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.status, 200, "{a:?}");
+        a
     }
 }
 
@@ -538,6 +553,7 @@ async fn a_log_flood_spends_its_own_budget_and_status_sync_goes_on() {
             .copied()
             .unwrap_or(0)
     };
+    w.wait_for_the_cluster_ca().await;
     let (logs_before, gets_before) = (count("logs"), count("get"));
     let cert = w.srv.kubelet_client_certificate();
     let flood =
@@ -778,4 +794,137 @@ async fn plain_http_with_auth_takes_bearer_tokens() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status(), 401);
+}
+
+/// The review endpoints answer as kube-apiserver does: from the server's
+/// own tokens and RBAC, for callers allowed to create reviews.
+#[tokio::test]
+async fn the_api_server_reviews_tokens_and_access() {
+    let srv = TestApiServer::start().await;
+    grant_node_proxy(&srv);
+    let admin = srv.client();
+    let post = |client: kube::Client, path: &'static str, body: serde_json::Value| async move {
+        let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        client.request::<serde_json::Value>(req).await
+    };
+    const TR: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+    const SAR: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+
+    let token = srv.token_for_service_account(NS, "log-reader");
+    let review = |t: &str| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t}});
+    let r = post(admin.clone(), TR, review(&token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:web:log-reader"
+    );
+    assert_eq!(
+        r["status"]["user"]["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:web",
+            "system:authenticated"
+        ])
+    );
+    assert_eq!(
+        r["status"]["audiences"],
+        json!(["https://kubernetes.default.svc"])
+    );
+    let r = post(admin.clone(), TR, review("made-up"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(r["status"]["authenticated"], true, "{r}");
+    let other_audience = json!({"spec": {"token": token, "audiences": ["vault"]}});
+    let r = post(admin.clone(), TR, other_audience)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(r["status"]["authenticated"], true, "{r}");
+    let e = post(admin.clone(), TR, review("")).await.err();
+    assert!(
+        matches!(&e, Some(kube::Error::Api(s)) if s.code == 400 && s.message == "token is required for TokenReview in authentication"),
+        "{e:?}"
+    );
+
+    let access = |user: &str, groups: serde_json::Value, sub: &str| {
+        json!({"spec": {"user": user, "groups": groups, "resourceAttributes": {
+            "verb": "get", "version": "v1", "resource": "nodes", "subresource": sub, "name": NODE}}})
+    };
+    let sa_groups = json!(["system:serviceaccounts", "system:authenticated"]);
+    let allowed = |r: &serde_json::Value| r["status"]["allowed"] == true;
+    let r = post(
+        admin.clone(),
+        SAR,
+        access(
+            "system:serviceaccount:web:log-reader",
+            sa_groups.clone(),
+            "proxy",
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(allowed(&r), "{r}");
+    for (user, sub) in [
+        ("system:serviceaccount:web:log-reader", "log"),
+        ("system:serviceaccount:web:namespaced-reader", "proxy"),
+        ("system:serviceaccount:web:nosy", "proxy"),
+    ] {
+        let r = post(admin.clone(), SAR, access(user, sa_groups.clone(), sub))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!allowed(&r), "{user} {sub}: {r}");
+    }
+    let r = post(
+        admin.clone(),
+        SAR,
+        access(
+            "kube-apiserver-kubelet-client",
+            json!(["system:masters"]),
+            "proxy",
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(allowed(&r), "system:masters: {r}");
+    let e = post(
+        admin.clone(),
+        SAR,
+        json!({"spec": {"resourceAttributes": {"verb": "get"}}}),
+    )
+    .await
+    .err();
+    assert!(
+        matches!(&e, Some(kube::Error::Api(s)) if s.code == 422 && s.message.contains("at least one of user or group must be specified")),
+        "{e:?}"
+    );
+
+    // Only for callers RBAC lets create reviews; never listed or stored.
+    let e = post(
+        srv.client_as(NS, "nosy"),
+        SAR,
+        access("x", json!([]), "proxy"),
+    )
+    .await
+    .err();
+    assert!(
+        matches!(&e, Some(kube::Error::Api(s)) if s.code == 403
+            && s.message == "subjectaccessreviews.authorization.k8s.io is forbidden: User \"system:serviceaccount:web:nosy\" cannot create resource \"subjectaccessreviews\" in API group \"authorization.k8s.io\" at the cluster scope"),
+        "{e:?}"
+    );
+    let list = admin
+        .request::<serde_json::Value>(
+            axum::http::Request::get(SAR)
+                .body(Vec::new())
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+        .err();
+    assert!(
+        matches!(&list, Some(kube::Error::Api(s)) if s.code == 405),
+        "{list:?}"
+    );
 }
