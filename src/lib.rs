@@ -10,6 +10,7 @@ pub mod decision;
 pub mod edge;
 pub mod explain;
 pub mod extender;
+pub mod kubelet;
 pub mod leader;
 pub mod located;
 pub mod metrics;

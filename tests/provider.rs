@@ -14,8 +14,9 @@ use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, 
 use spillway::aci::paced::{Paced, PacingConfig};
 use spillway::aci::translate::group_name;
 use spillway::aci::{ContainerGroups, TAG_POD_UID};
+use spillway::kubelet::logs::{LogBudget, LogReader};
 use spillway::metrics::Metrics;
-use spillway::provider::{Provider, ProviderConfig, logs, node as vnode, pods as vpods};
+use spillway::provider::{Provider, ProviderConfig, node as vnode, pods as vpods};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -473,7 +474,10 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
             .body(axum::body::Body::empty())
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let router = logs::router(w.aci.clone());
+    let router = spillway::kubelet::router(
+        Arc::new(LogReader::new(w.aci.clone(), LogBudget::default())),
+        spillway::kubelet::Access::Open,
+    );
     let r = router
         .clone()
         .oneshot(get(format!("/containerLogs/{NS}/api/app?tailLines=10")))
@@ -1070,6 +1074,11 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         .pod_deletion(PodDeletion::Kubelet)
         .start()
         .await;
+    // The kubelet endpoint verifies client certificates against the
+    // cluster CA of kube-root-ca.crt in spillway's namespace (the client's
+    // default namespace here).
+    srv.publish_root_ca("default");
+    let (client_chain, client_key) = srv.kubelet_client_certificate().rustls_pair();
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("provider-run-policies");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let args = RunArgs::parse_from([
@@ -1118,7 +1127,8 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
     .await;
 
     // kubectl logs goes to the node's kubelet endpoint: HTTPS with the
-    // certificate made at start-up (the API server does not verify it).
+    // certificate made at start-up (the API server does not verify it),
+    // the API server presenting its kubelet client certificate.
     let port = srv
         .get::<Node>("", NODE)
         .and_then(|n| n.status)
@@ -1135,7 +1145,8 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         .unwrap_or_else(|e| panic!("{e}"))
         .dangerous()
         .with_custom_certificate_verifier(capture.clone())
-        .with_no_client_auth();
+        .with_client_auth_cert(client_chain.clone(), client_key.clone_key())
+        .unwrap_or_else(|e| panic!("{e}"));
     let logs_path = format!("/containerLogs/{NS}/demo/app?tailLines=5");
     let answer = tls_get(port, trusting, "127.0.0.1", &logs_path)
         .await
@@ -1167,7 +1178,8 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|e| panic!("{e}"))
             .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_client_auth_cert(client_chain.clone(), client_key.clone_key())
+            .unwrap_or_else(|e| panic!("{e}"));
         let answer = tls_get(port, strict, name, "/healthz")
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -98,56 +98,28 @@ pub fn generate(hosts: &[String]) -> Result<ServingCert, TlsError> {
     })
 }
 
-/// Serve `app` over TLS on `listener` until `stop` resolves. A client that
-/// fails the handshake (e.g. an API server with a stale caBundle) only loses
-/// its own connection; handshakes must finish within 10 s.
+/// Serve `app` over TLS on `listener` until `stop` resolves
+/// ([`crate::tls::serve_tls`], the accept loop the kubelet endpoint uses
+/// too). A client that fails the handshake (e.g. an API server with a stale
+/// caBundle) only loses its own connection; handshakes and request headers
+/// must arrive within 10 s; at most [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Arc<rustls::ServerConfig>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stop => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook: accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %peer, "webhook: TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "webhook: TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(Duration::from_secs(10))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, %peer, "webhook: connection ended with an error");
-            }
-        });
-    }
+    let limits = crate::tls::ServeLimits {
+        max_connections: MAX_CONNECTIONS,
+        ..crate::tls::ServeLimits::default()
+    };
+    crate::tls::serve_tls(listener, app, tls, limits, "webhook", stop).await
 }
+
+/// Connections the webhook serves at once (the API server opens more as its
+/// concurrent pod creations grow; a call that waits past the webhook's
+/// `timeoutSeconds` is ignored, `failurePolicy: Ignore`).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Split a PEM bundle into its certificates (each `-----BEGIN CERTIFICATE-----`
 /// block, normalised); other text is dropped.

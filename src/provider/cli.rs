@@ -1,12 +1,14 @@
 //! The provider's flags of `spillway run` and turning them into a running
-//! [`Provider`] plus its kubelet endpoint. `--aci none` (the default) runs
-//! no provider at all.
+//! [`Provider`] plus its kubelet endpoint ([`crate::kubelet`]). `--aci none`
+//! (the default) runs no provider at all.
 
 use super::{Provider, ProviderConfig};
 use crate::aci::ContainerGroups;
 use crate::aci::azure::{AzureConfig, AzureContainerGroups, Credential};
 use crate::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use crate::aci::paced::{Paced, PacingConfig};
+use crate::kubelet::logs::{LogBudget, LogReader};
+use crate::kubelet::{Access, ServeLimits};
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +92,41 @@ pub struct ProviderArgs {
     /// --kubelet-tls-cert/--kubelet-tls-key).
     #[arg(long, conflicts_with_all = ["kubelet_tls_cert", "kubelet_tls_key"])]
     pub kubelet_tls_self_signed: bool,
+    /// Authenticate and authorize callers of the kubelet endpoint as the
+    /// kubelet does (client certificates of --kubelet-client-ca, bearer
+    /// tokens by TokenReview, then a SubjectAccessReview on
+    /// nodes/proxy|log|… of this node; 401/403 otherwise). Default: on with
+    /// TLS, where it cannot be turned off; off on plain HTTP (local runs
+    /// and tests: anyone who reaches the port reads every burst pod's logs,
+    /// logged as a warning), where `--kubelet-auth` turns it on for bearer
+    /// tokens.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        env = "SPILLWAY_KUBELET_AUTH"
+    )]
+    pub kubelet_auth: Option<bool>,
+    /// PEM bundle of the CAs whose client certificates the kubelet endpoint
+    /// accepts (the API server's kubelet client certificate), re-read every
+    /// minute. Default: `ca.crt` of the ConfigMap `kube-root-ca.crt` in
+    /// spillway's namespace (the client's namespace: in a pod, its own).
+    #[arg(long, value_name = "FILE", env = "SPILLWAY_KUBELET_CLIENT_CA")]
+    pub kubelet_client_ca: Option<std::path::PathBuf>,
+    /// Connections the kubelet endpoint serves at once; more wait until one
+    /// ends. TLS handshakes and request headers must arrive within 10 s.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub kubelet_max_connections: u32,
+    /// Container log requests per second the kubelet endpoint answers from
+    /// ACI (two ARM reads each, apart from the provider's read budget);
+    /// more get 429 with Retry-After.
+    #[arg(long, default_value_t = 2.0)]
+    pub kubelet_log_qps: f64,
+    /// Container log requests answered at once before --kubelet-log-qps applies.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub kubelet_log_burst: u32,
     /// The node's InternalIP (where the API server reaches the kubelet endpoint).
     #[arg(long, env = "POD_IP")]
     pub node_ip: Option<String>,
@@ -119,7 +156,13 @@ pub enum ProviderSetupError {
     #[error("embedded ACI emulator: {0}")]
     Emulator(#[from] crate::aci::emulator::EmulatorError),
     #[error("kubelet endpoint TLS: {0}")]
-    Tls(#[from] super::logs::TlsError),
+    Tls(#[from] crate::kubelet::TlsError),
+    #[error("--kubelet-client-ca: {0}")]
+    ClientCa(String),
+    #[error("{0}")]
+    KubeletAuth(&'static str),
+    #[error("--kubelet-log-qps must be positive, not {0}")]
+    LogQps(f64),
     #[error("kubelet endpoint {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -142,6 +185,20 @@ impl ProviderArgs {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(ProviderSetupError::EmulatorUrl(url.clone()));
+        }
+        let tls = self.kubelet_tls_self_signed || self.kubelet_tls_cert.is_some();
+        if tls && self.kubelet_auth == Some(false) {
+            return Err(ProviderSetupError::KubeletAuth(
+                "--kubelet-auth=false is for plain HTTP only (local runs): with TLS the kubelet endpoint always authenticates its callers",
+            ));
+        }
+        if !tls && self.kubelet_client_ca.is_some() {
+            return Err(ProviderSetupError::KubeletAuth(
+                "--kubelet-client-ca needs TLS on the kubelet endpoint (--kubelet-tls-self-signed or --kubelet-tls-cert/--kubelet-tls-key): plain HTTP carries no client certificate",
+            ));
+        }
+        if !(self.kubelet_log_qps > 0.0 && self.kubelet_log_qps.is_finite()) {
+            return Err(ProviderSetupError::LogQps(self.kubelet_log_qps));
         }
         if self.backend == AciBackend::Azure {
             if self.cluster_id.as_deref().is_none_or(str::is_empty) {
@@ -241,6 +298,75 @@ pub struct SpillwayScheduler {
     pub view: Arc<crate::cluster::ClusterView>,
 }
 
+/// The kubelet endpoint's own ACI client for container logs: counted and
+/// timed like the provider's, but not behind the provider's pacer, so log
+/// requests never spend the read budget status sync paces itself with;
+/// `LogReader`'s own bucket (--kubelet-log-qps) paces them instead.
+fn metered(client: AzureContainerGroups, metrics: &Arc<Metrics>) -> Arc<dyn ContainerGroups> {
+    Arc::new(crate::aci::metered::Metered::new(client, metrics.clone()))
+}
+
+/// How the kubelet endpoint checks its callers, as `args` say; the task
+/// that keeps the client CA current, if any.
+async fn kubelet_access(
+    args: &ProviderArgs,
+    clients: &crate::cli::KubeClients,
+    tls: bool,
+    addr: SocketAddr,
+) -> Result<(Access, Option<tokio::task::JoinHandle<()>>), ProviderSetupError> {
+    use crate::kubelet::auth::{self, CaSource, ClientCa, KubeReviews, NodeAuth};
+    if !args.kubelet_auth.unwrap_or(tls) {
+        tracing::warn!(
+            kubelet = %addr,
+            "kubelet endpoint on plain HTTP WITHOUT authentication or authorization: anyone who reaches it reads the logs of every burst pod (local runs and tests only; use --kubelet-tls-self-signed or --kubelet-tls-cert in a cluster)"
+        );
+        return Ok((Access::Open, None));
+    }
+    let ca = ClientCa::empty();
+    let ca_task = if tls {
+        let source = match &args.kubelet_client_ca {
+            Some(file) => {
+                let source = CaSource::File(file.clone());
+                // A bad file is a setup error, like a bad certificate.
+                source
+                    .load_into(&ca)
+                    .await
+                    .map_err(ProviderSetupError::ClientCa)?;
+                source
+            }
+            None => CaSource::ConfigMap {
+                client: clients.calls.clone(),
+                namespace: clients.calls.default_namespace().to_string(),
+                name: auth::ROOT_CA_CONFIGMAP.to_string(),
+            },
+        };
+        tracing::info!(client_ca = %source, "kubelet endpoint: client certificates verified against the cluster CA, bearer tokens by TokenReview, access by SubjectAccessReview");
+        Some(tokio::spawn(auth::keep_client_ca_loaded(
+            source,
+            ca.clone(),
+            CLIENT_CA_RELOAD,
+        )))
+    } else {
+        tracing::info!(
+            "kubelet endpoint (plain HTTP): bearer tokens by TokenReview, access by SubjectAccessReview"
+        );
+        None
+    };
+    let reviews = Arc::new(KubeReviews::new(clients.calls.clone(), REVIEW_TIMEOUT));
+    let node_auth = NodeAuth::new(
+        args.node_name.clone(),
+        ca,
+        reviews,
+        auth::AuthConfig::default(),
+    );
+    Ok((Access::Checked(Arc::new(node_auth)), ca_task))
+}
+
+/// How often the kubelet endpoint re-reads its client CA.
+const CLIENT_CA_RELOAD: Duration = Duration::from_secs(60);
+/// Bound on one TokenReview or SubjectAccessReview.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Start the provider and its kubelet endpoint as `args` say; `None` for
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
@@ -253,60 +379,64 @@ pub async fn start(
     scheduler: SpillwayScheduler,
 ) -> Result<Option<Started>, ProviderSetupError> {
     args.validate()?;
-    let (aci, cluster_id, emulator): (Arc<dyn ContainerGroups>, String, Option<EmulatorHandle>) =
-        match args.backend {
-            AciBackend::None => return Ok(None),
-            AciBackend::Azure => {
-                let mut cfg = AzureConfig::new(
-                    args.aci_subscription.clone().unwrap_or_default(),
-                    args.aci_resource_group.clone().unwrap_or_default(),
-                    credential_from_env()?,
-                );
-                cfg.timeout = Duration::from_secs(30);
-                let client = AzureContainerGroups::new(&cfg)?;
-                (
-                    metered_and_paced(client, &metrics),
-                    args.cluster_id.clone().unwrap_or_default(),
-                    None,
-                )
-            }
-            AciBackend::Emulator => {
-                let (url, emu) = match &args.aci_emulator_url {
-                    Some(url) => {
-                        tracing::info!(url = %url, "using the ACI emulator at --aci-emulator-url");
-                        (url.clone(), None)
-                    }
-                    None => {
-                        let emu = Emulator::start(EmulatorConfig::default()).await?;
-                        tracing::info!(url = %emu.url, "embedded ACI emulator started");
-                        (emu.url.clone(), Some(emu))
-                    }
-                };
-                let cfg = AzureConfig::for_emulator(
-                    &url,
-                    "emulator",
-                    args.aci_subscription
-                        .clone()
-                        .unwrap_or_else(|| "emulator".into()),
-                    args.aci_resource_group
-                        .clone()
-                        .unwrap_or_else(|| "spillway".into()),
-                );
-                let client = AzureContainerGroups::new(&cfg)?;
-                (
-                    metered_and_paced(client, &metrics),
-                    args.cluster_id.clone().unwrap_or_else(|| "local".into()),
-                    emu,
-                )
-            }
-        };
+    let (aci, logs_aci, cluster_id, emulator): (
+        Arc<dyn ContainerGroups>,
+        Arc<dyn ContainerGroups>,
+        String,
+        Option<EmulatorHandle>,
+    ) = match args.backend {
+        AciBackend::None => return Ok(None),
+        AciBackend::Azure => {
+            let mut cfg = AzureConfig::new(
+                args.aci_subscription.clone().unwrap_or_default(),
+                args.aci_resource_group.clone().unwrap_or_default(),
+                credential_from_env()?,
+            );
+            cfg.timeout = Duration::from_secs(30);
+            (
+                metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
+                metered(AzureContainerGroups::new(&cfg)?, &metrics),
+                args.cluster_id.clone().unwrap_or_default(),
+                None,
+            )
+        }
+        AciBackend::Emulator => {
+            let (url, emu) = match &args.aci_emulator_url {
+                Some(url) => {
+                    tracing::info!(url = %url, "using the ACI emulator at --aci-emulator-url");
+                    (url.clone(), None)
+                }
+                None => {
+                    let emu = Emulator::start(EmulatorConfig::default()).await?;
+                    tracing::info!(url = %emu.url, "embedded ACI emulator started");
+                    (emu.url.clone(), Some(emu))
+                }
+            };
+            let cfg = AzureConfig::for_emulator(
+                &url,
+                "emulator",
+                args.aci_subscription
+                    .clone()
+                    .unwrap_or_else(|| "emulator".into()),
+                args.aci_resource_group
+                    .clone()
+                    .unwrap_or_else(|| "spillway".into()),
+            );
+            (
+                metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
+                metered(AzureContainerGroups::new(&cfg)?, &metrics),
+                args.cluster_id.clone().unwrap_or_else(|| "local".into()),
+                emu,
+            )
+        }
+    };
     // Certificates are read before anything starts: a bad file is a setup error.
     let tls = match (&args.kubelet_tls_cert, &args.kubelet_tls_key) {
-        (Some(cert), Some(key)) => Some(super::logs::tls_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::kubelet::tls_config(cert, key)?),
         _ if args.kubelet_tls_self_signed => {
             let ip = args.internal_ip();
             tracing::info!(ip = %ip, node = %args.node_name, "kubelet endpoint: self-signed certificate generated");
-            Some(super::logs::self_signed_tls_config(&ip, &args.node_name)?.config)
+            Some(crate::kubelet::self_signed_tls_config(&ip, &args.node_name)?.config)
         }
         _ => None,
     };
@@ -322,6 +452,19 @@ pub async fn start(
             addr: args.kubelet_listen,
             source,
         })?;
+    let (access, ca_task) = kubelet_access(args, clients, tls.is_some(), kubelet_addr).await?;
+    let logs = Arc::new(LogReader::new(
+        logs_aci,
+        LogBudget {
+            per_sec: args.kubelet_log_qps,
+            burst: args.kubelet_log_burst,
+        },
+    ));
+    let app = crate::kubelet::router(logs, access);
+    let limits = ServeLimits {
+        max_connections: usize::try_from(args.kubelet_max_connections).unwrap_or(usize::MAX),
+        ..ServeLimits::default()
+    };
     let config = args.config(&cluster_id, kubelet_addr.port());
     tracing::info!(node = %config.node.name, cluster_id = %cluster_id, backend = ?args.backend, kubelet = %kubelet_addr, "embedded ACI provider configured");
     let engine = crate::decision::Engine::new(scheduler.view.config().engine.clone());
@@ -332,7 +475,7 @@ pub async fn start(
         policies: policies.clone(),
         engine,
     };
-    let provider = Provider::new(clients.calls.clone(), aci.clone(), config, Some(metrics))
+    let provider = Provider::new(clients.calls.clone(), aci, config, Some(metrics))
         .with_watch_client(clients.watches.clone())
         .with_policies(policies)
         .with_unadmitted(gate);
@@ -342,17 +485,22 @@ pub async fn start(
     let logs_stop = stopped(stop.clone());
     let stop = stopped(stop);
     let task = tokio::spawn(async move {
-        let logs = match tls {
-            Some(tls) => tokio::spawn(super::logs::serve_tls(listener, aci, tls, logs_stop)),
-            None => tokio::spawn(super::logs::serve(listener, aci, logs_stop)),
+        let kubelet = match tls {
+            Some(tls) => tokio::spawn(crate::kubelet::serve_tls(
+                listener, app, tls, limits, logs_stop,
+            )),
+            None => tokio::spawn(crate::kubelet::serve(listener, app, limits, logs_stop)),
         };
         if let Err(e) = provider.run(leader, stop).await {
             tracing::error!(error = %e, "provider stopped");
         }
-        match logs.await {
+        match kubelet.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "kubelet endpoint failed"),
             Err(e) => tracing::warn!(error = %e, "kubelet endpoint task failed"),
             Ok(Ok(())) => {}
+        }
+        if let Some(t) = ca_task {
+            t.abort();
         }
     });
     Ok(Some(Started {
@@ -425,6 +573,37 @@ mod tests {
         let a = Args::try_parse_from(["x", "--aci-memory-gib-per-core", "0"]).expect("parses");
         assert!(a.p.validate().is_err());
         assert!(Args::try_parse_from(["x", "--aci", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn kubelet_auth_is_on_with_tls_and_off_only_on_plain_http() {
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert_eq!(a.p.kubelet_auth, None, "decided by TLS");
+        assert_eq!(a.p.kubelet_max_connections, 256);
+        assert_eq!((a.p.kubelet_log_qps, a.p.kubelet_log_burst), (2.0, 10));
+        let a = Args::try_parse_from(["x", "--kubelet-auth"]).expect("parses");
+        assert_eq!(a.p.kubelet_auth, Some(true));
+        assert!(a.p.validate().is_ok(), "tokens on plain HTTP");
+        let a = Args::try_parse_from(["x", "--kubelet-auth=false"]).expect("parses");
+        assert!(a.p.validate().is_ok(), "plain HTTP may be open");
+        let a = Args::try_parse_from(["x", "--kubelet-tls-self-signed", "--kubelet-auth=false"])
+            .expect("parses");
+        let e = a.p.validate().expect_err("TLS always authenticates");
+        assert!(e.to_string().contains("plain HTTP only"), "{e}");
+        let a = Args::try_parse_from(["x", "--kubelet-client-ca", "/ca.crt"]).expect("parses");
+        let e = a.p.validate().expect_err("no certificates without TLS");
+        assert!(e.to_string().contains("needs TLS"), "{e}");
+        let a = Args::try_parse_from([
+            "x",
+            "--kubelet-tls-self-signed",
+            "--kubelet-client-ca",
+            "/ca.crt",
+        ])
+        .expect("parses");
+        assert!(a.p.validate().is_ok());
+        let a = Args::try_parse_from(["x", "--kubelet-log-qps", "0"]).expect("parses");
+        assert!(a.p.validate().is_err());
+        assert!(Args::try_parse_from(["x", "--kubelet-max-connections", "0"]).is_err());
     }
 
     #[test]

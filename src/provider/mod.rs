@@ -2,7 +2,7 @@
 //!
 //! Owns the virtual node object, its heartbeat Lease, and the lifecycle of
 //! the pods bound to it (pod → backend instance → pod status → deletion),
-//! plus orphan GC and the kubelet endpoint for `kubectl logs` ([`logs`]).
+//! plus orphan GC; the kubelet endpoint for `kubectl logs` is [`crate::kubelet`].
 //! It acts only while [`Provider::run`]'s leader signal is true.
 //!
 //! The controllers here are backend-neutral: they speak to the backend only
@@ -13,8 +13,9 @@
 //! second ([`crate::edge::backend::EdgeBackend`], via
 //! [`Provider::with_backend`]). The node's taint, role labels and condition
 //! names come from the backend's [`node::NodeProfile`]. Still ACI-shaped
-//! here: the `aci_*` metric names and Event actions, the kubelet endpoint's
-//! logs ([`logs`]) and which ConfigMaps/Secrets a pod needs ([`resolve`]).
+//! here: the `aci_*` metric names and Event actions and which
+//! ConfigMaps/Secrets a pod needs ([`resolve`]); the kubelet endpoint's logs
+//! ([`crate::kubelet::logs`]) read ACI only.
 //!
 //! It does not decide which pods burst (`decision/`, the extender).
 //!
@@ -56,7 +57,6 @@
 
 pub mod backend;
 pub mod cli;
-pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod resolve;

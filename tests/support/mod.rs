@@ -19,8 +19,8 @@ pub mod apiserver;
 pub mod webhook;
 
 pub use apiserver::{
-    ApiError, Budget, Builder, Config, ExercisedRule, Fault, GrantedPermission, PodDeletion,
-    RequestRecord, RoleId, TestApiServer,
+    ApiError, Budget, Builder, ClientCertificate, Config, ExercisedRule, Fault, GrantedPermission,
+    KUBELET_CLIENT_CN, KUBELET_CLIENT_ORG, PodDeletion, RequestRecord, RoleId, TestApiServer,
 };
 
 /// Poll `check` every 50 ms until it holds or `within` has passed; the last

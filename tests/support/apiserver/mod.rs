@@ -11,7 +11,11 @@
 //! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
 //! clusterrolebindings; admissionregistration.k8s.io/v1
 //! mutatingwebhookconfigurations, whose webhooks are called on pod creates
-//! (`webhooks.rs`). Metadata-only requests
+//! (`webhooks.rs`); authentication.k8s.io/v1 tokenreviews and
+//! authorization.k8s.io/v1 subjectaccessreviews (create only, answered from
+//! this server's tokens and RBAC: `reviews.rs`). A cluster CA and client
+//! certificates it signs, the API server's kubelet client certificate
+//! among them, are made on demand for kubelet endpoints (`pki.rs`). Metadata-only requests
 //! (`Accept: ...;as=PartialObjectMetadata[List]`) and streaming-list watches
 //! (`sendInitialEvents=true`) are served too.
 //!
@@ -42,9 +46,11 @@
 //! It must not grow spillway logic: it is the cluster, not the controller.
 
 mod patch;
+mod pki;
 mod psa;
 mod rbac;
 mod resources;
+mod reviews;
 mod selectors;
 mod status;
 mod store;
@@ -68,6 +74,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+pub use pki::{ClientCertificate, KUBELET_CLIENT_CN, KUBELET_CLIENT_ORG};
 pub use rbac::{ExercisedRule, GrantedPermission, RoleId};
 pub use status::ApiError;
 pub use store::Budget;
@@ -282,6 +289,8 @@ struct Shared {
     exercised: Mutex<std::collections::BTreeSet<ExercisedRule>>,
     /// Every 401/403 the authenticator and authorizer answered, as its message.
     denials: Mutex<Vec<String>>,
+    /// The cluster CA, made on first use (`pki.rs`).
+    pki: std::sync::OnceLock<pki::Pki>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -340,6 +349,7 @@ impl TestApiServer {
             tokens: Mutex::new(rbac::Tokens::default()),
             exercised: Mutex::new(Default::default()),
             denials: Mutex::new(Vec::new()),
+            pki: std::sync::OnceLock::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -671,6 +681,48 @@ impl TestApiServer {
             .collect()
     }
 
+    fn pki(&self) -> &pki::Pki {
+        self.shared.pki.get_or_init(|| pki::Pki::new("kubernetes"))
+    }
+
+    /// The cluster CA certificate (PEM): what the root CA publisher puts in
+    /// every namespace's `kube-root-ca.crt` as `ca.crt`, and what kubelets
+    /// verify client certificates against (`--client-ca-file`).
+    pub fn cluster_ca_pem(&self) -> String {
+        self.pki().ca_pem()
+    }
+
+    /// Stores the ConfigMap `kube-root-ca.crt` (`ca.crt` = the cluster CA)
+    /// in `namespace`, as kube-controller-manager's root CA publisher does
+    /// in every namespace. Not done by itself, so other tests' ConfigMap
+    /// lists stay as they were.
+    pub fn publish_root_ca(&self, namespace: &str) {
+        let cm = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kube-root-ca.crt", "namespace": namespace},
+            "data": {"ca.crt": self.cluster_ca_pem()},
+        });
+        let rt = lookup("", "v1", "configmaps").expect("configmaps are served");
+        self.shared
+            .store()
+            .upsert_raw(rt, cm)
+            .unwrap_or_else(|e| panic!("publish kube-root-ca.crt: {}", e.message));
+    }
+
+    /// A client certificate signed by the cluster CA for user `cn` in
+    /// groups `orgs` (at most two), client auth only.
+    pub fn client_certificate(&self, cn: &str, orgs: &[&str]) -> ClientCertificate {
+        self.pki().client_certificate(cn, orgs)
+    }
+
+    /// The certificate kube-apiserver presents to kubelets
+    /// (`--kubelet-client-certificate`), in kubeadm's form: CN
+    /// `kube-apiserver-kubelet-client`, O `system:masters`.
+    pub fn kubelet_client_certificate(&self) -> ClientCertificate {
+        self.client_certificate(KUBELET_CLIENT_CN, &[KUBELET_CLIENT_ORG])
+    }
+
     /// Stops the server and waits (bounded) for it to finish.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
@@ -966,6 +1018,22 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
     let ns_key = ns.unwrap_or("");
     let method = &parts.method;
     let partial = wants_partial(parts);
+    if rt.is_review() {
+        return match (name.as_deref(), subresource.as_deref(), method) {
+            (None, None, &Method::POST) => {
+                let body = parse_body(bytes)?;
+                let store = shared.store();
+                let review = if rt.is("authentication.k8s.io", "tokenreviews") {
+                    reviews::token_review(&store, &lock(&shared.tokens), &body)?
+                } else {
+                    reviews::subject_access_review(&store, &body)?
+                };
+                Ok(json_response(StatusCode::CREATED, &review))
+            }
+            (None, None, _) => Err(ApiError::method_not_allowed(method.as_str())),
+            _ => Err(ApiError::path_not_found()),
+        };
+    }
     match (name.as_deref(), subresource.as_deref()) {
         (None, None) => match *method {
             Method::GET if is_true(q.get("watch")) => watch(shared, rt, namespace, &q, partial),

@@ -231,8 +231,41 @@ pub static IDENTITY_RESOURCES: &[ResourceType] = &[
     },
 ];
 
+/// Served too, create only and never stored: the reviews a delegating
+/// component (a kubelet) asks the API server for (`reviews.rs`).
+pub static REVIEW_RESOURCES: &[ResourceType] = &[
+    ResourceType {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "tokenreviews",
+        kind: "TokenReview",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
+    ResourceType {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "subjectaccessreviews",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+        status_subresource: false,
+        fields: &[],
+    },
+];
+
+impl ResourceType {
+    /// A create-only review kind of [`REVIEW_RESOURCES`].
+    pub fn is_review(&self) -> bool {
+        REVIEW_RESOURCES.iter().any(|r| std::ptr::eq(r, self))
+    }
+}
+
 fn all() -> impl Iterator<Item = &'static ResourceType> {
-    RESOURCES.iter().chain(IDENTITY_RESOURCES)
+    RESOURCES
+        .iter()
+        .chain(IDENTITY_RESOURCES)
+        .chain(REVIEW_RESOURCES)
 }
 
 /// The served resource of a manifest's `apiVersion` and `kind`.

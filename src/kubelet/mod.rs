@@ -1,100 +1,81 @@
-//! The node's kubelet endpoint, as far as ACI can serve it:
-//! `GET /containerLogs/{namespace}/{pod}/{container}?tailLines=N` (what the
-//! API server proxies `kubectl logs` to), answered from the ACI logs API.
-//!
-//! It reads only ACI; it never trusts the group name alone (names can
-//! collide) and checks the group's namespace/pod tags.
+//! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
+//! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]) and
+//! `GET /healthz`.
 //!
 //! Served over TLS (the API server talks HTTPS to kubelets) with a
 //! certificate and key from PEM files ([`tls_config`]) or one generated in
 //! memory at start-up for the node IP and name ([`self_signed_tls_config`],
 //! what deploy/ uses by default); plain HTTP otherwise (tests, local runs).
+//! Either way through [`crate::tls`]'s accept loop: TLS handshakes and
+//! request headers are bounded in time, connections in number.
+//!
+//! With [`Access::Checked`] every request, unknown paths and `/healthz`
+//! included (the kubelet authorizes `/healthz` on this port too, as
+//! `nodes/healthz` or `nodes/proxy`), is authenticated and authorized as
+//! the kubelet does it ([`auth`]). With TLS, clients are asked for a
+//! certificate but may send a bearer token instead.
+//!
+//! Adding a route: put it in [`router`] before the authorization layer;
+//! [`auth::request_attributes`] derives its `nodes/<subresource>` from the
+//! path as the kubelet does (`/exec`, `/attach`, `/portForward` are
+//! `proxy`, `/metrics…` is `metrics`, `/stats/…` is `stats`), so it is
+//! checked with no further change.
 
-use crate::aci::translate::group_name;
-use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
-use axum::extract::{Path, Query, State};
+pub mod auth;
+pub mod logs;
+
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// Why a log request failed; the variant picks the HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum LogsError {
-    #[error("no container group for pod {namespace}/{pod}")]
-    NoGroup { namespace: String, pod: String },
-    #[error("container {container:?} not found in pod {namespace}/{pod}")]
-    NoContainer {
-        namespace: String,
-        pod: String,
-        container: String,
-    },
-    #[error("ACI: {0}")]
-    Aci(#[from] AciError),
+pub use crate::tls::ServeLimits;
+
+/// How callers of the endpoint are checked.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Nobody is checked: plain HTTP for local runs and tests only.
+    Open,
+    /// Authenticated and authorized as the kubelet does ([`auth::NodeAuth`]).
+    Checked(Arc<auth::NodeAuth>),
 }
 
-impl IntoResponse for LogsError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            LogsError::NoGroup { .. } | LogsError::NoContainer { .. } => StatusCode::NOT_FOUND,
-            LogsError::Aci(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            LogsError::Aci(_) => StatusCode::BAD_GATEWAY,
-        };
-        (status, self.to_string()).into_response()
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub struct LogQuery {
-    #[serde(rename = "tailLines")]
-    pub tail_lines: Option<u32>,
-}
-
-/// Read one container's log.
-pub async fn container_logs(
-    aci: &dyn ContainerGroups,
-    namespace: &str,
-    pod: &str,
-    container: &str,
-    tail: Option<u32>,
-) -> Result<String, LogsError> {
-    let name = group_name(namespace, pod);
-    let no_group = || LogsError::NoGroup {
-        namespace: namespace.to_string(),
-        pod: pod.to_string(),
-    };
-    let group = aci.get(&name).await?.ok_or_else(no_group)?;
-    let tag = |k: &str| group.tags.get(k).map(String::as_str);
-    if tag(TAG_NAMESPACE) != Some(namespace) || tag(TAG_POD_NAME) != Some(pod) {
-        return Err(no_group());
-    }
-    match aci.logs(&name, container, tail).await {
-        Ok(text) => Ok(text),
-        Err(AciError::NotFound) => Err(LogsError::NoContainer {
-            namespace: namespace.to_string(),
-            pod: pod.to_string(),
-            container: container.to_string(),
-        }),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn handler(
-    State(aci): State<Arc<dyn ContainerGroups>>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(q): Query<LogQuery>,
-) -> Result<String, LogsError> {
-    container_logs(aci.as_ref(), &namespace, &pod, &container, q.tail_lines).await
-}
-
-/// The kubelet endpoint's router.
-pub fn router(aci: Arc<dyn ContainerGroups>) -> axum::Router {
-    axum::Router::new()
+/// The endpoint's router: every route, then (with [`Access::Checked`]) the
+/// authentication and authorization layer around all of them.
+pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
+    let routes = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
-            axum::routing::get(handler),
+            axum::routing::get(logs::handler),
         )
+        .with_state(logs)
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .with_state(aci)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") });
+    match access {
+        Access::Open => routes,
+        Access::Checked(auth) => {
+            routes.layer(axum::middleware::from_fn_with_state(auth, auth::require))
+        }
+    }
+}
+
+/// Serve `app` over TLS on `listener` until `stop` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    limits: ServeLimits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::tls::serve_tls(listener, app, tls, limits, "kubelet endpoint", stop).await
+}
+
+/// Serve `app` over plain HTTP on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ServeLimits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::tls::serve_plain(listener, app, limits, "kubelet endpoint", stop).await
 }
 
 /// A certificate or key for the kubelet endpoint could not be used.
@@ -121,6 +102,7 @@ pub struct SelfSigned {
 /// the virtual node). The key never leaves the process; every start makes a
 /// new one. The API server does not verify kubelet certificates unless
 /// `--kubelet-certificate-authority` is set; then use real files instead.
+/// Clients are asked for a certificate, not required to send one.
 pub fn self_signed_tls_config(node_ip: &str, node_name: &str) -> Result<SelfSigned, TlsError> {
     let mut params =
         rcgen::CertificateParams::new(vec![node_ip.to_string(), node_name.to_string()])?;
@@ -136,12 +118,13 @@ pub fn self_signed_tls_config(node_ip: &str, node_name: &str) -> Result<SelfSign
     let certificate = cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     Ok(SelfSigned {
-        config: crate::tls::server_config(vec![certificate.clone()], key)?,
+        config: crate::tls::server_config_requesting_client_certs(vec![certificate.clone()], key)?,
         certificate,
     })
 }
 
-/// The server TLS configuration from PEM files (a chain and its private key).
+/// The server TLS configuration from PEM files (a chain and its private
+/// key); clients are asked for a certificate, not required to send one.
 pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
@@ -150,67 +133,15 @@ pub fn tls_config(
         path: e.path,
         message: e.message,
     })?;
-    Ok(crate::tls::server_config(chain, key)?)
-}
-
-/// Serve the kubelet endpoint over TLS on `listener` until `stop` resolves.
-/// A client that fails the handshake only loses its own connection.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    aci: Arc<dyn ContainerGroups>,
-    tls: Arc<rustls::ServerConfig>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(aci);
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut stop => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet endpoint: accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, %peer, "kubelet endpoint: TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, %peer, "kubelet endpoint: connection ended with an error");
-            }
-        });
-    }
-}
-
-/// Serve the kubelet endpoint on `listener` until `stop` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    aci: Arc<dyn ContainerGroups>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(aci))
-        .with_graceful_shutdown(stop)
-        .await
+    Ok(crate::tls::server_config_requesting_client_certs(
+        chain, key,
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aci::ContainerGroups;
     use crate::aci::azure::{AzureConfig, AzureContainerGroups};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -220,10 +151,15 @@ mod tests {
         dir
     }
 
-    fn unused_aci() -> Arc<dyn ContainerGroups> {
+    fn open_app() -> axum::Router {
         // /healthz never calls ACI; the client only has to exist.
         let cfg = AzureConfig::for_emulator("http://127.0.0.1:9", "t", "sub", "rg");
-        Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")))
+        let aci: Arc<dyn ContainerGroups> =
+            Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")));
+        router(
+            Arc::new(logs::LogReader::new(aci, logs::LogBudget::default())),
+            Access::Open,
+        )
     }
 
     #[tokio::test]
@@ -240,42 +176,20 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, unused_aci(), tls, async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(serve_tls(
+            listener,
+            open_app(),
+            tls,
+            ServeLimits::default(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
 
         // A client that trusts only this certificate gets an answer over TLS.
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(ck.cert.der().clone())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let answer = healthz_over_tls(addr, ck.cert.der(), "localhost")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let name =
-            rustls::pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
-        let mut stream = connector
-            .connect(name, tcp)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut answer = String::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            stream.read_to_string(&mut answer),
-        )
-        .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
 
@@ -349,9 +263,15 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, unused_aci(), made.config, async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(serve_tls(
+            listener,
+            open_app(),
+            made.config,
+            ServeLimits::default(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         // The handshake verifies the certificate for both of its names.
         for name in ["127.0.0.1", "spillway-aci"] {
             let answer = healthz_over_tls(addr, &made.certificate, name)
