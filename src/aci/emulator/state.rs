@@ -258,6 +258,13 @@ impl World {
         ));
         body.resource_type = Some(RESOURCE_TYPE.to_string());
         let spec = body.spec();
+        // What is kept and answered: the spec plus the `id` and `type` ARM
+        // always returns.
+        let stored = ContainerGroup {
+            id: body.id.clone(),
+            resource_type: body.resource_type.clone(),
+            ..spec.clone()
+        };
 
         if let Some(existing) = self.groups.get_mut(&key) {
             existing.puts += 1;
@@ -285,7 +292,7 @@ impl World {
             // An update restarts the group, as ACI does.
             let fails = self.faults.fail_provisioning.get(&key.name).cloned();
             if let Some(existing) = self.groups.get_mut(&key) {
-                existing.spec = spec;
+                existing.spec = stored;
                 existing.created = now;
                 existing.created_wall = now_wall;
                 existing.fails = fails;
@@ -339,7 +346,7 @@ impl World {
         self.groups.insert(
             key.clone(),
             Record {
-                spec,
+                spec: stored,
                 created: now,
                 created_wall: now_wall,
                 ip: None,
@@ -822,8 +829,7 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
         return bad(
             "InvalidOsType",
             format!(
-                "The 'osType' '{}' is not valid. Valid values are 'Linux' and 'Windows'.",
-                p.os_type
+                "The 'osType' for container group '{name}' is invalid. The value must be one of 'Windows,Linux'."
             ),
         );
     }

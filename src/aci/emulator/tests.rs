@@ -825,3 +825,50 @@ async fn provisioning_fails_for_named_groups_only() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn put_accepts_a_body_without_name_id_or_type() {
+    // ARM takes the name from the URL; `name`, `id` and `type` in the body
+    // are optional (read-only or redundant). `location` is required.
+    let st = state_with(EmulatorConfig::default());
+    let mut body = json(&group("named-by-url", 1.0, "Always", None));
+    let obj = body.as_object_mut().expect("object");
+    obj.remove("name");
+    obj.remove("id");
+    obj.remove("type");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/named-by-url?{V}"), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["name"], "named-by-url");
+    assert!(
+        answer["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/containerGroups/named-by-url")),
+        "{answer}"
+    );
+    assert_eq!(answer["type"], RESOURCE_TYPE);
+
+    // Without `location` ARM refuses.
+    let mut body = json(&group("no-location", 1.0, "Always", None));
+    body.as_object_mut().expect("object").remove("location");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/no-location?{V}"), Some(body)).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("LocationRequired"))
+    );
+
+    // Without `osType`, ARM's own wording.
+    let mut body = json(&group("no-os", 1.0, "Always", None));
+    body["properties"]
+        .as_object_mut()
+        .expect("object")
+        .remove("osType");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/no-os?{V}"), Some(body)).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidOsType"))
+    );
+    assert_eq!(
+        answer["error"]["message"],
+        "The 'osType' for container group 'no-os' is invalid. The value must be one of 'Windows,Linux'."
+    );
+}
