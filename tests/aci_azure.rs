@@ -69,10 +69,7 @@ fn group(cluster: &str, name: &str, cpu: &str, port: Option<i32>) -> ContainerGr
         spillway::aci::translate::EnvValue::Secret("s3cr3t".into()),
     );
     let cfg = TranslateConfig::new(cluster, "westeurope");
-    let policy = spillway::policy::AciSettings {
-        public_ip: spillway::policy::PublicIp::Auto,
-        dns_name_label: None,
-    };
+    let policy = spillway::policy::AciSettings::default();
     pod_to_group(
         &pod,
         &PodContext {

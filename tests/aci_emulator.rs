@@ -189,6 +189,7 @@ fn group(name: &str, cpu: &str, ports: &[i32]) -> ContainerGroup {
     let policy = spillway::policy::AciSettings {
         public_ip: spillway::policy::PublicIp::Auto,
         dns_name_label: Some("{{namespace}}-{{name}}".into()),
+        ..Default::default()
     };
     let resolved = aci::translate::Resolved::default();
     let ctx = aci::translate::PodContext {

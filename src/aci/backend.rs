@@ -15,7 +15,7 @@ use super::translate::{
 use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 use super::{BoxFuture, Usage};
 use crate::policy::reload::PolicyStore;
-use crate::policy::{AciSettings, PublicIp};
+use crate::policy::AciSettings;
 use crate::provider::ProviderConfig;
 use crate::provider::backend::{
     Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read,
@@ -155,10 +155,7 @@ impl AciBackend {
                     .for_pod(&namespace, &labels)
                     .map(|p| p.aci.clone())
             })
-            .unwrap_or(AciSettings {
-                public_ip: PublicIp::Auto,
-                dns_name_label: None,
-            })
+            .unwrap_or_default()
     }
 
     /// One list (bounded by `list_timeout`), then GETs for instance views

@@ -237,6 +237,7 @@ fn aci(public_ip: PublicIp, dns: Option<&str>) -> AciSettings {
     AciSettings {
         public_ip,
         dns_name_label: dns.map(str::to_string),
+        ..AciSettings::default()
     }
 }
 
