@@ -14,8 +14,8 @@ use super::translate::{
 };
 use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 use super::{BoxFuture, Usage};
-use crate::policy::reload::PolicyStore;
 use crate::policy::AciSettings;
+use crate::policy::reload::PolicyStore;
 use crate::provider::ProviderConfig;
 use crate::provider::backend::{
     Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read,
