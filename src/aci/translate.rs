@@ -29,6 +29,13 @@
 //!   service account token volume the API server injects).
 //! - `$(VAR)` references in env values, command and args are expanded as
 //!   Kubernetes does; a value built from a secret stays a `secureValue`.
+//! - **Resources**: CPU in steps of 0.01 core and memory in steps of 0.1 GB
+//!   (rounded up). ACI refuses a container limit below its request and a
+//!   container limit above the group's *total* request (an ACI limit is a
+//!   share of the group, not a cap on a node): by default such limits are
+//!   lowered to the total request, or with `aci.resources: raise-requests`
+//!   the request is raised to cover them (ACI bills the larger request). Both
+//!   come back as a [`TranslateWarning`] the provider shows as a pod Event.
 //! - **Windows** groups: one container, no Azure Files (ACI limits).
 //! - `publicIp: always` on a pod without container ports is rejected: ACI
 //!   cannot expose an IP without ports.
@@ -42,7 +49,7 @@
 
 use super::model::*;
 use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
-use crate::policy::{AciSettings, PublicIp, render_dns_label};
+use crate::policy::{AciResources, AciSettings, PublicIp, render_dns_label};
 use crate::provider::resolve::expand_vars;
 use crate::units::{parse_cpu_millis, parse_memory_bytes};
 use base64::Engine as _;
@@ -231,11 +238,39 @@ fn is_valid_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Translate a pod bound to the virtual node into the container group to PUT.
+/// Event reason: limits were lowered to the container group's total request.
+pub const REASON_LIMITS_CLAMPED: &str = "LimitsClamped";
+/// Event reason: the group's request was raised to cover a limit.
+pub const REASON_REQUESTS_RAISED: &str = "RequestsRaised";
+
+/// Something the translation changed in the pod's request that its owner
+/// should hear about (the provider turns each into a pod Event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateWarning {
+    /// Event reason ([`REASON_LIMITS_CLAMPED`], [`REASON_REQUESTS_RAISED`]).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A pod's container group and what the translation had to change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    pub group: ContainerGroup,
+    pub warnings: Vec<TranslateWarning>,
+}
+
+/// Translate a pod bound to the virtual node into the container group to PUT
+/// (see [`translate_pod`] for the warnings).
 pub fn pod_to_group(
     pod: &k8s::Pod,
     ctx: &PodContext<'_>,
 ) -> Result<ContainerGroup, TranslateError> {
+    translate_pod(pod, ctx).map(|t| t.group)
+}
+
+/// Translate a pod into its container group, with the warnings about what
+/// ACI's rules made the translation change.
+pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation, TranslateError> {
     let meta = &pod.metadata;
     let namespace = meta.namespace.as_deref().unwrap_or("default");
     let pod_name = meta
@@ -283,12 +318,24 @@ pub fn pod_to_group(
         .map(|(i, c)| translate_init_container(pod, i, c, ctx))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let warnings: Vec<TranslateWarning> =
+        apply_group_limit_rule(&mut containers, ctx.aci.resources)
+            .into_iter()
+            .collect();
+    // Raised requests count against ACI's group maximum too.
+    let total_cpu_millis = total_cpu_millis.max(
+        containers
+            .iter()
+            .map(|c| centi(c.properties.resources.requests.cpu) * 10)
+            .sum(),
+    );
     let max = ctx.config;
     let total_cores = cores_from_millis(total_cpu_millis);
     let total_gb: f64 = containers
         .iter()
-        .map(|c: &Container| c.properties.resources.requests.memory_in_gb)
-        .sum();
+        .map(|c| deci(c.properties.resources.requests.memory_in_gb))
+        .sum::<u64>() as f64
+        / 10.0;
     if total_cpu_millis > max.max_cpu_millis {
         return Err(invalid(
             "spec.containers[*].resources.requests.cpu",
@@ -346,7 +393,7 @@ pub fn pod_to_group(
         tags.insert(TAG_POD_UID.to_string(), uid.clone());
     }
 
-    Ok(ContainerGroup {
+    let group = ContainerGroup {
         id: None,
         name: group_name(namespace, pod_name),
         resource_type: None,
@@ -363,6 +410,132 @@ pub fn pod_to_group(
             volumes,
             sku: Some("Standard".to_string()),
             instance_view: None,
+        },
+    };
+    Ok(Translation { group, warnings })
+}
+
+/// Cores → hundredths of a core (ACI's CPU granularity).
+fn centi(cores: f64) -> u64 {
+    (cores * 100.0).round().max(0.0) as u64
+}
+
+/// GB → tenths of a GB (ACI's memory granularity).
+fn deci(gb: f64) -> u64 {
+    (gb * 10.0).round().max(0.0) as u64
+}
+
+/// ACI refuses a container whose limit is above the group's total request
+/// (`ContainerLimitGreaterThanContainerGroupTotalRequest`): a Kubernetes
+/// limit bounds one container, an ACI limit is a share of what the group
+/// requested. Per resource, either lower such limits to the total request
+/// ([`AciResources::ClampLimits`]) or raise the request of the container
+/// with the largest limit until the total covers it
+/// ([`AciResources::RaiseRequests`]; that container's request stays within
+/// its limit). Works in ACI's units (0.01 core, 0.1 GB), so sums are exact.
+/// Returns what changed, for an Event.
+fn apply_group_limit_rule(
+    containers: &mut [Container],
+    mode: AciResources,
+) -> Option<TranslateWarning> {
+    struct Kind {
+        name: &'static str,
+        unit: &'static str,
+        scale: f64,
+        get: fn(&ResourceSpec) -> f64,
+        set: fn(&mut ResourceSpec, f64),
+    }
+    let kinds = [
+        Kind {
+            name: "cpu",
+            unit: "",
+            scale: 100.0,
+            get: |r| r.cpu,
+            set: |r, v| r.cpu = v,
+        },
+        Kind {
+            name: "memory",
+            unit: " GB",
+            scale: 10.0,
+            get: |r| r.memory_in_gb,
+            set: |r, v| r.memory_in_gb = v,
+        },
+    ];
+    let units = |v: f64, k: &Kind| (v * k.scale).round().max(0.0) as u64;
+    let show = |u: u64, k: &Kind| format!("{}{}", u as f64 / k.scale, k.unit);
+    let mut changes = Vec::new();
+    for k in &kinds {
+        let total: u64 = containers
+            .iter()
+            .map(|c| units((k.get)(&c.properties.resources.requests), k))
+            .sum();
+        let largest = containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let limit = c.properties.resources.limits.as_ref()?;
+                Some((units((k.get)(limit), k), i))
+            })
+            .max_by_key(|(limit, i)| (*limit, std::cmp::Reverse(*i)));
+        let Some((max_limit, at)) = largest.filter(|(l, _)| *l > total) else {
+            continue;
+        };
+        match mode {
+            AciResources::ClampLimits => {
+                for c in containers.iter_mut() {
+                    let Some(limit) = c.properties.resources.limits.as_mut() else {
+                        continue;
+                    };
+                    let was = units((k.get)(limit), k);
+                    if was > total {
+                        (k.set)(limit, total as f64 / k.scale);
+                        changes.push(format!(
+                            "{} {} limit {} → {}",
+                            c.name,
+                            k.name,
+                            show(was, k),
+                            show(total, k)
+                        ));
+                    }
+                }
+            }
+            AciResources::RaiseRequests => {
+                let c = &mut containers[at];
+                let requests = &mut c.properties.resources.requests;
+                let was = units((k.get)(requests), k);
+                let now = was + (max_limit - total);
+                (k.set)(requests, now as f64 / k.scale);
+                changes.push(format!(
+                    "{} {} request {} → {} (group {} → {})",
+                    c.name,
+                    k.name,
+                    show(was, k),
+                    show(now, k),
+                    show(total, k),
+                    show(max_limit, k)
+                ));
+            }
+        }
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    Some(match mode {
+        AciResources::ClampLimits => TranslateWarning {
+            reason: REASON_LIMITS_CLAMPED,
+            message: format!(
+                "ACI allows no container limit above the container group's total request; \
+                 limits lowered to it: {} (policy aci.resources: raise-requests raises the request instead)",
+                changes.join(", ")
+            ),
+        },
+        AciResources::RaiseRequests => TranslateWarning {
+            reason: REASON_REQUESTS_RAISED,
+            message: format!(
+                "ACI allows no container limit above the container group's total request; \
+                 request raised to cover the limits (aci.resources: raise-requests; ACI bills the larger request): {}",
+                changes.join(", ")
+            ),
         },
     })
 }
