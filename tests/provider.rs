@@ -1575,3 +1575,48 @@ async fn a_hung_node_status_write_stops_neither_the_lease_nor_readiness() {
     w.srv.clear_faults();
     p.stop().await;
 }
+
+/// The usual Burstable pod (requests 0.5 CPU, limits 1) runs on ACI: its
+/// limits are lowered to the group's request (ACI refuses a limit above the
+/// group's total request) and the pod gets a `LimitsClamped` Event saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burstable_pod_runs_with_clamped_limits_and_an_event() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let mut pod = app_pod("burstable");
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.resources = Some(
+            serde_json::from_value(json!({
+                "requests": {"cpu": "500m", "memory": "512Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"}
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    create_pod(&w.srv, &pod).await;
+    eventually("pod Running", || async { running(&w.srv, "burstable") }).await;
+    let group = w
+        .aci
+        .get(&group_name(NS, "burstable"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group"));
+    let r = &group.properties.containers[0].properties.resources;
+    assert_eq!((r.requests.cpu, r.requests.memory_in_gb), (0.5, 0.6));
+    assert_eq!(
+        r.limits.map(|l| (l.cpu, l.memory_in_gb)),
+        Some((0.5, 0.6)),
+        "limits clamped to the group's total request"
+    );
+    eventually("a LimitsClamped event for the pod", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.reason.as_deref() == Some("LimitsClamped")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("burstable")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("app cpu limit 1 → 0.5"))
+        })
+    })
+    .await;
+    p.stop().await;
+}

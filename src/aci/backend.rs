@@ -10,7 +10,8 @@
 //! controllers in `provider/` do both).
 
 use super::translate::{
-    PodContext, TranslateConfig, group_name, has_instance_view, pod_status_from_group, pod_to_group,
+    PodContext, TranslateConfig, Translation, group_name, has_instance_view, pod_status_from_group,
+    translate_pod,
 };
 use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 use super::{BoxFuture, Usage};
@@ -18,7 +19,7 @@ use crate::policy::AciSettings;
 use crate::policy::reload::PolicyStore;
 use crate::provider::ProviderConfig;
 use crate::provider::backend::{
-    Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read,
+    Backend, BackendError, CreateError, CreateNotice, Instance, InstanceKind, OwnerRecord, Read,
 };
 use crate::provider::resolve::{self, Sources};
 use futures::StreamExt;
@@ -271,7 +272,11 @@ impl AciBackend {
         })
     }
 
-    async fn create_group(&self, pod: &Pod, sources: &Sources) -> Result<(), CreateError> {
+    async fn create_group(
+        &self,
+        pod: &Pod,
+        sources: &Sources,
+    ) -> Result<Vec<CreateNotice>, CreateError> {
         let resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
             message: e.to_string(),
         })?;
@@ -281,15 +286,22 @@ impl AciBackend {
             aci: &settings,
             resolved: &resolved,
         };
-        let group = pod_to_group(pod, &ctx).map_err(|e| CreateError::Invalid {
-            message: format!("InvalidSpec: {e}"),
-        })?;
+        let Translation { group, warnings } =
+            translate_pod(pod, &ctx).map_err(|e| CreateError::Invalid {
+                message: format!("InvalidSpec: {e}"),
+            })?;
         tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
         self.aci
             .create_or_update(&group)
             .await
-            .map(|_| ())
-            .map_err(create_error)
+            .map_err(create_error)?;
+        Ok(warnings
+            .into_iter()
+            .map(|w| CreateNotice {
+                reason: w.reason.to_string(),
+                message: w.message,
+            })
+            .collect())
     }
 }
 
@@ -321,7 +333,7 @@ impl Backend for AciBackend {
         &'a self,
         pod: &'a Pod,
         sources: &'a Sources,
-    ) -> BoxFuture<'a, Result<(), CreateError>> {
+    ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>> {
         Box::pin(self.create_group(pod, sources))
     }
 

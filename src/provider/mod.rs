@@ -56,7 +56,7 @@ pub mod resolve;
 use crate::aci::backend::AciBackend;
 use crate::aci::{ContainerGroups, Usage};
 use crate::metrics::Metrics;
-use backend::{Backend, BackendError, CreateError, Instance, Read};
+use backend::{Backend, BackendError, CreateError, CreateNotice, Instance, Read};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, ServiceAccount};
@@ -274,7 +274,7 @@ enum Done {
     Created {
         uid: String,
         pod: Box<Pod>,
-        result: Result<(), CreateFailure>,
+        result: Result<Vec<CreateNotice>, CreateFailure>,
     },
     Deleted {
         uid: String,
@@ -320,6 +320,20 @@ impl<I> Default for PodLoop<I> {
             last_gc: None,
             collecting: false,
         }
+    }
+}
+
+/// A Warning Event about what creating the pod's instance changed.
+async fn publish_notice(pod: &Pod, notice: &CreateNotice, recorder: &Recorder) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: notice.reason.clone(),
+        note: Some(notice.message.chars().take(1000).collect()),
+        action: "CreateContainerGroup".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+        tracing::warn!(error = %e, "event write failed");
     }
 }
 
@@ -827,9 +841,12 @@ impl<B: Backend> Provider<B> {
                 st.busy.remove(&uid);
                 st.creating = st.creating.saturating_sub(1);
                 match result {
-                    Ok(()) => {
+                    Ok(notices) => {
                         st.created.insert(uid.clone(), Instant::now());
                         st.retry.remove(&uid);
+                        for n in notices {
+                            publish_notice(&pod, &n, recorder).await;
+                        }
                     }
                     Err(f) => self.creation_failed(st, &pod, &uid, f, recorder).await,
                 }
@@ -966,14 +983,15 @@ impl<B: Backend> Provider<B> {
 
     /// Read what the pod references, then have the backend create its
     /// instance, then mark the pod.
-    async fn create_instance(&self, pod: &Pod) -> Result<(), CreateFailure> {
+    async fn create_instance(&self, pod: &Pod) -> Result<Vec<CreateNotice>, CreateFailure> {
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
-        self.backend
+        let notices = self
+            .backend
             .create(pod, &sources)
             .await
             .map_err(CreateFailure::Backend)?;
         self.mark_created(pod).await;
-        Ok(())
+        Ok(notices)
     }
 
     /// Record on the pod, durably, that its group was created
