@@ -174,21 +174,61 @@ pub struct PodContext<'a> {
     pub resolved: &'a Resolved,
 }
 
-/// Deterministic container group name for a pod: `{namespace}-{name}`,
+/// The cluster-independent name of a pod's group: `{namespace}-{name}`,
 /// lowercased, limited to `[a-z0-9-]` without repeated or edge hyphens. When
 /// that had to shorten or rewrite the name, a hash of `namespace/name` is
 /// appended so distinct pods keep distinct names. (`a-b/c` and `a/b-c` still
 /// meet; the provider checks the namespace/pod tags before adopting a group.)
+///
+/// Releases before cluster hashing named groups exactly this; it stays the
+/// pod's identity in the creation marker annotation. Groups are now created
+/// as [`group_name_in`].
 pub fn group_name(namespace: &str, name: &str) -> String {
     shorten_label(
         &format!("{namespace}-{name}"),
         &format!("{namespace}/{name}"),
+        MAX_NAME_LEN,
     )
 }
 
-/// Make `raw` a valid ACI name/DNS label, hashing `identity` into a suffix
-/// when the result is not `raw` itself.
-fn shorten_label(raw: &str, identity: &str) -> String {
+/// Hex digits of the cluster hash in group names.
+const CLUSTER_HASH_LEN: usize = 6;
+
+/// Short stable hash of a cluster id (FNV-1a, 6 hex digits), the suffix of
+/// every group name a cluster creates.
+pub fn cluster_hash(cluster_id: &str) -> String {
+    format!(
+        "{:0width$x}",
+        fnv1a64(cluster_id.as_bytes()) & 0xff_ffff,
+        width = CLUSTER_HASH_LEN
+    )
+}
+
+/// The name of pod `namespace/name`'s group in cluster `cluster_id`:
+/// [`group_name`] (shortened, with its own hash, when it would not fit)
+/// then `-` and [`cluster_hash`]. Two clusters sharing a resource group
+/// name the same pod differently, so one never PUTs over the other's group.
+/// Deterministic, at most 63 characters, `[a-z0-9-]`, starting and ending
+/// with a letter or digit (ACI's rule for group names).
+pub fn group_name_in(cluster_id: &str, namespace: &str, name: &str) -> String {
+    let base = shorten_label(
+        &format!("{namespace}-{name}"),
+        &format!("{namespace}/{name}"),
+        MAX_NAME_LEN - 1 - CLUSTER_HASH_LEN,
+    );
+    format!("{base}-{}", cluster_hash(cluster_id))
+}
+
+impl TranslateConfig {
+    /// [`group_name_in`] for this cluster.
+    pub fn group_name(&self, namespace: &str, name: &str) -> String {
+        group_name_in(&self.cluster_id, namespace, name)
+    }
+}
+
+/// Make `raw` a valid ACI name/DNS label of at most `max_len` characters,
+/// hashing `identity` into a suffix when the result is not `raw` itself.
+fn shorten_label(raw: &str, identity: &str, max_len: usize) -> String {
     let mut out = String::with_capacity(raw.len());
     for ch in raw.chars() {
         let c = match ch.to_ascii_lowercase() {
@@ -203,11 +243,11 @@ fn shorten_label(raw: &str, identity: &str) -> String {
     while out.ends_with('-') {
         out.pop();
     }
-    if out == raw && out.len() <= MAX_NAME_LEN {
+    if out == raw && out.len() <= max_len {
         return out;
     }
     let hash = format!("{:010x}", fnv1a64(identity.as_bytes()) & 0xff_ffff_ffff);
-    let keep = MAX_NAME_LEN - 1 - hash.len();
+    let keep = max_len.saturating_sub(1 + hash.len());
     out.truncate(keep);
     while out.ends_with('-') {
         out.pop();
@@ -395,7 +435,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
 
     let group = ContainerGroup {
         id: None,
-        name: group_name(namespace, pod_name),
+        name: ctx.config.group_name(namespace, pod_name),
         resource_type: None,
         location: ctx.config.location.clone(),
         tags,
@@ -1230,7 +1270,7 @@ fn public_ip(
         }
         (None, Some(template)) => {
             let rendered = render_dns_label(template, namespace, pod_name);
-            Some(shorten_label(&rendered, &rendered))
+            Some(shorten_label(&rendered, &rendered, MAX_NAME_LEN))
         }
         (None, None) => None,
     };

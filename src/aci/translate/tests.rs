@@ -641,10 +641,10 @@ fn golden_long_names_are_hashed_and_valid() {
     );
     assert!(g.name.len() <= MAX_NAME_LEN, "{}", g.name);
     assert!(is_valid_label(&g.name), "{}", g.name);
-    assert_eq!(g.name, group_name(ns, name), "deterministic");
+    assert_eq!(g.name, group_name_in("cluster-a", ns, name), "deterministic");
     assert_ne!(
         g.name,
-        group_name(ns, "settlement-reconciliation-worker-5f7c9d8b6-abcdf")
+        group_name_in("cluster-a", ns, "settlement-reconciliation-worker-5f7c9d8b6-abcdf")
     );
     assert_eq!(g.tags.get(TAG_POD_NAME).map(String::as_str), Some(name));
 }
@@ -943,6 +943,43 @@ fn group_names_are_valid_for_awkward_inputs() {
         group_name("a", "b.c"),
         group_name("a", "b-c"),
         "a lossy rewrite adds a hash"
+    );
+}
+
+#[test]
+fn group_names_carry_a_stable_cluster_hash_and_stay_valid() {
+    assert_eq!(cluster_hash("cluster-a"), cluster_hash("cluster-a"));
+    assert_eq!(cluster_hash("cluster-a").len(), 6);
+    assert_ne!(cluster_hash("cluster-a"), cluster_hash("cluster-b"));
+    // The pod `web/db-0` of two clusters sharing a resource group.
+    let a = group_name_in("cluster-a", "web", "db-0");
+    let b = group_name_in("cluster-b", "web", "db-0");
+    assert_ne!(a, b, "never the same group");
+    assert_eq!(a, format!("web-db-0-{}", cluster_hash("cluster-a")));
+    assert_eq!(a, group_name_in("cluster-a", "web", "db-0"), "deterministic");
+    assert_eq!(config().group_name("web", "db-0"), group_name_in("cluster-a", "web", "db-0"));
+    let long_ns = "n".repeat(63);
+    let long_pod = "p".repeat(253);
+    for (ns, name) in [
+        ("default", "web-0"),
+        ("a", "b.c.d"),
+        (long_ns.as_str(), long_pod.as_str()),
+        ("team-payments-settlement-reconciliation", "settlement-reconciliation-worker-5f7c9d8b6-abcde"),
+        ("ns", "-weird--name-"),
+        ("x", &"y".repeat(56)),
+        ("x", &"y".repeat(57)),
+    ] {
+        for cluster in ["cluster-a", "3f1c2a6e-0000-4b7e-9c1d-aaaaaaaaaaaa", ""] {
+            let g = group_name_in(cluster, ns, name);
+            assert!(is_valid_label(&g), "{ns}/{name} in {cluster:?} → {g}");
+            assert!(!g.contains("--"), "{g}");
+            assert!(g.ends_with(&cluster_hash(cluster)), "{g}");
+        }
+    }
+    // Long names that differ only at the end stay distinct.
+    assert_ne!(
+        group_name_in("c", &long_ns, &format!("{long_pod}-a")),
+        group_name_in("c", &long_ns, &format!("{long_pod}-b"))
     );
 }
 
