@@ -12,7 +12,7 @@ use serde_json::json;
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, OperationFaults};
 use spillway::aci::paced::{Paced, PacingConfig};
-use spillway::aci::translate::group_name;
+use spillway::aci::translate::{group_name, group_name_in};
 use spillway::aci::{ContainerGroups, TAG_POD_UID};
 use spillway::metrics::Metrics;
 use spillway::provider::{Provider, ProviderConfig, logs, node as vnode, pods as vpods};
@@ -412,7 +412,7 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
     let snapshot = w.emu.state.snapshot();
     let group = snapshot
         .iter()
-        .find(|g| g.name == group_name(NS, "api"))
+        .find(|g| g.name == group_name_in(CLUSTER, NS, "api"))
         .unwrap_or_else(|| panic!("group in {snapshot:?}"));
     assert_eq!(status.pod_ip, group.ip, "podIP is the group's IP");
     assert!(
@@ -473,7 +473,7 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
             .body(axum::body::Body::empty())
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let router = logs::router(w.aci.clone());
+    let router = logs::router(w.aci.clone(), CLUSTER);
     let r = router
         .clone()
         .oneshot(get(format!("/containerLogs/{NS}/api/app?tailLines=10")))
@@ -515,7 +515,7 @@ async fn deleting_a_pod_removes_its_group_then_the_pod() {
             .state
             .snapshot()
             .iter()
-            .all(|g| g.name != group_name(NS, "gone")),
+            .all(|g| g.name != group_name_in(CLUSTER, NS, "gone")),
         "the group is deleted before the pod"
     );
     assert_eq!(w.emu.state.counters().deletes, 1);
@@ -532,7 +532,7 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     w.emu
         .state
         .set_faults(Faults {
-            vanish: vec![group_name(NS, "victim")],
+            vanish: vec![group_name_in(CLUSTER, NS, "victim")],
             ..Faults::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -554,7 +554,7 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     );
     // No second group for the failed pod.
     tokio::time::sleep(Duration::from_millis(600)).await; // three syncs: a recreate would show
-    assert_eq!(groups_created(&w).get(&group_name(NS, "victim")), Some(&1));
+    assert_eq!(groups_created(&w).get(&group_name_in(CLUSTER, NS, "victim")), Some(&1));
     assert!(w.emu.state.snapshot().is_empty());
     assert_eq!(
         metrics
@@ -645,7 +645,7 @@ async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
     eventually("pod Running", || async { running(&w.srv, "kept") }).await;
     // Lists stop showing the group, which still exists: the pod stays Running.
     if let Ok(mut h) = stale.hide.lock() {
-        *h = Some(group_name(NS, "kept"));
+        *h = Some(group_name_in(CLUSTER, NS, "kept"));
     }
     eventually_within(
         "five lists without the group",
@@ -656,21 +656,21 @@ async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
     assert_eq!(phase(&w.srv, "kept").as_deref(), Some("Running"));
     // The control: once the group is really gone, the pod fails.
     w.aci
-        .delete(&group_name(NS, "kept"))
+        .delete(&group_name_in(CLUSTER, NS, "kept"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     eventually("pod Failed", || async {
         phase(&w.srv, "kept").as_deref() == Some("Failed")
     })
     .await;
-    assert_eq!(groups_created(&w).get(&group_name(NS, "kept")), Some(&1));
+    assert_eq!(groups_created(&w).get(&group_name_in(CLUSTER, NS, "kept")), Some(&1));
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after_a_restart() {
     let w = world().await;
-    let group = group_name(NS, "early");
+    let group = group_name_in(CLUSTER, NS, "early");
     // Bound before the provider starts: its first sync creates the group,
     // and the next sync (which would write Running) is a minute away.
     create_pod(&w.srv, &app_pod("early")).await;
@@ -693,7 +693,12 @@ async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after
         .get::<Pod>(NS, "early")
         .and_then(|p| p.metadata.uid)
         .unwrap_or_default();
-    assert_eq!(marked(), Some(format!("{group}/{uid}")));
+    // The marker names the pod's cluster-independent group name (as
+    // releases before cluster hashing did), so old markers stay valid.
+    assert_eq!(
+        marked(),
+        Some(format!("{}/{uid}", group_name(NS, "early")))
+    );
     let status = w
         .srv
         .get::<Pod>(NS, "early")
@@ -1260,7 +1265,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
     eventually_within(
         "the new pod's group created while the list hangs",
         Duration::from_secs(3),
-        || async { groups_created(&w).contains_key(&group_name(NS, "second")) },
+        || async { groups_created(&w).contains_key(&group_name_in(CLUSTER, NS, "second")) },
     )
     .await;
     let before = renew();
@@ -1278,7 +1283,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
     )
     .await;
     assert_eq!(
-        groups_created(&w).get(&group_name(NS, "second")),
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "second")),
         Some(&1),
         "one create, no repeats from stale lists"
     );
@@ -1297,7 +1302,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
                     .state
                     .snapshot()
                     .iter()
-                    .any(|g| g.name == group_name(NS, "second"))
+                    .any(|g| g.name == group_name_in(CLUSTER, NS, "second"))
         },
     )
     .await;
@@ -1396,7 +1401,7 @@ async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
             .state
             .snapshot()
             .iter()
-            .all(|g| g.name != group_name(NS, "doomed"))
+            .all(|g| g.name != group_name_in(CLUSTER, NS, "doomed"))
     })
     .await;
     assert_eq!(metrics.gc_deleted.get(), 1);
@@ -1406,7 +1411,7 @@ async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
         1,
         "the live pod's group is kept: {snapshot:?}"
     );
-    assert_eq!(snapshot[0].name, group_name(NS, "live"));
+    assert_eq!(snapshot[0].name, group_name_in(CLUSTER, NS, "live"));
     let counters = w.emu.state.counters();
     assert_eq!(
         counters.creates, 2,
@@ -1501,7 +1506,7 @@ async fn the_selecting_policys_aci_section_shapes_the_group() {
     eventually("pod Running", || async { running(&w.srv, "site") }).await;
     let group = w
         .aci
-        .get(&group_name(NS, "site"))
+        .get(&group_name_in(CLUSTER, NS, "site"))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("group"));
@@ -1597,7 +1602,7 @@ async fn a_burstable_pod_runs_with_clamped_limits_and_an_event() {
     eventually("pod Running", || async { running(&w.srv, "burstable") }).await;
     let group = w
         .aci
-        .get(&group_name(NS, "burstable"))
+        .get(&group_name_in(CLUSTER, NS, "burstable"))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("group"));

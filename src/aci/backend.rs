@@ -13,7 +13,9 @@ use super::translate::{
     PodContext, TranslateConfig, Translation, group_name, has_instance_view, pod_status_from_group,
     translate_pod,
 };
-use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use super::{
+    AciError, ContainerGroup, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID,
+};
 use super::{BoxFuture, Usage};
 use crate::policy::AciSettings;
 use crate::policy::reload::PolicyStore;
@@ -178,20 +180,25 @@ impl AciBackend {
                     });
                 }
             };
-        let mut groups: HashMap<String, ContainerGroup> =
-            listed.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let mut groups = self.by_instance_name(listed);
+        // Where each listed instance really lives (a group named before
+        // cluster hashing keeps its old name until it is deleted).
+        let physical: HashMap<String, String> = groups
+            .iter()
+            .map(|(key, g)| (key.clone(), g.name.clone()))
+            .collect();
         let pod_of_group: HashMap<String, &Arc<Pod>> = pods
             .iter()
             .map(|p| {
                 let ns = p.namespace().unwrap_or_else(|| "default".into());
-                (group_name(&ns, &p.name_any()), p)
+                (self.translate.group_name(&ns, &p.name_any()), p)
             })
             .collect();
         let last_get = self.last_gets();
 
         let mut unknown: HashSet<String> = HashSet::new();
         let mut wanted: Vec<(u8, Option<Instant>, String)> = Vec::new();
-        for g in groups.values() {
+        for (key, g) in &groups {
             let finished = matches!(
                 g.properties.provisioning_state.as_deref(),
                 None | Some("Succeeded" | "Failed" | "Canceled")
@@ -199,19 +206,19 @@ impl AciBackend {
             if !finished || has_instance_view(g) {
                 continue;
             }
-            let Some(pod) = pod_of_group.get(&g.name) else {
+            let Some(pod) = pod_of_group.get(key) else {
                 continue;
             };
             let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
                 == Some("Running")
                 && crate::provider::pods::had_group(pod);
-            let last = last_get.get(&g.name).copied();
+            let last = last_get.get(key).copied();
             if !pod_running {
-                wanted.push((0, last, g.name.clone()));
+                wanted.push((0, last, key.clone()));
             } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
-                wanted.push((1, last, g.name.clone()));
+                wanted.push((1, last, key.clone()));
             } else {
-                unknown.insert(g.name.clone());
+                unknown.insert(key.clone());
             }
         }
         wanted.sort();
@@ -220,16 +227,22 @@ impl AciBackend {
         // Until a GET answers, a group's state is unknown this time.
         unknown.extend(fetch.iter().map(|(_, _, n)| n.clone()));
         let aci = self.aci.clone();
-        let mut fetched =
-            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
-                .map(move |name| {
-                    let aci = aci.clone();
-                    async move {
-                        let r = aci.get(&name).await;
-                        (name, r)
-                    }
-                })
-                .buffer_unordered(8);
+        let targets: Vec<(String, String)> = fetch
+            .iter()
+            .map(|(_, _, key)| {
+                let name = physical.get(key).cloned().unwrap_or_else(|| key.clone());
+                (key.clone(), name)
+            })
+            .collect();
+        let mut fetched = futures::stream::iter(targets)
+            .map(move |(key, name)| {
+                let aci = aci.clone();
+                async move {
+                    let r = aci.get(&name).await;
+                    (key, r)
+                }
+            })
+            .buffer_unordered(8);
         let deadline = Instant::now() + cfg.list_timeout;
         let mut got = Vec::new();
         let mut errors = Vec::new();
@@ -272,6 +285,29 @@ impl AciBackend {
         })
     }
 
+    /// Listed groups by the instance name of the pod their tags name
+    /// ([`TranslateConfig::group_name`]), so a group created before cluster
+    /// hashing (named [`group_name`]) is still found, watched and, once its
+    /// pod is gone, collected. A group without pod tags keeps its own name;
+    /// when both a hashed and an old-style group name one pod, the hashed
+    /// one wins.
+    fn by_instance_name(&self, listed: Vec<ContainerGroup>) -> HashMap<String, ContainerGroup> {
+        let mut out: HashMap<String, ContainerGroup> = HashMap::new();
+        for g in listed {
+            let key = match (g.tags.get(TAG_NAMESPACE), g.tags.get(TAG_POD_NAME)) {
+                (Some(ns), Some(pod)) => self.translate.group_name(ns, pod),
+                _ => g.name.clone(),
+            };
+            match out.get(&key) {
+                Some(kept) if kept.name == key => {}
+                _ => {
+                    out.insert(key, g);
+                }
+            }
+        }
+        out
+    }
+
     async fn create_group(
         &self,
         pod: &Pod,
@@ -290,6 +326,28 @@ impl AciBackend {
             translate_pod(pod, &ctx).map_err(|e| CreateError::Invalid {
                 message: format!("InvalidSpec: {e}"),
             })?;
+        // ARM updates a group a PUT names, whoever created it: never PUT
+        // over a group another cluster tagged (two clusters sharing a
+        // resource group, or a name that met by chance).
+        if let Some(existing) = self.aci.get(&group.name).await.map_err(create_error)? {
+            let ours = self.translate.cluster_id.as_str();
+            match existing.tags.get(TAG_CLUSTER).map(String::as_str) {
+                Some(c) if c == ours => {}
+                other => {
+                    return Err(CreateError::Invalid {
+                        message: format!(
+                            "NameCollision: container group {} already exists in the resource group and belongs to {}; \
+                             spillway does not overwrite it",
+                            group.name,
+                            match other {
+                                Some(c) => format!("cluster {c:?} (tag {TAG_CLUSTER})"),
+                                None => format!("no spillway cluster (no {TAG_CLUSTER} tag)"),
+                            }
+                        ),
+                    });
+                }
+            }
+        }
         tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
         self.aci
             .create_or_update(&group)
@@ -335,6 +393,10 @@ impl Backend for AciBackend {
         sources: &'a Sources,
     ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>> {
         Box::pin(self.create_group(pod, sources))
+    }
+
+    fn instance_name(&self, namespace: &str, name: &str) -> String {
+        self.translate.group_name(namespace, name)
     }
 
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {

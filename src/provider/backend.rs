@@ -155,6 +155,13 @@ pub trait Backend: Send + Sync + 'static {
         sources: &'a Sources,
     ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>>;
 
+    /// The name of the instance that runs pod `namespace/name` (the backend
+    /// may qualify it, e.g. ACI adds the cluster's hash). Defaults to
+    /// [`InstanceKind::instance_name`].
+    fn instance_name(&self, namespace: &str, name: &str) -> String {
+        (<Self::Instance as Instance>::KIND.instance_name)(namespace, name)
+    }
+
     /// The instance named `name`, if it exists.
     fn get<'a>(
         &'a self,

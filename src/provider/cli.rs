@@ -309,8 +309,12 @@ pub async fn start(
     let stop = stopped(stop);
     let task = tokio::spawn(async move {
         let logs = match tls {
-            Some(tls) => tokio::spawn(super::logs::serve_tls(listener, aci, tls, logs_stop)),
-            None => tokio::spawn(super::logs::serve(listener, aci, logs_stop)),
+            Some(tls) => tokio::spawn(async move {
+                super::logs::serve_tls(listener, aci, &cluster_id, tls, logs_stop).await
+            }),
+            None => tokio::spawn(async move {
+                super::logs::serve(listener, aci, &cluster_id, logs_stop).await
+            }),
         };
         if let Err(e) = provider.run(leader, stop).await {
             tracing::error!(error = %e, "provider stopped");

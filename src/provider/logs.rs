@@ -10,8 +10,8 @@
 //! memory at start-up for the node IP and name ([`self_signed_tls_config`],
 //! what deploy/ uses by default); plain HTTP otherwise (tests, local runs).
 
-use crate::aci::translate::group_name;
-use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
+use crate::aci::translate::{group_name, group_name_in};
+use crate::aci::{AciError, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,21 +52,32 @@ pub struct LogQuery {
 /// Read one container's log.
 pub async fn container_logs(
     aci: &dyn ContainerGroups,
+    cluster_id: &str,
     namespace: &str,
     pod: &str,
     container: &str,
     tail: Option<u32>,
 ) -> Result<String, LogsError> {
-    let name = group_name(namespace, pod);
     let no_group = || LogsError::NoGroup {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
     };
-    let group = aci.get(&name).await?.ok_or_else(no_group)?;
-    let tag = |k: &str| group.tags.get(k).map(String::as_str);
-    if tag(TAG_NAMESPACE) != Some(namespace) || tag(TAG_POD_NAME) != Some(pod) {
-        return Err(no_group());
+    // This cluster's name for the group, else the name groups had before
+    // cluster hashing (still running after an upgrade).
+    let mut found = None;
+    for name in [group_name_in(cluster_id, namespace, pod), group_name(namespace, pod)] {
+        if let Some(g) = aci.get(&name).await? {
+            let tag = |k: &str| g.tags.get(k).map(String::as_str);
+            if tag(TAG_CLUSTER) == Some(cluster_id)
+                && tag(TAG_NAMESPACE) == Some(namespace)
+                && tag(TAG_POD_NAME) == Some(pod)
+            {
+                found = Some(name);
+                break;
+            }
+        }
     }
+    let name = found.ok_or_else(no_group)?;
     match aci.logs(&name, container, tail).await {
         Ok(text) => Ok(text),
         Err(AciError::NotFound) => Err(LogsError::NoContainer {
@@ -79,22 +90,30 @@ pub async fn container_logs(
 }
 
 async fn handler(
-    State(aci): State<Arc<dyn ContainerGroups>>,
+    State((aci, cluster_id)): State<(Arc<dyn ContainerGroups>, Arc<str>)>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Result<String, LogsError> {
-    container_logs(aci.as_ref(), &namespace, &pod, &container, q.tail_lines).await
+    container_logs(
+        aci.as_ref(),
+        &cluster_id,
+        &namespace,
+        &pod,
+        &container,
+        q.tail_lines,
+    )
+    .await
 }
 
-/// The kubelet endpoint's router.
-pub fn router(aci: Arc<dyn ContainerGroups>) -> axum::Router {
+/// The kubelet endpoint's router, for the groups of cluster `cluster_id`.
+pub fn router(aci: Arc<dyn ContainerGroups>, cluster_id: &str) -> axum::Router {
     axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             axum::routing::get(handler),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .with_state(aci)
+        .with_state((aci, Arc::<str>::from(cluster_id)))
 }
 
 /// A certificate or key for the kubelet endpoint could not be used.
@@ -158,11 +177,12 @@ pub fn tls_config(
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     aci: Arc<dyn ContainerGroups>,
+    cluster_id: &str,
     tls: Arc<rustls::ServerConfig>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(aci);
+    let app = router(aci, cluster_id);
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -201,9 +221,10 @@ pub async fn serve_tls(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     aci: Arc<dyn ContainerGroups>,
+    cluster_id: &str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(aci))
+    axum::serve(listener, router(aci, cluster_id))
         .with_graceful_shutdown(stop)
         .await
 }
@@ -240,7 +261,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, unused_aci(), tls, async {
+        let server = tokio::spawn(serve_tls(listener, unused_aci(), "c", tls, async {
             let _ = stop_rx.await;
         }));
 
@@ -349,7 +370,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, unused_aci(), made.config, async {
+        let server = tokio::spawn(serve_tls(listener, unused_aci(), "c", made.config, async {
             let _ = stop_rx.await;
         }));
         // The handshake verifies the certificate for both of its names.

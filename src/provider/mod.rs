@@ -337,11 +337,6 @@ async fn publish_notice(pod: &Pod, notice: &CreateNotice, recorder: &Recorder) {
     }
 }
 
-/// The name of the backend instance that runs pod `namespace/name`.
-fn instance_name<B: Backend>(namespace: &str, name: &str) -> String {
-    (<B::Instance as Instance>::KIND.instance_name)(namespace, name)
-}
-
 fn pod_key(pod: &Pod) -> (String, String, String) {
     (
         pod.namespace().unwrap_or_else(|| "default".into()),
@@ -761,7 +756,7 @@ impl<B: Backend> Provider<B> {
         let mut actions = Vec::new();
         for pod in store.state() {
             let (ns, name, uid) = pod_key(&pod);
-            let group = groups.get(&instance_name::<B>(&ns, &name));
+            let group = groups.get(&self.backend.instance_name(&ns, &name));
             // Status work waits for the sync; only creations and deletions are urgent.
             if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
                 continue;
@@ -820,7 +815,7 @@ impl<B: Backend> Provider<B> {
             PodAction::DeleteStaleGroup => {
                 st.busy.insert(uid.clone());
                 let backend = self.backend.clone();
-                let group = instance_name::<B>(&ns, &name);
+                let group = self.backend.instance_name(&ns, &name);
                 tasks.spawn(async move {
                     tracing::info!(group = %group, pod = %format!("{ns}/{name}"), "deleting the group of an earlier pod of this name");
                     let result = backend.delete(&group).await.map_err(|e| e.to_string());
@@ -1084,7 +1079,7 @@ impl<B: Backend> Provider<B> {
         uid: &str,
         delete_group: bool,
     ) -> Result<(), String> {
-        let group = instance_name::<B>(ns, name);
+        let group = self.backend.instance_name(ns, name);
         if delete_group {
             // Re-validate: the group must still be this pod's.
             match self.backend.get(&group).await {
@@ -1172,7 +1167,7 @@ impl<B: Backend> Provider<B> {
         let mut starts = Vec::new();
         for pod in pods.iter() {
             let (ns, name, uid) = pod_key(pod);
-            let gname = instance_name::<B>(&ns, &name);
+            let gname = self.backend.instance_name(&ns, &name);
             if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
                 continue;
             }
@@ -1267,7 +1262,7 @@ impl<B: Backend> Provider<B> {
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             );
-            if let Some(g) = groups.get(&instance_name::<B>(&ns, &name))
+            if let Some(g) = groups.get(&self.backend.instance_name(&ns, &name))
                 && !terminal
                 && pods::ownership_of(g, &ns, &name, &uid) == pods::Ownership::Ours
             {
