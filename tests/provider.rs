@@ -554,7 +554,10 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     );
     // No second group for the failed pod.
     tokio::time::sleep(Duration::from_millis(600)).await; // three syncs: a recreate would show
-    assert_eq!(groups_created(&w).get(&group_name_in(CLUSTER, NS, "victim")), Some(&1));
+    assert_eq!(
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "victim")),
+        Some(&1)
+    );
     assert!(w.emu.state.snapshot().is_empty());
     assert_eq!(
         metrics
@@ -663,7 +666,10 @@ async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
         phase(&w.srv, "kept").as_deref() == Some("Failed")
     })
     .await;
-    assert_eq!(groups_created(&w).get(&group_name_in(CLUSTER, NS, "kept")), Some(&1));
+    assert_eq!(
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "kept")),
+        Some(&1)
+    );
     p.stop().await;
 }
 
@@ -695,10 +701,7 @@ async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after
         .unwrap_or_default();
     // The marker names the pod's cluster-independent group name (as
     // releases before cluster hashing did), so old markers stay valid.
-    assert_eq!(
-        marked(),
-        Some(format!("{}/{uid}", group_name(NS, "early")))
-    );
+    assert_eq!(marked(), Some(format!("{}/{uid}", group_name(NS, "early"))));
     let status = w
         .srv
         .get::<Pod>(NS, "early")
@@ -1621,6 +1624,113 @@ async fn a_burstable_pod_runs_with_clamped_limits_and_an_event() {
                     .as_deref()
                     .is_some_and(|n| n.contains("app cpu limit 1 → 0.5"))
         })
+    })
+    .await;
+    p.stop().await;
+}
+
+/// The group `group_name` would create for `pod` in `cluster`, under `name`.
+fn translated_group(pod: &Pod, cluster: &str, name: &str) -> spillway::aci::ContainerGroup {
+    use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
+    let config = TranslateConfig::new(cluster, "westeurope");
+    let settings = spillway::policy::AciSettings::default();
+    let resolved = Resolved::default();
+    let mut g = pod_to_group(
+        pod,
+        &PodContext {
+            config: &config,
+            aci: &settings,
+            resolved: &resolved,
+        },
+    )
+    .unwrap_or_else(|e| panic!("translate: {e}"));
+    g.name = name.to_string();
+    g
+}
+
+/// Two clusters share a resource group. A group of the other cluster under
+/// the very name this cluster would use for `web/db-0` is never PUT over:
+/// the pod fails with a NameCollision naming the other cluster, with an
+/// Event, and the other cluster's group is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_another_cluster_is_never_overwritten() {
+    let w = world().await;
+    let name = group_name_in(CLUSTER, NS, "db-0");
+    let theirs = translated_group(&app_pod("db-0"), "other-cluster", &name);
+    w.aci
+        .create_or_update(&theirs)
+        .await
+        .unwrap_or_else(|e| panic!("the other cluster's group: {e}"));
+    let p = start(&w.srv, w.aci.clone(), None);
+    create_pod(&w.srv, &app_pod("db-0")).await;
+    eventually("pod Failed", || async {
+        phase(&w.srv, "db-0").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "db-0")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("NameCollision") && message.contains("\"other-cluster\""),
+        "message: {message}"
+    );
+    eventually("a Warning event for the pod", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("db-0")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("NameCollision"))
+        })
+    })
+    .await;
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot[0].puts, 1, "never PUT over");
+    assert_eq!(
+        snapshot[0].tags.get("spillway-cluster").map(String::as_str),
+        Some("other-cluster")
+    );
+    p.stop().await;
+}
+
+/// A group created before cluster hashing (named `web-legacy`) keeps
+/// running its pod after the upgrade: it is found by its tags, no second
+/// group is created, and once the pod is deleted the old group is collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_named_before_cluster_hashing_is_adopted_then_collected() {
+    let w = world().await;
+    let pod = create_pod(&w.srv, &app_pod("legacy")).await;
+    let old_name = group_name(NS, "legacy");
+    assert_eq!(old_name, "web-legacy");
+    w.aci
+        .create_or_update(&translated_group(&pod, CLUSTER, &old_name))
+        .await
+        .unwrap_or_else(|e| panic!("old-style group: {e}"));
+    let p = start(&w.srv, w.aci.clone(), None);
+    eventually("pod Running on its old group", || async {
+        running(&w.srv, "legacy")
+    })
+    .await;
+    let ip = w
+        .srv
+        .get::<Pod>(NS, "legacy")
+        .and_then(|p| p.status)
+        .and_then(|s| s.pod_ip);
+    assert!(ip.is_some(), "the old group's IP is the pod IP");
+    assert_eq!(
+        groups_created(&w).keys().collect::<Vec<_>>(),
+        [&old_name],
+        "no second group"
+    );
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("legacy", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("pod removed and its old group collected", || async {
+        w.srv.get::<Pod>(NS, "legacy").is_none() && w.emu.state.snapshot().is_empty()
     })
     .await;
     p.stop().await;

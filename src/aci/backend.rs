@@ -14,7 +14,8 @@ use super::translate::{
     translate_pod,
 };
 use super::{
-    AciError, ContainerGroup, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID,
+    AciError, ContainerGroup, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME,
+    TAG_POD_UID,
 };
 use super::{BoxFuture, Usage};
 use crate::policy::AciSettings;

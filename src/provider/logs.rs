@@ -65,7 +65,10 @@ pub async fn container_logs(
     // This cluster's name for the group, else the name groups had before
     // cluster hashing (still running after an upgrade).
     let mut found = None;
-    for name in [group_name_in(cluster_id, namespace, pod), group_name(namespace, pod)] {
+    for name in [
+        group_name_in(cluster_id, namespace, pod),
+        group_name(namespace, pod),
+    ] {
         if let Some(g) = aci.get(&name).await? {
             let tag = |k: &str| g.tags.get(k).map(String::as_str);
             if tag(TAG_CLUSTER) == Some(cluster_id)

@@ -641,10 +641,18 @@ fn golden_long_names_are_hashed_and_valid() {
     );
     assert!(g.name.len() <= MAX_NAME_LEN, "{}", g.name);
     assert!(is_valid_label(&g.name), "{}", g.name);
-    assert_eq!(g.name, group_name_in("cluster-a", ns, name), "deterministic");
+    assert_eq!(
+        g.name,
+        group_name_in("cluster-a", ns, name),
+        "deterministic"
+    );
     assert_ne!(
         g.name,
-        group_name_in("cluster-a", ns, "settlement-reconciliation-worker-5f7c9d8b6-abcdf")
+        group_name_in(
+            "cluster-a",
+            ns,
+            "settlement-reconciliation-worker-5f7c9d8b6-abcdf"
+        )
     );
     assert_eq!(g.tags.get(TAG_POD_NAME).map(String::as_str), Some(name));
 }
@@ -956,15 +964,25 @@ fn group_names_carry_a_stable_cluster_hash_and_stay_valid() {
     let b = group_name_in("cluster-b", "web", "db-0");
     assert_ne!(a, b, "never the same group");
     assert_eq!(a, format!("web-db-0-{}", cluster_hash("cluster-a")));
-    assert_eq!(a, group_name_in("cluster-a", "web", "db-0"), "deterministic");
-    assert_eq!(config().group_name("web", "db-0"), group_name_in("cluster-a", "web", "db-0"));
+    assert_eq!(
+        a,
+        group_name_in("cluster-a", "web", "db-0"),
+        "deterministic"
+    );
+    assert_eq!(
+        config().group_name("web", "db-0"),
+        group_name_in("cluster-a", "web", "db-0")
+    );
     let long_ns = "n".repeat(63);
     let long_pod = "p".repeat(253);
     for (ns, name) in [
         ("default", "web-0"),
         ("a", "b.c.d"),
         (long_ns.as_str(), long_pod.as_str()),
-        ("team-payments-settlement-reconciliation", "settlement-reconciliation-worker-5f7c9d8b6-abcde"),
+        (
+            "team-payments-settlement-reconciliation",
+            "settlement-reconciliation-worker-5f7c9d8b6-abcde",
+        ),
         ("ns", "-weird--name-"),
         ("x", &"y".repeat(56)),
         ("x", &"y".repeat(57)),
