@@ -375,7 +375,10 @@ fn translate_with(pod: &k8s::Pod, resources: AciResources) -> Result<Translation
     )
 }
 
-fn requests_and_limits(g: &ContainerGroup) -> Vec<(f64, f64, Option<(f64, f64)>)> {
+/// Per container: (cpu request, memory request, (cpu limit, memory limit)).
+type Sizes = (f64, f64, Option<(f64, f64)>);
+
+fn requests_and_limits(g: &ContainerGroup) -> Vec<Sizes> {
     g.properties
         .containers
         .iter()
