@@ -291,7 +291,7 @@ impl AciBackend {
     /// hashing (named [`group_name`]) is still found, watched and, once its
     /// pod is gone, collected. A group without pod tags keeps its own name;
     /// when both a hashed and an old-style group name one pod, the hashed
-    /// one wins.
+    /// one is the pod's and the other stays listed under its own name.
     fn by_instance_name(&self, listed: Vec<ContainerGroup>) -> HashMap<String, ContainerGroup> {
         let mut out: HashMap<String, ContainerGroup> = HashMap::new();
         for g in listed {
@@ -299,11 +299,14 @@ impl AciBackend {
                 (Some(ns), Some(pod)) => self.translate.group_name(ns, pod),
                 _ => g.name.clone(),
             };
-            match out.get(&key) {
-                Some(kept) if kept.name == key => {}
-                _ => {
-                    out.insert(key, g);
-                }
+            // The loser stays listed under its own name, so GC still sees
+            // it (e.g. an earlier pod's old-style group).
+            let loser = match out.get(&key) {
+                Some(kept) if kept.name == key => Some(g),
+                _ => out.insert(key, g),
+            };
+            if let Some(l) = loser {
+                out.entry(l.name.clone()).or_insert(l);
             }
         }
         out
@@ -427,6 +430,88 @@ impl Backend for AciBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listed(name: &str, pod: &str, uid: &str) -> ContainerGroup {
+        ContainerGroup {
+            name: name.to_string(),
+            tags: [
+                (TAG_CLUSTER.to_string(), "c1".to_string()),
+                (TAG_NAMESPACE.to_string(), "web".to_string()),
+                (TAG_POD_NAME.to_string(), pod.to_string()),
+                (TAG_POD_UID.to_string(), uid.to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listed_groups_are_keyed_by_the_pod_their_tags_name() {
+        let cfg = ProviderConfig::new("node", "c1", "westeurope", "10.0.0.1", 10250);
+        let backend = AciBackend::new(Arc::new(NoAci), &cfg);
+        let hashed = backend.instance_name("web", "db-0");
+        assert_eq!(
+            hashed,
+            crate::aci::translate::group_name_in("c1", "web", "db-0")
+        );
+        // An old-style group alone is found under the pod's instance name.
+        let m = backend.by_instance_name(vec![listed("web-db-0", "db-0", "u1")]);
+        assert_eq!(m.get(&hashed).map(|g| g.name.as_str()), Some("web-db-0"));
+        // With both, the hashed group is the pod's; the old one stays listed
+        // under its own name (GC still sees it), whatever the list order.
+        for order in [
+            vec![
+                listed("web-db-0", "db-0", "u0"),
+                listed(&hashed, "db-0", "u1"),
+            ],
+            vec![
+                listed(&hashed, "db-0", "u1"),
+                listed("web-db-0", "db-0", "u0"),
+            ],
+        ] {
+            let m = backend.by_instance_name(order);
+            assert_eq!(m.len(), 2);
+            assert_eq!(
+                m.get(&hashed).map(|g| g.name.as_str()),
+                Some(hashed.as_str())
+            );
+            assert_eq!(m.get("web-db-0").map(|g| g.name.as_str()), Some("web-db-0"));
+        }
+    }
+
+    /// A `ContainerGroups` no test here calls.
+    struct NoAci;
+    impl ContainerGroups for NoAci {
+        fn create_or_update<'a>(
+            &'a self,
+            _: &'a ContainerGroup,
+        ) -> BoxFuture<'a, Result<ContainerGroup, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn list<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn delete<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), AciError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Option<u32>,
+        ) -> BoxFuture<'a, Result<String, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
+        fn usage<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
+            Box::pin(async { Ok(Usage::default()) })
+        }
+    }
 
     #[test]
     fn refusals_are_answers_transport_failures_are_not() {
