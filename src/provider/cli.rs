@@ -37,9 +37,11 @@ pub struct ProviderArgs {
     /// Name of the virtual node spillway registers.
     #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
     pub node_name: String,
-    /// Cluster id tagged on every container group; GC touches only groups
-    /// with this tag, so it must be unique per cluster sharing a resource
-    /// group. Required with `--aci azure`.
+    /// Cluster id tagged on every container group and hashed into its name
+    /// (`<namespace>-<pod>-<6 hex digits>`); GC touches only groups with
+    /// this tag, and a group another cluster tagged is never overwritten, so
+    /// it must be unique per cluster sharing a resource group. Required with
+    /// `--aci azure`.
     #[arg(long, env = "SPILLWAY_CLUSTER_ID")]
     pub cluster_id: Option<String>,
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
