@@ -5,7 +5,11 @@
 //! Owns the ACI-specific half of the pod lifecycle: resolving and
 //! translating a pod into its group (with the `aci` settings of the policy
 //! that selects it), the sync's list plus the instance-view GETs ARM's list
-//! leaves out (bounded per sync, oldest first), and the quota read.
+//! leaves out (bounded per sync, oldest first), and the quota read. Groups
+//! are named with the cluster's hash ([`crate::aci::translate::group_name_in`]);
+//! listed groups are matched to pods by their tags, so groups named by
+//! earlier releases are still found and collected; a group another cluster
+//! tagged is never PUT over.
 //! Must not: talk to the Kubernetes API or decide pod phases (the shared
 //! controllers in `provider/` do both).
 
@@ -332,7 +336,10 @@ impl AciBackend {
             })?;
         // ARM updates a group a PUT names, whoever created it: never PUT
         // over a group another cluster tagged (two clusters sharing a
-        // resource group, or a name that met by chance).
+        // resource group, or a name that met by chance). ContainerGroups_
+        // CreateOrUpdate documents no If-None-Match, so read first; the
+        // cluster hash in the name keeps the window between read and PUT
+        // to clusters that share an id or a hash.
         if let Some(existing) = self.aci.get(&group.name).await.map_err(create_error)? {
             let ours = self.translate.cluster_id.as_str();
             match existing.tags.get(TAG_CLUSTER).map(String::as_str) {
