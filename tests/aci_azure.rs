@@ -5,7 +5,7 @@
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups, Credential};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, OperationFaults};
 use spillway::aci::translate::{
-    PodContext, Resolved, TranslateConfig, pod_status_from_group, pod_to_group,
+    PodContext, Resolved, TranslateConfig, group_name_in, pod_status_from_group, pod_to_group,
 };
 use spillway::aci::{AciError, ContainerGroup, ContainerGroups};
 use std::sync::Arc;
@@ -69,10 +69,7 @@ fn group(cluster: &str, name: &str, cpu: &str, port: Option<i32>) -> ContainerGr
         spillway::aci::translate::EnvValue::Secret("s3cr3t".into()),
     );
     let cfg = TranslateConfig::new(cluster, "westeurope");
-    let policy = spillway::policy::AciSettings {
-        public_ip: spillway::policy::PublicIp::Auto,
-        dns_name_label: None,
-    };
+    let policy = spillway::policy::AciSettings::default();
     pod_to_group(
         &pod,
         &PodContext {
@@ -158,7 +155,11 @@ async fn contract_create_get_list_logs_usage_delete() {
     );
     let mut names: Vec<String> = listed.into_iter().map(|g| g.name).collect();
     names.sort();
-    assert_eq!(names, ["jobs-a", "jobs-b", "jobs-c", "jobs-web"]);
+    let expected: Vec<String> = ["a", "b", "c", "web"]
+        .iter()
+        .map(|n| group_name_in("c1", "jobs", n))
+        .collect();
+    assert_eq!(names, expected);
 
     let logs = aci.logs(&web.name, "main", Some(1)).await.expect("logs");
     assert_eq!(logs.lines().count(), 1);
@@ -335,7 +336,11 @@ async fn list_with_instance_views_reads_finished_groups_again() {
         .expect("listed");
     assert_eq!(gets(&emu).unwrap_or(0) - before, 3, "one GET per group");
     let names: Vec<&str> = full.iter().map(|g| g.name.as_str()).collect();
-    assert_eq!(names, ["jobs-a", "jobs-b", "jobs-c"]);
+    let expected: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| group_name_in("c1", "jobs", n))
+        .collect();
+    assert_eq!(names, expected);
     for g in &full {
         assert!(has_instance_view(g), "{} has its instance view", g.name);
         assert_eq!(
@@ -350,7 +355,7 @@ async fn list_with_instance_views_reads_finished_groups_again() {
     emu.state
         .set_faults(Faults {
             groups: [(
-                "jobs-b".to_string(),
+                group_name_in("c1", "jobs", "b"),
                 [(
                     "get".to_string(),
                     OperationFaults {
@@ -370,7 +375,7 @@ async fn list_with_instance_views_reads_finished_groups_again() {
         "{failed:?}"
     );
     assert!(
-        aci.get("jobs-a")
+        aci.get(&group_name_in("c1", "jobs", "a"))
             .await
             .expect("other groups work")
             .is_some(),
@@ -797,7 +802,12 @@ mod metrics {
         );
 
         // Reads: a found and a missing group, then 5xx on every get.
-        assert!(aci.get("jobs-one").await.expect("get").is_some());
+        assert!(
+            aci.get(&group_name_in("c1", "jobs", "one"))
+                .await
+                .expect("get")
+                .is_some()
+        );
         assert_eq!(aci.get("missing").await, Ok(None));
         emu.state
             .set_faults(Faults {
@@ -812,7 +822,7 @@ mod metrics {
                 ..Default::default()
             })
             .expect("valid plan");
-        let transient = aci.get("jobs-one").await;
+        let transient = aci.get(&group_name_in("c1", "jobs", "one")).await;
         assert!(
             matches!(transient, Err(AciError::Transient { .. })),
             "{transient:?}"

@@ -189,6 +189,7 @@ fn group(name: &str, cpu: &str, ports: &[i32]) -> ContainerGroup {
     let policy = spillway::policy::AciSettings {
         public_ip: spillway::policy::PublicIp::Auto,
         dns_name_label: Some("{{namespace}}-{{name}}".into()),
+        ..Default::default()
     };
     let resolved = aci::translate::Resolved::default();
     let ctx = aci::translate::PodContext {
@@ -604,4 +605,63 @@ fn standalone_subcommand_serves_and_rejects_bad_flags() {
     if let Err(e) = result {
         panic!("standalone emulator: {e}");
     }
+}
+
+/// Every golden translation in tests/data/aci/ (except the `reject-*`
+/// errors) is a body ARM accepts: the emulator, enforcing ARM's rules,
+/// creates each one as PUT.
+#[tokio::test]
+async fn every_golden_translation_is_accepted() {
+    let emu = Emulator::start(fast()).await.expect("starts");
+    let arm = Arm::new(&emu);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/aci");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.starts_with("reject-"))
+        .collect();
+    names.sort();
+    assert!(names.iter().any(|n| n == "web.json"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "web-raise-requests.json"),
+        "{names:?}"
+    );
+    for file in names {
+        let text = std::fs::read_to_string(dir.join(&file)).expect("readable");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let name = body["name"].as_str().expect("named").to_string();
+        let a = arm
+            .send(Method::PUT, &Arm::group_path(&name), Some(&body))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{file}: {}", a.json);
+        // Goldens may share a pod (and so a group name): start clean.
+        let d = arm
+            .send(Method::DELETE, &Arm::group_path(&name), None)
+            .await;
+        assert_eq!(d.status, StatusCode::OK, "{file}: {}", d.json);
+    }
+    emu.shutdown().await;
+}
+
+/// The Burstable pod as a translation without ACI's rules would send it
+/// (limit 1 CPU over a 0.5 CPU group) is refused with ARM's code, and the
+/// production client classifies it as an invalid spec (the pod fails).
+#[tokio::test]
+async fn an_unclamped_burstable_group_is_refused_with_arms_code() {
+    let emu = Emulator::start(fast()).await.expect("starts");
+    let arm = Arm::new(&emu);
+    let mut g = group("frontend", "500m", &[80]);
+    g.properties.containers[0].properties.resources.limits = Some(aci::ResourceSpec {
+        cpu: 1.0,
+        memory_in_gb: 1.5,
+    });
+    let a = arm.put(&g).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.json);
+    assert_eq!(
+        a.code(),
+        "ContainerLimitGreaterThanContainerGroupTotalRequest"
+    );
+    assert_eq!(a.error().reason(), "aci-invalid-spec");
+    emu.shutdown().await;
 }

@@ -110,6 +110,10 @@ fn the_readme_example_renders_to_an_arm_body() {
         "{c}"
     );
     assert_eq!(b["properties"]["osType"], "Linux", "{b}");
+    // ACI refuses a limit above the group's request: the example's 1 CPU
+    // limit is clamped to its 0.5 request, and the render says so.
+    assert_eq!(c["resources"]["limits"]["cpu"], 0.5, "{c}");
+    assert_eq!(c["resources"]["requests"]["cpu"], 0.5, "{c}");
     // Only the ARM body: no read-only fields.
     for key in ["id", "type"] {
         assert!(b.get(key).is_none(), "{key} in {b}");

@@ -44,7 +44,7 @@ async fn conformance<B: Backend>(backend: &B, pod: Pod) {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let instance = (<B::Instance as Instance>::KIND.instance_name)(&ns, &name);
+    let instance = backend.instance_name(&ns, &name);
     let pods = [Arc::new(pod.clone())];
 
     // Nothing yet: a read succeeds, deleting what never existed succeeds.

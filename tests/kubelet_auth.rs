@@ -633,7 +633,7 @@ async fn bounded_endpoint(
         spillway::aci::azure::AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")),
     );
     let app = spillway::kubelet::router(
-        Arc::new(LogReader::new(aci, LogBudget::default())),
+        Arc::new(LogReader::new(aci, "local", LogBudget::default())),
         spillway::kubelet::Access::Checked(Arc::new(auth)),
     );
     let tls = spillway::kubelet::self_signed_tls_config("127.0.0.1", NODE)
@@ -772,7 +772,7 @@ async fn plain_http_with_auth_takes_bearer_tokens() {
         spillway::aci::azure::AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")),
     );
     let app = spillway::kubelet::router(
-        Arc::new(LogReader::new(aci, LogBudget::default())),
+        Arc::new(LogReader::new(aci, "local", LogBudget::default())),
         spillway::kubelet::Access::Checked(Arc::new(auth)),
     );
     let get = |token: Option<String>| {

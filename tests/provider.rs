@@ -12,7 +12,7 @@ use serde_json::json;
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, OperationFaults};
 use spillway::aci::paced::{Paced, PacingConfig};
-use spillway::aci::translate::group_name;
+use spillway::aci::translate::{group_name, group_name_in};
 use spillway::aci::{ContainerGroups, TAG_POD_UID};
 use spillway::kubelet::logs::{LogBudget, LogReader};
 use spillway::metrics::Metrics;
@@ -413,7 +413,7 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
     let snapshot = w.emu.state.snapshot();
     let group = snapshot
         .iter()
-        .find(|g| g.name == group_name(NS, "api"))
+        .find(|g| g.name == group_name_in(CLUSTER, NS, "api"))
         .unwrap_or_else(|| panic!("group in {snapshot:?}"));
     assert_eq!(status.pod_ip, group.ip, "podIP is the group's IP");
     assert!(
@@ -475,7 +475,7 @@ async fn bound_pod_runs_with_the_emulators_ip_secrets_stay_secret_and_logs_are_s
             .unwrap_or_else(|e| panic!("{e}"))
     };
     let router = spillway::kubelet::router(
-        Arc::new(LogReader::new(w.aci.clone(), LogBudget::default())),
+        Arc::new(LogReader::new(w.aci.clone(), CLUSTER, LogBudget::default())),
         spillway::kubelet::Access::Open,
     );
     let r = router
@@ -519,7 +519,7 @@ async fn deleting_a_pod_removes_its_group_then_the_pod() {
             .state
             .snapshot()
             .iter()
-            .all(|g| g.name != group_name(NS, "gone")),
+            .all(|g| g.name != group_name_in(CLUSTER, NS, "gone")),
         "the group is deleted before the pod"
     );
     assert_eq!(w.emu.state.counters().deletes, 1);
@@ -536,7 +536,7 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     w.emu
         .state
         .set_faults(Faults {
-            vanish: vec![group_name(NS, "victim")],
+            vanish: vec![group_name_in(CLUSTER, NS, "victim")],
             ..Faults::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -558,7 +558,10 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
     );
     // No second group for the failed pod.
     tokio::time::sleep(Duration::from_millis(600)).await; // three syncs: a recreate would show
-    assert_eq!(groups_created(&w).get(&group_name(NS, "victim")), Some(&1));
+    assert_eq!(
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "victim")),
+        Some(&1)
+    );
     assert!(w.emu.state.snapshot().is_empty());
     assert_eq!(
         metrics
@@ -649,7 +652,7 @@ async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
     eventually("pod Running", || async { running(&w.srv, "kept") }).await;
     // Lists stop showing the group, which still exists: the pod stays Running.
     if let Ok(mut h) = stale.hide.lock() {
-        *h = Some(group_name(NS, "kept"));
+        *h = Some(group_name_in(CLUSTER, NS, "kept"));
     }
     eventually_within(
         "five lists without the group",
@@ -660,21 +663,24 @@ async fn a_list_that_misses_a_live_group_does_not_fail_its_pod() {
     assert_eq!(phase(&w.srv, "kept").as_deref(), Some("Running"));
     // The control: once the group is really gone, the pod fails.
     w.aci
-        .delete(&group_name(NS, "kept"))
+        .delete(&group_name_in(CLUSTER, NS, "kept"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     eventually("pod Failed", || async {
         phase(&w.srv, "kept").as_deref() == Some("Failed")
     })
     .await;
-    assert_eq!(groups_created(&w).get(&group_name(NS, "kept")), Some(&1));
+    assert_eq!(
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "kept")),
+        Some(&1)
+    );
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after_a_restart() {
     let w = world().await;
-    let group = group_name(NS, "early");
+    let group = group_name_in(CLUSTER, NS, "early");
     // Bound before the provider starts: its first sync creates the group,
     // and the next sync (which would write Running) is a minute away.
     create_pod(&w.srv, &app_pod("early")).await;
@@ -697,7 +703,9 @@ async fn a_group_that_vanished_before_the_first_status_write_fails_the_pod_after
         .get::<Pod>(NS, "early")
         .and_then(|p| p.metadata.uid)
         .unwrap_or_default();
-    assert_eq!(marked(), Some(format!("{group}/{uid}")));
+    // The marker names the pod's cluster-independent group name (as
+    // releases before cluster hashing did), so old markers stay valid.
+    assert_eq!(marked(), Some(format!("{}/{uid}", group_name(NS, "early"))));
     let status = w
         .srv
         .get::<Pod>(NS, "early")
@@ -1272,7 +1280,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
     eventually_within(
         "the new pod's group created while the list hangs",
         Duration::from_secs(3),
-        || async { groups_created(&w).contains_key(&group_name(NS, "second")) },
+        || async { groups_created(&w).contains_key(&group_name_in(CLUSTER, NS, "second")) },
     )
     .await;
     let before = renew();
@@ -1290,7 +1298,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
     )
     .await;
     assert_eq!(
-        groups_created(&w).get(&group_name(NS, "second")),
+        groups_created(&w).get(&group_name_in(CLUSTER, NS, "second")),
         Some(&1),
         "one create, no repeats from stale lists"
     );
@@ -1309,7 +1317,7 @@ async fn a_hung_aci_list_holds_back_neither_creations_nor_the_lease() {
                     .state
                     .snapshot()
                     .iter()
-                    .any(|g| g.name == group_name(NS, "second"))
+                    .any(|g| g.name == group_name_in(CLUSTER, NS, "second"))
         },
     )
     .await;
@@ -1408,7 +1416,7 @@ async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
             .state
             .snapshot()
             .iter()
-            .all(|g| g.name != group_name(NS, "doomed"))
+            .all(|g| g.name != group_name_in(CLUSTER, NS, "doomed"))
     })
     .await;
     assert_eq!(metrics.gc_deleted.get(), 1);
@@ -1418,7 +1426,7 @@ async fn on_start_groups_of_live_pods_are_adopted_and_orphans_collected() {
         1,
         "the live pod's group is kept: {snapshot:?}"
     );
-    assert_eq!(snapshot[0].name, group_name(NS, "live"));
+    assert_eq!(snapshot[0].name, group_name_in(CLUSTER, NS, "live"));
     let counters = w.emu.state.counters();
     assert_eq!(
         counters.creates, 2,
@@ -1513,7 +1521,7 @@ async fn the_selecting_policys_aci_section_shapes_the_group() {
     eventually("pod Running", || async { running(&w.srv, "site") }).await;
     let group = w
         .aci
-        .get(&group_name(NS, "site"))
+        .get(&group_name_in(CLUSTER, NS, "site"))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("group"));
@@ -1585,5 +1593,157 @@ async fn a_hung_node_status_write_stops_neither_the_lease_nor_readiness() {
         "the node stays Ready"
     );
     w.srv.clear_faults();
+    p.stop().await;
+}
+
+/// The usual Burstable pod (requests 0.5 CPU, limits 1) runs on ACI: its
+/// limits are lowered to the group's request (ACI refuses a limit above the
+/// group's total request) and the pod gets a `LimitsClamped` Event saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burstable_pod_runs_with_clamped_limits_and_an_event() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    let mut pod = app_pod("burstable");
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.resources = Some(
+            serde_json::from_value(json!({
+                "requests": {"cpu": "500m", "memory": "512Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"}
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    create_pod(&w.srv, &pod).await;
+    eventually("pod Running", || async { running(&w.srv, "burstable") }).await;
+    let group = w
+        .aci
+        .get(&group_name_in(CLUSTER, NS, "burstable"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group"));
+    let r = &group.properties.containers[0].properties.resources;
+    assert_eq!((r.requests.cpu, r.requests.memory_in_gb), (0.5, 0.6));
+    assert_eq!(
+        r.limits.map(|l| (l.cpu, l.memory_in_gb)),
+        Some((0.5, 0.6)),
+        "limits clamped to the group's total request"
+    );
+    eventually("a LimitsClamped event for the pod", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.reason.as_deref() == Some("LimitsClamped")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("burstable")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("app cpu limit 1 → 0.5"))
+        })
+    })
+    .await;
+    p.stop().await;
+}
+
+/// The group `group_name` would create for `pod` in `cluster`, under `name`.
+fn translated_group(pod: &Pod, cluster: &str, name: &str) -> spillway::aci::ContainerGroup {
+    use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
+    let config = TranslateConfig::new(cluster, "westeurope");
+    let settings = spillway::policy::AciSettings::default();
+    let resolved = Resolved::default();
+    let mut g = pod_to_group(
+        pod,
+        &PodContext {
+            config: &config,
+            aci: &settings,
+            resolved: &resolved,
+        },
+    )
+    .unwrap_or_else(|e| panic!("translate: {e}"));
+    g.name = name.to_string();
+    g
+}
+
+/// Two clusters share a resource group. A group of the other cluster under
+/// the very name this cluster would use for `web/db-0` is never PUT over:
+/// the pod fails with a NameCollision naming the other cluster, with an
+/// Event, and the other cluster's group is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_another_cluster_is_never_overwritten() {
+    let w = world().await;
+    let name = group_name_in(CLUSTER, NS, "db-0");
+    let theirs = translated_group(&app_pod("db-0"), "other-cluster", &name);
+    w.aci
+        .create_or_update(&theirs)
+        .await
+        .unwrap_or_else(|e| panic!("the other cluster's group: {e}"));
+    let p = start(&w.srv, w.aci.clone(), None);
+    create_pod(&w.srv, &app_pod("db-0")).await;
+    eventually("pod Failed", || async {
+        phase(&w.srv, "db-0").as_deref() == Some("Failed")
+    })
+    .await;
+    let status = w
+        .srv
+        .get::<Pod>(NS, "db-0")
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("NameCollision") && message.contains("\"other-cluster\""),
+        "message: {message}"
+    );
+    eventually("a Warning event for the pod", || async {
+        w.srv.list::<Event>(Some(NS)).iter().any(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("db-0")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("NameCollision"))
+        })
+    })
+    .await;
+    let snapshot = w.emu.state.snapshot();
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot[0].puts, 1, "never PUT over");
+    assert_eq!(
+        snapshot[0].tags.get("spillway-cluster").map(String::as_str),
+        Some("other-cluster")
+    );
+    p.stop().await;
+}
+
+/// A group created before cluster hashing (named `web-legacy`) keeps
+/// running its pod after the upgrade: it is found by its tags, no second
+/// group is created, and once the pod is deleted the old group is collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_named_before_cluster_hashing_is_adopted_then_collected() {
+    let w = world().await;
+    let pod = create_pod(&w.srv, &app_pod("legacy")).await;
+    let old_name = group_name(NS, "legacy");
+    assert_eq!(old_name, "web-legacy");
+    w.aci
+        .create_or_update(&translated_group(&pod, CLUSTER, &old_name))
+        .await
+        .unwrap_or_else(|e| panic!("old-style group: {e}"));
+    let p = start(&w.srv, w.aci.clone(), None);
+    eventually("pod Running on its old group", || async {
+        running(&w.srv, "legacy")
+    })
+    .await;
+    let ip = w
+        .srv
+        .get::<Pod>(NS, "legacy")
+        .and_then(|p| p.status)
+        .and_then(|s| s.pod_ip);
+    assert!(ip.is_some(), "the old group's IP is the pod IP");
+    assert_eq!(
+        groups_created(&w).keys().collect::<Vec<_>>(),
+        [&old_name],
+        "no second group"
+    );
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("legacy", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("pod removed and its old group collected", || async {
+        w.srv.get::<Pod>(NS, "legacy").is_none() && w.emu.state.snapshot().is_empty()
+    })
+    .await;
     p.stop().await;
 }

@@ -5,20 +5,28 @@
 //! Owns the ACI-specific half of the pod lifecycle: resolving and
 //! translating a pod into its group (with the `aci` settings of the policy
 //! that selects it), the sync's list plus the instance-view GETs ARM's list
-//! leaves out (bounded per sync, oldest first), and the quota read.
+//! leaves out (bounded per sync, oldest first), and the quota read. Groups
+//! are named with the cluster's hash ([`crate::aci::translate::group_name_in`]);
+//! listed groups are matched to pods by their tags, so groups named by
+//! earlier releases are still found and collected; a group another cluster
+//! tagged is never PUT over.
 //! Must not: talk to the Kubernetes API or decide pod phases (the shared
 //! controllers in `provider/` do both).
 
 use super::translate::{
-    PodContext, TranslateConfig, group_name, has_instance_view, pod_status_from_group, pod_to_group,
+    PodContext, TranslateConfig, Translation, group_name, has_instance_view, pod_status_from_group,
+    translate_pod,
 };
-use super::{AciError, ContainerGroup, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use super::{
+    AciError, ContainerGroup, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME,
+    TAG_POD_UID,
+};
 use super::{BoxFuture, Usage};
+use crate::policy::AciSettings;
 use crate::policy::reload::PolicyStore;
-use crate::policy::{AciSettings, PublicIp};
 use crate::provider::ProviderConfig;
 use crate::provider::backend::{
-    Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read,
+    Backend, BackendError, CreateError, CreateNotice, Instance, InstanceKind, OwnerRecord, Read,
 };
 use crate::provider::resolve::{self, Sources};
 use futures::StreamExt;
@@ -155,10 +163,7 @@ impl AciBackend {
                     .for_pod(&namespace, &labels)
                     .map(|p| p.aci.clone())
             })
-            .unwrap_or(AciSettings {
-                public_ip: PublicIp::Auto,
-                dns_name_label: None,
-            })
+            .unwrap_or_default()
     }
 
     /// One list (bounded by `list_timeout`), then GETs for instance views
@@ -180,20 +185,25 @@ impl AciBackend {
                     });
                 }
             };
-        let mut groups: HashMap<String, ContainerGroup> =
-            listed.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let mut groups = self.by_instance_name(listed);
+        // Where each listed instance really lives (a group named before
+        // cluster hashing keeps its old name until it is deleted).
+        let physical: HashMap<String, String> = groups
+            .iter()
+            .map(|(key, g)| (key.clone(), g.name.clone()))
+            .collect();
         let pod_of_group: HashMap<String, &Arc<Pod>> = pods
             .iter()
             .map(|p| {
                 let ns = p.namespace().unwrap_or_else(|| "default".into());
-                (group_name(&ns, &p.name_any()), p)
+                (self.translate.group_name(&ns, &p.name_any()), p)
             })
             .collect();
         let last_get = self.last_gets();
 
         let mut unknown: HashSet<String> = HashSet::new();
         let mut wanted: Vec<(u8, Option<Instant>, String)> = Vec::new();
-        for g in groups.values() {
+        for (key, g) in &groups {
             let finished = matches!(
                 g.properties.provisioning_state.as_deref(),
                 None | Some("Succeeded" | "Failed" | "Canceled")
@@ -201,19 +211,19 @@ impl AciBackend {
             if !finished || has_instance_view(g) {
                 continue;
             }
-            let Some(pod) = pod_of_group.get(&g.name) else {
+            let Some(pod) = pod_of_group.get(key) else {
                 continue;
             };
             let pod_running = pod.status.as_ref().and_then(|s| s.phase.as_deref())
                 == Some("Running")
                 && crate::provider::pods::had_group(pod);
-            let last = last_get.get(&g.name).copied();
+            let last = last_get.get(key).copied();
             if !pod_running {
-                wanted.push((0, last, g.name.clone()));
+                wanted.push((0, last, key.clone()));
             } else if last.is_none_or(|t| t.elapsed() >= cfg.refresh_interval) {
-                wanted.push((1, last, g.name.clone()));
+                wanted.push((1, last, key.clone()));
             } else {
-                unknown.insert(g.name.clone());
+                unknown.insert(key.clone());
             }
         }
         wanted.sort();
@@ -222,16 +232,22 @@ impl AciBackend {
         // Until a GET answers, a group's state is unknown this time.
         unknown.extend(fetch.iter().map(|(_, _, n)| n.clone()));
         let aci = self.aci.clone();
-        let mut fetched =
-            futures::stream::iter(fetch.iter().map(|(_, _, n)| n.clone()).collect::<Vec<_>>())
-                .map(move |name| {
-                    let aci = aci.clone();
-                    async move {
-                        let r = aci.get(&name).await;
-                        (name, r)
-                    }
-                })
-                .buffer_unordered(8);
+        let targets: Vec<(String, String)> = fetch
+            .iter()
+            .map(|(_, _, key)| {
+                let name = physical.get(key).cloned().unwrap_or_else(|| key.clone());
+                (key.clone(), name)
+            })
+            .collect();
+        let mut fetched = futures::stream::iter(targets)
+            .map(move |(key, name)| {
+                let aci = aci.clone();
+                async move {
+                    let r = aci.get(&name).await;
+                    (key, r)
+                }
+            })
+            .buffer_unordered(8);
         let deadline = Instant::now() + cfg.list_timeout;
         let mut got = Vec::new();
         let mut errors = Vec::new();
@@ -274,7 +290,37 @@ impl AciBackend {
         })
     }
 
-    async fn create_group(&self, pod: &Pod, sources: &Sources) -> Result<(), CreateError> {
+    /// Listed groups by the instance name of the pod their tags name
+    /// ([`TranslateConfig::group_name`]), so a group created before cluster
+    /// hashing (named [`group_name`]) is still found, watched and, once its
+    /// pod is gone, collected. A group without pod tags keeps its own name;
+    /// when both a hashed and an old-style group name one pod, the hashed
+    /// one is the pod's and the other stays listed under its own name.
+    fn by_instance_name(&self, listed: Vec<ContainerGroup>) -> HashMap<String, ContainerGroup> {
+        let mut out: HashMap<String, ContainerGroup> = HashMap::new();
+        for g in listed {
+            let key = match (g.tags.get(TAG_NAMESPACE), g.tags.get(TAG_POD_NAME)) {
+                (Some(ns), Some(pod)) => self.translate.group_name(ns, pod),
+                _ => g.name.clone(),
+            };
+            // The loser stays listed under its own name, so GC still sees
+            // it (e.g. an earlier pod's old-style group).
+            let loser = match out.get(&key) {
+                Some(kept) if kept.name == key => Some(g),
+                _ => out.insert(key, g),
+            };
+            if let Some(l) = loser {
+                out.entry(l.name.clone()).or_insert(l);
+            }
+        }
+        out
+    }
+
+    async fn create_group(
+        &self,
+        pod: &Pod,
+        sources: &Sources,
+    ) -> Result<Vec<CreateNotice>, CreateError> {
         let resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
             message: e.to_string(),
         })?;
@@ -284,15 +330,47 @@ impl AciBackend {
             aci: &settings,
             resolved: &resolved,
         };
-        let group = pod_to_group(pod, &ctx).map_err(|e| CreateError::Invalid {
-            message: format!("InvalidSpec: {e}"),
-        })?;
+        let Translation { group, warnings } =
+            translate_pod(pod, &ctx).map_err(|e| CreateError::Invalid {
+                message: format!("InvalidSpec: {e}"),
+            })?;
+        // ARM updates a group a PUT names, whoever created it: never PUT
+        // over a group another cluster tagged (two clusters sharing a
+        // resource group, or a name that met by chance). ContainerGroups_
+        // CreateOrUpdate documents no If-None-Match, so read first; the
+        // cluster hash in the name keeps the window between read and PUT
+        // to clusters that share an id or a hash.
+        if let Some(existing) = self.aci.get(&group.name).await.map_err(create_error)? {
+            let ours = self.translate.cluster_id.as_str();
+            match existing.tags.get(TAG_CLUSTER).map(String::as_str) {
+                Some(c) if c == ours => {}
+                other => {
+                    return Err(CreateError::Invalid {
+                        message: format!(
+                            "NameCollision: container group {} already exists in the resource group and belongs to {}; \
+                             spillway does not overwrite it",
+                            group.name,
+                            match other {
+                                Some(c) => format!("cluster {c:?} (tag {TAG_CLUSTER})"),
+                                None => format!("no spillway cluster (no {TAG_CLUSTER} tag)"),
+                            }
+                        ),
+                    });
+                }
+            }
+        }
         tracing::info!(group = %group.name, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "creating container group");
         self.aci
             .create_or_update(&group)
             .await
-            .map(|_| ())
-            .map_err(create_error)
+            .map_err(create_error)?;
+        Ok(warnings
+            .into_iter()
+            .map(|w| CreateNotice {
+                reason: w.reason.to_string(),
+                message: w.message,
+            })
+            .collect())
     }
 }
 
@@ -324,8 +402,12 @@ impl Backend for AciBackend {
         &'a self,
         pod: &'a Pod,
         sources: &'a Sources,
-    ) -> BoxFuture<'a, Result<(), CreateError>> {
+    ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>> {
         Box::pin(self.create_group(pod, sources))
+    }
+
+    fn instance_name(&self, namespace: &str, name: &str) -> String {
+        self.translate.group_name(namespace, name)
     }
 
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {
@@ -355,6 +437,88 @@ impl Backend for AciBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listed(name: &str, pod: &str, uid: &str) -> ContainerGroup {
+        ContainerGroup {
+            name: name.to_string(),
+            tags: [
+                (TAG_CLUSTER.to_string(), "c1".to_string()),
+                (TAG_NAMESPACE.to_string(), "web".to_string()),
+                (TAG_POD_NAME.to_string(), pod.to_string()),
+                (TAG_POD_UID.to_string(), uid.to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listed_groups_are_keyed_by_the_pod_their_tags_name() {
+        let cfg = ProviderConfig::new("node", "c1", "westeurope", "10.0.0.1", 10250);
+        let backend = AciBackend::new(Arc::new(NoAci), &cfg);
+        let hashed = backend.instance_name("web", "db-0");
+        assert_eq!(
+            hashed,
+            crate::aci::translate::group_name_in("c1", "web", "db-0")
+        );
+        // An old-style group alone is found under the pod's instance name.
+        let m = backend.by_instance_name(vec![listed("web-db-0", "db-0", "u1")]);
+        assert_eq!(m.get(&hashed).map(|g| g.name.as_str()), Some("web-db-0"));
+        // With both, the hashed group is the pod's; the old one stays listed
+        // under its own name (GC still sees it), whatever the list order.
+        for order in [
+            vec![
+                listed("web-db-0", "db-0", "u0"),
+                listed(&hashed, "db-0", "u1"),
+            ],
+            vec![
+                listed(&hashed, "db-0", "u1"),
+                listed("web-db-0", "db-0", "u0"),
+            ],
+        ] {
+            let m = backend.by_instance_name(order);
+            assert_eq!(m.len(), 2);
+            assert_eq!(
+                m.get(&hashed).map(|g| g.name.as_str()),
+                Some(hashed.as_str())
+            );
+            assert_eq!(m.get("web-db-0").map(|g| g.name.as_str()), Some("web-db-0"));
+        }
+    }
+
+    /// A `ContainerGroups` no test here calls.
+    struct NoAci;
+    impl ContainerGroups for NoAci {
+        fn create_or_update<'a>(
+            &'a self,
+            _: &'a ContainerGroup,
+        ) -> BoxFuture<'a, Result<ContainerGroup, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn list<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<ContainerGroup>, AciError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn delete<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), AciError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn logs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Option<u32>,
+        ) -> BoxFuture<'a, Result<String, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
+        fn usage<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
+            Box::pin(async { Ok(Usage::default()) })
+        }
+    }
 
     #[test]
     fn refusals_are_answers_transport_failures_are_not() {

@@ -30,6 +30,8 @@ pub const RESOURCE_TYPE: &str = "Microsoft.ContainerInstance/containerGroups";
 pub struct ContainerGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// ARM takes the name from the URL; a PUT body may leave it out.
+    #[serde(default)]
     pub name: String,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<String>,

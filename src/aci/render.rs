@@ -11,8 +11,8 @@
 //! pod template.
 
 use super::model::ContainerGroup;
-use super::translate::{PodContext, TranslateConfig, pod_to_group};
-use crate::policy::{AciSettings, PolicySet, PublicIp};
+use super::translate::{PodContext, TranslateConfig, Translation, translate_pod};
+use crate::policy::PolicySet;
 use crate::provider::resolve::{self, SecretData, Sources};
 use k8s_openapi::api::core::v1 as k8s;
 use std::collections::BTreeMap;
@@ -339,22 +339,20 @@ pub fn masked_body(group: &ContainerGroup) -> serde_json::Value {
 }
 
 /// Render `pod` as the provider would: its policy's ACI settings, its
-/// references resolved from `sources`, then the translation.
+/// references resolved from `sources`, then the translation (with the
+/// warnings the provider turns into Events, e.g. `LimitsClamped`).
 pub fn render(
     pod: &k8s::Pod,
     policies: Option<&PolicySet>,
     sources: &Sources,
     config: &TranslateConfig,
-) -> Result<ContainerGroup, RenderError> {
+) -> Result<Translation, RenderError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let aci = policies
         .and_then(|p| p.for_pod(namespace, &labels))
         .map(|p| p.aci.clone())
-        .unwrap_or(AciSettings {
-            public_ip: PublicIp::Auto,
-            dns_name_label: None,
-        });
+        .unwrap_or_default();
     let resolved =
         resolve::resolve(pod, sources).map_err(|e| RenderError::Invalid(e.to_string()))?;
     let ctx = PodContext {
@@ -362,7 +360,7 @@ pub fn render(
         aci: &aci,
         resolved: &resolved,
     };
-    pod_to_group(pod, &ctx).map_err(|e| RenderError::Invalid(e.to_string()))
+    translate_pod(pod, &ctx).map_err(|e| RenderError::Invalid(e.to_string()))
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -417,7 +415,10 @@ pub fn run(args: &RenderArgs) -> ExitCode {
     };
     let config = TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone());
     match render(&pod, policies.as_ref(), &sources, &config) {
-        Ok(group) => {
+        Ok(Translation { group, warnings }) => {
+            for w in warnings {
+                eprintln!("spillway aci render: warning: {}: {}", w.reason, w.message);
+            }
             match serde_json::to_string_pretty(&masked_body(&group)) {
                 // A closed pipe (`| head`) is not an error worth a panic.
                 Ok(json) => {

@@ -29,6 +29,13 @@
 //!   service account token volume the API server injects).
 //! - `$(VAR)` references in env values, command and args are expanded as
 //!   Kubernetes does; a value built from a secret stays a `secureValue`.
+//! - **Resources**: CPU in steps of 0.01 core and memory in steps of 0.1 GB
+//!   (rounded up). ACI refuses a container limit below its request and a
+//!   container limit above the group's *total* request (an ACI limit is a
+//!   share of the group, not a cap on a node): by default such limits are
+//!   lowered to the total request, or with `aci.resources: raise-requests`
+//!   the request is raised to cover them (ACI bills the larger request). Both
+//!   come back as a [`TranslateWarning`] the provider shows as a pod Event.
 //! - **Windows** groups: one container, no Azure Files (ACI limits).
 //! - `publicIp: always` on a pod without container ports is rejected: ACI
 //!   cannot expose an IP without ports.
@@ -42,7 +49,7 @@
 
 use super::model::*;
 use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
-use crate::policy::{AciSettings, PublicIp, render_dns_label};
+use crate::policy::{AciResources, AciSettings, PublicIp, render_dns_label};
 use crate::provider::resolve::expand_vars;
 use crate::units::{parse_cpu_millis, parse_memory_bytes};
 use base64::Engine as _;
@@ -167,21 +174,61 @@ pub struct PodContext<'a> {
     pub resolved: &'a Resolved,
 }
 
-/// Deterministic container group name for a pod: `{namespace}-{name}`,
+/// The cluster-independent name of a pod's group: `{namespace}-{name}`,
 /// lowercased, limited to `[a-z0-9-]` without repeated or edge hyphens. When
 /// that had to shorten or rewrite the name, a hash of `namespace/name` is
 /// appended so distinct pods keep distinct names. (`a-b/c` and `a/b-c` still
 /// meet; the provider checks the namespace/pod tags before adopting a group.)
+///
+/// Releases before cluster hashing named groups exactly this; it stays the
+/// pod's identity in the creation marker annotation. Groups are now created
+/// as [`group_name_in`].
 pub fn group_name(namespace: &str, name: &str) -> String {
     shorten_label(
         &format!("{namespace}-{name}"),
         &format!("{namespace}/{name}"),
+        MAX_NAME_LEN,
     )
 }
 
-/// Make `raw` a valid ACI name/DNS label, hashing `identity` into a suffix
-/// when the result is not `raw` itself.
-fn shorten_label(raw: &str, identity: &str) -> String {
+/// Hex digits of the cluster hash in group names.
+const CLUSTER_HASH_LEN: usize = 6;
+
+/// Short stable hash of a cluster id (FNV-1a, 6 hex digits), the suffix of
+/// every group name a cluster creates.
+pub fn cluster_hash(cluster_id: &str) -> String {
+    format!(
+        "{:0width$x}",
+        fnv1a64(cluster_id.as_bytes()) & 0xff_ffff,
+        width = CLUSTER_HASH_LEN
+    )
+}
+
+/// The name of pod `namespace/name`'s group in cluster `cluster_id`:
+/// [`group_name`] (shortened, with its own hash, when it would not fit)
+/// then `-` and [`cluster_hash`]. Two clusters sharing a resource group
+/// name the same pod differently, so one never PUTs over the other's group.
+/// Deterministic, at most 63 characters, `[a-z0-9-]`, starting and ending
+/// with a letter or digit (ACI's rule for group names).
+pub fn group_name_in(cluster_id: &str, namespace: &str, name: &str) -> String {
+    let base = shorten_label(
+        &format!("{namespace}-{name}"),
+        &format!("{namespace}/{name}"),
+        MAX_NAME_LEN - 1 - CLUSTER_HASH_LEN,
+    );
+    format!("{base}-{}", cluster_hash(cluster_id))
+}
+
+impl TranslateConfig {
+    /// [`group_name_in`] for this cluster.
+    pub fn group_name(&self, namespace: &str, name: &str) -> String {
+        group_name_in(&self.cluster_id, namespace, name)
+    }
+}
+
+/// Make `raw` a valid ACI name/DNS label of at most `max_len` characters,
+/// hashing `identity` into a suffix when the result is not `raw` itself.
+fn shorten_label(raw: &str, identity: &str, max_len: usize) -> String {
     let mut out = String::with_capacity(raw.len());
     for ch in raw.chars() {
         let c = match ch.to_ascii_lowercase() {
@@ -196,11 +243,11 @@ fn shorten_label(raw: &str, identity: &str) -> String {
     while out.ends_with('-') {
         out.pop();
     }
-    if out == raw && out.len() <= MAX_NAME_LEN {
+    if out == raw && out.len() <= max_len {
         return out;
     }
     let hash = format!("{:010x}", fnv1a64(identity.as_bytes()) & 0xff_ffff_ffff);
-    let keep = MAX_NAME_LEN - 1 - hash.len();
+    let keep = max_len.saturating_sub(1 + hash.len());
     out.truncate(keep);
     while out.ends_with('-') {
         out.pop();
@@ -231,11 +278,39 @@ fn is_valid_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Translate a pod bound to the virtual node into the container group to PUT.
+/// Event reason: limits were lowered to the container group's total request.
+pub const REASON_LIMITS_CLAMPED: &str = "LimitsClamped";
+/// Event reason: the group's request was raised to cover a limit.
+pub const REASON_REQUESTS_RAISED: &str = "RequestsRaised";
+
+/// Something the translation changed in the pod's request that its owner
+/// should hear about (the provider turns each into a pod Event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateWarning {
+    /// Event reason ([`REASON_LIMITS_CLAMPED`], [`REASON_REQUESTS_RAISED`]).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A pod's container group and what the translation had to change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    pub group: ContainerGroup,
+    pub warnings: Vec<TranslateWarning>,
+}
+
+/// Translate a pod bound to the virtual node into the container group to PUT
+/// (see [`translate_pod`] for the warnings).
 pub fn pod_to_group(
     pod: &k8s::Pod,
     ctx: &PodContext<'_>,
 ) -> Result<ContainerGroup, TranslateError> {
+    translate_pod(pod, ctx).map(|t| t.group)
+}
+
+/// Translate a pod into its container group, with the warnings about what
+/// ACI's rules made the translation change.
+pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation, TranslateError> {
     let meta = &pod.metadata;
     let namespace = meta.namespace.as_deref().unwrap_or("default");
     let pod_name = meta
@@ -283,12 +358,24 @@ pub fn pod_to_group(
         .map(|(i, c)| translate_init_container(pod, i, c, ctx))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let warnings: Vec<TranslateWarning> =
+        apply_group_limit_rule(&mut containers, ctx.aci.resources)
+            .into_iter()
+            .collect();
+    // Raised requests count against ACI's group maximum too.
+    let total_cpu_millis = total_cpu_millis.max(
+        containers
+            .iter()
+            .map(|c| centi(c.properties.resources.requests.cpu) * 10)
+            .sum(),
+    );
     let max = ctx.config;
     let total_cores = cores_from_millis(total_cpu_millis);
     let total_gb: f64 = containers
         .iter()
-        .map(|c: &Container| c.properties.resources.requests.memory_in_gb)
-        .sum();
+        .map(|c| deci(c.properties.resources.requests.memory_in_gb))
+        .sum::<u64>() as f64
+        / 10.0;
     if total_cpu_millis > max.max_cpu_millis {
         return Err(invalid(
             "spec.containers[*].resources.requests.cpu",
@@ -346,9 +433,9 @@ pub fn pod_to_group(
         tags.insert(TAG_POD_UID.to_string(), uid.clone());
     }
 
-    Ok(ContainerGroup {
+    let group = ContainerGroup {
         id: None,
-        name: group_name(namespace, pod_name),
+        name: ctx.config.group_name(namespace, pod_name),
         resource_type: None,
         location: ctx.config.location.clone(),
         tags,
@@ -363,6 +450,132 @@ pub fn pod_to_group(
             volumes,
             sku: Some("Standard".to_string()),
             instance_view: None,
+        },
+    };
+    Ok(Translation { group, warnings })
+}
+
+/// Cores → hundredths of a core (ACI's CPU granularity).
+fn centi(cores: f64) -> u64 {
+    (cores * 100.0).round().max(0.0) as u64
+}
+
+/// GB → tenths of a GB (ACI's memory granularity).
+fn deci(gb: f64) -> u64 {
+    (gb * 10.0).round().max(0.0) as u64
+}
+
+/// ACI refuses a container whose limit is above the group's total request
+/// (`ContainerLimitGreaterThanContainerGroupTotalRequest`): a Kubernetes
+/// limit bounds one container, an ACI limit is a share of what the group
+/// requested. Per resource, either lower such limits to the total request
+/// ([`AciResources::ClampLimits`]) or raise the request of the container
+/// with the largest limit until the total covers it
+/// ([`AciResources::RaiseRequests`]; that container's request stays within
+/// its limit). Works in ACI's units (0.01 core, 0.1 GB), so sums are exact.
+/// Returns what changed, for an Event.
+fn apply_group_limit_rule(
+    containers: &mut [Container],
+    mode: AciResources,
+) -> Option<TranslateWarning> {
+    struct Kind {
+        name: &'static str,
+        unit: &'static str,
+        scale: f64,
+        get: fn(&ResourceSpec) -> f64,
+        set: fn(&mut ResourceSpec, f64),
+    }
+    let kinds = [
+        Kind {
+            name: "cpu",
+            unit: "",
+            scale: 100.0,
+            get: |r| r.cpu,
+            set: |r, v| r.cpu = v,
+        },
+        Kind {
+            name: "memory",
+            unit: " GB",
+            scale: 10.0,
+            get: |r| r.memory_in_gb,
+            set: |r, v| r.memory_in_gb = v,
+        },
+    ];
+    let units = |v: f64, k: &Kind| (v * k.scale).round().max(0.0) as u64;
+    let show = |u: u64, k: &Kind| format!("{}{}", u as f64 / k.scale, k.unit);
+    let mut changes = Vec::new();
+    for k in &kinds {
+        let total: u64 = containers
+            .iter()
+            .map(|c| units((k.get)(&c.properties.resources.requests), k))
+            .sum();
+        let largest = containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let limit = c.properties.resources.limits.as_ref()?;
+                Some((units((k.get)(limit), k), i))
+            })
+            .max_by_key(|(limit, i)| (*limit, std::cmp::Reverse(*i)));
+        let Some((max_limit, at)) = largest.filter(|(l, _)| *l > total) else {
+            continue;
+        };
+        match mode {
+            AciResources::ClampLimits => {
+                for c in containers.iter_mut() {
+                    let Some(limit) = c.properties.resources.limits.as_mut() else {
+                        continue;
+                    };
+                    let was = units((k.get)(limit), k);
+                    if was > total {
+                        (k.set)(limit, total as f64 / k.scale);
+                        changes.push(format!(
+                            "{} {} limit {} → {}",
+                            c.name,
+                            k.name,
+                            show(was, k),
+                            show(total, k)
+                        ));
+                    }
+                }
+            }
+            AciResources::RaiseRequests => {
+                let c = &mut containers[at];
+                let requests = &mut c.properties.resources.requests;
+                let was = units((k.get)(requests), k);
+                let now = was + (max_limit - total);
+                (k.set)(requests, now as f64 / k.scale);
+                changes.push(format!(
+                    "{} {} request {} → {} (group {} → {})",
+                    c.name,
+                    k.name,
+                    show(was, k),
+                    show(now, k),
+                    show(total, k),
+                    show(max_limit, k)
+                ));
+            }
+        }
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    Some(match mode {
+        AciResources::ClampLimits => TranslateWarning {
+            reason: REASON_LIMITS_CLAMPED,
+            message: format!(
+                "ACI allows no container limit above the container group's total request; \
+                 limits lowered to it: {} (policy aci.resources: raise-requests raises the request instead)",
+                changes.join(", ")
+            ),
+        },
+        AciResources::RaiseRequests => TranslateWarning {
+            reason: REASON_REQUESTS_RAISED,
+            message: format!(
+                "ACI allows no container limit above the container group's total request; \
+                 request raised to cover the limits (aci.resources: raise-requests; ACI bills the larger request): {}",
+                changes.join(", ")
+            ),
         },
     })
 }
@@ -1057,7 +1270,7 @@ fn public_ip(
         }
         (None, Some(template)) => {
             let rendered = render_dns_label(template, namespace, pod_name);
-            Some(shorten_label(&rendered, &rendered))
+            Some(shorten_label(&rendered, &rendered, MAX_NAME_LEN))
         }
         (None, None) => None,
     };

@@ -25,7 +25,8 @@ use super::translate::{
 use crate::aci::translate::EnvValue;
 use crate::aci::{Quota, Usage};
 use crate::provider::backend::{
-    Backend, BackendError, CreateError, Instance, InstanceKind, OwnerRecord, Read, ReadResult,
+    Backend, BackendError, CreateError, CreateNotice, Instance, InstanceKind, OwnerRecord, Read,
+    ReadResult,
 };
 use crate::provider::node::NodeProfile;
 use crate::provider::resolve::Sources;
@@ -607,8 +608,12 @@ impl Backend for EdgeBackend {
         &'a self,
         pod: &'a Pod,
         sources: &'a Sources,
-    ) -> BoxFuture<'a, Result<(), CreateError>> {
-        Box::pin(self.create_deployment(pod, sources))
+    ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>> {
+        Box::pin(async move {
+            self.create_deployment(pod, sources)
+                .await
+                .map(|()| Vec::new())
+        })
     }
 
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<EdgePod>, HubError>> {

@@ -12,8 +12,8 @@
 //! sync paces itself with. A 429 from ARM pauses the bucket for its
 //! `Retry-After`.
 
-use crate::aci::translate::group_name;
-use crate::aci::{AciError, ContainerGroups, TAG_NAMESPACE, TAG_POD_NAME};
+use crate::aci::translate::{group_name, group_name_in};
+use crate::aci::{AciError, ContainerGroups, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME};
 use crate::pacing::TokenBucket;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -76,24 +76,38 @@ pub struct LogQuery {
     pub tail_lines: Option<u32>,
 }
 
-/// Read one container's log.
+/// Read one container's log from the group of cluster `cluster_id`.
 pub async fn container_logs(
     aci: &dyn ContainerGroups,
+    cluster_id: &str,
     namespace: &str,
     pod: &str,
     container: &str,
     tail: Option<u32>,
 ) -> Result<String, LogsError> {
-    let name = group_name(namespace, pod);
     let no_group = || LogsError::NoGroup {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
     };
-    let group = aci.get(&name).await?.ok_or_else(no_group)?;
-    let tag = |k: &str| group.tags.get(k).map(String::as_str);
-    if tag(TAG_NAMESPACE) != Some(namespace) || tag(TAG_POD_NAME) != Some(pod) {
-        return Err(no_group());
+    // This cluster's name for the group, else the name groups had before
+    // cluster hashing (still running after an upgrade); the tags decide.
+    let mut found = None;
+    for name in [
+        group_name_in(cluster_id, namespace, pod),
+        group_name(namespace, pod),
+    ] {
+        if let Some(g) = aci.get(&name).await? {
+            let tag = |k: &str| g.tags.get(k).map(String::as_str);
+            if tag(TAG_CLUSTER) == Some(cluster_id)
+                && tag(TAG_NAMESPACE) == Some(namespace)
+                && tag(TAG_POD_NAME) == Some(pod)
+            {
+                found = Some(name);
+                break;
+            }
+        }
     }
+    let name = found.ok_or_else(no_group)?;
     match aci.logs(&name, container, tail).await {
         Ok(text) => Ok(text),
         Err(AciError::NotFound) => Err(LogsError::NoContainer {
@@ -125,6 +139,8 @@ impl Default for LogBudget {
 /// Container logs from ACI within a [`LogBudget`].
 pub struct LogReader {
     aci: Arc<dyn ContainerGroups>,
+    /// Whose groups it reads (their names carry it; their tags must match).
+    cluster_id: Arc<str>,
     budget: LogBudget,
     bucket: Mutex<TokenBucket>,
 }
@@ -140,9 +156,10 @@ impl std::fmt::Debug for LogReader {
 impl LogReader {
     /// Reading through `aci`, which should be a client of its own (see the
     /// module documentation), within `budget`.
-    pub fn new(aci: Arc<dyn ContainerGroups>, budget: LogBudget) -> Self {
+    pub fn new(aci: Arc<dyn ContainerGroups>, cluster_id: &str, budget: LogBudget) -> Self {
         Self {
             aci,
+            cluster_id: cluster_id.into(),
             budget,
             bucket: Mutex::new(TokenBucket::new(
                 budget.per_sec,
@@ -171,7 +188,15 @@ impl LogReader {
                 retry_after,
             });
         }
-        let result = container_logs(self.aci.as_ref(), namespace, pod, container, tail).await;
+        let result = container_logs(
+            self.aci.as_ref(),
+            &self.cluster_id,
+            namespace,
+            pod,
+            container,
+            tail,
+        )
+        .await;
         if let Err(LogsError::Aci(AciError::Throttled { retry_after })) = &result {
             let now = Instant::now();
             self.bucket().throttled(now + *retry_after, now);
@@ -226,6 +251,7 @@ mod tests {
                     ..ContainerGroup::default()
                 };
                 g.tags = BTreeMap::from([
+                    (TAG_CLUSTER.to_string(), "c1".to_string()),
                     (TAG_NAMESPACE.to_string(), "web".to_string()),
                     (TAG_POD_NAME.to_string(), "api".to_string()),
                 ]);
@@ -262,6 +288,7 @@ mod tests {
         let aci = Arc::new(Counting::default());
         let reader = LogReader::new(
             aci.clone(),
+            "c1",
             LogBudget {
                 per_sec: 0.5,
                 burst: 2,
@@ -298,7 +325,7 @@ mod tests {
             throttle: true,
             ..Counting::default()
         });
-        let reader = LogReader::new(aci.clone(), LogBudget::default());
+        let reader = LogReader::new(aci.clone(), "c1", LogBudget::default());
         let first = reader.read("web", "api", "app", None).await;
         let response = first
             .err()

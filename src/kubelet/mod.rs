@@ -157,7 +157,11 @@ mod tests {
         let aci: Arc<dyn ContainerGroups> =
             Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")));
         router(
-            Arc::new(logs::LogReader::new(aci, logs::LogBudget::default())),
+            Arc::new(logs::LogReader::new(
+                aci,
+                "local",
+                logs::LogBudget::default(),
+            )),
             Access::Open,
         )
     }

@@ -108,10 +108,39 @@ pub struct DrainBack {
     pub max_per_minute: u32,
 }
 
+/// How a pod's resources become ACI's: ACI refuses a container whose limit
+/// is above the container group's total request
+/// (`ContainerLimitGreaterThanContainerGroupTotalRequest`), which the usual
+/// Burstable pod (requests below limits) would hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum AciResources {
+    /// Lower such limits to the group's total request (an Event says so);
+    /// ACI bills the requests as asked.
+    #[default]
+    ClampLimits,
+    /// Raise the group's request to the largest limit; the larger request is
+    /// what ACI bills and what budgets count.
+    RaiseRequests,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AciSettings {
     pub public_ip: PublicIp,
     pub dns_name_label: Option<String>,
+    /// `aci.resources`.
+    pub resources: AciResources,
+}
+
+impl Default for AciSettings {
+    /// What a pod gets without a policy: public IP when it has ports, no DNS
+    /// label, limits clamped.
+    fn default() -> Self {
+        AciSettings {
+            public_ip: PublicIp::Auto,
+            dns_name_label: None,
+            resources: AciResources::ClampLimits,
+        }
+    }
 }
 
 /// A validated policy.
@@ -166,10 +195,7 @@ impl BurstPolicy {
                 after: DEFAULT_DRAIN_AFTER,
                 max_per_minute: DEFAULT_DRAIN_PER_MINUTE,
             },
-            aci: AciSettings {
-                public_ip: PublicIp::Auto,
-                dns_name_label: None,
-            },
+            aci: AciSettings::default(),
             source: "<built-in>".into(),
             line: 0,
             column: 0,
@@ -406,6 +432,21 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
                     None
                 }
             });
+    let resources = match &spec.aci.resources {
+        None => AciResources::ClampLimits,
+        Some(r) => match r.value.as_str() {
+            "clamp-limits" => AciResources::ClampLimits,
+            "raise-requests" => AciResources::RaiseRequests,
+            other => {
+                c.at(
+                    r.referenced,
+                    "spec.aci.resources",
+                    format!("unknown value {other:?} (expected clamp-limits or raise-requests)"),
+                );
+                AciResources::ClampLimits
+            }
+        },
+    };
     let ok = c.errors.is_empty();
     errors.append(&mut c.errors);
     ok.then(|| BurstPolicy {
@@ -432,6 +473,7 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
         aci: AciSettings {
             public_ip,
             dns_name_label,
+            resources,
         },
         source: file.to_string(),
         line,

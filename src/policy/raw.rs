@@ -125,4 +125,7 @@ pub struct RawAci {
     pub public_ip: Option<Spanned<String>>,
     #[serde(default)]
     pub dns_name_label: Option<Spanned<String>>,
+    /// `clamp-limits` (default) or `raise-requests`.
+    #[serde(default)]
+    pub resources: Option<Spanned<String>>,
 }

@@ -656,3 +656,36 @@ fn documents_are_split_on_markers_keeping_line_numbers() {
     assert!(errors.is_empty(), "{}", PolicyErrors(errors));
     assert_eq!(ps.len(), 1);
 }
+
+#[test]
+fn aci_resources_defaults_to_clamp_limits_and_takes_raise_requests() {
+    let p = parse_one(FULL).unwrap();
+    assert_eq!(p.aci.resources, AciResources::ClampLimits);
+    let p = parse_one(&FULL.replace(
+        "publicIp: auto,",
+        "publicIp: auto, resources: raise-requests,",
+    ))
+    .unwrap();
+    assert_eq!(p.aci.resources, AciResources::RaiseRequests);
+    let p = parse_one(&FULL.replace(
+        "publicIp: auto,",
+        "publicIp: auto, resources: clamp-limits,",
+    ))
+    .unwrap();
+    assert_eq!(p.aci.resources, AciResources::ClampLimits);
+}
+
+#[test]
+fn unknown_aci_resources_value_points_at_the_value() {
+    let e = single_error(&FULL.replace(
+        "publicIp: auto,",
+        "publicIp: auto, resources: raise-limits,",
+    ));
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (13, "spec.aci.resources"),
+        "{e}"
+    );
+    assert_eq!(e.column, 37, "{e}");
+    assert!(e.message.contains("clamp-limits or raise-requests"), "{e}");
+}

@@ -115,6 +115,16 @@ pub enum CreateError {
     },
 }
 
+/// Something a backend changed while creating a pod's instance that the
+/// pod's owner should hear about (e.g. ACI limits clamped to the group's
+/// request). The controllers publish each as a Warning Event on the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateNotice {
+    /// Event reason (`LimitsClamped`).
+    pub reason: String,
+    pub message: String,
+}
+
 /// One sync's view of the backend.
 #[derive(Debug)]
 pub struct Read<I, E> {
@@ -137,12 +147,20 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Create the pod's instance (or confirm it exists for this pod).
     /// `sources` holds the ConfigMaps, Secrets and tokens the pod
-    /// references, read by the controllers.
+    /// references, read by the controllers. On success, what the backend
+    /// had to change about the pod ([`CreateNotice`]s, often none).
     fn create<'a>(
         &'a self,
         pod: &'a Pod,
         sources: &'a Sources,
-    ) -> BoxFuture<'a, Result<(), CreateError>>;
+    ) -> BoxFuture<'a, Result<Vec<CreateNotice>, CreateError>>;
+
+    /// The name of the instance that runs pod `namespace/name` (the backend
+    /// may qualify it, e.g. ACI adds the cluster's hash). Defaults to
+    /// [`InstanceKind::instance_name`].
+    fn instance_name(&self, namespace: &str, name: &str) -> String {
+        (<Self::Instance as Instance>::KIND.instance_name)(namespace, name)
+    }
 
     /// The instance named `name`, if it exists.
     fn get<'a>(

@@ -52,9 +52,11 @@ pub struct ProviderArgs {
         env = "SPILLWAY_UNADMITTED_PODS"
     )]
     pub unadmitted_pods: super::unadmitted::Mode,
-    /// Cluster id tagged on every container group; GC touches only groups
-    /// with this tag, so it must be unique per cluster sharing a resource
-    /// group. Required with `--aci azure`.
+    /// Cluster id tagged on every container group and hashed into its name
+    /// (`<namespace>-<pod>-<6 hex digits>`); GC touches only groups with
+    /// this tag, and a group another cluster tagged is never overwritten, so
+    /// it must be unique per cluster sharing a resource group. Required with
+    /// `--aci azure`.
     #[arg(long, env = "SPILLWAY_CLUSTER_ID")]
     pub cluster_id: Option<String>,
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
@@ -455,6 +457,7 @@ pub async fn start(
     let (access, ca_task) = kubelet_access(args, clients, tls.is_some(), kubelet_addr).await?;
     let logs = Arc::new(LogReader::new(
         logs_aci,
+        &cluster_id,
         LogBudget {
             per_sec: args.kubelet_log_qps,
             burst: args.kubelet_log_burst,

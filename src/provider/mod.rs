@@ -65,7 +65,7 @@ pub mod unadmitted;
 use crate::aci::backend::AciBackend;
 use crate::aci::{ContainerGroups, Usage};
 use crate::metrics::Metrics;
-use backend::{Backend, BackendError, CreateError, Instance, Read};
+use backend::{Backend, BackendError, CreateError, CreateNotice, Instance, Read};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, Secret, ServiceAccount};
@@ -286,7 +286,7 @@ enum Done {
     Created {
         uid: String,
         pod: Box<Pod>,
-        result: Result<(), CreateFailure>,
+        result: Result<Vec<CreateNotice>, CreateFailure>,
     },
     Deleted {
         uid: String,
@@ -348,9 +348,18 @@ impl<I> Default for PodLoop<I> {
     }
 }
 
-/// The name of the backend instance that runs pod `namespace/name`.
-fn instance_name<B: Backend>(namespace: &str, name: &str) -> String {
-    (<B::Instance as Instance>::KIND.instance_name)(namespace, name)
+/// A Warning Event about what creating the pod's instance changed.
+async fn publish_notice(pod: &Pod, notice: &CreateNotice, recorder: &Recorder) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: notice.reason.clone(),
+        note: Some(notice.message.chars().take(1000).collect()),
+        action: "CreateContainerGroup".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+        tracing::warn!(error = %e, "event write failed");
+    }
 }
 
 fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -886,7 +895,7 @@ impl<B: Backend> Provider<B> {
             if st.judged.contains_key(&uid) {
                 continue;
             }
-            if groups.contains_key(&instance_name::<B>(&ns, &name))
+            if groups.contains_key(&self.backend.instance_name(&ns, &name))
                 || st.created.contains_key(&uid)
                 || pods::had_instance::<B::Instance>(p)
             {
@@ -1007,7 +1016,7 @@ impl<B: Backend> Provider<B> {
         let mut actions = Vec::new();
         for pod in store.state() {
             let (ns, name, uid) = pod_key(&pod);
-            let group = groups.get(&instance_name::<B>(&ns, &name));
+            let group = groups.get(&self.backend.instance_name(&ns, &name));
             // Status work waits for the sync; only creations and deletions are urgent.
             if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
                 continue;
@@ -1069,7 +1078,7 @@ impl<B: Backend> Provider<B> {
             PodAction::DeleteStaleGroup => {
                 st.busy.insert(uid.clone());
                 let backend = self.backend.clone();
-                let group = instance_name::<B>(&ns, &name);
+                let group = self.backend.instance_name(&ns, &name);
                 tasks.spawn(async move {
                     tracing::info!(group = %group, pod = %format!("{ns}/{name}"), "deleting the group of an earlier pod of this name");
                     let result = backend.delete(&group).await.map_err(|e| e.to_string());
@@ -1090,9 +1099,12 @@ impl<B: Backend> Provider<B> {
                 st.busy.remove(&uid);
                 st.creating = st.creating.saturating_sub(1);
                 match result {
-                    Ok(()) => {
+                    Ok(notices) => {
                         st.created.insert(uid.clone(), Instant::now());
                         st.retry.remove(&uid);
+                        for n in notices {
+                            publish_notice(&pod, &n, recorder).await;
+                        }
                     }
                     Err(f) => self.creation_failed(st, &pod, &uid, f, recorder).await,
                 }
@@ -1235,14 +1247,15 @@ impl<B: Backend> Provider<B> {
 
     /// Read what the pod references, then have the backend create its
     /// instance, then mark the pod.
-    async fn create_instance(&self, pod: &Pod) -> Result<(), CreateFailure> {
+    async fn create_instance(&self, pod: &Pod) -> Result<Vec<CreateNotice>, CreateFailure> {
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
-        self.backend
+        let notices = self
+            .backend
             .create(pod, &sources)
             .await
             .map_err(CreateFailure::Backend)?;
         self.mark_created(pod).await;
-        Ok(())
+        Ok(notices)
     }
 
     /// Record on the pod, durably, that its group was created
@@ -1335,7 +1348,7 @@ impl<B: Backend> Provider<B> {
         uid: &str,
         delete_group: bool,
     ) -> Result<(), String> {
-        let group = instance_name::<B>(ns, name);
+        let group = self.backend.instance_name(ns, name);
         if delete_group {
             // Re-validate: the group must still be this pod's.
             match self.backend.get(&group).await {
@@ -1424,7 +1437,7 @@ impl<B: Backend> Provider<B> {
         let mut starts = Vec::new();
         for pod in pods.iter() {
             let (ns, name, uid) = pod_key(pod);
-            let gname = instance_name::<B>(&ns, &name);
+            let gname = self.backend.instance_name(&ns, &name);
             if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
                 continue;
             }
@@ -1519,7 +1532,7 @@ impl<B: Backend> Provider<B> {
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             );
-            if let Some(g) = groups.get(&instance_name::<B>(&ns, &name))
+            if let Some(g) = groups.get(&self.backend.instance_name(&ns, &name))
                 && !terminal
                 && pods::ownership_of(g, &ns, &name, &uid) == pods::Ownership::Ours
             {

@@ -733,7 +733,7 @@ mod tests {
         let config = TranslateConfig::new("c1", "westeurope");
         let aci = AciSettings {
             public_ip: PublicIp::Auto,
-            dns_name_label: None,
+            ..AciSettings::default()
         };
         let ctx = PodContext {
             config: &config,

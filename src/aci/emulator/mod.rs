@@ -15,6 +15,12 @@
 //! - **Reads as ARM**: secrets are never returned; the list operations omit
 //!   instance views like ARM does (callers must GET a group for container
 //!   states) unless [`EmulatorConfig::list_instance_view`] is set.
+//! - **Validation as ARM** (400 with ARM's codes and wording): names,
+//!   location, osType, containers, volumes, ports, and ACI's resource rules —
+//!   a container's limit not below its request
+//!   (`ResourceLimitsLessThanRequests`) and not above the group's total
+//!   request (`ContainerLimitGreaterThanContainerGroupTotalRequest`). The
+//!   body's `name`, `id` and `type` are optional (the URL names the group).
 //! - **Public IPs** come from a test range (20.0.0.0/16 by default), with an
 //!   FQDN `{label}.{location}.azurecontainer.io`.
 //! - **Quotas**: cores and groups per subscription and region →

@@ -258,6 +258,13 @@ impl World {
         ));
         body.resource_type = Some(RESOURCE_TYPE.to_string());
         let spec = body.spec();
+        // What is kept and answered: the spec plus the `id` and `type` ARM
+        // always returns.
+        let stored = ContainerGroup {
+            id: body.id.clone(),
+            resource_type: body.resource_type.clone(),
+            ..spec.clone()
+        };
 
         if let Some(existing) = self.groups.get_mut(&key) {
             existing.puts += 1;
@@ -285,7 +292,7 @@ impl World {
             // An update restarts the group, as ACI does.
             let fails = self.faults.fail_provisioning.get(&key.name).cloned();
             if let Some(existing) = self.groups.get_mut(&key) {
-                existing.spec = spec;
+                existing.spec = stored;
                 existing.created = now;
                 existing.created_wall = now_wall;
                 existing.fails = fails;
@@ -339,7 +346,7 @@ impl World {
         self.groups.insert(
             key.clone(),
             Record {
-                spec,
+                spec: stored,
                 created: now,
                 created_wall: now_wall,
                 ip: None,
@@ -822,8 +829,7 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
         return bad(
             "InvalidOsType",
             format!(
-                "The 'osType' '{}' is not valid. Valid values are 'Linux' and 'Windows'.",
-                p.os_type
+                "The 'osType' for container group '{name}' is invalid. The value must be one of 'Windows,Linux'."
             ),
         );
     }
@@ -888,6 +894,7 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
             }
         }
     }
+    check_limits(name, p)?;
     let volume_names: BTreeSet<&str> = p.volumes.iter().map(|v| v.name.as_str()).collect();
     for m in p
         .containers
@@ -938,6 +945,97 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
         return Err(PutError::Capacity {
             message: capacity_message(g),
         });
+    }
+    Ok(())
+}
+
+/// A number as ARM prints it inside a message: .NET's shortest form (`1`,
+/// `0.5`), after summing (so `0.1 + 0.2` reads `0.3`).
+fn arm_number(x: f64) -> String {
+    format!("{}", (x * 1e6).round() / 1e6)
+}
+
+/// A number as ARM serializes it in JSON inside a message (`4.0`, `1.5`).
+fn arm_json_number(x: f64) -> String {
+    let x = (x * 1e6).round() / 1e6;
+    if x.fract() == 0.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// ACI's resource rules (as ARM words them): per container, a limit is not
+/// below its request (`ResourceLimitsLessThanRequests`) and not above the
+/// group's total request (`ContainerLimitGreaterThanContainerGroupTotalRequest`).
+/// A limit left out (or 0, which the model cannot tell apart) is no limit.
+fn check_limits(group: &str, p: &ContainerGroupProperties) -> Result<(), PutError> {
+    const EPS: f64 = 1e-9;
+    let total_cpu: f64 = p
+        .containers
+        .iter()
+        .map(|c| c.properties.resources.requests.cpu)
+        .sum();
+    let total_memory: f64 = p
+        .containers
+        .iter()
+        .map(|c| c.properties.resources.requests.memory_in_gb)
+        .sum();
+    for c in &p.containers {
+        let r = &c.properties.resources;
+        let Some(limits) = &r.limits else {
+            continue;
+        };
+        let kinds = [
+            ("Cpu", r.requests.cpu, limits.cpu, total_cpu),
+            (
+                "MemoryInGB",
+                r.requests.memory_in_gb,
+                limits.memory_in_gb,
+                total_memory,
+            ),
+        ];
+        for (kind, request, limit, _) in kinds {
+            if limit > 0.0 && limit + EPS < request {
+                let mut limit_fields = Vec::new();
+                if limits.memory_in_gb > 0.0 {
+                    limit_fields.push(format!(
+                        "\"memoryInGB\":{}",
+                        arm_json_number(limits.memory_in_gb)
+                    ));
+                }
+                if limits.cpu > 0.0 {
+                    limit_fields.push(format!("\"cpu\":{}", arm_json_number(limits.cpu)));
+                }
+                let requirement = format!(
+                    "{{\"requests\":{{\"memoryInGB\":{},\"cpu\":{}}},\"limits\":{{{}}}}}",
+                    arm_json_number(r.requests.memory_in_gb),
+                    arm_json_number(r.requests.cpu),
+                    limit_fields.join(",")
+                );
+                return Err(PutError::Invalid {
+                    code: "ResourceLimitsLessThanRequests",
+                    message: format!(
+                        "The resource requirement '{requirement}' in container '{}' of contain group '{group}' is invalid. \
+                         The '{kind}' limit value must be greater than or equal to the request value.",
+                        c.name
+                    ),
+                });
+            }
+        }
+        for (kind, _, limit, total) in kinds {
+            if limit > total + EPS {
+                return Err(PutError::Invalid {
+                    code: "ContainerLimitGreaterThanContainerGroupTotalRequest",
+                    message: format!(
+                        "The '{kind}' limit '{}' in container '{}' is greater than the total request '{}' of container group '{group}'.",
+                        arm_number(limit),
+                        c.name,
+                        arm_number(total)
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -825,3 +825,154 @@ async fn provisioning_fails_for_named_groups_only() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn put_accepts_a_body_without_name_id_or_type() {
+    // ARM takes the name from the URL; `name`, `id` and `type` in the body
+    // are optional (read-only or redundant). `location` is required.
+    let st = state_with(EmulatorConfig::default());
+    let mut body = json(&group("named-by-url", 1.0, "Always", None));
+    let obj = body.as_object_mut().expect("object");
+    obj.remove("name");
+    obj.remove("id");
+    obj.remove("type");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/named-by-url?{V}"), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["name"], "named-by-url");
+    assert!(
+        answer["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/containerGroups/named-by-url")),
+        "{answer}"
+    );
+    assert_eq!(answer["type"], RESOURCE_TYPE);
+
+    // Without `location` ARM refuses.
+    let mut body = json(&group("no-location", 1.0, "Always", None));
+    body.as_object_mut().expect("object").remove("location");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/no-location?{V}"), Some(body)).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("LocationRequired"))
+    );
+
+    // Without `osType`, ARM's own wording.
+    let mut body = json(&group("no-os", 1.0, "Always", None));
+    body["properties"]
+        .as_object_mut()
+        .expect("object")
+        .remove("osType");
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/no-os?{V}"), Some(body)).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidOsType"))
+    );
+    assert_eq!(
+        answer["error"]["message"],
+        "The 'osType' for container group 'no-os' is invalid. The value must be one of 'Windows,Linux'."
+    );
+}
+
+/// A group of containers (requests, limits) in cores and GB.
+fn group_with_resources(
+    name: &str,
+    containers: &[(&str, ResourceSpec, Option<ResourceSpec>)],
+) -> ContainerGroup {
+    let mut g = group(name, 1.0, "Always", None);
+    let template = g.properties.containers[0].clone();
+    g.properties.containers = containers
+        .iter()
+        .map(|(cname, requests, limits)| {
+            let mut c = template.clone();
+            c.name = cname.to_string();
+            c.properties.resources = ResourceRequirements {
+                requests: *requests,
+                limits: *limits,
+            };
+            c
+        })
+        .collect();
+    g
+}
+
+fn res(cpu: f64, memory_in_gb: f64) -> ResourceSpec {
+    ResourceSpec { cpu, memory_in_gb }
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_below_requests_are_refused_as_arm_does() {
+    let st = state_with(EmulatorConfig::default());
+    let g = group_with_resources("worker", &[("worker", res(2.0, 4.0), Some(res(1.0, 1.5)))]);
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/worker?{V}"), Some(json(&g))).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("ResourceLimitsLessThanRequests")
+        ),
+        "{body}"
+    );
+    // ARM's wording, "contain group" included.
+    assert_eq!(
+        body["error"]["message"],
+        "The resource requirement '{\"requests\":{\"memoryInGB\":4.0,\"cpu\":2.0},\"limits\":{\"memoryInGB\":1.5,\"cpu\":1.0}}' \
+         in container 'worker' of contain group 'worker' is invalid. The 'Cpu' limit value must be greater than or equal to the request value."
+    );
+    let g = group_with_resources("mem", &[("app", res(2.0, 3.0), Some(res(2.0, 2.0)))]);
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/mem?{V}"), Some(json(&g))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(
+                "The 'MemoryInGB' limit value must be greater than or equal to the request value."
+            )),
+        "{body}"
+    );
+    assert!(st.snapshot().is_empty(), "nothing was created");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_above_the_groups_total_request_is_refused_as_arm_does() {
+    let st = state_with(EmulatorConfig::default());
+    // The usual Burstable pod: requests 0.5 CPU, limit 1.
+    let g = group_with_resources("web", &[("nginx", res(0.5, 0.6), Some(res(1.0, 0.6)))]);
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/web?{V}"), Some(json(&g))).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("ContainerLimitGreaterThanContainerGroupTotalRequest")
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["message"],
+        "The 'Cpu' limit '1' in container 'nginx' is greater than the total request '0.5' of container group 'web'."
+    );
+    // Memory, and a total summed over containers (0.1 + 0.2 is 0.3, not 0.30000000000000004).
+    let g = group_with_resources(
+        "pair",
+        &[
+            ("a", res(0.1, 1.0), Some(res(0.3, 3.0))),
+            ("b", res(0.2, 1.0), None),
+        ],
+    );
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/pair?{V}"), Some(json(&g))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "The 'MemoryInGB' limit '3' in container 'a' is greater than the total request '2' of container group 'pair'."
+    );
+    // A limit up to the group's total request is fine: one container may use
+    // what the other requested.
+    let g = group_with_resources(
+        "pair",
+        &[
+            ("a", res(0.1, 1.0), Some(res(0.3, 2.0))),
+            ("b", res(0.2, 1.0), None),
+        ],
+    );
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/pair?{V}"), Some(json(&g))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+}

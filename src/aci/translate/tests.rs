@@ -2,7 +2,7 @@
 //! with `UPDATE_GOLDEN=1 cargo test --lib aci::translate` and review the diff.
 
 use super::*;
-use crate::policy::{AciSettings, PublicIp};
+use crate::policy::{AciResources, AciSettings, PublicIp};
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::path::PathBuf;
@@ -237,6 +237,7 @@ fn aci(public_ip: PublicIp, dns: Option<&str>) -> AciSettings {
     AciSettings {
         public_ip,
         dns_name_label: dns.map(str::to_string),
+        ..AciSettings::default()
     }
 }
 
@@ -342,6 +343,151 @@ fn golden_web_with_ports_and_dns_template() {
             .memory_in_gb,
         0.6
     );
+}
+
+fn web_pod() -> k8s::Pod {
+    pod("web", "frontend-7d9c")
+        .container(
+            c("nginx", "nginx:1.27")
+                .cpu("500m")
+                .mem("512Mi")
+                .res("limits", "cpu", "1")
+                .res("limits", "memory", "1Gi")
+                .port(80, "http")
+                .port(443, "https"),
+        )
+        .build()
+}
+
+fn translate_with(pod: &k8s::Pod, resources: AciResources) -> Result<Translation, TranslateError> {
+    let cfg = config();
+    let settings = AciSettings {
+        resources,
+        ..aci(PublicIp::Auto, Some("{{namespace}}-{{name}}"))
+    };
+    translate_pod(
+        pod,
+        &PodContext {
+            config: &cfg,
+            aci: &settings,
+            resolved: &Resolved::default(),
+        },
+    )
+}
+
+/// Per container: (cpu request, memory request, (cpu limit, memory limit)).
+type Sizes = (f64, f64, Option<(f64, f64)>);
+
+fn requests_and_limits(g: &ContainerGroup) -> Vec<Sizes> {
+    g.properties
+        .containers
+        .iter()
+        .map(|c| {
+            let r = &c.properties.resources;
+            (
+                r.requests.cpu,
+                r.requests.memory_in_gb,
+                r.limits.map(|l| (l.cpu, l.memory_in_gb)),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn burstable_web_pod_gets_its_limits_clamped_with_a_warning() {
+    // web.json (the golden above): requests 0.5 CPU / 512Mi, limits 1 / 1Gi.
+    let t = translate_with(&web_pod(), AciResources::ClampLimits).expect("translates");
+    assert_eq!(
+        requests_and_limits(&t.group),
+        [(0.5, 0.6, Some((0.5, 0.6)))]
+    );
+    assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+    assert_eq!(t.warnings[0].reason, REASON_LIMITS_CLAMPED);
+    assert!(
+        t.warnings[0]
+            .message
+            .contains("nginx cpu limit 1 → 0.5, nginx memory limit 1.1 GB → 0.6 GB"),
+        "{}",
+        t.warnings[0].message
+    );
+}
+
+#[test]
+fn golden_web_raise_requests() {
+    let t = translate_with(&web_pod(), AciResources::RaiseRequests).expect("translates");
+    check_golden(
+        "web-raise-requests",
+        &serde_json::to_value(&t.group).expect("serializable"),
+    );
+    assert_eq!(
+        requests_and_limits(&t.group),
+        [(1.0, 1.1, Some((1.0, 1.1)))]
+    );
+    assert_eq!(t.warnings.len(), 1);
+    assert_eq!(t.warnings[0].reason, REASON_REQUESTS_RAISED);
+}
+
+#[test]
+fn group_limit_rule_sums_requests_over_containers() {
+    // app: 0.25 CPU, limit 1; sidecar: 0.25 CPU, no limit. Total request 0.5.
+    let p = pod("web", "two")
+        .container(
+            c("app", "app:1")
+                .cpu("250m")
+                .mem("1G")
+                .res("limits", "cpu", "1"),
+        )
+        .container(c("sidecar", "proxy:1").cpu("250m").mem("1G"))
+        .build();
+    let t = translate_with(&p, AciResources::ClampLimits).expect("translates");
+    assert_eq!(
+        requests_and_limits(&t.group),
+        [(0.25, 1.0, Some((0.5, 1.0))), (0.25, 1.0, None)],
+        "the limit may use the whole group's request, no more"
+    );
+    let t = translate_with(&p, AciResources::RaiseRequests).expect("translates");
+    assert_eq!(
+        requests_and_limits(&t.group),
+        [(0.75, 1.0, Some((1.0, 1.0))), (0.25, 1.0, None)],
+        "the container with the limit takes the extra request; total = its limit"
+    );
+    // Limits within the total request are left alone, with no warning.
+    let p = pod("web", "fits")
+        .container(
+            c("app", "app:1")
+                .cpu("250m")
+                .mem("1G")
+                .res("limits", "cpu", "500m"),
+        )
+        .container(c("sidecar", "proxy:1").cpu("250m").mem("1G"))
+        .build();
+    for mode in [AciResources::ClampLimits, AciResources::RaiseRequests] {
+        let t = translate_with(&p, mode).expect("translates");
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(
+            requests_and_limits(&t.group),
+            [(0.25, 1.0, Some((0.5, 1.0))), (0.25, 1.0, None)]
+        );
+    }
+}
+
+#[test]
+fn raised_requests_still_respect_the_group_maximum() {
+    let p = pod("web", "huge")
+        .container(
+            c("app", "app:1")
+                .cpu("1")
+                .mem("1G")
+                .res("limits", "cpu", "8"),
+        )
+        .build();
+    let t = translate_with(&p, AciResources::ClampLimits).expect("clamped fits");
+    assert_eq!(
+        requests_and_limits(&t.group),
+        [(1.0, 1.0, Some((1.0, 1.0)))]
+    );
+    let e = translate_with(&p, AciResources::RaiseRequests).expect_err("8 vCPU is too large");
+    assert_eq!(e.field(), "spec.containers[*].resources.requests.cpu");
 }
 
 #[test]
@@ -498,10 +644,18 @@ fn golden_long_names_are_hashed_and_valid() {
     );
     assert!(g.name.len() <= MAX_NAME_LEN, "{}", g.name);
     assert!(is_valid_label(&g.name), "{}", g.name);
-    assert_eq!(g.name, group_name(ns, name), "deterministic");
+    assert_eq!(
+        g.name,
+        group_name_in("cluster-a", ns, name),
+        "deterministic"
+    );
     assert_ne!(
         g.name,
-        group_name(ns, "settlement-reconciliation-worker-5f7c9d8b6-abcdf")
+        group_name_in(
+            "cluster-a",
+            ns,
+            "settlement-reconciliation-worker-5f7c9d8b6-abcdf"
+        )
     );
     assert_eq!(g.tags.get(TAG_POD_NAME).map(String::as_str), Some(name));
 }
@@ -800,6 +954,53 @@ fn group_names_are_valid_for_awkward_inputs() {
         group_name("a", "b.c"),
         group_name("a", "b-c"),
         "a lossy rewrite adds a hash"
+    );
+}
+
+#[test]
+fn group_names_carry_a_stable_cluster_hash_and_stay_valid() {
+    assert_eq!(cluster_hash("cluster-a"), cluster_hash("cluster-a"));
+    assert_eq!(cluster_hash("cluster-a").len(), 6);
+    assert_ne!(cluster_hash("cluster-a"), cluster_hash("cluster-b"));
+    // The pod `web/db-0` of two clusters sharing a resource group.
+    let a = group_name_in("cluster-a", "web", "db-0");
+    let b = group_name_in("cluster-b", "web", "db-0");
+    assert_ne!(a, b, "never the same group");
+    assert_eq!(a, format!("web-db-0-{}", cluster_hash("cluster-a")));
+    assert_eq!(
+        a,
+        group_name_in("cluster-a", "web", "db-0"),
+        "deterministic"
+    );
+    assert_eq!(
+        config().group_name("web", "db-0"),
+        group_name_in("cluster-a", "web", "db-0")
+    );
+    let long_ns = "n".repeat(63);
+    let long_pod = "p".repeat(253);
+    for (ns, name) in [
+        ("default", "web-0"),
+        ("a", "b.c.d"),
+        (long_ns.as_str(), long_pod.as_str()),
+        (
+            "team-payments-settlement-reconciliation",
+            "settlement-reconciliation-worker-5f7c9d8b6-abcde",
+        ),
+        ("ns", "-weird--name-"),
+        ("x", &"y".repeat(56)),
+        ("x", &"y".repeat(57)),
+    ] {
+        for cluster in ["cluster-a", "3f1c2a6e-0000-4b7e-9c1d-aaaaaaaaaaaa", ""] {
+            let g = group_name_in(cluster, ns, name);
+            assert!(is_valid_label(&g), "{ns}/{name} in {cluster:?} → {g}");
+            assert!(!g.contains("--"), "{g}");
+            assert!(g.ends_with(&cluster_hash(cluster)), "{g}");
+        }
+    }
+    // Long names that differ only at the end stay distinct.
+    assert_ne!(
+        group_name_in("c", &long_ns, &format!("{long_pod}-a")),
+        group_name_in("c", &long_ns, &format!("{long_pod}-b"))
     );
 }
 
