@@ -594,7 +594,7 @@ async fn a_log_flood_spends_its_own_budget_and_status_sync_goes_on() {
     w.emu
         .state
         .set_faults(Faults {
-            vanish: vec![spillway::aci::translate::group_name(NS, "api")],
+            vanish: vec![spillway::aci::translate::group_name_in("local", NS, "api")],
             ..Faults::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));

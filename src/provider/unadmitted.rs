@@ -129,13 +129,6 @@ pub fn admits(d: &Decision) -> bool {
     d.verdict == Verdict::Burst || d.reason == Reason::NoPolicy
 }
 
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
 /// Judge `pods` (bypassing pods bound to the virtual node, no group yet)
 /// together, at `now`, as if each were pending since its creation and the
 /// scheduler had found no VM for it: one [`Engine::plan`] over the view's
@@ -162,19 +155,18 @@ pub fn judge(
         .iter()
         .filter_map(|p| p.metadata.uid.as_deref())
         .collect();
-    for p in &state.pods {
-        let Some(uid) = p.metadata.uid.as_deref() else {
+    // Bound pods are in the view as records (`cluster::bound`).
+    for p in &state.bound {
+        let Some(uid) = p.uid.as_deref() else {
             continue;
         };
-        let bound = p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
-        if !(judged.contains(uid) || not_counted.contains(uid)) || !bound || is_terminal(p) {
+        if !(judged.contains(uid) || not_counted.contains(uid)) || p.terminal {
             continue;
         }
-        let requests = cluster::pod_requests(p).unwrap_or_default();
+        let requests = p.requests.clone().unwrap_or_default();
         let effective = config.engine.aci_effective(&requests);
         let hourly = config.engine.prices.aci_hourly(&effective);
-        let ns = p.metadata.namespace.clone().unwrap_or_default();
-        if let Some(u) = usage.get_mut(&ns) {
+        if let Some(u) = usage.get_mut(p.namespace()) {
             u.pods = u.pods.saturating_sub(1);
             u.requests = u.requests.saturating_sub(&effective);
             u.hourly_cost = (u.hourly_cost - hourly).max(0.0);
