@@ -92,12 +92,13 @@ pub struct ExplainRow {
     pub budget: String,
     /// It selects the virtual node (`nodeSelector` or required affinity on
     /// its labels, e.g. the AKS example's `type: virtual-kubelet`): no VM can
-    /// take it, but spillway still decides when (spillAfter, budgets, quota).
+    /// take it, so waiting for one gains nothing: it bursts at once, within
+    /// its policy's mode, minPriority, budgets and the ACI quota.
     pub pinned: bool,
 }
 
 /// What the table's DETAIL says of a pinned pod.
-pub const PINNED_NOTE: &str = "pinned to the virtual node (nodeSelector/required affinity): no VM can take it; spillway still applies spillAfter, budgets and quota";
+pub const PINNED_NOTE: &str = "pinned to the virtual node (nodeSelector/required affinity): no VM can take it, so it does not wait for one; spillway still applies the policy mode, minPriority, budgets and quota";
 
 /// The JSON form: exactly these keys.
 #[derive(Debug, Serialize)]
