@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use spillway::edge::emulator::{Emulator, EmulatorConfig, NewDevice};
-use std::sync::Arc;
 use std::time::Duration;
 use support::{PodDeletion, TestApiServer, poll_until};
 
@@ -105,23 +104,7 @@ async fn run_under(overlay: &str, expect_success: bool) -> TestApiServer {
     ];
     argv.extend(args);
     let args = RunArgs::parse_from(argv);
-    let metrics = Arc::new(spillway::metrics::Metrics::new());
-    let store = Arc::new(
-        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut config = srv.kube_config_as(SA_NS, SA);
-    config.default_namespace = SA_NS.to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        spillway::run::run_with(config, &args.run, store, metrics, listener, async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let run = support::InProcessRun::start_as(&srv, SA_NS, SA, args.run, &dir).await;
 
     let ready = || {
         srv.get::<Node>("", NODE)
@@ -190,8 +173,7 @@ async fn run_under(overlay: &str, expect_success: bool) -> TestApiServer {
             srv.auth_denials()
         );
     }
-    let _ = tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let _ = run.stop().await;
     srv
 }
 

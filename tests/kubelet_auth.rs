@@ -200,8 +200,7 @@ struct World {
     srv: TestApiServer,
     emu: EmulatorHandle,
     port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), spillway::run::RunError>>,
+    run: support::InProcessRun,
 }
 
 impl World {
@@ -244,24 +243,7 @@ impl World {
         ];
         argv.extend_from_slice(extra);
         let args = RunArgs::parse_from(argv);
-        let metrics = Arc::new(spillway::metrics::Metrics::new());
-        let store = Arc::new(
-            spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        // In a pod the client's namespace is the pod's own.
-        let mut config = srv.kube_config_as(SA_NS, SA);
-        config.default_namespace = SA_NS.to_string();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            spillway::run::run_with(config, &args.run, store, metrics, listener, async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let run = support::InProcessRun::start_as(&srv, SA_NS, SA, args.run, &dir).await;
         let port = || {
             srv.get::<Node>("", NODE)
                 .and_then(|n| n.status)
@@ -308,17 +290,13 @@ impl World {
             srv,
             emu,
             port,
-            stop: Some(tx),
-            task,
+            run,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let done = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
-        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    async fn stop(self) {
+        let done = self.run.stop().await;
+        assert!(matches!(done, Some(Ok(()))), "{done:?}");
     }
 
     /// Wait until the API server's kubelet client certificate is accepted

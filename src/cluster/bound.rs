@@ -46,12 +46,7 @@ pub struct BoundPod {
 /// Whether the view keeps `pod` as a [`BoundPod`]: bound to a node and not a
 /// placeholder.
 pub fn is_compactable(pod: &Pod) -> bool {
-    let bound = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
-    bound && !is_placeholder(pod)
+    super::is_bound(pod) && !is_placeholder(pod)
 }
 
 pub(super) fn controller(pod: &Pod) -> Option<Owner> {

@@ -206,12 +206,7 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
             continue;
         }
         // Unbound (or a placeholder).
-        let bound = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| !n.is_empty());
-        if !bound && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod) {
+        if !super::is_bound(pod) && pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod) {
             out.pending_owners.extend(controller(pod).map(|o| o.uid));
         }
         // Capacity placeholders hold VM room for burst pods; any real pod may

@@ -377,6 +377,14 @@ pub(crate) fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
+/// Bound to a node (a non-empty `spec.nodeName`).
+pub fn is_bound(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
+}
+
 /// Unbound, phase Pending (or unset), not being deleted, and not held back by
 /// scheduling gates (the scheduler does not try a gated pod, so neither
 /// bursting nor waiting applies to it yet).
@@ -386,13 +394,8 @@ pub fn is_pending(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.scheduling_gates.as_ref())
         .is_some_and(|g| !g.is_empty());
-    let bound = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !bound
+    !is_bound(pod)
         && !gated
         && matches!(phase, None | Some("Pending"))
         && pod.metadata.deletion_timestamp.is_none()

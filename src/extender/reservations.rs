@@ -161,11 +161,7 @@ pub fn outstanding(
         if live.is_empty() {
             break;
         }
-        let bound = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| !n.is_empty());
+        let bound = crate::cluster::is_bound(pod);
         let finished = matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")

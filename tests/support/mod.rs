@@ -23,6 +23,58 @@ pub use apiserver::{
     KUBELET_CLIENT_CN, KUBELET_CLIENT_ORG, PodDeletion, RequestRecord, RoleId, TestApiServer,
 };
 
+/// `spillway run` in-process, as ServiceAccount `ns/name` of `srv` (its
+/// token, so every call is authenticated and RBAC-authorized; in a pod the
+/// client's default namespace is the pod's own), with the policies of
+/// `policies` and `/healthz` etc. on a loopback port. `stop` ends it.
+pub struct InProcessRun {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), spillway::run::RunError>>,
+}
+
+impl InProcessRun {
+    pub async fn start_as(
+        srv: &TestApiServer,
+        ns: &str,
+        name: &str,
+        run: spillway::run::RunCommand,
+        policies: &std::path::Path,
+    ) -> Self {
+        let metrics = std::sync::Arc::new(spillway::metrics::Metrics::new());
+        let store = std::sync::Arc::new(
+            spillway::policy::reload::PolicyStore::open(policies, metrics.clone())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut config = srv.kube_config_as(ns, name);
+        config.default_namespace = ns.to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            spillway::run::run_with(config, &run, store, metrics, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        InProcessRun {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Ask it to stop and wait (bounded) for it to end.
+    pub async fn stop(mut self) -> Option<Result<(), spillway::run::RunError>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
 /// Poll `check` every 50 ms until it holds or `within` has passed; the last
 /// answer is returned (tests assert on it, never sleep to wait for state).
 pub async fn poll_until(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
