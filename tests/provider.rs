@@ -550,11 +550,12 @@ async fn a_group_deleted_behind_our_back_fails_the_pod() {
         .and_then(|p| p.status)
         .unwrap_or_default();
     assert_eq!(status.reason.as_deref(), Some(vpods::REASON_GROUP_VANISHED));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("deleted outside spillway"), "{message}");
+    // It names the group as ACI knows it (the cluster-hashed name).
     assert!(
-        status
-            .message
-            .unwrap_or_default()
-            .contains("deleted outside spillway")
+        message.contains(&group_name_in(CLUSTER, NS, "victim")),
+        "{message}"
     );
     // No second group for the failed pod.
     tokio::time::sleep(Duration::from_millis(600)).await; // three syncs: a recreate would show

@@ -1016,7 +1016,8 @@ impl<B: Backend> Provider<B> {
         let mut actions = Vec::new();
         for pod in store.state() {
             let (ns, name, uid) = pod_key(&pod);
-            let group = groups.get(&self.backend.instance_name(&ns, &name));
+            let instance = self.backend.instance_name(&ns, &name);
+            let group = groups.get(&instance);
             // Status work waits for the sync; only creations and deletions are urgent.
             if group.is_some() && pod.metadata.deletion_timestamp.is_none() {
                 continue;
@@ -1024,6 +1025,7 @@ impl<B: Backend> Provider<B> {
             let facts = self.facts(st, &uid, Some(list_at));
             let action = pods::decide_for(
                 &pod,
+                &instance,
                 group,
                 facts,
                 &self.config.node.internal_ip,
@@ -1442,8 +1444,14 @@ impl<B: Backend> Provider<B> {
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
-            let action =
-                pods::decide_for(pod, groups.get(&gname), facts, &cfg.node.internal_ip, &now);
+            let action = pods::decide_for(
+                pod,
+                &gname,
+                groups.get(&gname),
+                facts,
+                &cfg.node.internal_ip,
+                &now,
+            );
             match action {
                 PodAction::Nothing => {}
                 PodAction::Patch(status) => {

@@ -164,13 +164,19 @@ pub fn decide(
     host_ip: &str,
     now: &Time,
 ) -> PodAction {
-    decide_for(pod, group, facts, host_ip, now)
+    let m = &pod.metadata;
+    let instance = crate::aci::translate::group_name(
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or_default(),
+    );
+    decide_for(pod, &instance, group, facts, host_ip, now)
 }
 
 /// Decide for one pod of any backend. `group` is the instance listed under
-/// the pod's instance name.
+/// the pod's instance name `instance` (the backend's name for it).
 pub fn decide_for<I: Instance>(
     pod: &k8s::Pod,
+    instance: &str,
     group: Option<&I>,
     facts: PodFacts,
     host_ip: &str,
@@ -225,10 +231,9 @@ pub fn decide_for<I: Instance>(
                 PodAction::Fail {
                     reason: REASON_GROUP_VANISHED.into(),
                     message: format!(
-                        "{} {} {} was deleted outside spillway",
+                        "{} {} {instance} was deleted outside spillway",
                         I::KIND.system,
                         I::KIND.noun,
-                        (I::KIND.instance_name)(namespace, name)
                     ),
                 }
             } else {
