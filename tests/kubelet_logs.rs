@@ -140,7 +140,8 @@ impl Node {
                 "{}/_emulator/groups/{}/containers/app/logs",
                 self.emu.url, self.group
             ))
-            .json(&serde_json::json!({ "lines": lines }))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "lines": lines }).to_string())
             .send()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
