@@ -401,3 +401,28 @@ async fn followers_take_at_most_half_the_budget() {
     assert!(reads > 4, "the followers polled: {reads}");
     drop(followers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stops_polling_when_the_client_goes() {
+    let node = Node::start("Always", None, LogBudget::default()).await;
+    let mut answer = reqwest::get(format!("{}/containerLogs/web/api/app?follow=true", node.url))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut text = String::new();
+    read_stream(&mut answer, &mut text, |t| t.contains("started container")).await;
+    // It polls while the client listens.
+    let before = node.log_reads();
+    let polled = tokio::time::timeout(WAIT, async {
+        while node.log_reads() < before + 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "the follower never polled");
+    drop(answer);
+    // Within a poll or two of the client going, polling stops for good.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after_drop = node.log_reads();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.log_reads(), after_drop, "still polling for nobody");
+}

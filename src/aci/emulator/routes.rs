@@ -499,13 +499,21 @@ async fn append_logs(
 ) -> Response {
     let lines: AppendLogs = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("body: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": format!("body: {e}") })),
+            )
+                .into_response();
+        }
     };
     let groups = state.append_logs(&name, &container, &lines.lines);
     if groups == 0 {
         return (
             StatusCode::NOT_FOUND,
-            format!("no group {name:?} with a container {container:?}"),
+            axum::Json(serde_json::json!({
+                "error": format!("no group {name:?} with a container {container:?}")
+            })),
         )
             .into_response();
     }
