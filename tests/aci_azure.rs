@@ -161,14 +161,17 @@ async fn contract_create_get_list_logs_usage_delete() {
         .collect();
     assert_eq!(names, expected);
 
-    let logs = aci.logs(
-        &web.name,
-        "main",
-        LogOptions {
-            tail: Some(1),
-            ..LogOptions::default()
-        },
-    ).await.expect("logs");
+    let logs = aci
+        .logs(
+            &web.name,
+            "main",
+            LogOptions {
+                tail: Some(1),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .expect("logs");
     assert_eq!(logs.lines().count(), 1);
     assert_eq!(
         aci.logs(&web.name, "nope", LogOptions::default()).await,

@@ -64,7 +64,11 @@ impl Node {
     /// An emulator running `group(restart_policy)` (jobs run
     /// `job_runs_for` real time), and a kubelet endpoint reading it within
     /// `budget`, followers polling every 100 ms.
-    async fn start(restart_policy: &str, job_runs_for: Option<Duration>, budget: LogBudget) -> Self {
+    async fn start(
+        restart_policy: &str,
+        job_runs_for: Option<Duration>,
+        budget: LogBudget,
+    ) -> Self {
         const SPEED: f64 = 100.0;
         let emu = Emulator::start(EmulatorConfig {
             speed: SPEED,
@@ -80,10 +84,11 @@ impl Node {
         aci.create_or_update(&g)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let reader = LogReader::new(aci.clone(), CLUSTER, budget).with_follow_pacing(FollowPacing {
-            every: Duration::from_millis(100),
-            at_most: Duration::from_secs(60),
-        });
+        let reader =
+            LogReader::new(aci.clone(), CLUSTER, budget).with_follow_pacing(FollowPacing {
+                every: Duration::from_millis(100),
+                at_most: Duration::from_secs(60),
+            });
         let app = spillway::kubelet::router(Arc::new(reader), spillway::kubelet::Access::Open);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -149,13 +154,11 @@ impl Node {
     }
 
     async fn get(&self, path_and_query: &str) -> (u16, String) {
-        let answer = tokio::time::timeout(
-            WAIT,
-            reqwest::get(format!("{}{path_and_query}", self.url)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("{path_and_query}: no answer"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let answer =
+            tokio::time::timeout(WAIT, reqwest::get(format!("{}{path_and_query}", self.url)))
+                .await
+                .unwrap_or_else(|_| panic!("{path_and_query}: no answer"))
+                .unwrap_or_else(|e| panic!("{e}"));
         let status = answer.status().as_u16();
         (status, answer.text().await.unwrap_or_default())
     }
@@ -203,7 +206,10 @@ async fn tail_and_timestamps_as_the_kubelet_prints_them() {
     let (_, body) = node.get("/containerLogs/web/api/app?tail=1").await;
     assert_eq!(body, "three\n");
     let (_, body) = node.get("/containerLogs/web/api/app").await;
-    assert!(body.starts_with("[emulator] pulling image busybox:1.36\n"), "{body}");
+    assert!(
+        body.starts_with("[emulator] pulling image busybox:1.36\n"),
+        "{body}"
+    );
     assert!(body.ends_with("one\ntwo\nthree\n"), "{body}");
     // A container the pod does not have.
     let (status, body) = node.get("/containerLogs/web/api/nope").await;
@@ -221,7 +227,9 @@ async fn since_filters_by_acis_line_times() {
 
     let since_time = between.to_rfc3339_nano();
     let (status, body) = node
-        .get(&format!("/containerLogs/web/api/app?sinceTime={since_time}"))
+        .get(&format!(
+            "/containerLogs/web/api/app?sinceTime={since_time}"
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "new\n");
@@ -233,7 +241,9 @@ async fn since_filters_by_acis_line_times() {
     assert_eq!(texts(&body, true), vec!["new"]);
     let (_, body) = node.get("/containerLogs/web/api/app?sinceSeconds=1").await;
     assert_eq!(body, "new\n");
-    let (_, body) = node.get("/containerLogs/web/api/app?sinceSeconds=3600").await;
+    let (_, body) = node
+        .get("/containerLogs/web/api/app?sinceSeconds=3600")
+        .await;
     assert!(body.ends_with("old\nnew\n"), "{body}");
 
     // Both at once, or a negative value: 422 naming the field; garbage: 400.
@@ -243,7 +253,10 @@ async fn since_filters_by_acis_line_times() {
         ))
         .await;
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("at most one of `sinceTime` or `sinceSeconds`"), "{body}");
+    assert!(
+        body.contains("at most one of `sinceTime` or `sinceSeconds`"),
+        "{body}"
+    );
     let (status, body) = node.get("/containerLogs/web/api/app?sinceSeconds=-5").await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("sinceSeconds"), "{body}");
@@ -405,9 +418,12 @@ async fn followers_take_at_most_half_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_stops_polling_when_the_client_goes() {
     let node = Node::start("Always", None, LogBudget::default()).await;
-    let mut answer = reqwest::get(format!("{}/containerLogs/web/api/app?follow=true", node.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = reqwest::get(format!(
+        "{}/containerLogs/web/api/app?follow=true",
+        node.url
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut text = String::new();
     read_stream(&mut answer, &mut text, |t| t.contains("started container")).await;
     // It polls while the client listens.

@@ -26,8 +26,7 @@
 
 use crate::aci::translate::{group_name, group_name_in};
 use crate::aci::{
-    AciError, ContainerGroup, ContainerGroups, LogOptions, TAG_CLUSTER, TAG_NAMESPACE,
-    TAG_POD_NAME,
+    AciError, ContainerGroup, ContainerGroups, LogOptions, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME,
 };
 use crate::pacing::TokenBucket;
 use crate::units::Timestamp;
@@ -56,7 +55,9 @@ pub enum LogsError {
     )]
     Previous { pod: String, container: String },
     /// Something the kubelet can do and ACI cannot.
-    #[error("{0} is not supported on ACI: spillway's virtual node runs pods as ACI container groups, which offer no such stream")]
+    #[error(
+        "{0} is not supported on ACI: spillway's virtual node runs pods as ACI container groups, which offer no such stream"
+    )]
     NotSupported(&'static str),
     #[error("no container group for pod {namespace}/{pod}")]
     NoGroup { namespace: String, pod: String },
@@ -121,11 +122,7 @@ impl LogTime {
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         let b = s.as_bytes();
         let (fraction, rest) = if b.get(19) == Some(&b'.') {
-            let digits = s
-                .get(20..)?
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
+            let digits = s.get(20..)?.bytes().take_while(u8::is_ascii_digit).count();
             if digits == 0 {
                 return None;
             }
@@ -134,7 +131,10 @@ impl LogTime {
             ("", s.get(19..)?)
         };
         let whole = format!("{}{rest}", s.get(..19)?);
-        let secs = Timestamp::parse_rfc3339(&whole).ok()?.millis().div_euclid(1000);
+        let secs = Timestamp::parse_rfc3339(&whole)
+            .ok()?
+            .millis()
+            .div_euclid(1000);
         // Digits finer than nanoseconds are dropped.
         let mut nanos: i128 = 0;
         for (i, d) in fraction.bytes().take(9).enumerate() {
@@ -150,7 +150,8 @@ impl LogTime {
     pub fn to_rfc3339_nano(self) -> String {
         let secs = self.nanos.div_euclid(Self::NANOS_PER_SEC);
         let frac = self.nanos.rem_euclid(Self::NANOS_PER_SEC);
-        let whole = Timestamp::from_secs(i64::try_from(secs).unwrap_or(i64::MAX / 1000)).to_rfc3339();
+        let whole =
+            Timestamp::from_secs(i64::try_from(secs).unwrap_or(i64::MAX / 1000)).to_rfc3339();
         let base = whole.strip_suffix('Z').unwrap_or(&whole);
         format!("{base}.{frac:09}Z")
     }
@@ -350,7 +351,9 @@ fn render(
         match remaining {
             None => out.extend_from_slice(&piece),
             Some(left) => {
-                let take = piece.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let take = piece
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 out.extend_from_slice(&piece[..take]);
                 *left -= take as u64;
                 if *left == 0 {
@@ -629,7 +632,11 @@ impl LogReader {
         let (group, content) = result?;
         let lines = split_lines(&content, stamped);
         let shown = match options.tail_lines {
-            Some(n) => &lines[lines.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))..],
+            Some(n) => {
+                &lines[lines
+                    .len()
+                    .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))..]
+            }
             None => &lines[..],
         };
         let since = options.since.map(|s| match s {
@@ -907,7 +914,10 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
-            reader.read("web", "api", "app", &PodLogOptions::default()).await.is_ok(),
+            reader
+                .read("web", "api", "app", &PodLogOptions::default())
+                .await
+                .is_ok(),
             "refilled"
         );
     }
@@ -919,17 +929,22 @@ mod tests {
             ..Counting::default()
         });
         let reader = Arc::new(LogReader::new(aci.clone(), "c1", LogBudget::default()));
-        let first = reader.read("web", "api", "app", &PodLogOptions::default()).await;
+        let first = reader
+            .read("web", "api", "app", &PodLogOptions::default())
+            .await;
         let response = first
             .err()
             .unwrap_or_else(|| panic!("throttled"))
             .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
-        let second = reader.read("web", "api", "app", &PodLogOptions::default()).await;
+        let second = reader
+            .read("web", "api", "app", &PodLogOptions::default())
+            .await;
         assert!(
             matches!(second, Err(LogsError::Budget { .. })),
-            "{:?}", second.err()
+            "{:?}",
+            second.err()
         );
         assert_eq!(
             aci.calls.load(Ordering::SeqCst),
@@ -970,7 +985,8 @@ mod tests {
     #[test]
     fn options_decode_as_the_kubelet_decodes_them() {
         assert_eq!(ok(""), PodLogOptions::default());
-        let all = ok("follow=true&previous=1&timestamps=TRUE&tailLines=5&limitBytes=100&sinceSeconds=30");
+        let all =
+            ok("follow=true&previous=1&timestamps=TRUE&tailLines=5&limitBytes=100&sinceSeconds=30");
         assert_eq!(
             all,
             PodLogOptions {
@@ -983,7 +999,15 @@ mod tests {
             }
         );
         // Booleans: only absent, "false" (any case) and "0" are false.
-        for (v, want) in [("true", true), ("1", true), ("yes", true), ("", true), ("false", false), ("False", false), ("0", false)] {
+        for (v, want) in [
+            ("true", true),
+            ("1", true),
+            ("yes", true),
+            ("", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+        ] {
             assert_eq!(ok(&format!("follow={v}")).follow, want, "follow={v}");
         }
         // The first of repeated values counts; unknown parameters are ignored.
@@ -992,7 +1016,10 @@ mod tests {
         assert_eq!(ok("tail=3").tail_lines, Some(3));
         assert_eq!(ok("tailLines=4&tail=all").tail_lines, None);
         assert_eq!(
-            ok("sinceTime=2024-05-14T09:21:37.5%2B02:00".replace("%2B", "+").as_str()).since,
+            ok("sinceTime=2024-05-14T09:21:37.5%2B02:00"
+                .replace("%2B", "+")
+                .as_str())
+            .since,
             Some(Since::Time(time("2024-05-14T07:21:37.500Z")))
         );
         assert_eq!(ok("sinceTime=").since, None);
@@ -1011,11 +1038,26 @@ mod tests {
             assert!(message.contains(field), "{q}: {message}");
         }
         for (q, field) in [
-            ("tailLines=-1", "tailLines: Invalid value: -1: must be greater than or equal to 0"),
-            ("limitBytes=0", "limitBytes: Invalid value: 0: must be greater than 0"),
-            ("limitBytes=-5", "limitBytes: Invalid value: -5: must be greater than 0"),
-            ("sinceSeconds=-3", "sinceSeconds: Invalid value: -3: must be greater than 0"),
-            ("sinceSeconds=0", "sinceSeconds: Invalid value: 0: must be greater than 0"),
+            (
+                "tailLines=-1",
+                "tailLines: Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                "limitBytes=0",
+                "limitBytes: Invalid value: 0: must be greater than 0",
+            ),
+            (
+                "limitBytes=-5",
+                "limitBytes: Invalid value: -5: must be greater than 0",
+            ),
+            (
+                "sinceSeconds=-3",
+                "sinceSeconds: Invalid value: -3: must be greater than 0",
+            ),
+            (
+                "sinceSeconds=0",
+                "sinceSeconds: Invalid value: 0: must be greater than 0",
+            ),
             (
                 "sinceSeconds=10&sinceTime=2024-05-14T09:21:37Z",
                 "at most one of `sinceTime` or `sinceSeconds` may be specified",
@@ -1027,17 +1069,33 @@ mod tests {
         }
         // Every field at fault is named.
         let (_, message) = refused("tailLines=-1&limitBytes=0");
-        assert!(message.contains("tailLines") && message.contains("limitBytes"), "{message}");
+        assert!(
+            message.contains("tailLines") && message.contains("limitBytes"),
+            "{message}"
+        );
     }
 
     #[test]
     fn log_times_keep_nanoseconds_and_print_as_the_kubelet_does() {
         let t = time("2024-05-14T09:21:37.123456789Z");
         assert_eq!(t.to_rfc3339_nano(), "2024-05-14T09:21:37.123456789Z");
-        assert_eq!(time("2024-05-14T09:21:37Z").to_rfc3339_nano(), "2024-05-14T09:21:37.000000000Z");
-        assert_eq!(time("2024-05-14T11:21:37.1+02:00").to_rfc3339_nano(), "2024-05-14T09:21:37.100000000Z");
-        assert_eq!(time("2024-05-14T09:21:37.1234567891Z"), t, "finer than ns dropped");
-        assert_eq!(t.minus_secs(60).to_rfc3339_nano(), "2024-05-14T09:20:37.123456789Z");
+        assert_eq!(
+            time("2024-05-14T09:21:37Z").to_rfc3339_nano(),
+            "2024-05-14T09:21:37.000000000Z"
+        );
+        assert_eq!(
+            time("2024-05-14T11:21:37.1+02:00").to_rfc3339_nano(),
+            "2024-05-14T09:21:37.100000000Z"
+        );
+        assert_eq!(
+            time("2024-05-14T09:21:37.1234567891Z"),
+            t,
+            "finer than ns dropped"
+        );
+        assert_eq!(
+            t.minus_secs(60).to_rfc3339_nano(),
+            "2024-05-14T09:20:37.123456789Z"
+        );
         assert!(time("2024-05-14T09:21:37.000000001Z") > time("2024-05-14T09:21:37Z"));
         assert_eq!(LogTime::parse_rfc3339("not a time"), None);
         assert_eq!(LogTime::parse_rfc3339("2024-05-14T09:21:37.Z"), None);
@@ -1045,34 +1103,63 @@ mod tests {
 
     #[test]
     fn lines_lose_acis_time_prefix_and_continuations_inherit_it() {
-        let text = "2024-05-14T09:21:37.100000000Z one\n  continued\n2024-05-14T09:21:38Z two\nlast";
+        let text =
+            "2024-05-14T09:21:37.100000000Z one\n  continued\n2024-05-14T09:21:38Z two\nlast";
         let lines = split_lines(text, true);
         let t1 = time("2024-05-14T09:21:37.1Z");
         let t2 = time("2024-05-14T09:21:38Z");
         assert_eq!(
             lines,
             vec![
-                Line { time: Some(t1), text: "one\n" },
-                Line { time: Some(t1), text: "  continued\n" },
-                Line { time: Some(t2), text: "two\n" },
-                Line { time: Some(t2), text: "last" },
+                Line {
+                    time: Some(t1),
+                    text: "one\n"
+                },
+                Line {
+                    time: Some(t1),
+                    text: "  continued\n"
+                },
+                Line {
+                    time: Some(t2),
+                    text: "two\n"
+                },
+                Line {
+                    time: Some(t2),
+                    text: "last"
+                },
             ]
         );
         // Unstamped text is taken as it is.
-        assert_eq!(split_lines("a b\n", false), vec![Line { time: None, text: "a b\n" }]);
+        assert_eq!(
+            split_lines("a b\n", false),
+            vec![Line {
+                time: None,
+                text: "a b\n"
+            }]
+        );
     }
 
     #[test]
     fn render_filters_by_time_prefixes_and_cuts_mid_line() {
-        let text = "2024-05-14T09:21:37Z old\n2024-05-14T09:21:40Z new\n2024-05-14T09:21:41Z newer\n";
+        let text =
+            "2024-05-14T09:21:37Z old\n2024-05-14T09:21:40Z new\n2024-05-14T09:21:41Z newer\n";
         let lines = split_lines(text, true);
         let mut out = Vec::new();
         let mut limit = None;
-        assert!(!render(&lines, Some(time("2024-05-14T09:21:40Z")), false, &mut limit, &mut out));
+        assert!(!render(
+            &lines,
+            Some(time("2024-05-14T09:21:40Z")),
+            false,
+            &mut limit,
+            &mut out
+        ));
         assert_eq!(String::from_utf8_lossy(&out), "new\nnewer\n");
         out.clear();
         render(&lines[..1], None, true, &mut limit, &mut out);
-        assert_eq!(String::from_utf8_lossy(&out), "2024-05-14T09:21:37.000000000Z old\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "2024-05-14T09:21:37.000000000Z old\n"
+        );
         out.clear();
         let mut limit = Some(6);
         assert!(render(&lines, None, false, &mut limit, &mut out));
@@ -1090,7 +1177,11 @@ mod tests {
         // A third line at 09:21:38 and a later one are new; the window may
         // have dropped the oldest line.
         let second = "2024-05-14T09:21:38Z b\n2024-05-14T09:21:38Z c\n2024-05-14T09:21:38Z d\n2024-05-14T09:21:39Z e\n";
-        let fresh: Vec<&str> = cursor.fresh(&split_lines(second, true)).iter().map(|l| l.text).collect();
+        let fresh: Vec<&str> = cursor
+            .fresh(&split_lines(second, true))
+            .iter()
+            .map(|l| l.text)
+            .collect();
         assert_eq!(fresh, vec!["d\n", "e\n"]);
         assert!(cursor.fresh(&split_lines(second, true)).is_empty());
         // An empty log at the start: everything is new.

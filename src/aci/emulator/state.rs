@@ -498,7 +498,12 @@ impl World {
             .groups
             .iter()
             .filter(|(k, r)| {
-                k.name == name && r.spec.properties.containers.iter().any(|c| c.name == container)
+                k.name == name
+                    && r.spec
+                        .properties
+                        .containers
+                        .iter()
+                        .any(|c| c.name == container)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -572,7 +577,10 @@ impl World {
             let last = lines.last().map_or(created, |(t, _)| *t);
             lines.push((
                 at(state.finish_time.as_ref()).max(last),
-                format!("[emulator] exited with code {}", state.exit_code.unwrap_or(0)),
+                format!(
+                    "[emulator] exited with code {}",
+                    state.exit_code.unwrap_or(0)
+                ),
             ));
         }
         let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);

@@ -629,7 +629,13 @@ async fn logs_carry_line_times_and_appended_output() {
     let logs = |q: &'static str| {
         let st = st.clone();
         async move {
-            call(&st, "GET", &format!("{RG}/web/containers/app/logs?{V}{q}"), None).await
+            call(
+                &st,
+                "GET",
+                &format!("{RG}/web/containers/app/logs?{V}{q}"),
+                None,
+            )
+            .await
         }
     };
     let (_, _, body) = logs("&tail=3").await;
@@ -643,7 +649,11 @@ async fn logs_carry_line_times_and_appended_output() {
         assert_eq!(rest, text);
     }
     let (_, _, body) = logs("&timestamps=False").await;
-    assert!(body["content"].as_str().is_some_and(|c| c.starts_with("[emulator] pulling")));
+    assert!(
+        body["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("[emulator] pulling"))
+    );
     let (s, _, body) = logs("&timestamps=yes").await;
     assert_eq!(
         (s, body["error"]["code"].as_str()),
@@ -660,7 +670,10 @@ async fn logs_carry_line_times_and_appended_output() {
     .await;
     let (_, _, body) = logs("").await;
     assert!(
-        !body["content"].as_str().unwrap_or_default().contains("hello"),
+        !body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello"),
         "{body}"
     );
 }
