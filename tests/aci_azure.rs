@@ -173,6 +173,24 @@ async fn contract_create_get_list_logs_usage_delete() {
         .await
         .expect("logs");
     assert_eq!(logs.lines().count(), 1);
+    // `timestamps` reaches ARM through the SDK: each line starts with its time.
+    let stamped = aci
+        .logs(
+            &web.name,
+            "main",
+            LogOptions {
+                tail: Some(1),
+                timestamps: true,
+            },
+        )
+        .await
+        .expect("logs");
+    let (time, rest) = stamped.split_once(' ').expect("a time first");
+    assert!(
+        spillway::units::Timestamp::parse_rfc3339(time).is_ok(),
+        "{stamped}"
+    );
+    assert_eq!(rest, logs, "the same line, with its time");
     assert_eq!(
         aci.logs(&web.name, "nope", LogOptions::default()).await,
         Err(AciError::NotFound)

@@ -150,8 +150,10 @@ impl LogTime {
     pub fn to_rfc3339_nano(self) -> String {
         let secs = self.nanos.div_euclid(Self::NANOS_PER_SEC);
         let frac = self.nanos.rem_euclid(Self::NANOS_PER_SEC);
-        let whole =
-            Timestamp::from_secs(i64::try_from(secs).unwrap_or(i64::MAX / 1000)).to_rfc3339();
+        // Clamped to what `Timestamp` holds (milliseconds in an i64).
+        let bound = i128::from(i64::MAX / 1000);
+        let secs = i64::try_from(secs.clamp(-bound, bound)).unwrap_or_default();
+        let whole = Timestamp::from_secs(secs).to_rfc3339();
         let base = whole.strip_suffix('Z').unwrap_or(&whole);
         format!("{base}.{frac:09}Z")
     }
