@@ -4,6 +4,8 @@
 //! `limitBytes`, `follow`), `previous` refused, `attach`/`portForward`
 //! answered "not supported on ACI", and followers held to the log budget.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -441,4 +443,66 @@ async fn a_follower_stops_polling_when_the_client_goes() {
     let after_drop = node.log_reads();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(node.log_reads(), after_drop, "still polling for nobody");
+}
+
+/// The refusals come after the kubelet's authorization, as `nodes/proxy`
+/// (verb `get` for GET, `create` for POST), checked by the test API server
+/// from its tokens and RBAC: a caller without `nodes/proxy` gets the 403,
+/// one with it the 501.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_and_port_forward_are_authorized_as_node_proxy() {
+    use spillway::kubelet::auth::{AuthConfig, ClientCa, KubeReviews, NodeAuth};
+    use tower::ServiceExt as _;
+    let srv = support::TestApiServer::start().await;
+    srv.apply_manifests(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-proxy}
+rules:
+  - apiGroups: [""]
+    resources: ["nodes/proxy"]
+    verbs: ["get", "create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: streamer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-proxy}
+subjects:
+  - {kind: ServiceAccount, name: streamer, namespace: web}
+"#,
+    );
+    let auth = NodeAuth::new(
+        "spillway-aci",
+        ClientCa::empty(),
+        Arc::new(KubeReviews::new(srv.client(), Duration::from_secs(10))),
+        AuthConfig::default(),
+    );
+    // These paths never reach ACI; the client only has to exist.
+    let cfg = AzureConfig::for_emulator("http://127.0.0.1:9", "t", "s", "rg");
+    let aci = Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("{e}")));
+    let app = spillway::kubelet::router(
+        Arc::new(LogReader::new(aci, CLUSTER, LogBudget::default())),
+        spillway::kubelet::Access::Checked(Arc::new(auth)),
+    );
+    let streamer = srv.token_for_service_account("web", "streamer");
+    let nosy = srv.token_for_service_account("web", "nosy");
+    for path in ["/attach/web/api/app", "/portForward/web/api"] {
+        for method in ["GET", "POST"] {
+            for (token, want) in [(&nosy, 403), (&streamer, 501)] {
+                let request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let answer = app
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(answer.status().as_u16(), want, "{method} {path}");
+            }
+        }
+    }
 }
