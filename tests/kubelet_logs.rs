@@ -221,8 +221,10 @@ async fn tail_and_timestamps_as_the_kubelet_prints_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_filters_by_acis_line_times() {
     let node = Node::start("Always", None, LogBudget::default()).await;
+    // `sinceSeconds=2` asked right after "new" starts between the two,
+    // with 2 s to spare for a slow machine.
     node.append(&["old"]).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let between = LogTime::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     node.append(&["new"]).await;
@@ -241,7 +243,7 @@ async fn since_filters_by_acis_line_times() {
         ))
         .await;
     assert_eq!(texts(&body, true), vec!["new"]);
-    let (_, body) = node.get("/containerLogs/web/api/app?sinceSeconds=1").await;
+    let (_, body) = node.get("/containerLogs/web/api/app?sinceSeconds=2").await;
     assert_eq!(body, "new\n");
     let (_, body) = node
         .get("/containerLogs/web/api/app?sinceSeconds=3600")
