@@ -7,7 +7,7 @@ use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, 
 use spillway::aci::translate::{
     PodContext, Resolved, TranslateConfig, group_name_in, pod_status_from_group, pod_to_group,
 };
-use spillway::aci::{AciError, ContainerGroup, ContainerGroups};
+use spillway::aci::{AciError, ContainerGroup, ContainerGroups, LogOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,10 +161,38 @@ async fn contract_create_get_list_logs_usage_delete() {
         .collect();
     assert_eq!(names, expected);
 
-    let logs = aci.logs(&web.name, "main", Some(1)).await.expect("logs");
+    let logs = aci
+        .logs(
+            &web.name,
+            "main",
+            LogOptions {
+                tail: Some(1),
+                ..LogOptions::default()
+            },
+        )
+        .await
+        .expect("logs");
     assert_eq!(logs.lines().count(), 1);
+    // `timestamps` reaches ARM through the SDK: each line starts with its time.
+    let stamped = aci
+        .logs(
+            &web.name,
+            "main",
+            LogOptions {
+                tail: Some(1),
+                timestamps: true,
+            },
+        )
+        .await
+        .expect("logs");
+    let (time, rest) = stamped.split_once(' ').expect("a time first");
+    assert!(
+        spillway::units::Timestamp::parse_rfc3339(time).is_ok(),
+        "{stamped}"
+    );
+    assert_eq!(rest, logs, "the same line, with its time");
     assert_eq!(
-        aci.logs(&web.name, "nope", None).await,
+        aci.logs(&web.name, "nope", LogOptions::default()).await,
         Err(AciError::NotFound)
     );
 

@@ -628,9 +628,9 @@ impl ContainerGroups for StaleList {
         &'a self,
         name: &'a str,
         container: &'a str,
-        tail: Option<u32>,
+        options: spillway::aci::LogOptions,
     ) -> futures::future::BoxFuture<'a, Result<String, spillway::aci::AciError>> {
-        self.inner.logs(name, container, tail)
+        self.inner.logs(name, container, options)
     }
     fn usage<'a>(
         &'a self,

@@ -20,7 +20,7 @@
 //! the SDK's through their shared ARM JSON.
 
 use super::model::{ContainerGroup, ListResult, Logs, UsageEntry};
-use super::{AciError, BoxFuture, ContainerGroups, TAG_CLUSTER, Usage};
+use super::{AciError, BoxFuture, ContainerGroups, LogOptions, TAG_CLUSTER, Usage};
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::ErrorKind;
 use azure_mgmt_containerinstance::package_preview_2024_05 as sdk;
@@ -535,7 +535,7 @@ impl ContainerGroups for AzureContainerGroups {
         &'a self,
         name: &'a str,
         container: &'a str,
-        tail: Option<u32>,
+        options: LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>> {
         Box::pin(async move {
             let mut request = self.client.containers_client().list_logs(
@@ -544,8 +544,11 @@ impl ContainerGroups for AzureContainerGroups {
                 name,
                 container,
             );
-            if let Some(t) = tail {
+            if let Some(t) = options.tail {
                 request = request.tail(i32::try_from(t).unwrap_or(i32::MAX));
+            }
+            if options.timestamps {
+                request = request.timestamps(true);
             }
             let response = self.call("logs", request.send()).await?;
             let logs: Logs = body_json(response.into_raw_response()).await?;

@@ -511,7 +511,7 @@ mod tests {
             &'a self,
             _: &'a str,
             _: &'a str,
-            _: Option<u32>,
+            _: crate::aci::LogOptions,
         ) -> BoxFuture<'a, Result<String, AciError>> {
             Box::pin(async { Err(AciError::NotFound) })
         }

@@ -111,9 +111,9 @@ impl<C: ContainerGroups> ContainerGroups for Metered<C> {
         &'a self,
         name: &'a str,
         container: &'a str,
-        tail: Option<u32>,
+        options: super::LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>> {
-        Box::pin(self.observe("logs", ok, self.inner.logs(name, container, tail)))
+        Box::pin(self.observe("logs", ok, self.inner.logs(name, container, options)))
     }
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
         Box::pin(async move {

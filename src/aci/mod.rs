@@ -180,6 +180,16 @@ impl Usage {
     }
 }
 
+/// The query options of ACI's container logs call
+/// (`containers/{name}/logs?tail=N&timestamps=true`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only the last N lines.
+    pub tail: Option<u32>,
+    /// Prefix every line with its RFC 3339 timestamp and a space.
+    pub timestamps: bool,
+}
+
 /// The door to ACI: one resource group of one subscription.
 ///
 /// Contract every implementation keeps (the emulator tests check it):
@@ -194,8 +204,10 @@ impl Usage {
 ///   [`TAG_CLUSTER`] tag equals `cluster_id`, following `nextLink`s; one call
 ///   per sync, not one `get` per pod.
 /// - **`delete`** of a missing group is success.
-/// - **`logs`** returns the container's log text (`tail` last lines when set);
-///   `NotFound` when the group or container does not exist.
+/// - **`logs`** returns the container's log text ([`LogOptions::tail`] last
+///   lines when set; each line prefixed with its RFC 3339 timestamp and a
+///   space when [`LogOptions::timestamps`]); `NotFound` when the group or
+///   container does not exist.
 /// - **`usage`** returns the `StandardCores` and `ContainerGroups` lines of
 ///   the location's quota.
 /// - Reads never return secrets (`secureValue`, secret volume contents,
@@ -218,7 +230,7 @@ pub trait ContainerGroups: Send + Sync {
         &'a self,
         name: &'a str,
         container: &'a str,
-        tail: Option<u32>,
+        options: LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>>;
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>>;
 }

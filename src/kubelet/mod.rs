@@ -1,6 +1,7 @@
 //! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
-//! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]) and
-//! `GET /healthz`.
+//! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]),
+//! `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
+//! `/portForward` ([`logs::not_supported`]).
 //!
 //! Served over TLS (the API server talks HTTPS to kubelets) with a
 //! certificate and key from PEM files ([`tls_config`]) or one generated in
@@ -45,6 +46,23 @@ pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             axum::routing::get(logs::handler),
+        )
+        // What ACI cannot do: a clear 501, after authorization (`proxy`).
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(logs::not_supported),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::any(logs::not_supported),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::any(logs::not_supported),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            axum::routing::any(logs::not_supported),
         )
         .with_state(logs)
         .route("/healthz", axum::routing::get(|| async { "ok" }))

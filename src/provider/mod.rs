@@ -1691,7 +1691,7 @@ mod tests {
             &'a self,
             _: &'a str,
             _: &'a str,
-            _: Option<u32>,
+            _: crate::aci::LogOptions,
         ) -> futures::future::BoxFuture<'a, Result<String, AciError>> {
             Box::pin(async { Ok(String::new()) })
         }

@@ -38,6 +38,11 @@
 //!   latency, capacity errors, and groups that vanish; the same rates aimed at
 //!   one group by name (`groups`), and groups whose provisioning fails
 //!   (`failProvisioning`). Seeded randomness.
+//! - **Logs**: the container's lifecycle lines plus output appended with
+//!   `POST /_emulator/groups/{name}/containers/{container}/logs`
+//!   (`{"lines": [...]}`), each line stamped with its wall-clock time;
+//!   `tail` and `timestamps=true` (an RFC 3339 time and a space before each
+//!   line) as ARM takes them.
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -313,6 +318,14 @@ impl EmulatorState {
 
     pub fn snapshot(&self) -> Vec<GroupSnapshot> {
         self.lock().snapshot(tokio::time::Instant::now())
+    }
+
+    /// Append output to `container` of every group named `name` (what
+    /// `POST /_emulator/groups/{name}/containers/{container}/logs` does),
+    /// stamped with the wall-clock time now; how many groups had it.
+    pub fn append_logs(&self, name: &str, container: &str, lines: &[String]) -> usize {
+        self.lock()
+            .append_logs(name, container, lines, crate::units::Timestamp::now_wall())
     }
 
     pub fn counters(&self) -> Counters {

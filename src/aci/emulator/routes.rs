@@ -38,6 +38,10 @@ pub fn router(state: EmulatorState) -> Router {
         )
         .route("/_emulator/faults", get(get_faults).post(post_faults))
         .route("/_emulator/groups", get(groups_snapshot))
+        .route(
+            "/_emulator/groups/{name}/containers/{container}/logs",
+            axum::routing::post(append_logs),
+        )
         .fallback(|| async {
             ArmError::new(
                 StatusCode::NOT_FOUND,
@@ -407,12 +411,24 @@ async fn logs(
             )
         })?),
     };
+    let timestamps = match q.get("timestamps").map(|t| t.to_ascii_lowercase()) {
+        None => false,
+        Some(t) if t == "true" => true,
+        Some(t) if t == "false" => false,
+        Some(t) => {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter",
+                format!("The 'timestamps' parameter '{t}' is not a boolean."),
+            ));
+        }
+    };
     let key = GroupKey::new(&sub, &rg, &name);
     let (exists, content) = {
         let w = state.lock();
         (
             w.get(&key, Instant::now()).is_some(),
-            w.logs(&key, &container, tail, Instant::now()),
+            w.logs(&key, &container, tail, timestamps, Instant::now()),
         )
     };
     match (exists, content) {
@@ -465,6 +481,43 @@ async fn post_faults(
         axum::Json(serde_json::json!({ "faults": state.faults(), "vanished": vanished }))
             .into_response(),
     )
+}
+
+/// The body of `POST /_emulator/groups/{name}/containers/{container}/logs`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendLogs {
+    lines: Vec<String>,
+}
+
+/// Append output lines to a container of every group of that name,
+/// stamped now: 200 `{"groups": N}`, 404 when no group has that container.
+async fn append_logs(
+    State(state): State<EmulatorState>,
+    Path((name, container)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let lines: AppendLogs = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({ "error": format!("body: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    let groups = state.append_logs(&name, &container, &lines.lines);
+    if groups == 0 {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": format!("no group {name:?} with a container {container:?}")
+            })),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({ "groups": groups })).into_response()
 }
 
 async fn groups_snapshot(State(state): State<EmulatorState>) -> Response {

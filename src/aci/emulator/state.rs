@@ -9,7 +9,7 @@ use crate::aci::model::*;
 use crate::units::{Duration as Millis, Timestamp};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -155,6 +155,21 @@ pub struct World {
     buckets: BTreeMap<(String, bool), Bucket>,
     rng: SmallRng,
     pub counters: Counters,
+    /// Output appended to containers (`POST /_emulator/logs`), each line
+    /// with the wall-clock time it was appended; dropped with the group.
+    appended: BTreeMap<(GroupKey, String), VecDeque<(Timestamp, String)>>,
+}
+
+/// Lines kept per container beyond the synthesized ones (ACI keeps up to
+/// 4 MB of log; the emulator keeps the newest lines).
+const APPENDED_LINES_KEPT: usize = 10_000;
+
+/// `t` as RFC 3339 with nine fractional digits (what the logs API's
+/// `timestamps=true` prefixes each line with).
+fn log_time(t: Timestamp) -> String {
+    let whole = t.to_rfc3339();
+    let base = whole.strip_suffix('Z').unwrap_or(&whole);
+    format!("{base}.{:03}000000Z", t.millis().rem_euclid(1000))
 }
 
 impl World {
@@ -170,6 +185,7 @@ impl World {
             buckets: BTreeMap::new(),
             rng,
             counters: Counters::default(),
+            appended: BTreeMap::new(),
         }
     }
 
@@ -439,6 +455,7 @@ impl World {
 
     /// Remove a group; `true` if it existed.
     pub fn delete(&mut self, key: &GroupKey) -> bool {
+        self.appended.retain(|(k, _), _| k != key);
         match self.groups.remove(key) {
             Some(r) => {
                 if let Some(ip) = r.ip {
@@ -459,6 +476,7 @@ impl World {
             .filter(|k| k.name == name)
             .cloned()
             .collect();
+        self.appended.retain(|(k, _), _| k.name != name);
         for k in &keys {
             if let Some(ip) = self.groups.remove(k).and_then(|r| r.ip) {
                 self.used_ips.remove(&ip);
@@ -467,51 +485,116 @@ impl World {
         keys.len()
     }
 
+    /// Append `lines` to the output of `container` in every group named
+    /// `name`, stamped `now_wall`; how many groups had that container.
+    pub fn append_logs(
+        &mut self,
+        name: &str,
+        container: &str,
+        lines: &[String],
+        now_wall: Timestamp,
+    ) -> usize {
+        let keys: Vec<GroupKey> = self
+            .groups
+            .iter()
+            .filter(|(k, r)| {
+                k.name == name
+                    && r.spec
+                        .properties
+                        .containers
+                        .iter()
+                        .any(|c| c.name == container)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            let kept = self
+                .appended
+                .entry((k.clone(), container.to_string()))
+                .or_default();
+            for line in lines.iter().flat_map(|l| l.lines()) {
+                kept.push_back((now_wall, line.to_string()));
+            }
+            while kept.len() > APPENDED_LINES_KEPT {
+                kept.pop_front();
+            }
+        }
+        keys.len()
+    }
+
+    /// A container's log as ACI's logs API returns it: what the emulator
+    /// says about the container's lifecycle, then the lines appended to it,
+    /// then its exit; the last `tail` lines when set, each prefixed with its
+    /// time when `timestamps`.
     pub fn logs(
         &self,
         key: &GroupKey,
         container: &str,
         tail: Option<usize>,
+        timestamps: bool,
         now: Instant,
     ) -> Option<String> {
+        let record = self.groups.get(key)?;
         let g = self.render(key, now, true);
-        if !self.groups.contains_key(key) {
-            return None;
-        }
         let c = g
             .properties
             .containers
             .iter()
             .find(|c| c.name == container)?;
-        let mut lines = vec![format!("[emulator] pulling image {}", c.properties.image)];
-        if let Some(state) = c
+        let created = record.created_wall;
+        let mut lines = vec![(
+            created,
+            format!("[emulator] pulling image {}", c.properties.image),
+        )];
+        let state = c
             .properties
             .instance_view
             .as_ref()
-            .and_then(|v| v.current_state.as_ref())
+            .and_then(|v| v.current_state.as_ref());
+        let at = |t: Option<&String>| {
+            t.and_then(|t| Timestamp::parse_rfc3339(t).ok())
+                .unwrap_or(created)
+        };
+        if let Some(state) = state
+            && (state.state == "Running" || state.state == "Terminated")
         {
-            if state.state == "Running" || state.state == "Terminated" {
-                lines.push(format!(
+            let started = at(state.start_time.as_ref());
+            lines.push((
+                started,
+                format!(
                     "[emulator] started container {container} of group {}",
                     key.name
-                ));
-                for (i, arg) in c.properties.command.iter().enumerate() {
-                    lines.push(format!("[emulator] argv[{i}] = {arg}"));
-                }
+                ),
+            ));
+            for (i, arg) in c.properties.command.iter().enumerate() {
+                lines.push((started, format!("[emulator] argv[{i}] = {arg}")));
             }
-            if state.state == "Terminated" {
-                lines.push(format!(
+        }
+        if let Some(appended) = self.appended.get(&(key.clone(), container.to_string())) {
+            lines.extend(appended.iter().cloned());
+        }
+        if let Some(state) = state.filter(|s| s.state == "Terminated") {
+            let last = lines.last().map_or(created, |(t, _)| *t);
+            lines.push((
+                at(state.finish_time.as_ref()).max(last),
+                format!(
                     "[emulator] exited with code {}",
                     state.exit_code.unwrap_or(0)
-                ));
-            }
+                ),
+            ));
         }
         let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);
         Some(
             lines
                 .into_iter()
                 .skip(skip)
-                .map(|l| format!("{l}\n"))
+                .map(|(t, l)| {
+                    if timestamps {
+                        format!("{} {l}\n", log_time(t))
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
                 .collect(),
         )
     }

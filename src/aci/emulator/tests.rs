@@ -594,6 +594,90 @@ async fn logs_tail_and_delete_semantics() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn logs_carry_line_times_and_appended_output() {
+    let st = state_with(EmulatorConfig {
+        speed: 1000.0,
+        ..Default::default()
+    });
+    let url = format!("{RG}/web?{V}");
+    call(
+        &st,
+        "PUT",
+        &url,
+        Some(json(&group("web", 0.5, "Always", None))),
+    )
+    .await;
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let (s, _, body) = call(
+        &st,
+        "POST",
+        "/_emulator/groups/web/containers/app/logs",
+        Some(serde_json::json!({ "lines": ["hello", "two\nlines"] })),
+    )
+    .await;
+    assert_eq!((s, body["groups"].as_u64()), (StatusCode::OK, Some(1)));
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/_emulator/groups/web/containers/nope/logs",
+        Some(serde_json::json!({ "lines": ["x"] })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let logs = |q: &'static str| {
+        let st = st.clone();
+        async move {
+            call(
+                &st,
+                "GET",
+                &format!("{RG}/web/containers/app/logs?{V}{q}"),
+                None,
+            )
+            .await
+        }
+    };
+    let (_, _, body) = logs("&tail=3").await;
+    assert_eq!(body["content"], "hello\ntwo\nlines\n");
+    // timestamps=true: an RFC 3339 time and a space before every line.
+    let (_, _, body) = logs("&tail=3&timestamps=true").await;
+    let content = body["content"].as_str().expect("content");
+    for (line, text) in content.lines().zip(["hello", "two", "lines"]) {
+        let (t, rest) = line.split_once(' ').expect("a time first");
+        assert!(crate::units::Timestamp::parse_rfc3339(t).is_ok(), "{line}");
+        assert_eq!(rest, text);
+    }
+    let (_, _, body) = logs("&timestamps=False").await;
+    assert!(
+        body["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("[emulator] pulling"))
+    );
+    let (s, _, body) = logs("&timestamps=yes").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidParameter"))
+    );
+    // Appended output goes with the group.
+    call(&st, "DELETE", &url, None).await;
+    call(
+        &st,
+        "PUT",
+        &url,
+        Some(json(&group("web", 0.5, "Always", None))),
+    )
+    .await;
+    let (_, _, body) = logs("").await;
+    assert!(
+        !body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello"),
+        "{body}"
+    );
+}
+
 #[test]
 fn config_is_checked() {
     assert!(
