@@ -769,6 +769,26 @@ fn translate_env(
         let efield = format!("{field}.env[{j}]");
         match (&e.value, &e.value_from) {
             (_, Some(source)) => {
+                // The pod's and host's IPs exist only once ACI has created
+                // the group, after the environment is fixed.
+                if let Some(path) = source
+                    .field_ref
+                    .as_ref()
+                    .map(|f| f.field_path.as_str())
+                    .filter(|p| {
+                        matches!(
+                            *p,
+                            "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs"
+                        )
+                    })
+                {
+                    return Err(invalid(
+                        format!("{efield}.valueFrom.fieldRef.fieldPath"),
+                        format!(
+                            "{path} is not known before ACI creates the container group (ACI assigns the IP when it starts the group, after the environment is set); read the address inside the container instead"
+                        ),
+                    ));
+                }
                 let value = resolved
                     .env
                     .get(&c.name)

@@ -1234,3 +1234,35 @@ fn listed_groups_without_instance_view_are_flagged() {
     g.properties.containers[0].properties.instance_view = None;
     assert!(!has_instance_view(&g));
 }
+
+#[test]
+fn the_pod_ip_from_the_downward_api_is_a_clear_error() {
+    for path in ["status.podIP", "status.podIPs", "status.hostIP"] {
+        let mut p = pod("web", "knative").container(c("app", "img")).build();
+        if let Some(spec) = p.spec.as_mut() {
+            spec.containers[0].env = Some(vec![k8s::EnvVar {
+                name: "MY_IP".into(),
+                value_from: Some(k8s::EnvVarSource {
+                    field_ref: Some(k8s::ObjectFieldSelector {
+                        field_path: path.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+        let e = translate(&p, &aci(PublicIp::Auto, None), &Resolved::default())
+            .expect_err("no IP before the group exists");
+        assert_eq!(
+            e.field(),
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath",
+            "{e}"
+        );
+        assert!(e.to_string().contains(path), "{e}");
+        assert!(
+            e.to_string().contains("not known before ACI creates"),
+            "{e}"
+        );
+    }
+}
