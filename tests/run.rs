@@ -476,10 +476,15 @@ async fn a_custom_node_name_is_a_virtual_node_the_autoscaler_acts_on() {
         .await,
         "the virtual node registers under its custom name"
     );
+    // The first placeholders need the lease, a synced view and a pass: on a
+    // loaded 2-core CI machine that once took longer than WAIT.
     assert!(
-        eventually(|| srv.list::<Pod>(Some("spillway-system")).len() == 2).await,
-        "one placeholder per burst pod: {:?}",
-        srv.list::<Pod>(Some("spillway-system"))
+        support::poll_until(2 * WAIT, || srv.list::<Pod>(Some("spillway-system")).len()
+            == 2)
+        .await,
+        "one placeholder per burst pod: {:?}; lease holder {:?}",
+        srv.list::<Pod>(Some("spillway-system")),
+        holder(&srv)
     );
     let cost = |name: &str| {
         srv.get::<Pod>("web", name)

@@ -93,7 +93,18 @@ pub async fn poll_until(within: std::time::Duration, mut check: impl FnMut() -> 
 pub fn policy_dir(name: &str, policy: &str) -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    std::fs::write(dir.join("web.yaml"), policy).unwrap_or_else(|e| panic!("{e}"));
+    // Tests of one binary share the directory and run in parallel: a plain
+    // write truncates the file under another test's policy reader. Write
+    // only when it differs, through a rename (atomic), and keep the temp
+    // file out of the directory the readers scan.
+    let file = dir.join("web.yaml");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(policy) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.with_extension(format!("tmp-{}-{n}", std::process::id()));
+        std::fs::write(&tmp, policy).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, &file).unwrap_or_else(|e| panic!("{e}"));
+    }
     dir
 }
 
