@@ -216,7 +216,7 @@ struct PodMaps {
 
 impl PodMaps {
     fn apply(&mut self, mut pod: Pod) {
-        let key = pod_store_key(&pod);
+        let key = super::pod_key(&pod);
         if is_compactable(&pod) {
             self.whole.remove(&key);
             self.bound.insert(key, Arc::new(BoundPod::from_pod(&pod)));
@@ -228,18 +228,10 @@ impl PodMaps {
     }
 
     fn delete(&mut self, pod: &Pod) {
-        let key = pod_store_key(pod);
+        let key = super::pod_key(pod);
         self.whole.remove(&key);
         self.bound.remove(&key);
     }
-}
-
-fn pod_store_key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
 }
 
 impl PodStore {
@@ -449,7 +441,7 @@ mod store_tests {
 
     fn names(store: &PodStore) -> (Vec<String>, Vec<String>) {
         let (whole, bound) = store.state();
-        let mut w: Vec<String> = whole.iter().map(|p| pod_store_key(p)).collect();
+        let mut w: Vec<String> = whole.iter().map(|p| crate::cluster::pod_key(p)).collect();
         let mut b: Vec<String> = bound
             .iter()
             .map(|p| {

@@ -105,8 +105,7 @@ pub async fn read(
 }
 
 /// The policies in ConfigMap `ns/name`, parsed exactly as the running
-/// spillway parses them: its keys written as the files of a directory (what
-/// the ConfigMap volume shows the pod), then loaded from there.
+/// spillway parses the directory the ConfigMap volume gives it.
 async fn read_policies(
     client: kube::Client,
     ns: &str,
@@ -136,24 +135,19 @@ async fn read_policies(
             }
         },
     };
-    let dir = tempfile_dir()?;
-    let result = (|| {
-        for (key, text) in cm.data.iter().flatten() {
-            // ConfigMap keys are file names ([-._a-zA-Z0-9]+): no separators.
-            if key.contains('/') || key.starts_with('.') {
-                continue;
-            }
-            std::fs::write(dir.join(key), text)
-                .map_err(|e| format!("writing {}: {e}", dir.join(key).display()))?;
-        }
-        crate::policy::load_dir(&dir).map_err(|errors| {
-            let n = errors.0.len();
-            let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
-            format!("policy ConfigMap {ns}/{name}: {n} error(s); first: {first}")
-        })
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    // The keys the ConfigMap volume shows the pod as files, read as the
+    // running spillway reads its policy directory.
+    let data = cm.data.unwrap_or_default();
+    let files: Vec<(String, &str)> = data
+        .iter()
+        .filter(|(key, _)| crate::policy::is_policy_file_name(key))
+        .map(|(key, text)| (format!("configmap {ns}/{name}: {key}"), text.as_str()))
+        .collect();
+    crate::policy::load_texts(files.iter().map(|(n, t)| (n.as_str(), *t))).map_err(|errors| {
+        let n = errors.0.len();
+        let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
+        format!("policy ConfigMap {ns}/{name}: {n} error(s); first: {first}")
+    })
 }
 
 /// Whether `candidate` is `name` with a kustomize content-hash suffix
@@ -186,22 +180,6 @@ async fn newest_hashed(api: &Api<ConfigMap>, name: &str) -> Result<Option<Config
             t(a).cmp(&t(b))
                 .then_with(|| a.metadata.name.cmp(&b.metadata.name))
         }))
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let base = std::env::temp_dir();
-    for attempt in 0..100u32 {
-        let dir = base.join(format!(
-            "spillway-explain-policies-{}-{attempt}",
-            std::process::id()
-        ));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
-        }
-    }
-    Err("no free temporary directory for the policies".into())
 }
 
 /// The cluster default explain uses when no policies are given.

@@ -710,14 +710,38 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
+            is_policy_file_name(p.file_name().and_then(|n| n.to_str()).unwrap_or("")) && p.is_file()
         })
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether a file of a policy directory holds policies: `*.yaml`/`*.yml`,
+/// not hidden (a mounted ConfigMap's `..data` links are).
+pub fn is_policy_file_name(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Load and validate policy files given as (name, text), as [`load_dir`]
+/// reads a directory's files (names in that order, e.g. a ConfigMap's keys).
+pub fn load_texts<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    for (name, text) in files {
+        policies.extend(parse_file(text, name, &mut errors));
+    }
+    let set = PolicySet::new(policies);
+    match set {
+        Ok(set) if errors.is_empty() => Ok(set),
+        Ok(_) => Err(PolicyErrors(errors)),
+        Err(more) => {
+            errors.extend(more.0);
+            Err(PolicyErrors(errors))
+        }
+    }
 }
 
 /// Load and validate every policy file in `dir`, reporting every error found
