@@ -55,8 +55,10 @@ pub struct ProviderArgs {
     /// Cluster id tagged on every container group and hashed into its name
     /// (`<namespace>-<pod>-<6 hex digits>`); GC touches only groups with
     /// this tag, and a group another cluster tagged is never overwritten, so
-    /// it must be unique per cluster sharing a resource group. Required with
-    /// `--aci azure`.
+    /// it must be unique per cluster sharing a resource group. Default: the
+    /// UID of the cluster's kube-system namespace (unique per cluster and
+    /// stable for its life); changing it later orphans the groups tagged
+    /// with the old id.
     #[arg(long, env = "SPILLWAY_CLUSTER_ID")]
     pub cluster_id: Option<String>,
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
@@ -149,6 +151,10 @@ pub struct ProviderArgs {
 pub enum ProviderSetupError {
     #[error("--aci azure needs {0}")]
     Missing(&'static str),
+    #[error(
+        "--cluster-id is not given and the kube-system namespace's UID (its default) cannot be read: {0}. Give --cluster-id (SPILLWAY_CLUSTER_ID), unique per cluster sharing the ACI resource group, or grant get on namespaces/kube-system"
+    )]
+    ClusterId(String),
     #[error("--aci-emulator-url must be an http:// or https:// URL, not {0:?}")]
     EmulatorUrl(String),
     #[error("--aci-memory-gib-per-core must be positive, not {0}")]
@@ -203,11 +209,6 @@ impl ProviderArgs {
             return Err(ProviderSetupError::LogQps(self.kubelet_log_qps));
         }
         if self.backend == AciBackend::Azure {
-            if self.cluster_id.as_deref().is_none_or(str::is_empty) {
-                return Err(ProviderSetupError::Missing(
-                    "--cluster-id (SPILLWAY_CLUSTER_ID)",
-                ));
-            }
             if self.aci_subscription.as_deref().is_none_or(str::is_empty) {
                 return Err(ProviderSetupError::Missing(
                     "--aci-subscription (AZURE_SUBSCRIPTION_ID)",
@@ -369,6 +370,30 @@ const CLIENT_CA_RELOAD: Duration = Duration::from_secs(60);
 /// Bound on one TokenReview or SubjectAccessReview.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The cluster id: `--cluster-id`, else the UID of the kube-system
+/// namespace (what "this cluster" means to ARM tags and group names; the
+/// namespace lives as long as the cluster).
+pub async fn resolve_cluster_id(
+    args: &ProviderArgs,
+    client: &kube::Client,
+) -> Result<String, ProviderSetupError> {
+    if let Some(id) = args.cluster_id.as_deref().filter(|s| !s.trim().is_empty()) {
+        return Ok(id.trim().to_string());
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    let uid = namespaces
+        .get("kube-system")
+        .await
+        .map_err(|e| ProviderSetupError::ClusterId(e.to_string()))?
+        .metadata
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ProviderSetupError::ClusterId("the namespace has no uid".into()))?;
+    tracing::info!(cluster_id = %uid, "cluster id: the kube-system namespace's UID (--cluster-id not given)");
+    Ok(uid)
+}
+
 /// Start the provider and its kubelet endpoint as `args` say; `None` for
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
@@ -398,7 +423,7 @@ pub async fn start(
             (
                 metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
                 metered(AzureContainerGroups::new(&cfg)?, &metrics),
-                args.cluster_id.clone().unwrap_or_default(),
+                resolve_cluster_id(args, &clients.calls).await?,
                 None,
             )
         }
@@ -427,7 +452,13 @@ pub async fn start(
             (
                 metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
                 metered(AzureContainerGroups::new(&cfg)?, &metrics),
-                args.cluster_id.clone().unwrap_or_else(|| "local".into()),
+                match resolve_cluster_id(args, &clients.calls).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::info!(error = %e, "the ACI emulator's groups are tagged with cluster id \"local\"");
+                        "local".into()
+                    }
+                },
                 emu,
             )
         }
@@ -558,8 +589,10 @@ mod tests {
         assert_eq!(a.p.node_name, "spillway-aci");
         let a = Args::try_parse_from(["x", "--aci", "azure", "--aci-subscription", "s"])
             .expect("parses");
-        let e = a.p.validate().expect_err("needs cluster id and rg");
-        assert!(e.to_string().contains("--cluster-id"), "{e}");
+        let e = a.p.validate().expect_err("needs the resource group");
+        assert!(e.to_string().contains("--aci-resource-group"), "{e}");
+        // The cluster id defaults to the kube-system namespace's UID.
+        assert!(!e.to_string().contains("--cluster-id"), "{e}");
         let a = Args::try_parse_from([
             "x",
             "--aci",
