@@ -224,6 +224,12 @@ pub fn story(
                             .unwrap_or_else(|| "its labels or taints refuse the pod".into()),
                     ),
                 }
+            } else if n.free_slots() == 0 {
+                Some(format!(
+                    "too many pods ({} of {} allocatable)",
+                    n.pods,
+                    n.max_pods.unwrap_or_default()
+                ))
             } else {
                 fits(&pod.requests, &free)
             };
