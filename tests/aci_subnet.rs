@@ -269,3 +269,45 @@ async fn a_subnet_without_the_aci_delegation_fails_the_pod_with_arms_reason() {
     assert!(w.emu.state.snapshot().is_empty(), "no group was created");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waits_while_its_subnet_is_full_and_runs_when_an_address_frees() {
+    // A /29 has three addresses for groups (Azure keeps five of eight).
+    let w = world(vec![SubnetDefinition {
+        address_prefix: "10.240.8.0/29".into(),
+        ..delegated(&[ACI_DELEGATION])
+    }])
+    .await;
+    for name in ["a", "b", "c"] {
+        create_pod(&w.srv, &burst_pod(name, true)).await;
+    }
+    eventually("three pods Running in the subnet", || async {
+        ["a", "b", "c"].iter().all(|p| pod_ip(&w.srv, p).is_some())
+    })
+    .await;
+    create_pod(&w.srv, &burst_pod("d", true)).await;
+    eventually(
+        "the fourth pod Pending, saying the subnet is full",
+        || async {
+            w.srv
+                .get::<Pod>(NS, "d")
+                .and_then(|p| p.status)
+                .is_some_and(|s| {
+                    s.phase.as_deref() == Some("Pending")
+                        && s.reason.as_deref() == Some(vpods::REASON_RETRYING)
+                        && s.message.is_some_and(|m| m.contains("SubnetIsFull"))
+                })
+        },
+    )
+    .await;
+    let freed = pod_ip(&w.srv, "b").unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(w.srv.client(), NS);
+    api.delete("b", &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("the fourth pod Running with the freed address", || async {
+        pod_ip(&w.srv, "d").as_deref() == Some(freed.as_str())
+    })
+    .await;
+    w.stop().await;
+}
