@@ -1306,3 +1306,29 @@ async fn subnet_definitions_are_checked() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_group_moved_to_another_subnet_or_vanished_returns_its_address() {
+    let st = state_with(EmulatorConfig::default());
+    let other = SUBNET.replace("/aci", "/aci-2");
+    define(&st, SUBNET, "10.240.8.0/29", true).await;
+    define(&st, &other, "10.240.9.0/29", true).await;
+    let (_, body) = put(&st, &private_group("web-1", SUBNET, Some(80))).await;
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.8.4");
+    let (s, body) = put(&st, &private_group("web-1", &other, Some(80))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.9.4");
+    let used = |st: &EmulatorState| -> Vec<Vec<String>> {
+        st.subnets().into_iter().map(|s| s.used).collect()
+    };
+    assert_eq!(used(&st), [vec![], vec!["10.240.9.4".to_string()]]);
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/_emulator/faults",
+        Some(serde_json::json!({"vanish": ["web-1"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(used(&st), [Vec::<String>::new(), vec![]]);
+}
