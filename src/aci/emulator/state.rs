@@ -1056,10 +1056,15 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
         }
     }
     if let Some(ip) = &p.ip_address {
+        // `ports` is required in `IpAddress` (2023-05-01 schema); ARM's
+        // answer to an empty list, as quoted in
+        // hashicorp/terraform-provider-azurerm#1697.
         if ip.ports.is_empty() {
             return bad(
-                "InvalidIpAddressPorts",
-                "The IP address must expose at least one port.".to_string(),
+                "MissingIpAddressPorts",
+                format!(
+                    "The ports in the 'ipAddress' of container group '{name}' cannot be empty."
+                ),
             );
         }
         let container_ports: BTreeSet<u16> = p

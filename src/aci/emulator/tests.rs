@@ -1332,3 +1332,24 @@ async fn a_group_moved_to_another_subnet_or_vanished_returns_its_address() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(used(&st), [Vec::<String>::new(), vec![]]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ip_address_without_ports_is_refused_with_arms_code() {
+    // Why a pod without ports in a subnet is sent without `ipAddress`.
+    let st = state_with(EmulatorConfig::default());
+    define(&st, SUBNET, "10.240.8.0/24", true).await;
+    let mut g = private_group("job-1", SUBNET, None);
+    g.properties.ip_address = Some(IpAddress {
+        ip_type: "Private".into(),
+        ..Default::default()
+    });
+    let (s, body) = put(&st, &g).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "MissingIpAddressPorts".into(),
+            "The ports in the 'ipAddress' of container group 'job-1' cannot be empty.".into()
+        )
+    );
+}
