@@ -545,6 +545,38 @@ mod tests {
     }
 
     #[test]
+    fn subnet_ids_repeat_or_split_on_commas_and_reach_the_provider_config() {
+        let id = |s: &str| {
+            format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/{s}"
+            )
+        };
+        let a = Args::try_parse_from([
+            "x",
+            "--aci-subnet-id",
+            &format!("{},{}", id("a"), id("b")),
+            "--aci-subnet-id",
+            &id("c"),
+        ])
+        .expect("parses");
+        let c = a.p.config("c1", 10250);
+        let names: Vec<&str> = c.aci_subnets.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let e = Args::try_parse_from(["x", "--aci-subnet-id", "subnets/a"])
+            .err()
+            .expect("malformed id");
+        assert!(e.to_string().contains("is not an ARM subnet id"), "{e}");
+        assert!(
+            Args::try_parse_from(["x"])
+                .expect("parses")
+                .p
+                .config("c1", 1)
+                .aci_subnets
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn an_emulator_url_needs_the_emulator_backend_and_an_http_url() {
         let a = Args::try_parse_from(["x", "--aci-emulator-url", "http://127.0.0.1:9"])
             .expect("parses");
