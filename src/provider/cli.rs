@@ -67,6 +67,20 @@ pub struct ProviderArgs {
     pub aci_resource_group: Option<String>,
     #[arg(long, default_value = "westeurope", env = "SPILLWAY_ACI_REGION")]
     pub aci_region: String,
+    /// A subnet delegated to Microsoft.ContainerInstance/containerGroups
+    /// (ARM id `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/V/subnets/S`);
+    /// repeat it (or separate ids with commas in the variable) for several.
+    /// Container groups then join the cluster's VNet with a private IP, the
+    /// pod IP (policy `aci.network`, default `private` when given); a pod's
+    /// subnet is chosen by a hash of its group name.
+    #[arg(
+        long = "aci-subnet-id",
+        value_name = "ID",
+        value_parser = parse_subnet_id,
+        value_delimiter = ',',
+        env = "SPILLWAY_ACI_SUBNET_IDS"
+    )]
+    pub aci_subnet_ids: Vec<crate::aci::translate::SubnetId>,
     /// Memory reported per vCPU of quota left, in GiB.
     #[arg(long, default_value_t = 4.0)]
     pub aci_memory_gib_per_core: f64,
@@ -242,8 +256,14 @@ impl ProviderArgs {
         c.sync_interval = Duration::from_secs(self.aci_sync_secs);
         c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
         c.list_timeout = Duration::from_secs(self.aci_list_timeout_secs);
+        c.aci_subnets = self.aci_subnet_ids.clone();
         c
     }
+}
+
+/// `--aci-subnet-id`: an ARM subnet id, checked for shape.
+pub fn parse_subnet_id(s: &str) -> Result<crate::aci::translate::SubnetId, String> {
+    crate::aci::translate::SubnetId::parse(s)
 }
 
 /// Azure credentials from the environment: workload identity when its
@@ -553,6 +573,38 @@ mod tests {
     struct Args {
         #[command(flatten)]
         p: ProviderArgs,
+    }
+
+    #[test]
+    fn subnet_ids_repeat_or_split_on_commas_and_reach_the_provider_config() {
+        let id = |s: &str| {
+            format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/{s}"
+            )
+        };
+        let a = Args::try_parse_from([
+            "x",
+            "--aci-subnet-id",
+            &format!("{},{}", id("a"), id("b")),
+            "--aci-subnet-id",
+            &id("c"),
+        ])
+        .expect("parses");
+        let c = a.p.config("c1", 10250);
+        let names: Vec<&str> = c.aci_subnets.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let e = Args::try_parse_from(["x", "--aci-subnet-id", "subnets/a"])
+            .err()
+            .expect("malformed id");
+        assert!(e.to_string().contains("is not an ARM subnet id"), "{e}");
+        assert!(
+            Args::try_parse_from(["x"])
+                .expect("parses")
+                .p
+                .config("c1", 1)
+                .aci_subnets
+                .is_empty()
+        );
     }
 
     #[test]
