@@ -39,7 +39,11 @@
 //! - **Windows** groups: one container, no Azure Files (ACI limits).
 //! - `publicIp: always` on a pod without container ports is rejected: ACI
 //!   cannot expose an IP without ports.
-//! - Ignored without error (no ACI equivalent): `hostAliases`, `dnsConfig`,
+//! - **DNS and service discovery** as the kubelet: `dnsPolicy`, the pod's
+//!   `dnsConfig`, the cluster DNS IP and domain become the group's
+//!   `dnsConfig`; every container gets the service environment variables
+//!   (user-defined variables win; `$(VAR)` sees them). See [`dns`].
+//! - Ignored without error (no ACI equivalent): `hostAliases`,
 //!   `securityContext` other than `privileged`, `terminationGracePeriodSeconds`,
 //!   `activeDeadlineSeconds`, `imagePullPolicy`.
 //! - The group name and the tags are the identity: a restarted spillway
@@ -57,6 +61,8 @@ use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
+
+pub mod dns;
 
 /// Annotation that sets the public IP's DNS name label (as the AKS virtual node).
 pub const DNS_LABEL_ANNOTATION: &str = "virtualkubelet.io/dnsnamelabel";
@@ -112,6 +118,9 @@ pub struct TranslateConfig {
     pub max_memory_bytes: u64,
     /// Public ports ACI allows on one IP.
     pub max_public_ports: usize,
+    /// The kubelet's `--cluster-domain`: DNS search paths of `ClusterFirst`
+    /// pods (default `cluster.local`).
+    pub cluster_domain: String,
 }
 
 impl TranslateConfig {
@@ -122,6 +131,7 @@ impl TranslateConfig {
             max_cpu_millis: 4000,
             max_memory_bytes: 16_000_000_000,
             max_public_ports: 5,
+            cluster_domain: dns::DEFAULT_CLUSTER_DOMAIN.to_string(),
         }
     }
 }
@@ -163,6 +173,12 @@ pub struct Resolved {
     pub registry_credentials: Vec<ImageRegistryCredential>,
     /// image → ENTRYPOINT, when known (see the module doc on `args`).
     pub image_entrypoints: BTreeMap<String, Vec<String>>,
+    /// The cluster DNS Service's IPs (`--cluster-dns`, or the `kube-dns`
+    /// Service's ClusterIP); empty when unknown ([`dns`]).
+    pub cluster_dns: Vec<String>,
+    /// The pod's service environment ([`dns::service_env`]), given to every
+    /// container beneath its own variables.
+    pub service_env: BTreeMap<String, String>,
 }
 
 /// Inputs of [`pod_to_group`] besides the pod itself.
@@ -424,6 +440,15 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
     };
 
     let ip_address = public_ip(pod, namespace, pod_name, &containers, ctx)?;
+    let (dns_config, dns_warnings) = dns::pod_dns_config(
+        pod,
+        namespace,
+        &ctx.resolved.cluster_dns,
+        &ctx.config.cluster_domain,
+        os_type,
+    )
+    .map_err(|(field, message)| invalid(field, message))?;
+    let warnings: Vec<TranslateWarning> = warnings.into_iter().chain(dns_warnings).collect();
 
     let mut tags = BTreeMap::new();
     tags.insert(TAG_CLUSTER.to_string(), ctx.config.cluster_id.clone());
@@ -449,6 +474,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
             os_type: os_type.to_string(),
             volumes,
             sku: Some("Standard".to_string()),
+            dns_config,
             instance_view: None,
         },
     };
@@ -805,7 +831,10 @@ fn translate_env(
                 // `$(VAR)` may refer to variables defined earlier in the list.
                 let mut secret = false;
                 let expanded = expand_vars(v, |name| {
-                    let e = out.iter().find(|e| e.name == name)?;
+                    // Then the service variables, as the kubelet's mapping.
+                    let Some(e) = out.iter().find(|e| e.name == name) else {
+                        return resolved.service_env.get(name).map(String::as_str);
+                    };
                     // A value built from a secret stays secret.
                     secret |= e.secure_value.is_some();
                     Some(
@@ -826,6 +855,16 @@ fn translate_env(
                 );
             }
             (None, None) => set(&mut out, &e.name, EnvValue::Plain(String::new())),
+        }
+    }
+    // The service variables the container does not define itself.
+    for (name, value) in &resolved.service_env {
+        if !out.iter().any(|e| &e.name == name) {
+            out.push(EnvironmentVariable {
+                name: name.clone(),
+                value: Some(value.clone()),
+                secure_value: None,
+            });
         }
     }
     Ok(out)

@@ -142,6 +142,21 @@ pub struct ProviderArgs {
     /// Seconds of failing ACI calls before the node turns NotReady.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub aci_unreachable_secs: u64,
+    /// Cluster DNS server IP(s) of burst pods with `dnsPolicy: ClusterFirst`
+    /// (the kubelet's --cluster-dns; repeat or comma-separate). Default: the
+    /// ClusterIP of the Service kube-system/kube-dns, read from a watch of
+    /// Services (which also gives pods their service environment variables).
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "SPILLWAY_CLUSTER_DNS",
+        value_delimiter = ','
+    )]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain: burst pods search `<ns>.svc.<domain>
+    /// svc.<domain> <domain>` (the kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local", env = "SPILLWAY_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
 }
 
 /// What a bad combination of flags is.
@@ -165,6 +180,8 @@ pub enum ProviderSetupError {
     KubeletAuth(&'static str),
     #[error("--kubelet-log-qps must be positive, not {0}")]
     LogQps(f64),
+    #[error("{0}")]
+    ClusterDns(String),
     #[error("kubelet endpoint {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -202,6 +219,10 @@ impl ProviderArgs {
         if !(self.kubelet_log_qps > 0.0 && self.kubelet_log_qps.is_finite()) {
             return Err(ProviderSetupError::LogQps(self.kubelet_log_qps));
         }
+        super::services::parse_cluster_dns(&self.cluster_dns)
+            .map_err(ProviderSetupError::ClusterDns)?;
+        super::services::check_cluster_domain(&self.cluster_domain)
+            .map_err(ProviderSetupError::ClusterDns)?;
         if self.backend == AciBackend::Azure {
             if self.cluster_id.as_deref().is_none_or(str::is_empty) {
                 return Err(ProviderSetupError::Missing(
@@ -478,9 +499,15 @@ pub async fn start(
         policies: policies.clone(),
         engine,
     };
+    let cluster_dns = super::services::parse_cluster_dns(&args.cluster_dns)
+        .map_err(ProviderSetupError::ClusterDns)?;
+    let (services, services_task) =
+        super::services::ServiceSource::watch(clients.watches.clone(), cluster_dns);
+    let services_task = tokio::spawn(services_task);
     let provider = Provider::new(clients.calls.clone(), aci, config, Some(metrics))
         .with_watch_client(clients.watches.clone())
         .with_policies(policies)
+        .with_services(services, &args.cluster_domain)
         .with_unadmitted(gate);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -505,6 +532,7 @@ pub async fn start(
         if let Some(t) = ca_task {
             t.abort();
         }
+        services_task.abort();
     });
     Ok(Some(Started {
         task,

@@ -7,6 +7,9 @@ use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::path::PathBuf;
 
+/// Cluster DNS and service environment (`translate::dns`).
+mod dns;
+
 /// Fixture builder: `pod("web", "frontend").container(c("nginx")...)`.
 struct PodBuilder(k8s::Pod);
 
@@ -373,6 +376,12 @@ fn translate_with(pod: &k8s::Pod, resources: AciResources) -> Result<Translation
             resolved: &Resolved::default(),
         },
     )
+    .map(|mut t| {
+        // These tests are about the resource rules, not the missing cluster DNS.
+        t.warnings
+            .retain(|w| w.reason != dns::REASON_MISSING_CLUSTER_DNS);
+        t
+    })
 }
 
 /// Per container: (cpu request, memory request, (cpu limit, memory limit)).

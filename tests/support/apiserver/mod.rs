@@ -52,6 +52,7 @@ mod rbac;
 mod resources;
 mod reviews;
 mod selectors;
+mod services;
 mod status;
 mod store;
 mod watch;
