@@ -382,6 +382,37 @@ async fn services_are_allocated_and_validated_like_kube_apiserver() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(x.spec.and_then(|s| s.cluster_ip), None);
+    // Pods' DNS settings are validated too (validatePodDNSConfig): what the
+    // translation meets has passed these.
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for (extra, why) in [
+        (
+            json!({"dnsPolicy": "None"}),
+            "spec.dnsConfig: Required value",
+        ),
+        (
+            json!({"dnsConfig": {"nameservers": ["1.1.1.1", "8.8.8.8", "9.9.9.9", "10.0.0.10"]}}),
+            "must not have more than 3 nameservers",
+        ),
+        (
+            json!({"dnsConfig": {"nameservers": ["dns.example"]}}),
+            "must be a valid IP address",
+        ),
+        (
+            json!({"dnsPolicy": "Cluster"}),
+            "spec.dnsPolicy: Unsupported value",
+        ),
+    ] {
+        let (code, message) = match pods
+            .create(&PostParams::default(), &pod("bad-dns", extra))
+            .await
+        {
+            Err(kube::Error::Api(s)) => (s.code, s.message),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(code, 422, "{message}");
+        assert!(message.contains(why), "{why}: {message}");
+    }
     // A ClusterIP never changes.
     let mut changed = api.get("a").await.unwrap_or_else(|e| panic!("{e}"));
     if let Some(s) = changed.spec.as_mut() {

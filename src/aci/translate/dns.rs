@@ -127,17 +127,25 @@ pub(super) fn pod_dns_config(
             ));
         }
     }
-    if policy == "None"
-        && pod_config
+    // validatePodDNSConfig (pkg/apis/core/validation), for pods that did
+    // not come through the API server (`aci render`).
+    if policy == "None" {
+        if pod_config.is_none() {
+            return Err((
+                "spec.dnsConfig".to_string(),
+                "Required value: must provide `dnsConfig` when `dnsPolicy` is None".to_string(),
+            ));
+        }
+        if pod_config
             .and_then(|c| c.nameservers.as_ref())
             .is_none_or(Vec::is_empty)
-    {
-        // ValidatePodDNSConfig (pkg/apis/core/validation).
-        return Err((
-            "spec.dnsConfig.nameservers".to_string(),
-            "Required value: must provide at least one DNS nameserver when dnsPolicy is None"
-                .to_string(),
-        ));
+        {
+            return Err((
+                "spec.dnsConfig.nameservers".to_string(),
+                "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None"
+                    .to_string(),
+            ));
+        }
     }
     if let Some(c) = pod_config {
         append_unique(&mut servers, c.nameservers.iter().flatten());
@@ -371,4 +379,28 @@ pub fn cluster_dns_of(service: &k8s::Service) -> Vec<String> {
     ips.into_iter()
         .filter(|ip| !ip.is_empty() && ip != "None")
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_paths_over_253_characters_are_dropped_wherever_they_are() {
+        let long = format!("a{}", ".b".repeat(130));
+        let mut warnings = Vec::new();
+        let kept = fit_searches(
+            vec!["x.example".into(), long, "y.example".into()],
+            &mut warnings,
+        );
+        assert_eq!(kept, ["x.example", "y.example"]);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .message
+                .ends_with("the applied search line is: x.example y.example"),
+            "{}",
+            warnings[0].message
+        );
+    }
 }

@@ -379,7 +379,7 @@ fn translate_with(pod: &k8s::Pod, resources: AciResources) -> Result<Translation
     .map(|mut t| {
         // These tests are about the resource rules, not the missing cluster DNS.
         t.warnings
-            .retain(|w| w.reason != dns::REASON_MISSING_CLUSTER_DNS);
+            .retain(|w| w.reason != super::dns::REASON_MISSING_CLUSTER_DNS);
         t
     })
 }

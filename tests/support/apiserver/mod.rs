@@ -47,6 +47,7 @@
 
 mod patch;
 mod pki;
+mod pod_dns;
 mod psa;
 mod rbac;
 mod resources;

@@ -573,6 +573,7 @@ impl Store {
         if api && rt.is_pod() {
             self.admit_priority(&name, &mut obj)?;
             default_pod(&mut obj);
+            super::pod_dns::validate(rt, &name, &obj)?;
             // After name generation, as in the real server: refusals of
             // generateName pods name the generated name.
             self.admit_pod_security(&ns, &name, &obj)?;

@@ -330,12 +330,19 @@ fn golden_none_policy_needs_a_nameserver() {
     );
     // The API server's rule (ValidatePodDNSConfig), for pods that did not
     // come through it (`aci render`).
-    for config in [None, Some(pod_dns(&[], &["example.org"], &[]))] {
+    for (config, field, why) in [
+        (None, "spec.dnsConfig", "must provide `dnsConfig`"),
+        (
+            Some(pod_dns(&[], &["example.org"], &[])),
+            "spec.dnsConfig.nameservers",
+            "at least one DNS nameserver",
+        ),
+    ] {
         let p = with_dns(frontend(), "None", config);
         let e = translate(&p, &aci(PublicIp::Never, None), &resolved_for(&p))
             .expect_err("None without a nameserver");
-        assert_eq!(e.field(), "spec.dnsConfig.nameservers", "{e}");
-        assert!(e.to_string().contains("at least one DNS nameserver"), "{e}");
+        assert_eq!(e.field(), field, "{e}");
+        assert!(e.to_string().contains(why), "{e}");
     }
     let p = with_dns(frontend(), "Cluster", None);
     let e = translate(&p, &aci(PublicIp::Never, None), &resolved_for(&p)).expect_err("bad policy");
@@ -344,8 +351,9 @@ fn golden_none_policy_needs_a_nameserver() {
 
 #[test]
 fn golden_limits_truncate_with_dns_config_forming_warnings() {
-    // 40 search paths (more than 32) and 4 nameservers (more than 3).
-    let searches: Vec<String> = (0..40)
+    // The API server lets a pod name 3 nameservers and 32 search paths;
+    // with the cluster's they are 4 and 35, more than the kubelet applies.
+    let searches: Vec<String> = (0..32)
         .map(|i| format!("team-{i:02}.corp.example"))
         .collect();
     let refs: Vec<&str> = searches.iter().map(String::as_str).collect();
@@ -395,25 +403,22 @@ fn golden_limits_truncate_with_dns_config_forming_warnings() {
             .starts_with("Search Line limits were exceeded")
     );
 
-    // The 2048-character line: paths are cut from the end; a path over 253
-    // characters is dropped wherever it is.
-    let long: Vec<String> = (0..12)
+    // The 2048-character line: the pod's 10 × 192 characters and an 11th
+    // path of 100 (2030 with spaces, within the API server's limit) after
+    // the cluster's 53 are 2084; the last path is cut.
+    let mut long: Vec<String> = (0..10)
         .map(|i| format!("{i:02}{}", ".x".repeat(95)))
         .collect();
-    let mut refs: Vec<&str> = long.iter().map(String::as_str).collect();
-    let too_long = format!("a{}", ".b".repeat(130));
-    refs.insert(1, &too_long);
-    let p = with_dns(frontend(), "None", Some(pod_dns(&["9.9.9.9"], &refs, &[])));
+    long.push(format!("last{}", ".y".repeat(48)));
+    let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+    assert_eq!(refs.join(" ").len(), 2030);
+    let p = with_dns(frontend(), "ClusterFirst", Some(pod_dns(&[], &refs, &[])));
     let t = translate_full(&p, &resolved_for(&p));
     let (_, search, _) = dns_of(&t.group);
     let search = search.expect("searches");
-    assert!(search.len() <= 2048, "{}", search.len());
-    assert!(!search.contains(&too_long));
-    assert_eq!(
-        search.split(' ').count(),
-        10,
-        "10 × 192 characters and 9 spaces fit in 2048"
-    );
+    assert_eq!(search.len(), 53 + 1 + 10 * 192 + 9);
+    assert!(!search.contains("last."), "{search}");
+    assert_eq!(t.warnings[0].reason, REASON_DNS_CONFIG_FORMING);
     assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
 }
 
