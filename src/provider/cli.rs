@@ -638,6 +638,25 @@ mod tests {
     }
 
     #[test]
+    fn cluster_dns_flags_are_checked_before_anything_starts() {
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert!(
+            a.p.cluster_dns.is_empty(),
+            "looked up from kube-dns by default"
+        );
+        assert_eq!(a.p.cluster_domain, "cluster.local");
+        let a = Args::try_parse_from(["x", "--cluster-dns", "10.0.0.10,fd00::a"]).expect("parses");
+        assert_eq!(a.p.cluster_dns, ["10.0.0.10", "fd00::a"]);
+        assert!(a.p.validate().is_ok());
+        let a = Args::try_parse_from(["x", "--cluster-dns", "kube-dns"]).expect("parses");
+        let e = a.p.validate().expect_err("not an IP");
+        assert!(e.to_string().contains("--cluster-dns"), "{e}");
+        let a = Args::try_parse_from(["x", "--cluster-domain", "Cluster.Local"]).expect("parses");
+        let e = a.p.validate().expect_err("not a DNS domain");
+        assert!(e.to_string().contains("--cluster-domain"), "{e}");
+    }
+
+    #[test]
     fn a_self_signed_certificate_and_certificate_files_exclude_each_other() {
         let a = Args::try_parse_from(["x", "--kubelet-tls-self-signed", "--node-ip", "10.0.0.7"])
             .expect("parses");
