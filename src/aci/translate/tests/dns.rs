@@ -369,10 +369,7 @@ fn golden_limits_truncate_with_dns_config_forming_warnings() {
     let t = translate_full(&p, &resolved_for(&p));
     check_golden(
         "dns-truncated",
-        &serde_json::json!({
-            "dnsConfig": t.group.properties.dns_config,
-            "warnings": t.warnings.iter().map(|w| serde_json::json!({"reason": w.reason, "message": w.message})).collect::<Vec<_>>(),
-        }),
+        &serde_json::to_value(&t.group).expect("json"),
     );
     let (servers, search, _) = dns_of(&t.group);
     assert_eq!(servers, ["10.0.0.10", "192.168.0.53", "192.168.1.53"]);
@@ -401,6 +398,18 @@ fn golden_limits_truncate_with_dns_config_forming_warnings() {
         t.warnings[1]
             .message
             .starts_with("Search Line limits were exceeded")
+    );
+    // The kubelet's words, with the line applied.
+    assert_eq!(
+        t.warnings[0].message,
+        "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: 10.0.0.10 192.168.0.53 192.168.1.53"
+    );
+    assert!(
+        t.warnings[1]
+            .message
+            .ends_with("team-27.corp.example team-28.corp.example"),
+        "{}",
+        t.warnings[1].message
     );
 
     // The 2048-character line: the pod's 10 × 192 characters and an 11th
