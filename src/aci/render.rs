@@ -469,7 +469,7 @@ pub fn run(args: &RenderArgs) -> ExitCode {
     };
     if cluster.services.is_empty() {
         eprintln!(
-            "spillway aci render: note: no Services in --cluster-state: the service environment variables (KUBERNETES_SERVICE_HOST, ...) are left out"
+            "spillway aci render: note: no Services in --cluster-state (add `kubectl get services -A -o yaml`): the service environment variables (KUBERNETES_SERVICE_HOST, ...) are left out"
         );
     }
     if cluster.cluster_dns.is_empty() {
