@@ -241,3 +241,93 @@ fn a_private_policy_without_a_subnet_is_exit_65_naming_the_field() {
     assert!(err.contains("spec.aci.network"), "{err}");
     assert!(err.contains("--aci-subnet-id"), "{err}");
 }
+
+/// `--cluster-dns` gives ClusterFirst pods the kubelet's resolver
+/// configuration; the dump's Services give the service environment (and the
+/// kube-dns ClusterIP when the flag is absent); a bad IP is exit 64.
+#[test]
+fn cluster_dns_and_services_shape_the_body() {
+    let pod = scratch("dns-pod.yaml", SECRET_POD);
+    let b = body(&render(&[
+        "-f",
+        pod.to_str().unwrap_or_default(),
+        "--cluster-dns",
+        "10.0.0.10",
+    ]));
+    assert_eq!(
+        b["properties"]["dnsConfig"],
+        serde_json::json!({
+            "nameServers": ["10.0.0.10"],
+            "searchDomains": "shop.svc.cluster.local svc.cluster.local cluster.local",
+            "options": "ndots:5"
+        }),
+        "{b}"
+    );
+    // Without the flag and without a dump: no cluster nameserver, a warning.
+    let out = render(&["-f", pod.to_str().unwrap_or_default()]);
+    let b = body(&out);
+    assert!(b["properties"].get("dnsConfig").is_none(), "{b}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: MissingClusterDNS"), "{err}");
+
+    let dump = scratch(
+        "dns-dump.yaml",
+        &format!(
+            "{DUMP}
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Service
+    metadata: {{ name: kube-dns, namespace: kube-system }}
+    spec: {{ clusterIP: 10.0.0.10, ports: [{{ name: dns, port: 53, protocol: UDP }}, {{ name: dns-tcp, port: 53, protocol: TCP }}] }}
+  - apiVersion: v1
+    kind: Service
+    metadata: {{ name: kubernetes, namespace: default }}
+    spec: {{ clusterIP: 10.0.0.1, ports: [{{ name: https, port: 443, protocol: TCP }}] }}
+  - apiVersion: v1
+    kind: Service
+    metadata: {{ name: payments, namespace: shop }}
+    spec: {{ clusterIP: 10.0.40.2, ports: [{{ port: 8080 }}] }}
+"
+        ),
+    );
+    let b = body(&render(&[
+        "-f",
+        pod.to_str().unwrap_or_default(),
+        "--cluster-state",
+        dump.to_str().unwrap_or_default(),
+        "--cluster-domain",
+        "corp.internal",
+    ]));
+    assert_eq!(
+        b["properties"]["dnsConfig"]["searchDomains"],
+        "shop.svc.corp.internal svc.corp.internal corp.internal",
+        "{b}"
+    );
+    assert_eq!(b["properties"]["dnsConfig"]["nameServers"][0], "10.0.0.10");
+    let env = env_of(&b);
+    assert_eq!(var(&env, "KUBERNETES_SERVICE_HOST")["value"], "10.0.0.1");
+    assert_eq!(var(&env, "PAYMENTS_PORT")["value"], "tcp://10.0.40.2:8080");
+    assert!(
+        !env.iter().any(|e| e["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("KUBE_DNS"))),
+        "kube-system's Services are not the pod's namespace's: {env:?}"
+    );
+
+    for bad in [
+        &["--cluster-dns", "kube-dns"][..],
+        &["--cluster-domain", "Bad_Domain"][..],
+    ] {
+        let mut argv = vec!["-f", EXAMPLE];
+        argv.extend_from_slice(bad);
+        let out = render(&argv);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(bad[0]),
+            "{out:?}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig};
 use spillway::aci::paced::{Paced, PacingConfig};
 use spillway::cluster::ca_status;
+use spillway::provider::services::ServiceSource;
 use spillway::provider::{Provider, ProviderConfig, node as vnode};
 use support::{PodDeletion, TestApiServer, poll_until};
 
@@ -158,7 +159,11 @@ async fn the_provider_runs_a_burst_pod_as_spillway() {
             ]}}]
         }
     }));
-    let provider = Provider::new(srv.client_as(SA_NS, SA), aci, provider_config(), None);
+    // The Service watch (cluster DNS, service environment) as spillway.
+    let (services, services_watch) = ServiceSource::watch(srv.client_as(SA_NS, SA), Vec::new());
+    let services_watch = tokio::spawn(services_watch);
+    let provider = Provider::new(srv.client_as(SA_NS, SA), aci, provider_config(), None)
+        .with_services(services, "cluster.local");
     let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -222,6 +227,8 @@ async fn the_provider_runs_a_burst_pod_as_spillway() {
         ("create", "serviceaccounts/token"),
         ("patch", "pods/status"),
         ("delete", "pods"),
+        ("list", "services"),
+        ("watch", "services"),
     ] {
         assert!(
             used.contains(&(verb.to_string(), resource.to_string())),
@@ -230,6 +237,7 @@ async fn the_provider_runs_a_burst_pod_as_spillway() {
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    services_watch.abort();
 }
 
 /// deploy/README.md's RBAC table names every granted permission, and

@@ -29,6 +29,7 @@ use crate::provider::backend::{
     Backend, BackendError, CreateError, CreateNotice, Instance, InstanceKind, OwnerRecord, Read,
 };
 use crate::provider::resolve::{self, Sources};
+use crate::provider::services::{SYNC_WAIT, ServiceSource};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::ResourceExt;
@@ -109,6 +110,9 @@ pub struct AciBackend {
     /// BurstPolicies: their `aci` section (public IP, DNS label) applies to
     /// the pods they select. Without, every pod gets the defaults.
     policies: Option<Arc<PolicyStore>>,
+    /// Cluster DNS IP and service environment of burst pods (`None`: no
+    /// cluster DNS, no service variables).
+    services: Option<ServiceSource>,
     /// group name → last instance-view GET.
     last_get: Mutex<HashMap<String, Instant>>,
 }
@@ -129,6 +133,7 @@ impl AciBackend {
                 ..TranslateConfig::new(config.cluster_id.clone(), config.location.clone())
             },
             policies: None,
+            services: None,
             last_get: Mutex::default(),
         }
     }
@@ -140,6 +145,22 @@ impl AciBackend {
             config: self.config.clone(),
             translate: self.translate.clone(),
             policies: Some(store),
+            services: self.services.clone(),
+            last_get: Mutex::new(self.last_gets()),
+        }
+    }
+
+    /// The same backend, giving pods cluster DNS (in `cluster_domain`) and
+    /// service environment variables from `services`.
+    pub fn with_services(&self, services: ServiceSource, cluster_domain: &str) -> Self {
+        let mut translate = self.translate.clone();
+        translate.cluster_domain = cluster_domain.to_string();
+        Self {
+            aci: self.aci.clone(),
+            config: self.config.clone(),
+            translate,
+            policies: self.policies.clone(),
+            services: Some(services),
             last_get: Mutex::new(self.last_gets()),
         }
     }
@@ -324,9 +345,18 @@ impl AciBackend {
         pod: &Pod,
         sources: &Sources,
     ) -> Result<Vec<CreateNotice>, CreateError> {
-        let resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
+        let mut resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
             message: e.to_string(),
         })?;
+        if let Some(services) = &self.services {
+            services
+                .fill(pod, &mut resolved, SYNC_WAIT)
+                .await
+                .map_err(|e| CreateError::Retry {
+                    message: e.to_string(),
+                    metric: None,
+                })?;
+        }
         let settings = self.settings_for(pod);
         let ctx = PodContext {
             config: &self.translate,

@@ -87,6 +87,9 @@ pub struct ContainerGroupProperties {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub subnet_ids: Vec<ContainerGroupSubnetId>,
+    /// The resolver configuration of every container (`/etc/resolv.conf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfiguration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_view: Option<GroupInstanceView>,
 }
@@ -100,6 +103,22 @@ pub struct ContainerGroupSubnetId {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// `properties.dnsConfig` (`DnsConfiguration` in the 2023-05-01 spec):
+/// `nameServers` is a required array; the search domains and the options
+/// are each one space-separated string (`"ns.svc.cluster.local svc.cluster.local"`,
+/// `"ndots:5 timeout:2"`), as in `resolv.conf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsConfiguration {
+    /// Required by the spec: a body whose `dnsConfig` lacks it does not
+    /// deserialize (ARM answers `InvalidRequestContent`).
+    pub name_servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_domains: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -8,10 +8,12 @@
 //! dump (`--cluster-state`, any `kubectl get ... -o yaml` List holding them)
 //! or, without one, are placeholders named as such (`<configmap NAME/KEY>`).
 //! A workload file (Deployment, StatefulSet, ReplicaSet, Job) renders its
-//! pod template.
+//! pod template. Cluster DNS comes from `--cluster-dns` or the dump's
+//! `kube-system/kube-dns` Service, the service environment variables from
+//! the dump's Services (`kubectl get services -A -o yaml` in the dump).
 
 use super::model::ContainerGroup;
-use super::translate::{PodContext, TranslateConfig, Translation, translate_pod};
+use super::translate::{PodContext, TranslateConfig, Translation, dns, translate_pod};
 use crate::policy::PolicySet;
 use crate::provider::resolve::{self, SecretData, Sources};
 use k8s_openapi::api::core::v1 as k8s;
@@ -54,6 +56,21 @@ pub struct RenderArgs {
         env = "SPILLWAY_ACI_SUBNET_IDS"
     )]
     pub aci_subnet_ids: Vec<super::translate::SubnetId>,
+    /// Cluster DNS server IP(s) for `dnsPolicy: ClusterFirst` (as the
+    /// provider's flag) [default: the dump's kube-system/kube-dns Service].
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (search paths of ClusterFirst pods).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+/// The cluster-wide inputs of a render: cluster DNS IPs and the Services
+/// whose environment variables pods get.
+#[derive(Debug, Clone, Default)]
+pub struct RenderCluster {
+    pub cluster_dns: Vec<String>,
+    pub services: Vec<k8s::Service>,
 }
 
 /// Why a pod cannot be rendered.
@@ -158,6 +175,26 @@ pub fn sources_from_dump(text: &str, ns: &str) -> Result<Sources, RenderError> {
                 out.secrets.insert(name, Sources::secret_data(&s));
             }
             _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The Services (every namespace) in a List (or single object) dump.
+pub fn services_from_dump(text: &str) -> Result<Vec<k8s::Service>, RenderError> {
+    let mut out = Vec::new();
+    for v in documents(text)? {
+        let items = match v.get("items").and_then(|i| i.as_array()) {
+            Some(list) => list.clone(),
+            None => vec![v],
+        };
+        for item in items {
+            if item.get("kind").and_then(|k| k.as_str()) == Some("Service") {
+                out.push(
+                    serde_json::from_value(item)
+                        .map_err(|e| RenderError::Input(format!("Service: {e}")))?,
+                );
+            }
         }
     }
     Ok(out)
@@ -356,6 +393,7 @@ pub fn render(
     policies: Option<&PolicySet>,
     sources: &Sources,
     config: &TranslateConfig,
+    cluster: &RenderCluster,
 ) -> Result<Translation, RenderError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -363,8 +401,11 @@ pub fn render(
         .and_then(|p| p.for_pod(namespace, &labels))
         .map(|p| p.aci.clone())
         .unwrap_or_default();
-    let resolved =
+    let mut resolved =
         resolve::resolve(pod, sources).map_err(|e| RenderError::Invalid(e.to_string()))?;
+    resolved.cluster_dns = cluster.cluster_dns.clone();
+    resolved.service_env =
+        dns::service_env(namespace, dns::enable_service_links(pod), &cluster.services);
     let ctx = PodContext {
         config,
         aci: &aci,
@@ -407,12 +448,25 @@ pub fn run(args: &RenderArgs) -> ExitCode {
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
+    let mut cluster = RenderCluster {
+        cluster_dns: match crate::provider::services::parse_cluster_dns(&args.cluster_dns) {
+            Ok(ips) => ips,
+            Err(e) => return fail(bad, e),
+        },
+        services: Vec::new(),
+    };
+    if let Err(e) = crate::provider::services::check_cluster_domain(&args.cluster_domain) {
+        return fail(bad, e);
+    }
     let sources = match &args.cluster_state {
         Some(path) => match std::fs::read_to_string(path)
             .map_err(|e| RenderError::Input(e.to_string()))
-            .and_then(|t| sources_from_dump(&t, &namespace))
+            .and_then(|t| Ok((sources_from_dump(&t, &namespace)?, services_from_dump(&t)?)))
         {
-            Ok(s) => s,
+            Ok((s, services)) => {
+                cluster.services = services;
+                s
+            }
             Err(e) => return fail(bad, format!("{}: {e}", path.display())),
         },
         None => {
@@ -423,11 +477,27 @@ pub fn run(args: &RenderArgs) -> ExitCode {
             s
         }
     };
-    let config = TranslateConfig {
-        subnets: args.aci_subnet_ids.clone(),
-        ..TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone())
-    };
-    match render(&pod, policies.as_ref(), &sources, &config) {
+    if cluster.services.is_empty() {
+        eprintln!(
+            "spillway aci render: note: no Services in --cluster-state (add `kubectl get services -A -o yaml`): the service environment variables (KUBERNETES_SERVICE_HOST, ...) are left out"
+        );
+    }
+    if cluster.cluster_dns.is_empty() {
+        let (ns, name) = dns::CLUSTER_DNS_SERVICE;
+        cluster.cluster_dns = cluster
+            .services
+            .iter()
+            .find(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
+            .map(dns::cluster_dns_of)
+            .unwrap_or_default();
+    }
+    let mut config = TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone());
+    config.cluster_domain = args.cluster_domain.clone();
+    config.subnets = args.aci_subnet_ids.clone();
+    match render(&pod, policies.as_ref(), &sources, &config, &cluster) {
         Ok(Translation { group, warnings }) => {
             for w in warnings {
                 eprintln!("spillway aci render: warning: {}: {}", w.reason, w.message);

@@ -41,7 +41,11 @@
 //!   cannot expose an IP without ports.
 //! - **Network** ([`network`]): with `--aci-subnet-id` groups go to a
 //!   delegated subnet with a private IP (the pod IP) and no public IP.
-//! - Ignored without error (no ACI equivalent): `hostAliases`, `dnsConfig`,
+//! - **DNS and service discovery** as the kubelet: `dnsPolicy`, the pod's
+//!   `dnsConfig`, the cluster DNS IP and domain become the group's
+//!   `dnsConfig`; every container gets the service environment variables
+//!   (user-defined variables win; `$(VAR)` sees them). See [`dns`].
+//! - Ignored without error (no ACI equivalent): `hostAliases`,
 //!   `securityContext` other than `privileged`, `terminationGracePeriodSeconds`,
 //!   `activeDeadlineSeconds`, `imagePullPolicy`.
 //! - The group name and the tags are the identity: a restarted spillway
@@ -62,6 +66,7 @@ use std::collections::BTreeMap;
 
 pub mod network;
 pub use network::{REASON_DNS_LABEL_IGNORED, SUBNET_DELEGATION, SubnetId};
+pub mod dns;
 
 /// Annotation that sets the public IP's DNS name label (as the AKS virtual node).
 pub const DNS_LABEL_ANNOTATION: &str = "virtualkubelet.io/dnsnamelabel";
@@ -119,6 +124,9 @@ pub struct TranslateConfig {
     pub max_public_ports: usize,
     /// Delegated subnets groups go to (`--aci-subnet-id`); see [`network`].
     pub subnets: Vec<SubnetId>,
+    /// The kubelet's `--cluster-domain`: DNS search paths of `ClusterFirst`
+    /// pods (default `cluster.local`).
+    pub cluster_domain: String,
 }
 
 impl TranslateConfig {
@@ -130,6 +138,7 @@ impl TranslateConfig {
             max_memory_bytes: 16_000_000_000,
             max_public_ports: 5,
             subnets: Vec::new(),
+            cluster_domain: dns::DEFAULT_CLUSTER_DOMAIN.to_string(),
         }
     }
 }
@@ -171,6 +180,12 @@ pub struct Resolved {
     pub registry_credentials: Vec<ImageRegistryCredential>,
     /// image → ENTRYPOINT, when known (see the module doc on `args`).
     pub image_entrypoints: BTreeMap<String, Vec<String>>,
+    /// The cluster DNS Service's IPs (`--cluster-dns`, or the `kube-dns`
+    /// Service's ClusterIP); empty when unknown ([`dns`]).
+    pub cluster_dns: Vec<String>,
+    /// The pod's service environment ([`dns::service_env`]), given to every
+    /// container beneath its own variables.
+    pub service_env: BTreeMap<String, String>,
 }
 
 /// Inputs of [`pod_to_group`] besides the pod itself.
@@ -433,6 +448,15 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
 
     let placement = network::placement(pod, namespace, pod_name, &containers, ctx)?;
     warnings.extend(placement.warnings);
+    let (dns_config, dns_warnings) = dns::pod_dns_config(
+        pod,
+        namespace,
+        &ctx.resolved.cluster_dns,
+        &ctx.config.cluster_domain,
+        os_type,
+    )
+    .map_err(|(field, message)| invalid(field, message))?;
+    let warnings: Vec<TranslateWarning> = warnings.into_iter().chain(dns_warnings).collect();
 
     let mut tags = BTreeMap::new();
     tags.insert(TAG_CLUSTER.to_string(), ctx.config.cluster_id.clone());
@@ -459,6 +483,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
             volumes,
             sku: Some("Standard".to_string()),
             subnet_ids: placement.subnet_ids,
+            dns_config,
             instance_view: None,
         },
     };
@@ -815,7 +840,10 @@ fn translate_env(
                 // `$(VAR)` may refer to variables defined earlier in the list.
                 let mut secret = false;
                 let expanded = expand_vars(v, |name| {
-                    let e = out.iter().find(|e| e.name == name)?;
+                    // Then the service variables, as the kubelet's mapping.
+                    let Some(e) = out.iter().find(|e| e.name == name) else {
+                        return resolved.service_env.get(name).map(String::as_str);
+                    };
                     // A value built from a secret stays secret.
                     secret |= e.secure_value.is_some();
                     Some(
@@ -836,6 +864,16 @@ fn translate_env(
                 );
             }
             (None, None) => set(&mut out, &e.name, EnvValue::Plain(String::new())),
+        }
+    }
+    // The service variables the container does not define itself.
+    for (name, value) in &resolved.service_env {
+        if !out.iter().any(|e| &e.name == name) {
+            out.push(EnvironmentVariable {
+                name: name.clone(),
+                value: Some(value.clone()),
+                secure_value: None,
+            });
         }
     }
     Ok(out)

@@ -158,6 +158,21 @@ pub struct ProviderArgs {
     /// Seconds of failing ACI calls before the node turns NotReady.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub aci_unreachable_secs: u64,
+    /// Cluster DNS server IP(s) of burst pods with `dnsPolicy: ClusterFirst`
+    /// (the kubelet's --cluster-dns; repeat or comma-separate). Default: the
+    /// ClusterIP of the Service kube-system/kube-dns, read from a watch of
+    /// Services (which also gives pods their service environment variables).
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "SPILLWAY_CLUSTER_DNS",
+        value_delimiter = ','
+    )]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain: burst pods search `<ns>.svc.<domain>
+    /// svc.<domain> <domain>` (the kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local", env = "SPILLWAY_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
 }
 
 /// What a bad combination of flags is.
@@ -185,6 +200,8 @@ pub enum ProviderSetupError {
     KubeletAuth(&'static str),
     #[error("--kubelet-log-qps must be positive, not {0}")]
     LogQps(f64),
+    #[error("{0}")]
+    ClusterDns(String),
     #[error("kubelet endpoint {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -222,6 +239,10 @@ impl ProviderArgs {
         if !(self.kubelet_log_qps > 0.0 && self.kubelet_log_qps.is_finite()) {
             return Err(ProviderSetupError::LogQps(self.kubelet_log_qps));
         }
+        super::services::parse_cluster_dns(&self.cluster_dns)
+            .map_err(ProviderSetupError::ClusterDns)?;
+        super::services::check_cluster_domain(&self.cluster_domain)
+            .map_err(ProviderSetupError::ClusterDns)?;
         if self.backend == AciBackend::Azure {
             if self.aci_subscription.as_deref().is_none_or(str::is_empty) {
                 return Err(ProviderSetupError::Missing(
@@ -529,9 +550,15 @@ pub async fn start(
         policies: policies.clone(),
         engine,
     };
+    let cluster_dns = super::services::parse_cluster_dns(&args.cluster_dns)
+        .map_err(ProviderSetupError::ClusterDns)?;
+    let (services, services_task) =
+        super::services::ServiceSource::watch(clients.watches.clone(), cluster_dns);
+    let services_task = tokio::spawn(services_task);
     let provider = Provider::new(clients.calls.clone(), aci, config, Some(metrics))
         .with_watch_client(clients.watches.clone())
         .with_policies(policies)
+        .with_services(services, &args.cluster_domain)
         .with_unadmitted(gate);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -556,6 +583,7 @@ pub async fn start(
         if let Some(t) = ca_task {
             t.abort();
         }
+        services_task.abort();
     });
     Ok(Some(Started {
         task,
@@ -692,6 +720,25 @@ mod tests {
         let a = Args::try_parse_from(["x", "--kubelet-log-qps", "0"]).expect("parses");
         assert!(a.p.validate().is_err());
         assert!(Args::try_parse_from(["x", "--kubelet-max-connections", "0"]).is_err());
+    }
+
+    #[test]
+    fn cluster_dns_flags_are_checked_before_anything_starts() {
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert!(
+            a.p.cluster_dns.is_empty(),
+            "looked up from kube-dns by default"
+        );
+        assert_eq!(a.p.cluster_domain, "cluster.local");
+        let a = Args::try_parse_from(["x", "--cluster-dns", "10.0.0.10,fd00::a"]).expect("parses");
+        assert_eq!(a.p.cluster_dns, ["10.0.0.10", "fd00::a"]);
+        assert!(a.p.validate().is_ok());
+        let a = Args::try_parse_from(["x", "--cluster-dns", "kube-dns"]).expect("parses");
+        let e = a.p.validate().expect_err("not an IP");
+        assert!(e.to_string().contains("--cluster-dns"), "{e}");
+        let a = Args::try_parse_from(["x", "--cluster-domain", "Cluster.Local"]).expect("parses");
+        let e = a.p.validate().expect_err("not a DNS domain");
+        assert!(e.to_string().contains("--cluster-domain"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub mod cli;
 pub mod node;
 pub mod pods;
 pub mod resolve;
+pub mod services;
 pub mod unadmitted;
 
 use crate::aci::backend::AciBackend;
@@ -389,6 +390,17 @@ impl Provider<AciBackend> {
     /// Apply the `aci` settings of the policy that selects each pod.
     pub fn with_policies(mut self, store: Arc<crate::policy::reload::PolicyStore>) -> Self {
         self.backend = Arc::new(self.backend.with_policies(store));
+        self
+    }
+
+    /// Give burst pods cluster DNS (search paths in `cluster_domain`) and
+    /// service environment variables, as a kubelet (see [`services`]).
+    pub fn with_services(
+        mut self,
+        services: services::ServiceSource,
+        cluster_domain: &str,
+    ) -> Self {
+        self.backend = Arc::new(self.backend.with_services(services, cluster_domain));
         self
     }
 }

@@ -1353,3 +1353,39 @@ async fn an_ip_address_without_ports_is_refused_with_arms_code() {
         )
     );
 }
+
+/// `dnsConfig` (2023-05-01 `DnsConfiguration`): `nameServers` is required,
+/// `searchDomains` and `options` are optional strings; ARM takes it on any
+/// group (the spec and the docs state no rule tying it to a subnet) and
+/// returns it on read.
+#[tokio::test(start_paused = true)]
+async fn dns_config_needs_name_servers_and_is_kept() {
+    let st = state_with(EmulatorConfig::default());
+    let mut body = json(&group("dns", 1.0, "Always", None));
+    body["properties"]["dnsConfig"] = serde_json::json!({"searchDomains": "svc.cluster.local"});
+    let (s, _, answer) = call(&st, "PUT", &format!("{RG}/dns?{V}"), Some(body.clone())).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestContent")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nameServers")),
+        "{answer}"
+    );
+    body["properties"]["dnsConfig"] = serde_json::json!({
+        "nameServers": ["10.0.0.10"],
+        "searchDomains": "web.svc.cluster.local svc.cluster.local cluster.local",
+        "options": "ndots:5"
+    });
+    let (s, _, _) = call(&st, "PUT", &format!("{RG}/dns?{V}"), Some(body.clone())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, got) = call(&st, "GET", &format!("{RG}/dns?{V}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        got["properties"]["dnsConfig"],
+        body["properties"]["dnsConfig"]
+    );
+}

@@ -48,12 +48,14 @@
 mod discovery;
 mod patch;
 mod pki;
+mod pod_dns;
 mod proxy;
 mod psa;
 mod rbac;
 mod resources;
 mod reviews;
 mod selectors;
+mod services;
 mod status;
 mod store;
 mod watch;

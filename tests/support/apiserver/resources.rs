@@ -119,6 +119,15 @@ pub static RESOURCES: &[ResourceType] = &[
     ResourceType {
         group: "",
         version: "v1",
+        plural: "services",
+        kind: "Service",
+        namespaced: true,
+        status_subresource: true,
+        fields: &[],
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
         plural: "namespaces",
         kind: "Namespace",
         namespaced: false,

@@ -573,6 +573,7 @@ impl Store {
         if api && rt.is_pod() {
             self.admit_priority(&name, &mut obj)?;
             default_pod(&mut obj);
+            super::pod_dns::validate(rt, &name, &obj)?;
             // After name generation, as in the real server: refusals of
             // generateName pods name the generated name.
             self.admit_pod_security(&ns, &name, &obj)?;
@@ -588,11 +589,25 @@ impl Store {
         if rt.is("", "secrets") {
             fold_string_data(&mut obj);
         }
+        if api && rt.is("", "services") {
+            super::services::admit_create(rt, &mut obj, &self.cluster_ips())?;
+        }
         let key = Self::key(rt, &ns, &name);
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(rt, &name));
         }
         Ok(self.insert_new(rt, key, obj))
+    }
+
+    /// The ClusterIPs allocated to Services.
+    fn cluster_ips(&self) -> std::collections::BTreeSet<String> {
+        let services = lookup("", "v1", "services").expect("services are served");
+        self.list(services, None)
+            .into_iter()
+            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+            .map(str::to_string)
+            .collect()
     }
 
     /// The `Priority` admission plugin on pod create
@@ -881,6 +896,9 @@ impl Store {
         }
         if rt.is(super::webhooks::GROUP, super::webhooks::PLURAL) {
             super::webhooks::default_and_validate(&mut new)?;
+        }
+        if rt.is("", "services") {
+            super::services::admit_update(rt, old, &mut new)?;
         }
         if rt.is_pod() && psa::significant_update(&typed_pod(old)?, &typed_pod(&new)?) {
             let ns = meta_str(old, "namespace").unwrap_or_default().to_string();
