@@ -50,6 +50,11 @@
 //!   synced), and is failed (`NotAdmitted`) when the engine would not have
 //!   let it onto the virtual node. A pod that already has a group is never
 //!   judged: it runs.
+//! - **readiness** ([`probe`], ACI only): the leader runs the readiness and
+//!   startup probes of running pods with a pod IP (httpGet, tcpSocket) and
+//!   the status written for a pod merges their results; a worker whose
+//!   result flips sends the pod to the pod loop, which writes its status at
+//!   once (from the last list) instead of on the next sync.
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -59,6 +64,7 @@ pub mod backend;
 pub mod cli;
 pub mod node;
 pub mod pods;
+pub mod probe;
 pub mod resolve;
 pub mod unadmitted;
 
@@ -131,6 +137,8 @@ pub struct ProviderConfig {
     /// First wait before retrying a pod whose creation failed; doubles.
     pub retry_backoff: Duration,
     pub max_retry_backoff: Duration,
+    /// Readiness/startup probes of burst pods in flight at once ([`probe`]).
+    pub max_concurrent_probes: usize,
 }
 
 impl ProviderConfig {
@@ -166,6 +174,7 @@ impl ProviderConfig {
             max_concurrent_creates: 32,
             retry_backoff: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(300),
+            max_concurrent_probes: 64,
         }
     }
 }
@@ -259,6 +268,9 @@ pub struct Provider<B: Backend = AciBackend> {
     metrics: Option<Arc<Metrics>>,
     /// Pods bound here by another scheduler: how to recognise and judge them.
     unadmitted: Option<Arc<unadmitted::Gate>>,
+    /// Run pods' readiness/startup probes ([`probe`]): ACI pods, reachable
+    /// at their group's IP.
+    probing: bool,
 }
 
 impl<B: Backend> Clone for Provider<B> {
@@ -270,6 +282,7 @@ impl<B: Backend> Clone for Provider<B> {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             unadmitted: self.unadmitted.clone(),
+            probing: self.probing,
         }
     }
 }
@@ -294,6 +307,8 @@ enum Done {
     },
     /// An orphan GC pass ended.
     Collected,
+    /// A pod status written after a probe result flipped.
+    StatusWritten,
 }
 
 /// What the backend half of a sync read (see [`Provider::read_backend`]).
@@ -379,7 +394,9 @@ impl Provider<AciBackend> {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let backend = Arc::new(AciBackend::new(aci, &config));
-        Self::with_backend(client, backend, config, metrics)
+        let mut provider = Self::with_backend(client, backend, config, metrics);
+        provider.probing = true;
+        provider
     }
 
     /// Apply the `aci` settings of the policy that selects each pod.
@@ -404,6 +421,7 @@ impl<B: Backend> Provider<B> {
             config: Arc::new(config),
             metrics,
             unadmitted: None,
+            probing: false,
         }
     }
 
@@ -726,6 +744,15 @@ impl<B: Backend> Provider<B> {
         // The backend half of a sync (ACI: list + GETs), at most one at a time.
         let mut reads: JoinSet<Listing<B::Instance, B::Error>> = JoinSet::new();
         let mut next_sync = Instant::now();
+        // Probe workers end with this loop (lost leadership drops it).
+        let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(256);
+        let mut prober = self.probing.then(|| {
+            probe::Prober::new(
+                self.config.max_concurrent_probes,
+                self.metrics.clone(),
+                probe_tx,
+            )
+        });
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_sync), if reads.is_empty() => {
@@ -736,7 +763,7 @@ impl<B: Backend> Provider<B> {
                 Some(read) = reads.join_next() => {
                     match read {
                         Ok(listing) => {
-                            self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder)
+                            self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder, prober.as_mut())
                                 .await;
                         }
                         Err(e) => tracing::warn!(error = %e, "backend read task failed"),
@@ -744,7 +771,10 @@ impl<B: Backend> Provider<B> {
                     next_sync = Instant::now() + self.config.sync_interval;
                 }
                 _ = changed.notified() => {
-                    self.quick_pass(&mut st, &store, &mut tasks);
+                    self.quick_pass(&mut st, &store, &mut tasks, prober.as_mut());
+                }
+                Some(who) = probe_rx.recv() => {
+                    self.probe_flipped(&mut st, &who, &store, &mut tasks, prober.as_mut());
                 }
                 Some(done) = tasks.join_next() => {
                     match done {
@@ -1008,7 +1038,18 @@ impl<B: Backend> Provider<B> {
         st: &mut PodLoop<B::Instance>,
         store: &Store<Pod>,
         tasks: &mut JoinSet<Done>,
+        prober: Option<&mut probe::Prober>,
     ) {
+        if let Some(prober) = prober {
+            // A deleted or terminating pod's probes stop at once.
+            let live: HashSet<String> = store
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| pod_key(p).2)
+                .collect();
+            prober.retain(|uid| live.contains(uid));
+        }
         let Some((list_at, groups)) = st.last_list.as_ref() else {
             return;
         };
@@ -1127,6 +1168,7 @@ impl<B: Backend> Provider<B> {
                 }
             }
             Done::Collected => st.collecting = false,
+            Done::StatusWritten => {}
         }
     }
 
@@ -1409,6 +1451,7 @@ impl<B: Backend> Provider<B> {
         tasks: &mut JoinSet<Done>,
         shared: &Shared,
         recorder: &Recorder,
+        mut prober: Option<&mut probe::Prober>,
     ) {
         let cfg = &self.config;
         let list_at = listing.at;
@@ -1444,13 +1487,13 @@ impl<B: Backend> Provider<B> {
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
-            let action = pods::decide_for(
+            let action = self.decide_probed(
                 pod,
                 &gname,
                 groups.get(&gname),
                 facts,
-                &cfg.node.internal_ip,
                 &now,
+                prober.as_deref_mut(),
             );
             match action {
                 PodAction::Nothing => {}
@@ -1565,6 +1608,9 @@ impl<B: Backend> Provider<B> {
         st.last_list = Some((list_at, groups));
         // A pod deleted while its creation was queued: forget its state.
         let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
+        if let Some(prober) = prober {
+            prober.retain(|uid| live.contains(uid));
+        }
         st.created
             .retain(|uid, _| live.contains(uid) || st.busy.contains(uid));
         st.retry.retain(|uid, _| live.contains(uid));
@@ -1573,6 +1619,98 @@ impl<B: Backend> Provider<B> {
         st.bypassed.retain(|uid, _| live.contains(uid));
         st.judged.retain(|uid, _| live.contains(uid));
         st.unwritten.retain(|uid, _| live.contains(uid));
+    }
+
+    /// [`pods::decide_for`], with readiness checked ([`probe`]): for a pod
+    /// whose group is ours, its probe worker is started, kept or stopped by
+    /// the status mapped from the group, and the status to write merges the
+    /// probe results (so a pod with probes is compared, and written, as
+    /// ready only when its probes say so). Without a prober (not ACI), as
+    /// `decide_for`.
+    fn decide_probed(
+        &self,
+        pod: &Pod,
+        instance: &str,
+        group: Option<&B::Instance>,
+        facts: PodFacts,
+        now: &Time,
+        prober: Option<&mut probe::Prober>,
+    ) -> PodAction {
+        let host_ip = &self.config.node.internal_ip;
+        let action = pods::decide_for(pod, instance, group, facts, host_ip, now);
+        let Some(prober) = prober else {
+            return action;
+        };
+        let (ns, name, uid) = pod_key(pod);
+        let ours = group.filter(|g| pods::ownership_of(*g, &ns, &name, &uid) == pods::Ownership::Ours);
+        match (&action, ours) {
+            (PodAction::Nothing | PodAction::Patch(_), Some(g))
+                if !facts.busy
+                    && !facts.created_after_list
+                    && pod.metadata.deletion_timestamp.is_none() =>
+            {
+                let mut desired = pods::desired_status_for(pod, g, host_ip, now);
+                prober.track(pod, &desired);
+                probe::merge(
+                    pod,
+                    pod.status.as_ref(),
+                    &mut desired,
+                    prober.readiness(&uid).as_ref(),
+                    now,
+                );
+                if pods::status_differs(pod.status.as_ref(), &desired) {
+                    PodAction::Patch(Box::new(desired))
+                } else {
+                    PodAction::Nothing
+                }
+            }
+            (PodAction::Delete { .. } | PodAction::Fail { .. }, _) => {
+                prober.stop(&uid);
+                action
+            }
+            _ => action,
+        }
+    }
+
+    /// A probe worker's result for pod `who` flipped: write its status now,
+    /// from the last list (the worker flips at most once per probe period).
+    fn probe_flipped(
+        &self,
+        st: &mut PodLoop<B::Instance>,
+        who: &probe::PodRef,
+        store: &Store<Pod>,
+        tasks: &mut JoinSet<Done>,
+        prober: Option<&mut probe::Prober>,
+    ) {
+        let Some((list_at, groups)) = st.last_list.as_ref() else {
+            return;
+        };
+        let reference = reflector::ObjectRef::<Pod>::new(&who.name).within(&who.namespace);
+        let Some(pod) = store.get(&reference) else {
+            return;
+        };
+        if pod.metadata.uid.as_deref() != Some(who.uid.as_str()) {
+            return;
+        }
+        let instance = self.backend.instance_name(&who.namespace, &who.name);
+        let facts = self.facts(st, &who.uid, Some(*list_at));
+        let action = self.decide_probed(
+            &pod,
+            &instance,
+            groups.get(&instance),
+            facts,
+            &now_time(),
+            prober,
+        );
+        if let PodAction::Patch(status) = action {
+            let this = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = this.patch_pod_status(&pod, &status).await {
+                    tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
+                }
+                Done::StatusWritten
+            });
+        }
     }
 
     /// Delete groups tagged with our cluster id whose pod no longer exists.
