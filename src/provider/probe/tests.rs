@@ -590,3 +590,53 @@ async fn workers_report_flips_and_are_gone_once_stopped() {
     }
     assert_eq!(metrics.probe_workers.get(), 0);
 }
+
+#[tokio::test]
+async fn https_probes_skip_certificate_verification() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Self-signed, for another name and address: verification would fail twice.
+    let tls = crate::kubelet::self_signed_tls_config("10.9.9.9", "elsewhere.example")
+        .unwrap_or_else(|e| panic!("certificate: {e}"));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let https = Action::HttpGet {
+        scheme: Scheme::Https,
+        host: None,
+        path: "/healthz".into(),
+        port,
+        headers: vec![],
+    };
+    let o = run_action(&http_client(), &https, "127.0.0.1", secs(2)).await;
+    assert!(o.ok, "{}", o.message);
+    // The same listener over plain HTTP is no answer.
+    let o = run_action(&http_client(), &http("/healthz", port, &[]), "127.0.0.1", secs(2)).await;
+    assert!(!o.ok);
+}
