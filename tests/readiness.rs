@@ -51,7 +51,7 @@ struct World {
     metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    _leader: tokio::sync::watch::Sender<bool>,
+    leader: tokio::sync::watch::Sender<bool>,
 }
 
 impl World {
@@ -112,7 +112,7 @@ impl World {
             metrics,
             stop: Some(stop),
             task,
-            _leader: leader,
+            leader,
         }
     }
 
@@ -340,5 +340,74 @@ async fn an_exec_probed_pod_is_ready_when_running_and_says_the_probe_is_not_run(
     );
     assert_eq!(w.metrics.probe_workers.get(), 0, "nothing to probe");
     assert_eq!(w.probes("success") + w.probes("failure"), 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadership() {
+    let w = World::start(Ipv4Addr::new(127, 83, 19, 0)).await;
+    // ACI has no tcpSocket probes: the group is created without it and
+    // spillway probes the port.
+    create(
+        &w,
+        &burst_pod(
+            "tcp-1",
+            json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}),
+        ),
+    )
+    .await;
+    eventually("the pod runs with a pod IP", || async {
+        w.pod("tcp-1")
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+    })
+    .await;
+    eventually("a refused connection is a failed probe", || async {
+        w.probes("failure") >= 1
+    })
+    .await;
+    assert_eq!(w.ready("tcp-1"), Some(false));
+    let ip = w
+        .pod("tcp-1")
+        .and_then(|p| p.status)
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_else(|| panic!("pod IP"));
+    let _app = listen(&ip).await;
+    eventually("Ready once the port accepts connections", || async {
+        w.ready("tcp-1") == Some(true)
+    })
+    .await;
+    assert_eq!(w.metrics.probe_workers.get(), 1);
+
+    // Leadership lost: the provider stops, its probe workers with it.
+    w.leader.send_replace(false);
+    eventually("no probe worker without leadership", || async {
+        w.metrics.probe_workers.get() == 0
+    })
+    .await;
+    // Regained: probing starts again, and the Ready pod stays Ready (no
+    // status write: a takeover does not flap Endpoints).
+    let status_writes = || {
+        w.srv
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/pods/tcp-1/status"))
+            .count()
+    };
+    let writes = status_writes();
+    let successes = w.probes("success");
+    w.leader.send_replace(true);
+    eventually("probed again as leader", || async {
+        w.metrics.probe_workers.get() == 1 && w.probes("success") > successes
+    })
+    .await;
+    // Another probe a period later: syncs (every 200 ms) merged the first one.
+    let after_first = w.probes("success");
+    eventually("another probe", || async {
+        w.probes("success") > after_first
+    })
+    .await;
+    assert_eq!(w.ready("tcp-1"), Some(true));
+    assert_eq!(status_writes(), writes, "no status write after the takeover");
     w.stop().await;
 }

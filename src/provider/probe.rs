@@ -359,8 +359,11 @@ const NO_POD_IP: &str = "spillway cannot probe it: the pod has no IP (its contai
 
 /// Patch `desired` (the status mapped from the pod's group, stamped against
 /// `current`) with the probe results: for containers with a probe spillway
-/// runs, `started`/`ready` come from `probed` (no result yet: not started,
-/// not ready); containers without one stay ready when running. Then
+/// runs, `started`/`ready` come from `probed`. Before a worker's first
+/// round (a new leader, a restarted spillway) a container keeps what
+/// `current` says of the same container instance (same start time), so a
+/// takeover does not flap Endpoints; a new container is not started, not
+/// ready. Containers without such a probe stay ready when running. Then
 /// `ContainersReady`/`Ready` follow the containers (messages as the
 /// kubelet's `pkg/kubelet/status/generate.go`, plus what was not probed
 /// and why), with transition times re-stamped. A pod without probes, or not
@@ -395,7 +398,22 @@ pub fn merge(
         if !running || !reachable {
             continue;
         }
-        let result = probed.and_then(|r| r.get(&p.name));
+        let result = probed.and_then(|r| r.get(&p.name)).copied().or_else(|| {
+            let started_at = |c: &k8s::ContainerStatus| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref())
+                    .map(|r| r.started_at.clone())
+            };
+            let was = current
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.name == p.name))
+                .filter(|c| started_at(c).is_some() && started_at(c) == started_at(cs))?;
+            Some(ContainerReadiness {
+                started: was.started.unwrap_or(false),
+                ready: was.ready,
+            })
+        });
         let started = if p.startup.as_ref().is_some_and(ProbeSpec::runs) {
             result.is_some_and(|r| r.started)
         } else {
@@ -860,11 +878,9 @@ async fn probe_pod(ctx: Arc<Context>, who: PodRef, target: Target, start: Instan
         |cs: &[ContainerWorkers]| -> PodReadiness {
             cs.iter().map(|c| (c.name.clone(), c.readiness())).collect()
         };
-    let mut published = snapshot(&containers);
-    ctx.results
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(who.uid.clone(), published.clone());
+    // Published after the first round (probes due at once), not before:
+    // until then the pod's status keeps what it says (see [`merge`]).
+    let mut published: Option<PodReadiness> = None;
     loop {
         let now = Instant::now();
         let mut due: Vec<(usize, ProbeKind)> = Vec::new();
@@ -929,12 +945,12 @@ async fn probe_pod(ctx: Arc<Context>, who: PodRef, target: Target, start: Instan
             }
         }
         let now_state = snapshot(&containers);
-        if now_state != published {
-            published = now_state;
+        if published.as_ref() != Some(&now_state) {
             ctx.results
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(who.uid.clone(), published.clone());
+                .insert(who.uid.clone(), now_state.clone());
+            published = Some(now_state);
             // A full channel is fine: the next sync merges the results too.
             let _ = ctx.changed.try_send(who.clone());
         }

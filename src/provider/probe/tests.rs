@@ -289,6 +289,44 @@ fn a_probed_container_is_not_ready_until_its_probe_says_so() {
 }
 
 #[test]
+fn before_the_first_round_the_same_container_keeps_its_readiness() {
+    let pod = probed_pod(http_readiness());
+    let at = |t: Time| {
+        let mut s = running_status(Some("127.0.0.1"));
+        for c in s.container_statuses.iter_mut().flatten() {
+            c.state = Some(k8s::ContainerState {
+                running: Some(k8s::ContainerStateRunning {
+                    started_at: Some(t.clone()),
+                }),
+                ..Default::default()
+            });
+        }
+        s
+    };
+    // A new leader, no result yet: the Ready pod stays Ready.
+    let current = at(now());
+    let mut s = at(now());
+    merge(&pod, Some(&current), &mut s, None, &later());
+    assert_eq!(condition(&s, "Ready").status, "True");
+    // A restarted container (another start time) starts not ready.
+    let mut s = at(later());
+    merge(&pod, Some(&current), &mut s, None, &later());
+    assert_eq!(condition(&s, "Ready").status, "False");
+    // A result, once in, decides.
+    let failing: PodReadiness = [(
+        "app".to_string(),
+        ContainerReadiness {
+            started: true,
+            ready: false,
+        },
+    )]
+    .into();
+    let mut s = at(now());
+    merge(&pod, Some(&current), &mut s, Some(&failing), &later());
+    assert_eq!(condition(&s, "Ready").status, "False");
+}
+
+#[test]
 fn a_container_not_started_is_neither_started_nor_ready() {
     let pod: k8s::Pod = serde_json::from_value(json!({
         "metadata": {"name": "p", "namespace": "web", "uid": "u1"},
