@@ -91,7 +91,9 @@ impl World {
         config.lease_interval = Duration::from_millis(300);
         config.usage_interval = Duration::from_millis(300);
         config.gc_interval = Duration::from_millis(500);
-        config.refresh_interval = Duration::from_millis(500);
+        // Running groups are not re-read meanwhile (ARM's list has no
+        // instance views): readiness flips are written from the probes alone.
+        config.refresh_interval = Duration::from_secs(600);
         let metrics = Arc::new(Metrics::new());
         let provider = Provider::new(srv.client(), aci, config, Some(metrics.clone()));
         let (leader, leader_rx) = tokio::sync::watch::channel(true);

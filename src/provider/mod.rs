@@ -774,7 +774,7 @@ impl<B: Backend> Provider<B> {
                     self.quick_pass(&mut st, &store, &mut tasks, prober.as_mut());
                 }
                 Some(who) = probe_rx.recv() => {
-                    self.probe_flipped(&mut st, &who, &store, &mut tasks, prober.as_mut());
+                    self.probe_flipped(&who, &store, &mut tasks, prober.as_mut());
                 }
                 Some(done) = tasks.join_next() => {
                     match done {
@@ -1484,6 +1484,12 @@ impl<B: Backend> Provider<B> {
             let (ns, name, uid) = pod_key(pod);
             let gname = self.backend.instance_name(&ns, &name);
             if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
+                // Its group's state is not known this time (ACI: between
+                // instance-view refreshes): its probes go on from the
+                // status it shows.
+                if let (Some(prober), Some(status)) = (prober.as_deref_mut(), &pod.status) {
+                    prober.track(pod, status);
+                }
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
@@ -1673,44 +1679,49 @@ impl<B: Backend> Provider<B> {
     }
 
     /// A probe worker's result for pod `who` flipped: write its status now,
-    /// from the last list (the worker flips at most once per probe period).
+    /// the one it shows with the results merged (the group's state is the
+    /// last written one; between instance-view refreshes the list says
+    /// nothing newer). A worker flips at most once per probe period.
     fn probe_flipped(
         &self,
-        st: &mut PodLoop<B::Instance>,
         who: &probe::PodRef,
         store: &Store<Pod>,
         tasks: &mut JoinSet<Done>,
         prober: Option<&mut probe::Prober>,
     ) {
-        let Some((list_at, groups)) = st.last_list.as_ref() else {
+        let Some(prober) = prober else {
             return;
         };
         let reference = reflector::ObjectRef::<Pod>::new(&who.name).within(&who.namespace);
         let Some(pod) = store.get(&reference) else {
             return;
         };
-        if pod.metadata.uid.as_deref() != Some(who.uid.as_str()) {
+        if pod.metadata.uid.as_deref() != Some(who.uid.as_str())
+            || pod.metadata.deletion_timestamp.is_some()
+        {
             return;
         }
-        let instance = self.backend.instance_name(&who.namespace, &who.name);
-        let facts = self.facts(st, &who.uid, Some(*list_at));
-        let action = self.decide_probed(
+        let Some(current) = pod.status.as_ref() else {
+            return;
+        };
+        let mut desired = current.clone();
+        probe::merge(
             &pod,
-            &instance,
-            groups.get(&instance),
-            facts,
+            Some(current),
+            &mut desired,
+            prober.readiness(&who.uid).as_ref(),
             &now_time(),
-            prober,
         );
-        if let PodAction::Patch(status) = action {
-            let this = self.clone();
-            tasks.spawn(async move {
-                if let Err(e) = this.patch_pod_status(&pod, &status).await {
-                    tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
-                }
-                Done::StatusWritten
-            });
+        if !pods::status_differs(Some(current), &desired) {
+            return;
         }
+        let this = self.clone();
+        tasks.spawn(async move {
+            if let Err(e) = this.patch_pod_status(&pod, &desired).await {
+                tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
+            }
+            Done::StatusWritten
+        });
     }
 
     /// Delete groups tagged with our cluster id whose pod no longer exists.

@@ -358,7 +358,8 @@ pub fn plan(pod: &k8s::Pod) -> Vec<ContainerPlan> {
 const NO_POD_IP: &str = "spillway cannot probe it: the pod has no IP (its container group has none: declare a containerPort for a public IP, or place it in a subnet); ready when running";
 
 /// Patch `desired` (the status mapped from the pod's group, stamped against
-/// `current`) with the probe results: for containers with a probe spillway
+/// `current`, or `current` itself when only the probes changed) with the
+/// probe results: for containers with a probe spillway
 /// runs, `started`/`ready` come from `probed`. Before a worker's first
 /// round (a new leader, a restarted spillway) a container keeps what
 /// `current` says of the same container instance (same start time), so a
@@ -425,7 +426,7 @@ pub fn merge(
             started
         };
         cs.started = Some(started);
-        cs.ready = cs.ready && ready;
+        cs.ready = ready;
     }
     let statuses = desired.container_statuses.as_deref().unwrap_or_default();
     let unready: Vec<&str> = statuses
