@@ -229,7 +229,10 @@ async fn a_burst_pod_is_ready_only_while_its_readiness_probe_passes() {
         .and_then(|p| p.status)
         .and_then(|s| s.pod_ip)
         .unwrap_or_else(|| panic!("pod IP"));
-    assert!(ip.starts_with("127.83.17."), "the emulator's loopback range: {ip}");
+    assert!(
+        ip.starts_with("127.83.17."),
+        "the emulator's loopback range: {ip}"
+    );
 
     // Nothing listens yet: probes fail (connection refused), not Ready.
     eventually("probes fail against no listener", || async {
@@ -288,7 +291,10 @@ async fn a_burst_pod_is_ready_only_while_its_readiness_probe_passes() {
         w.ready("web-1") == Some(false)
     })
     .await;
-    eprintln!("NotReady {:?} after the listener began failing", down.elapsed());
+    eprintln!(
+        "NotReady {:?} after the listener began failing",
+        down.elapsed()
+    );
     assert!(app.failures.load(Ordering::SeqCst) >= 2);
     let c = w
         .condition("web-1", "Ready")
@@ -410,6 +416,10 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
     })
     .await;
     assert_eq!(w.ready("tcp-1"), Some(true));
-    assert_eq!(status_writes(), writes, "no status write after the takeover");
+    assert_eq!(
+        status_writes(),
+        writes,
+        "no status write after the takeover"
+    );
     w.stop().await;
 }

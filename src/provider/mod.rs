@@ -1648,7 +1648,8 @@ impl<B: Backend> Provider<B> {
             return action;
         };
         let (ns, name, uid) = pod_key(pod);
-        let ours = group.filter(|g| pods::ownership_of(*g, &ns, &name, &uid) == pods::Ownership::Ours);
+        let ours =
+            group.filter(|g| pods::ownership_of(*g, &ns, &name, &uid) == pods::Ownership::Ours);
         match (&action, ours) {
             (PodAction::Nothing | PodAction::Patch(_), Some(g))
                 if !facts.busy

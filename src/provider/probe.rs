@@ -842,7 +842,10 @@ struct ContainerWorkers {
 
 impl ContainerWorkers {
     fn readiness(&self) -> ContainerReadiness {
-        let started = self.startup.as_ref().is_none_or(|w| w.result() == Some(true));
+        let started = self
+            .startup
+            .as_ref()
+            .is_none_or(|w| w.result() == Some(true));
         let ready = started
             && self
                 .readiness
@@ -875,10 +878,9 @@ async fn probe_pod(ctx: Arc<Context>, who: PodRef, target: Target, start: Instan
                 .map(|s| Worker::new(ProbeKind::Readiness, s, start)),
         })
         .collect();
-    let snapshot =
-        |cs: &[ContainerWorkers]| -> PodReadiness {
-            cs.iter().map(|c| (c.name.clone(), c.readiness())).collect()
-        };
+    let snapshot = |cs: &[ContainerWorkers]| -> PodReadiness {
+        cs.iter().map(|c| (c.name.clone(), c.readiness())).collect()
+    };
     // Published after the first round (probes due at once), not before:
     // until then the pod's status keeps what it says (see [`merge`]).
     let mut published: Option<PodReadiness> = None;

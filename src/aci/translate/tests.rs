@@ -720,11 +720,20 @@ fn tcp_and_grpc_readiness_probes_are_left_to_spillway_but_liveness_ones_are_reje
     };
     for probe in [&tcp, &grpc] {
         let p = pod("web", "probed")
-            .container(c("app", "app:1").port(8080, "http").readiness(probe.clone()))
+            .container(
+                c("app", "app:1")
+                    .port(8080, "http")
+                    .readiness(probe.clone()),
+            )
             .build();
         let g = translate(&p, &aci(PublicIp::Auto, None), &Resolved::default())
             .unwrap_or_else(|e| panic!("spillway probes readiness itself: {e}"));
-        assert!(g.properties.containers[0].properties.readiness_probe.is_none());
+        assert!(
+            g.properties.containers[0]
+                .properties
+                .readiness_probe
+                .is_none()
+        );
     }
     let p = pod("web", "probed")
         .container(c("app", "app:1").port(8080, "http").liveness(tcp))

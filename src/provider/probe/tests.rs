@@ -60,7 +60,10 @@ fn success_threshold_needs_consecutive_successes() {
     assert!(!w.record(false), "already failing: no flip");
     assert!(!w.record(true));
     assert!(w.record(true), "two in a row");
-    assert!(w.record(false), "failureThreshold 1: one failure flips back");
+    assert!(
+        w.record(false),
+        "failureThreshold 1: one failure flips back"
+    );
 }
 
 #[test]
@@ -136,7 +139,10 @@ fn probe_specs_take_the_kubelets_defaults_and_resolve_named_ports() {
         ..Default::default()
     });
     assert_eq!(plans.len(), 1);
-    let r = plans[0].readiness.clone().unwrap_or_else(|| panic!("readiness"));
+    let r = plans[0]
+        .readiness
+        .clone()
+        .unwrap_or_else(|| panic!("readiness"));
     assert_eq!(
         r.action,
         Action::HttpGet {
@@ -148,10 +154,18 @@ fn probe_specs_take_the_kubelets_defaults_and_resolve_named_ports() {
         }
     );
     assert_eq!(
-        (r.period, r.timeout, r.success_threshold, r.failure_threshold),
+        (
+            r.period,
+            r.timeout,
+            r.success_threshold,
+            r.failure_threshold
+        ),
         (secs(10), secs(1), 1, 3)
     );
-    let s = plans[0].startup.clone().unwrap_or_else(|| panic!("startup"));
+    let s = plans[0]
+        .startup
+        .clone()
+        .unwrap_or_else(|| panic!("startup"));
     assert_eq!(
         s.action,
         Action::Broken {
@@ -171,17 +185,23 @@ fn exec_and_grpc_probes_are_not_run() {
     }));
     let r = ProbeSpec::new(
         ProbeKind::Readiness,
-        c.readiness_probe.as_ref().unwrap_or_else(|| panic!("probe")),
+        c.readiness_probe
+            .as_ref()
+            .unwrap_or_else(|| panic!("probe")),
         &c,
     );
     assert!(!r.runs());
-    assert!(matches!(&r.action, Action::NotRun { note } if note.contains("exec app.readinessProbe is not run")));
+    assert!(
+        matches!(&r.action, Action::NotRun { note } if note.contains("exec app.readinessProbe is not run"))
+    );
     let s = ProbeSpec::new(
         ProbeKind::Startup,
         c.startup_probe.as_ref().unwrap_or_else(|| panic!("probe")),
         &c,
     );
-    assert!(matches!(&s.action, Action::NotRun { note } if note.contains("grpc app.startupProbe is not run")));
+    assert!(
+        matches!(&s.action, Action::NotRun { note } if note.contains("grpc app.startupProbe is not run"))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -229,7 +249,11 @@ fn running_status(ip: Option<&str>) -> k8s::PodStatus {
         phase: Some("Running".into()),
         pod_ip: ip.map(str::to_string),
         container_statuses: Some(vec![cs("app"), cs("side")]),
-        conditions: Some(vec![cond("PodScheduled"), cond("ContainersReady"), cond("Ready")]),
+        conditions: Some(vec![
+            cond("PodScheduled"),
+            cond("ContainersReady"),
+            cond("Ready"),
+        ]),
         ..Default::default()
     }
 }
@@ -253,7 +277,10 @@ fn a_probed_container_is_not_ready_until_its_probe_says_so() {
     merge(&pod, None, &mut s, None, &later());
     let cs = s.container_statuses.clone().unwrap_or_default();
     assert!(!cs[0].ready, "no result yet");
-    assert!(cs[1].ready, "a container without probes stays ready when running");
+    assert!(
+        cs[1].ready,
+        "a container without probes stays ready when running"
+    );
     for t in ["ContainersReady", "Ready"] {
         let c = condition(&s, t);
         assert_eq!(c.status, "False");
@@ -488,11 +515,17 @@ async fn http_probes_follow_the_kubelets_rules() {
     };
 
     assert!(run(http("/ok", port, &[])).await.ok);
-    assert!(run(http("ok", port, &[])).await.ok, "a path without / is rooted");
+    assert!(
+        run(http("ok", port, &[])).await.ok,
+        "a path without / is rooted"
+    );
     let o = run(http("/fail", port, &[])).await;
     assert!(!o.ok);
     assert_eq!(o.message, "HTTP probe failed with statuscode: 500");
-    assert!(run(http("/not-modified", port, &[])).await.ok, "3xx is success");
+    assert!(
+        run(http("/not-modified", port, &[])).await.ok,
+        "3xx is success"
+    );
     assert!(!run(http("/headers", port, &[])).await.ok);
     assert!(
         run(http("/headers", port, &[("X-Probe", "yes")])).await.ok,
@@ -511,28 +544,50 @@ async fn http_probes_follow_the_kubelets_rules() {
     };
     assert!(run(cross).await.ok, "not followed to localhost");
 
-    let o = run_action(&client, &http("/slow", port, &[]), ip, Duration::from_millis(200)).await;
+    let o = run_action(
+        &client,
+        &http("/slow", port, &[]),
+        ip,
+        Duration::from_millis(200),
+    )
+    .await;
     assert!(!o.ok);
     assert!(o.message.contains("timed out"), "{}", o.message);
 
     // Nothing listens on port 1.
     let o = run(http("/ok", 1, &[])).await;
     assert!(!o.ok);
-    assert!(o.message.starts_with("Get \"http://127.0.0.1:1/ok\""), "{}", o.message);
+    assert!(
+        o.message.starts_with("Get \"http://127.0.0.1:1/ok\""),
+        "{}",
+        o.message
+    );
 }
 
 #[tokio::test]
 async fn http_probes_stop_after_ten_redirects() {
     let app = axum::Router::new().route(
         "/loop/{n}",
-        get(|axum::extract::Path(n): axum::extract::Path<u32>| async move {
-            redirect(format!("/loop/{}", n + 1))
-        }),
+        get(
+            |axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                redirect(format!("/loop/{}", n + 1))
+            },
+        ),
     );
     let port = serve(app).await;
-    let o = run_action(&http_client(), &http("/loop/0", port, &[]), "127.0.0.1", secs(2)).await;
+    let o = run_action(
+        &http_client(),
+        &http("/loop/0", port, &[]),
+        "127.0.0.1",
+        secs(2),
+    )
+    .await;
     assert!(!o.ok);
-    assert!(o.message.contains("stopped after 10 redirects"), "{}", o.message);
+    assert!(
+        o.message.contains("stopped after 10 redirects"),
+        "{}",
+        o.message
+    );
 }
 
 #[tokio::test]
@@ -550,7 +605,11 @@ async fn tcp_probes_connect_or_fail() {
     drop(listener);
     let o = run_action(&client, &tcp, "127.0.0.1", secs(1)).await;
     assert!(!o.ok);
-    assert!(o.message.starts_with(&format!("dial tcp 127.0.0.1:{port}")), "{}", o.message);
+    assert!(
+        o.message.starts_with(&format!("dial tcp 127.0.0.1:{port}")),
+        "{}",
+        o.message
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -572,7 +631,10 @@ async fn workers_report_flips_and_are_gone_once_stopped() {
     prober.track(&pod, &running_status(Some("127.0.0.1")));
     assert_eq!(prober.pods(), 1);
     let who = tokio::time::timeout(secs(5), rx.recv()).await;
-    let who = who.ok().flatten().unwrap_or_else(|| panic!("no flip reported"));
+    let who = who
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no flip reported"));
     assert_eq!(who.uid, "u1");
     assert_eq!(
         prober.readiness("u1").and_then(|r| r.get("app").copied()),
@@ -659,7 +721,9 @@ async fn https_probes_skip_certificate_verification() {
                     }
                 }
                 let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
                     .await;
                 let _ = s.shutdown().await;
             });
@@ -675,6 +739,12 @@ async fn https_probes_skip_certificate_verification() {
     let o = run_action(&http_client(), &https, "127.0.0.1", secs(2)).await;
     assert!(o.ok, "{}", o.message);
     // The same listener over plain HTTP is no answer.
-    let o = run_action(&http_client(), &http("/healthz", port, &[]), "127.0.0.1", secs(2)).await;
+    let o = run_action(
+        &http_client(),
+        &http("/healthz", port, &[]),
+        "127.0.0.1",
+        secs(2),
+    )
+    .await;
     assert!(!o.ok);
 }
