@@ -342,6 +342,8 @@ struct PodLoop<I> {
     judged: HashMap<String, bool>,
     /// Rejected pods whose Failed status could not be written yet: uid → message.
     unwritten: HashMap<String, String>,
+    /// The pods' probe workers (ACI; see [`probe`]).
+    prober: Option<probe::Prober>,
 }
 
 impl<I> Default for PodLoop<I> {
@@ -359,6 +361,7 @@ impl<I> Default for PodLoop<I> {
             reported: HashSet::new(),
             judged: HashMap::new(),
             unwritten: HashMap::new(),
+            prober: None,
         }
     }
 }
@@ -746,7 +749,7 @@ impl<B: Backend> Provider<B> {
         let mut next_sync = Instant::now();
         // Probe workers end with this loop (lost leadership drops it).
         let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(256);
-        let mut prober = self.probing.then(|| {
+        st.prober = self.probing.then(|| {
             probe::Prober::new(
                 self.config.max_concurrent_probes,
                 self.metrics.clone(),
@@ -763,7 +766,7 @@ impl<B: Backend> Provider<B> {
                 Some(read) = reads.join_next() => {
                     match read {
                         Ok(listing) => {
-                            self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder, prober.as_mut())
+                            self.apply_listing(&mut st, listing, &store, &mut tasks, shared, &recorder)
                                 .await;
                         }
                         Err(e) => tracing::warn!(error = %e, "backend read task failed"),
@@ -771,10 +774,10 @@ impl<B: Backend> Provider<B> {
                     next_sync = Instant::now() + self.config.sync_interval;
                 }
                 _ = changed.notified() => {
-                    self.quick_pass(&mut st, &store, &mut tasks, prober.as_mut());
+                    self.quick_pass(&mut st, &store, &mut tasks);
                 }
                 Some(who) = probe_rx.recv() => {
-                    self.probe_flipped(&who, &store, &mut tasks, prober.as_mut());
+                    self.probe_flipped(&who, &store, &mut tasks, st.prober.as_mut());
                 }
                 Some(done) = tasks.join_next() => {
                     match done {
@@ -1038,9 +1041,8 @@ impl<B: Backend> Provider<B> {
         st: &mut PodLoop<B::Instance>,
         store: &Store<Pod>,
         tasks: &mut JoinSet<Done>,
-        prober: Option<&mut probe::Prober>,
     ) {
-        if let Some(prober) = prober {
+        if let Some(prober) = &mut st.prober {
             // A deleted or terminating pod's probes stop at once.
             let live: HashSet<String> = store
                 .state()
@@ -1451,7 +1453,6 @@ impl<B: Backend> Provider<B> {
         tasks: &mut JoinSet<Done>,
         shared: &Shared,
         recorder: &Recorder,
-        mut prober: Option<&mut probe::Prober>,
     ) {
         let cfg = &self.config;
         let list_at = listing.at;
@@ -1487,7 +1488,7 @@ impl<B: Backend> Provider<B> {
                 // Its group's state is not known this time (ACI: between
                 // instance-view refreshes): its probes go on from the
                 // status it shows.
-                if let (Some(prober), Some(status)) = (prober.as_deref_mut(), &pod.status) {
+                if let (Some(prober), Some(status)) = (&mut st.prober, &pod.status) {
                     prober.track(pod, status);
                 }
                 continue;
@@ -1499,7 +1500,7 @@ impl<B: Backend> Provider<B> {
                 groups.get(&gname),
                 facts,
                 &now,
-                prober.as_deref_mut(),
+                st.prober.as_mut(),
             );
             match action {
                 PodAction::Nothing => {}
@@ -1614,7 +1615,7 @@ impl<B: Backend> Provider<B> {
         st.last_list = Some((list_at, groups));
         // A pod deleted while its creation was queued: forget its state.
         let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
-        if let Some(prober) = prober {
+        if let Some(prober) = &mut st.prober {
             prober.retain(|uid| live.contains(uid));
         }
         st.created

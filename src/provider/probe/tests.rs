@@ -364,7 +364,9 @@ fn a_container_not_started_is_neither_started_nor_ready() {
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     let mut s = running_status(Some("127.0.0.1"));
-    s.container_statuses.as_mut().map(|c| c.truncate(1));
+    if let Some(c) = s.container_statuses.as_mut() {
+        c.truncate(1);
+    }
     let results: PodReadiness = [(
         "app".to_string(),
         ContainerReadiness {
