@@ -141,10 +141,23 @@ impl World {
     }
 
     fn probes(&self, result: &str) -> u64 {
+        self.probes_of("readiness", result)
+    }
+
+    fn probes_of(&self, probe: &str, result: &str) -> u64 {
         self.metrics
             .probe_results
-            .with_label_values(&["readiness", result])
+            .with_label_values(&[probe, result])
             .get()
+    }
+
+    /// `started` and `ready` of the pod's first container.
+    fn container(&self, name: &str) -> Option<(Option<bool>, bool)> {
+        self.pod(name)
+            .and_then(|p| p.status)
+            .and_then(|s| s.container_statuses)
+            .and_then(|cs| cs.into_iter().next())
+            .map(|c| (c.started, c.ready))
     }
 }
 
@@ -173,37 +186,55 @@ async fn create(w: &World, pod: &Pod) {
         .unwrap_or_else(|e| panic!("create pod: {e}"));
 }
 
-/// An HTTP listener on `ip:8080` whose `/healthz` answers `status`, counting
-/// the answers that were not 200.
+/// An HTTP listener on `ip:8080` whose `/healthz` answers `status`
+/// (counting the answers that were not 200) and `/started` `started`.
 struct App {
     status: Arc<AtomicU16>,
     failures: Arc<AtomicU64>,
+    started: Arc<AtomicU16>,
 }
 
-async fn listen(ip: &str) -> App {
+/// `/started` answers `started` until told otherwise.
+async fn listen(ip: &str, started: u16) -> App {
     let status = Arc::new(AtomicU16::new(200));
     let failures = Arc::new(AtomicU64::new(0));
-    let (s, f) = (status.clone(), failures.clone());
-    let app = axum::Router::new().route(
-        "/healthz",
-        axum::routing::get(move || {
-            let (s, f) = (s.clone(), f.clone());
-            async move {
-                let code = s.load(Ordering::SeqCst);
-                if code != 200 {
-                    f.fetch_add(1, Ordering::SeqCst);
-                }
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }),
-    );
+    let started = Arc::new(AtomicU16::new(started));
+    let (s, f, st) = (status.clone(), failures.clone(), started.clone());
+    let app =
+        axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(move || {
+                    let (s, f) = (s.clone(), f.clone());
+                    async move {
+                        let code = s.load(Ordering::SeqCst);
+                        if code != 200 {
+                            f.fetch_add(1, Ordering::SeqCst);
+                        }
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    }
+                }),
+            )
+            .route(
+                "/started",
+                axum::routing::get(move || {
+                    let code = st.load(Ordering::SeqCst);
+                    async move {
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    }
+                }),
+            );
     let listener = tokio::net::TcpListener::bind(format!("{ip}:8080"))
         .await
         .unwrap_or_else(|e| panic!("bind {ip}:8080: {e}"));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    App { status, failures }
+    App {
+        status,
+        failures,
+        started,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +291,7 @@ async fn a_burst_pod_is_ready_only_while_its_readiness_probe_passes() {
     assert!(!statuses[0].ready, "{statuses:?}");
 
     // The app comes up: Ready.
-    let app = listen(&ip).await;
+    let app = listen(&ip, 200).await;
     let up = Instant::now();
     eventually("Ready once the listener answers 200", || async {
         w.ready("web-1") == Some(true)
@@ -380,7 +411,7 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
         .and_then(|p| p.status)
         .and_then(|s| s.pod_ip)
         .unwrap_or_else(|| panic!("pod IP"));
-    let _app = listen(&ip).await;
+    let _app = listen(&ip, 200).await;
     eventually("Ready once the port accepts connections", || async {
         w.ready("tcp-1") == Some(true)
     })
@@ -421,5 +452,57 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
         writes,
         "no status write after the takeover"
     );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_probe_gates_readiness() {
+    let w = World::start(Ipv4Addr::new(127, 83, 20, 0)).await;
+    let mut pod = burst_pod(
+        "slow-1",
+        json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}),
+    );
+    if let Some(c) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+        c.startup_probe = Some(
+            serde_json::from_value(json!({
+                "httpGet": {"path": "/started", "port": 8080},
+                "periodSeconds": 1, "failureThreshold": 30
+            }))
+            .unwrap_or_else(|e| panic!("probe json: {e}")),
+        );
+    }
+    create(&w, &pod).await;
+    eventually("the pod runs with a pod IP", || async {
+        w.pod("slow-1")
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+    })
+    .await;
+    let ip = w
+        .pod("slow-1")
+        .and_then(|p| p.status)
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_else(|| panic!("pod IP"));
+    // The app answers /healthz already, but has not started.
+    let app = listen(&ip, 503).await;
+    let failures = w.probes_of("startup", "failure");
+    eventually("startup probes fail against the app", || async {
+        w.probes_of("startup", "failure") >= failures + 2
+    })
+    .await;
+    assert_eq!(w.container("slow-1"), Some((Some(false), false)));
+    assert_eq!(w.ready("slow-1"), Some(false));
+    assert_eq!(
+        w.probes("success") + w.probes("failure"),
+        0,
+        "no readiness probe before the container started"
+    );
+    // Started: readiness is probed and passes.
+    app.started.store(200, Ordering::SeqCst);
+    eventually("started and Ready", || async {
+        w.container("slow-1") == Some((Some(true), true)) && w.ready("slow-1") == Some(true)
+    })
+    .await;
+    assert!(w.probes("success") >= 1);
     w.stop().await;
 }
