@@ -54,7 +54,9 @@
 //!   startup probes of running pods with a pod IP (httpGet, tcpSocket) and
 //!   the status written for a pod merges their results; a worker whose
 //!   result flips sends the pod to the pod loop, which writes its status at
-//!   once (from the last list) instead of on the next sync.
+//!   once (the status it shows, results merged, guarded by its
+//!   resourceVersion) instead of on the next sync; every sync merges them
+//!   too, so a write that lost a race is made up for.
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -378,6 +380,29 @@ async fn publish_notice(pod: &Pod, notice: &CreateNotice, recorder: &Recorder) {
     if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
         tracing::warn!(error = %e, "event write failed");
     }
+}
+
+fn who_ns(pod: &Pod) -> String {
+    pod.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// The status `pod` shows with its probe results merged ([`probe::merge`]),
+/// when that differs from it.
+fn readiness_merged(
+    pod: &Pod,
+    prober: &probe::Prober,
+) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+    let current = pod.status.as_ref()?;
+    let mut desired = current.clone();
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    probe::merge(
+        pod,
+        Some(current),
+        &mut desired,
+        prober.readiness(uid).as_ref(),
+        &now_time(),
+    );
+    pods::status_differs(Some(current), &desired).then_some(desired)
 }
 
 fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -1490,6 +1515,9 @@ impl<B: Backend> Provider<B> {
                 // status it shows.
                 if let (Some(prober), Some(status)) = (&mut st.prober, &pod.status) {
                     prober.track(pod, status);
+                    if let Some(merged) = readiness_merged(pod, prober) {
+                        patches.push((pod.clone(), Box::new(merged)));
+                    }
                 }
                 continue;
             }
@@ -1681,9 +1709,11 @@ impl<B: Backend> Provider<B> {
     }
 
     /// A probe worker's result for pod `who` flipped: write its status now,
-    /// the one it shows with the results merged (the group's state is the
-    /// last written one; between instance-view refreshes the list says
-    /// nothing newer). A worker flips at most once per probe period.
+    /// the one it shows with the results merged, on the condition that the
+    /// pod is still as seen (its resourceVersion: a status written
+    /// meanwhile, e.g. a Failed phase, is never overwritten from an older
+    /// view; the next sync merges the results then). A worker flips at most
+    /// once per probe period.
     fn probe_flipped(
         &self,
         who: &probe::PodRef,
@@ -1703,24 +1733,26 @@ impl<B: Backend> Provider<B> {
         {
             return;
         }
-        let Some(current) = pod.status.as_ref() else {
+        let Some(desired) = readiness_merged(&pod, prober) else {
             return;
         };
-        let mut desired = current.clone();
-        probe::merge(
-            &pod,
-            Some(current),
-            &mut desired,
-            prober.readiness(&who.uid).as_ref(),
-            &now_time(),
-        );
-        if !pods::status_differs(Some(current), &desired) {
-            return;
-        }
-        let this = self.clone();
+        let client = self.client.clone();
         tasks.spawn(async move {
-            if let Err(e) = this.patch_pod_status(&pod, &desired).await {
-                tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed");
+            let api: Api<Pod> = Api::namespaced(client, &who_ns(&pod));
+            let patch = Patch::Merge(json!({
+                "metadata": { "resourceVersion": pod.metadata.resource_version },
+                "status": status_patch(&desired),
+            }));
+            match api
+                .patch_status(&pod.name_any(), &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => {}
+                // Changed meanwhile (the next sync merges the results) or gone.
+                Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed")
+                }
             }
             Done::StatusWritten
         });
