@@ -6,7 +6,7 @@
 
 mod support;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
-use support::{PodDeletion, TestApiServer};
+use support::{Fault, PodDeletion, TestApiServer};
 use tokio::time::Instant;
 
 const NODE: &str = "spillway-aci";
@@ -411,11 +411,28 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
         .and_then(|p| p.status)
         .and_then(|s| s.pod_ip)
         .unwrap_or_else(|| panic!("pod IP"));
+    // The first status write after the flip loses a race (409, as for a
+    // pod changed meanwhile): the next sync makes up for it.
+    let status_path = format!("/api/v1/namespaces/{NS}/pods/tcp-1/status");
+    let patches = || {
+        w.srv
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path == status_path)
+            .count()
+    };
+    let before = patches();
+    w.srv
+        .inject(Fault::status(status_path.clone(), 409).method(Method::PATCH));
     let _app = listen(&ip, 200).await;
     eventually("Ready once the port accepts connections", || async {
         w.ready("tcp-1") == Some(true)
     })
     .await;
+    assert!(
+        patches() >= before + 2,
+        "the refused write and the next one"
+    );
     assert_eq!(w.metrics.probe_workers.get(), 1);
 
     // Leadership lost: the provider stops, its probe workers with it.
