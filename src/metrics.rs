@@ -53,6 +53,11 @@ pub struct Metrics {
     /// Pods on the virtual node that spillway's scheduler did not place (issue 12).
     pub unadmitted_pods: IntGaugeVec,
     pub unadmitted_rejections: IntCounterVec,
+    /// Readiness and startup probes spillway runs against burst pods
+    /// ([`crate::provider::probe`]).
+    pub probe_results: IntCounterVec,
+    pub probe_duration: HistogramVec,
+    pub probe_workers: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -319,6 +324,25 @@ impl Metrics {
                 ),
                 &["reason"]
             )),
+            probe_results: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_probe_results_total",
+                    "Readiness and startup probes spillway ran against burst pods (httpGet, tcpSocket), by probe (readiness, startup) and result (success, failure)."
+                ),
+                &["probe", "result"]
+            )),
+            probe_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "spillway_probe_duration_seconds",
+                    "Time one readiness or startup probe of a burst pod took (bounded by its timeoutSeconds), by probe (readiness, startup)."
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["probe"]
+            )),
+            probe_workers: reg!(IntGauge::new(
+                "spillway_probe_workers",
+                "Burst pods whose readiness/startup probes the leader is running now (one worker per pod)."
+            )),
             registry,
         };
         m.build_info
@@ -327,6 +351,11 @@ impl Metrics {
         // Present at 0 from the start, so rate() and alerts see the first error.
         for outcome in ["admitted", "refused", "error"] {
             m.burst_reservations.with_label_values(&[outcome]);
+        }
+        for probe in ["readiness", "startup"] {
+            for result in ["success", "failure"] {
+                m.probe_results.with_label_values(&[probe, result]);
+            }
         }
         for outcome in ["done", "refused", "error"] {
             m.placeholder_creates.with_label_values(&[outcome]);

@@ -22,7 +22,9 @@
 //!   killed; it is dropped otherwise.
 //! - **`lifecycle.preStop`** is ignored (ACI stops containers itself);
 //!   `postStart` is rejected (work the pod relies on would silently not run).
-//! - **`tcpSocket`/`grpc` probes** are rejected (ACI has exec and httpGet only).
+//! - **`tcpSocket`/`grpc` liveness probes** are rejected (ACI has exec and
+//!   httpGet only). A `tcpSocket`/`grpc` **readinessProbe** is not sent to
+//!   ACI: spillway probes readiness itself (`crate::provider::probe`).
 //! - `emptyDir.medium: Memory` becomes a disk-backed emptyDir.
 //! - Secret, ConfigMap, projected and downwardAPI volumes all become ACI
 //!   `secret` volumes with the files the caller resolved (including the
@@ -995,9 +997,12 @@ fn translate_container(
     if let (Some(p), Some(extra)) = (&mut liveness_probe, startup_delay) {
         p.initial_delay_seconds = Some(p.initial_delay_seconds.unwrap_or(0) + extra);
     }
+    // Readiness is probed by spillway (`crate::provider::probe`); ACI gets
+    // the probes it can express.
     let readiness_probe = c
         .readiness_probe
         .as_ref()
+        .filter(|p| p.tcp_socket.is_none() && p.grpc.is_none())
         .map(|p| translate_probe(&format!("{field}.readinessProbe"), p, c))
         .transpose()?;
     let env = translate_env(pod, &field, c, ctx.resolved)?;

@@ -50,6 +50,13 @@
 //!   synced), and is failed (`NotAdmitted`) when the engine would not have
 //!   let it onto the virtual node. A pod that already has a group is never
 //!   judged: it runs.
+//! - **readiness** ([`probe`], ACI only): the leader runs the readiness and
+//!   startup probes of running pods with a pod IP (httpGet, tcpSocket) and
+//!   the status written for a pod merges their results; a worker whose
+//!   result flips sends the pod to the pod loop, which writes its status at
+//!   once (the status it shows, results merged, guarded by its
+//!   resourceVersion) instead of on the next sync; every sync merges them
+//!   too, so a write that lost a race is made up for.
 //! - Restart safety comes from deterministic group names, tag checks
 //!   ([`pods::ownership`]) and idempotent PUTs: a restarted provider adopts
 //!   what it finds and never deletes a group whose pod lives (GC re-reads
@@ -59,6 +66,7 @@ pub mod backend;
 pub mod cli;
 pub mod node;
 pub mod pods;
+pub mod probe;
 pub mod resolve;
 pub mod services;
 pub mod unadmitted;
@@ -135,6 +143,8 @@ pub struct ProviderConfig {
     /// First wait before retrying a pod whose creation failed; doubles.
     pub retry_backoff: Duration,
     pub max_retry_backoff: Duration,
+    /// Readiness/startup probes of burst pods in flight at once ([`probe`]).
+    pub max_concurrent_probes: usize,
 }
 
 impl ProviderConfig {
@@ -171,6 +181,7 @@ impl ProviderConfig {
             max_concurrent_creates: 32,
             retry_backoff: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(300),
+            max_concurrent_probes: 64,
         }
     }
 }
@@ -264,6 +275,9 @@ pub struct Provider<B: Backend = AciBackend> {
     metrics: Option<Arc<Metrics>>,
     /// Pods bound here by another scheduler: how to recognise and judge them.
     unadmitted: Option<Arc<unadmitted::Gate>>,
+    /// Run pods' readiness/startup probes ([`probe`]): ACI pods, reachable
+    /// at their group's IP.
+    probing: bool,
 }
 
 impl<B: Backend> Clone for Provider<B> {
@@ -275,6 +289,7 @@ impl<B: Backend> Clone for Provider<B> {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             unadmitted: self.unadmitted.clone(),
+            probing: self.probing,
         }
     }
 }
@@ -299,6 +314,8 @@ enum Done {
     },
     /// An orphan GC pass ended.
     Collected,
+    /// A pod status written after a probe result flipped.
+    StatusWritten,
 }
 
 /// What the backend half of a sync read (see [`Provider::read_backend`]).
@@ -332,6 +349,8 @@ struct PodLoop<I> {
     judged: HashMap<String, bool>,
     /// Rejected pods whose Failed status could not be written yet: uid → message.
     unwritten: HashMap<String, String>,
+    /// The pods' probe workers (ACI; see [`probe`]).
+    prober: Option<probe::Prober>,
 }
 
 impl<I> Default for PodLoop<I> {
@@ -349,6 +368,7 @@ impl<I> Default for PodLoop<I> {
             reported: HashSet::new(),
             judged: HashMap::new(),
             unwritten: HashMap::new(),
+            prober: None,
         }
     }
 }
@@ -365,6 +385,29 @@ async fn publish_notice(pod: &Pod, notice: &CreateNotice, recorder: &Recorder) {
     if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
         tracing::warn!(error = %e, "event write failed");
     }
+}
+
+fn who_ns(pod: &Pod) -> String {
+    pod.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// The status `pod` shows with its probe results merged ([`probe::merge`]),
+/// when that differs from it.
+fn readiness_merged(
+    pod: &Pod,
+    prober: &probe::Prober,
+) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+    let current = pod.status.as_ref()?;
+    let mut desired = current.clone();
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    probe::merge(
+        pod,
+        Some(current),
+        &mut desired,
+        prober.readiness(uid).as_ref(),
+        &now_time(),
+    );
+    pods::status_differs(Some(current), &desired).then_some(desired)
 }
 
 fn pod_key(pod: &Pod) -> (String, String, String) {
@@ -384,7 +427,9 @@ impl Provider<AciBackend> {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let backend = Arc::new(AciBackend::new(aci, &config));
-        Self::with_backend(client, backend, config, metrics)
+        let mut provider = Self::with_backend(client, backend, config, metrics);
+        provider.probing = true;
+        provider
     }
 
     /// Apply the `aci` settings of the policy that selects each pod.
@@ -420,6 +465,7 @@ impl<B: Backend> Provider<B> {
             config: Arc::new(config),
             metrics,
             unadmitted: None,
+            probing: false,
         }
     }
 
@@ -742,6 +788,15 @@ impl<B: Backend> Provider<B> {
         // The backend half of a sync (ACI: list + GETs), at most one at a time.
         let mut reads: JoinSet<Listing<B::Instance, B::Error>> = JoinSet::new();
         let mut next_sync = Instant::now();
+        // Probe workers end with this loop (lost leadership drops it).
+        let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(256);
+        st.prober = self.probing.then(|| {
+            probe::Prober::new(
+                self.config.max_concurrent_probes,
+                self.metrics.clone(),
+                probe_tx,
+            )
+        });
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_sync), if reads.is_empty() => {
@@ -761,6 +816,9 @@ impl<B: Backend> Provider<B> {
                 }
                 _ = changed.notified() => {
                     self.quick_pass(&mut st, &store, &mut tasks);
+                }
+                Some(who) = probe_rx.recv() => {
+                    self.probe_flipped(&who, &store, &mut tasks, st.prober.as_mut());
                 }
                 Some(done) = tasks.join_next() => {
                     match done {
@@ -1025,6 +1083,16 @@ impl<B: Backend> Provider<B> {
         store: &Store<Pod>,
         tasks: &mut JoinSet<Done>,
     ) {
+        if let Some(prober) = &mut st.prober {
+            // A deleted or terminating pod's probes stop at once.
+            let live: HashSet<String> = store
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| pod_key(p).2)
+                .collect();
+            prober.retain(|uid| live.contains(uid));
+        }
         let Some((list_at, groups)) = st.last_list.as_ref() else {
             return;
         };
@@ -1143,6 +1211,7 @@ impl<B: Backend> Provider<B> {
                 }
             }
             Done::Collected => st.collecting = false,
+            Done::StatusWritten => {}
         }
     }
 
@@ -1457,16 +1526,25 @@ impl<B: Backend> Provider<B> {
             let (ns, name, uid) = pod_key(pod);
             let gname = self.backend.instance_name(&ns, &name);
             if unknown.contains(&gname) && pod.metadata.deletion_timestamp.is_none() {
+                // Its group's state is not known this time (ACI: between
+                // instance-view refreshes): its probes go on from the
+                // status it shows.
+                if let (Some(prober), Some(status)) = (&mut st.prober, &pod.status) {
+                    prober.track(pod, status);
+                    if let Some(merged) = readiness_merged(pod, prober) {
+                        patches.push((pod.clone(), Box::new(merged)));
+                    }
+                }
                 continue;
             }
             let facts = self.facts(st, &uid, Some(list_at));
-            let action = pods::decide_for(
+            let action = self.decide_probed(
                 pod,
                 &gname,
                 groups.get(&gname),
                 facts,
-                &cfg.node.internal_ip,
                 &now,
+                st.prober.as_mut(),
             );
             match action {
                 PodAction::Nothing => {}
@@ -1581,6 +1659,9 @@ impl<B: Backend> Provider<B> {
         st.last_list = Some((list_at, groups));
         // A pod deleted while its creation was queued: forget its state.
         let live: HashSet<String> = pods.iter().map(|p| pod_key(p).2).collect();
+        if let Some(prober) = &mut st.prober {
+            prober.retain(|uid| live.contains(uid));
+        }
         st.created
             .retain(|uid, _| live.contains(uid) || st.busy.contains(uid));
         st.retry.retain(|uid, _| live.contains(uid));
@@ -1589,6 +1670,108 @@ impl<B: Backend> Provider<B> {
         st.bypassed.retain(|uid, _| live.contains(uid));
         st.judged.retain(|uid, _| live.contains(uid));
         st.unwritten.retain(|uid, _| live.contains(uid));
+    }
+
+    /// [`pods::decide_for`], with readiness checked ([`probe`]): for a pod
+    /// whose group is ours, its probe worker is started, kept or stopped by
+    /// the status mapped from the group, and the status to write merges the
+    /// probe results (so a pod with probes is compared, and written, as
+    /// ready only when its probes say so). Without a prober (not ACI), as
+    /// `decide_for`.
+    fn decide_probed(
+        &self,
+        pod: &Pod,
+        instance: &str,
+        group: Option<&B::Instance>,
+        facts: PodFacts,
+        now: &Time,
+        prober: Option<&mut probe::Prober>,
+    ) -> PodAction {
+        let host_ip = &self.config.node.internal_ip;
+        let action = pods::decide_for(pod, instance, group, facts, host_ip, now);
+        let Some(prober) = prober else {
+            return action;
+        };
+        let (ns, name, uid) = pod_key(pod);
+        let ours =
+            group.filter(|g| pods::ownership_of(*g, &ns, &name, &uid) == pods::Ownership::Ours);
+        match (&action, ours) {
+            (PodAction::Nothing | PodAction::Patch(_), Some(g))
+                if !facts.busy
+                    && !facts.created_after_list
+                    && pod.metadata.deletion_timestamp.is_none() =>
+            {
+                let mut desired = pods::desired_status_for(pod, g, host_ip, now);
+                prober.track(pod, &desired);
+                probe::merge(
+                    pod,
+                    pod.status.as_ref(),
+                    &mut desired,
+                    prober.readiness(&uid).as_ref(),
+                    now,
+                );
+                if pods::status_differs(pod.status.as_ref(), &desired) {
+                    PodAction::Patch(Box::new(desired))
+                } else {
+                    PodAction::Nothing
+                }
+            }
+            (PodAction::Delete { .. } | PodAction::Fail { .. }, _) => {
+                prober.stop(&uid);
+                action
+            }
+            _ => action,
+        }
+    }
+
+    /// A probe worker's result for pod `who` flipped: write its status now,
+    /// the one it shows with the results merged, on the condition that the
+    /// pod is still as seen (its resourceVersion: a status written
+    /// meanwhile, e.g. a Failed phase, is never overwritten from an older
+    /// view; the next sync merges the results then). A worker flips at most
+    /// once per probe period.
+    fn probe_flipped(
+        &self,
+        who: &probe::PodRef,
+        store: &Store<Pod>,
+        tasks: &mut JoinSet<Done>,
+        prober: Option<&mut probe::Prober>,
+    ) {
+        let Some(prober) = prober else {
+            return;
+        };
+        let reference = reflector::ObjectRef::<Pod>::new(&who.name).within(&who.namespace);
+        let Some(pod) = store.get(&reference) else {
+            return;
+        };
+        if pod.metadata.uid.as_deref() != Some(who.uid.as_str())
+            || pod.metadata.deletion_timestamp.is_some()
+        {
+            return;
+        }
+        let Some(desired) = readiness_merged(&pod, prober) else {
+            return;
+        };
+        let client = self.client.clone();
+        tasks.spawn(async move {
+            let api: Api<Pod> = Api::namespaced(client, &who_ns(&pod));
+            let patch = Patch::Merge(json!({
+                "metadata": { "resourceVersion": pod.metadata.resource_version },
+                "status": status_patch(&desired),
+            }));
+            match api
+                .patch_status(&pod.name_any(), &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => {}
+                // Changed meanwhile (the next sync merges the results) or gone.
+                Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, pod = %pod.name_any(), "pod status write failed")
+                }
+            }
+            Done::StatusWritten
+        });
     }
 
     /// Delete groups tagged with our cluster id whose pod no longer exists.

@@ -712,6 +712,46 @@ fn golden_probes_exec_http_and_startup() {
 }
 
 #[test]
+fn tcp_and_grpc_readiness_probes_are_left_to_spillway_but_liveness_ones_are_rejected() {
+    let tcp = k8s::Probe {
+        tcp_socket: Some(k8s::TCPSocketAction {
+            port: IntOrString::Int(8080),
+            host: None,
+        }),
+        ..Default::default()
+    };
+    let grpc = k8s::Probe {
+        grpc: Some(k8s::GRPCAction {
+            port: 9090,
+            service: None,
+        }),
+        ..Default::default()
+    };
+    for probe in [&tcp, &grpc] {
+        let p = pod("web", "probed")
+            .container(
+                c("app", "app:1")
+                    .port(8080, "http")
+                    .readiness(probe.clone()),
+            )
+            .build();
+        let g = translate(&p, &aci(PublicIp::Auto, None), &Resolved::default())
+            .unwrap_or_else(|e| panic!("spillway probes readiness itself: {e}"));
+        assert!(
+            g.properties.containers[0]
+                .properties
+                .readiness_probe
+                .is_none()
+        );
+    }
+    let p = pod("web", "probed")
+        .container(c("app", "app:1").port(8080, "http").liveness(tcp))
+        .build();
+    let e = translate(&p, &aci(PublicIp::Auto, None), &Resolved::default()).expect_err("rejected");
+    assert_eq!(e.field(), "spec.containers[0].livenessProbe.tcpSocket");
+}
+
+#[test]
 fn golden_azure_file_from_csi_and_init_container() {
     let mut v = vol("share");
     v.csi = Some(k8s::CSIVolumeSource {
