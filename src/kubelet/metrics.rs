@@ -937,6 +937,7 @@ mod tests {
         lists: AtomicU32,
         queries: AtomicU32,
         hang: AtomicBool,
+        throttle: AtomicBool,
     }
 
     fn tagged(name: &str, cluster: &str, pod: &str, state: &str) -> ContainerGroup {
@@ -1005,6 +1006,11 @@ mod tests {
                 if self.hang.load(Ordering::SeqCst) {
                     std::future::pending::<()>().await;
                 }
+                if self.throttle.load(Ordering::SeqCst) {
+                    return Err(AciError::Throttled {
+                        retry_after: Duration::from_secs(30),
+                    });
+                }
                 assert_eq!(name, "g-a");
                 // One minute of 500m ending where the span starts.
                 Ok(GroupMetrics {
@@ -1062,5 +1068,39 @@ mod tests {
         let _ = metrics.snapshot().await;
         assert_eq!(fake.lists.load(Ordering::SeqCst), 2);
         assert_eq!(fake.queries.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_query_is_a_scrape_error_and_pauses_the_budget() {
+        let fake = Arc::new(Fake::default());
+        fake.throttle.store(true, Ordering::SeqCst);
+        let config = MetricsConfig::default();
+        let metrics = Arc::new(ResourceMetrics::new(
+            fake.clone(),
+            "c1",
+            "spillway-aci",
+            config.clone(),
+        ));
+        let first = metrics.snapshot().await;
+        assert!(first.error);
+        assert!(
+            render_prometheus(&first)
+                .lines()
+                .any(|l| l == "scrape_error 1")
+        );
+        // The pod is known, without samples.
+        assert_eq!(first.pods.len(), 1);
+        assert!(first.pods[0].containers.is_empty());
+        // ARM said 30 s: a read right away waits for the pause to end.
+        fake.throttle.store(false, Ordering::SeqCst);
+        let started = Instant::now();
+        metrics.refresh().await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(29),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!metrics.cached().error);
+        assert_eq!(metrics.cached().pods[0].containers.len(), 1);
     }
 }

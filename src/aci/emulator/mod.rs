@@ -349,6 +349,11 @@ impl EmulatorState {
         self.lock().set_metrics(name, container, setting)
     }
 
+    /// Whether a group named `name` has a container `container`.
+    pub fn has_container(&self, name: &str, container: &str) -> bool {
+        self.lock().has_container(name, container)
+    }
+
     pub fn counters(&self) -> Counters {
         self.lock().counters.clone()
     }

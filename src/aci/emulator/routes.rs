@@ -956,6 +956,17 @@ async fn set_metrics(
             }
         }
     }
+    // Every container must exist before anything is set.
+    if let Some(missing) = body
+        .containers
+        .keys()
+        .find(|c| !state.has_container(&name, c))
+    {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no group {name:?} with a container {missing:?}"),
+        );
+    }
     let mut groups = 0;
     for (container, v) in &body.containers {
         let n = state.set_metrics(

@@ -628,6 +628,18 @@ impl World {
         )
     }
 
+    /// Whether a group named `name` has a container `container`.
+    pub fn has_container(&self, name: &str, container: &str) -> bool {
+        self.groups.iter().any(|(k, r)| {
+            k.name == name
+                && r.spec
+                    .properties
+                    .containers
+                    .iter()
+                    .any(|c| c.name == container)
+        })
+    }
+
     /// Set what Monitor holds for `container` of every group named `name`;
     /// how many groups had that container.
     pub fn set_metrics(&mut self, name: &str, container: &str, setting: MetricSetting) -> usize {

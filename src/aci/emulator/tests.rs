@@ -1304,6 +1304,14 @@ async fn monitor_refuses_what_it_refuses_in_its_error_form() {
             serde_json::json!({"containers": {"zz": {"cpuMillicores": 1, "memoryBytes": 1}}}),
             StatusCode::NOT_FOUND,
         ),
+        // Nothing is set when one container is unknown.
+        (
+            serde_json::json!({"containers": {
+                "c00": {"cpuMillicores": 7, "memoryBytes": 7},
+                "zz": {"cpuMillicores": 1, "memoryBytes": 1},
+            }}),
+            StatusCode::NOT_FOUND,
+        ),
         (
             serde_json::json!({"containers": {"c00": {"cpuMillicores": 1, "memoryBytes": 1}}}),
             StatusCode::OK,
@@ -1318,4 +1326,19 @@ async fn monitor_refuses_what_it_refuses_in_its_error_form() {
         .await;
         assert_eq!(s, want, "{body}: {answer}");
     }
+    // The refused request set nothing: c00 is still idle (0 while running,
+    // nothing before), never 7.
+    let key = state::GroupKey::new("sub-1", "rg-burst", "big");
+    let now = crate::units::Timestamp::now_wall();
+    let minutes = st
+        .lock()
+        .metric_minutes(&key, minutes_ago(5), now, tokio::time::Instant::now(), now)
+        .expect("group");
+    assert!(
+        minutes
+            .iter()
+            .flat_map(|(_, m)| m)
+            .all(|(_, v)| v.is_none_or(|v| v.0 != 7.0)),
+        "{minutes:?}"
+    );
 }
