@@ -632,6 +632,16 @@ impl ContainerGroups for StaleList {
     ) -> futures::future::BoxFuture<'a, Result<String, spillway::aci::AciError>> {
         self.inner.logs(name, container, options)
     }
+    fn metrics<'a>(
+        &'a self,
+        name: &'a str,
+        span: spillway::aci::monitor::MetricsSpan,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<spillway::aci::monitor::GroupMetrics, spillway::aci::AciError>,
+    > {
+        self.inner.metrics(name, span)
+    }
     fn usage<'a>(
         &'a self,
         location: &'a str,

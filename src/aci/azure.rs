@@ -18,8 +18,15 @@
 //!
 //! Bodies are converted between our wire types ([`crate::aci::model`]) and
 //! the SDK's through their shared ARM JSON.
+//!
+//! Azure Monitor's metrics (`metrics`) have no call in this crate: the one
+//! GET ([`super::monitor`]) is built on azure_core 0.21's pipeline with the
+//! same credential, scope, transport policy, timeout and no-retry policy as
+//! the SDK client, rather than adding `azure_mgmt_monitor` (a generated
+//! crate of every Monitor API version) for one request.
 
 use super::model::{ContainerGroup, ListResult, Logs, UsageEntry};
+use super::monitor::{self, GroupMetrics, MetricsSpan};
 use super::{AciError, BoxFuture, ContainerGroups, LogOptions, TAG_CLUSTER, Usage};
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::ErrorKind;
@@ -314,6 +321,11 @@ fn token_credential(c: &Credential) -> Result<Arc<dyn TokenCredential>, AzureSet
 /// ACI through ARM.
 pub struct AzureContainerGroups {
     client: sdk::Client,
+    /// For the calls the SDK does not have (Azure Monitor's metrics): the
+    /// same endpoint, credential and policies as `client`.
+    endpoint: azure_core::Url,
+    credential: Arc<dyn TokenCredential>,
+    pipeline: azure_core::Pipeline,
     subscription_id: String,
     resource_group: String,
     timeout: Duration,
@@ -339,8 +351,18 @@ impl AzureContainerGroups {
             azure_core::TransportOptions::new_custom_policy(Arc::new(CapturingTransport {
                 http: azure_core::new_http_client(),
             }));
-        let client = sdk::Client::builder(token_credential(&config.credential)?)
-            .endpoint(endpoint)
+        let credential = token_credential(&config.credential)?;
+        let pipeline = azure_core::Pipeline::new(
+            option_env!("CARGO_PKG_NAME"),
+            option_env!("CARGO_PKG_VERSION"),
+            azure_core::ClientOptions::default()
+                .retry(azure_core::RetryOptions::none())
+                .transport(transport.clone()),
+            Vec::new(),
+            Vec::new(),
+        );
+        let client = sdk::Client::builder(credential.clone())
+            .endpoint(endpoint.clone())
             .scopes(&[ARM_SCOPE])
             .retry(azure_core::RetryOptions::none())
             .transport(transport)
@@ -351,6 +373,9 @@ impl AzureContainerGroups {
             })?;
         Ok(Self {
             client,
+            endpoint,
+            credential,
+            pipeline,
             subscription_id: config.subscription_id.clone(),
             resource_group: config.resource_group.clone(),
             timeout: config.timeout,
@@ -553,6 +578,44 @@ impl ContainerGroups for AzureContainerGroups {
             let response = self.call("logs", request.send()).await?;
             let logs: Logs = body_json(response.into_raw_response()).await?;
             Ok(logs.content)
+        })
+    }
+
+    fn metrics<'a>(
+        &'a self,
+        name: &'a str,
+        span: MetricsSpan,
+    ) -> BoxFuture<'a, Result<GroupMetrics, AciError>> {
+        Box::pin(async move {
+            let mut url = self.endpoint.clone();
+            url.set_path(&monitor::metrics_path(
+                &self.subscription_id,
+                &self.resource_group,
+                name,
+            ));
+            url.query_pairs_mut()
+                .extend_pairs(monitor::query_pairs(span));
+            let send = async {
+                let token = self.credential.get_token(&[ARM_SCOPE]).await?;
+                let mut request = azure_core::Request::new(url, azure_core::Method::Get);
+                request.insert_header(
+                    azure_core::headers::AUTHORIZATION,
+                    format!("Bearer {}", token.token.secret()),
+                );
+                request.set_body(azure_core::EMPTY_BODY);
+                self.pipeline
+                    .send(&azure_core::Context::default(), &mut request)
+                    .await
+            };
+            let response = self.call("metrics", send).await?;
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| AciError::Transient {
+                    message: format!("reading the metrics answer: {e}"),
+                })?;
+            monitor::parse(&bytes)
         })
     }
 

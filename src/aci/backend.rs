@@ -548,6 +548,13 @@ mod tests {
         ) -> BoxFuture<'a, Result<String, AciError>> {
             Box::pin(async { Err(AciError::NotFound) })
         }
+        fn metrics<'a>(
+            &'a self,
+            _: &'a str,
+            _: crate::aci::monitor::MetricsSpan,
+        ) -> BoxFuture<'a, Result<crate::aci::monitor::GroupMetrics, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
         fn usage<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
             Box::pin(async { Ok(Usage::default()) })
         }

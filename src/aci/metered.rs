@@ -8,7 +8,7 @@
 //! request) is counted, retries included. Throttling is counted by
 //! [`super::paced::Paced`], where `Retry-After` is honoured.
 //!
-//! Labels stay bounded: `op` is one of six operation names and `code` one of
+//! Labels stay bounded: `op` is one of seven operation names and `code` one of
 //! the outcome names of [`outcome_code`].
 
 use super::{AciError, BoxFuture, ContainerGroup, ContainerGroups, Usage};
@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// `op` label values.
-pub const OPS: [&str; 6] = ["create", "get", "list", "delete", "logs", "usage"];
+pub const OPS: [&str; 7] = [
+    "create", "get", "list", "delete", "logs", "metrics", "usage",
+];
 
 /// The `code` label of an outcome: `ok`, or the HTTP-ish name of the failure.
 /// A `get` of a missing group answers `Ok(None)` but is labelled `not_found`,
@@ -114,6 +116,13 @@ impl<C: ContainerGroups> ContainerGroups for Metered<C> {
         options: super::LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>> {
         Box::pin(self.observe("logs", ok, self.inner.logs(name, container, options)))
+    }
+    fn metrics<'a>(
+        &'a self,
+        name: &'a str,
+        span: super::monitor::MetricsSpan,
+    ) -> BoxFuture<'a, Result<super::monitor::GroupMetrics, AciError>> {
+        Box::pin(self.observe("metrics", ok, self.inner.metrics(name, span)))
     }
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
         Box::pin(async move {

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod emulator;
 pub mod metered;
 pub mod model;
+pub mod monitor;
 pub mod paced;
 pub mod render;
 pub mod translate;
@@ -210,6 +211,10 @@ pub struct LogOptions {
 ///   lines when set; each line prefixed with its RFC 3339 timestamp and a
 ///   space when [`LogOptions::timestamps`]); `NotFound` when the group or
 ///   container does not exist.
+/// - **`metrics`** returns the group's per-container `CpuUsage`
+///   (millicores) and `MemoryUsage` (bytes) one-minute averages over the
+///   span from Azure Monitor ([`monitor`]); `NotFound` when the group does
+///   not exist. It is a read (ARM's read budget).
 /// - **`usage`** returns the `StandardCores` and `ContainerGroups` lines of
 ///   the location's quota.
 /// - Reads never return secrets (`secureValue`, secret volume contents,
@@ -234,6 +239,11 @@ pub trait ContainerGroups: Send + Sync {
         container: &'a str,
         options: LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>>;
+    fn metrics<'a>(
+        &'a self,
+        name: &'a str,
+        span: monitor::MetricsSpan,
+    ) -> BoxFuture<'a, Result<monitor::GroupMetrics, AciError>>;
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>>;
 }
 

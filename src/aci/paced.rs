@@ -1,6 +1,7 @@
 //! [`Paced`]: any [`ContainerGroups`] made a polite ARM client.
 //!
-//! - Token buckets for writes (create/delete) and reads (get/list/logs/usage)
+//! - Token buckets for writes (create/delete) and reads
+//!   (get/list/logs/metrics/usage)
 //!   keep spillway below ARM's per-subscription limits instead of finding them.
 //! - A 429 pauses *every* call of that class until its `Retry-After`, not just
 //!   the one that was throttled.
@@ -204,6 +205,13 @@ impl<C: ContainerGroups> ContainerGroups for Paced<C> {
         options: super::LogOptions,
     ) -> BoxFuture<'a, Result<String, AciError>> {
         Box::pin(self.run(false, move || self.inner.logs(name, container, options)))
+    }
+    fn metrics<'a>(
+        &'a self,
+        name: &'a str,
+        span: super::monitor::MetricsSpan,
+    ) -> BoxFuture<'a, Result<super::monitor::GroupMetrics, AciError>> {
+        Box::pin(self.run(false, move || self.inner.metrics(name, span)))
     }
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
         Box::pin(self.run(false, move || self.inner.usage(location)))

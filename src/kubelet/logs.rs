@@ -880,6 +880,13 @@ mod tests {
                 Ok(format!("log of {container}\n"))
             })
         }
+        fn metrics<'a>(
+            &'a self,
+            _name: &'a str,
+            _span: crate::aci::monitor::MetricsSpan,
+        ) -> BoxFuture<'a, Result<crate::aci::monitor::GroupMetrics, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
         fn usage<'a>(&'a self, _location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
             Box::pin(async { Err(AciError::NotFound) })
         }

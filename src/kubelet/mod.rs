@@ -1,6 +1,7 @@
 //! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
 //! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]),
-//! `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
+//! `GET /metrics/resource` and `GET /stats/summary` from Azure Monitor
+//! ([`metrics`], with [`router_with_metrics`]), `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
 //! `/portForward` ([`logs::not_supported`]).
 //!
 //! Served over TLS (the API server talks HTTPS to kubelets) with a
@@ -24,6 +25,7 @@
 
 pub mod auth;
 pub mod logs;
+pub mod metrics;
 
 use axum::http::StatusCode;
 use std::sync::Arc;
@@ -40,8 +42,41 @@ pub enum Access {
 }
 
 /// The endpoint's router: every route, then (with [`Access::Checked`]) the
-/// authentication and authorization layer around all of them.
+/// authentication and authorization layer around all of them. Without
+/// resource metrics (`/metrics/resource` and `/stats/summary` are 404);
+/// see [`router_with_metrics`].
 pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
+    build(logs, None, access)
+}
+
+/// [`router`] with `/metrics/resource` and `/stats/summary` served from
+/// `metrics` (authorized as `nodes/metrics` and `nodes/stats`).
+pub fn router_with_metrics(
+    logs: Arc<logs::LogReader>,
+    metrics: Arc<metrics::ResourceMetrics>,
+    access: Access,
+) -> axum::Router {
+    build(logs, Some(metrics), access)
+}
+
+fn build(
+    logs: Arc<logs::LogReader>,
+    metrics: Option<Arc<metrics::ResourceMetrics>>,
+    access: Access,
+) -> axum::Router {
+    let resource = match metrics {
+        Some(m) => axum::Router::new()
+            .route(
+                "/metrics/resource",
+                axum::routing::get(metrics::resource_handler),
+            )
+            .route(
+                "/stats/summary",
+                axum::routing::get(metrics::summary_handler),
+            )
+            .with_state(m),
+        None => axum::Router::new(),
+    };
     let routes = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -65,6 +100,7 @@ pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
             axum::routing::any(logs::not_supported),
         )
         .with_state(logs)
+        .merge(resource)
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") });
     match access {

@@ -145,6 +145,15 @@ pub struct ProviderArgs {
     /// Container log requests answered at once before --kubelet-log-qps applies.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub kubelet_log_burst: u32,
+    /// ARM reads per second for /metrics/resource and /stats/summary (one
+    /// group list and one Azure Monitor query per burst pod at most once a
+    /// minute, apart from the provider's and the logs' budgets). With N
+    /// burst pods a full refresh takes about N / this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub kubelet_metrics_qps: f64,
+    /// ARM reads for metrics at once before --kubelet-metrics-qps applies.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub kubelet_metrics_burst: u32,
     /// The node's InternalIP (where the API server reaches the kubelet endpoint).
     #[arg(long, env = "POD_IP")]
     pub node_ip: Option<String>,
@@ -202,6 +211,8 @@ pub enum ProviderSetupError {
     LogQps(f64),
     #[error("{0}")]
     ClusterDns(String),
+    #[error("--kubelet-metrics-qps must be positive, not {0}")]
+    MetricsQps(f64),
     #[error("kubelet endpoint {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -243,6 +254,9 @@ impl ProviderArgs {
             .map_err(ProviderSetupError::ClusterDns)?;
         super::services::check_cluster_domain(&self.cluster_domain)
             .map_err(ProviderSetupError::ClusterDns)?;
+        if !(self.kubelet_metrics_qps > 0.0 && self.kubelet_metrics_qps.is_finite()) {
+            return Err(ProviderSetupError::MetricsQps(self.kubelet_metrics_qps));
+        }
         if self.backend == AciBackend::Azure {
             if self.aci_subscription.as_deref().is_none_or(str::is_empty) {
                 return Err(ProviderSetupError::Missing(
@@ -342,7 +356,8 @@ pub struct SpillwayScheduler {
     pub view: Arc<crate::cluster::ClusterView>,
 }
 
-/// The kubelet endpoint's own ACI client for container logs: counted and
+/// The kubelet endpoint's own ACI client for container logs and resource
+/// metrics: counted and
 /// timed like the provider's, but not behind the provider's pacer, so log
 /// requests never spend the read budget status sync paces itself with;
 /// `LogReader`'s own bucket (--kubelet-log-qps) paces them instead.
@@ -527,6 +542,18 @@ pub async fn start(
             source,
         })?;
     let (access, ca_task) = kubelet_access(args, clients, tls.is_some(), kubelet_addr).await?;
+    // Resource metrics read through the same client of the endpoint's own,
+    // within their own bucket.
+    let resource_metrics = Arc::new(crate::kubelet::metrics::ResourceMetrics::new(
+        logs_aci.clone(),
+        &cluster_id,
+        &args.node_name,
+        crate::kubelet::metrics::MetricsConfig {
+            per_sec: args.kubelet_metrics_qps,
+            burst: args.kubelet_metrics_burst,
+            ..crate::kubelet::metrics::MetricsConfig::default()
+        },
+    ));
     let logs = Arc::new(LogReader::new(
         logs_aci,
         &cluster_id,
@@ -535,7 +562,7 @@ pub async fn start(
             burst: args.kubelet_log_burst,
         },
     ));
-    let app = crate::kubelet::router(logs, access);
+    let app = crate::kubelet::router_with_metrics(logs, resource_metrics, access);
     let limits = ServeLimits {
         max_connections: usize::try_from(args.kubelet_max_connections).unwrap_or(usize::MAX),
         ..ServeLimits::default()
@@ -697,6 +724,13 @@ mod tests {
         assert_eq!(a.p.kubelet_auth, None, "decided by TLS");
         assert_eq!(a.p.kubelet_max_connections, 256);
         assert_eq!((a.p.kubelet_log_qps, a.p.kubelet_log_burst), (2.0, 10));
+        assert_eq!(
+            (a.p.kubelet_metrics_qps, a.p.kubelet_metrics_burst),
+            (2.0, 20)
+        );
+        let a = Args::try_parse_from(["x", "--kubelet-metrics-qps", "0"]).expect("parses");
+        let e = a.p.validate().expect_err("no budget");
+        assert!(e.to_string().contains("--kubelet-metrics-qps"), "{e}");
         let a = Args::try_parse_from(["x", "--kubelet-auth"]).expect("parses");
         assert_eq!(a.p.kubelet_auth, Some(true));
         assert!(a.p.validate().is_ok(), "tokens on plain HTTP");

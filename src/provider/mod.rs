@@ -1894,6 +1894,14 @@ mod tests {
         ) -> futures::future::BoxFuture<'a, Result<String, AciError>> {
             Box::pin(async { Ok(String::new()) })
         }
+        fn metrics<'a>(
+            &'a self,
+            _: &'a str,
+            _: crate::aci::monitor::MetricsSpan,
+        ) -> futures::future::BoxFuture<'a, Result<crate::aci::monitor::GroupMetrics, AciError>>
+        {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
         fn usage<'a>(
             &'a self,
             _: &'a str,

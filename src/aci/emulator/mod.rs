@@ -50,6 +50,18 @@
 //!   (`{"lines": [...]}`), each line stamped with its wall-clock time;
 //!   `tail` and `timestamps=true` (an RFC 3339 time and a space before each
 //!   line) as ARM takes them.
+//! - **Azure Monitor metrics** of a group
+//!   (`{group}/providers/Microsoft.Insights/metrics`, api-version
+//!   2018-01-01 and later): ACI's `CpuUsage` (millicores) and
+//!   `MemoryUsage` (bytes) per container (`$filter=containerName eq '*'`,
+//!   at most `top` series, 10 by default), one point per grain of the
+//!   `timespan` up to now; a minute has data once it is over: the values
+//!   set with `POST /_emulator/groups/{name}/metrics`
+//!   (`{"containers": {"app": {"cpuMillicores": 250, "memoryBytes": N}},
+//!   "from": RFC 3339, "to": RFC 3339}`, whole minutes, `from` defaulting
+//!   to the current minute, `to` open), else 0 while the container runs.
+//!   Unknown metric names, aggregations, grains and timespans are 400,
+//!   a missing group 404, in Monitor's error form (`{"code","message"}`).
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -63,7 +75,7 @@ mod routes;
 mod state;
 mod subnets;
 
-pub use state::{Counters, GroupSnapshot, Op};
+pub use state::{Counters, GroupSnapshot, MetricSetting, Op};
 pub use subnets::{ACI_DELEGATION, SubnetDefinition, SubnetSnapshot};
 
 use serde::{Deserialize, Serialize};
@@ -142,7 +154,7 @@ impl Default for EmulatorConfig {
 }
 
 /// Injected faults for one operation (`put`, `get`, `list`, `delete`,
-/// `logs`, `usage`, or `*` for all without their own entry).
+/// `logs`, `metrics`, `usage`, or `*` for all without their own entry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OperationFaults {
@@ -170,7 +182,7 @@ pub struct Faults {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vanish: Vec<String>,
     /// Faults aimed at one group: group name → operation (`put`, `get`,
-    /// `delete`, `logs`, or `*`) → faults. For the operations it lists they
+    /// `delete`, `logs`, `metrics`, or `*`) → faults. For the operations it lists they
     /// replace [`Faults::operations`] on that group's requests, so one group
     /// can fail while every other works (zero rates exempt the group).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -202,7 +214,9 @@ impl Faults {
         validate_operations(
             "operations",
             &self.operations,
-            &["put", "get", "list", "delete", "logs", "usage", "*"],
+            &[
+                "put", "get", "list", "delete", "logs", "metrics", "usage", "*",
+            ],
         )?;
         for (group, operations) in &self.groups {
             if group.is_empty() {
@@ -211,7 +225,7 @@ impl Faults {
             validate_operations(
                 &format!("groups.{group}"),
                 operations,
-                &["put", "get", "delete", "logs", "*"],
+                &["put", "get", "delete", "logs", "metrics", "*"],
             )?;
         }
         if !(0.0..=1.0).contains(&self.capacity_error_rate) {
@@ -335,6 +349,18 @@ impl EmulatorState {
     pub fn append_logs(&self, name: &str, container: &str, lines: &[String]) -> usize {
         self.lock()
             .append_logs(name, container, lines, crate::units::Timestamp::now_wall())
+    }
+
+    /// Set what Azure Monitor holds for `container` of every group named
+    /// `name` (what `POST /_emulator/groups/{name}/metrics` does); how many
+    /// groups had that container.
+    pub fn set_metrics(&self, name: &str, container: &str, setting: MetricSetting) -> usize {
+        self.lock().set_metrics(name, container, setting)
+    }
+
+    /// Whether a group named `name` has a container `container`.
+    pub fn has_container(&self, name: &str, container: &str) -> bool {
+        self.lock().has_container(name, container)
     }
 
     pub fn counters(&self) -> Counters {

@@ -1,6 +1,6 @@
 //! HTTP surface of the emulator: ARM paths, auth, throttling, faults.
 
-use super::state::{Admit, Fault, GroupKey, Op, PutError};
+use super::state::{Admit, Fault, GroupKey, MetricSetting, MinuteValue, Op, PutError};
 use super::{EmulatorState, Faults};
 use crate::aci::model::*;
 use crate::units::Timestamp;
@@ -29,6 +29,10 @@ pub fn router(state: EmulatorState) -> Router {
             get(logs),
         )
         .route(
+            &format!("{group}/{{name}}/providers/Microsoft.Insights/metrics"),
+            get(monitor_metrics),
+        )
+        .route(
             &format!("/subscriptions/{{sub}}/{PROVIDER}/containerGroups"),
             get(list_sub),
         )
@@ -42,6 +46,10 @@ pub fn router(state: EmulatorState) -> Router {
         .route(
             "/_emulator/groups/{name}/containers/{container}/logs",
             axum::routing::post(append_logs),
+        )
+        .route(
+            "/_emulator/groups/{name}/metrics",
+            axum::routing::post(set_metrics),
         )
         .fallback(|| async {
             ArmError::new(
@@ -549,4 +557,458 @@ async fn groups_snapshot(State(state): State<EmulatorState>) -> Response {
         "counters": state.counters(),
     }))
     .into_response()
+}
+
+// ----------------------------------------------------------------------
+// Azure Monitor metrics
+
+/// Azure Monitor's error answer: `{"code","message"}` at the top level
+/// (metrics_API.json 2018-01-01, `ErrorResponse`), unlike ARM's
+/// `{"error":{...}}`.
+struct MonitorError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl MonitorError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "BadRequest",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for MonitorError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// The api-versions of `Microsoft.Insights/metrics` (azure-rest-api-specs
+/// `monitor/resource-manager/Microsoft.Insights`).
+const MONITOR_API_VERSIONS: [&str; 5] = [
+    "2018-01-01",
+    "2019-07-01",
+    "2021-05-01",
+    "2023-10-01",
+    "2024-02-01",
+];
+
+/// ACI's metrics (Azure Monitor's supported metrics for
+/// `Microsoft.ContainerInstance/containerGroups`): name, display name, unit.
+const ACI_METRICS: [(&str, &str, &str); 4] = [
+    ("CpuUsage", "CPU Usage", "Count"),
+    ("MemoryUsage", "Memory Usage", "Bytes"),
+    (
+        "NetworkBytesReceivedPerSecond",
+        "Network Bytes Received Per Second",
+        "Bytes",
+    ),
+    (
+        "NetworkBytesTransmittedPerSecond",
+        "Network Bytes Transmitted Per Second",
+        "Bytes",
+    ),
+];
+
+/// Monitor's time grains (`interval`), in minutes; `FULL` is one point for
+/// the whole timespan.
+const GRAINS: [(&str, i64); 8] = [
+    ("PT1M", 1),
+    ("PT5M", 5),
+    ("PT15M", 15),
+    ("PT30M", 30),
+    ("PT1H", 60),
+    ("PT6H", 360),
+    ("PT12H", 720),
+    ("P1D", 1440),
+];
+
+const AGGREGATIONS: [&str; 5] = ["average", "minimum", "maximum", "total", "count"];
+
+/// `$filter` on ACI's one dimension: every container, one, or none (the
+/// group as one series).
+enum ContainerFilter {
+    All,
+    One(String),
+}
+
+fn parse_filter(f: &str) -> Result<ContainerFilter, MonitorError> {
+    let invalid = || {
+        MonitorError::bad_request(format!(
+            "Invalid $filter {f:?}: the metrics of {RESOURCE_TYPE} have one dimension, containerName (containerName eq '*' or containerName eq 'NAME')"
+        ))
+    };
+    let (dimension, value) = f.trim().split_once(" eq ").ok_or_else(invalid)?;
+    if !dimension.trim().eq_ignore_ascii_case("containerName") {
+        return Err(invalid());
+    }
+    let value = value
+        .trim()
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .ok_or_else(invalid)?;
+    Ok(if value == "*" {
+        ContainerFilter::All
+    } else {
+        ContainerFilter::One(value.to_string())
+    })
+}
+
+/// One point of a series over `minutes` (those with data), with the
+/// aggregations asked for.
+fn data_point(
+    start: Timestamp,
+    values: &[f64],
+    aggregations: &[&str],
+) -> crate::aci::monitor::DataPoint {
+    let mut p = crate::aci::monitor::DataPoint {
+        time_stamp: start.to_rfc3339(),
+        ..Default::default()
+    };
+    let n = values.len() as f64;
+    for a in aggregations {
+        match *a {
+            "count" => p.count = Some(n),
+            _ if values.is_empty() => {}
+            "average" => p.average = Some(values.iter().sum::<f64>() / n),
+            "minimum" => p.minimum = values.iter().copied().reduce(f64::min),
+            "maximum" => p.maximum = values.iter().copied().reduce(f64::max),
+            "total" => p.total = Some(values.iter().sum()),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// `GET {group}/providers/Microsoft.Insights/metrics`: ACI's metrics of one
+/// group as Azure Monitor answers them.
+async fn monitor_metrics(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    use crate::aci::monitor as m;
+    let pass = gate(&state, Op::Metrics, &headers, &q, &sub, Some(&name))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let api = q.get("api-version").map(String::as_str).unwrap_or_default();
+    if !MONITOR_API_VERSIONS.contains(&api) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "NoRegisteredProviderFound",
+            format!(
+                "No registered resource provider found for API version '{api}' for type 'metrics'. The supported api-versions are '{}'.",
+                MONITOR_API_VERSIONS.join(", ")
+            ),
+        )
+        .into_response());
+    }
+    let key = GroupKey::new(&sub, &rg, &name);
+    let Some(location) = state.lock().location(&key) else {
+        return Err(MonitorError {
+            status: StatusCode::NOT_FOUND,
+            code: "ResourceNotFound",
+            message: format!(
+                "The Resource '{RESOURCE_TYPE}/{name}' under resource group '{rg}' was not found."
+            ),
+        }
+        .into_response());
+    };
+    let fail = |e: MonitorError| e.into_response();
+    // Which metrics: CpuUsage when none is named.
+    let mut metrics = Vec::new();
+    for wanted in q
+        .get("metricnames")
+        .map(String::as_str)
+        .unwrap_or(m::CPU_USAGE)
+        .split(',')
+        .map(str::trim)
+    {
+        let known = ACI_METRICS
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| {
+                fail(MonitorError::bad_request(format!(
+                    "Failed to find metric configuration for provider: Microsoft.ContainerInstance, resource Type: containerGroups, metric: {wanted}, Valid metrics: {}",
+                    ACI_METRICS.map(|(n, _, _)| n).join(",")
+                )))
+            })?;
+        metrics.push(*known);
+    }
+    let mut aggregations = Vec::new();
+    for a in q
+        .get("aggregation")
+        .map(String::as_str)
+        .unwrap_or("average")
+        .split(',')
+        .map(str::trim)
+    {
+        let known = AGGREGATIONS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(a))
+            .ok_or_else(|| {
+                fail(MonitorError::bad_request(format!(
+                    "Invalid aggregation '{a}': use one or more of Average, Minimum, Maximum, Total, Count"
+                )))
+            })?;
+        aggregations.push(*known);
+    }
+    let now_wall = Timestamp::now_wall();
+    let span = match q.get("timespan") {
+        None => m::MetricsSpan::last(Duration::from_secs(3600), now_wall),
+        Some(t) => m::MetricsSpan::parse(t).map_err(|e| fail(MonitorError::bad_request(e)))?,
+    };
+    let interval = q.get("interval").map(String::as_str).unwrap_or("PT1M");
+    let grain_minutes = if interval.eq_ignore_ascii_case("FULL") {
+        None
+    } else {
+        Some(
+            GRAINS
+                .iter()
+                .find(|(g, _)| g.eq_ignore_ascii_case(interval))
+                .map(|(_, minutes)| *minutes)
+                .ok_or_else(|| {
+                    fail(MonitorError::bad_request(format!(
+                        "Invalid time grain '{interval}': supported are {} and FULL",
+                        GRAINS.map(|(g, _)| g).join(", ")
+                    )))
+                })?,
+        )
+    };
+    let filter = q
+        .get("$filter")
+        .map(|f| parse_filter(f))
+        .transpose()
+        .map_err(fail)?;
+    // With a $filter Monitor returns at most `top` series, 10 by default
+    // (metrics_API.json, TopParameter).
+    let top = match q.get("top") {
+        None => 10,
+        Some(t) => t.parse::<usize>().ok().filter(|t| *t >= 1).ok_or_else(|| {
+            fail(MonitorError::bad_request(format!(
+                "Invalid top '{t}': a positive integer"
+            )))
+        })?,
+    };
+    let minutes = state
+        .lock()
+        .metric_minutes(&key, span.start, span.end, Instant::now(), now_wall)
+        .unwrap_or_default();
+    // The series: per container, or the group as one (values summed).
+    let mut series: Vec<(Option<String>, Vec<MinuteValue>)> = match &filter {
+        Some(ContainerFilter::All) => minutes
+            .into_iter()
+            .map(|(c, values)| (Some(c), values))
+            .collect(),
+        Some(ContainerFilter::One(want)) => minutes
+            .into_iter()
+            .filter(|(c, _)| c == want)
+            .map(|(c, values)| (Some(c), values))
+            .collect(),
+        None => {
+            let mut total: Vec<MinuteValue> = Vec::new();
+            for (_, values) in minutes {
+                if total.is_empty() {
+                    total = values;
+                    continue;
+                }
+                for (t, v) in total.iter_mut().zip(values) {
+                    t.1 = match (t.1, v.1) {
+                        (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            vec![(None, total)]
+        }
+    };
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    series.truncate(if filter.is_some() { top } else { 1 });
+    let group_id =
+        format!("/subscriptions/{sub}/resourceGroups/{rg}/{PROVIDER}/containerGroups/{name}");
+    let value = metrics
+        .iter()
+        .map(|(metric, display, unit)| {
+            let per_container = metric.eq_ignore_ascii_case(m::CPU_USAGE)
+                || metric.eq_ignore_ascii_case(m::MEMORY_USAGE);
+            let timeseries = if per_container {
+                series
+                    .iter()
+                    .map(|(container, values)| {
+                        let pick = |v: &(f64, f64)| {
+                            if metric.eq_ignore_ascii_case(m::CPU_USAGE) {
+                                v.0
+                            } else {
+                                v.1
+                            }
+                        };
+                        let buckets: Vec<&[MinuteValue]> = match grain_minutes {
+                            Some(g) => values.chunks(usize::try_from(g).unwrap_or(1)).collect(),
+                            None => vec![&values[..]],
+                        };
+                        m::TimeSeries {
+                            metadatavalues: container
+                                .iter()
+                                .map(|c| m::MetadataValue {
+                                    name: m::LocalizableString {
+                                        value: m::CONTAINER_DIMENSION.to_string(),
+                                        localized_value: m::CONTAINER_DIMENSION.to_string(),
+                                    },
+                                    value: c.clone(),
+                                })
+                                .collect(),
+                            data: buckets
+                                .iter()
+                                .filter_map(|b| {
+                                    let start = b.first()?.0;
+                                    let with_data: Vec<f64> = b
+                                        .iter()
+                                        .filter_map(|(_, v)| v.as_ref().map(pick))
+                                        .collect();
+                                    Some(data_point(start, &with_data, &aggregations))
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            m::Metric {
+                id: format!("{group_id}/providers/Microsoft.Insights/metrics/{metric}"),
+                kind: "Microsoft.Insights/metrics".to_string(),
+                name: m::LocalizableString {
+                    value: metric.to_string(),
+                    localized_value: display.to_string(),
+                },
+                display_description: None,
+                unit: unit.to_string(),
+                timeseries,
+                error_code: Some("Success".to_string()),
+                error_message: None,
+            }
+        })
+        .collect();
+    let response = m::Response {
+        cost: Some(0.0),
+        timespan: span.to_query(),
+        interval: Some(interval.to_string()),
+        namespace: Some(RESOURCE_TYPE.to_string()),
+        resourceregion: Some(location.to_ascii_lowercase()),
+        value,
+    };
+    Ok(pass.finish(StatusCode::OK, to_json(&response)).await)
+}
+
+/// The body of `POST /_emulator/groups/{name}/metrics`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SetMetrics {
+    containers: std::collections::BTreeMap<String, ContainerMetrics>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ContainerMetrics {
+    cpu_millicores: f64,
+    memory_bytes: f64,
+}
+
+/// Set what Monitor holds for containers of every group of that name:
+/// 200 `{"groups": N}`; 400 for values that are not non-negative numbers
+/// or times that are not whole minutes; 404 when no group has a container.
+async fn set_metrics(
+    State(state): State<EmulatorState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let refuse = |status: StatusCode, message: String| {
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let body: SetMetrics = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let minute = |field: &str, t: &str| -> Result<Timestamp, String> {
+        let at = Timestamp::parse_rfc3339(t).map_err(|e| format!("{field}: {e}"))?;
+        if at.millis().rem_euclid(60_000) != 0 {
+            return Err(format!(
+                "{field}: {t} is not a whole minute (Monitor's finest grain for ACI is PT1M)"
+            ));
+        }
+        Ok(at)
+    };
+    let from = match body.from.as_deref().map(|t| minute("from", t)).transpose() {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let now = Timestamp::now_wall().millis();
+            Timestamp(now - now.rem_euclid(60_000))
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    let to = match body.to.as_deref().map(|t| minute("to", t)).transpose() {
+        Ok(t) => t,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    if to.is_some_and(|to| to <= from) {
+        return refuse(StatusCode::BAD_REQUEST, "to: not after from".to_string());
+    }
+    for (container, v) in &body.containers {
+        for (field, x) in [
+            ("cpuMillicores", v.cpu_millicores),
+            ("memoryBytes", v.memory_bytes),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("containers.{container}.{field}: {x} is not a non-negative number"),
+                );
+            }
+        }
+    }
+    // Every container must exist before anything is set.
+    if let Some(missing) = body
+        .containers
+        .keys()
+        .find(|c| !state.has_container(&name, c))
+    {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no group {name:?} with a container {missing:?}"),
+        );
+    }
+    let mut groups = 0;
+    for (container, v) in &body.containers {
+        let n = state.set_metrics(
+            &name,
+            container,
+            MetricSetting {
+                from,
+                to,
+                cpu_millicores: v.cpu_millicores,
+                memory_bytes: v.memory_bytes,
+            },
+        );
+        if n == 0 {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("no group {name:?} with a container {container:?}"),
+            );
+        }
+        groups = groups.max(n);
+    }
+    axum::Json(serde_json::json!({ "groups": groups })).into_response()
 }

@@ -23,6 +23,7 @@ pub enum Op {
     List,
     Delete,
     Logs,
+    Metrics,
     Usage,
 }
 
@@ -34,6 +35,7 @@ impl Op {
             Op::List => "list",
             Op::Delete => "delete",
             Op::Logs => "logs",
+            Op::Metrics => "metrics",
             Op::Usage => "usage",
         }
     }
@@ -166,7 +168,31 @@ pub struct World {
     /// Output appended to containers (`POST /_emulator/logs`), each line
     /// with the wall-clock time it was appended; dropped with the group.
     appended: BTreeMap<(GroupKey, String), VecDeque<(Timestamp, String)>>,
+    /// Metric values set per container (`POST /_emulator/groups/{name}/metrics`),
+    /// newest last; dropped with the group.
+    metrics: BTreeMap<(GroupKey, String), Vec<MetricSetting>>,
 }
+
+/// What Azure Monitor holds for one container over a range of minutes: the
+/// same one-minute averages for every minute in `[from, to)` (`to`
+/// open-ended when `None`). A later setting overrides an earlier one
+/// where they overlap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSetting {
+    pub from: Timestamp,
+    pub to: Option<Timestamp>,
+    pub cpu_millicores: f64,
+    pub memory_bytes: f64,
+}
+
+/// One minute of one container as the emulated Monitor has it: its start
+/// and `(cpu millicores, memory bytes)` averages, `None` without data.
+pub type MinuteValue = (Timestamp, Option<(f64, f64)>);
+
+/// How long Monitor keeps platform metrics (93 days); older minutes are
+/// never listed.
+const METRICS_RETENTION_MS: i64 = 93 * 86_400_000;
+const MINUTE_MS: i64 = 60_000;
 
 /// Lines kept per container beyond the synthesized ones (ACI keeps up to
 /// 4 MB of log; the emulator keeps the newest lines).
@@ -195,6 +221,7 @@ impl World {
             rng,
             counters: Counters::default(),
             appended: BTreeMap::new(),
+            metrics: BTreeMap::new(),
         }
     }
 
@@ -497,6 +524,7 @@ impl World {
     /// Remove a group; `true` if it existed.
     pub fn delete(&mut self, key: &GroupKey) -> bool {
         self.appended.retain(|(k, _), _| k != key);
+        self.metrics.retain(|(k, _), _| k != key);
         match self.groups.remove(key) {
             Some(r) => {
                 self.release(&r);
@@ -523,6 +551,7 @@ impl World {
             .cloned()
             .collect();
         self.appended.retain(|(k, _), _| k.name != name);
+        self.metrics.retain(|(k, _), _| k.name != name);
         for k in &keys {
             if let Some(r) = self.groups.remove(k) {
                 self.release(&r);
@@ -643,6 +672,116 @@ impl World {
                 })
                 .collect(),
         )
+    }
+
+    /// Whether a group named `name` has a container `container`.
+    pub fn has_container(&self, name: &str, container: &str) -> bool {
+        self.groups.iter().any(|(k, r)| {
+            k.name == name
+                && r.spec
+                    .properties
+                    .containers
+                    .iter()
+                    .any(|c| c.name == container)
+        })
+    }
+
+    /// Set what Monitor holds for `container` of every group named `name`;
+    /// how many groups had that container.
+    pub fn set_metrics(&mut self, name: &str, container: &str, setting: MetricSetting) -> usize {
+        let keys: Vec<GroupKey> = self
+            .groups
+            .iter()
+            .filter(|(k, r)| {
+                k.name == name
+                    && r.spec
+                        .properties
+                        .containers
+                        .iter()
+                        .any(|c| c.name == container)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            self.metrics
+                .entry((k.clone(), container.to_string()))
+                .or_default()
+                .push(setting);
+        }
+        keys.len()
+    }
+
+    /// Per container of the group (in spec order), its minutes from
+    /// `start` (rounded down to a minute) until `end` or `now_wall`,
+    /// whichever is first, within Monitor's retention. A minute has data
+    /// once it is over: the value set for it, else 0 (an idle container)
+    /// if the container ran during it, else none. `None` for no group.
+    pub fn metric_minutes(
+        &self,
+        key: &GroupKey,
+        start: Timestamp,
+        end: Timestamp,
+        now: Instant,
+        now_wall: Timestamp,
+    ) -> Option<Vec<(String, Vec<MinuteValue>)>> {
+        self.groups.get(key)?;
+        let g = self.render(key, now, true);
+        let first = start.millis().max(now_wall.millis() - METRICS_RETENTION_MS);
+        let first = first - first.rem_euclid(MINUTE_MS);
+        let stop = end.millis().min(now_wall.millis());
+        let parse = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| Timestamp::parse_rfc3339(t).ok())
+                .map(Timestamp::millis)
+        };
+        Some(
+            g.properties
+                .containers
+                .iter()
+                .map(|c| {
+                    let state = c
+                        .properties
+                        .instance_view
+                        .as_ref()
+                        .and_then(|v| v.current_state.as_ref());
+                    let ran = state
+                        .filter(|s| s.state == "Running" || s.state == "Terminated")
+                        .and_then(|s| parse(&s.start_time).map(|a| (a, parse(&s.finish_time))));
+                    let settings = self.metrics.get(&(key.clone(), c.name.clone()));
+                    let mut minutes = Vec::new();
+                    let mut m = first;
+                    while m < stop {
+                        let value = (m + MINUTE_MS <= now_wall.millis())
+                            .then(|| {
+                                let set = settings.and_then(|all| {
+                                    all.iter().rev().find(|s| {
+                                        s.from.millis() <= m
+                                            && s.to.is_none_or(|to| m < to.millis())
+                                    })
+                                });
+                                match (set, ran) {
+                                    (Some(s), _) => Some((s.cpu_millicores, s.memory_bytes)),
+                                    (None, Some((from, until)))
+                                        if from < m + MINUTE_MS && until.is_none_or(|u| u > m) =>
+                                    {
+                                        Some((0.0, 0.0))
+                                    }
+                                    _ => None,
+                                }
+                            })
+                            .flatten();
+                        minutes.push((Timestamp(m), value));
+                        m += MINUTE_MS;
+                    }
+                    (c.name.clone(), minutes)
+                })
+                .collect(),
+        )
+    }
+
+    /// The group's location (for Monitor's `resourceregion`).
+    pub fn location(&self, key: &GroupKey) -> Option<String> {
+        self.groups.get(key).map(|r| r.spec.location.clone())
     }
 
     /// `StandardCores` and `ContainerGroups` usage of a location.

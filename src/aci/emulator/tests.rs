@@ -1389,3 +1389,285 @@ async fn dns_config_needs_name_servers_and_is_kept() {
         body["properties"]["dnsConfig"]
     );
 }
+
+/// Monitor's metrics URL of group `name` over `from..to` with `extra` query.
+fn metrics_url(
+    name: &str,
+    from: crate::units::Timestamp,
+    to: crate::units::Timestamp,
+    extra: &str,
+) -> String {
+    format!(
+        "{RG}/{name}/providers/Microsoft.Insights/metrics?api-version=2018-01-01&timespan={}/{}{extra}",
+        from.to_rfc3339(),
+        to.to_rfc3339()
+    )
+}
+
+const PER_CONTAINER: &str = "&metricnames=CpuUsage,MemoryUsage&aggregation=Average&interval=PT1M&$filter=containerName%20eq%20%27*%27";
+
+fn minutes_ago(n: i64) -> crate::units::Timestamp {
+    let now = crate::units::Timestamp::now_wall().millis();
+    crate::units::Timestamp(now - now.rem_euclid(60_000) - n * 60_000)
+}
+
+#[tokio::test(start_paused = true)]
+async fn monitor_serves_the_metrics_set_per_container_and_minute_in_its_shape() {
+    let st = state_with(EmulatorConfig {
+        speed: 1000.0,
+        ..Default::default()
+    });
+    call(
+        &st,
+        "PUT",
+        &format!("{RG}/web?{V}"),
+        Some(json(&group("web", 0.5, "Always", None))),
+    )
+    .await;
+    // Running (5 s of lifecycle at speed 1000).
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let m0 = minutes_ago(10);
+    let plus = |m: i64| crate::units::Timestamp(m0.millis() + m * 60_000);
+    let (s, _, body) = call(
+        &st,
+        "POST",
+        "/_emulator/groups/web/metrics",
+        Some(serde_json::json!({
+            "containers": {"app": {"cpuMillicores": 250, "memoryBytes": 1048576}},
+            "from": m0.to_rfc3339(), "to": plus(3).to_rfc3339(),
+        })),
+    )
+    .await;
+    assert_eq!(
+        (s, body["groups"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url("web", m0, plus(5), PER_CONTAINER),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Monitor's shape (metrics_API.json): value[].name.value,
+    // timeseries[].metadatavalues[] with containername, data[].timeStamp.
+    assert_eq!(body["value"][0]["name"]["value"], "CpuUsage");
+    assert_eq!(body["value"][0]["unit"], "Count");
+    assert_eq!(body["value"][1]["name"]["value"], "MemoryUsage");
+    assert_eq!(body["value"][0]["errorCode"], "Success");
+    let series = &body["value"][0]["timeseries"][0];
+    assert_eq!(
+        series["metadatavalues"][0]["name"]["value"],
+        "containername"
+    );
+    assert_eq!(series["metadatavalues"][0]["value"], "app");
+    assert_eq!(series["data"][0]["timeStamp"], m0.to_rfc3339());
+    assert_eq!(
+        body["timespan"],
+        format!("{}/{}", m0.to_rfc3339(), plus(5).to_rfc3339())
+    );
+    // The client's parser reads it: three minutes of data, then none (the
+    // container was not running then).
+    let parsed = crate::aci::monitor::parse(body.to_string().as_bytes()).expect("parses");
+    let app = &parsed.containers["app"];
+    assert_eq!(app.len(), 5);
+    assert!(
+        app[..3]
+            .iter()
+            .all(|p| p.cpu_millicores == Some(250.0) && p.memory_bytes == Some(1048576.0))
+    );
+    assert!(app[3..].iter().all(|p| p.cpu_millicores.is_none()));
+    // A coarser grain averages the minutes with data.
+    let (_, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url(
+            "web",
+            m0,
+            plus(5),
+            "&metricnames=CpuUsage&interval=PT5M&aggregation=Average,Count",
+        ),
+        None,
+    )
+    .await;
+    let point = &body["value"][0]["timeseries"][0]["data"][0];
+    assert_eq!(
+        (point["average"].as_f64(), point["count"].as_f64()),
+        (Some(250.0), Some(3.0)),
+        "{body}"
+    );
+    assert!(
+        body["value"][0]["timeseries"][0]["metadatavalues"]
+            .as_array()
+            .is_some_and(|m| m.is_empty())
+    );
+
+    // A running container's minutes are 0 once over, without a setting.
+    let key = state::GroupKey::new("sub-1", "rg-burst", "web");
+    let later = crate::units::Timestamp(crate::units::Timestamp::now_wall().millis() + 300_000);
+    let minutes = st
+        .lock()
+        .metric_minutes(
+            &key,
+            minutes_ago(0),
+            later,
+            tokio::time::Instant::now(),
+            later,
+        )
+        .expect("group");
+    assert!(
+        minutes[0].1.iter().any(|(_, v)| *v == Some((0.0, 0.0))),
+        "{minutes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn monitor_refuses_what_it_refuses_in_its_error_form() {
+    let st = state_with(EmulatorConfig::default());
+    let mut g = group("big", 0.5, "Always", None);
+    let one = g.properties.containers[0].clone();
+    g.properties.containers = (0..11)
+        .map(|i| {
+            let mut c = one.clone();
+            c.name = format!("c{i:02}");
+            c.properties.resources.requests.cpu = 0.1;
+            c.properties.resources.requests.memory_in_gb = 0.5;
+            c
+        })
+        .collect();
+    let (s, _, body) = call(&st, "PUT", &format!("{RG}/big?{V}"), Some(json(&g))).await;
+    assert!(s.is_success(), "{body}");
+    let (from, to) = (minutes_ago(5), minutes_ago(0));
+    // A missing group: 404 with Monitor's top-level code and message.
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url("nope", from, to, PER_CONTAINER),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], "ResourceNotFound", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("containerGroups/nope"))
+    );
+    // A metric ACI does not have.
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url("big", from, to, "&metricnames=CpuPercentage"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Valid metrics: CpuUsage,MemoryUsage")),
+        "{body}"
+    );
+    // A timespan that ends before it starts, a grain Monitor lacks.
+    let (s, _, _) = call(&st, "GET", &metrics_url("big", to, from, ""), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = call(
+        &st,
+        "GET",
+        &metrics_url("big", from, to, "&interval=PT2M"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An api-version Monitor does not have.
+    let (s, _, body) = call(
+        &st,
+        "GET",
+        &format!("{RG}/big/providers/Microsoft.Insights/metrics?api-version=2023-05-01"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("NoRegisteredProviderFound"))
+    );
+    // With a $filter, `top` series, 10 when unset (metrics_API.json TopParameter).
+    let (_, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url("big", from, to, PER_CONTAINER),
+        None,
+    )
+    .await;
+    assert_eq!(
+        body["value"][0]["timeseries"].as_array().map(Vec::len),
+        Some(10)
+    );
+    let (_, _, body) = call(
+        &st,
+        "GET",
+        &metrics_url("big", from, to, &format!("{PER_CONTAINER}&top=60")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        body["value"][0]["timeseries"].as_array().map(Vec::len),
+        Some(11)
+    );
+    // The control API: whole minutes, non-negative numbers, known containers.
+    for (body, want) in [
+        (
+            serde_json::json!({"containers": {"c00": {"cpuMillicores": 1, "memoryBytes": 1}}, "from": "2024-05-14T09:00:30Z"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"containers": {"c00": {"cpuMillicores": -1, "memoryBytes": 1}}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"containers": {"zz": {"cpuMillicores": 1, "memoryBytes": 1}}}),
+            StatusCode::NOT_FOUND,
+        ),
+        // Nothing is set when one container is unknown.
+        (
+            serde_json::json!({"containers": {
+                "c00": {"cpuMillicores": 7, "memoryBytes": 7},
+                "zz": {"cpuMillicores": 1, "memoryBytes": 1},
+            }}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            serde_json::json!({"containers": {"c00": {"cpuMillicores": 1, "memoryBytes": 1}}}),
+            StatusCode::OK,
+        ),
+    ] {
+        let (s, _, answer) = call(
+            &st,
+            "POST",
+            "/_emulator/groups/big/metrics",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, want, "{body}: {answer}");
+    }
+    // The refused request set nothing: c00 is still idle (0 while running,
+    // nothing before), never 7.
+    let key = state::GroupKey::new("sub-1", "rg-burst", "big");
+    let now = crate::units::Timestamp::now_wall();
+    let minutes = st
+        .lock()
+        .metric_minutes(&key, minutes_ago(5), now, tokio::time::Instant::now(), now)
+        .expect("group");
+    assert!(
+        minutes
+            .iter()
+            .flat_map(|(_, m)| m)
+            .all(|(_, v)| v.is_none_or(|v| v.0 != 7.0)),
+        "{minutes:?}"
+    );
+}
