@@ -1,5 +1,7 @@
 //! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
 //! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]),
+//! `GET`/`POST /exec/{namespace}/{pod}/[{uid}/]{container}` (`kubectl exec`
+//! over SPDY/3.1, bridged to ACI's exec socket: [`exec`], [`spdy`]),
 //! `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
 //! `/portForward` ([`logs::not_supported`]).
 //!
@@ -23,7 +25,9 @@
 //! checked with no further change.
 
 pub mod auth;
+pub mod exec;
 pub mod logs;
+pub mod spdy;
 
 use axum::http::StatusCode;
 use std::sync::Arc;
@@ -40,8 +44,38 @@ pub enum Access {
 }
 
 /// The endpoint's router: every route, then (with [`Access::Checked`]) the
-/// authentication and authorization layer around all of them.
+/// authentication and authorization layer around all of them. `/exec`
+/// starts sessions through the [`logs::LogReader`]'s ACI client with the
+/// default [`exec::ExecLimits`] and metrics of its own; see
+/// [`router_with_exec`] to choose them.
 pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
+    let exec = Arc::new(exec::ExecBridge::new(
+        logs.aci(),
+        logs.cluster_id(),
+        exec::ExecLimits::default(),
+        Arc::new(crate::metrics::Metrics::new()),
+    ));
+    router_with_exec(logs, exec, access)
+}
+
+/// [`router`] with the given exec bridge.
+pub fn router_with_exec(
+    logs: Arc<logs::LogReader>,
+    exec: Arc<exec::ExecBridge>,
+    access: Access,
+) -> axum::Router {
+    // `kubectl exec`: GET or POST, with or without the pod's uid (the
+    // kubelet's routes); authorized as `nodes/proxy`.
+    let exec_routes = axum::Router::new()
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::get(exec::handler).post(exec::handler),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::get(exec::handler).post(exec::handler),
+        )
+        .with_state(exec);
     let routes = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -65,6 +99,7 @@ pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
             axum::routing::any(logs::not_supported),
         )
         .with_state(logs)
+        .merge(exec_routes)
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") });
     match access {

@@ -43,6 +43,13 @@
 //!   (`{"lines": [...]}`), each line stamped with its wall-clock time;
 //!   `tail` and `timestamps=true` (an RFC 3339 time and a space before each
 //!   line) as ARM takes them.
+//! - **Exec**: ARM's `executeCommand` answers a WebSocket URI on a loopback
+//!   listener of the emulator's own and a password; the socket speaks ACI's
+//!   exec protocol (password first, then terminal input and output), each
+//!   session scripted per group and container with
+//!   `POST /_emulator/groups/{name}/containers/{container}/exec`
+//!   ([`ExecScript`]); `GET /_emulator/exec` lists the sessions started
+//!   ([`exec`] module).
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -52,9 +59,11 @@
 //! token unless one is configured.
 
 pub mod cli;
+pub mod exec;
 mod routes;
 mod state;
 
+pub use exec::{ExecEnd, ExecRecord, ExecScript};
 pub use state::{Counters, GroupSnapshot, Op};
 
 use serde::{Deserialize, Serialize};
@@ -193,7 +202,7 @@ impl Faults {
         validate_operations(
             "operations",
             &self.operations,
-            &["put", "get", "list", "delete", "logs", "usage", "*"],
+            &["put", "get", "list", "delete", "logs", "usage", "exec", "*"],
         )?;
         for (group, operations) in &self.groups {
             if group.is_empty() {
@@ -202,7 +211,7 @@ impl Faults {
             validate_operations(
                 &format!("groups.{group}"),
                 operations,
-                &["put", "get", "delete", "logs", "*"],
+                &["put", "get", "delete", "logs", "exec", "*"],
             )?;
         }
         if !(0.0..=1.0).contains(&self.capacity_error_rate) {
@@ -272,6 +281,7 @@ pub enum EmulatorError {
 #[derive(Clone)]
 pub struct EmulatorState {
     world: Arc<Mutex<state::World>>,
+    exec: Arc<exec::ExecHub>,
 }
 
 impl EmulatorState {
@@ -294,6 +304,7 @@ impl EmulatorState {
         config.faults.validate().map_err(EmulatorError::Config)?;
         Ok(Self {
             world: Arc::new(Mutex::new(state::World::new(config))),
+            exec: Arc::new(exec::ExecHub::default()),
         })
     }
 
@@ -331,6 +342,17 @@ impl EmulatorState {
     pub fn counters(&self) -> Counters {
         self.lock().counters.clone()
     }
+
+    /// Script what exec sessions on `container` of group `group` do (what
+    /// `POST /_emulator/groups/{name}/containers/{container}/exec` does).
+    pub fn set_exec_script(&self, group: &str, container: &str, script: ExecScript) {
+        self.exec.set_script(group, container, script);
+    }
+
+    /// The exec sessions started so far.
+    pub fn exec_sessions(&self) -> Vec<ExecRecord> {
+        self.exec.records()
+    }
 }
 
 /// The router, for `oneshot` tests without a socket.
@@ -348,6 +370,8 @@ pub struct EmulatorHandle {
     pub addr: SocketAddr,
     pub state: EmulatorState,
     server: crate::served::Served,
+    /// The exec WebSocket listener (loopback, next to `addr`).
+    exec: exec::ExecListener,
 }
 
 impl Emulator {
@@ -368,13 +392,27 @@ impl Emulator {
         let addr = listener
             .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let exec_at = SocketAddr::new(addr.ip(), 0);
+        let exec_listener = tokio::net::TcpListener::bind(exec_at)
+            .await
+            .map_err(|source| EmulatorError::Bind {
+                addr: exec_at,
+                source,
+            })?;
+        let exec = exec::spawn(exec_listener, state.exec.clone()).map_err(|source| {
+            EmulatorError::Bind {
+                addr: exec_at,
+                source,
+            }
+        })?;
         let server = crate::served::Served::spawn(listener, addr, app(state.clone()));
-        tracing::info!(%addr, "ACI emulator listening");
+        tracing::info!(%addr, exec = %exec.addr, "ACI emulator listening");
         Ok(EmulatorHandle {
             url: server.url.clone(),
             addr,
             state,
             server,
+            exec,
         })
     }
 }
@@ -383,7 +421,13 @@ impl EmulatorHandle {
     /// Stop accepting connections and wait for in-flight requests (hung
     /// fault requests are cut off after 5 s).
     pub async fn shutdown(self) {
+        drop(self.exec);
         self.server.shutdown().await
+    }
+
+    /// Where the exec WebSocket listens.
+    pub fn exec_addr(&self) -> SocketAddr {
+        self.exec.addr
     }
 
     /// Serve until `stop` completes (or the server fails), then shut down

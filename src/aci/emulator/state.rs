@@ -23,6 +23,8 @@ pub enum Op {
     Delete,
     Logs,
     Usage,
+    /// `containers/{name}/exec` (executeCommand), a POST.
+    Exec,
 }
 
 impl Op {
@@ -34,10 +36,11 @@ impl Op {
             Op::Delete => "delete",
             Op::Logs => "logs",
             Op::Usage => "usage",
+            Op::Exec => "exec",
         }
     }
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Delete)
+        matches!(self, Op::Put | Op::Delete | Op::Exec)
     }
 }
 
