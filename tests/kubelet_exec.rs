@@ -149,6 +149,7 @@ impl Node {
 struct Refused {
     status: u16,
     body: String,
+    retry_after: Option<String>,
 }
 
 /// The API server's side of one exec connection.
@@ -167,6 +168,8 @@ struct Transcript {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     error: Vec<u8>,
+    /// What the endpoint sent on stdin (nothing; it only finishes it).
+    stdin: Vec<u8>,
     /// Streams the endpoint finished (FIN).
     finished: Vec<StreamId>,
     replied: Vec<StreamId>,
@@ -239,6 +242,7 @@ impl SpdyClient {
             return Err(Refused {
                 status,
                 body: String::from_utf8_lossy(&rest).to_string(),
+                retry_after: header("retry-after"),
             });
         }
         assert_eq!(header("upgrade").as_deref(), Some("SPDY/3.1"), "{head}");
@@ -330,6 +334,8 @@ impl SpdyClient {
                             &mut t.stderr
                         } else if stream_id == ids.error {
                             &mut t.error
+                        } else if Some(stream_id) == ids.stdin {
+                            &mut t.stdin
                         } else {
                             panic!("data on stream {stream_id}")
                         };
@@ -507,6 +513,9 @@ async fn a_tty_session_takes_the_first_size_and_carries_stdin_both_ways() {
 
     assert_eq!(String::from_utf8_lossy(&t.stdout), "/ # echo hi\rexit\r");
     assert_eq!(status(&t)["status"], "Success");
+    // Our half of stdin is finished too (client-go waits for it), empty.
+    assert!(t.finished.contains(&stdin), "{t:?}");
+    assert!(t.stdin.is_empty());
     let sessions = node.emu.state.exec_sessions();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!((sessions[0].rows, sessions[0].cols), (43, 132));
@@ -603,8 +612,8 @@ async fn what_aci_cannot_do_is_refused_before_the_upgrade() {
         (
             "/exec/web/api/app?command=sh&output=1",
             &["channel.k8s.io"],
-            400,
-            "unable to upgrade: unable to negotiate protocol",
+            403,
+            "unable to upgrade: unable to negotiate protocol: client supports [channel.k8s.io], server accepts [v4.channel.k8s.io v3.channel.k8s.io v2.channel.k8s.io]",
         ),
         (
             "/exec/web/nobody/app?command=sh&output=1",
@@ -615,7 +624,7 @@ async fn what_aci_cannot_do_is_refused_before_the_upgrade() {
         (
             "/exec/web/api/sidecar?command=sh&output=1",
             &OFFERED,
-            404,
+            500,
             "container not found (\"sidecar\")",
         ),
     ];
@@ -672,6 +681,7 @@ async fn the_node_caps_concurrent_sessions() {
         .err()
         .unwrap_or_else(|| panic!("a second session upgraded"));
     assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.retry_after.as_deref(), Some("5"), "{r:?}");
     assert!(r.body.contains("at most 1 kubectl exec sessions"), "{r:?}");
 
     // The first ends; the slot is free again.

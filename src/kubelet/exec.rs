@@ -89,6 +89,8 @@ pub const PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
 pub const ACCEPTED_PROTOCOLS_HEADER: &str = "X-Accepted-Stream-Protocol-Versions";
 /// The upgrade this endpoint speaks.
 pub const SPDY_31: &str = "SPDY/3.1";
+/// Seconds a caller refused for the session cap is told to wait.
+const BUSY_RETRY_AFTER: &str = "5";
 
 /// Bounds of the exec bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +139,9 @@ pub enum ExecError {
     #[error("unable to upgrade: {PROTOCOL_HEADER} is required")]
     NoProtocol,
     #[error(
-        "unable to upgrade: unable to negotiate protocol: client supports {client:?}, server accepts {:?}",
-        PROTOCOLS
+        "unable to upgrade: unable to negotiate protocol: client supports [{}], server accepts [{}]",
+        client.join(" "),
+        PROTOCOLS.join(" ")
     )]
     Protocol { client: Vec<String> },
     #[error(
@@ -160,6 +163,12 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// The kubelet's statuses: options and the missing protocol header 400;
+    /// a failed negotiation 403 (`httpstream.Handshake` writes it before
+    /// the caller's 400); no pod 404 ("pod does not exist", server.go
+    /// `getExec`); no container 500 (`streaming.WriteError` of a plain
+    /// error); too many sessions 429 with Retry-After (its
+    /// `ResourceExhausted`).
     fn status(&self) -> StatusCode {
         match self {
             ExecError::Query(_)
@@ -167,9 +176,10 @@ impl ExecError {
             | ExecError::NoCommand
             | ExecError::Arguments(_)
             | ExecError::NoProtocol
-            | ExecError::Protocol { .. }
             | ExecError::NotUpgrade { .. } => StatusCode::BAD_REQUEST,
-            ExecError::NoPod | ExecError::NoContainer(_) => StatusCode::NOT_FOUND,
+            ExecError::Protocol { .. } => StatusCode::FORBIDDEN,
+            ExecError::NoPod => StatusCode::NOT_FOUND,
+            ExecError::NoContainer(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ExecError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ExecError::Aci(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             ExecError::Aci(_) => StatusCode::BAD_GATEWAY,
@@ -181,6 +191,12 @@ impl ExecError {
 impl IntoResponse for ExecError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), self.to_string()).into_response();
+        if matches!(self, ExecError::Busy(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(BUSY_RETRY_AFTER),
+            );
+        }
         if matches!(self, ExecError::Protocol { .. }) {
             for p in PROTOCOLS {
                 response
@@ -701,7 +717,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             let _ = self.writer.shutdown().await;
             return;
         }
-        for stream_id in [self.streams.stdout, self.streams.stderr]
+        // Our halves of stdin too: client-go waits for it to close.
+        for stream_id in [self.streams.stdin, self.streams.stdout, self.streams.stderr]
             .into_iter()
             .flatten()
         {

@@ -609,13 +609,20 @@ pub fn parse_block(raw: &[u8]) -> Result<HeaderBlock, SpdyError> {
         if name.is_empty() {
             return Err(SpdyError::HeaderBlock("a header name is empty".into()));
         }
-        // spdystream (spdy/read.go): a name twice is InvalidHeaderPresent.
-        if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+        // spdystream (spdy/read.go parseHeaderValueBlock): a name not in
+        // lowercase is UnlowercasedHeaderName, a name twice DuplicateHeaders;
+        // either fails the frame.
+        if name.chars().any(|c| c.is_uppercase()) {
+            return Err(SpdyError::HeaderBlock(format!(
+                "header name {name:?} is not lowercase"
+            )));
+        }
+        if headers.iter().any(|(n, _)| *n == name) {
             return Err(SpdyError::HeaderBlock(format!(
                 "header {name:?} appears twice"
             )));
         }
-        headers.push((name.to_ascii_lowercase(), value));
+        headers.push((name, value));
     }
     Ok(headers)
 }
@@ -958,6 +965,17 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("appears twice"), "{e}");
+        // A name not in lowercase.
+        let mut upper = 1u32.to_be_bytes().to_vec();
+        for field in ["StreamType", "error"] {
+            upper.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            upper.extend_from_slice(field.as_bytes());
+        }
+        let e = parse_block(&upper)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("not lowercase"), "{e}");
         // A block that ends inside a value.
         let e = parse_block(&raw[..raw.len() - 1])
             .err()
