@@ -142,7 +142,7 @@ impl Default for EmulatorConfig {
 }
 
 /// Injected faults for one operation (`put`, `get`, `list`, `delete`,
-/// `logs`, `usage`, or `*` for all without their own entry).
+/// `logs`, `usage`, `exec`, or `*` for all without their own entry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OperationFaults {
