@@ -64,13 +64,21 @@ struct Node {
     addr: std::net::SocketAddr,
     group: String,
     metrics: Arc<Metrics>,
+    /// With TLS: the endpoint's certificate.
+    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Node {
     /// An emulator with the pod's group, and a kubelet endpoint bridging
-    /// exec within `limits`.
+    /// exec within `limits`, over plain HTTP.
     async fn start(limits: ExecLimits) -> Self {
+        Self::start_with(limits, false).await
+    }
+
+    /// The same; with `tls`, over TLS with a self-signed certificate, as
+    /// deploy/ runs it.
+    async fn start_with(limits: ExecLimits, tls: bool) -> Self {
         let emu = Emulator::start(EmulatorConfig {
             speed: 100.0,
             ..EmulatorConfig::default()
@@ -98,20 +106,32 @@ impl Node {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(spillway::kubelet::serve(
-            listener,
-            app,
-            spillway::kubelet::ServeLimits::default(),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let stop = async {
+            let _ = rx.await;
+        };
+        let limits = spillway::kubelet::ServeLimits::default();
+        let certificate = if tls {
+            let made = spillway::kubelet::self_signed_tls_config("127.0.0.1", "spillway-aci")
+                .unwrap_or_else(|e| panic!("{e}"));
+            tokio::spawn(spillway::kubelet::serve_tls(
+                listener,
+                app,
+                made.config,
+                limits,
+                stop,
+            ));
+            Some(made.certificate)
+        } else {
+            tokio::spawn(spillway::kubelet::serve(listener, app, limits, stop));
+            None
+        };
         let node = Node {
             emu,
             aci,
             addr,
             group: g.name,
             metrics,
+            certificate,
             _stop: tx,
         };
         node.wait_running().await;
@@ -152,9 +172,13 @@ struct Refused {
     retry_after: Option<String>,
 }
 
+/// A connection's bytes, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The API server's side of one exec connection.
 struct SpdyClient {
-    tcp: TcpStream,
+    tcp: Box<dyn Io>,
     codec: Codec,
     buf: Vec<u8>,
     /// The protocol the endpoint chose.
@@ -183,9 +207,48 @@ impl SpdyClient {
         path: &str,
         protocols: &[&str],
     ) -> Result<Self, Refused> {
-        let mut tcp = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        Self::upgrade_over(Box::new(tcp), addr, path, protocols).await
+    }
+
+    /// The same over TLS, trusting only `certificate` (for 127.0.0.1).
+    async fn upgrade_tls(
+        addr: std::net::SocketAddr,
+        certificate: &rustls::pki_types::CertificateDer<'static>,
+        path: &str,
+        protocols: &[&str],
+    ) -> Result<Self, Refused> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(certificate.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name =
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap_or_else(|e| panic!("{e}"));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::upgrade_over(Box::new(tls), addr, path, protocols).await
+    }
+
+    async fn upgrade_over(
+        mut tcp: Box<dyn Io>,
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocols: &[&str],
+    ) -> Result<Self, Refused> {
         let mut head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
         );
@@ -476,6 +539,33 @@ async fn exec_runs_the_command_on_aci_and_reports_success_on_the_error_stream() 
         1
     );
     assert_eq!(node.metrics.kubelet_exec_sessions.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_upgrades_over_the_endpoints_tls() {
+    let node = Node::start_with(ExecLimits::default(), true).await;
+    node.script(ExecScript {
+        output: "over TLS\r\n".into(),
+        ..Default::default()
+    });
+    let certificate = node
+        .certificate
+        .clone()
+        .unwrap_or_else(|| panic!("no certificate"));
+    let mut c = SpdyClient::upgrade_tls(
+        node.addr,
+        &certificate,
+        "/exec/web/api/app?command=hostname&output=1&error=1",
+        &OFFERED,
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    let ids = open_streams(&mut c, false, true, true, false).await;
+    let mut t = Transcript::default();
+    c.read_until(&ids, &mut t, |_| false).await;
+    assert_eq!(String::from_utf8_lossy(&t.stdout), "over TLS\r\n");
+    assert_eq!(status(&t)["status"], "Success");
+    assert!(t.goaway);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
