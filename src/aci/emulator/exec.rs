@@ -258,6 +258,8 @@ async fn serve_one(tcp: tokio::net::TcpStream, hub: std::sync::Arc<ExecHub>) {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
     let mut pending = None;
+    // The callback's type is tungstenite's (its error is an HTTP response).
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let id = req.uri().path().strip_prefix("/exec/").unwrap_or_default();
         match hub.take(id) {
