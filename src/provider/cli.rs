@@ -621,6 +621,9 @@ mod tests {
         let a = Args::try_parse_from(["x", "--kubelet-log-qps", "0"]).expect("parses");
         assert!(a.p.validate().is_err());
         assert!(Args::try_parse_from(["x", "--kubelet-max-connections", "0"]).is_err());
+        assert!(Args::try_parse_from(["x", "--kubelet-max-exec-sessions", "0"]).is_err());
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert_eq!(a.p.kubelet_max_exec_sessions, 16);
     }
 
     #[test]
