@@ -856,3 +856,110 @@ async fn the_emulators_exec_socket_wants_the_password_first_and_works_once() {
         .await;
     assert_eq!(e, Err(spillway::aci::AciError::NotFound));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_flow_control_gets_stdout_within_its_window_and_pings_answered() {
+    let node = Node::start(ExecLimits::default()).await;
+    node.script(ExecScript {
+        output: "hello, world".into(),
+        ..Default::default()
+    });
+    let mut c = SpdyClient::upgrade(node.addr, "/exec/web/api/app?command=x&output=1", &OFFERED)
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    // A SPDY/3.1 peer that announces a 5-byte stream window.
+    c.send(&Frame::Settings {
+        flags: 0,
+        entries: vec![spillway::kubelet::spdy::Setting {
+            flags: 0,
+            id: spillway::kubelet::spdy::SETTINGS_INITIAL_WINDOW_SIZE,
+            value: 5,
+        }],
+    })
+    .await;
+    c.send(&Frame::Ping { id: 1 }).await;
+    let ids = open_streams(&mut c, false, true, false, false).await;
+    let stdout = ids.stdout.unwrap_or_default();
+    let mut granted = 5usize;
+    let mut received = Vec::new();
+    let mut pinged = false;
+    let mut status_bytes = Vec::new();
+    let read = async {
+        loop {
+            let Some(frame) = c.next_frame().await else {
+                break;
+            };
+            match frame {
+                Frame::Ping { id } => pinged |= id == 1,
+                Frame::Data {
+                    stream_id, data, ..
+                } if stream_id == stdout => {
+                    received.extend_from_slice(&data);
+                    // Never more than the window granted so far.
+                    assert!(received.len() <= granted, "{} > {granted}", received.len());
+                    if received.len() == granted && granted < 12 {
+                        granted += 5;
+                        c.send(&Frame::WindowUpdate {
+                            stream_id: stdout,
+                            delta: 5,
+                        })
+                        .await;
+                    }
+                }
+                Frame::Data {
+                    stream_id, data, ..
+                } if stream_id == ids.error => status_bytes.extend_from_slice(&data),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("the session did not end"));
+    assert_eq!(String::from_utf8_lossy(&received), "hello, world");
+    assert!(pinged, "PING 1 was not answered");
+    let status: serde_json::Value = serde_json::from_slice(&status_bytes).unwrap_or_default();
+    assert_eq!(status["status"], "Success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_the_nodes_time_limit_ends_with_a_status() {
+    let node = Node::start(ExecLimits {
+        max_duration: Duration::from_millis(300),
+        ..ExecLimits::default()
+    })
+    .await;
+    // A shell that never ends by itself.
+    node.script(ExecScript {
+        output: "$ ".into(),
+        until_input: Some("exit\r".into()),
+        ..Default::default()
+    });
+    let mut c = SpdyClient::upgrade(
+        node.addr,
+        "/exec/web/api/app?command=sh&input=1&output=1",
+        &OFFERED,
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    let ids = open_streams(&mut c, true, true, false, false).await;
+    let mut t = Transcript::default();
+    c.read_until(&ids, &mut t, |_| false).await;
+    assert_eq!(t.stdout, b"$ ");
+    let s = status(&t);
+    assert_eq!(s["reason"], "InternalError", "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reached this node's limit"),
+        "{s}"
+    );
+    assert_eq!(
+        node.metrics
+            .kubelet_exec_sessions_total
+            .with_label_values(&["timeout"])
+            .get(),
+        1
+    );
+}
