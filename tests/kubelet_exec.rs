@@ -839,6 +839,12 @@ async fn the_emulators_exec_socket_wants_the_password_first_and_works_once() {
     ws.send(Message::text(s.password.clone()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    // ACI's empty message first, then the output.
+    let answer = tokio::time::timeout(WAIT, ws.next()).await;
+    assert!(
+        matches!(&answer, Ok(Some(Ok(Message::Text(t)))) if t.is_empty()),
+        "{answer:?}"
+    );
     let answer = tokio::time::timeout(WAIT, ws.next()).await;
     assert!(
         matches!(&answer, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "hello"),

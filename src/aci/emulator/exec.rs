@@ -9,7 +9,8 @@
 //! command_modules/container/custom.py): the client's **first message is
 //! the password, as text**; after it, every message from the client is
 //! terminal input, and every message from the server is terminal output
-//! (text frames: `az container exec` writes them to stdout as `str`). There
+//! (text frames: `az container exec` writes them to stdout as `str`), the
+//! first of them empty (azure-cli PR #16000). There
 //! is no exit-code channel: the session ends when the server closes the
 //! socket. ACI documents a single process without arguments
 //! ("Execute a command in a running Azure container instance",
@@ -204,7 +205,7 @@ impl ExecHub {
         }
     }
 
-    fn set_base(&self, base: String) {
+    pub(super) fn set_base(&self, base: String) {
         self.lock().base = Some(base);
     }
 }
@@ -292,6 +293,12 @@ async fn serve_one(tcp: tokio::net::TcpStream, hub: std::sync::Arc<ExecHub>) {
         return;
     }
     hub.attached(session.record);
+    // ACI sends an empty message once the session is set up (azure-cli
+    // PR #16000: "The backend sends an empty webSocket message after
+    // establishing an connection"; its client had taken it for the end).
+    if ws.send(Message::text("")).await.is_err() {
+        return;
+    }
     let script = session.script;
     if !script.output.is_empty() && ws.send(Message::text(script.output.clone())).await.is_err() {
         return;
