@@ -969,3 +969,29 @@ async fn a_session_past_the_nodes_time_limit_ends_with_a_status() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tty_the_end_of_stdin_reaches_aci_as_end_of_transmission() {
+    let node = Node::start(ExecLimits::default()).await;
+    // `cat` in a terminal: echoes its input, ends at Ctrl-D.
+    node.script(ExecScript {
+        echo: true,
+        until_input: Some("\u{4}".into()),
+        ..Default::default()
+    });
+    let mut c = SpdyClient::upgrade(
+        node.addr,
+        "/exec/web/api/app?command=cat&input=1&output=1&error=1",
+        &OFFERED,
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    let ids = open_streams(&mut c, true, true, true, false).await;
+    let stdin = ids.stdin.unwrap_or_else(|| panic!("no stdin stream"));
+    // `echo abc | kubectl exec -i`: the data, then FIN.
+    c.data(stdin, b"abc\n", true).await;
+    let mut t = Transcript::default();
+    c.read_until(&ids, &mut t, |_| false).await;
+    assert_eq!(t.stdout, b"abc\n\x04");
+    assert_eq!(status(&t)["status"], "Success");
+}

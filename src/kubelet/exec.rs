@@ -1037,9 +1037,8 @@ where
             }
         }
     }
-    if !matches!(end, End::Exited) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-    }
+    // Closes the socket, or answers ACI's close.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     end
 }
 
