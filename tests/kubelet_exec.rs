@@ -682,8 +682,19 @@ async fn what_aci_cannot_do_is_refused_before_the_upgrade() {
             .err()
             .unwrap_or_else(|| panic!("{path}: upgraded"));
         assert_eq!(r.status, 400, "{path}: {r:?}");
-        assert!(r.body.contains("without arguments"), "{path}: {r:?}");
-        assert!(r.body.contains("/bin/sh"), "{path}: says what to do: {r:?}");
+        // A Status, which kubectl shows as "Error from server (BadRequest): …".
+        let s: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        assert_eq!(
+            (s["kind"].as_str(), s["reason"].as_str(), s["code"].as_u64()),
+            (Some("Status"), Some("BadRequest"), Some(400)),
+            "{path}: {r:?}"
+        );
+        let message = s["message"].as_str().unwrap_or_default();
+        assert!(message.contains("without arguments"), "{path}: {message}");
+        assert!(
+            message.contains("/bin/sh"),
+            "{path}: says what to do: {message}"
+        );
     }
     // The kubelet's own refusals.
     let cases: [(&str, &[&str], u16, &str); 5] = [

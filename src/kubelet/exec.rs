@@ -189,8 +189,41 @@ impl ExecError {
 }
 
 impl IntoResponse for ExecError {
+    /// The kubelet's own refusals as it words them, in plain text; ours
+    /// (what ACI cannot do, the session cap, ACI's errors) as a JSON
+    /// `metav1.Status`, which client-go decodes before anything else (a
+    /// plain-text message with a colon can read as YAML and show empty), so
+    /// kubectl prints "Error from server (BadRequest): ACI cannot run …".
     fn into_response(self) -> Response {
-        let mut response = (self.status(), self.to_string()).into_response();
+        let status = self.status();
+        let ours = matches!(
+            self,
+            ExecError::NoCommand
+                | ExecError::Arguments(_)
+                | ExecError::Busy(_)
+                | ExecError::Aci(_)
+                | ExecError::NoUpgrade
+        );
+        let mut response = if ours {
+            let reason = match status {
+                StatusCode::BAD_REQUEST => "BadRequest",
+                StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+                StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+                _ => "InternalError",
+            };
+            let body = serde_json::json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": self.to_string(),
+                "reason": reason,
+                "code": status.as_u16(),
+            });
+            (status, axum::Json(body)).into_response()
+        } else {
+            (status, self.to_string()).into_response()
+        };
         if matches!(self, ExecError::Busy(_)) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
