@@ -329,7 +329,7 @@ impl Metrics {
             kubelet_exec_sessions_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "spillway_kubelet_exec_sessions_total",
-                    "kubectl exec requests of the kubelet endpoint by result: success (ACI closed the session), error (ACI refused or the session broke), refused (not possible on ACI, before the upgrade), busy (the node's session cap), client-gone, timeout (the session's time limit)."
+                    "kubectl exec requests of the kubelet endpoint by result: success (ACI closed the session), error (ACI refused or the session broke), refused (not possible on ACI, before the upgrade), busy (the node's session cap or start rate), client-gone, timeout (the session's time limit)."
                 ),
                 &["result"]
             )),

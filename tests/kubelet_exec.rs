@@ -1006,3 +1006,42 @@ async fn without_a_tty_the_end_of_stdin_reaches_aci_as_end_of_transmission() {
     assert_eq!(t.stdout, b"abc\n\x04");
     assert_eq!(status(&t)["status"], "Success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_starts_are_paced_before_any_arm_call() {
+    let node = Node::start(ExecLimits {
+        starts_per_sec: 0.01,
+        start_burst: 1,
+        ..ExecLimits::default()
+    })
+    .await;
+    // The first start spends the token, even for a pod that does not exist.
+    let r = SpdyClient::upgrade(
+        node.addr,
+        "/exec/web/nobody/app?command=sh&output=1",
+        &OFFERED,
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("upgraded"));
+    assert_eq!(r.status, 404, "{r:?}");
+    let before = node.emu.state.counters();
+    let r = SpdyClient::upgrade(node.addr, "/exec/web/api/app?command=sh&output=1", &OFFERED)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("upgraded"));
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(r.retry_after.is_some(), "{r:?}");
+    let s: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    assert_eq!(s["reason"], "TooManyRequests", "{r:?}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kubectl exec sessions per second"),
+        "{r:?}"
+    );
+    // Nothing reached ARM for the refused one.
+    assert_eq!(node.emu.state.counters(), before);
+    assert!(node.emu.state.exec_sessions().is_empty());
+}

@@ -52,7 +52,8 @@
 //!   kubectl shows and exits 1 on. `NonZeroExitCode` is never reported.
 //!
 //! **Bounds**: at most [`ExecLimits::max_sessions`] sessions per node at once
-//! (more get 429 before the upgrade); each lasts at most
+//! and [`ExecLimits::starts_per_sec`] starts (more get 429 with Retry-After
+//! before the upgrade, before any ARM call); each lasts at most
 //! [`ExecLimits::max_duration`]. Metrics `spillway_kubelet_exec_sessions`
 //! and `spillway_kubelet_exec_sessions_total{result}`.
 //!
@@ -93,7 +94,7 @@ pub const SPDY_31: &str = "SPDY/3.1";
 const BUSY_RETRY_AFTER: &str = "5";
 
 /// Bounds of the exec bridge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExecLimits {
     /// Sessions bridged at once per node (`--kubelet-max-exec-sessions`).
     pub max_sessions: usize,
@@ -108,6 +109,12 @@ pub struct ExecLimits {
     pub first_resize_within: Duration,
     /// For ACI's executeCommand and the WebSocket connection, each.
     pub connect_timeout: Duration,
+    /// Session starts per second, and at once: each costs ARM up to two
+    /// reads (the group) and a write (executeCommand), outside the
+    /// provider's budget, so a flood of requests (even for pods that do not
+    /// exist) is answered 429 instead of spending ARM's.
+    pub starts_per_sec: f64,
+    pub start_burst: u32,
 }
 
 impl Default for ExecLimits {
@@ -118,6 +125,8 @@ impl Default for ExecLimits {
             stream_creation_timeout: Duration::from_secs(30),
             first_resize_within: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(30),
+            starts_per_sec: 1.0,
+            start_burst: 5,
         }
     }
 }
@@ -156,6 +165,15 @@ pub enum ExecError {
         "this node bridges at most {0} kubectl exec sessions to ACI at once (--kubelet-max-exec-sessions); retry when one ends"
     )]
     Busy(usize),
+    #[error(
+        "this node starts at most {per_sec} kubectl exec sessions per second ({burst} at once) to spare ARM's request budget; retry in {}s",
+        retry_after.as_secs_f64().ceil()
+    )]
+    StartBudget {
+        per_sec: f64,
+        burst: u32,
+        retry_after: Duration,
+    },
     #[error("ACI: {0}")]
     Aci(#[from] AciError),
     #[error("the connection cannot be upgraded")]
@@ -180,7 +198,7 @@ impl ExecError {
             ExecError::Protocol { .. } => StatusCode::FORBIDDEN,
             ExecError::NoPod => StatusCode::NOT_FOUND,
             ExecError::NoContainer(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ExecError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ExecError::Busy(_) | ExecError::StartBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             ExecError::Aci(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             ExecError::Aci(_) => StatusCode::BAD_GATEWAY,
             ExecError::NoUpgrade => StatusCode::INTERNAL_SERVER_ERROR,
@@ -201,6 +219,7 @@ impl IntoResponse for ExecError {
             ExecError::NoCommand
                 | ExecError::Arguments(_)
                 | ExecError::Busy(_)
+                | ExecError::StartBudget { .. }
                 | ExecError::Aci(_)
                 | ExecError::NoUpgrade
         );
@@ -224,11 +243,16 @@ impl IntoResponse for ExecError {
         } else {
             (status, self.to_string()).into_response()
         };
-        if matches!(self, ExecError::Busy(_)) {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(BUSY_RETRY_AFTER),
-            );
+        let retry_after = match &self {
+            ExecError::Busy(_) => Some(BUSY_RETRY_AFTER.to_string()),
+            ExecError::StartBudget { retry_after, .. } => Some(format!(
+                "{}",
+                retry_after.as_secs_f64().ceil().max(1.0) as u64
+            )),
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if matches!(self, ExecError::Protocol { .. }) {
             for p in PROTOCOLS {
@@ -335,6 +359,7 @@ pub struct ExecBridge {
     cluster_id: Arc<str>,
     limits: ExecLimits,
     sessions: Arc<tokio::sync::Semaphore>,
+    starts: std::sync::Mutex<crate::pacing::TokenBucket>,
     metrics: Arc<Metrics>,
 }
 
@@ -358,6 +383,11 @@ impl ExecBridge {
             aci,
             cluster_id: cluster_id.into(),
             sessions: Arc::new(tokio::sync::Semaphore::new(limits.max_sessions)),
+            starts: std::sync::Mutex::new(crate::pacing::TokenBucket::new(
+                limits.starts_per_sec,
+                limits.start_burst,
+                Instant::now(),
+            )),
             limits,
             metrics,
         }
@@ -392,11 +422,13 @@ pub async fn handler(
     match prepare(&bridge, &path, &mut request).await {
         Ok(response) => response,
         Err(e) => {
-            bridge.count(if matches!(e, ExecError::Busy(_)) {
-                "busy"
-            } else {
-                "refused"
-            });
+            bridge.count(
+                if matches!(e, ExecError::Busy(_) | ExecError::StartBudget { .. }) {
+                    "busy"
+                } else {
+                    "refused"
+                },
+            );
             e.into_response()
         }
     }
@@ -420,6 +452,18 @@ async fn prepare(
         .map(|(_, v)| v.clone())
         .collect();
     let command = aci_command(&command)?;
+    let wait = bridge
+        .starts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(Instant::now());
+    if let Some(retry_after) = wait {
+        return Err(ExecError::StartBudget {
+            per_sec: bridge.limits.starts_per_sec,
+            burst: bridge.limits.start_burst,
+            retry_after,
+        });
+    }
     let permit = bridge
         .sessions
         .clone()
