@@ -106,6 +106,9 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
                 schedulable: rng.below(50) != 0,
                 // Three zones per pool, one class each.
                 class: (i % pools) * 3 + i % 3,
+                // AKS's default (kubenet/overlay): 110 pods, some nodes full.
+                pods: if rng.below(20) == 0 { 110 } else { 30 },
+                max_pods: Some(110),
             }
         })
         .collect();

@@ -95,6 +95,17 @@ pub struct ExplainRow {
     /// take it, so waiting for one gains nothing: it bursts at once, within
     /// its policy's mode, minPriority, budgets and the ACI quota.
     pub pinned: bool,
+    /// What spillway's webhook removed to relax the pod's pin to the
+    /// virtual node (the `spillway.io/relaxed-pin` annotation): it waits
+    /// for VMs like any other pod.
+    pub relaxed_pin: Option<String>,
+}
+
+/// What the table's DETAIL says of a pod whose pin the webhook relaxed.
+pub fn relaxed_note(what: &str) -> String {
+    format!(
+        "its pin to the virtual node was relaxed at admission ({what}): VMs first, spillway decides when it bursts"
+    )
 }
 
 /// What the table's DETAIL says of a pinned pod.
@@ -150,13 +161,18 @@ pub fn evaluate(
                 .copied()
                 .unwrap_or_default();
             let budget = budget_use(policies.for_pod(&pod.namespace, &pod.labels), &usage);
-            let pinned = objects.pods.iter().any(|p| {
+            let whole = objects.pods.iter().find(|p| {
                 p.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
                     && p.metadata.name.as_deref() == Some(pod.name.as_str())
-                    && crate::admission::selects_virtual(p, &config.virtual_nodes)
+            });
+            let pinned = whole.is_some_and(|p| {
+                crate::admission::pin::pinned_to_virtual(p, &config.virtual_nodes)
             });
             ExplainRow {
                 pinned,
+                relaxed_pin: whole
+                    .and_then(crate::admission::pin::relaxed_pin)
+                    .map(String::from),
                 wait_left: decision.until.map(|u| u.since(now)),
                 namespace: pod.namespace.clone(),
                 name: pod.name.clone(),
@@ -250,6 +266,8 @@ pub fn render_table(rows: &[ExplainRow]) -> String {
             r.budget.clone(),
             if r.pinned {
                 format!("{} ({PINNED_NOTE})", r.decision.detail)
+            } else if let Some(what) = &r.relaxed_pin {
+                format!("{} ({})", r.decision.detail, relaxed_note(what))
             } else {
                 r.decision.detail.clone()
             },
@@ -344,7 +362,7 @@ pub fn run(cmd: ExplainCommand) -> ExitCode {
             return not_pending(&objects, ns, name);
         };
         let row = &explained.rows[i];
-        let s = story::story(
+        let mut s = story::story(
             &explained.snapshot,
             i,
             &row.decision,
@@ -353,6 +371,7 @@ pub fn run(cmd: ExplainCommand) -> ExitCode {
             row.pinned,
             now,
         );
+        s.relaxed_pin = row.relaxed_pin.clone();
         match cmd.output {
             Format::Table => print!("{}", story::render_text(&s)),
             Format::Json => println!(

@@ -355,7 +355,7 @@ impl Metrics {
         for outcome in ["done", "refused", "error"] {
             m.placeholder_creates.with_label_values(&[outcome]);
         }
-        for outcome in ["mutated", "error"]
+        for outcome in ["mutated", "mutated-relaxed-pin", "error"]
             .into_iter()
             .chain(crate::admission::Skip::ALL.map(crate::admission::Skip::as_str))
         {

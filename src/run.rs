@@ -130,6 +130,13 @@ pub struct WebhookFlags {
     /// The schedulerName the webhook gives pods that may reach the virtual node.
     #[arg(long, default_value = crate::admission::SPILLWAY_SCHEDULER)]
     pub webhook_scheduler_name: String,
+    /// Pods pinned to the virtual node (`nodeSelector: type: virtual-kubelet`,
+    /// as in the AKS virtual-node example): `relax` removes the pin so VMs
+    /// come first and spillway decides when to burst (a pod keeps it with
+    /// the annotation `spillway.io/virtual-node-pin: keep`); `keep` leaves
+    /// them pinned (they burst as soon as their policy allows).
+    #[arg(long, value_enum, default_value_t = crate::admission::pin::PinMode::Relax)]
+    pub webhook_virtual_node_pin: crate::admission::pin::PinMode,
     /// The MutatingWebhookConfiguration whose caBundle gets this replica's CA
     /// (with a generated certificate). Empty: publish nothing.
     #[arg(
@@ -205,6 +212,7 @@ impl RunCommand {
             scheduler_name: self.webhook.webhook_scheduler_name.clone(),
             virtual_nodes: self.cluster_config().virtual_nodes,
             system_namespaces,
+            pin_mode: self.webhook.webhook_virtual_node_pin,
         }
     }
 

@@ -631,6 +631,22 @@ async fn every_golden_translation_is_accepted() {
         let text = std::fs::read_to_string(dir.join(&file)).expect("readable");
         let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         let name = body["name"].as_str().expect("named").to_string();
+        // Goldens in a subnet: the VNet has it, delegated to ACI.
+        for (i, s) in body["properties"]["subnetIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let id = s["id"].as_str().expect("subnet id").to_string();
+            emu.state
+                .define_subnet(spillway::aci::emulator::SubnetDefinition {
+                    id,
+                    address_prefix: format!("10.240.{i}.0/24"),
+                    delegations: vec![spillway::aci::emulator::ACI_DELEGATION.into()],
+                })
+                .expect("subnet defined");
+        }
         let a = arm
             .send(Method::PUT, &Arm::group_path(&name), Some(&body))
             .await;

@@ -179,3 +179,65 @@ spec:
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("found kind Service"));
 }
+
+const SUBNET: &str = "/subscriptions/0000-1111/resourceGroups/rg-aks/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci";
+
+#[test]
+fn with_a_subnet_the_readme_example_gets_subnet_ids_and_a_private_ip() {
+    let b = body(&render(&[
+        "-f",
+        EXAMPLE,
+        "--policies",
+        POLICIES,
+        "--aci-subnet-id",
+        SUBNET,
+    ]));
+    assert_eq!(
+        b["properties"]["subnetIds"],
+        serde_json::json!([{ "id": SUBNET }]),
+        "{b}"
+    );
+    let ip = &b["properties"]["ipAddress"];
+    assert_eq!(ip["type"], "Private", "{b}");
+    assert!(ip.get("dnsNameLabel").is_none(), "{ip}");
+    assert!(
+        ip["ports"].as_array().is_some_and(|p| !p.is_empty()),
+        "{ip}"
+    );
+}
+
+#[test]
+fn a_malformed_subnet_id_is_exit_64_saying_what_is_expected() {
+    let out = render(&[
+        "-f",
+        EXAMPLE,
+        "--aci-subnet-id",
+        "/subscriptions/0000-1111/resourceGroups/rg-aks/providers/Microsoft.Network/virtualNetworks/aks-vnet",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--aci-subnet-id"), "{err}");
+    assert!(err.contains("is not an ARM subnet id"), "{err}");
+    assert!(err.contains("virtualNetworks/VNET/subnets/SUBNET"), "{err}");
+}
+
+#[test]
+fn a_private_policy_without_a_subnet_is_exit_65_naming_the_field() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("aci-render-private-policy");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("default.yaml"),
+        "apiVersion: spillway.io/v1alpha1\nkind: BurstPolicy\nmetadata: { name: d }\nspec: { aci: { network: private } }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = render(&[
+        "-f",
+        EXAMPLE,
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.aci.network"), "{err}");
+    assert!(err.contains("--aci-subnet-id"), "{err}");
+}

@@ -261,6 +261,22 @@ async fn pods_that_may_reach_the_virtual_node_get_spillways_scheduler_and_an_out
     // The AKS virtual-node example, as its ReplicaSet creates the pod.
     let aks = create(&srv, "web", &aks_example_pod()).await;
     assert_eq!(scheduler_of(&aks), SCHEDULER);
+    // Its pin to the virtual node is relaxed, as stored by the API server.
+    let selector = aks
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_selector.clone())
+        .unwrap_or_default();
+    assert!(!selector.contains_key("type"), "{selector:?}");
+    assert_eq!(
+        aks.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("spillway.io/relaxed-pin"))
+            .map(String::as_str),
+        Some("nodeSelector type=virtual-kubelet")
+    );
+    assert_eq!(spillway.reviews("mutated-relaxed-pin"), 1);
     // A blanket toleration reaches the virtual node too.
     let blanket = create(
         &srv,
@@ -269,7 +285,7 @@ async fn pods_that_may_reach_the_virtual_node_get_spillways_scheduler_and_an_out
     )
     .await;
     assert_eq!(scheduler_of(&blanket), SCHEDULER);
-    assert_eq!(spillway.reviews("mutated"), 2);
+    assert_eq!(spillway.reviews("mutated"), 1);
 
     // Left alone: no access to the virtual node, a DaemonSet's pod, no
     // policy, an opted-out pod, an opted-out namespace.
@@ -310,6 +326,7 @@ async fn pods_that_may_reach_the_virtual_node_get_spillways_scheduler_and_an_out
     // Those two never reached spillway: the configuration's selectors excluded them.
     let total: u64 = [
         "mutated",
+        "mutated-relaxed-pin",
         "skipped-no-virtual-node-access",
         "skipped-daemonset",
         "skipped-no-policy",

@@ -7,8 +7,11 @@
 //!
 //! - The "Deploy a sample app" Deployment (aci-helloworld, pinned to the
 //!   virtual node by `nodeSelector: type: virtual-kubelet`) scaled to 3:
-//!   no VM can ever take it, so it bursts at once (`pools-at-max`), and only
-//!   as far as its namespace's budget (`maxPods: 2`) allows.
+//!   the webhook relaxes the pin (`spillway.io/relaxed-pin`), so VMs come
+//!   first: it requests nothing, so the full VM still takes all three.
+//! - The same Deployment with `spillway.io/virtual-node-pin: keep`: no VM
+//!   can ever take it, so it bursts at once (`pools-at-max`), and only as
+//!   far as its namespace's budget (`maxPods: 2`) allows.
 //! - The documentation's "on ACI after using VMs" pod spec (the same
 //!   tolerations, a preferred affinity away from the virtual node), given
 //!   requests: the pods wait `spillAfter` while the cluster autoscaler adds
@@ -426,7 +429,17 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
     let srv = cluster().await;
     // Pool `user`: one VM, full. The cluster autoscaler may add one more
     // (1 vCPU: room for two of `shop`'s 500m pods).
-    srv.insert(&node("vm-0").pool("user").cpu("4").memory("16Gi").build());
+    // An AKS agent node's labels: the sample app's other selectors match.
+    srv.insert(
+        &node("vm-0")
+            .pool("user")
+            .label("kubernetes.io/role", "agent")
+            .label("beta.kubernetes.io/os", "linux")
+            .label("kubernetes.io/os", "linux")
+            .cpu("4")
+            .memory("16Gi")
+            .build(),
+    );
     srv.insert(
         &pod()
             .ns("default")
@@ -471,6 +484,18 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
         3,
         template_of(AKS_EXAMPLE),
     ));
+    let mut kept = template_of(AKS_EXAMPLE);
+    kept.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert("spillway.io/virtual-node-pin".into(), "keep".into());
+    tasks.push(replicaset(
+        &srv,
+        "web",
+        "aci-helloworld-kept-5f4e3d",
+        3,
+        kept,
+    ));
     tasks.push(replicaset(
         &srv,
         "shop",
@@ -496,8 +521,9 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
                 })
                 .count()
         };
-        web.len() == 3
+        web.len() == 6
             && running_on_aci(&web) == 2
+            && count_on(&web, "vm-0") == 3
             && shop.len() == 5
             && running_on_aci(&shop) == 2
             && count_on(&shop, "aks-user-1") == 2
@@ -550,7 +576,45 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
     }
     assert!(spillway.decisions("wait", "budget-pods") > 0);
 
-    // The pinned sample app burst at once: no VM can ever take it.
+    // The sample app's pin was relaxed at admission: it ran on the VM.
+    // The copy that keeps its pin burst at once: no VM can ever take it.
+    for p in live(&srv, "web") {
+        let keeps = p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("spillway.io/virtual-node-pin"));
+        let relaxed = p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("spillway.io/relaxed-pin"))
+            .cloned();
+        let selector = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default();
+        if keeps {
+            assert_eq!(relaxed, None);
+            assert_eq!(
+                selector.get("type").map(String::as_str),
+                Some("virtual-kubelet")
+            );
+            assert_ne!(on_node(&p).as_deref(), Some("vm-0"));
+        } else {
+            assert_eq!(
+                relaxed.as_deref(),
+                Some("nodeSelector type=virtual-kubelet")
+            );
+            assert!(!selector.contains_key("type"), "{selector:?}");
+            assert_eq!(
+                selector.get("kubernetes.io/role").map(String::as_str),
+                Some("agent")
+            );
+            assert_eq!(on_node(&p).as_deref(), Some("vm-0"));
+        }
+    }
     assert!(spillway.decisions("burst", "pools-at-max") >= 2);
     // `shop` waited: VMs first (the new VM took two), the rest only after
     // spillAfter (creation timestamps have whole seconds: one of slack).

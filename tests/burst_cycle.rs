@@ -998,6 +998,8 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
     srv.insert::<k8s_openapi::api::core::v1::Namespace>(&obj(json!({"metadata": {
         "name": "web",
         "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}})));
+    srv.insert::<k8s_openapi::api::core::v1::Namespace>(&obj(json!({"metadata": {
+        "name": "kube-system", "uid": "0d4c6f2e-5b7a-4e39-9d1c-7a8b9c0d1e2f"}})));
     srv.insert::<k8s_openapi::api::core::v1::Secret>(&obj(json!({
         "metadata": {"name": "db", "namespace": "web"},
         "data": {"password": "aHVudGVyMg=="}})));
@@ -1027,8 +1029,7 @@ async fn burst_cycle_as_the_service_account_under_pod_security_and_rbac() {
         "127.0.0.1:0",
         "--aci-sync-secs",
         "1",
-        "--cluster-id",
-        "burst-cycle-rbac",
+        // No --cluster-id: as shipped, the kube-system namespace's UID.
     ];
     let (la, _) = loopback().await;
     let (lb, extender) = loopback().await;

@@ -438,6 +438,19 @@ fn a_pod_pinned_to_the_virtual_node_is_explained_as_pinned() {
                 .tolerate_virtual()
                 .unschedulable_since(Timestamp::from_millis(now.millis() - 60_000))
                 .build(),
+            // What the webhook made of the example: the pin relaxed.
+            pod()
+                .ns("web")
+                .name("relaxed")
+                .cpu("1")
+                .memory("1Gi")
+                .tolerate_virtual()
+                .annotation(
+                    "spillway.io/relaxed-pin",
+                    "nodeSelector type=virtual-kubelet",
+                )
+                .unschedulable_since(Timestamp::from_millis(now.millis() - 60_000))
+                .build(),
         ],
         ..Default::default()
     };
@@ -445,7 +458,23 @@ fn a_pod_pinned_to_the_virtual_node_is_explained_as_pinned() {
     let rows = explain(&objects, &policies, now, &ClusterConfig::default());
     assert!(find(&rows, "web", "aci-helloworld").pinned);
     assert!(!find(&rows, "web", "free").pinned);
+    let relaxed = find(&rows, "web", "relaxed");
+    assert!(!relaxed.pinned);
+    assert_eq!(
+        relaxed.relaxed_pin.as_deref(),
+        Some("nodeSelector type=virtual-kubelet")
+    );
     let table = render_table(&rows);
+    assert!(
+        table
+            .lines()
+            .find(|l| l.contains("relaxed"))
+            .unwrap_or_default()
+            .contains(&spillway::explain::relaxed_note(
+                "nodeSelector type=virtual-kubelet"
+            )),
+        "{table}"
+    );
     let line = table
         .lines()
         .find(|l| l.contains("aci-helloworld"))

@@ -233,3 +233,32 @@ fn completion_scripts_cover_the_subcommands() {
     let out = spillway(&["completion", "tcsh"]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn policy_check_refuses_a_public_ip_or_dns_label_on_a_private_network() {
+    let d = scratch("private-network");
+    write(
+        &d,
+        "p.yaml",
+        &format!(
+            "{HEAD}metadata: {{ name: p, namespace: web }}\nspec:\n  aci:\n    network: private\n    publicIp: always\n    dnsNameLabel: \"{{{{name}}}}\"\n"
+        ),
+    );
+    let out = spillway(&["policy", "check", d.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let text = stdout(&out) + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("p.yaml:7:15: spec.aci.publicIp:"), "{text}");
+    assert!(
+        text.contains("p.yaml:8:19: spec.aci.dnsNameLabel:"),
+        "{text}"
+    );
+    write(
+        &d,
+        "p.yaml",
+        &format!(
+            "{HEAD}metadata: {{ name: p, namespace: web }}\nspec:\n  aci: {{ network: private }}\n"
+        ),
+    );
+    let out = spillway(&["policy", "check", d.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -753,3 +753,81 @@ async fn run_registers_the_edge_virtual_node() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Without `--cluster-id`, the embedded virtual node tags and names its
+/// container groups by the kube-system namespace's UID (two clusters
+/// sharing a resource group never meet), reading it as the shipped
+/// ServiceAccount with the shipped RBAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cluster_id_groups_carry_the_kube_system_uid() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let srv = TestApiServer::start().await;
+    srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    srv.apply_manifests(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-system\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n",
+    );
+    let uid = srv
+        .get::<Namespace>("", "kube-system")
+        .and_then(|n| n.metadata.uid)
+        .unwrap_or_else(|| panic!("kube-system has a uid"));
+    let emu = spillway::aci::emulator::Emulator::start(Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = policies_dir();
+    let args = Args::parse_from([
+        "spillway",
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+        "--identity",
+        "r1",
+        "--lease-seconds",
+        "3",
+        "--aci",
+        "emulator",
+        "--aci-emulator-url",
+        emu.url.as_str(),
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--aci-sync-secs",
+        "1",
+    ]);
+    let run =
+        support::InProcessRun::start_as(&srv, "spillway-system", "spillway", args.run, &dir).await;
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "web"},
+        "spec": {
+            "nodeName": "spillway-aci",
+            "schedulerName": "spillway-scheduler",
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+            "containers": [{"name": "app", "image": "nginx:1.27",
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Pod>::namespaced(srv.client(), "web")
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tagged = eventually(|| {
+        emu.state.snapshot().iter().any(|g| {
+            g.tags.get(spillway::aci::TAG_CLUSTER) == Some(&uid)
+                && g.name == spillway::aci::translate::group_name_in(&uid, "web", "api")
+        })
+    })
+    .await;
+    assert!(
+        tagged,
+        "groups: {:?}; denials: {:?}",
+        emu.state
+            .snapshot()
+            .iter()
+            .map(|g| (g.name.clone(), g.tags.clone()))
+            .collect::<Vec<_>>(),
+        srv.auth_denials()
+    );
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    let done = run.stop().await;
+    assert!(matches!(done, Some(Ok(()))), "{done:?}");
+}

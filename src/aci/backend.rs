@@ -124,7 +124,10 @@ impl AciBackend {
                 refresh_interval: config.refresh_interval,
                 max_gets_per_sync: config.max_gets_per_sync,
             },
-            translate: TranslateConfig::new(config.cluster_id.clone(), config.location.clone()),
+            translate: TranslateConfig {
+                subnets: config.aci_subnets.clone(),
+                ..TranslateConfig::new(config.cluster_id.clone(), config.location.clone())
+            },
             policies: None,
             last_get: Mutex::default(),
         }

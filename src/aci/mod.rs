@@ -129,9 +129,11 @@ impl AciError {
 }
 
 fn is_quota_code(code: &str) -> bool {
+    // A full subnet (`--aci-subnet-id`) is a quota too: the group fits once
+    // another group of the subnet is deleted, so the pod waits, not fails.
     matches!(
         code,
-        "ContainerGroupQuotaReached" | "QuotaExceeded" | "OperationNotAllowed"
+        "ContainerGroupQuotaReached" | "QuotaExceeded" | "OperationNotAllowed" | "SubnetIsFull"
     ) || code.ends_with("QuotaExceeded")
 }
 
@@ -334,6 +336,11 @@ mod tests {
         let q = AciError::from_arm(409, "ContainerGroupQuotaReached", "quota", None);
         assert_eq!(q.reason(), "aci-quota-exceeded");
         assert!(!q.is_retryable());
+        assert_eq!(
+            AciError::from_arm(400, "SubnetIsFull", "full", None).reason(),
+            "aci-quota-exceeded",
+            "a full subnet waits like a quota"
+        );
         let c = AciError::from_arm(409, "ServiceUnavailable", "no capacity", None);
         assert_eq!(c.reason(), "aci-capacity-unavailable");
         assert_eq!(

@@ -79,8 +79,27 @@ pub struct ContainerGroupProperties {
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
+    /// The delegated subnets the group joins (`subnetIds`, since
+    /// 2021-07-01); its IP is then a private address of the subnet.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub subnet_ids: Vec<ContainerGroupSubnetId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_view: Option<GroupInstanceView>,
+}
+
+/// `ContainerGroupSubnetId`: the ARM id of a subnet
+/// (`/subscriptions/…/providers/Microsoft.Network/virtualNetworks/V/subnets/S`)
+/// and an optional friendly name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerGroupSubnetId {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

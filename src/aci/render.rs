@@ -44,6 +44,16 @@ pub struct RenderArgs {
     /// The cluster id the provider tags groups with.
     #[arg(long, default_value = "render", env = "SPILLWAY_CLUSTER_ID")]
     pub cluster_id: String,
+    /// A delegated subnet groups go to, as `spillway run --aci-subnet-id`
+    /// (repeatable): the body gets `subnetIds` and a private IP.
+    #[arg(
+        long = "aci-subnet-id",
+        value_name = "ID",
+        value_parser = crate::provider::cli::parse_subnet_id,
+        value_delimiter = ',',
+        env = "SPILLWAY_ACI_SUBNET_IDS"
+    )]
+    pub aci_subnet_ids: Vec<super::translate::SubnetId>,
 }
 
 /// Why a pod cannot be rendered.
@@ -413,7 +423,10 @@ pub fn run(args: &RenderArgs) -> ExitCode {
             s
         }
     };
-    let config = TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone());
+    let config = TranslateConfig {
+        subnets: args.aci_subnet_ids.clone(),
+        ..TranslateConfig::new(args.cluster_id.clone(), args.aci_region.clone())
+    };
     match render(&pod, policies.as_ref(), &sources, &config) {
         Ok(Translation { group, warnings }) => {
             for w in warnings {

@@ -39,6 +39,8 @@
 //! - **Windows** groups: one container, no Azure Files (ACI limits).
 //! - `publicIp: always` on a pod without container ports is rejected: ACI
 //!   cannot expose an IP without ports.
+//! - **Network** ([`network`]): with `--aci-subnet-id` groups go to a
+//!   delegated subnet with a private IP (the pod IP) and no public IP.
 //! - Ignored without error (no ACI equivalent): `hostAliases`, `dnsConfig`,
 //!   `securityContext` other than `privileged`, `terminationGracePeriodSeconds`,
 //!   `activeDeadlineSeconds`, `imagePullPolicy`.
@@ -57,6 +59,9 @@ use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
+
+pub mod network;
+pub use network::{REASON_DNS_LABEL_IGNORED, SUBNET_DELEGATION, SubnetId};
 
 /// Annotation that sets the public IP's DNS name label (as the AKS virtual node).
 pub const DNS_LABEL_ANNOTATION: &str = "virtualkubelet.io/dnsnamelabel";
@@ -112,6 +117,8 @@ pub struct TranslateConfig {
     pub max_memory_bytes: u64,
     /// Public ports ACI allows on one IP.
     pub max_public_ports: usize,
+    /// Delegated subnets groups go to (`--aci-subnet-id`); see [`network`].
+    pub subnets: Vec<SubnetId>,
 }
 
 impl TranslateConfig {
@@ -122,6 +129,7 @@ impl TranslateConfig {
             max_cpu_millis: 4000,
             max_memory_bytes: 16_000_000_000,
             max_public_ports: 5,
+            subnets: Vec::new(),
         }
     }
 }
@@ -358,7 +366,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
         .map(|(i, c)| translate_init_container(pod, i, c, ctx))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let warnings: Vec<TranslateWarning> =
+    let mut warnings: Vec<TranslateWarning> =
         apply_group_limit_rule(&mut containers, ctx.aci.resources)
             .into_iter()
             .collect();
@@ -423,7 +431,8 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
         }
     };
 
-    let ip_address = public_ip(pod, namespace, pod_name, &containers, ctx)?;
+    let placement = network::placement(pod, namespace, pod_name, &containers, ctx)?;
+    warnings.extend(placement.warnings);
 
     let mut tags = BTreeMap::new();
     tags.insert(TAG_CLUSTER.to_string(), ctx.config.cluster_id.clone());
@@ -445,10 +454,11 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
             init_containers,
             image_registry_credentials: ctx.resolved.registry_credentials.clone(),
             restart_policy: Some(restart_policy.to_string()),
-            ip_address,
+            ip_address: placement.ip_address,
             os_type: os_type.to_string(),
             volumes,
             sku: Some("Standard".to_string()),
+            subnet_ids: placement.subnet_ids,
             instance_view: None,
         },
     };

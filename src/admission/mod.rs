@@ -15,6 +15,7 @@
 //! watch ([`namespaces`]).
 
 pub mod namespaces;
+pub mod pin;
 pub mod review;
 pub mod tls;
 
@@ -27,6 +28,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -114,6 +116,8 @@ pub struct AdmissionConfig {
     pub virtual_nodes: VirtualNodeMatcher,
     /// Namespaces never touched: kube-system and spillway's own.
     pub system_namespaces: Vec<String>,
+    /// What happens to pods pinned to the virtual node ([`pin`]).
+    pub pin_mode: pin::PinMode,
 }
 
 impl Default for AdmissionConfig {
@@ -122,6 +126,7 @@ impl Default for AdmissionConfig {
             scheduler_name: SPILLWAY_SCHEDULER.into(),
             virtual_nodes: VirtualNodeMatcher::default(),
             system_namespaces: vec!["kube-system".into(), "spillway-system".into()],
+            pin_mode: pin::PinMode::Relax,
         }
     }
 }
@@ -309,11 +314,26 @@ pub fn answer(state: &WebhookState, request: &review::Request) -> (review::Respo
         &state.config,
     ) {
         Verdict::SetScheduler(scheduler) => {
-            tracing::debug!(namespace = %namespace, pod = %name, scheduler = %scheduler, "admission: scheduler name set");
+            let mut ops = review::set_scheduler(&scheduler);
+            let relaxed = (state.config.pin_mode == pin::PinMode::Relax && !pin::keeps_pin(&pod))
+                .then(|| pin::relax(&pod, &state.config.virtual_nodes))
+                .flatten();
+            let outcome = match relaxed {
+                Some(r) => {
+                    tracing::info!(namespace = %namespace, pod = %name, scheduler = %scheduler, relaxed = %r.summary, "admission: scheduler name set, pin to the virtual node relaxed");
+                    if let Value::Array(list) = &mut ops {
+                        list.extend(r.ops);
+                    }
+                    "mutated-relaxed-pin"
+                }
+                None => {
+                    tracing::debug!(namespace = %namespace, pod = %name, scheduler = %scheduler, "admission: scheduler name set");
+                    "mutated"
+                }
+            };
             (
-                review::Response::allow(&request.uid)
-                    .with_patch(&review::set_scheduler(&scheduler)),
-                "mutated",
+                review::Response::allow(&request.uid).with_patch(&ops),
+                outcome,
             )
         }
         Verdict::Skip(why) => {

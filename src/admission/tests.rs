@@ -219,6 +219,66 @@ async fn a_review_is_answered_with_a_base64_json_patch_and_the_uid_echoed() {
     assert_eq!(outcome(&s, "mutated"), 1);
 }
 
+fn patch_ops(body: &Value) -> Value {
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(body["response"]["patch"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_slice(&patch).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn a_pinned_pod_has_its_pin_relaxed_unless_it_or_the_flag_keeps_it() {
+    let s = state();
+    let pinned = || {
+        pod()
+            .ns("web")
+            .name("aci-helloworld")
+            .node_selector("type", "virtual-kubelet")
+            .node_selector("kubernetes.io/role", "agent")
+            .tolerate_virtual()
+    };
+    let (_, body) = post(
+        &s,
+        review(&pinned().build(), "CREATE").to_string(),
+        "application/json",
+    )
+    .await;
+    let ops = patch_ops(&body);
+    assert_eq!(ops[0]["path"], "/spec/schedulerName");
+    assert_eq!(
+        ops[1],
+        json!({"op": "remove", "path": "/spec/nodeSelector/type"})
+    );
+    assert_eq!(
+        ops[2],
+        json!({"op": "add", "path": "/metadata/annotations", "value": {"spillway.io/relaxed-pin": "nodeSelector type=virtual-kubelet"}})
+    );
+    assert_eq!(ops.as_array().map(Vec::len), Some(3));
+    assert_eq!(outcome(&s, "mutated-relaxed-pin"), 1);
+
+    // The pod keeps its pin by annotation: only the scheduler name.
+    let keep = pinned().annotation(pin::PIN_ANNOTATION, "keep").build();
+    let (_, body) = post(&s, review(&keep, "CREATE").to_string(), "application/json").await;
+    assert_eq!(patch_ops(&body).as_array().map(Vec::len), Some(1));
+    assert_eq!(outcome(&s, "mutated"), 1);
+
+    // --webhook-virtual-node-pin keep: the same.
+    let kept = WebhookState {
+        config: Arc::new(AdmissionConfig {
+            pin_mode: pin::PinMode::Keep,
+            ..AdmissionConfig::default()
+        }),
+        ..state()
+    };
+    let (_, body) = post(
+        &kept,
+        review(&pinned().build(), "CREATE").to_string(),
+        "application/json",
+    )
+    .await;
+    assert_eq!(patch_ops(&body).as_array().map(Vec::len), Some(1));
+}
+
 #[tokio::test]
 async fn skipped_pods_and_other_operations_are_allowed_without_a_patch() {
     let s = state();

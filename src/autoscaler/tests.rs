@@ -20,6 +20,8 @@ fn node(name: &str, free_cpu: u64) -> VmNode {
         allocated: Resources::new(4000 - free_cpu, 4 * GIB),
         schedulable: true,
         class: 0,
+        pods: 0,
+        max_pods: None,
     }
 }
 

@@ -84,6 +84,14 @@ impl PodBuilder {
             .insert(k.into(), v.into());
         self
     }
+    pub fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.pod
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.into(), v.into());
+        self
+    }
     pub fn cpu(mut self, q: &str) -> Self {
         self.main_requests()
             .insert("cpu".into(), Quantity(q.into()));

@@ -192,6 +192,8 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
             allocated: Resources::default(),
             schedulable: !unschedulable && node_ready(node),
             class,
+            pods: 0,
+            max_pods: super::node_max_pods(node),
         });
     }
 
@@ -254,6 +256,7 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
                 }
             };
             vm_nodes[i].allocated = vm_nodes[i].allocated.add(&requests);
+            vm_nodes[i].pods = vm_nodes[i].pods.saturating_add(1);
         }
     }
     out.burst

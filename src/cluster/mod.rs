@@ -468,6 +468,12 @@ pub fn node_allocatable(node: &Node) -> Result<Resources, ClusterError> {
     )
 }
 
+/// Node allocatable `pods`, if the node reports a readable count.
+pub fn node_max_pods(node: &Node) -> Option<u32> {
+    let q = node.status.as_ref()?.allocatable.as_ref()?.get("pods")?;
+    q.0.trim().parse::<u32>().ok()
+}
+
 /// Build the engine's snapshot from nodes and pods (see [`classify::classify`]).
 pub fn snapshot_from<N: Borrow<Node>, P: Borrow<Pod>>(
     nodes: &[N],

@@ -201,7 +201,8 @@ pub fn slim_pod(pod: &mut Pod) {
 }
 
 /// Keep what the view's readers use of a node: labels, taints,
-/// schedulability, allocatable CPU and memory, and its Ready condition.
+/// schedulability, allocatable CPU, memory and pod count, and its Ready
+/// condition.
 pub fn slim_node(node: &mut Node) {
     slim_meta(&mut node.metadata, keep_node_annotation);
     node.spec = node.spec.take().map(|s| NodeSpec {
@@ -211,7 +212,7 @@ pub fn slim_node(node: &mut Node) {
     });
     node.status = node.status.take().map(|s| NodeStatus {
         allocatable: s.allocatable.map(|mut a| {
-            a.retain(|k, _| k == "cpu" || k == "memory");
+            a.retain(|k, _| k == "cpu" || k == "memory" || k == "pods");
             a
         }),
         // Readiness decides whether a node takes pods, and when it became

@@ -1,8 +1,14 @@
 //! First-fit search over VM nodes' free room.
 //!
-//! A segment tree keeps, per subtree, the largest free CPU and the largest free
-//! memory of any node below it. A subtree whose maxima cannot hold a request is
-//! skipped, so a pass over thousands of mostly-full nodes stays cheap.
+//! A segment tree keeps, per subtree, the largest free CPU, the largest free
+//! memory and the most free pod slots of any node below it. A subtree whose
+//! maxima cannot hold a request is skipped, so a pass over thousands of
+//! mostly-full nodes stays cheap.
+//!
+//! Pod slots are kube-scheduler's `NodeResourcesFit` pod count (a node
+//! takes at most its allocatable `pods`, "Too many pods"): every request
+//! takes one. A node with no slot left (or not schedulable: zero slots)
+//! is no room even for a pod that requests nothing.
 //!
 //! The maxima of CPU and memory can come from different nodes, so once the
 //! nodes are fragmented a request that fits nowhere may still walk much of
@@ -18,19 +24,29 @@ use std::collections::HashMap;
 pub struct FitIndex {
     size: usize,
     room: Vec<Resources>,
-    /// (max cpu, max memory) per tree node; leaves at `size..size + n`.
-    tree: Vec<(u64, u64)>,
+    /// Free pod slots per node.
+    slots: Vec<u32>,
+    /// (max cpu, max memory, max slots) per tree node; leaves at `size..size + n`.
+    tree: Vec<(u64, u64, u32)>,
     /// Requests that fit no node, for [`FitIndex::first_fit_any`] (only the
     /// minimal ones: none is at least as large as another in both resources).
     failed: Vec<Resources>,
 }
 
 impl FitIndex {
+    /// Nodes with `room` and no limit on their pod count.
     pub fn new(room: Vec<Resources>) -> Self {
+        let slots = vec![u32::MAX; room.len()];
+        Self::with_slots(room, slots)
+    }
+
+    /// Nodes with `room` and `slots[i]` pods more each (missing: no limit).
+    pub fn with_slots(room: Vec<Resources>, mut slots: Vec<u32>) -> Self {
+        slots.resize(room.len(), u32::MAX);
         let size = room.len().next_power_of_two().max(1);
-        let mut tree = vec![(0, 0); 2 * size];
+        let mut tree = vec![(0, 0, 0); 2 * size];
         for (i, r) in room.iter().enumerate() {
-            tree[size + i] = (r.cpu_millis, r.memory_bytes);
+            tree[size + i] = (r.cpu_millis, r.memory_bytes, slots[i]);
         }
         for i in (1..size).rev() {
             tree[i] = merge(tree[2 * i], tree[2 * i + 1]);
@@ -38,6 +54,7 @@ impl FitIndex {
         FitIndex {
             size,
             room,
+            slots,
             tree,
             failed: Vec::new(),
         }
@@ -72,23 +89,34 @@ impl FitIndex {
     }
 
     fn search(&self, t: usize, req: &Resources, allowed: &impl Fn(usize) -> bool) -> Option<usize> {
-        let (cpu, mem) = self.tree[t];
-        if cpu < req.cpu_millis || mem < req.memory_bytes {
+        let (cpu, mem, slots) = self.tree[t];
+        if cpu < req.cpu_millis || mem < req.memory_bytes || slots == 0 {
             return None;
         }
         if t >= self.size {
             let i = t - self.size;
-            return (i < self.room.len() && req.fits_in(&self.room[i]) && allowed(i)).then_some(i);
+            return (i < self.room.len()
+                && self.slots[i] > 0
+                && req.fits_in(&self.room[i])
+                && allowed(i))
+            .then_some(i);
         }
         self.search(2 * t, req, allowed)
             .or_else(|| self.search(2 * t + 1, req, allowed))
     }
 
-    /// Subtract `req` from node `i`'s room.
+    /// Subtract `req` (and one pod slot) from node `i`'s room.
     pub fn take(&mut self, i: usize, req: &Resources) {
         self.room[i] = self.room[i].saturating_sub(req);
+        if self.slots[i] != u32::MAX {
+            self.slots[i] = self.slots[i].saturating_sub(1);
+        }
         let mut t = self.size + i;
-        self.tree[t] = (self.room[i].cpu_millis, self.room[i].memory_bytes);
+        self.tree[t] = (
+            self.room[i].cpu_millis,
+            self.room[i].memory_bytes,
+            self.slots[i],
+        );
         while t > 1 {
             t /= 2;
             self.tree[t] = merge(self.tree[2 * t], self.tree[2 * t + 1]);
@@ -109,8 +137,14 @@ pub struct GroupedFit {
 }
 
 impl GroupedFit {
-    /// `group[i]` is node `i`'s group.
+    /// `group[i]` is node `i`'s group; no limit on pod counts.
     pub fn new(room: Vec<Resources>, group: &[u64]) -> Self {
+        let slots = vec![u32::MAX; room.len()];
+        Self::with_slots(room, slots, group)
+    }
+
+    /// [`GroupedFit::new`] with `slots[i]` pods more on node `i`.
+    pub fn with_slots(room: Vec<Resources>, slots: Vec<u32>, group: &[u64]) -> Self {
         let mut members: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut member = Vec::with_capacity(room.len());
         for i in 0..room.len() {
@@ -122,12 +156,17 @@ impl GroupedFit {
         let groups = members
             .into_iter()
             .map(|(g, ids)| {
-                let index = FitIndex::new(ids.iter().map(|&i| room[i]).collect());
+                let index = FitIndex::with_slots(
+                    ids.iter().map(|&i| room[i]).collect(),
+                    ids.iter()
+                        .map(|&i| slots.get(i).copied().unwrap_or(u32::MAX))
+                        .collect(),
+                );
                 (g, (ids, index))
             })
             .collect();
         GroupedFit {
-            all: FitIndex::new(room),
+            all: FitIndex::with_slots(room, slots),
             groups,
             member,
         }
@@ -166,8 +205,8 @@ impl GroupedFit {
     }
 }
 
-fn merge(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
-    (a.0.max(b.0), a.1.max(b.1))
+fn merge(a: (u64, u64, u32), b: (u64, u64, u32)) -> (u64, u64, u32) {
+    (a.0.max(b.0), a.1.max(b.1), a.2.max(b.2))
 }
 
 #[cfg(test)]

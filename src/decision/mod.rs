@@ -103,6 +103,11 @@ pub struct VmNode {
     /// Its labels and taints: an index into [`Snapshot::classes`] (one past
     /// the end, as in a snapshot without classes, is a node with neither).
     pub class: usize,
+    /// Pods bound to it (not terminated).
+    pub pods: u32,
+    /// Its allocatable `pods` (kube-scheduler refuses "Too many pods"
+    /// beyond it); `None` when the node does not say (no limit assumed).
+    pub max_pods: Option<u32>,
 }
 
 impl VmNode {
@@ -112,6 +117,16 @@ impl VmNode {
             self.allocatable.saturating_sub(&self.allocated)
         } else {
             Resources::default()
+        }
+    }
+
+    /// How many more pods it takes: none if not schedulable, else its
+    /// allocatable pods minus those bound (`u32::MAX`: no limit known).
+    pub fn free_slots(&self) -> u32 {
+        match (self.schedulable, self.max_pods) {
+            (false, _) => 0,
+            (true, Some(max)) => max.saturating_sub(self.pods),
+            (true, None) => u32::MAX,
         }
     }
 }
@@ -388,6 +403,7 @@ impl<'a> Pass<'a> {
         let mut groups: Vec<(u64, usize)> = Vec::new();
         let mut node_group = Vec::new();
         let mut room = Vec::new();
+        let mut slots = Vec::new();
         if use_vm_room {
             let mut group_of: HashMap<(u64, usize), u64> = HashMap::new();
             for n in &snap.nodes {
@@ -398,6 +414,7 @@ impl<'a> Pass<'a> {
                 });
                 node_group.push(g);
                 room.push(n.free_room());
+                slots.push(n.free_slots());
             }
         }
         let mut future = Vec::new();
@@ -419,7 +436,7 @@ impl<'a> Pass<'a> {
             engine,
             snap,
             use_vm_room,
-            vm_room: GroupedFit::new(room, &node_group),
+            vm_room: GroupedFit::with_slots(room, slots, &node_group),
             node_group,
             groups,
             allowed: HashMap::new(),

@@ -66,6 +66,8 @@ fn vm(name: &str, pool: &str, free_cpu: u64, free_gib: u64) -> VmNode {
         allocated: Resources::new(4000 - free_cpu, (16 - free_gib) * GIB),
         schedulable: true,
         class: 0,
+        pods: 0,
+        max_pods: None,
     }
 }
 
@@ -168,6 +170,37 @@ fn cordoned_nodes_and_memory_are_respected() {
         vec![pod("ns", "p")],
     );
     assert_eq!(decide(&s, auto(30, 600))[0].reason, Reason::WaitingForVm);
+}
+
+#[test]
+fn a_node_at_its_pod_count_is_no_room_even_for_a_pod_that_requests_nothing() {
+    // kube-scheduler's NodeResourcesFit: "Too many pods".
+    let mut full = vm("vm-0", "a", 4000, 16);
+    full.pods = 30;
+    full.max_pods = Some(30);
+    let mut one_slot = vm("vm-1", "a", 4000, 16);
+    one_slot.pods = 29;
+    one_slot.max_pods = Some(30);
+    let mut cordoned = vm("vm-2", "a", 4000, 16);
+    cordoned.schedulable = false;
+    let nothing = |name: &str| pod("ns", name).cpu(0).mem_gib(0).waited(600);
+    let s = snap(
+        vec![full, one_slot, cordoned],
+        vec![pool("a", 3, 3)],
+        vec![nothing("first"), nothing("second")],
+    );
+    let plan = Engine::default().plan(&s, &PolicySet::with_default(auto(30, 600)));
+    // The one free slot takes one pod; the pool cannot grow: the other bursts.
+    let on: Vec<Option<usize>> = plan.order.iter().map(|&i| plan.vm_node[i]).collect();
+    assert_eq!(on, [Some(1), None]);
+    let d = decide(&s, auto(30, 600));
+    assert_eq!(
+        reasons(&d),
+        [
+            (Verdict::Vm, Reason::VmCapacityAvailable),
+            (Verdict::Burst, Reason::PoolsAtMax)
+        ]
+    );
 }
 
 #[test]
@@ -687,6 +720,11 @@ fn placements_agree_with_a_direct_per_node_evaluation() {
                     allocated: Resources::new(next(9) * 500, next(17) * GIB),
                     schedulable: next(10) != 0,
                     class,
+                    pods: next(4) as u32,
+                    max_pods: match next(3) {
+                        0 => None,
+                        _ => Some(next(6) as u32),
+                    },
                 }
             })
             .collect();
@@ -785,6 +823,7 @@ fn placements_agree_with_a_direct_per_node_evaluation() {
         // Direct: each pod in the engine's order takes the first node whose own
         // labels and taints admit it and that still has room.
         let mut room: Vec<Resources> = s.nodes.iter().map(VmNode::free_room).collect();
+        let mut slots: Vec<u32> = s.nodes.iter().map(VmNode::free_slots).collect();
         for &i in &plan.order {
             let p = &s.pending[i];
             let want = (0..s.nodes.len()).find(|&n| {
@@ -793,6 +832,7 @@ fn placements_agree_with_a_direct_per_node_evaluation() {
                     && p.placement
                         .refusal(&s.classes[node.class], &node.name)
                         .is_none()
+                    && slots[n] > 0
                     && p.requests.fits_in(&room[n])
             });
             assert_eq!(
@@ -802,6 +842,9 @@ fn placements_agree_with_a_direct_per_node_evaluation() {
             );
             if let Some(n) = want {
                 room[n] = room[n].saturating_sub(&p.requests);
+                if slots[n] != u32::MAX {
+                    slots[n] -= 1;
+                }
             }
             let path = if p.placement.per_node() {
                 "per-node"

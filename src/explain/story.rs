@@ -24,6 +24,9 @@ pub struct Story {
     pub priority: i32,
     /// Selects the virtual node itself (no VM can take it).
     pub pinned: bool,
+    /// What the webhook removed to relax its pin to the virtual node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relaxed_pin: Option<String>,
     pub tolerates_virtual_node: bool,
     /// Why ACI cannot run it, if it cannot.
     pub aci_incompatible: Option<String>,
@@ -221,6 +224,12 @@ pub fn story(
                             .unwrap_or_else(|| "its labels or taints refuse the pod".into()),
                     ),
                 }
+            } else if n.free_slots() == 0 {
+                Some(format!(
+                    "too many pods ({} of {} allocatable)",
+                    n.pods,
+                    n.max_pods.unwrap_or_default()
+                ))
             } else {
                 fits(&pod.requests, &free)
             };
@@ -241,6 +250,7 @@ pub fn story(
         requests: pod.requests.into(),
         priority: pod.priority,
         pinned,
+        relaxed_pin: None,
         tolerates_virtual_node: pod.tolerates_virtual,
         aci_incompatible: pod.aci_incompatible.clone(),
         policy: policy.map(policy_story),
@@ -273,6 +283,9 @@ pub fn render_text(s: &Story) -> String {
     let virt = match (&s.aci_incompatible, s.tolerates_virtual_node, s.pinned) {
         (Some(why), _, _) => format!("ACI cannot run it: {why}"),
         (None, _, true) => PINNED_NOTE.to_string(),
+        (None, _, false) if s.relaxed_pin.is_some() => {
+            super::relaxed_note(s.relaxed_pin.as_deref().unwrap_or_default())
+        }
         (None, true, false) => "tolerates the virtual node".to_string(),
         (None, false, false) => "does not tolerate the virtual node's taint: VMs only".to_string(),
     };

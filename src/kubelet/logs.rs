@@ -621,9 +621,12 @@ impl LogReader {
             });
         }
         let stamped = options.needs_times();
-        // A follower reads at least one line, to know where the log ends.
+        // A follower reads the window its polls read, whatever tailLines
+        // shows: its cursor counts the lines sharing the newest time, and a
+        // shorter read would cut some of them off, so the first poll would
+        // send them again (lines appended together share their time).
         let tail = match options.tail_lines {
-            Some(n) if options.follow => Some(n.max(1)),
+            Some(n) if options.follow => Some(n.max(u64::from(FOLLOW_WINDOW))),
             t => t,
         };
         let aci_options = LogOptions {

@@ -123,12 +123,27 @@ pub enum AciResources {
     RaiseRequests,
 }
 
+/// Where ACI container groups sit on the network (`aci.network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum AciNetwork {
+    /// In a delegated subnet of the cluster's VNet (`--aci-subnet-id`), with
+    /// a private IP; ACI gives such a group no public IP and no DNS label.
+    Private,
+    /// Outside any VNet: a public IP per `publicIp`, or no IP.
+    Public,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AciSettings {
+    /// `auto` gives a public IP to pods that declare ports, on a public
+    /// network only (so on a private network it behaves as `never`).
     pub public_ip: PublicIp,
     pub dns_name_label: Option<String>,
     /// `aci.resources`.
     pub resources: AciResources,
+    /// `aci.network`; `None` = `private` when spillway has subnets
+    /// (`--aci-subnet-id`), `public` otherwise.
+    pub network: Option<AciNetwork>,
 }
 
 impl Default for AciSettings {
@@ -139,6 +154,7 @@ impl Default for AciSettings {
             public_ip: PublicIp::Auto,
             dns_name_label: None,
             resources: AciResources::ClampLimits,
+            network: None,
         }
     }
 }
@@ -447,6 +463,41 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
             }
         },
     };
+    let network = match &spec.aci.network {
+        None => None,
+        Some(n) => match n.value.as_str() {
+            "private" => Some(AciNetwork::Private),
+            "public" => Some(AciNetwork::Public),
+            other => {
+                c.at(
+                    n.referenced,
+                    "spec.aci.network",
+                    format!("unknown value {other:?} (expected private or public)"),
+                );
+                None
+            }
+        },
+    };
+    // ARM refuses a public IP and a DNS name label on a group in a VNet
+    // (container-instances-virtual-network-concepts, "Unsupported networking
+    // scenarios": "Public IP or DNS label"), so a private policy cannot ask
+    // for either.
+    if network == Some(AciNetwork::Private) {
+        if let Some(p) = spec.aci.public_ip.as_ref().filter(|p| p.value == "always") {
+            c.at(
+                p.referenced,
+                "spec.aci.publicIp",
+                "always contradicts network: private (ACI gives no public IP to a container group in a virtual network); use never, or network: public",
+            );
+        }
+        if let Some(t) = &spec.aci.dns_name_label {
+            c.at(
+                t.referenced,
+                "spec.aci.dnsNameLabel",
+                "a DNS name label needs a public IP, which ACI does not give to a container group in a virtual network (network: private); remove it, or use network: public",
+            );
+        }
+    }
     let ok = c.errors.is_empty();
     errors.append(&mut c.errors);
     ok.then(|| BurstPolicy {
@@ -474,6 +525,7 @@ fn validate(raw: RawPolicy, file: &str, errors: &mut Vec<PolicyError>) -> Option
             public_ip,
             dns_name_label,
             resources,
+            network,
         },
         source: file.to_string(),
         line,

@@ -128,4 +128,7 @@ pub struct RawAci {
     /// `clamp-limits` (default) or `raise-requests`.
     #[serde(default)]
     pub resources: Option<Spanned<String>>,
+    /// `private` or `public` (default: private when spillway has subnets).
+    #[serde(default)]
+    pub network: Option<Spanned<String>>,
 }

@@ -689,3 +689,50 @@ fn unknown_aci_resources_value_points_at_the_value() {
     assert_eq!(e.column, 37, "{e}");
     assert!(e.message.contains("clamp-limits or raise-requests"), "{e}");
 }
+
+#[test]
+fn aci_network_is_unset_by_default_and_takes_private_or_public() {
+    use super::AciNetwork;
+    assert_eq!(parse_one(FULL).unwrap().aci.network, None);
+    let p = parse_one(&FULL.replace(
+        "aci: { publicIp: auto, dnsNameLabel: \"{{namespace}}-{{name}}\" }",
+        "aci: { network: private, publicIp: never }",
+    ))
+    .unwrap();
+    assert_eq!(p.aci.network, Some(AciNetwork::Private));
+    let p = parse_one(&FULL.replace(
+        "aci: { publicIp: auto,",
+        "aci: { network: public, publicIp: auto,",
+    ))
+    .unwrap();
+    assert_eq!(p.aci.network, Some(AciNetwork::Public));
+    let e = single_error(&FULL.replace(
+        "aci: { publicIp: auto,",
+        "aci: { network: vnet, publicIp: auto,",
+    ));
+    assert_eq!((e.line, e.field.as_str()), (13, "spec.aci.network"), "{e}");
+    assert!(e.message.contains("private or public"), "{e}");
+}
+
+#[test]
+fn a_private_network_refuses_a_public_ip_and_a_dns_label_at_their_values() {
+    let text = FULL.replace(
+        "aci: { publicIp: auto,",
+        "aci: { network: private, publicIp: always,",
+    );
+    let errs = parse_one(&text).unwrap_err();
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["spec.aci.publicIp", "spec.aci.dnsNameLabel"],
+        "{errs:?}"
+    );
+    assert!(errs[0].message.contains("network: private"), "{}", errs[0]);
+    assert!(errs[1].message.contains("public IP"), "{}", errs[1]);
+    // `auto` and `never` are fine: no public IP on a private network.
+    let ok = FULL.replace(
+        "aci: { publicIp: auto, dnsNameLabel: \"{{namespace}}-{{name}}\" }",
+        "aci: { network: private, publicIp: auto }",
+    );
+    assert!(parse_one(&ok).is_ok());
+}

@@ -55,8 +55,10 @@ pub struct ProviderArgs {
     /// Cluster id tagged on every container group and hashed into its name
     /// (`<namespace>-<pod>-<6 hex digits>`); GC touches only groups with
     /// this tag, and a group another cluster tagged is never overwritten, so
-    /// it must be unique per cluster sharing a resource group. Required with
-    /// `--aci azure`.
+    /// it must be unique per cluster sharing a resource group. Default: the
+    /// UID of the cluster's kube-system namespace (unique per cluster and
+    /// stable for its life); changing it later orphans the groups tagged
+    /// with the old id.
     #[arg(long, env = "SPILLWAY_CLUSTER_ID")]
     pub cluster_id: Option<String>,
     #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
@@ -65,6 +67,20 @@ pub struct ProviderArgs {
     pub aci_resource_group: Option<String>,
     #[arg(long, default_value = "westeurope", env = "SPILLWAY_ACI_REGION")]
     pub aci_region: String,
+    /// A subnet delegated to Microsoft.ContainerInstance/containerGroups
+    /// (ARM id `/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/virtualNetworks/V/subnets/S`);
+    /// repeat it (or separate ids with commas in the variable) for several.
+    /// Container groups then join the cluster's VNet with a private IP, the
+    /// pod IP (policy `aci.network`, default `private` when given); a pod's
+    /// subnet is chosen by a hash of its group name.
+    #[arg(
+        long = "aci-subnet-id",
+        value_name = "ID",
+        value_parser = parse_subnet_id,
+        value_delimiter = ',',
+        env = "SPILLWAY_ACI_SUBNET_IDS"
+    )]
+    pub aci_subnet_ids: Vec<crate::aci::translate::SubnetId>,
     /// Memory reported per vCPU of quota left, in GiB.
     #[arg(long, default_value_t = 4.0)]
     pub aci_memory_gib_per_core: f64,
@@ -154,6 +170,10 @@ pub struct ProviderArgs {
 pub enum ProviderSetupError {
     #[error("--aci azure needs {0}")]
     Missing(&'static str),
+    #[error(
+        "--cluster-id is not given and the kube-system namespace's UID (its default) cannot be read: {0}. Give --cluster-id (SPILLWAY_CLUSTER_ID), unique per cluster sharing the ACI resource group, or grant get on namespaces/kube-system"
+    )]
+    ClusterId(String),
     #[error("--aci-emulator-url must be an http:// or https:// URL, not {0:?}")]
     EmulatorUrl(String),
     #[error("--aci-memory-gib-per-core must be positive, not {0}")]
@@ -208,11 +228,6 @@ impl ProviderArgs {
             return Err(ProviderSetupError::LogQps(self.kubelet_log_qps));
         }
         if self.backend == AciBackend::Azure {
-            if self.cluster_id.as_deref().is_none_or(str::is_empty) {
-                return Err(ProviderSetupError::Missing(
-                    "--cluster-id (SPILLWAY_CLUSTER_ID)",
-                ));
-            }
             if self.aci_subscription.as_deref().is_none_or(str::is_empty) {
                 return Err(ProviderSetupError::Missing(
                     "--aci-subscription (AZURE_SUBSCRIPTION_ID)",
@@ -246,8 +261,14 @@ impl ProviderArgs {
         c.sync_interval = Duration::from_secs(self.aci_sync_secs);
         c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
         c.list_timeout = Duration::from_secs(self.aci_list_timeout_secs);
+        c.aci_subnets = self.aci_subnet_ids.clone();
         c
     }
+}
+
+/// `--aci-subnet-id`: an ARM subnet id, checked for shape.
+pub fn parse_subnet_id(s: &str) -> Result<crate::aci::translate::SubnetId, String> {
+    crate::aci::translate::SubnetId::parse(s)
 }
 
 /// Azure credentials from the environment: workload identity when its
@@ -374,6 +395,30 @@ const CLIENT_CA_RELOAD: Duration = Duration::from_secs(60);
 /// Bound on one TokenReview or SubjectAccessReview.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The cluster id: `--cluster-id`, else the UID of the kube-system
+/// namespace (what "this cluster" means to ARM tags and group names; the
+/// namespace lives as long as the cluster).
+pub async fn resolve_cluster_id(
+    args: &ProviderArgs,
+    client: &kube::Client,
+) -> Result<String, ProviderSetupError> {
+    if let Some(id) = args.cluster_id.as_deref().filter(|s| !s.trim().is_empty()) {
+        return Ok(id.trim().to_string());
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    let uid = namespaces
+        .get("kube-system")
+        .await
+        .map_err(|e| ProviderSetupError::ClusterId(e.to_string()))?
+        .metadata
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ProviderSetupError::ClusterId("the namespace has no uid".into()))?;
+    tracing::info!(cluster_id = %uid, "cluster id: the kube-system namespace's UID (--cluster-id not given)");
+    Ok(uid)
+}
+
 /// Start the provider and its kubelet endpoint as `args` say; `None` for
 /// `--aci none`. The provider acts only while `leader` is true.
 pub async fn start(
@@ -403,7 +448,7 @@ pub async fn start(
             (
                 metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
                 metered(AzureContainerGroups::new(&cfg)?, &metrics),
-                args.cluster_id.clone().unwrap_or_default(),
+                resolve_cluster_id(args, &clients.calls).await?,
                 None,
             )
         }
@@ -432,7 +477,13 @@ pub async fn start(
             (
                 metered_and_paced(AzureContainerGroups::new(&cfg)?, &metrics),
                 metered(AzureContainerGroups::new(&cfg)?, &metrics),
-                args.cluster_id.clone().unwrap_or_else(|| "local".into()),
+                match resolve_cluster_id(args, &clients.calls).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::info!(error = %e, "the ACI emulator's groups are tagged with cluster id \"local\"");
+                        "local".into()
+                    }
+                },
                 emu,
             )
         }
@@ -539,6 +590,38 @@ mod tests {
     }
 
     #[test]
+    fn subnet_ids_repeat_or_split_on_commas_and_reach_the_provider_config() {
+        let id = |s: &str| {
+            format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/{s}"
+            )
+        };
+        let a = Args::try_parse_from([
+            "x",
+            "--aci-subnet-id",
+            &format!("{},{}", id("a"), id("b")),
+            "--aci-subnet-id",
+            &id("c"),
+        ])
+        .expect("parses");
+        let c = a.p.config("c1", 10250);
+        let names: Vec<&str> = c.aci_subnets.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let e = Args::try_parse_from(["x", "--aci-subnet-id", "subnets/a"])
+            .err()
+            .expect("malformed id");
+        assert!(e.to_string().contains("is not an ARM subnet id"), "{e}");
+        assert!(
+            Args::try_parse_from(["x"])
+                .expect("parses")
+                .p
+                .config("c1", 1)
+                .aci_subnets
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn an_emulator_url_needs_the_emulator_backend_and_an_http_url() {
         let a = Args::try_parse_from(["x", "--aci-emulator-url", "http://127.0.0.1:9"])
             .expect("parses");
@@ -572,8 +655,10 @@ mod tests {
         assert_eq!(a.p.node_name, "spillway-aci");
         let a = Args::try_parse_from(["x", "--aci", "azure", "--aci-subscription", "s"])
             .expect("parses");
-        let e = a.p.validate().expect_err("needs cluster id and rg");
-        assert!(e.to_string().contains("--cluster-id"), "{e}");
+        let e = a.p.validate().expect_err("needs the resource group");
+        assert!(e.to_string().contains("--aci-resource-group"), "{e}");
+        // The cluster id defaults to the kube-system namespace's UID.
+        assert!(!e.to_string().contains("--cluster-id"), "{e}");
         let a = Args::try_parse_from([
             "x",
             "--aci",

@@ -101,6 +101,9 @@ pub struct ProviderConfig {
     pub cluster_id: String,
     /// ACI region (groups and the usage API).
     pub location: String,
+    /// Delegated subnets container groups go to (`--aci-subnet-id`); empty:
+    /// no VNet (see `aci::translate::network`).
+    pub aci_subnets: Vec<crate::aci::translate::SubnetId>,
     /// One ACI list per this interval (status sync).
     pub sync_interval: Duration,
     pub lease_interval: Duration,
@@ -152,6 +155,7 @@ impl ProviderConfig {
             },
             cluster_id: cluster_id.into(),
             location: location.into(),
+            aci_subnets: Vec::new(),
             sync_interval: Duration::from_secs(5),
             lease_interval: Duration::from_secs(10),
             lease_timeout: Duration::from_secs(10),

@@ -222,16 +222,14 @@ pub fn node_status(
         capacity: Some(capacity.clone()),
         allocatable: Some(capacity),
         conditions: Some(conditions(&settings.profile, health, now)),
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".into(),
-                address: settings.internal_ip.clone(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: settings.name.clone(),
-            },
-        ]),
+        // Only the InternalIP, as virtual-kubelet's providers register it:
+        // kube-apiserver reaches a kubelet (logs, exec, node proxy) at the
+        // first address of its --kubelet-preferred-address-types, Hostname
+        // first by default, and the virtual node's name resolves nowhere.
+        addresses: Some(vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: settings.internal_ip.clone(),
+        }]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
                 port: i32::from(settings.kubelet_port),

@@ -906,6 +906,9 @@ impl<'a> World<'a> {
             allocated: Resources::default(),
             schedulable: true,
             class: 0,
+            // The simulator models CPU and memory, not pod counts.
+            pods: 0,
+            max_pods: None,
         });
         let vp = &mut self.snap.pools[pool];
         vp.nodes += 1;

@@ -382,10 +382,14 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
         };
         let mut nodes: Vec<Node> = nodes.items.into_iter().filter(ready).collect();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        // Cluster events that requeue parked pods: node set changes, bound pods removed.
+        // Cluster events that requeue parked pods (kube-scheduler's queueing
+        // hints): node set or allocatable changes, bound pods removed.
         let node_names: Vec<String> = nodes
             .iter()
-            .filter_map(|n| n.metadata.name.clone())
+            .filter_map(|n| {
+                let allocatable = n.status.as_ref().and_then(|s| s.allocatable.as_ref());
+                Some(format!("{}={allocatable:?}", n.metadata.name.as_deref()?))
+            })
             .collect();
         let bound: BTreeSet<String> = pods
             .items
@@ -399,9 +403,13 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
         last_nodes = node_names;
         last_bound = bound;
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
+        // kube-scheduler's NodeResourcesFit also counts pods against the
+        // node's allocatable `pods` ("Too many pods").
+        let mut count: BTreeMap<String, u32> = BTreeMap::new();
         for p in pods.items.iter().filter(|p| live(p)) {
             if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 let r = pod_requests(p).unwrap_or_default();
+                *count.entry(n.clone()).or_default() += 1;
                 let e = used.entry(n).or_default();
                 *e = e.add(&r);
             }
@@ -434,18 +442,20 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
             }
             parked.remove(&key);
             let req = pod_requests(pod).unwrap_or_default();
-            let fits = |n: &Node, used: &BTreeMap<String, Resources>| {
-                is_virtual(n) || {
-                    let u = used
-                        .get(n.metadata.name.as_deref().unwrap_or_default())
-                        .copied()
-                        .unwrap_or_default();
-                    u.add(&req).fits_in(&allocatable(n))
-                }
-            };
+            let fits =
+                |n: &Node, used: &BTreeMap<String, Resources>, count: &BTreeMap<String, u32>| {
+                    let name = n.metadata.name.as_deref().unwrap_or_default();
+                    let room_for_a_pod = spillway::cluster::node_max_pods(n)
+                        .is_none_or(|max| count.get(name).copied().unwrap_or(0) < max);
+                    room_for_a_pod
+                        && (is_virtual(n) || {
+                            let u = used.get(name).copied().unwrap_or_default();
+                            u.add(&req).fits_in(&allocatable(n))
+                        })
+                };
             let feasible: Vec<&Node> = nodes
                 .iter()
-                .filter(|n| tolerates(pod, n) && affinity_ok(pod, n) && fits(n, &used))
+                .filter(|n| tolerates(pod, n) && affinity_ok(pod, n) && fits(n, &used, &count))
                 .collect();
             let names: Vec<String> = feasible
                 .iter()
@@ -502,6 +512,7 @@ pub async fn scheduler(client: kube::Client, extender: String, bindings: Binding
                         .await
                         .is_ok()
                     {
+                        *count.entry(node.clone()).or_default() += 1;
                         let e = used.entry(node.clone()).or_default();
                         *e = e.add(&req);
                         if let Ok(mut b) = bindings.0.lock() {

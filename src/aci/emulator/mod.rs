@@ -23,6 +23,13 @@
 //!   body's `name`, `id` and `type` are optional (the URL names the group).
 //! - **Public IPs** come from a test range (20.0.0.0/16 by default), with an
 //!   FQDN `{label}.{location}.azurecontainer.io`.
+//! - **Subnets** (`POST /_emulator/subnets` with `id`, `addressPrefix` and
+//!   `delegations`; `GET` lists them with the addresses in use): a group
+//!   naming one in `subnetIds` gets a private IP of its range (the first
+//!   four and the last address reserved, as in Azure), released on delete;
+//!   ARM's refusals of an unknown or undelegated subnet, a full one, a
+//!   public IP or DNS label in a VNet and a private IP outside one (see
+//!   `subnets.rs` for the codes and their sources).
 //! - **Quotas**: cores and groups per subscription and region →
 //!   409 `ContainerGroupQuotaReached` with ARM's message; groups larger than
 //!   the region allows → 409 `ServiceUnavailable`.
@@ -62,9 +69,11 @@ pub mod cli;
 pub mod exec;
 mod routes;
 mod state;
+mod subnets;
 
 pub use exec::{ExecEnd, ExecRecord, ExecScript};
 pub use state::{Counters, GroupSnapshot, Op};
+pub use subnets::{ACI_DELEGATION, SubnetDefinition, SubnetSnapshot};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -352,6 +361,17 @@ impl EmulatorState {
     /// The exec sessions started so far.
     pub fn exec_sessions(&self) -> Vec<ExecRecord> {
         self.exec.records()
+    }
+
+    /// Define (or redefine) a subnet of the emulated VNet (what
+    /// `POST /_emulator/subnets` does); a message says what is wrong.
+    pub fn define_subnet(&self, def: SubnetDefinition) -> Result<SubnetSnapshot, String> {
+        self.lock().subnets.define(def)
+    }
+
+    /// The subnets with the addresses they handed out.
+    pub fn subnets(&self) -> Vec<SubnetSnapshot> {
+        self.lock().subnets.snapshot()
     }
 }
 

@@ -42,6 +42,7 @@ pub fn router(state: EmulatorState) -> Router {
         )
         .route("/_emulator/faults", get(get_faults).post(post_faults))
         .route("/_emulator/groups", get(groups_snapshot))
+        .route("/_emulator/subnets", get(get_subnets).post(post_subnet))
         .route(
             "/_emulator/groups/{name}/containers/{container}/logs",
             axum::routing::post(append_logs),
@@ -627,6 +628,28 @@ async fn set_exec_script(
 
 async fn exec_sessions(State(state): State<EmulatorState>) -> Response {
     axum::Json(serde_json::json!({ "sessions": state.exec_sessions() })).into_response()
+}
+
+async fn get_subnets(State(state): State<EmulatorState>) -> Response {
+    axum::Json(serde_json::json!({ "subnets": state.subnets() })).into_response()
+}
+
+/// Define a subnet: 200 with it, 400 with what is wrong.
+async fn post_subnet(
+    State(state): State<EmulatorState>,
+    body: Bytes,
+) -> Result<Response, ArmError> {
+    let def: super::SubnetDefinition = serde_json::from_slice(&body).map_err(|e| {
+        ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            format!("subnet: {e}"),
+        )
+    })?;
+    let subnet = state
+        .define_subnet(def)
+        .map_err(|e| ArmError::new(StatusCode::BAD_REQUEST, "InvalidRequestContent", e))?;
+    Ok(axum::Json(subnet).into_response())
 }
 
 async fn groups_snapshot(State(state): State<EmulatorState>) -> Response {

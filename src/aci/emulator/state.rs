@@ -4,6 +4,7 @@
 //! Nothing here does I/O or reads a clock: every method takes `now`, so the
 //! lifecycle is a pure function of (creation instant, elapsed × speed).
 
+use super::subnets::Subnets;
 use super::{EmulatorConfig, Faults, OperationFaults};
 use crate::aci::model::*;
 use crate::units::{Duration as Millis, Timestamp};
@@ -70,6 +71,8 @@ struct Record {
     created: Instant,
     created_wall: Timestamp,
     ip: Option<Ipv4Addr>,
+    /// The subnet (lowercased id) `ip` belongs to; `None` for a public IP.
+    subnet: Option<String>,
     puts: u64,
     /// Provisioning ends `Failed` with this detail (fault plan at PUT time).
     fails: Option<String>,
@@ -139,6 +142,9 @@ pub struct GroupSnapshot {
     pub state: String,
     pub cores: f64,
     pub ip: Option<String>,
+    /// The subnet the group's private IP belongs to (as PUT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
     pub puts: u64,
     pub tags: BTreeMap<String, String>,
     /// Secret volume → the file names it was created with (values withheld),
@@ -155,6 +161,8 @@ pub struct World {
     groups: BTreeMap<GroupKey, Record>,
     used_ips: BTreeSet<Ipv4Addr>,
     next_ip: u32,
+    /// The virtual network (`/_emulator/subnets`).
+    pub subnets: Subnets,
     buckets: BTreeMap<(String, bool), Bucket>,
     rng: SmallRng,
     pub counters: Counters,
@@ -185,6 +193,7 @@ impl World {
             groups: BTreeMap::new(),
             used_ips: BTreeSet::new(),
             next_ip: 4,
+            subnets: Subnets::default(),
             buckets: BTreeMap::new(),
             rng,
             counters: Counters::default(),
@@ -276,6 +285,7 @@ impl World {
             key.subscription, resource_group_display, RESOURCE_TYPE, key.name
         ));
         body.resource_type = Some(RESOURCE_TYPE.to_string());
+        let subnet = self.subnets.check(&key.name, &body)?;
         let spec = body.spec();
         // What is kept and answered: the spec plus the `id` and `type` ARM
         // always returns.
@@ -308,6 +318,11 @@ impl World {
                 });
             }
             let wants_ip = wants_public_ip(&spec);
+            if let Some(sk) = &subnet
+                && existing_subnet(self.groups.get(&key)) != Some(sk)
+            {
+                self.subnets.has_room(sk)?;
+            }
             // An update restarts the group, as ACI does.
             let fails = self.faults.fail_provisioning.get(&key.name).cloned();
             if let Some(existing) = self.groups.get_mut(&key) {
@@ -316,7 +331,7 @@ impl World {
                 existing.created_wall = now_wall;
                 existing.fails = fails;
             }
-            self.ensure_ip(&key, wants_ip);
+            self.ensure_ip(&key, wants_ip, subnet);
             self.counters.updates += 1;
             return Ok((self.render(&key, now, true), false));
         }
@@ -362,6 +377,9 @@ impl World {
             });
         }
         let wants_ip = wants_public_ip(&spec);
+        if let Some(sk) = &subnet {
+            self.subnets.has_room(sk)?;
+        }
         self.groups.insert(
             key.clone(),
             Record {
@@ -369,11 +387,12 @@ impl World {
                 created: now,
                 created_wall: now_wall,
                 ip: None,
+                subnet: None,
                 puts: 1,
                 fails: self.faults.fail_provisioning.get(&key.name).cloned(),
             },
         );
-        self.ensure_ip(&key, wants_ip);
+        self.ensure_ip(&key, wants_ip, subnet);
         self.counters.creates += 1;
         *self
             .counters
@@ -383,22 +402,44 @@ impl World {
         Ok((self.render(&key, now, true), true))
     }
 
-    fn ensure_ip(&mut self, key: &GroupKey, wants: bool) {
-        let current = self.groups.get(key).and_then(|r| r.ip);
-        match (wants, current) {
-            (true, None) => {
-                let ip = self.allocate_ip();
-                if let Some(r) = self.groups.get_mut(key) {
-                    r.ip = ip;
-                }
-            }
-            (false, Some(ip)) => {
+    /// Give the group the address it needs: a private one of `subnet`
+    /// (ACI assigns one to every group in a subnet, with or without
+    /// `ipAddress`), else a public one when it `wants_public`; release what
+    /// it no longer needs. An address that still fits is kept.
+    fn ensure_ip(&mut self, key: &GroupKey, wants_public: bool, subnet: Option<String>) {
+        let Some(r) = self.groups.get(key) else {
+            return;
+        };
+        let (ip, current_subnet) = (r.ip, r.subnet.clone());
+        let fits = match (ip, &subnet, &current_subnet) {
+            (None, _, _) => false,
+            (Some(_), Some(want), Some(have)) => want == have,
+            (Some(_), None, None) => wants_public,
+            _ => false,
+        };
+        if fits {
+            return;
+        }
+        if let Some(ip) = ip {
+            self.release_ip(ip, current_subnet.as_deref());
+        }
+        let new_ip = match &subnet {
+            Some(sk) => self.subnets.allocate(sk),
+            None if wants_public => self.allocate_ip(),
+            None => None,
+        };
+        if let Some(r) = self.groups.get_mut(key) {
+            r.ip = new_ip;
+            r.subnet = subnet;
+        }
+    }
+
+    fn release_ip(&mut self, ip: Ipv4Addr, subnet: Option<&str>) {
+        match subnet {
+            Some(sk) => self.subnets.release(sk, ip),
+            None => {
                 self.used_ips.remove(&ip);
-                if let Some(r) = self.groups.get_mut(key) {
-                    r.ip = None;
-                }
             }
-            _ => {}
         }
     }
 
@@ -461,13 +502,18 @@ impl World {
         self.appended.retain(|(k, _), _| k != key);
         match self.groups.remove(key) {
             Some(r) => {
-                if let Some(ip) = r.ip {
-                    self.used_ips.remove(&ip);
-                }
+                self.release(&r);
                 self.counters.deletes += 1;
                 true
             }
             None => false,
+        }
+    }
+
+    /// Return a removed group's address to its pool.
+    fn release(&mut self, r: &Record) {
+        if let Some(ip) = r.ip {
+            self.release_ip(ip, r.subnet.as_deref());
         }
     }
 
@@ -481,8 +527,8 @@ impl World {
             .collect();
         self.appended.retain(|(k, _), _| k.name != name);
         for k in &keys {
-            if let Some(ip) = self.groups.remove(k).and_then(|r| r.ip) {
-                self.used_ips.remove(&ip);
+            if let Some(r) = self.groups.remove(k) {
+                self.release(&r);
             }
         }
         keys.len()
@@ -660,6 +706,7 @@ impl World {
                         .unwrap_or_default(),
                     cores: r.spec.requested_cores(),
                     ip: r.ip.map(|ip| ip.to_string()),
+                    subnet: r.spec.properties.subnet_ids.first().map(|s| s.id.clone()),
                     puts: r.puts,
                     tags: g.tags.clone(),
                     secret_files: r
@@ -715,6 +762,14 @@ impl World {
         };
         let failure = r.fails.as_deref().filter(|_| prov == "Failed");
         g.properties.provisioning_state = Some(prov.to_string());
+        if r.subnet.is_some() && g.properties.ip_address.is_none() {
+            // See subnets.rs: the private address of a group sent without
+            // `ipAddress` (no ports).
+            g.properties.ip_address = Some(IpAddress {
+                ip_type: "Private".to_string(),
+                ..IpAddress::default()
+            });
+        }
         if let Some(ipa) = &mut g.properties.ip_address {
             ipa.ip = r.ip.map(|ip| ip.to_string());
             ipa.fqdn = ipa
@@ -848,6 +903,10 @@ impl World {
         });
         g
     }
+}
+
+fn existing_subnet(r: Option<&Record>) -> Option<&String> {
+    r.and_then(|r| r.subnet.as_ref())
 }
 
 fn wants_public_ip(g: &ContainerGroup) -> bool {
@@ -1000,10 +1059,15 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
         }
     }
     if let Some(ip) = &p.ip_address {
+        // `ports` is required in `IpAddress` (2023-05-01 schema); ARM's
+        // answer to an empty list, as quoted in
+        // hashicorp/terraform-provider-azurerm#1697.
         if ip.ports.is_empty() {
             return bad(
-                "InvalidIpAddressPorts",
-                "The IP address must expose at least one port.".to_string(),
+                "MissingIpAddressPorts",
+                format!(
+                    "The ports in the 'ipAddress' of container group '{name}' cannot be empty."
+                ),
             );
         }
         let container_ports: BTreeSet<u16> = p

@@ -1122,3 +1122,296 @@ async fn exec_answers_as_arms_execute_command() {
         ("/bin/sh", 30, 100, false)
     );
 }
+
+// --- subnets (subnets.rs) ---------------------------------------------------
+
+const SUBNET: &str = "/subscriptions/sub-1/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci";
+
+/// A group in `subnet`: a private IP with `port`, or no `ipAddress` at all.
+fn private_group(name: &str, subnet: &str, port: Option<u16>) -> ContainerGroup {
+    let mut g = group(name, 1.0, "Always", port);
+    if let Some(ip) = &mut g.properties.ip_address {
+        ip.ip_type = "Private".into();
+        ip.dns_name_label = None;
+    }
+    g.properties.subnet_ids = vec![ContainerGroupSubnetId {
+        id: subnet.into(),
+        name: None,
+    }];
+    g
+}
+
+async fn define(st: &EmulatorState, id: &str, prefix: &str, delegated: bool) -> StatusCode {
+    let delegations: Vec<&str> = if delegated {
+        vec!["Microsoft.ContainerInstance/containerGroups"]
+    } else {
+        vec![]
+    };
+    let (s, _, _) = call(
+        st,
+        "POST",
+        "/_emulator/subnets",
+        Some(serde_json::json!({"id": id, "addressPrefix": prefix, "delegations": delegations})),
+    )
+    .await;
+    s
+}
+
+async fn put(st: &EmulatorState, g: &ContainerGroup) -> (StatusCode, serde_json::Value) {
+    let (s, _, body) = call(st, "PUT", &format!("{RG}/{}?{V}", g.name), Some(json(g))).await;
+    (s, body)
+}
+
+fn arm_error(status: StatusCode, body: &serde_json::Value) -> (StatusCode, String, String) {
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_in_a_subnet_get_private_ips_from_its_range_released_on_delete() {
+    let st = state_with(EmulatorConfig::default());
+    assert_eq!(
+        define(&st, SUBNET, "10.240.8.0/29", true).await,
+        StatusCode::OK
+    );
+    // With ports: the private IP is in `ipAddress.ip`.
+    let (s, body) = put(&st, &private_group("web-1", SUBNET, Some(80))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["type"], "Private");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.8.4");
+    assert!(body["properties"]["ipAddress"].get("fqdn").is_none());
+    // Without ports (no `ipAddress` sent): ACI still assigns one.
+    let (s, body) = put(&st, &private_group("job-1", SUBNET, None)).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.8.5");
+    // A PUT of the same spec keeps the address.
+    let (s, body) = put(&st, &private_group("web-1", SUBNET, Some(80))).await;
+    assert_eq!(
+        (s, &body["properties"]["ipAddress"]["ip"]),
+        (StatusCode::OK, &serde_json::json!("10.240.8.4"))
+    );
+    // A /29 has three usable addresses (.4-.6): the fourth group is refused.
+    let (s, _) = put(&st, &private_group("web-2", SUBNET, Some(80))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, body) = put(&st, &private_group("web-3", SUBNET, Some(80))).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "SubnetIsFull".into(),
+            "Subnet aci with address prefix 10.240.8.0/29 does not have enough capacity for 1 IP addresses.".into()
+        )
+    );
+    let (_, _, snap) = call(&st, "GET", "/_emulator/subnets", None).await;
+    assert_eq!(
+        snap["subnets"][0]["used"],
+        serde_json::json!(["10.240.8.4", "10.240.8.5", "10.240.8.6"])
+    );
+    assert_eq!(snap["subnets"][0]["free"], 0);
+    // Deleting a group frees its address for the next one.
+    let (s, _, _) = call(&st, "DELETE", &format!("{RG}/job-1?{V}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = put(&st, &private_group("web-3", SUBNET, Some(80))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.8.5");
+    // No public address was taken.
+    let (_, _, groups) = call(&st, "GET", "/_emulator/groups", None).await;
+    assert!(
+        groups["groups"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|g| g["ip"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("10.240.8."))),
+        "{groups}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn subnet_rules_are_refused_with_arm_codes() {
+    let st = state_with(EmulatorConfig::default());
+    let undelegated = SUBNET.replace("/aci", "/plain");
+    assert_eq!(
+        define(&st, SUBNET, "10.240.8.0/24", true).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        define(&st, &undelegated, "10.240.9.0/24", false).await,
+        StatusCode::OK
+    );
+
+    // A subnet that does not exist.
+    let missing = SUBNET.replace("/aci", "/nope");
+    let (s, body) = put(&st, &private_group("g-1", &missing, Some(80))).await;
+    let (status, code, message) = arm_error(s, &body);
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "InvalidResourceReference")
+    );
+    assert!(
+        message.starts_with(&format!(
+            "Resource {missing} referenced by resource /subscriptions/"
+        )),
+        "{message}"
+    );
+    assert!(message.ends_with("was not found. Please make sure that the referenced resource exists, and that both resources are in the same region."), "{message}");
+
+    // A subnet not delegated to ACI.
+    let (s, body) = put(&st, &private_group("g-1", &undelegated, Some(80))).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "SubnetMissingRequiredDelegation".into(),
+            "Subnet missing required delegation 'Microsoft.ContainerInstance' for container group 'g-1'.".into()
+        )
+    );
+
+    // A public IP in a VNet.
+    let mut public = private_group("g-1", SUBNET, Some(80));
+    if let Some(ip) = &mut public.properties.ip_address {
+        ip.ip_type = "Public".into();
+    }
+    let (s, body) = put(&st, &public).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "PublicIPAddressNotSupported".into(),
+            "IP Address type can't be public when network profile is set.".into()
+        )
+    );
+
+    // A DNS name label on a private IP.
+    let mut labelled = private_group("g-1", SUBNET, Some(80));
+    if let Some(ip) = &mut labelled.properties.ip_address {
+        ip.dns_name_label = Some("shop".into());
+    }
+    let (s, body) = put(&st, &labelled).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "DnsNameLabelNotSupported".into(),
+            "DNS name label for container group is only supported when IP Address type is public."
+                .into()
+        )
+    );
+
+    // A private IP outside any subnet.
+    let mut outside = private_group("g-1", SUBNET, Some(80));
+    outside.properties.subnet_ids.clear();
+    let (s, body) = put(&st, &outside).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "PrivateIPAddressNotSupported".into(),
+            "IP Address type in container group 'g-1' is invalid. Private IP address is only supported when network profile is defined.".into()
+        )
+    );
+
+    // None of them created a group or took an address.
+    let (_, _, groups) = call(&st, "GET", "/_emulator/groups", None).await;
+    assert_eq!(groups["groups"], serde_json::json!([]));
+    // What ARM accepts: the same group, right (ids compare case-insensitively).
+    let (s, body) = put(&st, &private_group("g-1", &SUBNET.to_lowercase(), Some(80))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn moving_a_group_between_public_and_private_swaps_its_address() {
+    let st = state_with(EmulatorConfig::default());
+    define(&st, SUBNET, "127.0.8.0/24", true).await;
+    let (_, body) = put(&st, &group("web-1", 1.0, "Always", Some(80))).await;
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "20.0.0.4");
+    // Loopback ranges work (tests point probes at 127.x listeners).
+    let (s, body) = put(&st, &private_group("web-1", SUBNET, Some(80))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "127.0.8.4");
+    let (_, body) = put(&st, &group("web-2", 1.0, "Always", Some(80))).await;
+    assert_eq!(
+        body["properties"]["ipAddress"]["ip"], "20.0.0.5",
+        "the next public address"
+    );
+    let (_, _, snap) = call(&st, "GET", "/_emulator/subnets", None).await;
+    assert_eq!(snap["subnets"][0]["used"], serde_json::json!(["127.0.8.4"]));
+}
+
+#[tokio::test]
+async fn subnet_definitions_are_checked() {
+    let st = state_with(EmulatorConfig::default());
+    assert_eq!(
+        define(&st, SUBNET, "10.0.0.0/30", true).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        define(&st, "/subscriptions/x", "10.0.0.0/24", true).await,
+        StatusCode::BAD_REQUEST
+    );
+    let (s, _, body) = call(
+        &st,
+        "POST",
+        "/_emulator/subnets",
+        Some(serde_json::json!({"id": SUBNET, "prefix": "10.0.0.0/24"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_moved_to_another_subnet_or_vanished_returns_its_address() {
+    let st = state_with(EmulatorConfig::default());
+    let other = SUBNET.replace("/aci", "/aci-2");
+    define(&st, SUBNET, "10.240.8.0/29", true).await;
+    define(&st, &other, "10.240.9.0/29", true).await;
+    let (_, body) = put(&st, &private_group("web-1", SUBNET, Some(80))).await;
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.8.4");
+    let (s, body) = put(&st, &private_group("web-1", &other, Some(80))).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["properties"]["ipAddress"]["ip"], "10.240.9.4");
+    let used = |st: &EmulatorState| -> Vec<Vec<String>> {
+        st.subnets().into_iter().map(|s| s.used).collect()
+    };
+    assert_eq!(used(&st), [vec![], vec!["10.240.9.4".to_string()]]);
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/_emulator/faults",
+        Some(serde_json::json!({"vanish": ["web-1"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(used(&st), [Vec::<String>::new(), vec![]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ip_address_without_ports_is_refused_with_arms_code() {
+    // Why a pod without ports in a subnet is sent without `ipAddress`.
+    let st = state_with(EmulatorConfig::default());
+    define(&st, SUBNET, "10.240.8.0/24", true).await;
+    let mut g = private_group("job-1", SUBNET, None);
+    g.properties.ip_address = Some(IpAddress {
+        ip_type: "Private".into(),
+        ..Default::default()
+    });
+    let (s, body) = put(&st, &g).await;
+    assert_eq!(
+        arm_error(s, &body),
+        (
+            StatusCode::BAD_REQUEST,
+            "MissingIpAddressPorts".into(),
+            "The ports in the 'ipAddress' of container group 'job-1' cannot be empty.".into()
+        )
+    );
+}

@@ -1266,3 +1266,161 @@ fn the_pod_ip_from_the_downward_api_is_a_clear_error() {
         );
     }
 }
+
+// --- network: delegated subnets (network.rs) --------------------------------
+
+const SUBNET_A: &str = "/subscriptions/0000-1111/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci-a";
+const SUBNET_B: &str = "/subscriptions/0000-1111/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci-b";
+
+fn subnet_config(ids: &[&str]) -> TranslateConfig {
+    TranslateConfig {
+        subnets: ids
+            .iter()
+            .map(|id| SubnetId::parse(id).expect("valid subnet id"))
+            .collect(),
+        ..config()
+    }
+}
+
+fn translate_in(
+    cfg: &TranslateConfig,
+    pod: &k8s::Pod,
+    aci: &AciSettings,
+) -> Result<Translation, TranslateError> {
+    translate_pod(
+        pod,
+        &PodContext {
+            config: cfg,
+            aci,
+            resolved: &Resolved::default(),
+        },
+    )
+}
+
+fn golden_subnet_ok(name: &str, pod: &k8s::Pod, aci: &AciSettings) -> Translation {
+    let t = translate_in(&subnet_config(&[SUBNET_A]), pod, aci)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_golden(name, &serde_json::to_value(&t.group).expect("serializable"));
+    t
+}
+
+fn golden_subnet_err(name: &str, cfg: &TranslateConfig, pod: &k8s::Pod, aci: &AciSettings) {
+    let e = match translate_in(cfg, pod, aci) {
+        Ok(t) => panic!("{name}: expected a rejection, got {}", t.group.name),
+        Err(e) => e,
+    };
+    check_golden(
+        name,
+        &serde_json::json!({ "field": e.field(), "error": e.to_string() }),
+    );
+}
+
+#[test]
+fn golden_subnet_web_gets_a_private_ip_and_no_dns_label() {
+    // The cluster default policy (publicIp: auto, a DNS label template):
+    // with a subnet, `auto` means no public IP, and the template is unused.
+    let t = golden_subnet_ok(
+        "subnet-web",
+        &web_pod(),
+        &aci(PublicIp::Auto, Some("{{namespace}}-{{name}}")),
+    );
+    let p = &t.group.properties;
+    let ip = p.ip_address.as_ref().expect("private ip with the ports");
+    assert_eq!(ip.ip_type, "Private");
+    assert_eq!(ip.ports.len(), 2);
+    assert_eq!(ip.dns_name_label, None);
+    assert_eq!(
+        p.subnet_ids,
+        [crate::aci::model::ContainerGroupSubnetId {
+            id: SUBNET_A.into(),
+            name: None
+        }]
+    );
+}
+
+#[test]
+fn golden_subnet_job_without_ports_has_no_ip_address_block() {
+    // ARM requires `ports` in `ipAddress`: a portless group in a subnet is
+    // sent without it (ACI still gives it a private address).
+    let p = pod("batch", "report-29123-x7k2")
+        .restart("OnFailure")
+        .container(c("report", "busybox:1.36").command(&["sh", "-c", "echo done"]))
+        .build();
+    let t = golden_subnet_ok("subnet-job", &p, &aci(PublicIp::Never, None));
+    assert!(t.group.properties.ip_address.is_none());
+    assert_eq!(t.group.properties.subnet_ids.len(), 1);
+}
+
+#[test]
+fn golden_subnet_refuses_public_ip_always_naming_the_field() {
+    golden_subnet_err(
+        "reject-subnet-public-ip-always",
+        &subnet_config(&[SUBNET_A]),
+        &web_pod(),
+        &aci(PublicIp::Always, None),
+    );
+}
+
+#[test]
+fn golden_private_network_without_a_subnet_is_refused_naming_the_field() {
+    let settings = AciSettings {
+        network: Some(crate::policy::AciNetwork::Private),
+        ..aci(PublicIp::Never, None)
+    };
+    golden_subnet_err(
+        "reject-private-without-subnet",
+        &config(),
+        &web_pod(),
+        &settings,
+    );
+}
+
+#[test]
+fn network_public_keeps_the_public_ip_even_with_subnets() {
+    let settings = AciSettings {
+        network: Some(crate::policy::AciNetwork::Public),
+        ..aci(PublicIp::Auto, None)
+    };
+    let t = translate_in(&subnet_config(&[SUBNET_A]), &web_pod(), &settings).expect("ok");
+    let ip = t.group.properties.ip_address.expect("public ip");
+    assert_eq!(ip.ip_type, "Public");
+    assert!(t.group.properties.subnet_ids.is_empty());
+    // And without subnets the default is public, as before.
+    let t = translate_in(&config(), &web_pod(), &aci(PublicIp::Auto, None)).expect("ok");
+    assert_eq!(t.group.properties.ip_address.expect("ip").ip_type, "Public");
+}
+
+#[test]
+fn a_dns_label_annotation_on_a_private_group_is_dropped_with_a_warning() {
+    let p = pod("web", "shop")
+        .annotation(DNS_LABEL_ANNOTATION, "my-shop")
+        .container(c("app", "img").port(8080, "http"))
+        .build();
+    let t = translate_in(&subnet_config(&[SUBNET_A]), &p, &aci(PublicIp::Auto, None))
+        .expect("translates");
+    let ip = t.group.properties.ip_address.expect("private ip");
+    assert_eq!((ip.ip_type.as_str(), ip.dns_name_label), ("Private", None));
+    let w: Vec<_> = t.warnings.iter().map(|w| w.reason).collect();
+    assert_eq!(w, [REASON_DNS_LABEL_IGNORED]);
+    assert!(
+        t.warnings[0].message.contains("my-shop"),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
+fn with_several_subnets_each_pod_keeps_its_subnet_and_both_are_used() {
+    let cfg = subnet_config(&[SUBNET_A, SUBNET_B]);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let p = pod("web", &format!("frontend-{i}"))
+            .container(c("app", "img"))
+            .build();
+        let once = translate_in(&cfg, &p, &aci(PublicIp::Auto, None)).expect("ok");
+        let again = translate_in(&cfg, &p, &aci(PublicIp::Auto, None)).expect("ok");
+        assert_eq!(once.group, again.group, "the same body every time");
+        seen.insert(once.group.properties.subnet_ids[0].id.clone());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

@@ -45,8 +45,10 @@
 //!
 //! It must not grow spillway logic: it is the cluster, not the controller.
 
+mod discovery;
 mod patch;
 mod pki;
+mod proxy;
 mod psa;
 mod rbac;
 mod resources;
@@ -112,6 +114,9 @@ pub struct Config {
     /// a token is an unrestricted admin, as every existing test expects; a
     /// request with a token is always authenticated and RBAC-authorized.
     pub require_auth: bool,
+    /// `--kubelet-preferred-address-types`: which node address `pods/log`
+    /// and `nodes/proxy` reach the kubelet at (`proxy.rs`).
+    pub kubelet_address_types: Vec<String>,
 }
 
 impl Default for Config {
@@ -123,6 +128,10 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             disruption_controller: true,
             require_auth: false,
+            kubelet_address_types: proxy::DEFAULT_ADDRESS_TYPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -291,6 +300,8 @@ struct Shared {
     denials: Mutex<Vec<String>>,
     /// The cluster CA, made on first use (`pki.rs`).
     pki: std::sync::OnceLock<pki::Pki>,
+    /// The HTTPS client for kubelets (`proxy.rs`), made on first use.
+    kubelet_client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -300,6 +311,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    /// The client kube-apiserver uses for kubelets: its kubelet client
+    /// certificate (`--kubelet-client-certificate`).
+    fn kubelet_client(&self) -> Result<reqwest::Client, ApiError> {
+        self.kubelet_client
+            .get_or_init(|| {
+                let pki = self.pki.get_or_init(|| pki::Pki::new("kubernetes"));
+                proxy::kubelet_client(
+                    &pki.client_certificate(KUBELET_CLIENT_CN, &[KUBELET_CLIENT_ORG]),
+                )
+            })
+            .clone()
+            .map_err(|e| ApiError::new(500, "InternalError", e))
     }
 }
 
@@ -350,6 +375,7 @@ impl TestApiServer {
             exercised: Mutex::new(Default::default()),
             denials: Mutex::new(Vec::new()),
             pki: std::sync::OnceLock::new(),
+            kubelet_client: std::sync::OnceLock::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -800,6 +826,16 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return e.into_response();
         }
     };
+    if let Some(target) = proxy::Target::of(parts.uri.path()) {
+        let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|Query(q)| q)
+            .unwrap_or_default();
+        let raw = parts.uri.query().unwrap_or_default();
+        return match proxy::forward(&shared, target, &parts.method, &q, raw).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let bytes = match mutating_admission(&shared, &parts, bytes, user).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -996,6 +1032,16 @@ fn route(shared: &Arc<Shared>, parts: &Parts, bytes: &Bytes) -> Result<Response,
         }
         "/healthz" | "/readyz" | "/livez" => return Ok((StatusCode::OK, "ok").into_response()),
         _ => {}
+    }
+    if parts.method == Method::GET {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if let Some(doc) = discovery::document(path, host) {
+            return Ok(json_response(StatusCode::OK, &doc));
+        }
     }
     let route = parse_path(path).ok_or_else(ApiError::path_not_found)?;
     let Query(q) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)

@@ -261,7 +261,7 @@ impl ResourceType {
     }
 }
 
-fn all() -> impl Iterator<Item = &'static ResourceType> {
+pub fn all() -> impl Iterator<Item = &'static ResourceType> {
     RESOURCES
         .iter()
         .chain(IDENTITY_RESOURCES)
@@ -309,6 +309,9 @@ pub fn parse_path(path: &str) -> Option<Route> {
         [p] => (*p, None, None),
         [p, n] => (*p, Some(n.to_string()), None),
         [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        // `nodes/{name}/proxy/{path…}` (and pods'/services' proxy): the
+        // subresource is `proxy`, whatever follows.
+        [p, n, s, _, ..] if *s == "proxy" => (*p, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
     if name.as_deref() == Some("") {

@@ -1,0 +1,300 @@
+//! The real `kubectl` against burst pods, end to end: the `kubectl` binary
+//! talks to the test API server (discovery, `pods/log`, `nodes/proxy`),
+//! which reaches the virtual node's kubelet endpoint as kube-apiserver
+//! does (the node's preferred address and kubelet port from its status,
+//! HTTPS, the API server's kubelet client certificate); `spillway run`
+//! serves that endpoint with a self-signed certificate and checks callers
+//! against the cluster CA, and reads the logs from the ACI emulator.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use support::TestApiServer;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(30);
+const ACI_NODE: &str = "spillway-aci";
+const CLUSTER_ID: &str = "kubectl-e2e";
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    run: spillway::run::RunCommand,
+}
+
+const POLICIES: &str = "apiVersion: spillway.io/v1alpha1
+kind: BurstPolicy
+metadata: { name: web, namespace: web }
+spec:
+  burst: { mode: Auto, spillAfter: 1s }
+";
+
+struct Spillway {
+    emulator: EmulatorHandle,
+    run: support::InProcessRun,
+}
+
+/// `spillway run` as deploy/overlays/aks runs it (its ServiceAccount and
+/// RBAC), with the kubelet endpoint on HTTPS and authenticating callers.
+async fn start(srv: &TestApiServer) -> Spillway {
+    srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    srv.publish_root_ca("spillway-system");
+    let dir = support::policy_dir("kubectl-e2e-policies", POLICIES);
+    let emulator = Emulator::start(EmulatorConfig {
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let args = Args::parse_from([
+        "spillway",
+        "--policies",
+        dir.to_str().unwrap_or_default(),
+        "--identity",
+        "replica-a",
+        "--lease-seconds",
+        "3",
+        "--aci",
+        "emulator",
+        "--aci-emulator-url",
+        emulator.url.as_str(),
+        "--kubelet-listen",
+        "127.0.0.1:0",
+        "--kubelet-tls-self-signed",
+        "--aci-sync-secs",
+        "1",
+        "--cluster-id",
+        CLUSTER_ID,
+    ]);
+    let run =
+        support::InProcessRun::start_as(srv, "spillway-system", "spillway", args.run, &dir).await;
+    let registered = support::poll_until(WAIT, || {
+        srv.get::<Node>("", ACI_NODE)
+            .and_then(|n| n.status?.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await;
+    assert!(
+        registered,
+        "spillway registers {ACI_NODE}; denials: {:?}",
+        srv.auth_denials()
+    );
+    Spillway { emulator, run }
+}
+
+/// A kubeconfig for `server` in a fresh directory, which is also kubectl's
+/// HOME (its discovery cache stays out of the real one).
+fn kubeconfig(server: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kubectl-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.join("config");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n    namespace: web\ncurrent-context: test\nusers:\n- name: admin\n  user: {{}}\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    file
+}
+
+fn kubectl(config: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("kubectl");
+    let home = config.parent().unwrap_or(config);
+    c.env("KUBECONFIG", config)
+        .env("HOME", home)
+        .arg("--request-timeout=20s")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Run kubectl to the end (bounded): (exit code, stdout, stderr).
+async fn run(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(WAIT, kubectl(config).args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e} (is kubectl installed?)"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn burst_pod(name: &str, containers: &[&str]) -> Pod {
+    let containers: Vec<_> = containers
+        .iter()
+        .map(|c| json!({"name": c, "image": "busybox:1.36", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "web"},
+        "spec": {
+            "schedulerName": "spillway-scheduler",
+            "nodeName": ACI_NODE,
+            "containers": containers,
+            "tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}],
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn create_running(srv: &TestApiServer, pod: &Pod) {
+    let api: Api<Pod> = Api::namespaced(srv.client(), "web");
+    api.create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let running = support::poll_until(WAIT, || {
+        srv.get::<Pod>("web", &name)
+            .and_then(|p| p.status?.phase)
+            .is_some_and(|p| p == "Running")
+    })
+    .await;
+    assert!(running, "{name} never ran on ACI");
+}
+
+fn group_of(emu: &EmulatorHandle, pod: &str) -> String {
+    emu.state
+        .snapshot()
+        .into_iter()
+        .find(|g| g.tags.get(spillway::aci::TAG_POD_NAME).map(String::as_str) == Some(pod))
+        .map(|g| g.name)
+        .unwrap_or_else(|| panic!("no container group for {pod}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_reaches_burst_pods_through_the_api_server() {
+    let srv = TestApiServer::start().await;
+    srv.insert(&k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("web".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let spillway = start(&srv).await;
+    let config = kubeconfig(&srv.url(), "logs");
+
+    create_running(&srv, &burst_pod("api", &["app"])).await;
+    let group = group_of(&spillway.emulator, "api");
+    let lines: Vec<String> = ["one", "two", "three"].map(String::from).to_vec();
+    assert_eq!(
+        spillway.emulator.state.append_logs(&group, "app", &lines),
+        1
+    );
+
+    // Plain, --tail, --timestamps, --since, --limit-bytes.
+    let (code, out, err) = run(&config, &["logs", "api"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.ends_with("one\ntwo\nthree\n"), "{out:?}");
+    let (code, out, err) = run(&config, &["logs", "api", "--tail=1"]).await;
+    assert_eq!((code, out.as_str()), (0, "three\n"), "stderr: {err}");
+    let (code, out, err) = run(&config, &["logs", "pod/api", "--timestamps", "--tail=2"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    let stamped: Vec<&str> = out.lines().collect();
+    assert_eq!(stamped.len(), 2, "{out:?}");
+    for (line, text) in stamped.iter().zip(["two", "three"]) {
+        let (time, rest) = line.split_once(' ').unwrap_or_default();
+        assert_eq!(rest, text);
+        assert!(
+            spillway::units::Timestamp::parse_rfc3339(time).is_ok(),
+            "{line:?} starts with an RFC 3339 time"
+        );
+    }
+    let (code, out, err) = run(&config, &["logs", "api", "--since=1h"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.ends_with("three\n"), "{out:?}");
+    let (code, out, err) = run(&config, &["logs", "api", "--tail=1", "--limit-bytes=3"]).await;
+    assert_eq!((code, out.as_str()), (0, "thr"), "stderr: {err}");
+
+    // What the API server itself refuses, in its words.
+    let (code, _, err) = run(&config, &["logs", "api", "-c", "nope"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("container nope is not valid for pod api"),
+        "{err}"
+    );
+    let (code, _, err) = run(&config, &["logs", "api", "--previous"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("previous"),
+        "the kubelet endpoint's refusal: {err}"
+    );
+
+    // -f: what is appended later arrives while kubectl follows.
+    let mut follow = kubectl(&config)
+        .args(["logs", "-f", "api", "--tail=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = follow.stdout.take().unwrap_or_else(|| panic!("stdout"));
+    let mut reader = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, reader.next_line()).await;
+    assert!(
+        matches!(&first, Ok(Ok(Some(l))) if l == "three"),
+        "{first:?}"
+    );
+    spillway
+        .emulator
+        .state
+        .append_logs(&group, "app", &["four".to_string()]);
+    let next = tokio::time::timeout(WAIT, reader.next_line()).await;
+    assert!(matches!(&next, Ok(Ok(Some(l))) if l == "four"), "{next:?}");
+    let _ = follow.kill().await;
+
+    // Several containers: kubectl picks the first and says so; a client
+    // that names none is asked by the API server which one.
+    create_running(&srv, &burst_pod("duo", &["app", "sidecar"])).await;
+    let duo = spillway::aci::translate::group_name_in(CLUSTER_ID, "web", "duo");
+    spillway
+        .emulator
+        .state
+        .append_logs(&duo, "sidecar", &["from the sidecar".to_string()]);
+    let (code, _, err) = run(&config, &["logs", "duo"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        err.contains("Defaulted container \"app\" out of: app, sidecar"),
+        "{err}"
+    );
+    let (code, out, err) = run(&config, &["logs", "duo", "-c", "sidecar", "--tail=1"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from the sidecar\n"),
+        "stderr: {err}"
+    );
+    let api: Api<Pod> = Api::namespaced(srv.client(), "web");
+    let asked = api.logs("duo", &Default::default()).await;
+    assert!(
+        matches!(&asked, Err(kube::Error::Api(s)) if s.code == 400
+            && s.message == "a container name must be specified for pod duo, choose one of: [app sidecar]"),
+        "{asked:?}"
+    );
+
+    // The node proxy reaches the same endpoint (as `kubectl get --raw` does).
+    let (code, out, err) = run(
+        &config,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{ACI_NODE}/proxy/healthz"),
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "ok"), "stderr: {err}");
+
+    let done = spillway.run.stop().await;
+    assert!(matches!(done, Some(Ok(()))), "{done:?}");
+}

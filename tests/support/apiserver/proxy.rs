@@ -1,0 +1,417 @@
+//! What kube-apiserver forwards to kubelets: `GET pods/{name}/log` and
+//! `nodes/{name}/proxy/{path}`, with the rules of
+//! `pkg/registry/core/pod/strategy.go` (`LogLocation`) and
+//! `pkg/registry/core/pod/rest/log.go`:
+//!
+//! - the container defaults to the pod's only one; with several, 400
+//!   `a container name must be specified for pod P, choose one of: [a b]`
+//!   (plus ` or one of the init containers: [i]`); an unknown one, 400
+//!   `container C is not valid for pod P`;
+//! - PodLogOptions are validated (`ValidatePodLogOptions`: at most one of
+//!   sinceSeconds/sinceTime, tailLines ≥ 0, limitBytes and sinceSeconds
+//!   ≥ 1) — 422 Invalid otherwise;
+//! - a pod not yet on a node has an empty log (200, no body);
+//! - the kubelet is reached at the node's address of the first preferred
+//!   type (`--kubelet-preferred-address-types`, upstream default
+//!   Hostname, InternalDNS, InternalIP, ExternalDNS, ExternalIP) and its
+//!   `status.daemonEndpoints.kubeletEndpoint.Port`, over HTTPS with the
+//!   API server's kubelet client certificate, without verifying the
+//!   kubelet's serving certificate (no `--kubelet-certificate-authority`);
+//! - the body is streamed through as it comes (`kubectl logs -f`); a
+//!   kubelet error becomes a Status with the kubelet's code and its body as
+//!   the message; a kubelet that cannot be reached is a 500 naming the URL.
+
+use super::pki::ClientCertificate;
+use super::{ApiError, Shared, lookup};
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// kube-apiserver's default `--kubelet-preferred-address-types`.
+pub const DEFAULT_ADDRESS_TYPES: &[&str] = &[
+    "Hostname",
+    "InternalDNS",
+    "InternalIP",
+    "ExternalDNS",
+    "ExternalIP",
+];
+
+/// A request kube-apiserver would forward to a kubelet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`
+    PodLog { namespace: String, pod: String },
+    /// `/api/v1/nodes/{name}/proxy/{rest}`
+    NodeProxy { node: String, rest: String },
+}
+
+impl Target {
+    pub fn of(path: &str) -> Option<Target> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["api", "v1", "namespaces", ns, "pods", pod, "log"] => Some(Target::PodLog {
+                namespace: ns.to_string(),
+                pod: pod.to_string(),
+            }),
+            ["api", "v1", "nodes", node, "proxy", rest @ ..] => Some(Target::NodeProxy {
+                node: node.to_string(),
+                rest: rest.join("/"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Any server certificate: kube-apiserver without
+/// `--kubelet-certificate-authority` does not verify kubelets.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The API server's HTTPS client for kubelets.
+pub fn kubelet_client(cert: &ClientCertificate) -> Result<reqwest::Client, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = cert.rustls_pair();
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+fn names(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// `LogLocation`'s choice of container.
+fn log_container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+    let containers = names(pod.pointer("/spec/containers"));
+    let init = names(pod.pointer("/spec/initContainers"));
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) if containers.iter().chain(&init).any(|n| n == c) => Ok(c.to_string()),
+        Some(c) => Err(bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None => match containers.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(bad_request(format!(
+                "a container name must be specified for pod {name}"
+            ))),
+            many => {
+                let mut m = format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    many.join(" ")
+                );
+                if !init.is_empty() {
+                    m.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        init.join(" ")
+                    ));
+                }
+                Err(bad_request(m))
+            }
+        },
+    }
+}
+
+fn int(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| bad_request(format!("{key}: Invalid value: \"{v}\": not an integer")))
+        })
+        .transpose()
+}
+
+/// `ValidatePodLogOptions`, and the kubelet query kube-apiserver builds
+/// from the options (only these parameters are forwarded).
+fn log_query(name: &str, q: &HashMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut causes = Vec::new();
+    let tail = int(q, "tailLines")?;
+    let limit = int(q, "limitBytes")?;
+    let since = int(q, "sinceSeconds")?;
+    if tail.is_some_and(|t| t < 0) {
+        causes.push((
+            "tailLines",
+            "must be greater than or equal to 0".to_string(),
+        ));
+    }
+    if limit.is_some_and(|l| l < 1) {
+        causes.push(("limitBytes", "must be greater than 0".to_string()));
+    }
+    if since.is_some_and(|s| s < 1) {
+        causes.push(("sinceSeconds", "must be greater than 0".to_string()));
+    }
+    if since.is_some() && q.contains_key("sinceTime") {
+        causes.push((
+            "",
+            "at most one of `sinceTime` or `sinceSeconds` may be specified".to_string(),
+        ));
+    }
+    if !causes.is_empty() {
+        let detail: Vec<String> = causes
+            .iter()
+            .map(|(f, m)| {
+                if f.is_empty() {
+                    format!("Forbidden: {m}")
+                } else {
+                    format!("{f}: Invalid value: {m}")
+                }
+            })
+            .collect();
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!("PodLogOptions \"{name}\" is invalid: {}", detail.join(", ")),
+        ));
+    }
+    let truthy = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let mut out = Vec::new();
+    for flag in ["follow", "previous", "timestamps"] {
+        if truthy(flag) {
+            out.push((flag.to_string(), "true".to_string()));
+        }
+    }
+    for (key, v) in [
+        ("sinceSeconds", since),
+        ("tailLines", tail),
+        ("limitBytes", limit),
+    ] {
+        if let Some(v) = v {
+            out.push((key.to_string(), v.to_string()));
+        }
+    }
+    if let Some(t) = q.get("sinceTime") {
+        out.push(("sinceTime".to_string(), t.clone()));
+    }
+    Ok(out)
+}
+
+/// `https://{address}:{port}` of a node's kubelet, by the preferred
+/// address types.
+fn kubelet_base(node: &Value, name: &str, preferred: &[String]) -> Result<String, ApiError> {
+    let addresses: Vec<(&str, &str)> = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["type"].as_str()?, a["address"].as_str()?)))
+        .collect();
+    let address = preferred
+        .iter()
+        .find_map(|t| addresses.iter().find(|(at, _)| at == t).map(|(_, a)| *a))
+        .ok_or_else(|| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!(
+                    "Internal error occurred: no preferred addresses found; known addresses: {addresses:?}"
+                ),
+            )
+        })?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_i64)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("Internal error occurred: node {name} has no kubelet endpoint port"),
+            )
+        })?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Ok(format!("https://{host}:{port}"))
+}
+
+fn node_object(shared: &Shared, name: &str) -> Result<Value, ApiError> {
+    let rt = lookup("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+    shared
+        .store()
+        .get(rt, "", name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, name))
+}
+
+/// Forward `target` to its kubelet and stream the answer back.
+pub async fn forward(
+    shared: &Arc<Shared>,
+    target: Target,
+    method: &axum::http::Method,
+    query: &HashMap<String, String>,
+    raw_query: &str,
+) -> Result<Response, ApiError> {
+    let url = match &target {
+        Target::PodLog { namespace, pod } => {
+            if method != axum::http::Method::GET {
+                return Err(ApiError::method_not_allowed(method.as_str()));
+            }
+            let rt = lookup("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+            let obj = shared
+                .store()
+                .get(rt, namespace, pod)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(rt, pod))?;
+            let container = log_container(&obj, pod, query.get("container").map(String::as_str))?;
+            let params = log_query(pod, query)?;
+            let Some(node) = obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            else {
+                return Ok(text_response(StatusCode::OK, Body::empty()));
+            };
+            let base = kubelet_base(
+                &node_object(shared, node)?,
+                node,
+                &shared.config.kubelet_address_types,
+            )?;
+            let mut url = reqwest::Url::parse(&format!(
+                "{base}/containerLogs/{namespace}/{pod}/{container}"
+            ))
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+            if !params.is_empty() {
+                url.query_pairs_mut().extend_pairs(params);
+            }
+            url
+        }
+        Target::NodeProxy { node, rest } => {
+            let base = kubelet_base(
+                &node_object(shared, node)?,
+                node,
+                &shared.config.kubelet_address_types,
+            )?;
+            let q = if raw_query.is_empty() {
+                String::new()
+            } else {
+                format!("?{raw_query}")
+            };
+            reqwest::Url::parse(&format!("{base}/{rest}{q}"))
+                .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
+        }
+    };
+    let client = shared.kubelet_client()?;
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let resp = client
+        .request(method, url.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("Get \"{url}\": {}", describe(&e)),
+            )
+        })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if !status.is_success() {
+        let code = status.as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        let reason = match code {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            _ => "InternalError",
+        };
+        return Err(ApiError::new(code, reason, body.trim().to_string()));
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    // Every chunk is forwarded as it arrives (`kubectl logs -f`).
+    let stream = futures::stream::unfold(resp, |mut r| async move {
+        match r.chunk().await {
+            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), r)),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), r)),
+        }
+    });
+    let mut response = text_response(status, Body::from_stream(stream));
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}
+
+fn text_response(status: StatusCode, body: Body) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
