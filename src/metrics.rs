@@ -58,6 +58,9 @@ pub struct Metrics {
     pub probe_results: IntCounterVec,
     pub probe_duration: HistogramVec,
     pub probe_workers: IntGauge,
+    /// `kubectl exec` sessions of the kubelet endpoint ([`crate::kubelet::exec`]).
+    pub kubelet_exec_sessions: IntGauge,
+    pub kubelet_exec_sessions_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -343,8 +346,29 @@ impl Metrics {
                 "spillway_probe_workers",
                 "Burst pods whose readiness/startup probes the leader is running now (one worker per pod)."
             )),
+            kubelet_exec_sessions: reg!(IntGauge::new(
+                "spillway_kubelet_exec_sessions",
+                "kubectl exec sessions the virtual node's kubelet endpoint is bridging to ACI now (at most --kubelet-max-exec-sessions)."
+            )),
+            kubelet_exec_sessions_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_kubelet_exec_sessions_total",
+                    "kubectl exec requests of the kubelet endpoint by result: success (ACI closed the session), error (ACI refused or the session broke), refused (not possible on ACI, before the upgrade), busy (the node's session cap or start rate), client-gone, timeout (the session's time limit)."
+                ),
+                &["result"]
+            )),
             registry,
         };
+        for result in [
+            "success",
+            "error",
+            "refused",
+            "busy",
+            "client-gone",
+            "timeout",
+        ] {
+            m.kubelet_exec_sessions_total.with_label_values(&[result]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -347,6 +347,8 @@ async fn serve_http1<I>(
         .header_read_timeout(header_read_timeout)
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        // Upgrades (the kubelet endpoint's exec: SPDY/3.1) take the connection over.
+        .with_upgrades()
         .await
     {
         tracing::debug!(error = %e, peer = %addr, "{name}: connection ended with an error");

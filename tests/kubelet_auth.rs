@@ -419,6 +419,22 @@ async fn only_the_api_server_and_callers_rbac_allows_read_logs() {
             "Forbidden (user=system:serviceaccount:web:nosy, verb=get, resource=nodes, subresource(s)=[proxy])"
         )
     );
+    // `kubectl exec` is `nodes/proxy` too: refused before any upgrade.
+    let a = call(
+        w.port,
+        None,
+        Some(&nosy),
+        "/exec/web/api/app?command=/bin/sh&input=1&output=1&tty=1",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            403,
+            "Forbidden (user=system:serviceaccount:web:nosy, verb=get, resource=nodes, subresource(s)=[proxy])"
+        )
+    );
     let a = call(w.port, None, Some(&nosy), "/healthz")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -648,6 +648,16 @@ impl ContainerGroups for StaleList {
     ) -> futures::future::BoxFuture<'a, Result<spillway::aci::Usage, spillway::aci::AciError>> {
         self.inner.usage(location)
     }
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        container: &'a str,
+        command: &'a str,
+        terminal: spillway::aci::TerminalSize,
+    ) -> futures::future::BoxFuture<'a, Result<spillway::aci::ExecSession, spillway::aci::AciError>>
+    {
+        self.inner.exec(name, container, command, terminal)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

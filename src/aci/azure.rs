@@ -25,9 +25,11 @@
 //! the SDK client, rather than adding `azure_mgmt_monitor` (a generated
 //! crate of every Monitor API version) for one request.
 
-use super::model::{ContainerGroup, ListResult, Logs, UsageEntry};
+use super::model::{ContainerGroup, ExecResponse, ListResult, Logs, UsageEntry};
 use super::monitor::{self, GroupMetrics, MetricsSpan};
-use super::{AciError, BoxFuture, ContainerGroups, LogOptions, TAG_CLUSTER, Usage};
+use super::{
+    AciError, BoxFuture, ContainerGroups, ExecSession, LogOptions, TAG_CLUSTER, TerminalSize, Usage,
+};
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::ErrorKind;
 use azure_mgmt_containerinstance::package_preview_2024_05 as sdk;
@@ -628,6 +630,37 @@ impl ContainerGroups for AzureContainerGroups {
             let response = self.call("usage", request.send()).await?;
             let list: ListResult<UsageEntry> = body_json(response.into_raw_response()).await?;
             Usage::from_entries(&list.value)
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        container: &'a str,
+        command: &'a str,
+        terminal: TerminalSize,
+    ) -> BoxFuture<'a, Result<ExecSession, AciError>> {
+        Box::pin(async move {
+            let request = sdk::models::ContainerExecRequest {
+                command: Some(command.to_string()),
+                terminal_size: Some(sdk::models::container_exec_request::TerminalSize {
+                    rows: Some(i32::from(terminal.rows)),
+                    cols: Some(i32::from(terminal.cols)),
+                }),
+            };
+            let request = self.client.containers_client().execute_command(
+                &self.subscription_id,
+                &self.resource_group,
+                name,
+                container,
+                request,
+            );
+            let response = self.call("exec", request.send()).await?;
+            let answer: ExecResponse = body_json(response.into_raw_response()).await?;
+            Ok(ExecSession {
+                web_socket_uri: answer.web_socket_uri,
+                password: answer.password,
+            })
         })
     }
 }

@@ -558,6 +558,15 @@ mod tests {
         fn usage<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
             Box::pin(async { Ok(Usage::default()) })
         }
+        fn exec<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: crate::aci::TerminalSize,
+        ) -> BoxFuture<'a, Result<crate::aci::ExecSession, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
     }
 
     #[test]

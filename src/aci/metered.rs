@@ -139,6 +139,19 @@ impl<C: ContainerGroups> ContainerGroups for Metered<C> {
             Ok(usage)
         })
     }
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        container: &'a str,
+        command: &'a str,
+        terminal: super::TerminalSize,
+    ) -> BoxFuture<'a, Result<super::ExecSession, AciError>> {
+        Box::pin(self.observe(
+            "exec",
+            ok,
+            self.inner.exec(name, container, command, terminal),
+        ))
+    }
 }
 
 #[cfg(test)]

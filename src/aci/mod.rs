@@ -193,6 +193,39 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+/// The terminal ACI opens for an exec session (executeCommand's
+/// `terminalSize`; it cannot be changed once the session runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl Default for TerminalSize {
+    /// 24 rows of 80 columns, what `az container exec` falls back to.
+    fn default() -> Self {
+        Self { rows: 24, cols: 80 }
+    }
+}
+
+/// What ACI's executeCommand answers: the session's WebSocket and the
+/// password to send as its first (text) message. The password is a secret
+/// and is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecSession {
+    pub web_socket_uri: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("web_socket_uri", &self.web_socket_uri)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The door to ACI: one resource group of one subscription.
 ///
 /// Contract every implementation keeps (the emulator tests check it):
@@ -217,6 +250,11 @@ pub struct LogOptions {
 ///   not exist. It is a read (ARM's read budget).
 /// - **`usage`** returns the `StandardCores` and `ContainerGroups` lines of
 ///   the location's quota.
+/// - **`exec`** starts `command` (one string: ACI runs a single process,
+///   without arguments, in a terminal of [`TerminalSize`]) in the container
+///   (ARM's `containers/{name}/exec` POST) and returns the [`ExecSession`]
+///   to connect to; `NotFound` when the group or container does not exist.
+///   It is a write for ARM's throttling. It never retries by itself.
 /// - Reads never return secrets (`secureValue`, secret volume contents,
 ///   storage keys, registry passwords).
 /// - Every error is an [`AciError`], classified so the caller knows whether to
@@ -245,6 +283,13 @@ pub trait ContainerGroups: Send + Sync {
         span: monitor::MetricsSpan,
     ) -> BoxFuture<'a, Result<monitor::GroupMetrics, AciError>>;
     fn usage<'a>(&'a self, location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>>;
+    fn exec<'a>(
+        &'a self,
+        name: &'a str,
+        container: &'a str,
+        command: &'a str,
+        terminal: TerminalSize,
+    ) -> BoxFuture<'a, Result<ExecSession, AciError>>;
 }
 
 /// `list`, completed with what ARM's list omits: every listed group whose

@@ -545,6 +545,22 @@ pub struct ArmErrorDetail {
     pub message: String,
 }
 
+/// The answer of `POST …/containers/{container}/exec`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResponse {
+    pub web_socket_uri: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ExecResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecResponse")
+            .field("web_socket_uri", &self.web_socket_uri)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Container logs response: `{"content": "..."}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logs {

@@ -423,7 +423,7 @@ pub const FOLLOW_WINDOW: u32 = 5_000;
 /// The group of cluster `cluster_id` that runs `namespace/pod`: this
 /// cluster's name for it, else the name groups had before cluster hashing
 /// (still running after an upgrade); the tags decide.
-async fn find_group(
+pub(crate) async fn find_group(
     aci: &dyn ContainerGroups,
     cluster_id: &str,
     namespace: &str,
@@ -568,6 +568,17 @@ impl LogReader {
             )),
             pacing: FollowPacing::default(),
         }
+    }
+
+    /// The ACI client it reads through (the exec bridge of
+    /// [`crate::kubelet::router`] shares it).
+    pub fn aci(&self) -> Arc<dyn ContainerGroups> {
+        self.aci.clone()
+    }
+
+    /// Whose groups it reads.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// The same, with followers paced by `pacing`.
@@ -888,6 +899,15 @@ mod tests {
             Box::pin(async { Err(AciError::NotFound) })
         }
         fn usage<'a>(&'a self, _location: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
+        fn exec<'a>(
+            &'a self,
+            _name: &'a str,
+            _container: &'a str,
+            _command: &'a str,
+            _terminal: crate::aci::TerminalSize,
+        ) -> BoxFuture<'a, Result<crate::aci::ExecSession, AciError>> {
             Box::pin(async { Err(AciError::NotFound) })
         }
     }

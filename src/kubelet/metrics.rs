@@ -1028,6 +1028,15 @@ mod tests {
         fn usage<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Usage, AciError>> {
             Box::pin(async { Err(AciError::NotFound) })
         }
+        fn exec<'a>(
+            &'a self,
+            _name: &'a str,
+            _container: &'a str,
+            _command: &'a str,
+            _terminal: crate::aci::TerminalSize,
+        ) -> BoxFuture<'a, Result<crate::aci::ExecSession, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
     }
 
     #[tokio::test(start_paused = true)]

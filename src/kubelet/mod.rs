@@ -1,7 +1,9 @@
 //! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
 //! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]),
+//! `GET`/`POST /exec/{namespace}/{pod}/[{uid}/]{container}` (`kubectl exec`
+//! over SPDY/3.1, bridged to ACI's exec socket: [`exec`], [`spdy`]),
 //! `GET /metrics/resource` and `GET /stats/summary` from Azure Monitor
-//! ([`metrics`], with [`router_with_metrics`]), `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
+//! ([`metrics`]), `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
 //! `/portForward` ([`logs::not_supported`]).
 //!
 //! Served over TLS (the API server talks HTTPS to kubelets) with a
@@ -24,8 +26,10 @@
 //! checked with no further change.
 
 pub mod auth;
+pub mod exec;
 pub mod logs;
 pub mod metrics;
+pub mod spdy;
 
 use axum::http::StatusCode;
 use std::sync::Arc;
@@ -42,25 +46,43 @@ pub enum Access {
 }
 
 /// The endpoint's router: every route, then (with [`Access::Checked`]) the
-/// authentication and authorization layer around all of them. Without
-/// resource metrics (`/metrics/resource` and `/stats/summary` are 404);
-/// see [`router_with_metrics`].
+/// authentication and authorization layer around all of them. `/exec`
+/// starts sessions through the [`logs::LogReader`]'s ACI client with the
+/// default [`exec::ExecLimits`] and metrics of its own; no resource metrics
+/// (`/metrics/resource` and `/stats/summary` are 404). See [`router_with`].
 pub fn router(logs: Arc<logs::LogReader>, access: Access) -> axum::Router {
-    build(logs, None, access)
+    let exec = default_exec(&logs);
+    router_with(logs, exec, None, access)
+}
+
+/// An exec bridge over `logs`' ACI client with the default limits and
+/// metrics of its own.
+fn default_exec(logs: &logs::LogReader) -> Arc<exec::ExecBridge> {
+    Arc::new(exec::ExecBridge::new(
+        logs.aci(),
+        logs.cluster_id(),
+        exec::ExecLimits::default(),
+        Arc::new(crate::metrics::Metrics::new()),
+    ))
 }
 
 /// [`router`] with `/metrics/resource` and `/stats/summary` served from
-/// `metrics` (authorized as `nodes/metrics` and `nodes/stats`).
+/// `metrics` (and the default exec bridge).
 pub fn router_with_metrics(
     logs: Arc<logs::LogReader>,
     metrics: Arc<metrics::ResourceMetrics>,
     access: Access,
 ) -> axum::Router {
-    build(logs, Some(metrics), access)
+    let exec = default_exec(&logs);
+    router_with(logs, exec, Some(metrics), access)
 }
 
-fn build(
+/// [`router`] with the given exec bridge and, when given, `/metrics/resource`
+/// and `/stats/summary` served from `metrics` (authorized as `nodes/metrics`
+/// and `nodes/stats`).
+pub fn router_with(
     logs: Arc<logs::LogReader>,
+    exec: Arc<exec::ExecBridge>,
     metrics: Option<Arc<metrics::ResourceMetrics>>,
     access: Access,
 ) -> axum::Router {
@@ -77,6 +99,18 @@ fn build(
             .with_state(m),
         None => axum::Router::new(),
     };
+    // `kubectl exec`: GET or POST, with or without the pod's uid (the
+    // kubelet's routes); authorized as `nodes/proxy`.
+    let exec_routes = axum::Router::new()
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::get(exec::handler).post(exec::handler),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::get(exec::handler).post(exec::handler),
+        )
+        .with_state(exec);
     let routes = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -101,6 +135,7 @@ fn build(
         )
         .with_state(logs)
         .merge(resource)
+        .merge(exec_routes)
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") });
     match access {

@@ -154,6 +154,11 @@ pub struct ProviderArgs {
     /// ARM reads for metrics at once before --kubelet-metrics-qps applies.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub kubelet_metrics_burst: u32,
+    /// `kubectl exec` sessions the kubelet endpoint bridges to ACI at once
+    /// (each an ARM executeCommand and a WebSocket); more get 429. A session
+    /// lasts at most 4 h.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub kubelet_max_exec_sessions: u32,
     /// The node's InternalIP (where the API server reaches the kubelet endpoint).
     #[arg(long, env = "POD_IP")]
     pub node_ip: Option<String>,
@@ -562,7 +567,16 @@ pub async fn start(
             burst: args.kubelet_log_burst,
         },
     ));
-    let app = crate::kubelet::router_with_metrics(logs, resource_metrics, access);
+    let exec = Arc::new(crate::kubelet::exec::ExecBridge::new(
+        logs.aci(),
+        &cluster_id,
+        crate::kubelet::exec::ExecLimits {
+            max_sessions: usize::try_from(args.kubelet_max_exec_sessions).unwrap_or(16),
+            ..Default::default()
+        },
+        metrics.clone(),
+    ));
+    let app = crate::kubelet::router_with(logs, exec, Some(resource_metrics), access);
     let limits = ServeLimits {
         max_connections: usize::try_from(args.kubelet_max_connections).unwrap_or(usize::MAX),
         ..ServeLimits::default()
@@ -754,6 +768,9 @@ mod tests {
         let a = Args::try_parse_from(["x", "--kubelet-log-qps", "0"]).expect("parses");
         assert!(a.p.validate().is_err());
         assert!(Args::try_parse_from(["x", "--kubelet-max-connections", "0"]).is_err());
+        assert!(Args::try_parse_from(["x", "--kubelet-max-exec-sessions", "0"]).is_err());
+        let a = Args::try_parse_from(["x"]).expect("parses");
+        assert_eq!(a.p.kubelet_max_exec_sessions, 16);
     }
 
     #[test]

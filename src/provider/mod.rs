@@ -1908,6 +1908,15 @@ mod tests {
         ) -> futures::future::BoxFuture<'a, Result<crate::aci::Usage, AciError>> {
             Box::pin(async { Ok(Default::default()) })
         }
+        fn exec<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: crate::aci::TerminalSize,
+        ) -> futures::future::BoxFuture<'a, Result<crate::aci::ExecSession, AciError>> {
+            Box::pin(async { Err(AciError::NotFound) })
+        }
     }
 
     #[tokio::test]

@@ -62,6 +62,13 @@
 //!   to the current minute, `to` open), else 0 while the container runs.
 //!   Unknown metric names, aggregations, grains and timespans are 400,
 //!   a missing group 404, in Monitor's error form (`{"code","message"}`).
+//! - **Exec**: ARM's `executeCommand` answers a WebSocket URI on a loopback
+//!   listener of the emulator's own and a password; the socket speaks ACI's
+//!   exec protocol (password first, then terminal input and output), each
+//!   session scripted per group and container with
+//!   `POST /_emulator/groups/{name}/containers/{container}/exec`
+//!   ([`ExecScript`]); `GET /_emulator/exec` lists the sessions started
+//!   ([`exec`] module).
 //! - **Inspection**: `GET /_emulator/groups` returns every group with its PUT
 //!   count, plus counters (`creates`, `createsByName`, …) for duplicate
 //!   detection.
@@ -71,10 +78,12 @@
 //! token unless one is configured.
 
 pub mod cli;
+pub mod exec;
 mod routes;
 mod state;
 mod subnets;
 
+pub use exec::{ExecEnd, ExecRecord, ExecScript};
 pub use state::{Counters, GroupSnapshot, MetricSetting, Op};
 pub use subnets::{ACI_DELEGATION, SubnetDefinition, SubnetSnapshot};
 
@@ -154,7 +163,7 @@ impl Default for EmulatorConfig {
 }
 
 /// Injected faults for one operation (`put`, `get`, `list`, `delete`,
-/// `logs`, `metrics`, `usage`, or `*` for all without their own entry).
+/// `logs`, `metrics`, `usage`, `exec`, or `*` for all without their own entry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OperationFaults {
@@ -215,7 +224,7 @@ impl Faults {
             "operations",
             &self.operations,
             &[
-                "put", "get", "list", "delete", "logs", "metrics", "usage", "*",
+                "put", "get", "list", "delete", "logs", "metrics", "usage", "exec", "*",
             ],
         )?;
         for (group, operations) in &self.groups {
@@ -225,7 +234,7 @@ impl Faults {
             validate_operations(
                 &format!("groups.{group}"),
                 operations,
-                &["put", "get", "delete", "logs", "metrics", "*"],
+                &["put", "get", "delete", "logs", "metrics", "exec", "*"],
             )?;
         }
         if !(0.0..=1.0).contains(&self.capacity_error_rate) {
@@ -295,6 +304,7 @@ pub enum EmulatorError {
 #[derive(Clone)]
 pub struct EmulatorState {
     world: Arc<Mutex<state::World>>,
+    exec: Arc<exec::ExecHub>,
 }
 
 impl EmulatorState {
@@ -317,6 +327,7 @@ impl EmulatorState {
         config.faults.validate().map_err(EmulatorError::Config)?;
         Ok(Self {
             world: Arc::new(Mutex::new(state::World::new(config))),
+            exec: Arc::new(exec::ExecHub::default()),
         })
     }
 
@@ -367,6 +378,17 @@ impl EmulatorState {
         self.lock().counters.clone()
     }
 
+    /// Script what exec sessions on `container` of group `group` do (what
+    /// `POST /_emulator/groups/{name}/containers/{container}/exec` does).
+    pub fn set_exec_script(&self, group: &str, container: &str, script: ExecScript) {
+        self.exec.set_script(group, container, script);
+    }
+
+    /// The exec sessions started so far.
+    pub fn exec_sessions(&self) -> Vec<ExecRecord> {
+        self.exec.records()
+    }
+
     /// Define (or redefine) a subnet of the emulated VNet (what
     /// `POST /_emulator/subnets` does); a message says what is wrong.
     pub fn define_subnet(&self, def: SubnetDefinition) -> Result<SubnetSnapshot, String> {
@@ -394,6 +416,8 @@ pub struct EmulatorHandle {
     pub addr: SocketAddr,
     pub state: EmulatorState,
     server: crate::served::Served,
+    /// The exec WebSocket listener (loopback, next to `addr`).
+    exec: exec::ExecListener,
 }
 
 impl Emulator {
@@ -414,13 +438,27 @@ impl Emulator {
         let addr = listener
             .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let exec_at = SocketAddr::new(addr.ip(), 0);
+        let exec_listener = tokio::net::TcpListener::bind(exec_at)
+            .await
+            .map_err(|source| EmulatorError::Bind {
+                addr: exec_at,
+                source,
+            })?;
+        let exec = exec::spawn(exec_listener, state.exec.clone()).map_err(|source| {
+            EmulatorError::Bind {
+                addr: exec_at,
+                source,
+            }
+        })?;
         let server = crate::served::Served::spawn(listener, addr, app(state.clone()));
-        tracing::info!(%addr, "ACI emulator listening");
+        tracing::info!(%addr, exec = %exec.addr, "ACI emulator listening");
         Ok(EmulatorHandle {
             url: server.url.clone(),
             addr,
             state,
             server,
+            exec,
         })
     }
 }
@@ -429,7 +467,13 @@ impl EmulatorHandle {
     /// Stop accepting connections and wait for in-flight requests (hung
     /// fault requests are cut off after 5 s).
     pub async fn shutdown(self) {
+        drop(self.exec);
         self.server.shutdown().await
+    }
+
+    /// Where the exec WebSocket listens.
+    pub fn exec_addr(&self) -> SocketAddr {
+        self.exec.addr
     }
 
     /// Serve until `stop` completes (or the server fails), then shut down

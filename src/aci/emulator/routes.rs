@@ -33,6 +33,10 @@ pub fn router(state: EmulatorState) -> Router {
             get(monitor_metrics),
         )
         .route(
+            &format!("{group}/{{name}}/containers/{{container}}/exec"),
+            axum::routing::post(exec),
+        )
+        .route(
             &format!("/subscriptions/{{sub}}/{PROVIDER}/containerGroups"),
             get(list_sub),
         )
@@ -51,6 +55,11 @@ pub fn router(state: EmulatorState) -> Router {
             "/_emulator/groups/{name}/metrics",
             axum::routing::post(set_metrics),
         )
+        .route(
+            "/_emulator/groups/{name}/containers/{container}/exec",
+            axum::routing::post(set_exec_script),
+        )
+        .route("/_emulator/exec", get(exec_sessions))
         .fallback(|| async {
             ArmError::new(
                 StatusCode::NOT_FOUND,
@@ -453,6 +462,82 @@ async fn logs(
     }
 }
 
+/// ARM's executeCommand: the group and container must exist (404 as for
+/// logs); the body is `{command, terminalSize: {rows, cols}}`; the answer
+/// `{webSocketUri, password}` (the REST reference "Containers - Execute
+/// Command", learn.microsoft.com/rest/api/container-instances/containers/execute-command).
+async fn exec(
+    State(state): State<EmulatorState>,
+    Path((sub, rg, name, container)): Path<(String, String, String, String)>,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ArmError> {
+    let pass = gate(&state, Op::Exec, &headers, &q, &sub, Some(&name)).await?;
+    let request: ExecRequestBody = serde_json::from_slice(&body).map_err(|e| {
+        ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            format!("The request content was invalid and could not be deserialized: '{e}'."),
+        )
+    })?;
+    let key = GroupKey::new(&sub, &rg, &name);
+    let group = state.lock().get(&key, Instant::now());
+    let Some(group) = group else {
+        return Err(not_found(&rg, &name));
+    };
+    if !group
+        .properties
+        .containers
+        .iter()
+        .any(|c| c.name == container)
+    {
+        return Err(ArmError::new(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            format!("The container '{container}' is not found in container group '{name}'."),
+        ));
+    }
+    let size = request.terminal_size.unwrap_or_default();
+    let started = state.exec.start(
+        &name,
+        &container,
+        request.command.as_deref().unwrap_or_default(),
+        size.rows.unwrap_or_default(),
+        size.cols.unwrap_or_default(),
+    );
+    match started {
+        Ok((web_socket_uri, password)) => Ok(pass
+            .finish(
+                StatusCode::OK,
+                to_json(&ExecResponse {
+                    web_socket_uri,
+                    password,
+                }),
+            )
+            .await),
+        Err(super::exec::StartError::NoListener) => Err(ArmError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "The emulator's exec socket is not listening (router used without Emulator::start).",
+        )),
+    }
+}
+
+/// executeCommand's body as ARM reads it: both fields optional.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecRequestBody {
+    command: Option<String>,
+    terminal_size: Option<ExecSizeBody>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ExecSizeBody {
+    rows: Option<i32>,
+    cols: Option<i32>,
+}
+
 async fn usages(
     State(state): State<EmulatorState>,
     Path((sub, loc)): Path<(String, String)>,
@@ -527,6 +612,30 @@ async fn append_logs(
             .into_response();
     }
     axum::Json(serde_json::json!({ "groups": groups })).into_response()
+}
+
+/// Script the exec sessions of a container (any group of that name): the
+/// body is an [`super::ExecScript`].
+async fn set_exec_script(
+    State(state): State<EmulatorState>,
+    Path((name, container)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<super::ExecScript>(&body) {
+        Ok(script) => {
+            state.set_exec_script(&name, &container, script);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": format!("exec script: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn exec_sessions(State(state): State<EmulatorState>) -> Response {
+    axum::Json(serde_json::json!({ "sessions": state.exec_sessions() })).into_response()
 }
 
 async fn get_subnets(State(state): State<EmulatorState>) -> Response {

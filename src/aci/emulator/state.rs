@@ -25,6 +25,8 @@ pub enum Op {
     Logs,
     Metrics,
     Usage,
+    /// `containers/{name}/exec` (executeCommand), a POST.
+    Exec,
 }
 
 impl Op {
@@ -37,10 +39,11 @@ impl Op {
             Op::Logs => "logs",
             Op::Metrics => "metrics",
             Op::Usage => "usage",
+            Op::Exec => "exec",
         }
     }
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Delete)
+        matches!(self, Op::Put | Op::Delete | Op::Exec)
     }
 }
 

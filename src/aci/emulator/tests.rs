@@ -1061,6 +1061,68 @@ async fn a_limit_above_the_groups_total_request_is_refused_as_arm_does() {
     assert_eq!(s, StatusCode::CREATED, "{body}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn exec_answers_as_arms_execute_command() {
+    let st = state_with(EmulatorConfig {
+        speed: 1000.0,
+        ..Default::default()
+    });
+    call(
+        &st,
+        "PUT",
+        &format!("{RG}/web?{V}"),
+        Some(json(&group("web", 0.5, "Always", None))),
+    )
+    .await;
+    let exec = |g: &str, c: &str| format!("{RG}/{g}/containers/{c}/exec?{V}");
+    let body = serde_json::json!({"command": "/bin/sh", "terminalSize": {"rows": 30, "cols": 100}});
+    // Without the exec socket (a router without Emulator::start): 500.
+    let (s, _, answer) = call(&st, "POST", &exec("web", "app"), Some(body.clone())).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    st.exec.set_base("ws://127.0.0.1:1".into());
+    // ARM's refusals.
+    let (s, _, _) =
+        call_with_token(&st, "POST", &exec("web", "app"), Some(body.clone()), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, answer) = call(&st, "POST", &exec("nope", "app"), Some(body.clone())).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
+    );
+    let (s, _, answer) = call(&st, "POST", &exec("web", "nope"), Some(body.clone())).await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ContainerNotFound"))
+    );
+    let (s, _, answer) = call(
+        &st,
+        "POST",
+        &exec("web", "app"),
+        Some(serde_json::json!([1])),
+    )
+    .await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestContent"))
+    );
+    // A session: its socket and password; a write for ARM's throttling.
+    let (s, headers, answer) = call(&st, "POST", &exec("web", "app"), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{answer}");
+    let uri = answer["webSocketUri"].as_str().unwrap_or_default();
+    assert!(uri.starts_with("ws://127.0.0.1:1/exec/"), "{uri}");
+    let password = answer["password"].as_str().unwrap_or_default();
+    assert_eq!(password.len(), 32, "{password}");
+    assert!(headers.contains_key("x-ms-ratelimit-remaining-subscription-writes"));
+    let sessions = st.exec_sessions();
+    // Only the session made: no record for the refusals.
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let last = &sessions[0];
+    assert_eq!(
+        (last.command.as_str(), last.rows, last.cols, last.attached),
+        ("/bin/sh", 30, 100, false)
+    );
+}
+
 // --- subnets (subnets.rs) ---------------------------------------------------
 
 const SUBNET: &str = "/subscriptions/sub-1/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci";
