@@ -298,3 +298,56 @@ async fn kubectl_logs_reaches_burst_pods_through_the_api_server() {
     let done = spillway.run.stop().await;
     assert!(matches!(done, Some(Ok(()))), "{done:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
+    use spillway::aci::emulator::ExecScript;
+    let srv = TestApiServer::start().await;
+    srv.insert(&k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("web".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let spillway = start(&srv).await;
+    let config = kubeconfig(&srv.url(), "exec");
+    create_running(&srv, &burst_pod("shell", &["app"])).await;
+    let group = group_of(&spillway.emulator, "shell");
+    spillway.emulator.state.set_exec_script(
+        &group,
+        "app",
+        ExecScript {
+            output: "hello from ACI\r\n".into(),
+            ..Default::default()
+        },
+    );
+
+    // kubectl tries a WebSocket first; this API server refuses it and
+    // kubectl falls back to SPDY, which it proxies to the kubelet endpoint.
+    let (code, out, err) = run(&config, &["exec", "shell", "--", "/bin/hostname"]).await;
+    assert_eq!(code, 0, "stdout: {out:?}, stderr: {err}");
+    assert!(out.contains("hello from ACI"), "{out:?}");
+    let sessions = spillway.emulator.state.exec_sessions();
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.container == "app" && s.command == "/bin/hostname" && s.attached),
+        "{sessions:?}"
+    );
+
+    // What ACI cannot do, in kubectl's words, before any session starts.
+    let (code, _, err) = run(&config, &["exec", "shell", "--", "ls", "/"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("ACI cannot run"), "{err}");
+    // A container the pod does not have: the API server's rule.
+    let (code, _, err) = run(&config, &["exec", "shell", "-c", "nope", "--", "/bin/sh"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("container nope is not valid for pod shell"),
+        "{err}"
+    );
+
+    let done = spillway.run.stop().await;
+    assert!(matches!(done, Some(Ok(()))), "{done:?}");
+}

@@ -315,6 +315,14 @@ impl Shared {
         lock(&self.store)
     }
 
+    /// The TLS configuration kube-apiserver uses for kubelets (upgrades).
+    fn kubelet_tls(&self) -> Result<Arc<rustls::ClientConfig>, ApiError> {
+        let pki = self.pki.get_or_init(|| pki::Pki::new("kubernetes"));
+        proxy::kubelet_tls(&pki.client_certificate(KUBELET_CLIENT_CN, &[KUBELET_CLIENT_ORG]))
+            .map(Arc::new)
+            .map_err(|e| ApiError::new(500, "InternalError", e))
+    }
+
     /// The client kube-apiserver uses for kubelets: its kubelet client
     /// certificate (`--kubelet-client-certificate`).
     fn kubelet_client(&self) -> Result<reqwest::Client, ApiError> {
@@ -775,7 +783,7 @@ fn app(shared: Arc<Shared>) -> Router {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, shared.config.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
@@ -828,6 +836,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return e.into_response();
         }
     };
+    if let Some(proxy::Target::PodExec { namespace, pod }) = proxy::Target::of(parts.uri.path()) {
+        return match proxy::exec(&shared, &namespace, &pod, &mut parts).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     if let Some(target) = proxy::Target::of(parts.uri.path()) {
         let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
             .map(|Query(q)| q)

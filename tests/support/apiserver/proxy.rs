@@ -47,6 +47,8 @@ pub enum Target {
     PodLog { namespace: String, pod: String },
     /// `/api/v1/nodes/{name}/proxy/{rest}`
     NodeProxy { node: String, rest: String },
+    /// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec` (an upgrade)
+    PodExec { namespace: String, pod: String },
 }
 
 impl Target {
@@ -54,6 +56,10 @@ impl Target {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segs.as_slice() {
             ["api", "v1", "namespaces", ns, "pods", pod, "log"] => Some(Target::PodLog {
+                namespace: ns.to_string(),
+                pod: pod.to_string(),
+            }),
+            ["api", "v1", "namespaces", ns, "pods", pod, "exec"] => Some(Target::PodExec {
                 namespace: ns.to_string(),
                 pod: pod.to_string(),
             }),
@@ -113,17 +119,23 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// The API server's HTTPS client for kubelets.
-pub fn kubelet_client(cert: &ClientCertificate) -> Result<reqwest::Client, String> {
+/// The API server's TLS configuration for kubelets: its client certificate,
+/// any serving certificate.
+pub fn kubelet_tls(cert: &ClientCertificate) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (chain, key) = cert.rustls_pair();
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// The API server's HTTPS client for kubelets.
+pub fn kubelet_client(cert: &ClientCertificate) -> Result<reqwest::Client, String> {
+    let tls = kubelet_tls(cert)?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(5))
@@ -340,6 +352,7 @@ pub async fn forward(
             }
             url
         }
+        Target::PodExec { .. } => return Err(ApiError::path_not_found()),
         Target::NodeProxy { node, rest } => {
             let base = kubelet_base(
                 &node_object(shared, node)?,
@@ -414,4 +427,213 @@ fn describe(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// `streamLocation`'s choice of container (exec, attach): as for logs, but
+/// a pod with no container at all is asked for one without a list.
+fn stream_container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+    log_container(pod, name, asked)
+}
+
+/// The kubelet's `/exec` query kube-apiserver builds (`streamParams`):
+/// `input`/`output`/`error`/`tty` = `1` from the client's
+/// `stdin`/`stdout`/`stderr`/`tty` = `true`, and every `command`.
+fn exec_query(raw_query: &str) -> (Vec<(String, String)>, Option<String>) {
+    let url = reqwest::Url::parse(&format!("http://x/?{raw_query}"));
+    let pairs: Vec<(String, String)> = url
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    let truthy = |k: &str| {
+        pairs
+            .iter()
+            .any(|(pk, v)| pk == k && (v == "true" || v == "1"))
+    };
+    let mut out = Vec::new();
+    for (from, to) in [
+        ("stdin", "input"),
+        ("stdout", "output"),
+        ("stderr", "error"),
+        ("tty", "tty"),
+    ] {
+        if truthy(from) {
+            out.push((to.to_string(), "1".to_string()));
+        }
+    }
+    for (k, v) in &pairs {
+        if k == "command" {
+            out.push(("command".to_string(), v.clone()));
+        }
+    }
+    let container = pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone());
+    (out, container)
+}
+
+/// `kubectl exec`, as kube-apiserver's UpgradeAwareHandler does it for
+/// SPDY: resolve the container and the node's kubelet, send the upgrade
+/// request there (the client's `X-Stream-Protocol-Version`s, the API
+/// server's client certificate), and when the kubelet switches protocols
+/// answer 101 with its headers and splice the two connections; any other
+/// kubelet answer is passed back as it is. WebSocket upgrades (kubectl
+/// 1.30+ tries them first) are refused with 400, as an API server without
+/// the WebSocket-to-SPDY translation answers: kubectl then falls back to
+/// SPDY (`FallbackExecutor`).
+pub async fn exec(
+    shared: &Arc<Shared>,
+    namespace: &str,
+    pod: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Response, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let header = |name: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    if header("upgrade")
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(ApiError::bad_request(
+            "WebSocket upgrades are not served by the test API server; use SPDY/3.1",
+        ));
+    }
+    if !header("upgrade")
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
+    {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let rt = lookup("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+    let obj = shared
+        .store()
+        .get(rt, namespace, pod)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(rt, pod))?;
+    let (params, asked) = exec_query(parts.uri.query().unwrap_or_default());
+    let container = stream_container(&obj, pod, asked.as_deref())?;
+    let node = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad_request(format!("pod {pod} does not have a host assigned")))?
+        .to_string();
+    let base = kubelet_base(
+        &node_object(shared, &node)?,
+        &node,
+        &shared.config.kubelet_address_types,
+    )?;
+    let mut url = reqwest::Url::parse(&format!("{base}/exec/{namespace}/{pod}/{container}"))
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    url.query_pairs_mut().extend_pairs(params);
+    let internal = |m: String| ApiError::new(500, "InternalError", m);
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| internal(format!("error dialing backend: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(shared.kubelet_tls()?);
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| internal(e.to_string()))?;
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| internal(format!("error dialing backend: {e}")))?;
+    let mut request = format!(
+        "POST {}?{} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n",
+        url.path(),
+        url.query().unwrap_or_default()
+    );
+    for v in header("x-stream-protocol-version") {
+        request.push_str(&format!("X-Stream-Protocol-Version: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    // The kubelet's answer head (bounded), and whatever followed it.
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(internal("kubelet answer head too large".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut chunk))
+            .await
+            .map_err(|_| internal("kubelet did not answer the upgrade".into()))?
+            .map_err(|e| internal(e.to_string()))?;
+        if n == 0 {
+            return Err(internal("kubelet closed the connection".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let rest = buf[head_end..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| internal(format!("not HTTP: {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut builder = axum::http::Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for (k, v) in &headers {
+        let skip = status != 101
+            && (k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("transfer-encoding")
+                || k.eq_ignore_ascii_case("connection"));
+        if !skip {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+    }
+    if status != 101 {
+        // Not switched: pass the kubelet's answer back (its body, bounded).
+        let length = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(1 << 20);
+        let mut body = rest;
+        while body.len() < length {
+            let mut chunk = [0u8; 4096];
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        body.truncate(length);
+        return builder
+            .body(Body::from(body))
+            .map_err(|e| internal(e.to_string()));
+    }
+    let on_upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| internal("the client connection cannot be upgraded".into()))?;
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        if !rest.is_empty() && client.write_all(&rest).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut tls).await;
+    });
+    builder
+        .body(Body::empty())
+        .map_err(|e| internal(e.to_string()))
 }
