@@ -35,64 +35,13 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Trusts any kubelet serving certificate, as the API server does without
-/// `--kubelet-certificate-authority` (the handshake signatures are still
-/// checked).
-#[derive(Debug)]
-struct AnyServerCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &ring().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &ring().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        ring().signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS client presenting `cert` (or none).
 fn tls_client(cert: Option<&ClientCertificate>) -> Arc<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(ring())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|e| panic!("{e}"))
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert));
+        .with_custom_certificate_verifier(Arc::new(support::apiserver::AnyServerCert(ring())));
     Arc::new(match cert {
         Some(c) => {
             let (chain, key) = c.rustls_pair();

@@ -79,6 +79,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 pub use pki::{ClientCertificate, KUBELET_CLIENT_CN, KUBELET_CLIENT_ORG};
+pub use proxy::AnyServerCert;
 pub use rbac::{ExercisedRule, GrantedPermission, RoleId};
 pub use status::ApiError;
 pub use store::Budget;
