@@ -483,6 +483,7 @@ pub async fn run_with_webhook(
             crate::provider::cli::SpillwayScheduler {
                 admission: cmd.admission_config(),
                 view: view.clone(),
+                reservations: (!cmd.dry_run).then(|| reservations.clone()),
             },
         )
         .await?

@@ -308,6 +308,23 @@ impl SharedReservations {
         }
     }
 
+    /// The reservations still to count on top of `view`'s burst usage at
+    /// `now` (see [`outstanding`]): what the extender has admitted and the
+    /// view does not show bound yet. Read-only.
+    pub async fn outstanding(
+        &self,
+        view: &ClusterState,
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, Reservation>, ReservationError> {
+        let cm = match self.api.get_opt(&self.name).await {
+            Ok(cm) => cm,
+            Err(e) => return Err(self.api_error(e)),
+        };
+        Ok(cm
+            .map(|cm| outstanding(&parse(&cm), view, now))
+            .unwrap_or_default())
+    }
+
     /// Reserve budget for the pod under `key` (see [`reservation_key`]) if,
     /// with every outstanding reservation counted on top of `view`'s burst
     /// usage, `decide` still says `burst`. `decide` gets the usage to judge by.

@@ -359,6 +359,8 @@ pub struct SpillwayScheduler {
     pub admission: crate::admission::AdmissionConfig,
     /// The cluster view the extender decides with.
     pub view: Arc<crate::cluster::ClusterView>,
+    /// The extender's burst reservations (`None` in a dry run).
+    pub reservations: Option<crate::extender::reservations::SharedReservations>,
 }
 
 /// The kubelet endpoint's own ACI client for container logs and resource
@@ -590,6 +592,7 @@ pub async fn start(
         view: scheduler.view,
         policies: policies.clone(),
         engine,
+        reservations: scheduler.reservations,
     };
     let cluster_dns = super::services::parse_cluster_dns(&args.cluster_dns)
         .map_err(ProviderSetupError::ClusterDns)?;

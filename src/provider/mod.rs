@@ -1011,14 +1011,26 @@ impl<B: Backend> Provider<B> {
             .filter(|(_, admitted)| !**admitted)
             .map(|(uid, _)| uid.clone())
             .collect();
+        let view = gate.view.current();
+        let now = crate::units::Timestamp::now_wall();
+        // The extender's reservations count as they do for it; if they
+        // cannot be read, the view's usage alone is the best there is.
+        let reserved = match &gate.reservations {
+            Some(r) => r.outstanding(&view, now).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unadmitted pods: burst reservations not readable; judging by the view's usage alone");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
         let judgements = unadmitted::judge(
             &gate.engine,
-            &gate.view.current(),
+            &view,
             gate.view.config(),
             &gate.policies.current(),
             &to_judge,
             &rejected,
-            crate::units::Timestamp::now_wall(),
+            &reserved,
+            now,
         );
         for (p, j) in to_judge.iter().zip(judgements) {
             let (ns, name, _) = pod_key(p);

@@ -26,6 +26,7 @@
 use crate::admission::{self, AdmissionConfig};
 use crate::cluster::{self, ClusterConfig, ClusterState, ClusterView};
 use crate::decision::{BurstUsage, Decision, Engine, Reason, Snapshot, Verdict};
+use crate::extender::reservations::{Reservation, SharedReservations};
 use crate::policy::PolicySet;
 use crate::policy::reload::PolicyStore;
 use crate::units::Timestamp;
@@ -61,6 +62,8 @@ pub struct Gate {
     pub view: Arc<ClusterView>,
     pub policies: Arc<PolicyStore>,
     pub engine: Engine,
+    /// The extender's burst reservations (`None` in a dry run: none made).
+    pub reservations: Option<SharedReservations>,
 }
 
 /// The scheduler that bound `pod` (`default-scheduler` when unset).
@@ -136,7 +139,9 @@ pub fn admits(d: &Decision) -> bool {
 /// order (priority, then age). The view counts bound pods in the burst
 /// usage; `pods` themselves, and the pods in `not_counted` (uids already
 /// rejected whose failure the view may not show yet), are taken out of it
-/// first, so a pod never competes with itself.
+/// first, so a pod never competes with itself. `reserved` (the extender's
+/// outstanding reservations: pods it admitted that the view does not show
+/// bound yet) count on top, as they do for the extender.
 ///
 /// A pod whose requests cannot be read (the API server validates them, so
 /// never in practice) is judged admitted: the engine has nothing to say and
@@ -148,6 +153,7 @@ pub fn judge(
     policies: &PolicySet,
     pods: &[&Pod],
     not_counted: &HashSet<String>,
+    reserved: &BTreeMap<String, Reservation>,
     now: Timestamp,
 ) -> Vec<Judgement> {
     let mut usage: BTreeMap<String, BurstUsage> = state.snapshot.burst_usage.clone();
@@ -172,6 +178,7 @@ pub fn judge(
             u.hourly_cost = (u.hourly_cost - hourly).max(0.0);
         }
     }
+    let usage = crate::extender::reservations::add_usage(&usage, reserved, "");
     let mut pending = Vec::with_capacity(pods.len());
     let mut unreadable = Vec::new();
     for p in pods {
@@ -267,6 +274,7 @@ mod tests {
             policies,
             judged,
             &HashSet::new(),
+            &BTreeMap::new(),
             NOW,
         )
     }
@@ -345,9 +353,38 @@ mod tests {
             &policy(BurstMode::Always, Some(2), 0),
             &[&pods[2]],
             &HashSet::from(["uid-a".to_string()]),
+            &BTreeMap::new(),
             NOW,
         );
         assert!(out[0].admitted, "{:?}", out[0].decision);
+        // ... unless the extender has just admitted another pod of the
+        // namespace (its reservation counts until the view shows it bound).
+        let reserved = BTreeMap::from([(
+            "uid-other".to_string(),
+            Reservation {
+                namespace: "web".into(),
+                pod: "web/other".into(),
+                cpu_millis: 500,
+                memory_bytes: 512 << 20,
+                hourly_cost: 0.02,
+                at_millis: NOW.millis(),
+                replica: "r1".into(),
+            },
+        )]);
+        let out = judge(
+            &Engine::default(),
+            &state(&pods, false),
+            &ClusterConfig::default(),
+            &policy(BurstMode::Always, Some(2), 0),
+            &[&pods[2]],
+            &HashSet::from(["uid-a".to_string()]),
+            &reserved,
+            NOW,
+        );
+        assert_eq!(
+            (out[0].admitted, out[0].decision.reason),
+            (false, Reason::BudgetPods)
+        );
     }
 
     #[test]
