@@ -146,6 +146,7 @@ pub fn admits(d: &Decision) -> bool {
 /// A pod whose requests cannot be read (the API server validates them, so
 /// never in practice) is judged admitted: the engine has nothing to say and
 /// the translation reports it.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
     engine: &Engine,
     state: &ClusterState,
