@@ -7,12 +7,13 @@
 //! Also: what ACI cannot do refused before the upgrade, the session cap,
 //! and the emulator's exec socket rules (password first, one use per URI).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, ExecEnd, ExecScript};
-use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
 use spillway::aci::{ContainerGroup, ContainerGroups, TerminalSize};
 use spillway::kubelet::exec::{ExecBridge, ExecLimits};
 use spillway::kubelet::logs::{LogBudget, LogReader};
@@ -27,35 +28,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// The group of pod `web/api` (one container `app`) as the provider makes it.
 fn group() -> ContainerGroup {
-    use k8s_openapi::api::core::v1 as k8s;
-    let pod = k8s::Pod {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some("api".into()),
-            namespace: Some("web".into()),
-            uid: Some("uid-api".into()),
-            ..Default::default()
-        },
-        spec: Some(k8s::PodSpec {
-            containers: vec![k8s::Container {
-                name: "app".into(),
-                image: Some("busybox:1.36".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let cfg = TranslateConfig::new(CLUSTER, "westeurope");
-    let policy = spillway::policy::AciSettings::default();
-    pod_to_group(
-        &pod,
-        &PodContext {
-            config: &cfg,
-            aci: &policy,
-            resolved: &Resolved::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::web_pod_group(CLUSTER, "api", "busybox:1.36", None)
 }
 
 struct Node {

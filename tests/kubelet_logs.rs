@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
 use spillway::aci::{ContainerGroup, ContainerGroups};
 use spillway::kubelet::logs::{FollowPacing, LogBudget, LogReader, LogTime};
 use tokio::time::Instant;
@@ -22,36 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The group of pod `web/api` (one container `app`) as the provider
 /// creates it; `restart_policy` `Never` makes it a job.
 fn group(restart_policy: &str) -> ContainerGroup {
-    use k8s_openapi::api::core::v1 as k8s;
-    let pod = k8s::Pod {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some("api".into()),
-            namespace: Some("web".into()),
-            uid: Some("uid-api".into()),
-            ..Default::default()
-        },
-        spec: Some(k8s::PodSpec {
-            restart_policy: Some(restart_policy.into()),
-            containers: vec![k8s::Container {
-                name: "app".into(),
-                image: Some("busybox:1.36".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let cfg = TranslateConfig::new(CLUSTER, "westeurope");
-    let policy = spillway::policy::AciSettings::default();
-    pod_to_group(
-        &pod,
-        &PodContext {
-            config: &cfg,
-            aci: &policy,
-            resolved: &Resolved::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::web_pod_group(CLUSTER, "api", "busybox:1.36", Some(restart_policy))
 }
 
 struct Node {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
 use spillway::aci::{ContainerGroup, ContainerGroups};
 use spillway::kubelet::logs::{LogBudget, LogReader};
 use spillway::kubelet::metrics::{MetricsConfig, ResourceMetrics};
@@ -28,35 +27,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The group of pod `web/{name}` (one container `app`) as the provider
 /// creates it.
 fn group(name: &str) -> ContainerGroup {
-    use k8s_openapi::api::core::v1 as k8s;
-    let pod = k8s::Pod {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("web".into()),
-            uid: Some(format!("uid-{name}")),
-            ..Default::default()
-        },
-        spec: Some(k8s::PodSpec {
-            containers: vec![k8s::Container {
-                name: "app".into(),
-                image: Some("nginx:1.27".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        status: None,
-    };
-    let cfg = TranslateConfig::new(CLUSTER, "westeurope");
-    let policy = spillway::policy::AciSettings::default();
-    pod_to_group(
-        &pod,
-        &PodContext {
-            config: &cfg,
-            aci: &policy,
-            resolved: &Resolved::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::web_pod_group(CLUSTER, name, "nginx:1.27", None)
 }
 
 /// The start of the minute `n` minutes before this one.

@@ -139,3 +139,45 @@ pub fn install_placeholder_priority_class(srv: &TestApiServer) {
     let skipped = srv.apply_manifests(include_str!("../../deploy/base/priorityclass.yaml"));
     assert!(skipped.is_empty(), "not stored: {skipped:?}");
 }
+
+/// The container group the provider creates for pod `web/{name}` of
+/// cluster `cluster`: one container `app` running `image`, restart policy
+/// `restart_policy` (`Always` when `None`), uid `uid-{name}`.
+pub fn web_pod_group(
+    cluster: &str,
+    name: &str,
+    image: &str,
+    restart_policy: Option<&str>,
+) -> spillway::aci::ContainerGroup {
+    use k8s_openapi::api::core::v1 as k8s;
+    use spillway::aci::translate::{PodContext, Resolved, TranslateConfig, pod_to_group};
+    let pod = k8s::Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("web".into()),
+            uid: Some(format!("uid-{name}")),
+            ..Default::default()
+        },
+        spec: Some(k8s::PodSpec {
+            restart_policy: restart_policy.map(String::from),
+            containers: vec![k8s::Container {
+                name: "app".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let cfg = TranslateConfig::new(cluster, "westeurope");
+    let policy = spillway::policy::AciSettings::default();
+    pod_to_group(
+        &pod,
+        &PodContext {
+            config: &cfg,
+            aci: &policy,
+            resolved: &Resolved::default(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
