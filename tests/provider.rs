@@ -1768,3 +1768,54 @@ async fn a_group_named_before_cluster_hashing_is_adopted_then_collected() {
     .await;
     p.stop().await;
 }
+
+/// ACI's instance-view events (pulling, started, …) reach `kubectl describe
+/// pod` as Events on the pod (the container's as `spec.containers{app}`),
+/// once each, however many syncs read them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aci_events_become_pod_events_once() {
+    let w = world().await;
+    let p = start(&w.srv, w.aci.clone(), None);
+    create_pod(&w.srv, &app_pod("evented")).await;
+    eventually("pod Running", || async { running(&w.srv, "evented") }).await;
+    let of = |reason: &str| -> Vec<Event> {
+        w.srv
+            .list::<Event>(Some(NS))
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("evented")
+            })
+            .collect()
+    };
+    eventually("Pulling and Started events", || async {
+        !of("Pulling").is_empty() && !of("Started").is_empty()
+    })
+    .await;
+    let started = of("Started");
+    assert_eq!(
+        started[0]
+            .regarding
+            .as_ref()
+            .and_then(|r| r.field_path.as_deref()),
+        Some("spec.containers{app}")
+    );
+    assert_eq!(started[0].type_.as_deref(), Some("Normal"));
+    assert!(
+        of("Pulling")[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("pulling image")),
+        "{:?}",
+        of("Pulling")
+    );
+    // Several more syncs read the same events: nothing new is published.
+    let reads = || -> u64 { w.emu.state.counters().requests.values().sum() };
+    let before = reads();
+    eventually("more ARM reads (syncs)", || async { reads() >= before + 6 }).await;
+    assert_eq!((of("Pulling").len(), of("Started").len()), (1, 1));
+    for e in of("Started").iter().chain(of("Pulling").iter()) {
+        assert!(e.series.is_none(), "published once, not repeated: {e:?}");
+    }
+    p.stop().await;
+}

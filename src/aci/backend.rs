@@ -26,7 +26,8 @@ use crate::policy::AciSettings;
 use crate::policy::reload::PolicyStore;
 use crate::provider::ProviderConfig;
 use crate::provider::backend::{
-    Backend, BackendError, CreateError, CreateNotice, Instance, InstanceKind, OwnerRecord, Read,
+    Backend, BackendError, CreateError, CreateNotice, Instance, InstanceEvent, InstanceKind,
+    OwnerRecord, Read,
 };
 use crate::provider::resolve::{self, Sources};
 use crate::provider::services::{SYNC_WAIT, ServiceSource};
@@ -66,6 +67,38 @@ impl Instance for ContainerGroup {
 
     fn pod_status(&self) -> PodStatus {
         pod_status_from_group(self)
+    }
+
+    fn events(&self) -> Vec<InstanceEvent> {
+        let convert = |container: Option<&str>, e: &crate::aci::model::Event| {
+            let reason = e.name.clone().filter(|n| !n.is_empty())?;
+            Some(InstanceEvent {
+                container: container.map(String::from),
+                message: e.message.clone().unwrap_or_default(),
+                warning: e.event_type.as_deref() == Some("Warning"),
+                count: e.count.unwrap_or(1),
+                last: e
+                    .last_timestamp
+                    .clone()
+                    .or_else(|| e.first_timestamp.clone())
+                    .unwrap_or_default(),
+                reason,
+            })
+        };
+        let containers = self.properties.containers.iter().flat_map(|c| {
+            c.properties
+                .instance_view
+                .iter()
+                .flat_map(|v| v.events.iter())
+                .filter_map(move |e| convert(Some(&c.name), e))
+        });
+        let group = self
+            .properties
+            .instance_view
+            .iter()
+            .flat_map(|v| v.events.iter())
+            .filter_map(|e| convert(None, e));
+        containers.chain(group).collect()
     }
 
     fn held_cores(&self) -> f64 {

@@ -1401,8 +1401,14 @@ fn container_state(cs: &ContainerState, group_running: bool) -> k8s::ContainerSt
         "Terminated" | "Succeeded" | "Failed" | "Canceled" => {
             let failed = matches!(cs.state.as_str(), "Failed" | "Canceled");
             let exit_code = cs.exit_code.unwrap_or(if failed { 1 } else { 0 });
+            // ACI says an OOM kill in the detail status (as the kubelet's
+            // reason `OOMKilled`, exit code 137).
+            let oom = detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("OOMKilled"));
             let reason = match (cs.state.as_str(), exit_code) {
                 ("Canceled", _) => "Canceled",
+                _ if oom => "OOMKilled",
                 (_, 0) => "Completed",
                 _ => "Error",
             };

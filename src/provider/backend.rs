@@ -86,6 +86,40 @@ pub trait Instance: Clone + Send + Sync + 'static {
     fn pod_status(&self) -> PodStatus;
     /// CPU cores this instance holds of the backend's quota.
     fn held_cores(&self) -> f64;
+    /// What the backend reports happened to the instance (ACI: the
+    /// containers' and the group's instance-view events). The controllers
+    /// publish each new one (or each count increase) as a Kubernetes Event
+    /// on the pod. Default: none.
+    fn events(&self) -> Vec<InstanceEvent> {
+        Vec::new()
+    }
+}
+
+/// One event a backend reports about an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceEvent {
+    /// The container it is about; `None`: the whole instance.
+    pub container: Option<String>,
+    /// Short CamelCase reason (`Pulling`, `Started`, `Killing`, `BackOff`).
+    pub reason: String,
+    pub message: String,
+    pub warning: bool,
+    /// How often it happened, as the backend counts.
+    pub count: i32,
+    /// When it last happened, as the backend wrote it.
+    pub last: String,
+}
+
+impl InstanceEvent {
+    /// What identifies it across reads (its count and time may grow).
+    pub fn key(&self) -> String {
+        format!(
+            "{}\u{1f}{}\u{1f}{}",
+            self.container.as_deref().unwrap_or(""),
+            self.reason,
+            self.message
+        )
+    }
 }
 
 /// A backend error, classified for node health.

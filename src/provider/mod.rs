@@ -351,6 +351,9 @@ struct PodLoop<I> {
     unwritten: HashMap<String, String>,
     /// The pods' probe workers (ACI; see [`probe`]).
     prober: Option<probe::Prober>,
+    /// Instance events published as Kubernetes Events: pod uid → event key
+    /// → (count, last time) as last published.
+    events: HashMap<String, HashMap<String, (i32, String)>>,
 }
 
 impl<I> Default for PodLoop<I> {
@@ -369,6 +372,44 @@ impl<I> Default for PodLoop<I> {
             judged: HashMap::new(),
             unwritten: HashMap::new(),
             prober: None,
+            events: HashMap::new(),
+        }
+    }
+}
+
+/// Publish the events of `instance` not published for `pod` yet (new, or
+/// counted again, or at a new time) as Kubernetes Events on the pod, the
+/// container's as `spec.containers{name}`; `seen` remembers what went out.
+async fn publish_instance_events<I: Instance>(
+    pod: &Pod,
+    instance: &I,
+    seen: &mut HashMap<String, (i32, String)>,
+    recorder: &Recorder,
+) {
+    for e in instance.events() {
+        let key = e.key();
+        let mark = (e.count, e.last.clone());
+        if seen.get(&key) == Some(&mark) {
+            continue;
+        }
+        seen.insert(key, mark);
+        let mut reference = pod.object_ref(&());
+        if let Some(c) = &e.container {
+            reference.field_path = Some(format!("spec.containers{{{c}}}"));
+        }
+        let event = KubeEvent {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.chars().take(128).collect(),
+            note: Some(e.message.chars().take(1000).collect()),
+            action: format!("{}Event", I::KIND.system),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "event write failed");
         }
     }
 }
@@ -1549,6 +1590,12 @@ impl<B: Backend> Provider<B> {
                 }
                 continue;
             }
+            if let Some(instance) = groups.get(&gname)
+                && pod.metadata.deletion_timestamp.is_none()
+            {
+                let seen = st.events.entry(uid.clone()).or_default();
+                publish_instance_events(pod, instance, seen, recorder).await;
+            }
             let facts = self.facts(st, &uid, Some(list_at));
             let action = self.decide_probed(
                 pod,
@@ -1682,6 +1729,7 @@ impl<B: Backend> Provider<B> {
         st.bypassed.retain(|uid, _| live.contains(uid));
         st.judged.retain(|uid, _| live.contains(uid));
         st.unwritten.retain(|uid, _| live.contains(uid));
+        st.events.retain(|uid, _| live.contains(uid));
     }
 
     /// [`pods::decide_for`], with readiness checked ([`probe`]): for a pod

@@ -1187,6 +1187,19 @@ fn status_terminal_states() {
         .expect("terminated");
     assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("Error")));
 
+    // An OOM kill keeps the kubelet's reason.
+    let oom = pod_status_from_group(&group_with(
+        "Succeeded",
+        Some("Failed"),
+        Some(cstate("Terminated", Some(137), "OOMKilled")),
+    ));
+    let t = oom.container_statuses.as_ref().expect("s")[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
+
     let canceled = pod_status_from_group(&group_with("Canceled", None, None));
     assert_eq!(canceled.phase.as_deref(), Some("Failed"));
     assert_eq!(canceled.reason.as_deref(), Some("ContainerGroupCanceled"));
