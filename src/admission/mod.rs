@@ -141,38 +141,10 @@ fn skip_label(labels: Option<&BTreeMap<String, String>>) -> bool {
 /// entry, or a required node-affinity term with `In` (or `Exists` on the
 /// key), naming one of the virtual node's labels (`type: virtual-kubelet`).
 pub fn selects_virtual(pod: &Pod, matcher: &VirtualNodeMatcher) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return false;
-    };
-    let by_selector = spec.node_selector.as_ref().is_some_and(|sel| {
-        matcher
-            .labels
+    !pin::selector_pins(pod, matcher).is_empty()
+        || pin::required_terms(pod)
             .iter()
-            .any(|(k, v)| sel.get(k).is_some_and(|sv| sv == v))
-    });
-    let terms = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|r| r.node_selector_terms.as_slice())
-        .unwrap_or_default();
-    let by_affinity = terms.iter().any(|term| {
-        term.match_expressions.iter().flatten().any(|e| {
-            matcher.labels.iter().any(|(k, v)| {
-                e.key == *k
-                    && match e.operator.as_str() {
-                        "In" => e.values.iter().flatten().any(|x| x == v),
-                        "Exists" => true,
-                        _ => false,
-                    }
-            })
-        })
-    });
-    by_selector || by_affinity
+            .any(|t| pin::term_pins(t, matcher))
 }
 
 /// The rule, as a pure function of the pod, its namespace's labels (None:

@@ -72,14 +72,14 @@ fn is_pin(e: &NodeSelectorRequirement, matcher: &VirtualNodeMatcher) -> bool {
     })
 }
 
-fn term_pins(t: &NodeSelectorTerm, matcher: &VirtualNodeMatcher) -> bool {
+pub(crate) fn term_pins(t: &NodeSelectorTerm, matcher: &VirtualNodeMatcher) -> bool {
     t.match_expressions
         .iter()
         .flatten()
         .any(|e| is_pin(e, matcher))
 }
 
-fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
+pub(crate) fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
@@ -93,7 +93,10 @@ fn required_terms(pod: &Pod) -> &[NodeSelectorTerm] {
 }
 
 /// The `nodeSelector` entries that pin the pod, in the selector's order.
-fn selector_pins<'a>(pod: &'a Pod, matcher: &VirtualNodeMatcher) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn selector_pins<'a>(
+    pod: &'a Pod,
+    matcher: &VirtualNodeMatcher,
+) -> Vec<(&'a str, &'a str)> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_selector.as_ref())
