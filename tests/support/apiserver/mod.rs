@@ -303,8 +303,8 @@ struct Shared {
     denials: Mutex<Vec<String>>,
     /// The cluster CA, made on first use (`pki.rs`).
     pki: std::sync::OnceLock<pki::Pki>,
-    /// The HTTPS client for kubelets (`proxy.rs`), made on first use.
-    kubelet_client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// How kube-apiserver reaches kubelets (`proxy.rs`), made on first use.
+    kubelet: std::sync::OnceLock<Result<proxy::KubeletClient, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -316,26 +316,17 @@ impl Shared {
         lock(&self.store)
     }
 
-    /// The TLS configuration kube-apiserver uses for kubelets (upgrades).
-    fn kubelet_tls(&self) -> Result<Arc<rustls::ClientConfig>, ApiError> {
-        let pki = self.pki.get_or_init(|| pki::Pki::new("kubernetes"));
-        proxy::kubelet_tls(&pki.client_certificate(KUBELET_CLIENT_CN, &[KUBELET_CLIENT_ORG]))
-            .map(Arc::new)
-            .map_err(|e| ApiError::new(500, "InternalError", e))
-    }
-
-    /// The client kube-apiserver uses for kubelets: its kubelet client
-    /// certificate (`--kubelet-client-certificate`).
-    fn kubelet_client(&self) -> Result<reqwest::Client, ApiError> {
-        self.kubelet_client
+    /// How kube-apiserver reaches kubelets (`proxy.rs`), made on first use.
+    fn kubelet(&self) -> Result<&proxy::KubeletClient, ApiError> {
+        self.kubelet
             .get_or_init(|| {
                 let pki = self.pki.get_or_init(|| pki::Pki::new("kubernetes"));
-                proxy::kubelet_client(
+                proxy::KubeletClient::new(
                     &pki.client_certificate(KUBELET_CLIENT_CN, &[KUBELET_CLIENT_ORG]),
                 )
             })
-            .clone()
-            .map_err(|e| ApiError::new(500, "InternalError", e))
+            .as_ref()
+            .map_err(|e| ApiError::new(500, "InternalError", e.clone()))
     }
 }
 
@@ -386,7 +377,7 @@ impl TestApiServer {
             exercised: Mutex::new(Default::default()),
             denials: Mutex::new(Vec::new()),
             pki: std::sync::OnceLock::new(),
-            kubelet_client: std::sync::OnceLock::new(),
+            kubelet: std::sync::OnceLock::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -837,18 +828,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             return e.into_response();
         }
     };
-    if let Some(proxy::Target::PodExec { namespace, pod }) = proxy::Target::of(parts.uri.path()) {
-        return match proxy::exec(&shared, &namespace, &pod, &mut parts).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
-        };
-    }
     if let Some(target) = proxy::Target::of(parts.uri.path()) {
-        let q = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|Query(q)| q)
-            .unwrap_or_default();
-        let raw = parts.uri.query().unwrap_or_default();
-        return match proxy::forward(&shared, target, &parts.method, &q, raw).await {
+        return match proxy::forward(&shared, target, &mut parts).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };

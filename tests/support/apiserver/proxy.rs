@@ -120,29 +120,36 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// The API server's TLS configuration for kubelets: its client certificate,
-/// any serving certificate.
-pub fn kubelet_tls(cert: &ClientCertificate) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (chain, key) = cert.rustls_pair();
-    rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())
+/// What kube-apiserver reaches kubelets with: its kubelet client
+/// certificate (`--kubelet-client-certificate`), trusting any serving
+/// certificate; the TLS configuration (upgrades) and an HTTPS client over it.
+pub struct KubeletClient {
+    pub tls: Arc<rustls::ClientConfig>,
+    pub http: reqwest::Client,
 }
 
-/// The API server's HTTPS client for kubelets.
-pub fn kubelet_client(cert: &ClientCertificate) -> Result<reqwest::Client, String> {
-    let tls = kubelet_tls(cert)?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())
+impl KubeletClient {
+    pub fn new(cert: &ClientCertificate) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (chain, key) = cert.rustls_pair();
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(KubeletClient {
+            tls: Arc::new(tls),
+            http,
+        })
+    }
 }
 
 fn bad_request(message: String) -> ApiError {
@@ -157,8 +164,8 @@ fn names(list: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-/// `LogLocation`'s choice of container.
-fn log_container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+/// `LogLocation`'s and `streamLocation`'s choice of container (logs, exec).
+fn container_for(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
     let containers = names(pod.pointer("/spec/containers"));
     let init = names(pod.pointer("/spec/initContainers"));
     match asked.filter(|c| !c.is_empty()) {
@@ -315,10 +322,14 @@ fn node_object(shared: &Shared, name: &str) -> Result<Value, ApiError> {
 pub async fn forward(
     shared: &Arc<Shared>,
     target: Target,
-    method: &axum::http::Method,
-    query: &HashMap<String, String>,
-    raw_query: &str,
+    parts: &mut axum::http::request::Parts,
 ) -> Result<Response, ApiError> {
+    let query: HashMap<String, String> =
+        axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(q)| q)
+            .unwrap_or_default();
+    let raw_query = parts.uri.query().unwrap_or_default().to_string();
+    let method = &parts.method;
     let url = match &target {
         Target::PodLog { namespace, pod } => {
             if method != axum::http::Method::GET {
@@ -330,8 +341,8 @@ pub async fn forward(
                 .get(rt, namespace, pod)
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(rt, pod))?;
-            let container = log_container(&obj, pod, query.get("container").map(String::as_str))?;
-            let params = log_query(pod, query)?;
+            let container = container_for(&obj, pod, query.get("container").map(String::as_str))?;
+            let params = log_query(pod, &query)?;
             let Some(node) = obj
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
@@ -353,7 +364,7 @@ pub async fn forward(
             }
             url
         }
-        Target::PodExec { .. } => return Err(ApiError::path_not_found()),
+        Target::PodExec { namespace, pod } => return exec(shared, namespace, pod, parts).await,
         Target::NodeProxy { node, rest } => {
             let base = kubelet_base(
                 &node_object(shared, node)?,
@@ -369,7 +380,7 @@ pub async fn forward(
                 .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?
         }
     };
-    let client = shared.kubelet_client()?;
+    let client = shared.kubelet()?.http.clone();
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let resp = client
@@ -428,12 +439,6 @@ fn describe(e: &reqwest::Error) -> String {
         source = inner.source();
     }
     s
-}
-
-/// `streamLocation`'s choice of container (exec, attach): as for logs, but
-/// a pod with no container at all is asked for one without a list.
-fn stream_container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
-    log_container(pod, name, asked)
 }
 
 /// The kubelet's `/exec` query kube-apiserver builds (`streamParams`):
@@ -517,7 +522,7 @@ pub async fn exec(
         .cloned()
         .ok_or_else(|| ApiError::not_found(rt, pod))?;
     let (params, asked) = exec_query(parts.uri.query().unwrap_or_default());
-    let container = stream_container(&obj, pod, asked.as_deref())?;
+    let container = container_for(&obj, pod, asked.as_deref())?;
     let node = obj
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -538,7 +543,7 @@ pub async fn exec(
     let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| internal(format!("error dialing backend: {e}")))?;
-    let connector = tokio_rustls::TlsConnector::from(shared.kubelet_tls()?);
+    let connector = tokio_rustls::TlsConnector::from(shared.kubelet()?.tls.clone());
     let server_name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|e| internal(e.to_string()))?;
     let mut tls = connector
