@@ -43,9 +43,11 @@ struct Spillway {
 }
 
 /// `spillway run` as deploy/overlays/aks runs it (its ServiceAccount and
-/// RBAC), with the kubelet endpoint on HTTPS and authenticating callers.
+/// RBAC), with the kubelet endpoint on HTTPS and authenticating callers;
+/// the burst pods' namespace `web` is created too.
 async fn start(srv: &TestApiServer) -> Spillway {
     srv.apply_manifests(&support::kustomize("deploy/overlays/aks"));
+    srv.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
     srv.publish_root_ca("spillway-system");
     let dir = support::policy_dir("kubectl-e2e-policies", POLICIES);
     let emulator = Emulator::start(EmulatorConfig {
@@ -177,13 +179,6 @@ fn group_of(emu: &EmulatorHandle, pod: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_reaches_burst_pods_through_the_api_server() {
     let srv = TestApiServer::start().await;
-    srv.insert(&k8s_openapi::api::core::v1::Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some("web".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
     let spillway = start(&srv).await;
     let config = kubeconfig(&srv.url(), "logs");
 
@@ -303,13 +298,6 @@ async fn kubectl_logs_reaches_burst_pods_through_the_api_server() {
 async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
     use spillway::aci::emulator::ExecScript;
     let srv = TestApiServer::start().await;
-    srv.insert(&k8s_openapi::api::core::v1::Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some("web".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
     let spillway = start(&srv).await;
     let config = kubeconfig(&srv.url(), "exec");
     create_running(&srv, &burst_pod("shell", &["app"])).await;
