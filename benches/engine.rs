@@ -21,7 +21,7 @@ use spillway::decision::placement::{
     NodeTerm, Operator, Requirement, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use spillway::decision::{
-    BurstUsage, Engine, NodeClass, PendingPod, Placement, Snapshot, VmNode, VmPool,
+    AciSize, BurstUsage, Engine, NodeClass, PendingPod, Placement, Snapshot, VmNode, VmPool,
 };
 use spillway::policy::{BurstPolicy, PolicySet};
 use spillway::units::{Duration, GIB, MIB, Resources, Timestamp};
@@ -126,12 +126,14 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
                     100 + 100 * rng.below(20),
                     (128 + 128 * rng.below(32)) * MIB,
                 ),
+                aci: Default::default(),
                 pending_since: Timestamp::from_millis(NOW.millis() - rng.below(600_000) as i64),
                 tolerates_virtual: rng.below(10) != 0,
                 aci_incompatible: (rng.below(50) == 0).then(|| "uses hostNetwork".to_string()),
                 pool: None,
                 placement: Placement::default(),
             };
+            pod.aci = AciSize::of_requests(&pod.requests);
             // As the API server admits them: every pod tolerates not-ready and
             // unreachable for a while (DefaultTolerationSeconds).
             for key in [
@@ -200,6 +202,7 @@ fn snapshot(pending: usize, nodes: usize, namespaces: usize) -> Snapshot {
         pools: vm_pools,
         pending: pending_pods,
         burst_usage,
+        raisable: Vec::new(),
         aci_quota: Default::default(),
         classes,
     }

@@ -149,7 +149,9 @@ pub fn evaluate(
 ) -> Explained {
     let mut snap: Snapshot = cluster::snapshot_from(&objects.nodes, &objects.pods, now, config);
     crate::autoscaler::pools::apply(&mut snap, ca_groups, &ProvisionLearner::new(1));
-    let decisions = Engine::new(config.engine.clone()).decide_all(&snap, policies);
+    let engine = Engine::new(config.engine.clone());
+    engine.count_raised(&mut snap, policies);
+    let decisions = engine.decide_all(&snap, policies);
     let rows = snap
         .pending
         .iter()

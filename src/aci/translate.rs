@@ -57,6 +57,7 @@
 
 use super::model::*;
 use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
+use crate::decision::aci_size::{Declared, MEMORY_STEP_BYTES, aci_cpu_millis, aci_memory_bytes};
 use crate::policy::{AciResources, AciSettings, PublicIp, render_dns_label};
 use crate::provider::resolve::expand_vars;
 use crate::units::{parse_cpu_millis, parse_memory_bytes};
@@ -74,9 +75,6 @@ pub mod dns;
 pub const DNS_LABEL_ANNOTATION: &str = "virtualkubelet.io/dnsnamelabel";
 /// ACI's limit on container group and DNS label names.
 pub const MAX_NAME_LEN: usize = 63;
-
-const DEFAULT_CPU_MILLIS: u64 = 1000;
-const DEFAULT_MEMORY_BYTES: u64 = 1_500_000_000;
 
 /// Why a pod cannot become a container group. Each names the pod field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -638,12 +636,12 @@ fn os_type(spec: &k8s::PodSpec) -> Result<&'static str, TranslateError> {
 
 /// ACI takes CPU in multiples of 0.01 core: round millicores up to that.
 fn cores_from_millis(millis: u64) -> f64 {
-    (millis.div_ceil(10).max(1)) as f64 / 100.0
+    aci_cpu_millis(millis) as f64 / 1000.0
 }
 
 /// ACI takes memory in multiples of 0.1 GB (10^8 bytes): round up.
 fn gb_from_bytes(bytes: u64) -> f64 {
-    (bytes.div_ceil(100_000_000).max(1)) as f64 / 10.0
+    (aci_memory_bytes(bytes) / MEMORY_STEP_BYTES) as f64 / 10.0
 }
 
 type QuantityMap = BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
@@ -687,50 +685,66 @@ fn translate_resources(
             }
         }
     }
-    let parse_cpu = |kind: &str, q: &str| {
-        parse_cpu_millis(q).map_err(|e| invalid(format!("{field}.resources.{kind}.cpu"), e))
+    let parsed = |kind: &str, name: &str| -> Result<Option<u64>, TranslateError> {
+        let map = if kind == "limits" { limits } else { requests };
+        let Some(q) = quantity(rr, map, name) else {
+            return Ok(None);
+        };
+        let parse = if name == "cpu" {
+            parse_cpu_millis
+        } else {
+            parse_memory_bytes
+        };
+        parse(q)
+            .map(Some)
+            .map_err(|e| invalid(format!("{field}.resources.{kind}.{name}"), e))
     };
-    let parse_mem = |kind: &str, q: &str| {
-        parse_memory_bytes(q).map_err(|e| invalid(format!("{field}.resources.{kind}.memory"), e))
+    let declared = Declared {
+        cpu_request: parsed("requests", "cpu")?,
+        memory_request: parsed("requests", "memory")?,
+        cpu_limit: parsed("limits", "cpu")?,
+        memory_limit: parsed("limits", "memory")?,
     };
-    let cpu_limit = quantity(rr, limits, "cpu")
-        .map(|q| parse_cpu("limits", q))
-        .transpose()?;
-    let mem_limit = quantity(rr, limits, "memory")
-        .map(|q| parse_mem("limits", q))
-        .transpose()?;
-    // The API server defaults requests to limits; do the same for pods that
-    // did not come through it.
-    let cpu = match quantity(rr, requests, "cpu") {
-        Some(q) => parse_cpu("requests", q)?,
-        None => cpu_limit.unwrap_or(DEFAULT_CPU_MILLIS),
-    };
-    let mem = match quantity(rr, requests, "memory") {
-        Some(q) => parse_mem("requests", q)?,
-        None => mem_limit.unwrap_or(DEFAULT_MEMORY_BYTES),
-    };
-    if cpu_limit.is_some_and(|l| l < cpu) {
+    // Requests default to limits (as the API server does for pods that did
+    // not come through it), else to azure-aci's defaults (`aci_size`).
+    let wanted = declared.aci_requests();
+    let (cpu, mem) = (
+        declared
+            .cpu_request
+            .or(declared.cpu_limit)
+            .unwrap_or(wanted.cpu_millis),
+        declared
+            .memory_request
+            .or(declared.memory_limit)
+            .unwrap_or(wanted.memory_bytes),
+    );
+    if declared.cpu_limit.is_some_and(|l| l < cpu) {
         return Err(invalid(
             format!("{field}.resources.limits.cpu"),
             "limit is below the request",
         ));
     }
-    if mem_limit.is_some_and(|l| l < mem) {
+    if declared.memory_limit.is_some_and(|l| l < mem) {
         return Err(invalid(
             format!("{field}.resources.limits.memory"),
             "limit is below the request",
         ));
     }
     let requests = ResourceSpec {
-        cpu: cores_from_millis(cpu),
-        memory_in_gb: gb_from_bytes(mem),
+        cpu: wanted.cpu_millis as f64 / 1000.0,
+        memory_in_gb: gb_from_bytes(wanted.memory_bytes),
     };
-    let limits = (cpu_limit.is_some() || mem_limit.is_some()).then(|| ResourceSpec {
-        cpu: cpu_limit.map(cores_from_millis).unwrap_or(requests.cpu),
-        memory_in_gb: mem_limit
-            .map(gb_from_bytes)
-            .unwrap_or(requests.memory_in_gb),
-    });
+    let limits =
+        (declared.cpu_limit.is_some() || declared.memory_limit.is_some()).then(|| ResourceSpec {
+            cpu: declared
+                .cpu_limit
+                .map(cores_from_millis)
+                .unwrap_or(requests.cpu),
+            memory_in_gb: declared
+                .memory_limit
+                .map(gb_from_bytes)
+                .unwrap_or(requests.memory_in_gb),
+        });
     Ok(ContainerResources {
         spec: ResourceRequirements { requests, limits },
         cpu_millis: cpu,

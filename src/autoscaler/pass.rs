@@ -167,6 +167,7 @@ impl Autoscaler {
             Some(&self.placeholder_namespace),
         );
         pools::apply(&mut snap, ca_status.unwrap_or_default(), &self.learner);
+        self.engine.count_raised(&mut snap, policies);
         let plan = self.engine.plan(&snap, policies);
         if let Some(m) = &self.metrics {
             let cfg = &self.engine.config;

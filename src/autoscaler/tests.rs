@@ -32,6 +32,7 @@ fn pending(name: &str, waited: i64) -> PendingPod {
         labels: BTreeMap::new(),
         priority: 0,
         requests: Resources::new(1000, GIB),
+        aci: crate::decision::AciSize::of_requests(&Resources::new(1000, GIB)),
         pending_since: Timestamp::from_millis(T0.millis() - waited * 1000),
         tolerates_virtual: true,
         aci_incompatible: None,
@@ -91,6 +92,7 @@ impl Pass {
         Pass {
             snap: Snapshot {
                 now,
+                raisable: Vec::new(),
                 nodes,
                 pools: vec![VmPool {
                     name: "a".into(),

@@ -14,7 +14,8 @@
 //! them as such), and so do unbound pods (the engine reads their placement).
 
 use super::classify::{BurstPod, DELETION_COST_ANNOTATION, Owner, is_placeholder};
-use super::{is_terminal, pod_requests};
+use super::{is_terminal, pod_aci_size, pod_requests};
+use crate::decision::AciSize;
 use crate::units::{Resources, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub struct BoundPod {
     pub node: Box<str>,
     /// Its requests with the overhead (`pod_requests`), or why they do not parse.
     pub requests: Result<Resources, Box<str>>,
+    /// What its ACI container group requests (`pod_aci_size`; azure-aci's
+    /// defaults when a quantity does not parse, as the group never existed).
+    pub aci: AciSize,
     /// Phase Succeeded or Failed.
     pub terminal: bool,
     /// Being deleted.
@@ -93,6 +97,7 @@ impl BoundPod {
                 .unwrap_or_default()
                 .into(),
             requests: pod_requests(pod).map_err(|e| e.to_string().into()),
+            aci: pod_aci_size(pod).unwrap_or_else(|_| AciSize::of_requests(&Resources::default())),
             terminal: is_terminal(pod),
             terminating: m.deletion_timestamp.is_some(),
             labels: m
@@ -128,6 +133,14 @@ impl BoundPod {
         }
     }
 
+    /// Its labels as a map.
+    pub fn labels_map(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// Its namespace (empty when it has none).
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or_default()
@@ -140,11 +153,7 @@ impl BoundPod {
             namespace: self.namespace.as_deref()?.to_string(),
             name: self.name.as_deref()?.to_string(),
             uid: self.uid.as_deref()?.to_string(),
-            labels: self
-                .labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            labels: self.labels_map(),
             requests,
             owner: self.owner.clone(),
             bound_at: self.scheduled_at.or(self.created).unwrap_or(now),

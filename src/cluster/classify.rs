@@ -14,7 +14,7 @@ use super::{
     ClusterConfig, ClusterError, is_pending, is_terminal, node_allocatable, node_pool, node_ready,
     pending_pod, pod_requests, pool_size_marks, pools_from,
 };
-use crate::decision::{BurstUsage, NodeClass, Snapshot, VmNode};
+use crate::decision::{BurstUsage, NodeClass, RaisableBurst, Snapshot, VmNode};
 use crate::units::{Resources, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use std::borrow::Borrow;
@@ -200,6 +200,7 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
     let mut out = Classified::default();
     let mut pending = Vec::new();
     let mut burst_usage: BTreeMap<String, BurstUsage> = BTreeMap::new();
+    let mut raisable = Vec::new();
     let mut records = Vec::new();
     for pod in pods {
         let pod: &Pod = pod.borrow();
@@ -236,14 +237,18 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
         if virtual_names.contains(node_name) || cfg.virtual_nodes.is_virtual_name(node_name) {
             // The engine counts what ACI bills; the autoscaler moves pods
             // whose requests it can read (the extender reports the others).
-            let effective = cfg
-                .engine
-                .aci_effective(pod.requests.as_ref().unwrap_or(&Resources::default()));
-            let hourly = cfg.engine.prices.aci_hourly(&effective);
+            let group = pod.aci.requests;
             burst_usage
                 .entry(pod.namespace().to_string())
                 .or_default()
-                .add(&effective, hourly);
+                .add(&group, cfg.engine.prices.aci_hourly(&group));
+            if pod.aci.raised != group {
+                raisable.push(RaisableBurst {
+                    namespace: pod.namespace().to_string(),
+                    labels: pod.labels_map(),
+                    extra: pod.aci.raised.saturating_sub(&group),
+                });
+            }
             if let Ok(r) = &pod.requests {
                 out.burst.extend(pod.burst_pod(*r, now));
             }
@@ -268,6 +273,7 @@ pub fn classify_with<N: Borrow<Node>, P: Borrow<Pod>, B: Borrow<BoundPod>>(
         nodes: vm_nodes,
         pending,
         burst_usage,
+        raisable,
         aci_quota: Default::default(),
         classes: classes.into(),
     };

@@ -22,7 +22,8 @@ pub use load::{
 };
 pub use view::{ClusterState, ClusterView};
 
-use crate::decision::{EngineConfig, PendingPod, Snapshot, VmNode, VmPool};
+use crate::decision::aci_size::Declared;
+use crate::decision::{AciSize, EngineConfig, PendingPod, Snapshot, VmNode, VmPool};
 use crate::units::{Resources, Timestamp, parse_cpu_millis, parse_memory_bytes};
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -245,28 +246,55 @@ pub fn resource_list(
     Ok(r)
 }
 
+/// A container's declared cpu/memory requests and limits, parsed.
+fn declared(c: &Container, object: &str) -> Result<Declared, ClusterError> {
+    let res = c.resources.as_ref();
+    let list = |l: Option<&BTreeMap<String, Quantity>>| {
+        resource_list(l, object).map(|r| {
+            let has = |k: &str| l.is_some_and(|m| m.contains_key(k));
+            (
+                has("cpu").then_some(r.cpu_millis),
+                has("memory").then_some(r.memory_bytes),
+            )
+        })
+    };
+    let (cpu_request, memory_request) = list(res.and_then(|r| r.requests.as_ref()))?;
+    let (cpu_limit, memory_limit) = list(res.and_then(|r| r.limits.as_ref()))?;
+    Ok(Declared {
+        cpu_request,
+        memory_request,
+        cpu_limit,
+        memory_limit,
+    })
+}
+
 /// A container's requests; a resource with a limit but no request requests
 /// its limit (the API server's defaulting, repeated for hand-written files).
 fn container_requests(c: &Container, object: &str) -> Result<Resources, ClusterError> {
-    let res = c.resources.as_ref();
-    let req = resource_list(res.and_then(|r| r.requests.as_ref()), object)?;
-    let lim = resource_list(res.and_then(|r| r.limits.as_ref()), object)?;
-    let has_req = |k: &str| {
-        res.and_then(|r| r.requests.as_ref())
-            .is_some_and(|m| m.contains_key(k))
+    declared(c, object).map(|d| d.kube_requests())
+}
+
+/// What the pod's ACI container group would request, under each
+/// `aci.resources` mode ([`AciSize`]): its regular containers only (ACI's
+/// init containers take no resources), with azure-aci's defaults.
+pub fn pod_aci_size(pod: &Pod) -> Result<AciSize, ClusterError> {
+    let object = pod_key(pod);
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(AciSize::default());
     };
-    Ok(Resources::new(
-        if has_req("cpu") {
-            req.cpu_millis
-        } else {
-            lim.cpu_millis
-        },
-        if has_req("memory") {
-            req.memory_bytes
-        } else {
-            lim.memory_bytes
-        },
-    ))
+    if spec.containers.is_empty() {
+        // Only a slimmed pod has no containers (the API server requires
+        // one): its pod-level list holds the total, and `slim` keeps the
+        // containers wherever that total would size the group wrongly.
+        let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+        return Ok(AciSize::of_requests(&resource_list(pod_level, &object)?));
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .map(|c| declared(c, &object))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AciSize::of_containers(&containers))
 }
 
 fn max_each(a: Resources, b: Resources) -> Resources {
@@ -436,6 +464,7 @@ pub fn pending_pod(
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         priority: spec.and_then(|s| s.priority).unwrap_or(0),
         requests: pod_requests(pod)?,
+        aci: pod_aci_size(pod)?,
         pending_since: pending_since(pod, now),
         tolerates_virtual: tolerates_virtual(pod),
         aci_incompatible: aci_incompatibility(pod),

@@ -7,7 +7,7 @@
 //! as even smaller records there, `bound::BoundPod`) or the cluster-state file's
 //! object lists (`load`), keeping every field that the view's readers use:
 //! `snapshot_from` and the functions it calls (`pending_pod`,
-//! `pod_requests`, `aci_incompatibility`, `constraints`), the autoscaler's
+//! `pod_requests`, `pod_aci_size`, `aci_incompatibility`, `constraints`), the autoscaler's
 //! `observe` and learner, and the extender's reservations.
 //!
 //! What it must not do: slim an object that is written back or acted on.
@@ -17,8 +17,9 @@
 //! A reader of a new field must keep it here; `tests` compares every
 //! reader's result on full and slimmed objects.
 
-use super::pod_requests;
+use super::{pod_aci_size, pod_requests};
 use crate::autoscaler::plan::DELETION_COST_ANNOTATION;
+use crate::decision::AciSize;
 use crate::units::Resources;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec,
@@ -94,14 +95,18 @@ fn requests_as_pod_level(requests: Resources) -> ResourceRequirements {
     }
 }
 
-fn slim_pod_spec(s: PodSpec, requests: Option<Resources>) -> PodSpec {
+fn slim_pod_spec(s: PodSpec, requests: Option<Resources>, aci: Option<AciSize>) -> PodSpec {
     let pending = s.node_name.as_deref().is_none_or(str::is_empty);
     let mut out = match requests {
-        // The requests, the overhead included, as pod-level requests; of the
-        // containers only the privileged ones of a pending pod (ACI refuses
-        // them, by name).
+        // The requests, the overhead included, as pod-level requests. The
+        // containers stay (resources only) where the ACI group's size needs
+        // them (`pod_aci_size` sizes a pod without containers from the
+        // pod-level list); otherwise only the privileged ones of a pending
+        // pod (ACI refuses them, by name).
         Some(total) => PodSpec {
-            containers: if pending {
+            containers: if aci != Some(AciSize::of_requests(&total)) {
+                s.containers.into_iter().map(slim_container).collect()
+            } else if pending {
                 s.containers.iter().filter_map(privileged_only).collect()
             } else {
                 Vec::new()
@@ -194,9 +199,10 @@ fn slim_pod_status(s: PodStatus) -> PodStatus {
 /// containers stay, with their resources only).
 pub fn slim_pod(pod: &mut Pod) {
     let requests = pod_requests(pod).ok();
+    let aci = pod_aci_size(pod).ok();
     slim_meta(&mut pod.metadata, keep_pod_annotation);
     pod.metadata.generate_name = None;
-    pod.spec = pod.spec.take().map(|s| slim_pod_spec(s, requests));
+    pod.spec = pod.spec.take().map(|s| slim_pod_spec(s, requests, aci));
     pod.status = pod.status.take().map(slim_pod_status);
 }
 

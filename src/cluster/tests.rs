@@ -234,13 +234,20 @@ fn snapshot_splits_vm_and_virtual_nodes_and_counts_usage() {
     assert_eq!(snap.pending[0].pending_since, t(50));
     let web = snap.burst_usage["web"];
     assert_eq!(web.pods, 2);
-    // b2 requests nothing: ACI bills its default 1 vCPU / 1.5 GiB.
-    assert_eq!(web.requests, Resources::new(3000, 4 * GIB + 1536 * MIB));
-    let expected = cfg.engine.prices.aci_hourly(&Resources::new(2000, 4 * GIB))
+    // b2 requests nothing: ACI bills azure-aci's default 1 vCPU / 1.5 GB;
+    // b1's 4Gi (4.29 GB) rounds up to ACI's 0.1 GB steps.
+    assert_eq!(
+        web.requests,
+        Resources::new(3000, 4_300_000_000 + 1_500_000_000)
+    );
+    let expected = cfg
+        .engine
+        .prices
+        .aci_hourly(&Resources::new(2000, 4_300_000_000))
         + cfg
             .engine
             .prices
-            .aci_hourly(&Resources::new(1000, 1536 * MIB));
+            .aci_hourly(&Resources::new(1000, 1_500_000_000));
     assert!((web.hourly_cost - expected).abs() < 1e-9);
     assert_eq!(snap.burst_usage["batch"].pods, 1);
     assert_eq!(snap.pools.len(), 2);

@@ -6,17 +6,19 @@
 //! I/O, read a clock, or await: the simulator, the extender, the autoscaler and
 //! `explain` all call it, so a decision seen in one is the decision of all.
 
+pub mod aci_size;
 pub mod fit;
 pub mod placement;
 mod reason;
 #[cfg(test)]
 mod tests;
 
+pub use aci_size::AciSize;
 pub use placement::{NodeClass, Placement};
 pub use reason::{Reason, Verdict};
 
-use crate::policy::{BurstMode, BurstPolicy, PolicySet};
-use crate::units::{Duration, GIB, MIB, Resources, Timestamp};
+use crate::policy::{AciResources, BurstMode, BurstPolicy, PolicySet};
+use crate::units::{Duration, GIB, Resources, Timestamp};
 use fit::GroupedFit;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -56,8 +58,6 @@ pub struct EngineConfig {
     pub scale_up_delay: Duration,
     /// Largest container group ACI accepts (per-group vCPU / memory maximum).
     pub aci_max_group: Resources,
-    /// What ACI bills and reserves for a pod that requests nothing (azure-aci defaults).
-    pub aci_default_request: Resources,
 }
 
 impl Default for EngineConfig {
@@ -67,26 +67,7 @@ impl Default for EngineConfig {
             default_provision_time: Duration::from_secs(240),
             scale_up_delay: Duration::from_secs(10),
             aci_max_group: Resources::new(4000, 16 * GIB),
-            aci_default_request: Resources::new(1000, 1536 * MIB),
         }
-    }
-}
-
-impl EngineConfig {
-    /// The resources ACI will actually allocate (and bill) for a pod.
-    pub fn aci_effective(&self, r: &Resources) -> Resources {
-        Resources::new(
-            if r.cpu_millis == 0 {
-                self.aci_default_request.cpu_millis
-            } else {
-                r.cpu_millis
-            },
-            if r.memory_bytes == 0 {
-                self.aci_default_request.memory_bytes
-            } else {
-                r.memory_bytes
-            },
-        )
     }
 }
 
@@ -162,7 +143,10 @@ pub struct PendingPod {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub priority: i32,
+    /// What kube-scheduler reserves for it on a VM.
     pub requests: Resources,
+    /// What its ACI container group would request (and be billed for).
+    pub aci: AciSize,
     /// When it became pending (creation, or last unschedulable transition).
     pub pending_since: Timestamp,
     /// Whether it tolerates the virtual node's taint.
@@ -187,11 +171,29 @@ pub struct BurstUsage {
 }
 
 impl BurstUsage {
+    /// One more pod with these ACI requests and hourly cost.
     pub fn add(&mut self, r: &Resources, hourly: f64) {
         self.pods += 1;
         self.requests = self.requests.add(r);
         self.hourly_cost += hourly;
     }
+
+    /// One pod fewer ([`BurstUsage::add`]'s inverse, never below zero).
+    pub fn remove(&mut self, r: &Resources, hourly: f64) {
+        self.pods = self.pods.saturating_sub(1);
+        self.requests = self.requests.saturating_sub(r);
+        self.hourly_cost = (self.hourly_cost - hourly).max(0.0);
+    }
+}
+
+/// A pod on the virtual node whose container group requests more when its
+/// policy says `aci.resources: raise-requests` ([`AciSize::raised`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaisableBurst {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// `raised` minus `requests`.
+    pub extra: Resources,
 }
 
 /// ACI quota left in the region; `None` = unknown (not limiting).
@@ -208,7 +210,13 @@ pub struct Snapshot {
     pub nodes: Vec<VmNode>,
     pub pools: Vec<VmPool>,
     pub pending: Vec<PendingPod>,
+    /// Per namespace, its pods on the virtual node as ACI bills them under
+    /// `aci.resources: clamp-limits`; [`Snapshot::raisable`] holds what
+    /// `raise-requests` adds ([`Engine::burst_usage`] counts both).
     pub burst_usage: BTreeMap<String, BurstUsage>,
+    /// Pods on the virtual node whose group requests more under
+    /// `raise-requests` (a limit above the total request).
+    pub raisable: Vec<RaisableBurst>,
     pub aci_quota: AciQuota,
     /// The distinct labels-and-taints of VM nodes ([`VmNode::class`]);
     /// shared, since the extender copies a snapshot per request.
@@ -310,7 +318,7 @@ impl Engine {
                 .then_with(|| pa.namespace.cmp(&pb.namespace))
                 .then_with(|| pa.name.cmp(&pb.name))
         });
-        let mut pass = Pass::new(self, snap, true);
+        let mut pass = Pass::new(self, snap, policies, true);
         let mut out: Vec<Option<Decision>> = vec![None; snap.pending.len()];
         let mut vm_node = vec![None; snap.pending.len()];
         for i in order.iter().copied() {
@@ -338,7 +346,38 @@ impl Engine {
         policies: &PolicySet,
         pod: &PendingPod,
     ) -> Decision {
-        Pass::new(self, snap, false).decide(pod, policies)
+        Pass::new(self, snap, policies, false).decide(pod, policies)
+    }
+
+    /// Per namespace, what its pods on the virtual node request and cost,
+    /// each as its policy has ACI size it: the snapshot's `burst_usage` plus,
+    /// for pods whose policy says `aci.resources: raise-requests`, the extra
+    /// the raised request adds.
+    pub fn burst_usage(
+        &self,
+        snap: &Snapshot,
+        policies: &PolicySet,
+    ) -> BTreeMap<String, BurstUsage> {
+        let mut usage = snap.burst_usage.clone();
+        for r in &snap.raisable {
+            let raises = policies
+                .for_pod(&r.namespace, &r.labels)
+                .is_some_and(|p| p.aci.resources == AciResources::RaiseRequests);
+            if raises {
+                let u = usage.entry(r.namespace.clone()).or_default();
+                u.requests = u.requests.add(&r.extra);
+                u.hourly_cost += self.config.prices.aci_hourly(&r.extra);
+            }
+        }
+        usage
+    }
+
+    /// Fold [`Engine::burst_usage`] into `snap` (nothing is left raisable),
+    /// for callers that read `snap.burst_usage` beside the engine: metrics,
+    /// `explain`.
+    pub fn count_raised(&self, snap: &mut Snapshot, policies: &PolicySet) {
+        snap.burst_usage = self.burst_usage(snap, policies);
+        snap.raisable.clear();
     }
 }
 
@@ -392,7 +431,12 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(engine: &'a Engine, snap: &'a Snapshot, use_vm_room: bool) -> Self {
+    fn new(
+        engine: &'a Engine,
+        snap: &'a Snapshot,
+        policies: &PolicySet,
+        use_vm_room: bool,
+    ) -> Self {
         let pool_index: HashMap<&str, u64> = snap
             .pools
             .iter()
@@ -442,7 +486,7 @@ impl<'a> Pass<'a> {
             allowed: HashMap::new(),
             future,
             headroom,
-            usage: snap.burst_usage.clone(),
+            usage: engine.burst_usage(snap, policies),
             quota: snap.aci_quota,
             last_node: None,
         }
@@ -571,7 +615,7 @@ impl<'a> Pass<'a> {
         policy: &BurstPolicy,
     ) -> Result<(), (Reason, String)> {
         let cfg = &self.engine.config;
-        let r = cfg.aci_effective(&pod.requests);
+        let r = pod.aci.billed(policy.aci.resources);
         let hourly = cfg.prices.aci_hourly(&r);
         let used = self.usage.get(&pod.namespace).copied().unwrap_or_default();
         let b = &policy.budget;
@@ -647,7 +691,7 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    fn incompatibility(&self, pod: &PendingPod) -> Option<String> {
+    fn incompatibility(&self, pod: &PendingPod, policy: &BurstPolicy) -> Option<String> {
         if let Some(why) = &pod.aci_incompatible {
             return Some(why.clone());
         }
@@ -655,11 +699,17 @@ impl<'a> Pass<'a> {
             return Some("pod does not tolerate the virtual node's taint".into());
         }
         let max = self.engine.config.aci_max_group;
-        if !pod.requests.fits_in(&max) {
+        let group = pod.aci.billed(policy.aci.resources);
+        if !group.fits_in(&max) {
+            let raised = if group == pod.aci.requests {
+                ""
+            } else {
+                " (raised to its largest limit by aci.resources: raise-requests)"
+            };
             return Some(format!(
-                "requests {:.2} vCPU / {:.1} GiB exceed ACI's per-group maximum of {:.0} vCPU / {:.0} GiB",
-                pod.requests.cpu_cores(),
-                pod.requests.memory_bytes as f64 / GIB as f64,
+                "its container group would request {:.2} vCPU / {:.1} GiB{raised}, above ACI's per-group maximum of {:.0} vCPU / {:.0} GiB",
+                group.cpu_cores(),
+                group.memory_bytes as f64 / GIB as f64,
                 max.cpu_cores(),
                 max.memory_bytes as f64 / GIB as f64
             ));
@@ -719,7 +769,7 @@ impl<'a> Pass<'a> {
                 format!("policy {} says mode: Never", policy.id()),
             );
         }
-        if let Some(why) = self.incompatibility(pod) {
+        if let Some(why) = self.incompatibility(pod, policy) {
             return mk(
                 Verdict::Ineligible,
                 Reason::AciIncompatible,

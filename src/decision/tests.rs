@@ -1,7 +1,7 @@
 //! Engine unit tests: every reason, every budget edge, ordering and prediction.
 
 use super::*;
-use crate::policy::{BurstMode, BurstPolicy, PolicySet};
+use crate::policy::{AciResources, BurstMode, BurstPolicy, PolicySet};
 use crate::units::{Duration, GIB, Resources, Timestamp};
 
 const NOW: Timestamp = Timestamp::from_secs(10_000);
@@ -15,6 +15,7 @@ fn pod(ns: &str, name: &str) -> PodB {
         labels: BTreeMap::new(),
         priority: 0,
         requests: Resources::new(500, GIB),
+        aci: AciSize::of_requests(&Resources::new(500, GIB)),
         pending_since: NOW,
         tolerates_virtual: true,
         aci_incompatible: None,
@@ -26,10 +27,12 @@ fn pod(ns: &str, name: &str) -> PodB {
 impl PodB {
     fn cpu(mut self, m: u64) -> Self {
         self.0.requests.cpu_millis = m;
+        self.0.aci = AciSize::of_requests(&self.0.requests);
         self
     }
     fn mem_gib(mut self, g: u64) -> Self {
         self.0.requests.memory_bytes = g * GIB;
+        self.0.aci = AciSize::of_requests(&self.0.requests);
         self
     }
     fn waited(mut self, secs: i64) -> Self {
@@ -91,6 +94,7 @@ fn snap(nodes: Vec<VmNode>, pools: Vec<VmPool>, pending: Vec<PodB>) -> Snapshot 
         pools,
         pending: pending.into_iter().map(|p| p.0).collect(),
         burst_usage: BTreeMap::new(),
+        raisable: Vec::new(),
         aci_quota: AciQuota::default(),
         classes: Default::default(),
     }
@@ -447,13 +451,67 @@ fn budget_cpu_edge_uses_aci_effective_requests() {
 }
 
 #[test]
-fn budget_memory_edge() {
+fn raise_requests_budgets_count_the_raised_group() {
+    // 0.5 vCPU requested, a 1 vCPU limit: under raise-requests ACI bills 1 vCPU.
+    let mut p = pod("ns", "p").cpu(500);
+    p.0.aci.raised.cpu_millis = 1000;
+    let cap = |pol: &mut BurstPolicy| pol.budget.max_cpu_millis = Some(2000);
+    let d = budget_case(cap, usage(1, 1500, 0), PodB(p.0.clone()));
+    assert_eq!(
+        d.verdict,
+        Verdict::Burst,
+        "clamp-limits bills the 0.5 asked"
+    );
     let d = budget_case(
-        |p| p.budget.max_memory_bytes = Some(4 * GIB),
+        |pol| {
+            cap(pol);
+            pol.aci.resources = AciResources::RaiseRequests;
+        },
+        usage(1, 1500, 0),
+        PodB(p.0.clone()),
+    );
+    assert_eq!(d.reason, Reason::BudgetCpu, "{}", d.message());
+    assert!(d.detail.contains("pod needs 1.00"), "{}", d.detail);
+}
+
+#[test]
+fn pods_on_aci_count_their_raised_request_when_their_policy_raises() {
+    let mut s = snap(vec![], vec![], vec![]);
+    s.burst_usage.insert("ns".into(), usage(2, 1000, 1));
+    s.raisable.push(RaisableBurst {
+        namespace: "ns".into(),
+        labels: BTreeMap::from([("app".into(), "web".into())]),
+        extra: Resources::new(500, 0),
+    });
+    let engine = Engine::default();
+    let clamp = PolicySet::with_default(auto(30, 600));
+    assert_eq!(engine.burst_usage(&s, &clamp)["ns"], usage(2, 1000, 1));
+    let mut pol = auto(30, 600);
+    pol.aci.resources = AciResources::RaiseRequests;
+    let raise = PolicySet::with_default(pol);
+    let u = engine.burst_usage(&s, &raise)["ns"];
+    assert_eq!((u.pods, u.requests.cpu_millis), (2, 1500));
+    assert!((u.hourly_cost - usage(2, 1500, 1).hourly_cost).abs() < 1e-12);
+    engine.count_raised(&mut s, &raise);
+    assert!(s.raisable.is_empty());
+    assert_eq!(s.burst_usage["ns"].requests.cpu_millis, 1500);
+}
+
+#[test]
+fn budget_memory_edge() {
+    // ACI sizes 1 GiB (1.074 GB) as 1.1 GB: exactly at the limit is allowed.
+    let d = budget_case(
+        |p| p.budget.max_memory_bytes = Some(3 * GIB + 1_100_000_000),
         usage(1, 0, 3),
         pod("ns", "p").mem_gib(1),
     );
     assert_eq!(d.verdict, Verdict::Burst);
+    let d = budget_case(
+        |p| p.budget.max_memory_bytes = Some(3 * GIB + 1_099_999_999),
+        usage(1, 0, 3),
+        pod("ns", "p").mem_gib(1),
+    );
+    assert_eq!(d.reason, Reason::BudgetMemory);
     let d = budget_case(
         |p| p.budget.max_memory_bytes = Some(4 * GIB),
         usage(1, 0, 3),
@@ -465,7 +523,8 @@ fn budget_memory_edge() {
 #[test]
 fn budget_cost_edge() {
     let prices = Prices::default();
-    let pod_cost = prices.aci_hourly(&Resources::new(500, GIB));
+    // What ACI bills for 0.5 vCPU / 1 GiB: 1 GiB rounds up to 1.1 GB.
+    let pod_cost = prices.aci_hourly(&Resources::new(500, 1_100_000_000));
     let d = budget_case(
         |p| p.budget.max_hourly_cost = Some(1.0),
         BurstUsage {
@@ -812,6 +871,7 @@ fn placements_agree_with_a_direct_per_node_evaluation() {
             .collect();
         let s = Snapshot {
             now: NOW,
+            raisable: Vec::new(),
             pools: pools.iter().map(|p| pool(p, 1, 5)).collect(),
             nodes,
             pending,

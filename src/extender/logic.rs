@@ -147,7 +147,8 @@ pub async fn decide_for_virtual(
     let cluster = state.view.current();
     let pending = cluster::pending_pod(pod, now, state.view.config())
         .map_err(|e| invalid("filter", e.to_string()))?;
-    // The engine does not consult VM room here, so the (large) node list is left out.
+    // The engine does not consult VM room here, so the (large) node list is
+    // left out; `usage` already counts raised requests, so nothing is raisable.
     let decide = |usage: &BTreeMap<String, BurstUsage>| {
         let snap = Snapshot {
             now,
@@ -155,6 +156,7 @@ pub async fn decide_for_virtual(
             pools: cluster.snapshot.pools.clone(),
             pending: Vec::new(),
             burst_usage: usage.clone(),
+            raisable: Vec::new(),
             aci_quota: cluster.snapshot.aci_quota,
             classes: cluster.snapshot.classes.clone(),
         };
@@ -162,17 +164,17 @@ pub async fn decide_for_virtual(
             .engine
             .decide_without_vm_room(&snap, &policies, &pending)
     };
-    let cfg = &state.engine.config;
-    let effective = cfg.aci_effective(&pending.requests);
-    let hourly = cfg.prices.aci_hourly(&effective);
+    let base = state.engine.burst_usage(&cluster.snapshot, &policies);
+    let effective = pending.aci.billed(policy.aci.resources);
+    let hourly = state.engine.config.prices.aci_hourly(&effective);
     let d = match &state.reservations {
         Some(shared) => {
             // Others' reservations only add usage: a pod refused without
             // them is refused with them, and needs no round trip.
-            let d = decide(&cluster.snapshot.burst_usage);
+            let d = decide(&base);
             if d.verdict == Verdict::Burst {
                 reserve_shared(
-                    state, shared, &cluster, pod, d, effective, hourly, now, decide,
+                    state, shared, &cluster, &base, pod, d, effective, hourly, now, decide,
                 )
                 .await
             } else {
@@ -186,12 +188,9 @@ pub async fn decide_for_virtual(
                 .clone()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| cluster::pod_key(pod));
-            let usage = state.admissions.usage(
-                &cluster.snapshot.burst_usage,
-                cluster.snapshot.now,
-                now,
-                &key,
-            );
+            let usage = state
+                .admissions
+                .usage(&base, cluster.snapshot.now, now, &key);
             let d = decide(&usage);
             if d.verdict == Verdict::Burst {
                 state
@@ -221,6 +220,7 @@ async fn reserve_shared(
     state: &AppState,
     shared: &SharedReservations,
     cluster: &cluster::ClusterState,
+    base: &BTreeMap<String, BurstUsage>,
     pod: &Pod,
     admitted: Decision,
     effective: Resources,
@@ -247,7 +247,7 @@ async fn reserve_shared(
     };
     let reserved = tokio::time::timeout(
         RESERVE_WITHIN,
-        shared.reserve(cluster, &key, reservation, now, decide),
+        shared.reserve(cluster, base, &key, reservation, now, decide),
     )
     .await
     .unwrap_or_else(|_| {

@@ -326,11 +326,13 @@ impl SharedReservations {
     }
 
     /// Reserve budget for the pod under `key` (see [`reservation_key`]) if,
-    /// with every outstanding reservation counted on top of `view`'s burst
-    /// usage, `decide` still says `burst`. `decide` gets the usage to judge by.
+    /// with every outstanding reservation counted on top of `base` (the burst
+    /// usage of `view`'s pods, as `Engine::burst_usage` counts it), `decide`
+    /// still says `burst`. `decide` gets the usage to judge by.
     pub async fn reserve(
         &self,
         view: &ClusterState,
+        base: &BTreeMap<String, BurstUsage>,
         key: &str,
         mut reservation: Reservation,
         now: Timestamp,
@@ -341,7 +343,7 @@ impl SharedReservations {
         for _ in 0..MAX_ATTEMPTS {
             let cm = self.read().await?;
             let mut live = outstanding(&parse(&cm), view, now);
-            let usage = add_usage(&view.snapshot.burst_usage, &live, key);
+            let usage = add_usage(base, &live, key);
             let d = decide(&usage);
             if d.verdict != Verdict::Burst {
                 return Ok(Outcome::Refused(d));

@@ -157,7 +157,7 @@ pub fn judge(
     reserved: &BTreeMap<String, Reservation>,
     now: Timestamp,
 ) -> Vec<Judgement> {
-    let mut usage: BTreeMap<String, BurstUsage> = state.snapshot.burst_usage.clone();
+    let mut usage: BTreeMap<String, BurstUsage> = engine.burst_usage(&state.snapshot, policies);
     let judged: HashSet<&str> = pods
         .iter()
         .filter_map(|p| p.metadata.uid.as_deref())
@@ -170,13 +170,14 @@ pub fn judge(
         if !(judged.contains(uid) || not_counted.contains(uid)) || p.terminal {
             continue;
         }
-        let requests = p.requests.clone().unwrap_or_default();
-        let effective = config.engine.aci_effective(&requests);
-        let hourly = config.engine.prices.aci_hourly(&effective);
+        // What `Engine::burst_usage` counted for it.
+        let mode = policies
+            .for_pod(p.namespace(), &p.labels_map())
+            .map(|policy| policy.aci.resources)
+            .unwrap_or_default();
+        let group = p.aci.billed(mode);
         if let Some(u) = usage.get_mut(p.namespace()) {
-            u.pods = u.pods.saturating_sub(1);
-            u.requests = u.requests.saturating_sub(&effective);
-            u.hourly_cost = (u.hourly_cost - hourly).max(0.0);
+            u.remove(&group, engine.config.prices.aci_hourly(&group));
         }
     }
     let usage = crate::extender::reservations::add_usage(&usage, reserved, "");
@@ -194,6 +195,7 @@ pub fn judge(
         pools: state.snapshot.pools.clone(),
         pending: pending.iter().map(|(_, p)| p.clone()).collect(),
         burst_usage: usage,
+        raisable: Vec::new(),
         aci_quota: state.snapshot.aci_quota,
         classes: state.snapshot.classes.clone(),
     };

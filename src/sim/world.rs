@@ -33,8 +33,8 @@ use super::dist::Stream;
 use super::scenario::{PodSpec, Scenario};
 use crate::decision::fit::FitIndex;
 use crate::decision::{
-    AciQuota, BurstUsage, Engine, EngineConfig, PendingPod, Reason, Snapshot, UpcomingNode,
-    Verdict, VmNode, VmPool,
+    AciQuota, AciSize, BurstUsage, Engine, EngineConfig, PendingPod, Reason, Snapshot,
+    UpcomingNode, Verdict, VmNode, VmPool,
 };
 use crate::policy::{BurstMode, BurstPolicy, PolicySet};
 use crate::units::{Duration, Resources, Timestamp};
@@ -506,6 +506,7 @@ impl<'a> World<'a> {
             labels: (*s.labels).clone(),
             priority: s.priority,
             requests: s.requests,
+            aci: AciSize::of_requests(&s.requests),
             pending_since: since,
             tolerates_virtual: s.tolerates_virtual,
             aci_incompatible: None,
@@ -708,7 +709,7 @@ impl<'a> World<'a> {
 
     fn bind_aci(&mut self, p: u32, reason: Reason) {
         let spec = &self.specs[p as usize];
-        let res = self.engine.config.aci_effective(&spec.requests);
+        let res = AciSize::of_requests(&spec.requests).requests;
         let drain = match self.strategy {
             Strategy::Spillway { drain_back: true } => self
                 .policies

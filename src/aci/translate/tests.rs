@@ -480,6 +480,66 @@ fn group_limit_rule_sums_requests_over_containers() {
     }
 }
 
+/// The engine counts (budgets, quota, cost) what the group will request:
+/// `cluster::pod_aci_size` agrees with the translated group's total for
+/// defaults, rounding, limits-only containers and both `aci.resources` modes.
+#[test]
+fn the_engines_aci_size_is_the_translated_groups_total_request() {
+    let pods = [
+        web_pod(),
+        pod("web", "two")
+            .container(
+                c("app", "app:1")
+                    .cpu("250m")
+                    .mem("1G")
+                    .res("limits", "cpu", "1")
+                    .res("limits", "memory", "2Gi"),
+            )
+            .container(c("sidecar", "proxy:1").cpu("255m").mem("64Mi"))
+            .build(),
+        // No requests at all: azure-aci's defaults per container.
+        pod("web", "bare")
+            .container(c("a", "a:1"))
+            .container(c("b", "b:1"))
+            .build(),
+        // Limits only: requests default to them.
+        pod("web", "limits")
+            .container(
+                c("a", "a:1")
+                    .res("limits", "cpu", "750m")
+                    .res("limits", "memory", "300Mi"),
+            )
+            .build(),
+    ];
+    for p in &pods {
+        let size = crate::cluster::pod_aci_size(p).expect("sizes");
+        for mode in [AciResources::ClampLimits, AciResources::RaiseRequests] {
+            let t = translate_with(p, mode).expect("translates");
+            let (cpu, gb) = t
+                .group
+                .properties
+                .containers
+                .iter()
+                .fold((0.0, 0.0), |(c, m), x| {
+                    (
+                        c + x.properties.resources.requests.cpu,
+                        m + x.properties.resources.requests.memory_in_gb,
+                    )
+                });
+            let billed = size.billed(mode);
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            assert_eq!(
+                (
+                    (cpu * 1000.0_f64).round() as u64,
+                    (gb * 10.0_f64).round() as u64
+                ),
+                (billed.cpu_millis, billed.memory_bytes / 100_000_000),
+                "{name} under {mode:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn raised_requests_still_respect_the_group_maximum() {
     let p = pod("web", "huge")

@@ -134,6 +134,18 @@ fn running_on(node: &str) -> serde_json::Value {
 }
 
 /// Pods in every state the view's readers tell apart.
+/// One container requesting `cpu` (and 512Mi), with a CPU limit if given:
+/// no init containers, no overhead.
+fn single_container(cpu: &str, limit: Option<&str>) -> serde_json::Value {
+    let mut resources = json!({"requests": {"cpu": cpu, "memory": "512Mi"}});
+    if let Some(l) = limit {
+        resources["limits"] = json!({"cpu": l});
+    }
+    json!({"spec": {"initContainers": null, "overhead": null,
+        "containers": [{"name": "app", "image": "web:1", "env": [{"name": "A", "value": "b"}],
+            "resources": resources}]}})
+}
+
 fn pods() -> Vec<Pod> {
     vec![
         full_pod("pending", json!({})),
@@ -183,6 +195,17 @@ fn pods() -> Vec<Pod> {
                 "labels": {PLACEHOLDER_FOR_LABEL: "uid-on-aci"}},
                 "spec": {"nodeName": "vm-2"}, "status": {"phase": "Running"}}),
         ),
+        full_pod("single", single_container("250m", None)),
+        full_pod("single-on-aci", {
+            let mut v = single_container("250m", None);
+            merge(&mut v, running_on("virtual-node-aci-linux"));
+            v
+        }),
+        full_pod("raised-on-aci", {
+            let mut v = single_container("250m", Some("1"));
+            merge(&mut v, running_on("virtual-node-aci-linux"));
+            v
+        }),
         from(json!({"metadata": {"name": "bare", "namespace": "web"}})),
         // Never from the API server (it validates quantities), but from a
         // hand-written file: the containers stay, so readers fail alike.
@@ -372,14 +395,38 @@ fn slimming_drops_the_bulk_and_is_idempotent() {
     assert!(
         !annotations.contains_key(LAST_APPLIED) && !annotations.contains_key("checksum/config")
     );
-    // The containers' requests as one pod-level list; no container kept
-    // unless privileged (a pending pod's, for ACI compatibility).
+    // The containers' requests as one pod-level list. This pod's ACI group
+    // (two containers, one with limits only) cannot be sized from it, so
+    // its containers stay, with their resources only.
     let spec = p.spec.clone().unwrap_or_default();
-    assert!(spec.containers.is_empty() && spec.init_containers.is_none());
+    assert_eq!(
+        spec.containers
+            .iter()
+            .map(|c| (
+                c.name.as_str(),
+                c.resources.is_some(),
+                c.image.is_none() && c.env.is_none()
+            ))
+            .collect::<Vec<_>>(),
+        [("app", true, true), ("limits-only", true, true)]
+    );
+    assert!(spec.init_containers.is_none());
     assert!(
         spec.resources
             .is_some_and(|r| r.requests.is_some_and(|q| q.len() == 2))
     );
+    // One container whose requests size its group: no container kept,
+    // pending or bound; with a limit above its request (raise-requests
+    // would size the group by it), the container stays.
+    let containers = |name: &str| {
+        slim.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.spec.clone())
+            .map(|s| s.containers.len())
+    };
+    assert_eq!(containers("single"), Some(0));
+    assert_eq!(containers("single-on-aci"), Some(0));
+    assert_eq!(containers("raised-on-aci"), Some(1));
     let privileged = slim
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("privileged"));
