@@ -447,6 +447,33 @@ async fn list_pages_with_limit_and_continue() -> TestResult {
         api_error(old.expect_err("expired token")),
         (410, "Expired".into())
     );
+
+    // A cluster-wide list pages across namespaces in (namespace, name) order.
+    srv.insert(&pod("a", "x").build());
+    srv.insert(&pod("zz", "y").build());
+    let all: Api<Pod> = Api::all(srv.client());
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let page = all
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await?;
+        seen.extend(page.items.iter().map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        }));
+        match page.metadata.continue_ {
+            Some(t) => token = t,
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["a/x", "ns/p0", "ns/p1", "ns/p2", "ns/p3", "ns/p4", "ns/p9", "zz/y"]
+    );
     Ok(())
 }
 

@@ -1190,11 +1190,7 @@ fn list(
     };
     let mut items = Vec::new();
     let mut more = None;
-    for obj in store.list(rt, ns) {
-        let key = list_key(obj);
-        if after.as_ref().is_some_and(|a| key <= *a) {
-            continue;
-        }
+    for obj in store.list_after(rt, ns, after.as_ref()) {
         if !(sel.labels.matches_object(obj) && sel.fields.matches(obj)) {
             continue;
         }

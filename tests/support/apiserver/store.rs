@@ -361,19 +361,34 @@ impl Store {
 
     /// Objects of a kind in key order (namespace, name); `ns: None` = all.
     pub fn list(&self, rt: &'static ResourceType, ns: Option<&str>) -> Vec<&Value> {
-        let start = (
-            rt.group,
-            rt.plural,
-            ns.unwrap_or("").to_string(),
-            String::new(),
-        );
+        self.list_after(rt, ns, None).collect()
+    }
+
+    /// The objects of `rt` (in `ns`, when given) in (namespace, name) order,
+    /// starting after `after` — a page of a paged list seeks to its start
+    /// instead of walking every earlier object, as etcd's range reads do.
+    pub fn list_after<'a, 'n>(
+        &'a self,
+        rt: &'static ResourceType,
+        ns: Option<&'n str>,
+        after: Option<&(String, String)>,
+    ) -> impl Iterator<Item = &'a Value> + use<'a, 'n> {
+        use std::ops::Bound;
+        let start = match after {
+            Some((n, name)) => Bound::Excluded((rt.group, rt.plural, n.clone(), name.clone())),
+            None => Bound::Included((
+                rt.group,
+                rt.plural,
+                ns.unwrap_or("").to_string(),
+                String::new(),
+            )),
+        };
         self.objects
-            .range(start..)
-            .take_while(|((g, p, n, _), _)| {
+            .range((start, Bound::Unbounded))
+            .take_while(move |((g, p, n, _), _)| {
                 *g == rt.group && *p == rt.plural && ns.is_none_or(|want| n == want)
             })
             .map(|(_, v)| v)
-            .collect()
     }
 
     fn new_uid(&mut self) -> String {
