@@ -472,7 +472,9 @@ async fn list_pages_with_limit_and_continue() -> TestResult {
     }
     assert_eq!(
         seen,
-        ["a/x", "ns/p0", "ns/p1", "ns/p2", "ns/p3", "ns/p4", "ns/p9", "zz/y"]
+        [
+            "a/x", "ns/p0", "ns/p1", "ns/p2", "ns/p3", "ns/p4", "ns/p9", "zz/y"
+        ]
     );
     Ok(())
 }

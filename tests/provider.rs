@@ -1127,6 +1127,10 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         "--kubelet-tls-self-signed",
         "--aci-sync-secs",
         "1",
+        // The embedded emulator defines the subnet itself (delegated to ACI,
+        // 10.240.100.0/24): a burst pod gets a private IP from it.
+        "--aci-subnet-id",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/aks-vnet/subnets/aci",
     ]);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
@@ -1154,6 +1158,14 @@ async fn spillway_run_with_the_embedded_emulator_is_the_virtual_node() {
         running(&srv, "demo")
     })
     .await;
+    let pod_ip = srv
+        .get::<Pod>(NS, "demo")
+        .and_then(|p| p.status?.pod_ip)
+        .unwrap_or_default();
+    assert!(
+        pod_ip.starts_with("10.240.100."),
+        "a private IP from the embedded subnet, not {pod_ip:?}"
+    );
 
     // kubectl logs goes to the node's kubelet endpoint: HTTPS with the
     // certificate made at start-up (the API server does not verify it),

@@ -206,6 +206,8 @@ pub enum ProviderSetupError {
     Azure(#[from] crate::aci::azure::AzureSetupError),
     #[error("embedded ACI emulator: {0}")]
     Emulator(#[from] crate::aci::emulator::EmulatorError),
+    #[error("embedded ACI emulator: --aci-subnet-id {0}: {1}")]
+    EmbeddedSubnet(String, String),
     #[error("kubelet endpoint TLS: {0}")]
     Tls(#[from] crate::kubelet::TlsError),
     #[error("--kubelet-client-ca: {0}")]
@@ -299,6 +301,28 @@ impl ProviderArgs {
         c.aci_subnets = self.aci_subnet_ids.clone();
         c
     }
+}
+
+/// The embedded emulator stands in for the VNet too: each `--aci-subnet-id`
+/// becomes a subnet delegated to ACI, the i-th with `10.240.(100+i).0/24`
+/// (a stand-alone `spillway aci-emulator` takes `--subnet ID=CIDR` instead).
+fn define_embedded_subnets(
+    emu: &EmulatorHandle,
+    subnets: &[crate::aci::translate::SubnetId],
+) -> Result<(), ProviderSetupError> {
+    for (i, subnet) in subnets.iter().enumerate() {
+        let def = crate::aci::emulator::SubnetDefinition {
+            id: subnet.id().to_string(),
+            address_prefix: format!("10.240.{}.0/24", 100 + i.min(155)),
+            delegations: vec![crate::aci::emulator::ACI_DELEGATION.to_string()],
+        };
+        let defined = emu
+            .state
+            .define_subnet(def)
+            .map_err(|e| ProviderSetupError::EmbeddedSubnet(subnet.id().to_string(), e))?;
+        tracing::info!(subnet = %defined.id, prefix = %defined.address_prefix, "embedded ACI emulator: subnet defined");
+    }
+    Ok(())
 }
 
 /// `--aci-subnet-id`: an ARM subnet id, checked for shape.
@@ -499,6 +523,7 @@ pub async fn start(
                 None => {
                     let emu = Emulator::start(EmulatorConfig::default()).await?;
                     tracing::info!(url = %emu.url, "embedded ACI emulator started");
+                    define_embedded_subnets(&emu, &args.aci_subnet_ids)?;
                     (emu.url.clone(), Some(emu))
                 }
             };
