@@ -17,6 +17,10 @@
 //!   requests: the pods wait `spillAfter` while the cluster autoscaler adds
 //!   a VM, the VM takes what fits, the rest burst after `spillAfter`, again
 //!   only up to the budget.
+//! - The sample app again, unchanged, where the VMs are at their pod count
+//!   (`maxPods`): though it requests nothing it waits `spillAfter` while the
+//!   cluster autoscaler adds a VM, the VM takes what its pod count allows,
+//!   and only the rest bursts, up to the budget.
 //!
 //! And pods that bypassed spillway (bound to the virtual node by another
 //! scheduler): with `--unadmitted-pods=run` they run, with one
@@ -424,6 +428,203 @@ fn replicaset(
     ))
 }
 
+/// Pool `user` as the cluster autoscaler may grow it: at most 2 nodes of
+/// `cpu` vCPU, 4Gi and `max_pods` pods, labelled as AKS labels agent nodes.
+fn user_pool(cpu: &str, max_pods: u32) -> actors::PoolTemplate {
+    actors::PoolTemplate {
+        name: "user".into(),
+        max: 2,
+        cpu: cpu.into(),
+        memory: "4Gi".into(),
+        labels: BTreeMap::from([
+            ("kubernetes.io/role".into(), "agent".into()),
+            ("beta.kubernetes.io/os".into(), "linux".into()),
+            ("kubernetes.io/os".into(), "linux".into()),
+        ]),
+        taints: Vec::new(),
+        max_pods,
+    }
+}
+
+/// The rest of the cluster: kube-scheduler (calling spillway's extender),
+/// the VMs' kubelets and the cluster autoscaler growing `pool`.
+struct Actors {
+    bindings: Bindings,
+    /// (pool, node) added by the cluster autoscaler.
+    added: Arc<Mutex<Vec<(String, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn actors(srv: &TestApiServer, spillway: &Spillway, pool: actors::PoolTemplate) -> Actors {
+    let bindings = Bindings::default();
+    let added = Arc::new(Mutex::new(Vec::new()));
+    let tasks = vec![
+        tokio::spawn(actors::scheduler(
+            srv.client(),
+            spillway.extender.clone(),
+            bindings.clone(),
+        )),
+        tokio::spawn(actors::kubelet_except(
+            srv.client(),
+            BTreeSet::from([ACI_NODE.to_string()]),
+        )),
+        tokio::spawn(actors::cluster_autoscaler(
+            srv.client(),
+            vec![pool],
+            added.clone(),
+        )),
+    ];
+    Actors {
+        bindings,
+        added,
+        tasks,
+    }
+}
+
+/// Where each of `names`' pods was bound, and when.
+fn bindings_of(bindings: &Bindings, names: &BTreeSet<String>) -> Vec<(String, String, Instant)> {
+    bindings
+        .all()
+        .into_iter()
+        .filter(|(name, _, _)| names.contains(name))
+        .collect()
+}
+
+/// The first binding to the virtual node.
+fn first_burst(bound: &[(String, String, Instant)]) -> Instant {
+    bound
+        .iter()
+        .filter(|(_, node, _)| node == ACI_NODE)
+        .map(|(_, _, at)| *at)
+        .min()
+        .unwrap_or_else(|| panic!("no pod on {ACI_NODE}: {bound:?}"))
+}
+
+/// The documentation's sample app, applied unchanged, where it cannot run
+/// at once: the VMs are at their pod count (`maxPods`), so a pod that
+/// requests nothing still has no room. It waits `spillAfter` while the
+/// cluster autoscaler adds a VM, the VM takes what its pod count allows,
+/// and only the rest bursts, up to `maxPods: 2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unchanged_sample_waits_for_a_vm_when_the_vms_are_full_of_pods() {
+    let srv = cluster().await;
+    srv.insert(
+        &node("vm-0")
+            .pool("user")
+            .label("kubernetes.io/role", "agent")
+            .label("beta.kubernetes.io/os", "linux")
+            .label("kubernetes.io/os", "linux")
+            .max_pods(2)
+            .build(),
+    );
+    for i in 0..2 {
+        srv.insert(
+            &pod()
+                .ns("default")
+                .name(&format!("filler-{i}"))
+                .cpu("100m")
+                .on_node("vm-0")
+                .build(),
+        );
+    }
+    let spillway = start(&srv, true, &[]).await;
+    let Actors {
+        bindings,
+        added,
+        mut tasks,
+    } = actors(&srv, &spillway, user_pool("4", 2));
+    let t0 = Instant::now();
+    tasks.push(replicaset(
+        &srv,
+        "web",
+        "aci-helloworld-7d9f8c",
+        5,
+        template_of(AKS_EXAMPLE),
+    ));
+    let mut most_on_aci = 0;
+    let settled = support::poll_until(WAIT, || {
+        let web = live(&srv, "web");
+        most_on_aci = most_on_aci.max(count_on(&web, ACI_NODE));
+        let running_on_aci = web
+            .iter()
+            .filter(|p| {
+                on_node(p).as_deref() == Some(ACI_NODE) && phase(p).as_deref() == Some("Running")
+            })
+            .count();
+        web.len() == 5 && count_on(&web, "aks-user-1") == 2 && running_on_aci == 2
+    })
+    .await;
+    let web = live(&srv, "web");
+    let summary: Vec<_> = web
+        .iter()
+        .map(|p| (p.metadata.name.clone(), on_node(p), phase(p)))
+        .collect();
+    assert!(
+        settled,
+        "web: {summary:?}\nVMs added: {:?}\ndenials: {:?}",
+        added.lock().map(|a| a.clone()).unwrap_or_default(),
+        srv.auth_denials()
+    );
+    assert_eq!(most_on_aci, 2, "maxPods: 2 held at every moment");
+    assert_eq!(count_on(&web, "vm-0"), 0, "vm-0 was at its pod count");
+    assert_eq!(
+        web.iter().filter(|p| on_node(p).is_none()).count(),
+        1,
+        "the fifth waits for budget: {summary:?}"
+    );
+    // Scheduled by spillway-scheduler with the pin relaxed, as shipped.
+    for p in &web {
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
+            Some(SCHEDULER)
+        );
+        assert!(
+            p.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("spillway.io/relaxed-pin"))
+        );
+    }
+    // It waited for the VM, and burst only after spillAfter (creation
+    // timestamps have whole seconds: one of slack), the new VM filled first.
+    assert!(spillway.decisions("wait", "waiting-for-vm") > 0);
+    // Asked again, the extender refuses the fifth for its budget.
+    let fifth = web.iter().find(|p| on_node(p).is_none());
+    let answer = actors::extender_call(
+        &spillway.extender,
+        "/filter",
+        &json!({"Pod": fifth, "Nodes": null, "NodeNames": [ACI_NODE]}),
+    )
+    .await
+    .unwrap_or_default();
+    let why = answer["FailedAndUnresolvableNodes"][ACI_NODE]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("budget-pods"), "{answer}");
+    let names: BTreeSet<String> = web.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let bound = bindings_of(&bindings, &names);
+    let burst = first_burst(&bound);
+    assert!(
+        burst.duration_since(t0) >= Duration::from_secs(SPILL_AFTER_SECS - 1),
+        "the sample burst {:?} after its pods were created, before spillAfter",
+        burst.duration_since(t0)
+    );
+    let last_vm = bound
+        .iter()
+        .filter(|(_, node, _)| node == "aks-user-1")
+        .map(|(_, _, at)| *at)
+        .max();
+    assert!(
+        last_vm.is_some_and(|vm| vm < burst),
+        "the new VM filled before anything burst: {bound:?}"
+    );
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    for t in tasks {
+        t.abort();
+    }
+    spillway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aks_virtual_node_example_is_decided_by_spillway() {
     let srv = cluster().await;
@@ -450,31 +651,11 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
             .build(),
     );
     let spillway = start(&srv, true, &[]).await;
-    let bindings = Bindings::default();
-    let added = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = vec![
-        tokio::spawn(actors::scheduler(
-            srv.client(),
-            spillway.extender.clone(),
-            bindings.clone(),
-        )),
-        tokio::spawn(actors::kubelet_except(
-            srv.client(),
-            BTreeSet::from([ACI_NODE.to_string()]),
-        )),
-        tokio::spawn(actors::cluster_autoscaler(
-            srv.client(),
-            vec![actors::PoolTemplate {
-                name: "user".into(),
-                max: 2,
-                cpu: "1".into(),
-                memory: "4Gi".into(),
-                labels: BTreeMap::new(),
-                taints: Vec::new(),
-            }],
-            added.clone(),
-        )),
-    ];
+    let Actors {
+        bindings,
+        added,
+        mut tasks,
+    } = actors(&srv, &spillway, user_pool("1", 110));
     let t0 = Instant::now();
     // `kubectl apply` of both Deployments; the sample app scaled to 3.
     tasks.push(replicaset(
@@ -624,17 +805,8 @@ async fn the_aks_virtual_node_example_is_decided_by_spillway() {
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    let shop_bindings: Vec<(String, String, Instant)> = bindings
-        .all()
-        .into_iter()
-        .filter(|(name, _, _)| shop_names.contains(name))
-        .collect();
-    let first_burst = shop_bindings
-        .iter()
-        .filter(|(_, node, _)| node == ACI_NODE)
-        .map(|(_, _, at)| *at)
-        .min()
-        .unwrap_or_else(|| panic!("no shop pod on {ACI_NODE}: {shop_bindings:?}"));
+    let shop_bindings = bindings_of(&bindings, &shop_names);
+    let first_burst = first_burst(&shop_bindings);
     assert!(
         first_burst.duration_since(t0) >= Duration::from_secs(SPILL_AFTER_SECS - 1),
         "shop burst {:?} after its pods were created, before spillAfter",

@@ -790,6 +790,7 @@ async fn pinned_pods_drain_back_only_into_their_own_pool() {
                 memory: "32Gi".into(),
                 labels: Default::default(),
                 taints: vec![("sku".into(), "gpu".into(), "NoSchedule".into())],
+                max_pods: 110,
             },
             actors::PoolTemplate {
                 name: "user".into(),
@@ -798,6 +799,7 @@ async fn pinned_pods_drain_back_only_into_their_own_pool() {
                 memory: "16Gi".into(),
                 labels: Default::default(),
                 taints: vec![],
+                max_pods: 110,
             },
         ],
         added.clone(),
@@ -900,6 +902,7 @@ fn node_pools() -> Vec<actors::PoolTemplate> {
         memory: "16Gi".into(),
         labels: Default::default(),
         taints,
+        max_pods: 110,
     };
     vec![
         pool(

@@ -348,6 +348,12 @@ impl NodeBuilder {
             .insert("memory".into(), Quantity(q.into()));
         self
     }
+    /// Allocatable pod count (110 by default, as a kubelet's `maxPods`).
+    pub fn max_pods(mut self, n: u32) -> Self {
+        self.allocatable()
+            .insert("pods".into(), Quantity(n.to_string()));
+        self
+    }
     /// Labels and taint of the AKS virtual node (`type=virtual-kubelet`, `virtual-kubelet.io/provider=azure:NoSchedule`).
     pub fn virtual_kubelet(self) -> Self {
         self.label("type", "virtual-kubelet")

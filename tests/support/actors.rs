@@ -178,6 +178,9 @@ pub struct PoolTemplate {
     pub labels: BTreeMap<String, String>,
     /// (key, value, effect)
     pub taints: Vec<(String, String, String)>,
+    /// The nodes' allocatable pod count (`maxPods`; AKS defaults to 110,
+    /// or 30 with Azure CNI).
+    pub max_pods: u32,
 }
 
 impl PoolTemplate {
@@ -199,7 +202,9 @@ impl PoolTemplate {
 /// (placeholders included; pods on the virtual node are invisible to it)
 /// makes a pool grow by one node — the first pool whose template node the
 /// pod's tolerations, nodeSelector and required affinity allow and whose
-/// node fits its requests, below the pool's max. New nodes join Ready.
+/// node fits its requests (a new node has `max_pods` free slots, so a pod
+/// refused for "Too many pods" grows a pool too), below the pool's max.
+/// New nodes join Ready.
 /// `added` records (pool, node) in order.
 pub async fn cluster_autoscaler(
     client: kube::Client,
@@ -266,9 +271,10 @@ pub async fn cluster_autoscaler(
             {
                 continue;
             }
+            let pods = t.max_pods.to_string();
             let status = json!({"status": {
-                "allocatable": {"cpu": t.cpu, "memory": t.memory, "pods": "110"},
-                "capacity": {"cpu": t.cpu, "memory": t.memory, "pods": "110"},
+                "allocatable": {"cpu": t.cpu, "memory": t.memory, "pods": pods},
+                "capacity": {"cpu": t.cpu, "memory": t.memory, "pods": pods},
                 "conditions": [{"type": "Ready", "status": "True"}],
             }});
             let _ = nodes_api
@@ -307,6 +313,12 @@ fn live(p: &Pod) -> bool {
 
 async fn post_json(client: &reqwest_lite::Client, url: &str, body: &Value) -> Option<Value> {
     client.post(url, body).await
+}
+
+/// POST `body` to the extender at `addr` (`host:port`) under `path`, as
+/// kube-scheduler does; its JSON answer.
+pub async fn extender_call(addr: &str, path: &str, body: &Value) -> Option<Value> {
+    post_json(&reqwest_lite::Client, &format!("http://{addr}{path}"), body).await
 }
 
 /// A minimal HTTP/1.1 JSON client on tokio (the crate has no HTTP client dependency).
