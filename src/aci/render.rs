@@ -205,6 +205,7 @@ pub fn services_from_dump(text: &str) -> Result<Vec<k8s::Service>, RenderError> 
 /// (`envFrom`, volumes without `items`) has unknown keys: those are listed
 /// in the returned notes.
 pub fn placeholder_sources(pod: &k8s::Pod) -> (Sources, Vec<String>) {
+    use resolve::{RefKind, RefUse};
     let refs = resolve::references(pod);
     let mut out = Sources::default();
     let mut notes = Vec::new();
@@ -213,91 +214,44 @@ pub fn placeholder_sources(pod: &k8s::Pod) -> (Sources, Vec<String>) {
     let Some(spec) = pod.spec.as_ref() else {
         return (out, notes);
     };
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    for c in containers {
-        for e in c.env.iter().flatten() {
-            if let Some(src) = &e.value_from {
-                if let Some(k) = &src.config_map_key_ref {
-                    cm_keys
-                        .entry(k.name.clone())
-                        .or_default()
-                        .push(k.key.clone());
-                }
-                if let Some(k) = &src.secret_key_ref {
-                    secret_keys
-                        .entry(k.name.clone())
-                        .or_default()
-                        .push(k.key.clone());
-                }
-            }
-        }
-        for f in c.env_from.iter().flatten() {
-            if let Some(cm) = &f.config_map_ref {
-                notes.push(format!(
-                    "container {}: envFrom configMap {}: its keys are unknown without --cluster-state; left out",
-                    c.name, cm.name
-                ));
-            }
-            if let Some(s) = &f.secret_ref {
-                notes.push(format!(
-                    "container {}: envFrom secret {}: its keys are unknown without --cluster-state; left out",
-                    c.name, s.name
-                ));
-            }
-        }
-    }
-    for v in spec.volumes.iter().flatten() {
-        let items = |items: Option<&Vec<k8s::KeyToPath>>| -> Option<Vec<String>> {
-            items.map(|is| is.iter().map(|i| i.key.clone()).collect())
+    resolve::each_reference(pod, |r| {
+        let (keys, what) = match r.kind {
+            RefKind::ConfigMap => (&mut cm_keys, "configMap"),
+            RefKind::Secret => (&mut secret_keys, "secret"),
         };
-        if let Some(cm) = &v.config_map {
-            match items(cm.items.as_ref()) {
-                Some(keys) => cm_keys.entry(cm.name.clone()).or_default().extend(keys),
-                None => notes.push(format!(
-                    "volume {}: configMap {} without items: its files are unknown without --cluster-state",
-                    v.name, cm.name
-                )),
-            }
+        let keys = keys.entry(r.name.to_string()).or_default();
+        match r.used {
+            RefUse::EnvKey { key, .. } => keys.push(key.to_string()),
+            RefUse::EnvFrom { container } => notes.push(format!(
+                "container {container}: envFrom {what} {}: its keys are unknown without --cluster-state; left out",
+                r.name
+            )),
+            RefUse::Volume {
+                items: Some(items), ..
+            } => keys.extend(items.into_iter().map(String::from)),
+            RefUse::Volume {
+                volume,
+                projected: false,
+                items: None,
+            } => notes.push(format!(
+                "volume {volume}: {what} {} without items: its files are unknown without --cluster-state",
+                r.name
+            )),
+            RefUse::AzureFile { .. } => keys.extend([
+                "azurestorageaccountname".to_string(),
+                "azurestorageaccountkey".to_string(),
+            ]),
+            RefUse::Volume { .. } | RefUse::Csi { .. } | RefUse::ImagePull => {}
         }
-        if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            match items(s.items.as_ref()) {
-                Some(keys) => secret_keys.entry(name).or_default().extend(keys),
-                None => notes.push(format!(
-                    "volume {}: secret {name} without items: its files are unknown without --cluster-state",
-                    v.name
-                )),
-            }
-        }
+    });
+    for v in spec.volumes.iter().flatten() {
         for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-            if let Some(cm) = &src.config_map
-                && let Some(keys) = items(cm.items.as_ref())
-            {
-                cm_keys.entry(cm.name.clone()).or_default().extend(keys);
-            }
-            if let Some(s) = &src.secret
-                && let Some(keys) = items(s.items.as_ref())
-            {
-                secret_keys.entry(s.name.clone()).or_default().extend(keys);
-            }
             if let Some(t) = &src.service_account_token {
                 out.tokens.insert(
                     (v.name.clone(), t.path.clone()),
                     "<service account token>".into(),
                 );
             }
-        }
-        if let Some(af) = &v.azure_file {
-            secret_keys
-                .entry(af.secret_name.clone())
-                .or_default()
-                .extend([
-                    "azurestorageaccountname".to_string(),
-                    "azurestorageaccountkey".to_string(),
-                ]);
         }
     }
     let pull: Vec<String> = spec
@@ -513,5 +467,64 @@ pub fn run(args: &RenderArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(EXIT_INVALID_POD, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_hold_every_named_key_and_notes_say_what_is_unknown() {
+        let pod: k8s::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "web"},
+            "spec": {
+                "containers": [{"name": "app", "image": "app:1",
+                    "env": [
+                        {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}},
+                        {"name": "B", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "b"}}}],
+                    "envFrom": [{"configMapRef": {"name": "bulk"}}]}],
+                "volumes": [
+                    {"name": "whole", "configMap": {"name": "files"}},
+                    {"name": "some", "secret": {"secretName": "creds", "items": [{"key": "tls.crt", "path": "c"}]}},
+                    {"name": "proj", "projected": {"sources": [
+                        {"configMap": {"name": "cfg", "items": [{"key": "b", "path": "b"}]}},
+                        {"serviceAccountToken": {"path": "token"}}]}},
+                    {"name": "share", "azureFile": {"secretName": "storage", "shareName": "s"}}],
+                "imagePullSecrets": [{"name": "acr"}],
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (sources, notes) = placeholder_sources(&pod);
+        let keys = |m: Option<&BTreeMap<String, Vec<u8>>>| -> Vec<String> {
+            m.map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        };
+        assert_eq!(keys(sources.config_maps.get("cfg")), ["a", "b"]);
+        assert_eq!(keys(sources.config_maps.get("bulk")), Vec::<String>::new());
+        assert_eq!(
+            keys(sources.secrets.get("creds").map(|s| &s.data)),
+            ["b", "tls.crt"]
+        );
+        assert_eq!(
+            keys(sources.secrets.get("storage").map(|s| &s.data)),
+            ["azurestorageaccountkey", "azurestorageaccountname"]
+        );
+        assert_eq!(
+            sources.secrets.get("acr").map(|s| s.type_.as_str()),
+            Some("kubernetes.io/dockerconfigjson")
+        );
+        assert!(
+            sources
+                .tokens
+                .contains_key(&("proj".to_string(), "token".to_string()))
+        );
+        assert_eq!(
+            notes,
+            [
+                "container app: envFrom configMap bulk: its keys are unknown without --cluster-state; left out",
+                "volume whole: configMap files without items: its files are unknown without --cluster-state",
+                "imagePullSecrets acr: registry credentials are unknown without --cluster-state; left out",
+            ]
+        );
     }
 }

@@ -106,66 +106,155 @@ fn containers(spec: &k8s::PodSpec) -> impl Iterator<Item = (&'static str, usize,
         )
 }
 
-/// The ConfigMaps and Secrets `pod` refers to.
-pub fn references(pod: &k8s::Pod) -> References {
-    let mut r = References::default();
+/// Which object a [`Reference`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    ConfigMap,
+    Secret,
+}
+
+/// Where a pod uses a ConfigMap or Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefUse<'a> {
+    /// `env[].valueFrom.{configMap,secret}KeyRef` of a container.
+    EnvKey { container: &'a str, key: &'a str },
+    /// `envFrom[]` of a container: every key.
+    EnvFrom { container: &'a str },
+    /// A `configMap`/`secret` volume, or a source of a `projected` one:
+    /// the keys of its `items`, or `None` for every key.
+    Volume {
+        volume: &'a str,
+        projected: bool,
+        items: Option<Vec<&'a str>>,
+    },
+    /// An `azureFile` volume's account name and key.
+    AzureFile { volume: &'a str },
+    /// A `csi` volume's secret.
+    Csi { volume: &'a str },
+    /// `imagePullSecrets`.
+    ImagePull,
+}
+
+/// One use of a ConfigMap or Secret by a pod (in its own namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference<'a> {
+    pub kind: RefKind,
+    pub name: &'a str,
+    pub used: RefUse<'a>,
+}
+
+/// Every ConfigMap and Secret use of `pod`, in spec order: the one walk
+/// behind [`references`] (what the provider watches and resolves) and
+/// `aci render`'s placeholders.
+pub fn each_reference<'a>(pod: &'a k8s::Pod, mut f: impl FnMut(Reference<'a>)) {
     let Some(spec) = pod.spec.as_ref() else {
-        return r;
+        return;
     };
+    let mut emit = |kind, name: &'a str, used| f(Reference { kind, name, used });
     for (_, _, c) in containers(spec) {
+        let container = c.name.as_str();
         for e in c.env.iter().flatten() {
             if let Some(src) = &e.value_from {
                 if let Some(k) = &src.config_map_key_ref {
-                    r.config_maps.insert(k.name.clone());
+                    let used = RefUse::EnvKey {
+                        container,
+                        key: &k.key,
+                    };
+                    emit(RefKind::ConfigMap, &k.name, used);
                 }
                 if let Some(k) = &src.secret_key_ref {
-                    r.secrets.insert(k.name.clone());
+                    let used = RefUse::EnvKey {
+                        container,
+                        key: &k.key,
+                    };
+                    emit(RefKind::Secret, &k.name, used);
                 }
             }
         }
-        for f in c.env_from.iter().flatten() {
-            if let Some(cm) = &f.config_map_ref {
-                r.config_maps.insert(cm.name.clone());
+        for e in c.env_from.iter().flatten() {
+            if let Some(cm) = &e.config_map_ref {
+                emit(RefKind::ConfigMap, &cm.name, RefUse::EnvFrom { container });
             }
-            if let Some(s) = &f.secret_ref {
-                r.secrets.insert(s.name.clone());
+            if let Some(s) = &e.secret_ref {
+                emit(RefKind::Secret, &s.name, RefUse::EnvFrom { container });
             }
         }
     }
+    fn keys(items: Option<&Vec<k8s::KeyToPath>>) -> Option<Vec<&str>> {
+        items.map(|is| is.iter().map(|i| i.key.as_str()).collect())
+    }
     for v in spec.volumes.iter().flatten() {
+        let volume = v.name.as_str();
+        let in_volume = |projected, items| RefUse::Volume {
+            volume,
+            projected,
+            items,
+        };
         if let Some(s) = &v.secret
             && let Some(name) = &s.secret_name
         {
-            r.secrets.insert(name.clone());
+            emit(
+                RefKind::Secret,
+                name,
+                in_volume(false, keys(s.items.as_ref())),
+            );
         }
         if let Some(cm) = &v.config_map {
-            r.config_maps.insert(cm.name.clone());
+            emit(
+                RefKind::ConfigMap,
+                &cm.name,
+                in_volume(false, keys(cm.items.as_ref())),
+            );
         }
         for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
             if let Some(cm) = &src.config_map {
-                r.config_maps.insert(cm.name.clone());
+                emit(
+                    RefKind::ConfigMap,
+                    &cm.name,
+                    in_volume(true, keys(cm.items.as_ref())),
+                );
             }
             if let Some(s) = &src.secret {
-                r.secrets.insert(s.name.clone());
+                emit(
+                    RefKind::Secret,
+                    &s.name,
+                    in_volume(true, keys(s.items.as_ref())),
+                );
             }
         }
         if let Some(af) = &v.azure_file {
-            r.secrets.insert(af.secret_name.clone());
+            emit(
+                RefKind::Secret,
+                &af.secret_name,
+                RefUse::AzureFile { volume },
+            );
         }
         if let Some(csi) = &v.csi {
-            let attrs = csi.volume_attributes.clone().unwrap_or_default();
-            if let Some(s) = attrs
-                .get("secretName")
-                .cloned()
-                .or_else(|| csi.node_publish_secret_ref.as_ref().map(|r| r.name.clone()))
-            {
-                r.secrets.insert(s);
+            let name = csi
+                .volume_attributes
+                .as_ref()
+                .and_then(|a| a.get("secretName"))
+                .or_else(|| csi.node_publish_secret_ref.as_ref().map(|r| &r.name));
+            if let Some(name) = name {
+                emit(RefKind::Secret, name, RefUse::Csi { volume });
             }
         }
     }
     for s in spec.image_pull_secrets.iter().flatten() {
-        r.secrets.insert(s.name.clone());
+        emit(RefKind::Secret, &s.name, RefUse::ImagePull);
     }
+}
+
+/// The ConfigMaps and Secrets `pod` refers to.
+pub fn references(pod: &k8s::Pod) -> References {
+    let mut r = References::default();
+    each_reference(pod, |re| {
+        let set = match re.kind {
+            RefKind::ConfigMap => &mut r.config_maps,
+            RefKind::Secret => &mut r.secrets,
+        };
+        set.insert(re.name.to_string());
+    });
     r
 }
 
