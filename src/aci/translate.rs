@@ -188,6 +188,9 @@ pub struct Resolved {
     /// The pod's service environment ([`dns::service_env`]), given to every
     /// container beneath its own variables.
     pub service_env: BTreeMap<String, String>,
+    /// The Log Analytics workspace the group's logs go to
+    /// (`--aci-log-analytics`), resolved from its Secret.
+    pub log_analytics: Option<LogAnalytics>,
 }
 
 /// Inputs of [`pod_to_group`] besides the pod itself.
@@ -486,6 +489,13 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
             sku: Some("Standard".to_string()),
             subnet_ids: placement.subnet_ids,
             dns_config,
+            diagnostics: ctx
+                .resolved
+                .log_analytics
+                .clone()
+                .map(|la| ContainerGroupDiagnostics {
+                    log_analytics: Some(la),
+                }),
             instance_view: None,
         },
     };
