@@ -353,7 +353,10 @@ fn log_analytics_comes_from_the_dumps_secret_with_the_key_masked() {
             secret.to_string(),
         ];
         if with_dump {
-            a.extend(["--cluster-state".to_string(), dump.to_string_lossy().into_owned()]);
+            a.extend([
+                "--cluster-state".to_string(),
+                dump.to_string_lossy().into_owned(),
+            ]);
         }
         a
     };
@@ -377,6 +380,9 @@ fn log_analytics_comes_from_the_dumps_secret_with_the_key_masked() {
 
     let b = body(&run(args("spillway-system/la", false)));
     let la = &b["properties"]["diagnostics"]["logAnalytics"];
-    assert_eq!(la["workspaceId"], "<secret spillway-system/la/workspaceId>", "{b}");
+    assert_eq!(
+        la["workspaceId"], "<secret spillway-system/la/workspaceId>",
+        "{b}"
+    );
     assert_eq!(la["workspaceKey"], "<masked>", "{b}");
 }

@@ -1541,7 +1541,10 @@ async fn log_analytics_comes_from_its_secret_and_reaches_every_group() {
             })
     })
     .await;
-    assert!(w.emu.state.snapshot().is_empty(), "no group without diagnostics");
+    assert!(
+        w.emu.state.snapshot().is_empty(),
+        "no group without diagnostics"
+    );
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(w.srv.client(), "spillway-system");
     let secret = serde_json::from_value(json!({

@@ -727,7 +727,10 @@ mod tests {
             }),
         });
         let text = serde_json::to_string(&g.redacted()).expect("serializes");
-        assert!(text.contains("ws-id"), "the workspace id is not secret: {text}");
+        assert!(
+            text.contains("ws-id"),
+            "the workspace id is not secret: {text}"
+        );
         for secret in [
             "hunter2",
             "aHVudGVyMg==",

@@ -961,17 +961,28 @@ mod tests {
         );
         let e = log_analytics(
             &r,
-            Some(&secret(&[("workspaceId", "w"), ("workspaceKey", "k"), ("logType", "Logs")])),
+            Some(&secret(&[
+                ("workspaceId", "w"),
+                ("workspaceKey", "k"),
+                ("logType", "Logs"),
+            ])),
         )
         .expect_err("bad logType");
         assert!(e.to_string().contains("\"Logs\""), "{e}");
         let la = log_analytics(
             &r,
-            Some(&secret(&[("workspaceId", "w-1\n"), ("workspaceKey", "k==")])),
+            Some(&secret(&[
+                ("workspaceId", "w-1\n"),
+                ("workspaceKey", "k=="),
+            ])),
         )
         .expect("resolves");
         assert_eq!(
-            (la.workspace_id.as_str(), la.workspace_key.as_deref(), la.log_type),
+            (
+                la.workspace_id.as_str(),
+                la.workspace_key.as_deref(),
+                la.log_type
+            ),
             ("w-1", Some("k=="), None)
         );
     }

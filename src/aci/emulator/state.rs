@@ -1177,7 +1177,11 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
             format!("The restart policy '{rp}' is not valid."),
         );
     }
-    if let Some(la) = p.diagnostics.as_ref().and_then(|d| d.log_analytics.as_ref()) {
+    if let Some(la) = p
+        .diagnostics
+        .as_ref()
+        .and_then(|d| d.log_analytics.as_ref())
+    {
         validate_log_analytics(la)?;
     }
     let mut names = BTreeSet::new();

@@ -1504,7 +1504,11 @@ async fn log_analytics_is_validated_kept_and_read_without_its_key() {
             "{la}: {answer}"
         );
     }
-    for log_type in [None, Some("ContainerInsights"), Some("ContainerInstanceLogs")] {
+    for log_type in [
+        None,
+        Some("ContainerInsights"),
+        Some("ContainerInstanceLogs"),
+    ] {
         let mut la = serde_json::json!({"workspaceId": "0f3c-ws", "workspaceKey": "c2VjcmV0"});
         if let Some(t) = log_type {
             la["logType"] = t.into();
