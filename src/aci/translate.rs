@@ -471,33 +471,35 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
         tags.insert(TAG_POD_UID.to_string(), uid.clone());
     }
 
-    let group =
-        ContainerGroup {
-            id: None,
-            name: ctx.config.group_name(namespace, pod_name),
-            resource_type: None,
-            location: ctx.config.location.clone(),
-            tags,
-            properties: ContainerGroupProperties {
-                provisioning_state: None,
-                containers,
-                init_containers,
-                image_registry_credentials: ctx.resolved.registry_credentials.clone(),
-                restart_policy: Some(restart_policy.to_string()),
-                ip_address: placement.ip_address,
-                os_type: os_type.to_string(),
-                volumes,
-                sku: Some("Standard".to_string()),
-                subnet_ids: placement.subnet_ids,
-                dns_config,
-                diagnostics: ctx.resolved.log_analytics.clone().map(|la| {
-                    ContainerGroupDiagnostics {
-                        log_analytics: Some(la),
-                    }
-                }),
-                instance_view: None,
-            },
-        };
+    let diagnostics = ctx
+        .resolved
+        .log_analytics
+        .clone()
+        .map(|la| ContainerGroupDiagnostics {
+            log_analytics: Some(la),
+        });
+    let group = ContainerGroup {
+        id: None,
+        name: ctx.config.group_name(namespace, pod_name),
+        resource_type: None,
+        location: ctx.config.location.clone(),
+        tags,
+        properties: ContainerGroupProperties {
+            provisioning_state: None,
+            containers,
+            init_containers,
+            image_registry_credentials: ctx.resolved.registry_credentials.clone(),
+            restart_policy: Some(restart_policy.to_string()),
+            ip_address: placement.ip_address,
+            os_type: os_type.to_string(),
+            volumes,
+            sku: Some("Standard".to_string()),
+            subnet_ids: placement.subnet_ids,
+            dns_config,
+            diagnostics,
+            instance_view: None,
+        },
+    };
     Ok(Translation { group, warnings })
 }
 
