@@ -112,11 +112,13 @@ fn arm_reads(emu: &EmulatorHandle) -> u64 {
         .sum()
 }
 
+/// The 99th percentile; NaN (`null` in the JSON) when any sample timed out
+/// or there is none, so a starved sync never reads as a good figure.
 fn p99(samples: &[f64]) -> f64 {
-    let mut s: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
-    if s.is_empty() {
+    if samples.is_empty() || samples.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
+    let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     let rank = ((s.len() as f64) * 0.99).ceil() as usize;
     s[rank.clamp(1, s.len()) - 1]
