@@ -331,3 +331,58 @@ items:
         );
     }
 }
+
+/// `--aci-log-analytics NS/SECRET`: the workspace from the dump's Secret
+/// (its namespace, not the pod's), the key masked; a Secret missing from the
+/// dump is exit 65 naming the flag; without a dump, named placeholders.
+#[test]
+fn log_analytics_comes_from_the_dumps_secret_with_the_key_masked() {
+    let pod = scratch("la-pod.yaml", SECRET_POD);
+    let dump = scratch(
+        "la-dump.yaml",
+        &format!(
+            "{DUMP}  - apiVersion: v1\n    kind: Secret\n    metadata: {{ name: la, namespace: spillway-system }}\n    \
+             type: Opaque\n    stringData: {{ workspaceId: ws-0001, workspaceKey: c2hhcmVkLWtleQ==, logType: ContainerInsights }}\n"
+        ),
+    );
+    let args = |secret: &str, with_dump: bool| {
+        let mut a = vec![
+            "-f".to_string(),
+            pod.to_string_lossy().into_owned(),
+            "--aci-log-analytics".to_string(),
+            secret.to_string(),
+        ];
+        if with_dump {
+            a.extend([
+                "--cluster-state".to_string(),
+                dump.to_string_lossy().into_owned(),
+            ]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| render(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(args("spillway-system/la", true));
+    let b = body(&out);
+    let la = &b["properties"]["diagnostics"]["logAnalytics"];
+    assert_eq!(la["workspaceId"], "ws-0001", "{b}");
+    assert_eq!(la["workspaceKey"], "<masked>", "{b}");
+    assert_eq!(la["logType"], "ContainerInsights", "{b}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("c2hhcmVkLWtleQ=="));
+
+    let out = run(args("spillway-system/absent", true));
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--aci-log-analytics: Secret \"spillway-system/absent\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let b = body(&run(args("spillway-system/la", false)));
+    let la = &b["properties"]["diagnostics"]["logAnalytics"];
+    assert_eq!(
+        la["workspaceId"], "<secret spillway-system/la/workspaceId>",
+        "{b}"
+    );
+    assert_eq!(la["workspaceKey"], "<masked>", "{b}");
+}

@@ -1527,6 +1527,73 @@ async fn a_missing_config_map_holds_the_pod_until_it_exists() {
     p.stop().await;
 }
 
+/// `--aci-log-analytics`: without its Secret the pod waits with an error
+/// naming the flag and the Secret (never a group without diagnostics); once
+/// the Secret exists the group carries the workspace (ARM hides the key on
+/// read, so the provider's own read shows the id and log type only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_analytics_comes_from_its_secret_and_reaches_every_group() {
+    let w = world().await;
+    let mut config = provider_config();
+    config.aci_log_analytics = Some(
+        spillway::provider::resolve::LogAnalyticsSecret::parse("spillway-system/la")
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let p = start_with(&w.srv, w.aci.clone(), None, config);
+    create_pod(&w.srv, &app_pod("logged")).await;
+    eventually("pod Pending with CreateContainerConfigError", || async {
+        w.srv
+            .get::<Pod>(NS, "logged")
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.reason.as_deref() == Some(vpods::REASON_CONFIG_ERROR)
+                    && s.message.is_some_and(|m| {
+                        m.contains("--aci-log-analytics: Secret \"spillway-system/la\" not found")
+                    })
+            })
+    })
+    .await;
+    assert!(
+        w.emu.state.snapshot().is_empty(),
+        "no group without diagnostics"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(w.srv.client(), "spillway-system");
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "la", "namespace": "spillway-system"},
+        "stringData": {
+            "workspaceId": "4b1d6a4e-0000-4000-8000-0123456789ab",
+            "workspaceKey": "c2hhcmVkLWtleQ==",
+            "logType": "ContainerInstanceLogs"
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("pod Running once the Secret exists", || async {
+        running(&w.srv, "logged")
+    })
+    .await;
+    let name = w.emu.state.snapshot()[0].name.clone();
+    let group = w
+        .aci
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group {name} gone"));
+    let la = group
+        .properties
+        .diagnostics
+        .and_then(|d| d.log_analytics)
+        .unwrap_or_else(|| panic!("group {name} has no diagnostics.logAnalytics"));
+    assert_eq!(la.workspace_id, "4b1d6a4e-0000-4000-8000-0123456789ab");
+    assert_eq!(la.log_type.as_deref(), Some("ContainerInstanceLogs"));
+    assert_eq!(la.workspace_key, None, "ARM never returns the key");
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_selecting_policys_aci_section_shapes_the_group() {
     let w = world().await;

@@ -302,6 +302,108 @@ async fn every_granted_rule_is_documented_in_the_deploy_readme() {
     );
 }
 
+/// deploy/components/aci-log-analytics: with the base's cluster-wide
+/// secrets `get` narrowed away (as deploy/README.md describes), the
+/// component's Role alone lets the provider read the workspace Secret, and
+/// the pod's group carries the workspace, without a denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_analytics_component_reads_its_secret_by_name() {
+    let srv = TestApiServer::builder()
+        .pod_deletion(PodDeletion::Kubelet)
+        .start()
+        .await;
+    srv.apply_manifests(&support::kustomize(
+        ".ci/fixtures/kustomize/aks-aci-log-analytics",
+    ));
+    srv.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
+    let mut role: k8s_openapi::api::rbac::v1::ClusterRole = srv
+        .get("", "spillway")
+        .unwrap_or_else(|| panic!("the base's ClusterRole spillway"));
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resource_names.is_none()
+            && let Some(resources) = rule.resources.as_mut()
+        {
+            resources.retain(|r| r != "secrets");
+        }
+    }
+    srv.insert(&role);
+    srv.insert::<Secret>(&obj(json!({
+        "metadata": {"name": "spillway-log-analytics", "namespace": SA_NS},
+        "data": {"workspaceId": "d3MtMDAwMQ==", "workspaceKey": "a2V5"}
+    })));
+    let emu = Emulator::start(EmulatorConfig {
+        speed: 50.0,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("emulator: {e}"));
+    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
+    let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
+        AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}")),
+        pacing(),
+    ));
+    let mut config = provider_config();
+    config.aci_log_analytics = Some(
+        spillway::provider::resolve::LogAnalyticsSecret::parse(
+            "spillway-system/spillway-log-analytics",
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let provider = Provider::new(srv.client_as(SA_NS, SA), aci.clone(), config, None);
+    let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = provider
+            .run(leader_rx, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    let pod: Pod = obj(json!({
+        "metadata": {"name": "api", "namespace": "web"},
+        "spec": {
+            "nodeName": "spillway-aci",
+            "tolerations": [{"key": vnode::TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "app", "image": "nginx:1.27",
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]
+        }
+    }));
+    Api::<Pod>::namespaced(srv.client(), "web")
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod: {e}"));
+    let running = || {
+        srv.get::<Pod>("web", "api")
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running")
+    };
+    assert!(
+        poll_until(WAIT, running).await,
+        "pod Running; denials: {:?}; status: {:?}",
+        srv.auth_denials(),
+        srv.get::<Pod>("web", "api").and_then(|p| p.status)
+    );
+    let name = emu.state.snapshot()[0].name.clone();
+    let group = aci
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("group {name}"));
+    assert_eq!(
+        group
+            .properties
+            .diagnostics
+            .and_then(|d| d.log_analytics)
+            .map(|la| la.workspace_id),
+        Some("ws-0001".to_string())
+    );
+    assert_eq!(srv.auth_denials(), Vec::<String>::new());
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
 #[derive(clap::Parser)]
 struct RunArgs {
     #[command(flatten)]

@@ -33,7 +33,6 @@ use super::{
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::ErrorKind;
 use azure_mgmt_containerinstance::package_preview_2024_05 as sdk;
-use futures::StreamExt as _;
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +40,9 @@ use std::time::Duration;
 /// The ARM endpoint and the token scope every ARM call uses.
 pub const ARM_ENDPOINT: &str = "https://management.azure.com";
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+/// The api-version the SDK's container group calls send (its
+/// `package-preview-2024-05`); the list, built here, sends the same.
+const SDK_API_VERSION: &str = "2024-05-01-preview";
 
 /// How to authenticate to ARM.
 #[derive(Clone, PartialEq, Eq)]
@@ -513,26 +515,50 @@ impl ContainerGroups for AzureContainerGroups {
         cluster_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ContainerGroup>, AciError>> {
         Box::pin(async move {
-            let mut pages = self
-                .client
-                .container_groups_client()
-                .list_by_resource_group(&self.subscription_id, &self.resource_group)
-                .into_stream();
+            // Not the SDK's pager: its typed pages need `workspaceKey` in
+            // `diagnostics.logAnalytics`, which ARM never returns (an
+            // `x-ms-secret`), so one group with Log Analytics would fail
+            // every list. The same GET and `nextLink` paging, read into
+            // our own model.
+            let mut url = self.endpoint.clone();
+            url.set_path(&format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerInstance/containerGroups",
+                self.subscription_id, self.resource_group
+            ));
+            url.query_pairs_mut()
+                .append_pair(azure_core::query_param::API_VERSION, SDK_API_VERSION);
+            let mut next = Some(url);
             let mut out = Vec::new();
             // Each page is one bounded call; a list of many pages may take
             // several timeouts in total, never unboundedly long.
-            loop {
-                let next = self
-                    .call("list", async {
-                        match pages.next().await {
-                            None => Ok(None),
-                            Some(Ok(page)) => Ok(Some(page)),
-                            Some(Err(e)) => Err(e),
-                        }
-                    })
-                    .await?;
-                let Some(page) = next else { break };
-                let page: ListResult<ContainerGroup> = convert(&page)?;
+            while let Some(url) = next.take() {
+                let send = async {
+                    let token = self.credential.get_token(&[ARM_SCOPE]).await?;
+                    let mut request = azure_core::Request::new(url, azure_core::Method::Get);
+                    request.insert_header(
+                        azure_core::headers::AUTHORIZATION,
+                        format!("Bearer {}", token.token.secret()),
+                    );
+                    request.set_body(azure_core::EMPTY_BODY);
+                    let response = self
+                        .pipeline
+                        .send(&azure_core::Context::default(), &mut request)
+                        .await?;
+                    match response.status() {
+                        azure_core::StatusCode::Ok => Ok(response),
+                        status => Err(azure_core::Error::from(ErrorKind::HttpResponse {
+                            status,
+                            error_code: None,
+                        })),
+                    }
+                };
+                let response = self.call("list", send).await?;
+                let page: ListResult<ContainerGroup> = body_json(response).await?;
+                if let Some(link) = page.next_link.as_deref().filter(|l| !l.is_empty()) {
+                    next = Some(self.endpoint.join(link).map_err(|e| AciError::Protocol {
+                        message: format!("list nextLink {link:?}: {e}"),
+                    })?);
+                }
                 out.extend(
                     page.value.into_iter().filter(|g| {
                         g.tags.get(TAG_CLUSTER).map(String::as_str) == Some(cluster_id)

@@ -133,6 +133,8 @@ struct AciBackendConfig {
     list_timeout: Duration,
     refresh_interval: Duration,
     max_gets_per_sync: usize,
+    /// `--aci-log-analytics`: every group gets this workspace.
+    log_analytics: Option<resolve::LogAnalyticsSecret>,
 }
 
 /// The ACI backend.
@@ -160,6 +162,7 @@ impl AciBackend {
                 list_timeout: config.list_timeout,
                 refresh_interval: config.refresh_interval,
                 max_gets_per_sync: config.max_gets_per_sync,
+                log_analytics: config.aci_log_analytics.clone(),
             },
             translate: TranslateConfig {
                 subnets: config.aci_subnets.clone(),
@@ -381,6 +384,15 @@ impl AciBackend {
         let mut resolved = resolve::resolve(pod, sources).map_err(|e| CreateError::Config {
             message: e.to_string(),
         })?;
+        if let Some(secret) = &self.config.log_analytics {
+            resolved.log_analytics = Some(
+                resolve::log_analytics(secret, sources.log_analytics.as_ref()).map_err(|e| {
+                    CreateError::Config {
+                        message: e.to_string(),
+                    }
+                })?,
+            );
+        }
         if let Some(services) = &self.services {
             services
                 .fill(pod, &mut resolved, SYNC_WAIT)

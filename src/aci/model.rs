@@ -90,8 +90,49 @@ pub struct ContainerGroupProperties {
     /// The resolver configuration of every container (`/etc/resolv.conf`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_config: Option<DnsConfiguration>,
+    /// Where ACI ships the containers' logs besides its own short-lived
+    /// copy (`diagnostics.logAnalytics`): a Log Analytics workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<ContainerGroupDiagnostics>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_view: Option<GroupInstanceView>,
+}
+
+/// `properties.diagnostics` (`ContainerGroupDiagnostics` in the 2023-05-01
+/// spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerGroupDiagnostics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_analytics: Option<LogAnalytics>,
+}
+
+/// `LogAnalytics` in the 2023-05-01 spec: the workspace ACI sends the
+/// group's logs to. `workspaceId` and `workspaceKey` are required on a PUT;
+/// `workspaceKey` and `workspaceResourceId` are `x-ms-secret`, so ARM never
+/// returns them on read (hence `Option` here, and the emulator checks the
+/// key's presence itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogAnalytics {
+    /// The workspace id (a GUID, the workspace's `customerId`).
+    pub workspace_id: String,
+    /// The workspace's shared key. Never returned on read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_key: Option<String>,
+    /// `ContainerInsights` or `ContainerInstanceLogs`; absent: ACI's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_type: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub metadata: BTreeMap<String, String>,
+    /// The workspace's ARM id. Never returned on read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_resource_id: Option<String>,
 }
 
 /// `ContainerGroupSubnetId`: the ARM id of a subnet
@@ -478,6 +519,15 @@ impl ContainerGroup {
         for c in &mut g.properties.image_registry_credentials {
             c.password = None;
         }
+        if let Some(la) = g
+            .properties
+            .diagnostics
+            .as_mut()
+            .and_then(|d| d.log_analytics.as_mut())
+        {
+            la.workspace_key = None;
+            la.workspace_resource_id = None;
+        }
         g
     }
 
@@ -668,8 +718,27 @@ mod tests {
                 username: Some("u".into()),
                 password: Some("pw".into()),
             });
+        g.properties.diagnostics = Some(ContainerGroupDiagnostics {
+            log_analytics: Some(LogAnalytics {
+                workspace_id: "ws-id".into(),
+                workspace_key: Some("wskey".into()),
+                workspace_resource_id: Some("/subscriptions/s/workspaces/w".into()),
+                ..Default::default()
+            }),
+        });
         let text = serde_json::to_string(&g.redacted()).expect("serializes");
-        for secret in ["hunter2", "aHVudGVyMg==", "\"key\"", "pw"] {
+        assert!(
+            text.contains("ws-id"),
+            "the workspace id is not secret: {text}"
+        );
+        for secret in [
+            "hunter2",
+            "aHVudGVyMg==",
+            "\"key\"",
+            "pw",
+            "wskey",
+            "/subscriptions/s/workspaces/w",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
     }

@@ -63,6 +63,16 @@ pub struct RenderArgs {
     /// The cluster's DNS domain (search paths of ClusterFirst pods).
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// As `spillway run --aci-log-analytics`: NAMESPACE/NAME of the Secret
+    /// of the Log Analytics workspace, read from --cluster-state (else
+    /// placeholders); the body gets `diagnostics.logAnalytics`, key masked.
+    #[arg(
+        long,
+        value_name = "NS/SECRET",
+        value_parser = crate::provider::cli::parse_log_analytics,
+        env = "SPILLWAY_ACI_LOG_ANALYTICS"
+    )]
+    pub aci_log_analytics: Option<resolve::LogAnalyticsSecret>,
 }
 
 /// The cluster-wide inputs of a render: cluster DNS IPs and the Services
@@ -71,6 +81,8 @@ pub struct RenderArgs {
 pub struct RenderCluster {
     pub cluster_dns: Vec<String>,
     pub services: Vec<k8s::Service>,
+    /// `--aci-log-analytics` and its Secret (`None`: not in the dump).
+    pub log_analytics: Option<(resolve::LogAnalyticsSecret, Option<SecretData>)>,
 }
 
 /// Why a pod cannot be rendered.
@@ -303,6 +315,18 @@ pub fn placeholder_sources(pod: &k8s::Pod) -> (Sources, Vec<String>) {
     (out, notes)
 }
 
+/// Placeholders for the Log Analytics Secret `r`: `<secret NS/NAME/KEY>`
+/// for `workspaceId` and `workspaceKey`.
+pub fn log_analytics_placeholder(r: &resolve::LogAnalyticsSecret) -> SecretData {
+    SecretData {
+        type_: "Opaque".into(),
+        data: ["workspaceId", "workspaceKey"]
+            .into_iter()
+            .map(|k| (k.to_string(), format!("<secret {r}/{k}>").into_bytes()))
+            .collect(),
+    }
+}
+
 /// The ARM body of `group` as JSON, secret material masked.
 pub fn masked_body(group: &ContainerGroup) -> serde_json::Value {
     let mut g = group.spec();
@@ -336,6 +360,18 @@ pub fn masked_body(group: &ContainerGroup) -> serde_json::Value {
             c.password = Some(MASKED.into());
         }
     }
+    if let Some(la) = g
+        .properties
+        .diagnostics
+        .as_mut()
+        .and_then(|d| d.log_analytics.as_mut())
+    {
+        for secret in [&mut la.workspace_key, &mut la.workspace_resource_id] {
+            if secret.is_some() {
+                *secret = Some(MASKED.into());
+            }
+        }
+    }
     serde_json::to_value(&g).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
@@ -360,6 +396,12 @@ pub fn render(
     resolved.cluster_dns = cluster.cluster_dns.clone();
     resolved.service_env =
         dns::service_env(namespace, dns::enable_service_links(pod), &cluster.services);
+    if let Some((secret, data)) = &cluster.log_analytics {
+        resolved.log_analytics = Some(
+            resolve::log_analytics(secret, data.as_ref())
+                .map_err(|e| RenderError::Invalid(e.to_string()))?,
+        );
+    }
     let ctx = PodContext {
         config,
         aci: &aci,
@@ -408,6 +450,7 @@ pub fn run(args: &RenderArgs) -> ExitCode {
             Err(e) => return fail(bad, e),
         },
         services: Vec::new(),
+        log_analytics: None,
     };
     if let Err(e) = crate::provider::services::check_cluster_domain(&args.cluster_domain) {
         return fail(bad, e);
@@ -415,10 +458,23 @@ pub fn run(args: &RenderArgs) -> ExitCode {
     let sources = match &args.cluster_state {
         Some(path) => match std::fs::read_to_string(path)
             .map_err(|e| RenderError::Input(e.to_string()))
-            .and_then(|t| Ok((sources_from_dump(&t, &namespace)?, services_from_dump(&t)?)))
-        {
-            Ok((s, services)) => {
+            .and_then(|t| {
+                let la = match &args.aci_log_analytics {
+                    Some(r) => Some((
+                        r.clone(),
+                        sources_from_dump(&t, &r.namespace)?.secrets.remove(&r.name),
+                    )),
+                    None => None,
+                };
+                Ok((
+                    sources_from_dump(&t, &namespace)?,
+                    services_from_dump(&t)?,
+                    la,
+                ))
+            }) {
+            Ok((s, services, la)) => {
                 cluster.services = services;
+                cluster.log_analytics = la;
                 s
             }
             Err(e) => return fail(bad, format!("{}: {e}", path.display())),
@@ -427,6 +483,13 @@ pub fn run(args: &RenderArgs) -> ExitCode {
             let (s, notes) = placeholder_sources(&pod);
             for n in notes {
                 eprintln!("spillway aci render: note: {n}");
+            }
+            if let Some(r) = &args.aci_log_analytics {
+                eprintln!(
+                    "spillway aci render: note: {}: Secret {r}: its logType is unknown without --cluster-state; left out",
+                    resolve::LOG_ANALYTICS_FLAG
+                );
+                cluster.log_analytics = Some((r.clone(), Some(log_analytics_placeholder(r))));
             }
             s
         }

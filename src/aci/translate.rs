@@ -186,6 +186,9 @@ pub struct Resolved {
     /// The pod's service environment ([`dns::service_env`]), given to every
     /// container beneath its own variables.
     pub service_env: BTreeMap<String, String>,
+    /// The Log Analytics workspace the group's logs go to
+    /// (`--aci-log-analytics`), resolved from its Secret.
+    pub log_analytics: Option<LogAnalytics>,
 }
 
 /// Inputs of [`pod_to_group`] besides the pod itself.
@@ -466,6 +469,13 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
         tags.insert(TAG_POD_UID.to_string(), uid.clone());
     }
 
+    let diagnostics = ctx
+        .resolved
+        .log_analytics
+        .clone()
+        .map(|la| ContainerGroupDiagnostics {
+            log_analytics: Some(la),
+        });
     let group = ContainerGroup {
         id: None,
         name: ctx.config.group_name(namespace, pod_name),
@@ -484,6 +494,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
             sku: Some("Standard".to_string()),
             subnet_ids: placement.subnet_ids,
             dns_config,
+            diagnostics,
             instance_view: None,
         },
     };

@@ -81,6 +81,19 @@ pub struct ProviderArgs {
         env = "SPILLWAY_ACI_SUBNET_IDS"
     )]
     pub aci_subnet_ids: Vec<crate::aci::translate::SubnetId>,
+    /// NAMESPACE/NAME of a Secret with keys `workspaceId` and
+    /// `workspaceKey` (and optionally `logType`: ContainerInsights or
+    /// ContainerInstanceLogs) of a Log Analytics workspace: every container
+    /// group sends its logs there (`diagnostics.logAnalytics`), where they
+    /// outlive the group. Read when a group is created; while it is missing
+    /// or incomplete, burst pods wait with the error (CreateContainerConfigError).
+    #[arg(
+        long,
+        value_name = "NS/SECRET",
+        value_parser = parse_log_analytics,
+        env = "SPILLWAY_ACI_LOG_ANALYTICS"
+    )]
+    pub aci_log_analytics: Option<super::resolve::LogAnalyticsSecret>,
     /// Memory reported per vCPU of quota left, in GiB.
     #[arg(long, default_value_t = 4.0)]
     pub aci_memory_gib_per_core: f64,
@@ -299,6 +312,7 @@ impl ProviderArgs {
         c.unreachable_after = Duration::from_secs(self.aci_unreachable_secs);
         c.list_timeout = Duration::from_secs(self.aci_list_timeout_secs);
         c.aci_subnets = self.aci_subnet_ids.clone();
+        c.aci_log_analytics = self.aci_log_analytics.clone();
         c
     }
 }
@@ -323,6 +337,11 @@ fn define_embedded_subnets(
         tracing::info!(subnet = %defined.id, prefix = %defined.address_prefix, "embedded ACI emulator: subnet defined");
     }
     Ok(())
+}
+
+/// `--aci-log-analytics`: `NAMESPACE/NAME` of a Secret.
+pub fn parse_log_analytics(s: &str) -> Result<super::resolve::LogAnalyticsSecret, String> {
+    super::resolve::LogAnalyticsSecret::parse(s)
 }
 
 /// `--aci-subnet-id`: an ARM subnet id, checked for shape.
@@ -670,6 +689,21 @@ mod tests {
     struct Args {
         #[command(flatten)]
         p: ProviderArgs,
+    }
+
+    #[test]
+    fn log_analytics_secret_reaches_the_provider_config() {
+        let a = Args::try_parse_from(["x", "--aci-log-analytics", "spillway-system/la"])
+            .expect("parses");
+        let c = a.p.config("c1", 10250);
+        assert_eq!(
+            c.aci_log_analytics.map(|s| s.to_string()).as_deref(),
+            Some("spillway-system/la")
+        );
+        let e = Args::try_parse_from(["x", "--aci-log-analytics", "la"])
+            .err()
+            .expect("no namespace");
+        assert!(e.to_string().contains("NAMESPACE/NAME"), "{e}");
     }
 
     #[test]

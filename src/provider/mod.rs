@@ -113,6 +113,9 @@ pub struct ProviderConfig {
     /// Delegated subnets container groups go to (`--aci-subnet-id`); empty:
     /// no VNet (see `aci::translate::network`).
     pub aci_subnets: Vec<crate::aci::translate::SubnetId>,
+    /// The Secret of the Log Analytics workspace groups send their logs to
+    /// (`--aci-log-analytics`); read for every group created.
+    pub aci_log_analytics: Option<resolve::LogAnalyticsSecret>,
     /// One ACI list per this interval (status sync).
     pub sync_interval: Duration,
     pub lease_interval: Duration,
@@ -167,6 +170,7 @@ impl ProviderConfig {
             cluster_id: cluster_id.into(),
             location: location.into(),
             aci_subnets: Vec::new(),
+            aci_log_analytics: None,
             sync_interval: Duration::from_secs(5),
             lease_interval: Duration::from_secs(10),
             lease_timeout: Duration::from_secs(10),
@@ -1442,6 +1446,13 @@ impl<B: Backend> Provider<B> {
                 out.secrets
                     .insert(name.clone(), resolve::Sources::secret_data(&s));
             }
+        }
+        if let Some(la) = &self.config.aci_log_analytics {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &la.namespace);
+            out.log_analytics = api
+                .get_opt(&la.name)
+                .await?
+                .map(|s| resolve::Sources::secret_data(&s));
         }
         let Some(spec) = pod.spec.as_ref() else {
             return Ok(out);

@@ -33,6 +33,106 @@ pub enum ResolveError {
     },
     #[error("imagePullSecrets: Secret {name:?}: {message}")]
     BadPullSecret { name: String, message: String },
+    #[error("{LOG_ANALYTICS_FLAG}: Secret {secret}: {message}")]
+    BadLogAnalytics {
+        secret: LogAnalyticsSecret,
+        message: String,
+    },
+}
+
+/// The flag naming the Log Analytics Secret, as errors name it.
+pub const LOG_ANALYTICS_FLAG: &str = "--aci-log-analytics";
+
+/// `--aci-log-analytics NAMESPACE/NAME`: the Secret holding the Log
+/// Analytics workspace every container group sends its logs to, with keys
+/// `workspaceId`, `workspaceKey` and, optionally, `logType`
+/// (`ContainerInsights` or `ContainerInstanceLogs`; absent: ACI's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAnalyticsSecret {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl LogAnalyticsSecret {
+    /// Parse `NAMESPACE/NAME` (both DNS-1123 names, as Kubernetes requires).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let dns = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 253
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        match s.split_once('/') {
+            Some((ns, name)) if dns(ns) && dns(name) && !name.contains('/') => Ok(Self {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not NAMESPACE/NAME of a Secret (lowercase DNS names, e.g. spillway-system/log-analytics)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LogAnalyticsSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The Log Analytics settings of every group from the Secret `secret`
+/// names (`data`: the Secret as read, `None` when it does not exist). A
+/// missing Secret or key, an empty value or an unknown `logType` is an error
+/// naming the flag, the Secret and the key: the pod waits with it, as for a
+/// missing ConfigMap, rather than running without its logs shipped.
+pub fn log_analytics(
+    secret: &LogAnalyticsSecret,
+    data: Option<&SecretData>,
+) -> Result<crate::aci::LogAnalytics, ResolveError> {
+    let Some(data) = data else {
+        return Err(ResolveError::MissingObject {
+            field: LOG_ANALYTICS_FLAG.to_string(),
+            kind: "Secret",
+            name: secret.to_string(),
+        });
+    };
+    let value = |key: &str| data.data.get(key).map(|v| text(v).trim().to_string());
+    let required = |key: &str| match value(key) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(ResolveError::BadLogAnalytics {
+            secret: secret.clone(),
+            message: format!("key {key:?} is empty"),
+        }),
+        None => Err(ResolveError::MissingKey {
+            field: LOG_ANALYTICS_FLAG.to_string(),
+            kind: "Secret",
+            name: secret.to_string(),
+            key: key.to_string(),
+        }),
+    };
+    let workspace_id = required("workspaceId")?;
+    let workspace_key = required("workspaceKey")?;
+    let log_type = match value("logType").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(t) if t == "ContainerInsights" || t == "ContainerInstanceLogs" => Some(t),
+        Some(t) => {
+            return Err(ResolveError::BadLogAnalytics {
+                secret: secret.clone(),
+                message: format!(
+                    "key \"logType\" is {t:?}; ACI takes ContainerInsights or ContainerInstanceLogs (or no logType)"
+                ),
+            });
+        }
+    };
+    Ok(crate::aci::LogAnalytics {
+        workspace_id,
+        workspace_key: Some(workspace_key),
+        log_type,
+        ..Default::default()
+    })
 }
 
 /// ConfigMap and Secret names a pod refers to (in its own namespace).
@@ -57,6 +157,8 @@ pub struct Sources {
     /// Service account tokens for `serviceAccountToken` projections, by
     /// volume name and path; a projection without one is left out.
     pub tokens: BTreeMap<(String, String), String>,
+    /// The Secret `--aci-log-analytics` names, when given and found.
+    pub log_analytics: Option<SecretData>,
 }
 
 impl Sources {
@@ -920,5 +1022,57 @@ mod tests {
         assert_eq!(expand_vars("$(A)-$(B)", lookup), "1-two");
         assert_eq!(expand_vars("$(C) $$(A) $A $(A", lookup), "$(C) $(A) $A $(A");
         assert_eq!(expand_vars("no refs", lookup), "no refs");
+    }
+
+    #[test]
+    fn log_analytics_comes_from_its_secret_or_names_what_is_missing() {
+        let r = LogAnalyticsSecret::parse("spillway-system/la").expect("parses");
+        assert_eq!(r.to_string(), "spillway-system/la");
+        for bad in ["la", "/la", "ns/", "ns/a/b", "NS/la"] {
+            assert!(LogAnalyticsSecret::parse(bad).is_err(), "{bad}");
+        }
+        let secret = |pairs: &[(&str, &str)]| SecretData {
+            type_: "Opaque".into(),
+            data: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        let e = log_analytics(&r, None).expect_err("no Secret");
+        assert_eq!(
+            e.to_string(),
+            "--aci-log-analytics: Secret \"spillway-system/la\" not found"
+        );
+        let e = log_analytics(&r, Some(&secret(&[("workspaceId", "w")]))).expect_err("no key");
+        assert_eq!(
+            e.to_string(),
+            "--aci-log-analytics: key \"workspaceKey\" not found in Secret \"spillway-system/la\""
+        );
+        let e = log_analytics(
+            &r,
+            Some(&secret(&[
+                ("workspaceId", "w"),
+                ("workspaceKey", "k"),
+                ("logType", "Logs"),
+            ])),
+        )
+        .expect_err("bad logType");
+        assert!(e.to_string().contains("\"Logs\""), "{e}");
+        let la = log_analytics(
+            &r,
+            Some(&secret(&[
+                ("workspaceId", "w-1\n"),
+                ("workspaceKey", "k=="),
+            ])),
+        )
+        .expect("resolves");
+        assert_eq!(
+            (
+                la.workspace_id.as_str(),
+                la.workspace_key.as_deref(),
+                la.log_type
+            ),
+            ("w-1", Some("k=="), None)
+        );
     }
 }

@@ -1084,6 +1084,58 @@ fn is_valid_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// `properties.diagnostics.logAnalytics` as ACI checks it.
+///
+/// The schema is `LogAnalytics` of the 2023-05-01 spec
+/// (Azure/azure-rest-api-specs, specification/containerinstance/resource-manager/
+/// Microsoft.ContainerInstance/stable/2023-05-01/containerInstance.json):
+/// `workspaceId` and `workspaceKey` are required, `logType` is the enum
+/// `ContainerInsights | ContainerInstanceLogs`. A body without `workspaceId`
+/// does not deserialize (InvalidRequestContent, as any missing required
+/// property); `workspaceKey` is optional in the model (ARM never returns
+/// it), so its absence is checked here, in the same form. For a `logType`
+/// outside the enum only the schema is known, not ARM's exact message: it is
+/// refused as content that does not deserialize into the enum. Metadata is
+/// refused with `LogAnalyticsMetadataNotAllowed` unless `logType` is
+/// `ContainerInsights`: ARM's answer for `ContainerInstanceLogs` is quoted in
+/// Azure/azure-rest-api-specs#9768, and hashicorp/terraform-provider-azurerm#4013
+/// reports the same 400 for metadata without a `logType`.
+fn validate_log_analytics(la: &crate::aci::model::LogAnalytics) -> Result<(), PutError> {
+    let bad = |code: &'static str, message: String| Err(PutError::Invalid { code, message });
+    const PATH: &str = "properties.diagnostics.logAnalytics";
+    if la.workspace_key.is_none() {
+        return bad(
+            "InvalidRequestContent",
+            format!(
+                "The request content was invalid and could not be deserialized: \
+                 Required property 'workspaceKey' not found in JSON. Path '{PATH}'."
+            ),
+        );
+    }
+    let log_type = la.log_type.as_deref();
+    if let Some(t) = log_type
+        && !matches!(t, "ContainerInsights" | "ContainerInstanceLogs")
+    {
+        return bad(
+            "InvalidRequestContent",
+            format!(
+                "The request content was invalid and could not be deserialized: \
+                 Error converting value \"{t}\" to type 'LogAnalyticsLogType'. Path '{PATH}.logType'."
+            ),
+        );
+    }
+    if !la.metadata.is_empty() && log_type != Some("ContainerInsights") {
+        return bad(
+            "LogAnalyticsMetadataNotAllowed",
+            format!(
+                "Log Analytics metadata is not allowed for log type: '{}'.",
+                log_type.unwrap_or("<null>")
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// The checks ACI makes on a PUT body, with ARM's error codes.
 fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(), PutError> {
     let bad = |code: &'static str, message: String| Err(PutError::Invalid { code, message });
@@ -1124,6 +1176,13 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
             "InvalidRestartPolicy",
             format!("The restart policy '{rp}' is not valid."),
         );
+    }
+    if let Some(la) = p
+        .diagnostics
+        .as_ref()
+        .and_then(|d| d.log_analytics.as_ref())
+    {
+        validate_log_analytics(la)?;
     }
     let mut names = BTreeSet::new();
     for c in p

@@ -1452,6 +1452,78 @@ async fn dns_config_needs_name_servers_and_is_kept() {
     );
 }
 
+/// `diagnostics.logAnalytics` (2023-05-01 `LogAnalytics`): `workspaceId`
+/// and `workspaceKey` required, `logType` one of the enum, metadata only
+/// with `ContainerInsights`; kept, and read back without the key (an
+/// `x-ms-secret`).
+#[tokio::test(start_paused = true)]
+async fn log_analytics_is_validated_kept_and_read_without_its_key() {
+    let st = state_with(EmulatorConfig::default());
+    let mut body = json(&group("la", 1.0, "Always", None));
+    let url = format!("{RG}/la?{V}");
+    let refused = [
+        (
+            serde_json::json!({"workspaceKey": "k"}),
+            "InvalidRequestContent",
+            "workspaceId",
+        ),
+        (
+            serde_json::json!({"workspaceId": "w"}),
+            "InvalidRequestContent",
+            "workspaceKey",
+        ),
+        (
+            serde_json::json!({"workspaceId": "w", "workspaceKey": "k", "logType": "ContainerInstanceLog"}),
+            "InvalidRequestContent",
+            "ContainerInstanceLog",
+        ),
+        (
+            serde_json::json!({"workspaceId": "w", "workspaceKey": "k",
+                "logType": "ContainerInstanceLogs", "metadata": {"a": "b"}}),
+            "LogAnalyticsMetadataNotAllowed",
+            "ContainerInstanceLogs",
+        ),
+        (
+            serde_json::json!({"workspaceId": "w", "workspaceKey": "k", "metadata": {"a": "b"}}),
+            "LogAnalyticsMetadataNotAllowed",
+            "<null>",
+        ),
+    ];
+    for (la, code, names) in refused {
+        body["properties"]["diagnostics"] = serde_json::json!({ "logAnalytics": la });
+        let (s, _, answer) = call(&st, "PUT", &url, Some(body.clone())).await;
+        assert_eq!(
+            (s, answer["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{la}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(names)),
+            "{la}: {answer}"
+        );
+    }
+    for log_type in [
+        None,
+        Some("ContainerInsights"),
+        Some("ContainerInstanceLogs"),
+    ] {
+        let mut la = serde_json::json!({"workspaceId": "0f3c-ws", "workspaceKey": "c2VjcmV0"});
+        if let Some(t) = log_type {
+            la["logType"] = t.into();
+        }
+        body["properties"]["diagnostics"] = serde_json::json!({ "logAnalytics": la });
+        let (s, _, answer) = call(&st, "PUT", &url, Some(body.clone())).await;
+        assert!(s.is_success(), "{log_type:?}: {answer}");
+        let (_, _, got) = call(&st, "GET", &url, None).await;
+        let read = &got["properties"]["diagnostics"]["logAnalytics"];
+        assert_eq!(read["workspaceId"], "0f3c-ws", "{got}");
+        assert_eq!(read["logType"].as_str(), log_type, "{got}");
+        assert!(read.get("workspaceKey").is_none(), "key returned: {got}");
+    }
+}
+
 /// Monitor's metrics URL of group `name` over `from..to` with `extra` query.
 fn metrics_url(
     name: &str,
