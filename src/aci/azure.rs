@@ -386,6 +386,31 @@ impl AzureContainerGroups {
         })
     }
 
+    /// A GET of `url` with the credential's bearer token through the SDK's
+    /// pipeline (its retry policy included), for the calls the SDK's typed
+    /// clients do not fit (list pages, Azure Monitor); any status but 200
+    /// is an error, so [`Self::call`] maps 429 and 5xx as for SDK calls.
+    async fn arm_get(&self, url: azure_core::Url) -> azure_core::Result<azure_core::Response> {
+        let token = self.credential.get_token(&[ARM_SCOPE]).await?;
+        let mut request = azure_core::Request::new(url, azure_core::Method::Get);
+        request.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        request.set_body(azure_core::EMPTY_BODY);
+        let response = self
+            .pipeline
+            .send(&azure_core::Context::default(), &mut request)
+            .await?;
+        match response.status() {
+            azure_core::StatusCode::Ok => Ok(response),
+            status => Err(azure_core::Error::from(ErrorKind::HttpResponse {
+                status,
+                error_code: None,
+            })),
+        }
+    }
+
     /// Run one SDK call with our timeout, capturing `Retry-After`.
     async fn call<T, F>(&self, what: &str, fut: F) -> Result<T, AciError>
     where
@@ -532,27 +557,7 @@ impl ContainerGroups for AzureContainerGroups {
             // Each page is one bounded call; a list of many pages may take
             // several timeouts in total, never unboundedly long.
             while let Some(url) = next.take() {
-                let send = async {
-                    let token = self.credential.get_token(&[ARM_SCOPE]).await?;
-                    let mut request = azure_core::Request::new(url, azure_core::Method::Get);
-                    request.insert_header(
-                        azure_core::headers::AUTHORIZATION,
-                        format!("Bearer {}", token.token.secret()),
-                    );
-                    request.set_body(azure_core::EMPTY_BODY);
-                    let response = self
-                        .pipeline
-                        .send(&azure_core::Context::default(), &mut request)
-                        .await?;
-                    match response.status() {
-                        azure_core::StatusCode::Ok => Ok(response),
-                        status => Err(azure_core::Error::from(ErrorKind::HttpResponse {
-                            status,
-                            error_code: None,
-                        })),
-                    }
-                };
-                let response = self.call("list", send).await?;
+                let response = self.call("list", self.arm_get(url)).await?;
                 let page: ListResult<ContainerGroup> = body_json(response).await?;
                 if let Some(link) = page.next_link.as_deref().filter(|l| !l.is_empty()) {
                     next = Some(self.endpoint.join(link).map_err(|e| AciError::Protocol {
@@ -623,19 +628,7 @@ impl ContainerGroups for AzureContainerGroups {
             ));
             url.query_pairs_mut()
                 .extend_pairs(monitor::query_pairs(span));
-            let send = async {
-                let token = self.credential.get_token(&[ARM_SCOPE]).await?;
-                let mut request = azure_core::Request::new(url, azure_core::Method::Get);
-                request.insert_header(
-                    azure_core::headers::AUTHORIZATION,
-                    format!("Bearer {}", token.token.secret()),
-                );
-                request.set_body(azure_core::EMPTY_BODY);
-                self.pipeline
-                    .send(&azure_core::Context::default(), &mut request)
-                    .await
-            };
-            let response = self.call("metrics", send).await?;
+            let response = self.call("metrics", self.arm_get(url)).await?;
             let bytes = response
                 .into_body()
                 .collect()
