@@ -299,6 +299,9 @@ impl<B: Backend> Clone for Provider<B> {
 enum CreateFailure {
     /// Reading what the pod references failed: retried quietly.
     Kube(kube::Error),
+    /// The node does not admit the pod, as the kubelet would not
+    /// ([`node::admit`]): Failed, with the kubelet's reason.
+    NotAdmitted(node::Rejection),
     Backend(CreateError),
 }
 
@@ -1282,6 +1285,7 @@ impl<B: Backend> Provider<B> {
                 self.backoff(st, uid);
                 return;
             }
+            CreateFailure::NotAdmitted(r) => ("Failed", r.reason, r.message.clone(), None),
             CreateFailure::Backend(CreateError::Config { message }) => {
                 ("Pending", pods::REASON_CONFIG_ERROR, message.clone(), None)
             }
@@ -1388,6 +1392,9 @@ impl<B: Backend> Provider<B> {
     /// Read what the pod references, then have the backend create its
     /// instance, then mark the pod.
     async fn create_instance(&self, pod: &Pod) -> Result<Vec<CreateNotice>, CreateFailure> {
+        // The kubelet admits a pod before running it; so does the virtual
+        // node, before it reads anything or creates an instance.
+        node::admit(pod, &self.config.node).map_err(CreateFailure::NotAdmitted)?;
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
         let notices = self
             .backend
