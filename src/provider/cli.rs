@@ -653,11 +653,16 @@ pub async fn start(
     // pacer and one resource group serve both; only its name and OS differ.
     let windows_config = args.windows_config(&cluster_id, kubelet_addr.port());
     let build = |config: ProviderConfig| {
-        Provider::new(clients.calls.clone(), aci.clone(), config, Some(metrics.clone()))
-            .with_watch_client(clients.watches.clone())
-            .with_policies(policies.clone())
-            .with_services(services.clone(), &args.cluster_domain)
-            .with_unadmitted(gate.clone())
+        Provider::new(
+            clients.calls.clone(),
+            aci.clone(),
+            config,
+            Some(metrics.clone()),
+        )
+        .with_watch_client(clients.watches.clone())
+        .with_policies(policies.clone())
+        .with_services(services.clone(), &args.cluster_domain)
+        .with_unadmitted(gate.clone())
     };
     let windows = windows_config.map(|c| {
         tracing::info!(node = %c.node.name, "Windows virtual node configured (--aci-windows)");
