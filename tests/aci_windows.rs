@@ -354,3 +354,39 @@ async fn a_pod_bound_by_name_to_the_node_of_the_other_os_fails_and_gets_no_group
     assert_eq!(srv.auth_denials(), Vec::<String>::new());
     spillway.stop().await;
 }
+
+/// The engine, autoscaler and webhook know both nodes as virtual by name
+/// (`RunCommand::virtual_node_names`, the names placeholders, drain-back
+/// and deletion cost compare), custom names too.
+#[test]
+fn both_node_names_are_virtual_node_names() {
+    let names = |extra: &[&str]| {
+        let mut argv = vec!["spillway", "--aci", "emulator"];
+        argv.extend_from_slice(extra);
+        let args = Args::parse_from(argv);
+        let config = args.run.cluster_config();
+        let names = args.run.virtual_node_names();
+        for n in &names {
+            assert!(config.virtual_nodes.is_virtual_name(n), "{n}");
+        }
+        names
+    };
+    let n = names(&["--aci-windows"]);
+    assert!(
+        n.iter().any(|x| x == LINUX) && n.iter().any(|x| x == WINDOWS),
+        "{n:?}"
+    );
+    let n = names(&[
+        "--node-name",
+        "vk",
+        "--aci-windows",
+        "--aci-windows-node-name",
+        "vk-win",
+    ]);
+    assert!(
+        n.iter().any(|x| x == "vk") && n.iter().any(|x| x == "vk-win"),
+        "{n:?}"
+    );
+    let n = names(&[]);
+    assert!(!n.iter().any(|x| x == WINDOWS), "{n:?}");
+}
