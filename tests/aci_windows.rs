@@ -43,6 +43,7 @@ struct Args {
 }
 
 struct Spillway {
+    metrics: Arc<spillway::metrics::Metrics>,
     emulator: EmulatorHandle,
     extender: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -127,8 +128,9 @@ async fn start() -> (TestApiServer, Spillway) {
         .unwrap_or_default();
     let config = srv.kube_config_as("spillway-system", "spillway");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
     let task = tokio::spawn(async move {
-        spillway::run::run_with(config, &args.run, store, metrics, listener, async move {
+        spillway::run::run_with(config, &args.run, store, m, listener, async move {
             let _ = rx.await;
         })
         .await
@@ -142,6 +144,7 @@ async fn start() -> (TestApiServer, Spillway) {
     (
         srv,
         Spillway {
+            metrics,
             emulator,
             extender,
             stop: Some(tx),
@@ -269,6 +272,21 @@ async fn windows_pods_land_on_the_windows_node_and_linux_pods_never_do() {
             .all(|(pod, node, _)| pod == "iis" || node != WINDOWS),
         "only the Windows pod is ever bound to the Windows node: {:?}",
         bindings.all()
+    );
+    // Both nodes' pods count in the process's pod gauge (a sum, not
+    // whichever node synced last).
+    let running = || {
+        spillway
+            .metrics
+            .provider_pods
+            .with_label_values(&["Running"])
+            .get()
+    };
+    let counted = support::poll_until(WAIT, || running() == 3).await;
+    assert!(
+        counted,
+        "spillway_provider_pods{{phase=Running}} = {}",
+        running()
     );
     // Both virtual nodes tie on score, so the scheduler alone would send the
     // plain pod to whichever sorts first: the extender's filter is what keeps

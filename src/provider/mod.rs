@@ -278,6 +278,42 @@ pub struct Provider<B: Backend = AciBackend> {
     /// Run pods' readiness/startup probes ([`probe`]): ACI pods, reachable
     /// at their group's IP.
     probing: bool,
+    /// This node's part of the process-wide pod gauges ([`GaugeShare`]).
+    gauges: Arc<Mutex<GaugeShare>>,
+}
+
+/// What one provider contributes to the gauges every provider of the
+/// process shares (`spillway_provider_pods`, `spillway_unadmitted_pods`):
+/// with `--aci-windows` two nodes sync their pods, and each adds only its
+/// own change, so a gauge is the sum over the nodes instead of whichever
+/// node wrote last. Cleared with the gauges when leadership is lost.
+#[derive(Debug, Default)]
+struct GaugeShare {
+    pods: HashMap<String, i64>,
+    unadmitted: HashMap<String, i64>,
+}
+
+/// Move `gauge` from this provider's `mine` to `now` by the difference
+/// (labels `now` lacks go to zero); a label left at zero is removed when
+/// `drop_zero`, as a reset would.
+fn share_gauge(
+    gauge: &prometheus::IntGaugeVec,
+    mine: &mut HashMap<String, i64>,
+    now: HashMap<String, i64>,
+    drop_zero: bool,
+) {
+    let keys: HashSet<String> = mine.keys().chain(now.keys()).cloned().collect();
+    for k in keys {
+        let delta = now.get(&k).copied().unwrap_or(0) - mine.get(&k).copied().unwrap_or(0);
+        if delta != 0 {
+            let g = gauge.with_label_values(&[k.as_str()]);
+            g.add(delta);
+            if drop_zero && g.get() == 0 {
+                let _ = gauge.remove_label_values(&[k.as_str()]);
+            }
+        }
+    }
+    *mine = now;
 }
 
 impl<B: Backend> Clone for Provider<B> {
@@ -290,6 +326,7 @@ impl<B: Backend> Clone for Provider<B> {
             metrics: self.metrics.clone(),
             unadmitted: self.unadmitted.clone(),
             probing: self.probing,
+            gauges: self.gauges.clone(),
         }
     }
 }
@@ -510,6 +547,7 @@ impl<B: Backend> Provider<B> {
             metrics,
             unadmitted: None,
             probing: false,
+            gauges: Arc::default(),
         }
     }
 
@@ -558,6 +596,8 @@ impl<B: Backend> Provider<B> {
                     // The new leader's provider reports pods and quota now.
                     if let Some(m) = &self.metrics {
                         m.reset_leader_gauges();
+                        *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) =
+                            GaugeShare::default();
                     }
                 }
                 r = self.active() => {
@@ -952,10 +992,16 @@ impl<B: Backend> Provider<B> {
             for p in &bypassing {
                 *per_ns.entry(pod_key(p).0).or_default() += 1;
             }
-            m.unadmitted_pods.reset();
-            for (ns, n) in per_ns {
-                m.unadmitted_pods.with_label_values(&[&ns]).set(n);
-            }
+            share_gauge(
+                &m.unadmitted_pods,
+                &mut self
+                    .gauges
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unadmitted,
+                per_ns,
+                true,
+            );
         }
         let spillway = gate.admission.scheduler_name.as_str();
         let then = match gate.mode {
@@ -1689,9 +1735,16 @@ impl<B: Backend> Provider<B> {
                     .unwrap_or("Pending");
                 *counts.entry(phase).or_insert(0) += 1;
             }
-            for (phase, n) in counts {
-                m.provider_pods.with_label_values(&[phase]).set(n);
-            }
+            let counts = counts
+                .into_iter()
+                .map(|(phase, n)| (phase.to_string(), n))
+                .collect();
+            share_gauge(
+                &m.provider_pods,
+                &mut self.gauges.lock().unwrap_or_else(|e| e.into_inner()).pods,
+                counts,
+                false,
+            );
         }
         let mut own = node::OwnUse::default();
         for pod in pods.iter() {
