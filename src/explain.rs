@@ -189,6 +189,31 @@ pub fn evaluate(
     }
 }
 
+/// The virtual node `pod` would spill to: the first, by name, of the
+/// virtual nodes whose `kubernetes.io/os` is the pod's (as the extender's
+/// filter keeps it; a node that names no OS counts as any).
+pub fn spill_node(
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    pod: &k8s_openapi::api::core::v1::Pod,
+    matcher: &cluster::VirtualNodeMatcher,
+) -> Option<String> {
+    let os = crate::extender::pod_os(pod);
+    let mut names: Vec<String> = nodes
+        .iter()
+        .filter(|n| matcher.is_virtual(n))
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/os"))
+                .is_none_or(|node_os| *node_os == os)
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
 pub(crate) fn budget_use(policy: Option<&BurstPolicy>, used: &BurstUsage) -> String {
     let Some(policy) = policy else {
         return "-".into();
@@ -374,6 +399,11 @@ pub fn run(cmd: ExplainCommand) -> ExitCode {
             now,
         );
         s.relaxed_pin = row.relaxed_pin.clone();
+        if let Some(whole) = objects.pods.iter().find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+        }) {
+            s.virtual_node = spill_node(&objects.nodes, whole, &config.virtual_nodes);
+        }
         match cmd.output {
             Format::Table => print!("{}", story::render_text(&s)),
             Format::Json => println!(

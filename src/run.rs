@@ -184,13 +184,20 @@ impl RunCommand {
     }
 
     /// Every virtual node name spillway acts on by name: `--virtual-node-name`
-    /// and, when spillway is the virtual node, its `--node-name`. Without the
-    /// latter a custom node name would not count as virtual where only names
-    /// are compared (placeholders, drain-back evictions, deletion cost).
+    /// and, when spillway is the virtual node, its `--node-name` (and the
+    /// Windows node's name with `--aci-windows`). Without the latter a custom
+    /// node name would not count as virtual where only names are compared
+    /// (placeholders, drain-back evictions, deletion cost).
     pub fn virtual_node_names(&self) -> Vec<String> {
         let mut names = self.cluster.virtual_node_names.clone();
-        if self.provider.backend != AciBackend::None && !names.contains(&self.provider.node_name) {
-            names.push(self.provider.node_name.clone());
+        if self.provider.backend != AciBackend::None {
+            let own = std::iter::once(self.provider.node_name.clone())
+                .chain(self.provider.windows_node_name());
+            for name in own {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
         }
         names
     }

@@ -386,3 +386,57 @@ fn log_analytics_comes_from_the_dumps_secret_with_the_key_masked() {
     );
     assert_eq!(la["workspaceKey"], "<masked>", "{b}");
 }
+
+const WINDOWS_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: iis, namespace: legacy }
+spec:
+  nodeSelector: { kubernetes.io/os: windows }
+  tolerations: [{ key: virtual-kubelet.io/provider, operator: Exists }]
+  containers:
+    - name: iis
+      image: mcr.microsoft.com/windows/servercore/iis
+      ports: [{ containerPort: 80 }]
+      resources:
+        requests: { cpu: "1", memory: 2Gi }
+"#;
+
+/// Render takes the pod's own `kubernetes.io/os` selector: what the Windows
+/// virtual node (`--aci-windows`) would PUT for it.
+#[test]
+fn a_windows_pod_renders_as_a_windows_group_without_dns_config() {
+    let pod = scratch("windows.yaml", WINDOWS_POD);
+    let b = body(&render(&[
+        "-f",
+        pod.to_str().unwrap_or_default(),
+        "--cluster-dns",
+        "10.0.0.10",
+    ]));
+    assert_eq!(b["properties"]["osType"], "Windows", "{b}");
+    assert_eq!(
+        b.pointer("/properties/containers")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(1)
+    );
+    // ACI gives Windows groups no dnsConfig (as the AKS virtual node).
+    assert!(b.pointer("/properties/dnsConfig").is_none(), "{b}");
+}
+
+#[test]
+fn an_invalid_windows_pod_is_exit_65_naming_the_field() {
+    let two = WINDOWS_POD.replace(
+        "  containers:\n",
+        "  containers:\n    - { name: sidecar, image: mcr.microsoft.com/windows/nanoserver }\n",
+    );
+    let pod = scratch("windows-two.yaml", &two);
+    let out = render(&["-f", pod.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.containers") && err.contains("Windows container groups"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -489,3 +489,75 @@ fn a_pod_pinned_to_the_virtual_node_is_explained_as_pinned() {
         "{table}"
     );
 }
+
+/// With a Windows virtual node beside the Linux one (`--aci-windows`),
+/// `explain --pod` says which virtual node a pod would spill to: the one
+/// of its OS.
+#[test]
+fn explain_names_the_virtual_node_of_the_pods_os() {
+    use spillway::cluster::build::{node, pod};
+    let t0 = Timestamp::parse_rfc3339(NOW).unwrap();
+    let pending = |name: &str, os: Option<&str>| {
+        let mut b = pod()
+            .ns("legacy")
+            .name(name)
+            .cpu("1")
+            .memory("1Gi")
+            .tolerate_virtual()
+            .created(Timestamp::from_millis(t0.millis() - 20_000));
+        if let Some(os) = os {
+            b = b.node_selector("kubernetes.io/os", os);
+        }
+        serde_json::to_value(b.build()).unwrap()
+    };
+    let items = vec![
+        serde_json::to_value(node("aks-nodepool1-0").pool("nodepool1").cpu("4").build()).unwrap(),
+        serde_json::to_value(
+            node("spillway-aci")
+                .virtual_kubelet()
+                .label("kubernetes.io/os", "linux")
+                .build(),
+        )
+        .unwrap(),
+        serde_json::to_value(
+            node("spillway-aci-windows")
+                .virtual_kubelet()
+                .label("kubernetes.io/os", "windows")
+                .build(),
+        )
+        .unwrap(),
+        pending("iis", Some("windows")),
+        pending("api", None),
+    ];
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let dir = std::env::temp_dir().join(format!("spillway-explain-os-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("cluster.json");
+    std::fs::write(&state, list.to_string()).unwrap();
+    for (name, node) in [("iis", "spillway-aci-windows"), ("api", "spillway-aci")] {
+        let args = [
+            "explain",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "--policies",
+            POLICIES,
+            "--now",
+            NOW,
+            "-n",
+            "legacy",
+            "--pod",
+            name,
+        ];
+        let out = spillway(&[&args[..], &["-o", "json"]].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["virtual_node"], node, "{name}: {v}");
+        let text = String::from_utf8_lossy(&spillway(&args).stdout).into_owned();
+        assert!(text.contains(&format!("Spills to:  {node}\n")), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

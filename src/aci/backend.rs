@@ -166,6 +166,7 @@ impl AciBackend {
             },
             translate: TranslateConfig {
                 subnets: config.aci_subnets.clone(),
+                node_os: Some(config.node.os.clone()),
                 ..TranslateConfig::new(config.cluster_id.clone(), config.location.clone())
             },
             policies: None,

@@ -38,7 +38,14 @@
 //!   lowered to the total request, or with `aci.resources: raise-requests`
 //!   the request is raised to cover them (ACI bills the larger request). Both
 //!   come back as a [`TranslateWarning`] the provider shows as a pod Event.
-//! - **Windows** groups: one container, no Azure Files (ACI limits).
+//! - **Windows** groups: the group's `osType` is the bound virtual node's OS
+//!   (`--aci-windows` registers a Windows node beside the Linux one), never
+//!   against the pod's own `kubernetes.io/os` selector or `spec.os`.
+//!   Refused with the field named, as ACI would refuse the group: more than
+//!   one container and Azure Files volumes (ACI runs multi-container groups
+//!   and Azure Files on Linux only). Dropped with a warning Event:
+//!   `dnsConfig` (see [`dns`]). Subnets are kept: ACI deploys Windows groups
+//!   into a virtual network too.
 //! - `publicIp: always` on a pod without container ports is rejected: ACI
 //!   cannot expose an IP without ports.
 //! - **Network** ([`network`]): with `--aci-subnet-id` groups go to a
@@ -127,6 +134,11 @@ pub struct TranslateConfig {
     /// The kubelet's `--cluster-domain`: DNS search paths of `ClusterFirst`
     /// pods (default `cluster.local`).
     pub cluster_domain: String,
+    /// The operating system of the virtual node the pod is bound to
+    /// (`linux` or `windows`; the provider's node): the group's `osType`.
+    /// `None` (`spillway aci render`): the pod's own `kubernetes.io/os`
+    /// selector or `spec.os` decides.
+    pub node_os: Option<String>,
 }
 
 impl TranslateConfig {
@@ -139,6 +151,7 @@ impl TranslateConfig {
             max_public_ports: 5,
             subnets: Vec::new(),
             cluster_domain: dns::DEFAULT_CLUSTER_DOMAIN.to_string(),
+            node_os: None,
         }
     }
 }
@@ -421,7 +434,7 @@ pub fn translate_pod(pod: &k8s::Pod, ctx: &PodContext<'_>) -> Result<Translation
         ));
     }
 
-    let os_type = os_type(spec)?;
+    let os_type = os_type(spec, ctx.config.node_os.as_deref())?;
     if os_type == "Windows" {
         // ACI runs multi-container groups and Azure Files mounts on Linux only.
         if containers.len() > 1 {
@@ -626,7 +639,12 @@ fn apply_group_limit_rule(
     })
 }
 
-fn os_type(spec: &k8s::PodSpec) -> Result<&'static str, TranslateError> {
+/// The group's `osType`: the bound node's OS when known, else the pod's
+/// `kubernetes.io/os` selector or `spec.os.name` (Linux when neither says).
+/// A pod asking for one OS is never made a group of the other: the
+/// provider's admission ([`crate::provider::node::admit`]) fails such a pod
+/// first, as the kubelet does; this is the translation's own guard.
+fn os_type(spec: &k8s::PodSpec, node_os: Option<&str>) -> Result<&'static str, TranslateError> {
     let (field, os) = match spec
         .node_selector
         .as_ref()
@@ -635,13 +653,39 @@ fn os_type(spec: &k8s::PodSpec) -> Result<&'static str, TranslateError> {
         Some(os) => ("spec.nodeSelector[kubernetes.io/os]", Some(os.as_str())),
         None => ("spec.os.name", spec.os.as_ref().map(|o| o.name.as_str())),
     };
-    match os {
-        None | Some("linux") => Ok("Linux"),
-        Some("windows") => Ok("Windows"),
-        Some(other) => Err(invalid(
+    let of = |os: &str| match os {
+        "linux" => Ok("Linux"),
+        "windows" => Ok("Windows"),
+        other => Err(other.to_string()),
+    };
+    let wanted = match os.map(of) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(other)) => {
+            return Err(invalid(
+                field,
+                format!("ACI runs linux or windows, not {other:?}"),
+            ));
+        }
+    };
+    let Some(node_os) = node_os else {
+        return Ok(wanted.unwrap_or("Linux"));
+    };
+    let node_type = of(node_os).map_err(|other| {
+        invalid(
+            "spec.nodeName",
+            format!("the virtual node runs {other:?}; ACI runs linux or windows"),
+        )
+    })?;
+    match wanted {
+        Some(w) if w != node_type => Err(invalid(
             field,
-            format!("ACI runs linux or windows, not {other:?}"),
+            format!(
+                "the pod asks for {}, but it is bound to the {node_os} virtual node",
+                os.unwrap_or_default()
+            ),
         )),
+        _ => Ok(node_type),
     }
 }
 

@@ -28,6 +28,11 @@ pub struct Story {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relaxed_pin: Option<String>,
     pub tolerates_virtual_node: bool,
+    /// The virtual node it would spill to: the first (by name) that runs
+    /// its operating system (`kubernetes.io/os`; with `--aci-windows` a
+    /// Windows pod's is the Windows node). `None`: no virtual node runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_node: Option<String>,
     /// Why ACI cannot run it, if it cannot.
     pub aci_incompatible: Option<String>,
     pub policy: Option<PolicyStory>,
@@ -252,6 +257,7 @@ pub fn story(
         pinned,
         relaxed_pin: None,
         tolerates_virtual_node: pod.tolerates_virtual,
+        virtual_node: None,
         aci_incompatible: pod.aci_incompatible.clone(),
         policy: policy.map(policy_story),
         budget: budget_use(policy, &usage),
@@ -290,6 +296,9 @@ pub fn render_text(s: &Story) -> String {
         (None, false, false) => "does not tolerate the virtual node's taint: VMs only".to_string(),
     };
     let _ = writeln!(o, "Virtual:    {virt}");
+    if let Some(n) = &s.virtual_node {
+        let _ = writeln!(o, "Spills to:  {n}");
+    }
     match &s.policy {
         Some(p) => {
             let _ = writeln!(o, "Policy:     {} ({})", p.id, p.source);

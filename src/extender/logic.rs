@@ -106,6 +106,38 @@ impl<'a> VirtualTest<'a> {
     }
 }
 
+/// The operating system a pod runs: its `kubernetes.io/os` node selector or
+/// required affinity (one value), else `spec.os.name`, else `linux` (what a
+/// pod that names none gets on a virtual node: a Linux container group).
+pub fn pod_os(pod: &Pod) -> String {
+    let placement = cluster::constraints::pod_placement(pod);
+    placement
+        .single_value(OS_LABEL)
+        .map(str::to_string)
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.os.as_ref())
+                .map(|o| o.name.clone())
+        })
+        .unwrap_or_else(|| "linux".to_string())
+}
+
+const OS_LABEL: &str = "kubernetes.io/os";
+
+/// Why virtual node `name` (with `labels`) is no place for `pod`: it runs
+/// another OS. A node whose labels are unknown or name no OS is not refused
+/// here.
+fn os_refusal(pod: &Pod, name: &str, labels: Option<&BTreeMap<String, String>>) -> Option<String> {
+    let node_os = labels?.get(OS_LABEL)?;
+    let wanted = pod_os(pod);
+    (*node_os != wanted).then(|| {
+        format!(
+            "spillway: the pod runs {wanted}; virtual node {name} runs {node_os} (a {node_os} container group cannot run it)"
+        )
+    })
+}
+
 /// DESIGN.md's filter rule for the virtual node, given how many VM nodes
 /// survived the scheduler's own filters. VMs come first for `Auto` and
 /// `Always` alike: while a VM node is feasible the virtual node is refused,
@@ -296,7 +328,37 @@ pub(super) async fn filter(
         Candidates::Nodes(_, ids) => ids.iter().map(|n| is_virtual.node(n)).collect(),
     };
     let virtual_count = flags.iter().filter(|v| **v).count();
-    let refusal = if virtual_count == 0 {
+    // A virtual node of another OS than the pod's is never a place for it
+    // (the Windows node beside the Linux one, `--aci-windows`): refused per
+    // node, before and apart from the engine's verdict.
+    let os_refusals: Vec<Option<String>> = match &cands {
+        Candidates::Names(names) => names
+            .iter()
+            .zip(&flags)
+            .map(|(n, virt)| {
+                let labels = cluster
+                    .nodes
+                    .iter()
+                    .find(|node| node.metadata.name.as_deref() == Some(n.as_str()))
+                    .and_then(|node| node.metadata.labels.as_ref());
+                virt.then(|| os_refusal(&pod, n, labels)).flatten()
+            })
+            .collect(),
+        Candidates::Nodes(_, ids) => ids
+            .iter()
+            .zip(&flags)
+            .map(|(id, virt)| {
+                virt.then(|| os_refusal(&pod, id.name(), id.metadata.labels.as_ref()))
+                    .flatten()
+            })
+            .collect(),
+    };
+    let usable_virtual = flags
+        .iter()
+        .zip(&os_refusals)
+        .filter(|(v, os)| **v && os.is_none())
+        .count();
+    let refusal = if usable_virtual == 0 {
         None
     } else if !cluster.synced {
         // Without pools and burst usage the engine would see "every pool at
@@ -323,9 +385,9 @@ pub(super) async fn filter(
     match cands {
         Candidates::Names(names) => {
             let mut kept = Vec::with_capacity(names.len());
-            for (name, virt) in names.into_iter().zip(&flags) {
-                match (&refusal, virt) {
-                    (Some(msg), true) => refuse(&name, msg),
+            for ((name, virt), os) in names.into_iter().zip(&flags).zip(&os_refusals) {
+                match (&refusal, virt, os) {
+                    (_, _, Some(msg)) | (Some(msg), true, None) => refuse(&name, msg),
                     _ => kept.push(name),
                 }
             }
@@ -333,9 +395,15 @@ pub(super) async fn filter(
         }
         Candidates::Nodes(list, ids) => {
             let mut kept = Vec::with_capacity(list.items.len());
-            for ((node, id), virt) in list.items.into_iter().zip(&ids).zip(&flags) {
-                match (&refusal, virt) {
-                    (Some(msg), true) => refuse(id.name(), msg),
+            for (((node, id), virt), os) in list
+                .items
+                .into_iter()
+                .zip(&ids)
+                .zip(&flags)
+                .zip(&os_refusals)
+            {
+                match (&refusal, virt, os) {
+                    (_, _, Some(msg)) | (Some(msg), true, None) => refuse(id.name(), msg),
                     _ => kept.push(node),
                 }
             }

@@ -1,6 +1,7 @@
 //! Unit tests of the filter rule (`decide_for_virtual`); the HTTP surface is
 //! tested through the router in tests/extender.rs.
 
+use super::wire::ExtenderArgs;
 use super::*;
 use crate::cluster::build::{node, pod};
 use crate::cluster::{ClusterConfig, ClusterView};
@@ -227,4 +228,86 @@ async fn calls_past_the_deadline_or_the_concurrency_limit_get_503() {
         .ok()
         .map(|r| r.status());
     assert_eq!(ok, Some(StatusCode::OK));
+}
+
+/// A Linux and a Windows virtual node (`--aci-windows`), no VM.
+fn two_os_state() -> AppState {
+    let nodes = vec![
+        node("spillway-aci")
+            .virtual_kubelet()
+            .label("kubernetes.io/os", "linux")
+            .build(),
+        node("spillway-aci-windows")
+            .virtual_kubelet()
+            .label("kubernetes.io/os", "windows")
+            .build(),
+    ];
+    let view = ClusterView::new(ClusterConfig::default());
+    view.replace(&nodes, &[] as &[Pod], Timestamp::from_secs(NOW));
+    let set = PolicySet::new(vec![policy(Some("web"), BurstMode::Always)]).unwrap();
+    AppState::new(
+        PolicySource::Fixed(Arc::new(set)),
+        Arc::new(view),
+        Arc::new(Metrics::new()),
+    )
+    .with_clock(|| Timestamp::from_secs(NOW))
+}
+
+#[tokio::test]
+async fn a_pod_is_let_onto_the_virtual_node_of_its_os_only() {
+    let s = two_os_state();
+    let names = || {
+        Some(vec![
+            "spillway-aci".to_string(),
+            "spillway-aci-windows".to_string(),
+        ])
+    };
+    let windows = pod()
+        .ns("web")
+        .name("iis")
+        .tolerate_virtual()
+        .node_selector("kubernetes.io/os", "windows")
+        .created(Timestamp::from_secs(NOW))
+        .build();
+    let r = super::logic::filter(
+        &s,
+        ExtenderArgs {
+            pod: Some(windows),
+            nodes: None,
+            node_names: names(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.node_names, Some(vec!["spillway-aci-windows".to_string()]));
+    let why = &r.failed_and_unresolvable_nodes["spillway-aci"];
+    assert!(
+        why.contains("the pod runs windows; virtual node spillway-aci runs linux"),
+        "{why}"
+    );
+    // A pod that names no OS is a Linux pod: never the Windows node.
+    for linux in [
+        web_pod(0),
+        pod()
+            .ns("web")
+            .name("l")
+            .tolerate_virtual()
+            .node_selector("kubernetes.io/os", "linux")
+            .created(Timestamp::from_secs(NOW))
+            .build(),
+    ] {
+        let r = super::logic::filter(
+            &s,
+            ExtenderArgs {
+                pod: Some(linux),
+                nodes: None,
+                node_names: names(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.node_names, Some(vec!["spillway-aci".to_string()]));
+        assert!(r.failed_and_unresolvable_nodes["spillway-aci-windows"].contains("runs windows"));
+    }
+    assert_eq!(super::logic::pod_os(&web_pod(0)), "linux");
 }

@@ -39,6 +39,17 @@ pub struct ProviderArgs {
     /// Name of the virtual node spillway registers.
     #[arg(long, default_value = "spillway-aci", env = "SPILLWAY_NODE_NAME")]
     pub node_name: String,
+    /// Also register a Windows virtual node (`kubernetes.io/os=windows`, the
+    /// same taint, its own Lease and capacity) beside the Linux one, over the
+    /// same ACI client, resource group and cluster tag: pods that select
+    /// `kubernetes.io/os: windows` land there and become `osType: Windows`
+    /// container groups.
+    #[arg(long, env = "SPILLWAY_ACI_WINDOWS")]
+    pub aci_windows: bool,
+    /// Name of the Windows virtual node (with --aci-windows). Default:
+    /// `<--node-name>-windows`.
+    #[arg(long, value_name = "NAME", env = "SPILLWAY_ACI_WINDOWS_NODE_NAME")]
+    pub aci_windows_node_name: Option<String>,
     /// Pods another scheduler bound to the virtual node although the
     /// admission webhook would have sent them to --webhook-scheduler-name
     /// (created before it, or while it was down): `run` them, with an Event
@@ -213,6 +224,8 @@ pub enum ProviderSetupError {
     ClusterId(String),
     #[error("--aci-emulator-url must be an http:// or https:// URL, not {0:?}")]
     EmulatorUrl(String),
+    #[error("{0}")]
+    Windows(String),
     #[error("--aci-memory-gib-per-core must be positive, not {0}")]
     Ratio(f64),
     #[error("ACI client: {0}")]
@@ -245,6 +258,23 @@ impl ProviderArgs {
     pub fn validate(&self) -> Result<(), ProviderSetupError> {
         if !(self.aci_memory_gib_per_core > 0.0 && self.aci_memory_gib_per_core.is_finite()) {
             return Err(ProviderSetupError::Ratio(self.aci_memory_gib_per_core));
+        }
+        if self.aci_windows_node_name.is_some() && !self.aci_windows {
+            return Err(ProviderSetupError::Windows(
+                "--aci-windows-node-name needs --aci-windows".into(),
+            ));
+        }
+        if self.aci_windows && self.backend == AciBackend::None {
+            return Err(ProviderSetupError::Windows(
+                "--aci-windows needs --aci azure or --aci emulator: the Windows virtual node is a second node of the embedded ACI provider".into(),
+            ));
+        }
+        if let Some(name) = self.windows_node_name()
+            && name == self.node_name
+        {
+            return Err(ProviderSetupError::Windows(format!(
+                "--aci-windows-node-name {name:?} is the Linux node's --node-name; the two virtual nodes need two names"
+            )));
         }
         if self.aci_emulator_url.is_some() && self.backend != AciBackend::Emulator {
             return Err(ProviderSetupError::Missing(
@@ -302,6 +332,25 @@ impl ProviderArgs {
                 self.kubelet_listen.ip().to_string()
             }
         })
+    }
+
+    /// The Windows virtual node's name, with `--aci-windows`.
+    pub fn windows_node_name(&self) -> Option<String> {
+        self.aci_windows.then(|| {
+            self.aci_windows_node_name
+                .clone()
+                .unwrap_or_else(|| format!("{}-windows", self.node_name))
+        })
+    }
+
+    /// The Windows node's provider settings: the Linux node's, with its own
+    /// name and OS (with `--aci-windows`).
+    fn windows_config(&self, cluster_id: &str, port: u16) -> Option<ProviderConfig> {
+        let name = self.windows_node_name()?;
+        let mut c = self.config(cluster_id, port);
+        c.node.name = name;
+        c.node.os = super::node::OS_WINDOWS.into();
+        Some(c)
     }
 
     fn config(&self, cluster_id: &str, port: u16) -> ProviderConfig {
@@ -643,16 +692,34 @@ pub async fn start(
     let (services, services_task) =
         super::services::ServiceSource::watch(clients.watches.clone(), cluster_dns);
     let services_task = tokio::spawn(services_task);
-    let provider = Provider::new(clients.calls.clone(), aci, config, Some(metrics))
+    // The Windows node (--aci-windows): a second instance of the same
+    // controllers (node, Lease, pods, GC) over the same ACI client, so one
+    // pacer and one resource group serve both; only its name and OS differ.
+    let windows_config = args.windows_config(&cluster_id, kubelet_addr.port());
+    let build = |config: ProviderConfig| {
+        Provider::new(
+            clients.calls.clone(),
+            aci.clone(),
+            config,
+            Some(metrics.clone()),
+        )
         .with_watch_client(clients.watches.clone())
-        .with_policies(policies)
-        .with_services(services, &args.cluster_domain)
-        .with_unadmitted(gate);
+        .with_policies(policies.clone())
+        .with_services(services.clone(), &args.cluster_domain)
+        .with_unadmitted(gate.clone())
+    };
+    let windows = windows_config.map(|c| {
+        tracing::info!(node = %c.node.name, "Windows virtual node configured (--aci-windows)");
+        build(c)
+    });
+    let provider = build(config);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let logs_stop = stopped(stop.clone());
+    let windows_stop = stopped(stop.clone());
     let stop = stopped(stop);
+    let leader_windows = leader.clone();
     let task = tokio::spawn(async move {
         let kubelet = match tls {
             Some(tls) => tokio::spawn(crate::kubelet::serve_tls(
@@ -660,9 +727,19 @@ pub async fn start(
             )),
             None => tokio::spawn(crate::kubelet::serve(listener, app, limits, logs_stop)),
         };
-        if let Err(e) = provider.run(leader, stop).await {
-            tracing::error!(error = %e, "provider stopped");
-        }
+        let windows = async move {
+            if let Some(w) = windows
+                && let Err(e) = w.run(leader_windows, windows_stop).await
+            {
+                tracing::error!(error = %e, "Windows node provider stopped");
+            }
+        };
+        let linux = async move {
+            if let Err(e) = provider.run(leader, stop).await {
+                tracing::error!(error = %e, "provider stopped");
+            }
+        };
+        tokio::join!(linux, windows);
         match kubelet.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "kubelet endpoint failed"),
             Err(e) => tracing::warn!(error = %e, "kubelet endpoint task failed"),
@@ -736,6 +813,65 @@ mod tests {
                 .aci_subnets
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn aci_windows_adds_a_windows_node_named_after_the_linux_one() {
+        let a = Args::try_parse_from(["x", "--aci", "emulator", "--aci-windows"]).expect("parses");
+        assert!(a.p.validate().is_ok());
+        assert_eq!(
+            a.p.windows_node_name().as_deref(),
+            Some("spillway-aci-windows")
+        );
+        let w = a.p.windows_config("c1", 10250).expect("windows node");
+        assert_eq!(
+            (w.node.name.as_str(), w.node.os.as_str()),
+            ("spillway-aci-windows", "windows")
+        );
+        let linux = a.p.config("c1", 10250);
+        assert_eq!(linux.node.os, "linux");
+        assert_eq!(
+            (w.cluster_id.as_str(), w.location.as_str()),
+            (linux.cluster_id.as_str(), linux.location.as_str()),
+            "one cluster tag and region for both nodes"
+        );
+        let a = Args::try_parse_from([
+            "x",
+            "--aci",
+            "emulator",
+            "--node-name",
+            "vk",
+            "--aci-windows",
+            "--aci-windows-node-name",
+            "vk-win",
+        ])
+        .expect("parses");
+        assert_eq!(a.p.windows_node_name().as_deref(), Some("vk-win"));
+        let a = Args::try_parse_from(["x", "--aci", "emulator"]).expect("parses");
+        assert_eq!(a.p.windows_node_name(), None);
+        assert!(a.p.windows_config("c1", 1).is_none());
+        for (argv, says) in [
+            (
+                &["x", "--aci", "emulator", "--aci-windows-node-name", "w"][..],
+                "needs --aci-windows",
+            ),
+            (&["x", "--aci-windows"][..], "--aci azure or --aci emulator"),
+            (
+                &[
+                    "x",
+                    "--aci",
+                    "emulator",
+                    "--aci-windows",
+                    "--aci-windows-node-name",
+                    "spillway-aci",
+                ][..],
+                "two names",
+            ),
+        ] {
+            let a = Args::try_parse_from(argv).expect("parses");
+            let e = a.p.validate().expect_err("refused");
+            assert!(e.to_string().contains(says), "{argv:?}: {e}");
+        }
     }
 
     #[test]

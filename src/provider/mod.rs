@@ -282,6 +282,42 @@ pub struct Provider<B: Backend = AciBackend> {
     /// Run pods' readiness/startup probes ([`probe`]): ACI pods, reachable
     /// at their group's IP.
     probing: bool,
+    /// This node's part of the process-wide pod gauges ([`GaugeShare`]).
+    gauges: Arc<Mutex<GaugeShare>>,
+}
+
+/// What one provider contributes to the gauges every provider of the
+/// process shares (`spillway_provider_pods`, `spillway_unadmitted_pods`):
+/// with `--aci-windows` two nodes sync their pods, and each adds only its
+/// own change, so a gauge is the sum over the nodes instead of whichever
+/// node wrote last. Cleared with the gauges when leadership is lost.
+#[derive(Debug, Default)]
+struct GaugeShare {
+    pods: HashMap<String, i64>,
+    unadmitted: HashMap<String, i64>,
+}
+
+/// Move `gauge` from this provider's `mine` to `now` by the difference
+/// (labels `now` lacks go to zero); a label left at zero is removed when
+/// `drop_zero`, as a reset would.
+fn share_gauge(
+    gauge: &prometheus::IntGaugeVec,
+    mine: &mut HashMap<String, i64>,
+    now: HashMap<String, i64>,
+    drop_zero: bool,
+) {
+    let keys: HashSet<String> = mine.keys().chain(now.keys()).cloned().collect();
+    for k in keys {
+        let delta = now.get(&k).copied().unwrap_or(0) - mine.get(&k).copied().unwrap_or(0);
+        if delta != 0 {
+            let g = gauge.with_label_values(&[k.as_str()]);
+            g.add(delta);
+            if drop_zero && g.get() == 0 {
+                let _ = gauge.remove_label_values(&[k.as_str()]);
+            }
+        }
+    }
+    *mine = now;
 }
 
 impl<B: Backend> Clone for Provider<B> {
@@ -294,6 +330,7 @@ impl<B: Backend> Clone for Provider<B> {
             metrics: self.metrics.clone(),
             unadmitted: self.unadmitted.clone(),
             probing: self.probing,
+            gauges: self.gauges.clone(),
         }
     }
 }
@@ -303,6 +340,9 @@ impl<B: Backend> Clone for Provider<B> {
 enum CreateFailure {
     /// Reading what the pod references failed: retried quietly.
     Kube(kube::Error),
+    /// The node does not admit the pod, as the kubelet would not
+    /// ([`node::admit`]): Failed, with the kubelet's reason.
+    NotAdmitted(node::Rejection),
     Backend(CreateError),
 }
 
@@ -511,6 +551,7 @@ impl<B: Backend> Provider<B> {
             metrics,
             unadmitted: None,
             probing: false,
+            gauges: Arc::default(),
         }
     }
 
@@ -559,6 +600,8 @@ impl<B: Backend> Provider<B> {
                     // The new leader's provider reports pods and quota now.
                     if let Some(m) = &self.metrics {
                         m.reset_leader_gauges();
+                        *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) =
+                            GaugeShare::default();
                     }
                 }
                 r = self.active() => {
@@ -953,10 +996,16 @@ impl<B: Backend> Provider<B> {
             for p in &bypassing {
                 *per_ns.entry(pod_key(p).0).or_default() += 1;
             }
-            m.unadmitted_pods.reset();
-            for (ns, n) in per_ns {
-                m.unadmitted_pods.with_label_values(&[&ns]).set(n);
-            }
+            share_gauge(
+                &m.unadmitted_pods,
+                &mut self
+                    .gauges
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unadmitted,
+                per_ns,
+                true,
+            );
         }
         let spillway = gate.admission.scheduler_name.as_str();
         let then = match gate.mode {
@@ -1286,6 +1335,7 @@ impl<B: Backend> Provider<B> {
                 self.backoff(st, uid);
                 return;
             }
+            CreateFailure::NotAdmitted(r) => ("Failed", r.reason, r.message.clone(), None),
             CreateFailure::Backend(CreateError::Config { message }) => {
                 ("Pending", pods::REASON_CONFIG_ERROR, message.clone(), None)
             }
@@ -1392,6 +1442,9 @@ impl<B: Backend> Provider<B> {
     /// Read what the pod references, then have the backend create its
     /// instance, then mark the pod.
     async fn create_instance(&self, pod: &Pod) -> Result<Vec<CreateNotice>, CreateFailure> {
+        // The kubelet admits a pod before running it; so does the virtual
+        // node, before it reads anything or creates an instance.
+        node::admit(pod, &self.config.node).map_err(CreateFailure::NotAdmitted)?;
         let sources = self.read_sources(pod).await.map_err(CreateFailure::Kube)?;
         let notices = self
             .backend
@@ -1693,9 +1746,16 @@ impl<B: Backend> Provider<B> {
                     .unwrap_or("Pending");
                 *counts.entry(phase).or_insert(0) += 1;
             }
-            for (phase, n) in counts {
-                m.provider_pods.with_label_values(&[phase]).set(n);
-            }
+            let counts = counts
+                .into_iter()
+                .map(|(phase, n)| (phase.to_string(), n))
+                .collect();
+            share_gauge(
+                &m.provider_pods,
+                &mut self.gauges.lock().unwrap_or_else(|e| e.into_inner()).pods,
+                counts,
+                false,
+            );
         }
         let mut own = node::OwnUse::default();
         for pod in pods.iter() {

@@ -9,7 +9,7 @@ use crate::aci::Usage;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Taint,
+    NodeSystemInfo, Pod, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -23,6 +23,12 @@ pub const TAINT_VALUE: &str = "azure";
 /// Reported as `nodeInfo.kubeletVersion` (virtual-kubelet reports its own
 /// version there; tools only check it is non-empty and parseable).
 pub const KUBELET_VERSION: &str = "v1.33.0-spillway";
+/// The label naming a node's (and, on a pod, its wanted) operating system.
+pub const OS_LABEL: &str = "kubernetes.io/os";
+/// Operating systems a virtual node runs (`NodeSettings::os`, the value of
+/// [`OS_LABEL`]).
+pub const OS_LINUX: &str = "linux";
+pub const OS_WINDOWS: &str = "windows";
 /// Ready condition reasons.
 pub const REASON_READY: &str = "KubeletReady";
 pub const REASON_ACI_UNREACHABLE: &str = "AciUnreachable";
@@ -328,6 +334,76 @@ pub fn carry_transition_times(current: Option<&NodeStatus>, desired: &mut NodeSt
     }
 }
 
+/// Why the node does not admit a pod bound to it, as the kubelet says it:
+/// the pod is failed with this reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Kubelet admission reasons (kubernetes `pkg/kubelet/lifecycle/predicate.go`).
+pub const REASON_OS_SELECTOR_MISMATCH: &str = "PodOSSelectorNodeLabelDoesNotMatch";
+pub const REASON_OS_NOT_SUPPORTED: &str = "PodOSNotSupported";
+/// kube-scheduler's NodeAffinity plugin name, the reason the kubelet gives
+/// a pod whose `nodeSelector` or required node affinity its node fails.
+pub const REASON_NODE_AFFINITY: &str = "NodeAffinity";
+
+/// The kubelet's admission of a pod bound to this node, in its order
+/// (kubernetes `pkg/kubelet/lifecycle/predicate.go`, `predicateAdmitHandler.Admit`):
+/// the pod's `kubernetes.io/os` *label* against the node's
+/// (`rejectPodAdmissionBasedOnOSSelector`), `spec.os.name` against the
+/// node's OS (`rejectPodAdmissionBasedOnOSField`), then `generalFilter`'s
+/// NodeAffinity (`nodeSelector` and the required node affinity against the
+/// node's labels). Taints are left out: the kubelet checks only `NoExecute`
+/// ones and a virtual node has none. Someone who sets `nodeName` directly
+/// skips the scheduler, never this: a Windows pod bound to the Linux node
+/// fails here instead of becoming a Linux container group.
+pub fn admit(pod: &Pod, settings: &NodeSettings) -> Result<(), Rejection> {
+    let os = settings.os.as_str();
+    let pod_os_label = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OS_LABEL))
+        .map(String::as_str);
+    if pod_os_label.is_some_and(|l| l != os) {
+        return Err(Rejection {
+            reason: REASON_OS_SELECTOR_MISMATCH,
+            message: format!(
+                "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label (pod label {OS_LABEL}={}, node {} runs {os})",
+                pod_os_label.unwrap_or_default(),
+                settings.name
+            ),
+        });
+    }
+    let spec = pod.spec.as_ref();
+    if let Some(field) = spec.and_then(|s| s.os.as_ref())
+        && field.name != os
+    {
+        return Err(Rejection {
+            reason: REASON_OS_NOT_SUPPORTED,
+            message: format!(
+                "Failed to admit pod as the OS field doesn't match node OS (spec.os.name {}, node {} runs {os})",
+                field.name, settings.name
+            ),
+        });
+    }
+    let class = crate::decision::NodeClass::new(node_labels(settings), Vec::new());
+    if let Some(refusal) =
+        crate::cluster::constraints::pod_placement(pod).refusal(&class, &settings.name)
+    {
+        return Err(Rejection {
+            reason: REASON_NODE_AFFINITY,
+            message: format!(
+                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector ({refusal} on node {})",
+                settings.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Lease duration written to the node Lease (as the kubelet: 40 s).
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 
@@ -592,6 +668,113 @@ mod tests {
         assert_eq!(
             aci.metadata.labels.unwrap_or_default()["spillway.io/virtual"],
             "true"
+        );
+    }
+
+    fn windows() -> NodeSettings {
+        NodeSettings {
+            name: "spillway-aci-windows".into(),
+            os: OS_WINDOWS.into(),
+            ..settings()
+        }
+    }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("valid pod")
+    }
+
+    #[test]
+    fn the_windows_node_says_windows_with_the_same_taint_and_virtual_label() {
+        let n = node_object(&windows());
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        for (k, v) in [
+            ("kubernetes.io/os", "windows"),
+            ("beta.kubernetes.io/os", "windows"),
+            ("type", "virtual-kubelet"),
+            ("spillway.io/virtual", "true"),
+            ("kubernetes.io/hostname", "spillway-aci-windows"),
+        ] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
+        }
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert_eq!(
+            (taints[0].key.as_str(), taints[0].value.as_deref()),
+            (TAINT_KEY, Some(TAINT_VALUE))
+        );
+        let status = node_status(&windows(), Some(&usage(0)), &Health::Reachable, &now());
+        assert_eq!(
+            status.node_info.map(|i| i.operating_system).as_deref(),
+            Some("windows")
+        );
+        // A Linux node object does not satisfy the Windows settings.
+        assert!(node_needs_update(&node_object(&settings()), &windows()));
+    }
+
+    #[test]
+    fn admission_refuses_a_pod_of_the_other_os_as_the_kubelet_does() {
+        let selector = |os: &str| {
+            pod(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [], "nodeSelector": {"kubernetes.io/os": os}},
+            }))
+        };
+        assert_eq!(admit(&selector("windows"), &windows()), Ok(()));
+        assert_eq!(admit(&selector("linux"), &settings()), Ok(()));
+        let e = admit(&selector("windows"), &settings()).expect_err("windows pod, linux node");
+        assert_eq!(e.reason, REASON_NODE_AFFINITY);
+        assert!(
+            e.message.starts_with(
+                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+            ) && e.message.contains("kubernetes.io/os=windows"),
+            "{}",
+            e.message
+        );
+        let e = admit(&selector("linux"), &windows()).expect_err("linux pod, windows node");
+        assert_eq!(e.reason, REASON_NODE_AFFINITY);
+        // No selector at all: the node's OS decides (a nodeName pod).
+        let bare = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
+        assert_eq!(admit(&bare, &windows()), Ok(()));
+        assert_eq!(admit(&bare, &settings()), Ok(()));
+        // Required affinity on the OS label counts too.
+        let affinity = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}
+                ]}}}},
+        }));
+        assert_eq!(admit(&affinity, &windows()), Ok(()));
+        assert_eq!(
+            admit(&affinity, &settings()).map_err(|e| e.reason),
+            Err(REASON_NODE_AFFINITY)
+        );
+        // The pod's own OS label and spec.os are checked first, with the
+        // kubelet's reasons.
+        let labelled = pod(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"kubernetes.io/os": "windows"}},
+            "spec": {"containers": []},
+        }));
+        let e = admit(&labelled, &settings()).expect_err("label");
+        assert_eq!(e.reason, REASON_OS_SELECTOR_MISMATCH);
+        assert!(
+            e.message.starts_with(
+                "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label"
+            ),
+            "{}",
+            e.message
+        );
+        let field = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "os": {"name": "windows"}},
+        }));
+        assert_eq!(admit(&field, &windows()), Ok(()));
+        let e = admit(&field, &settings()).expect_err("spec.os");
+        assert_eq!(e.reason, REASON_OS_NOT_SUPPORTED);
+        assert!(
+            e.message
+                .starts_with("Failed to admit pod as the OS field doesn't match node OS"),
+            "{}",
+            e.message
         );
     }
 }

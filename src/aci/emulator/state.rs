@@ -1169,6 +1169,17 @@ fn validate(name: &str, g: &ContainerGroup, config: &EmulatorConfig) -> Result<(
             ),
         );
     }
+    // ACI mounts Azure Files in Linux groups only; ARM refuses the PUT with
+    // this code and message (as the AKS virtual node met it:
+    // virtual-kubelet/virtual-kubelet#367). Multi-container Windows groups
+    // are refused too, but ARM's code for that is not documented, so the
+    // emulator does not guess one (spillway's translation refuses both).
+    if p.os_type == "Windows" && p.volumes.iter().any(|v| v.azure_file.is_some()) {
+        return bad(
+            "WindowsContainersVolumeNotSupported",
+            "Azure file volumes are not supported for Windows containers.".to_string(),
+        );
+    }
     if let Some(rp) = &p.restart_policy
         && !matches!(rp.as_str(), "Always" | "OnFailure" | "Never")
     {

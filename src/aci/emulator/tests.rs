@@ -1805,3 +1805,63 @@ async fn monitor_refuses_what_it_refuses_in_its_error_form() {
         "{minutes:?}"
     );
 }
+
+/// ARM refuses an Azure Files volume in a Windows group
+/// (`WindowsContainersVolumeNotSupported`, virtual-kubelet/virtual-kubelet#367)
+/// and accepts it in a Linux group.
+#[tokio::test(start_paused = true)]
+async fn windows_groups_refuse_azure_files() {
+    let st = state_with(EmulatorConfig::default());
+    let with_share = |name: &str, os: &str| {
+        let mut g = group(name, 1.0, "Always", None);
+        g.properties.os_type = os.into();
+        g.properties.volumes = vec![Volume {
+            name: "share".into(),
+            azure_file: Some(AzureFileVolume {
+                share_name: "data".into(),
+                storage_account_name: "acct".into(),
+                storage_account_key: Some("a2V5".into()),
+                read_only: None,
+            }),
+            ..Default::default()
+        }];
+        json(&g)
+    };
+    let (s, _, answer) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/win-share?{V}"),
+        Some(with_share("win-share", "Windows")),
+    )
+    .await;
+    assert_eq!(
+        (s, answer["error"]["code"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("WindowsContainersVolumeNotSupported")
+        )
+    );
+    assert_eq!(
+        answer["error"]["message"],
+        "Azure file volumes are not supported for Windows containers."
+    );
+    let (s, _, _) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/linux-share?{V}"),
+        Some(with_share("linux-share", "Linux")),
+    )
+    .await;
+    assert!(s.is_success(), "{s}");
+    // A Windows group without the share is accepted.
+    let mut plain = group("win-plain", 1.0, "Always", None);
+    plain.properties.os_type = "Windows".into();
+    let (s, _, _) = call(
+        &st,
+        "PUT",
+        &format!("{RG}/win-plain?{V}"),
+        Some(json(&plain)),
+    )
+    .await;
+    assert!(s.is_success(), "{s}");
+}

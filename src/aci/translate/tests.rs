@@ -1344,6 +1344,75 @@ fn windows_groups_have_one_container_and_no_azure_files() {
     assert_eq!(e.field(), "spec.containers");
 }
 
+fn translate_on(node_os: &str, pod: &k8s::Pod) -> Result<ContainerGroup, TranslateError> {
+    let cfg = TranslateConfig {
+        node_os: Some(node_os.to_string()),
+        ..config()
+    };
+    pod_to_group(
+        pod,
+        &PodContext {
+            config: &cfg,
+            aci: &aci(PublicIp::Auto, None),
+            resolved: &Resolved::default(),
+        },
+    )
+}
+
+#[test]
+fn the_bound_node_decides_the_os_type_and_a_disagreeing_pod_is_refused() {
+    let bare = pod("legacy", "iis").container(c("iis", "win:1")).build();
+    let os = |r: Result<ContainerGroup, TranslateError>| r.map(|g| g.properties.os_type);
+    // No selector: the node's OS.
+    assert_eq!(
+        os(translate_on("windows", &bare)),
+        Ok("Windows".to_string())
+    );
+    assert_eq!(os(translate_on("linux", &bare)), Ok("Linux".to_string()));
+    let windows = pod("legacy", "iis")
+        .node_selector("kubernetes.io/os", "windows")
+        .container(c("iis", "win:1"))
+        .build();
+    assert_eq!(
+        os(translate_on("windows", &windows)),
+        Ok("Windows".to_string())
+    );
+    let e = translate_on("linux", &windows).expect_err("a windows pod on the linux node");
+    assert_eq!(e.field(), "spec.nodeSelector[kubernetes.io/os]");
+    assert!(
+        e.to_string().contains("bound to the linux virtual node"),
+        "{e}"
+    );
+    let linux = pod("web", "a")
+        .node_selector("kubernetes.io/os", "linux")
+        .container(c("a", "img"))
+        .build();
+    let e = translate_on("windows", &linux).expect_err("a linux pod on the windows node");
+    assert!(
+        e.to_string().contains("bound to the windows virtual node"),
+        "{e}"
+    );
+    // spec.os counts when there is no selector.
+    let mut field = pod("web", "b").container(c("a", "img")).build();
+    if let Some(spec) = field.spec.as_mut() {
+        spec.os = Some(k8s::PodOS {
+            name: "linux".into(),
+        });
+    }
+    let e = translate_on("windows", &field).expect_err("spec.os linux on windows");
+    assert_eq!(e.field(), "spec.os.name");
+    // The Windows rules hold on the Windows node whatever the pod says.
+    let two = pod("legacy", "two")
+        .container(c("a", "win:1"))
+        .container(c("b", "win:1"))
+        .build();
+    assert_eq!(
+        translate_on("windows", &two).map_err(|e| e.field().to_string()),
+        Err("spec.containers".to_string())
+    );
+    assert!(translate_on("linux", &two).is_ok());
+}
+
 #[test]
 fn listed_groups_without_instance_view_are_flagged() {
     let mut g = group_with(
