@@ -1357,6 +1357,7 @@ async fn translated_deployments_are_accepted_and_reach_the_matching_devices() {
             node: &node,
             owner: &owner,
             revision: Some(2),
+            rollout: None,
             resolved: &Resolved::default(),
         },
     )

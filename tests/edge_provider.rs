@@ -4,6 +4,7 @@
 
 mod support;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -672,4 +673,248 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
     assert!(err.to_string().contains("spillway/missing"), "{err}");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;
+}
+
+/// ReplicaSet `name` of Deployment `sensor` (uid `deploy-uid-1`) at
+/// `revision`, as the Deployment controller writes it.
+fn replicaset(name: &str, revision: i32, image: &str) -> ReplicaSet {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name, "namespace": NS,
+            "annotations": {"deployment.kubernetes.io/revision": revision.to_string()},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": "sensor", "uid": "deploy-uid-1", "controller": true}]
+        },
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "sensor", "pod-template-hash": name}},
+            "template": {
+                "metadata": {"labels": {"app": "sensor", "pod-template-hash": name}},
+                "spec": {"containers": [{"name": "sensor", "image": image}]}
+            }
+        }
+    }))
+    .unwrap_or_else(|e| panic!("replicaset: {e}"))
+}
+
+/// A pod of `rs` bound to the edge node, as the ReplicaSet controller makes it.
+fn pod_of(rs: &ReplicaSet, name: &str, image: &str) -> Pod {
+    let rs_name = rs.metadata.name.clone().unwrap_or_default();
+    let mut pod = replica(name);
+    pod.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: rs_name.clone(),
+            uid: rs.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+    ]);
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.insert("pod-template-hash".into(), rs_name);
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].image = Some(image.into());
+    }
+    pod
+}
+
+#[tokio::test]
+async fn the_test_api_server_validates_replicasets_as_kube_apiserver_does() {
+    let srv = api_server().await;
+    let api: Api<ReplicaSet> = Api::namespaced(srv.client(), NS);
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.reason, s.message),
+        e => panic!("not an API refusal: {e}"),
+    };
+    let mut no_selector = replicaset("s-0", 1, "sensor:1.0");
+    if let Some(spec) = no_selector.spec.as_mut() {
+        spec.selector = Default::default();
+    }
+    let (code, reason, message) = refused(
+        api.create(&PostParams::default(), &no_selector)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("an empty selector is refused")),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(
+        message.contains("empty selector is invalid for deployment"),
+        "{message}"
+    );
+    let mut mismatched = replicaset("s-1", 1, "sensor:1.0");
+    if let Some(t) = mismatched.spec.as_mut().and_then(|s| s.template.as_mut()) {
+        t.metadata = Some(Default::default());
+    }
+    let (code, _, message) = refused(
+        api.create(&PostParams::default(), &mismatched)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a selector that misses the template is refused")),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.template.metadata.labels")
+            && message.contains("`selector` does not match template `labels`"),
+        "{message}"
+    );
+    let mut rs = api
+        .create(&PostParams::default(), &replicaset("s-2", 1, "sensor:1.0"))
+        .await
+        .unwrap_or_else(|e| panic!("a valid ReplicaSet is accepted: {e}"));
+    if let Some(spec) = rs.spec.as_mut() {
+        spec.selector.match_labels = Some([("app".to_string(), "other".to_string())].into());
+        if let Some(t) = spec.template.as_mut().and_then(|t| t.metadata.as_mut()) {
+            t.labels = Some([("app".to_string(), "other".to_string())].into());
+        }
+    }
+    let (code, _, message) = refused(
+        api.replace("s-2", &PostParams::default(), &rs)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("the selector is immutable")),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.selector") && message.contains("field is immutable"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_every_device() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_millis(200));
+    let replicasets: Api<ReplicaSet> = Api::namespaced(srv.client(), NS);
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    let ok3 = "targeted=3 applied=3 ok=3 failed=0";
+
+    // Revision 1: two replicas of sensor:1.0 on the 3 munich devices.
+    let rs1 = replicasets
+        .create(&PostParams::default(), &replicaset("sensor-1", 1, "sensor:1.0"))
+        .await
+        .unwrap_or_else(|e| panic!("create rs 1: {e}"));
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.create(&PostParams::default(), &pod_of(&rs1, name, "sensor:1.0"))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    eventually("revision 1 is Ready", || async {
+        pods.get_opt("sensor-1-b")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, ok3))
+    })
+    .await;
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let old = ids[0].clone();
+
+    // Revision 2 with an image the devices cannot pull yet.
+    let mut faults = emu.state.faults();
+    faults.failing_images.insert("sensor:2.0".into());
+    emu.state.set_faults(faults.clone());
+    let rs2 = replicasets
+        .create(&PostParams::default(), &replicaset("sensor-2", 2, "sensor:2.0"))
+        .await
+        .unwrap_or_else(|e| panic!("create rs 2: {e}"));
+    for name in ["sensor-2-a", "sensor-2-b"] {
+        pods.create(&PostParams::default(), &pod_of(&rs2, name, "sensor:2.0"))
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    eventually("revision 2 has its own deployment", || async {
+        layered(&hub).await.len() == 2
+    })
+    .await;
+    let new = layered(&hub)
+        .await
+        .into_iter()
+        .find(|id| *id != old)
+        .unwrap_or_else(|| panic!("a new deployment"));
+    let priority = |id: String| {
+        let hub = hub.clone();
+        async move {
+            hub.get_configuration(&id)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.priority)
+        }
+    };
+    assert_eq!(priority(old.clone()).await, Some(101));
+    assert_eq!(priority(new.clone()).await, Some(102), "the new revision wins");
+
+    // The old pods go before the new modules run (as the ReplicaSet
+    // controller may do): their deployment must stay.
+    for name in ["sensor-1-a", "sensor-1-b"] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+    eventually("the old pods are removed", || async {
+        pods.get_opt("sensor-1-a").await.ok().flatten().is_none()
+            && pods.get_opt("sensor-1-b").await.ok().flatten().is_none()
+    })
+    .await;
+    // Several collection passes (each lists the configurations) later,
+    // the old deployment is still there.
+    let lists = || {
+        emu.state
+            .counters()
+            .requests
+            .get("GET configurations 200")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = lists();
+    eventually("five more reads of the hub", || async { lists() >= before + 5 }).await;
+    assert!(
+        layered(&hub).await.contains(&old),
+        "the old deployment went before the new one ran"
+    );
+    let p = pods
+        .get("sensor-2-a")
+        .await
+        .unwrap_or_else(|e| panic!("get: {e}"));
+    assert!(!ready_with(&p, ok3), "revision 2 is not running yet");
+
+    // The image can be pulled: the new modules run, then the old deployment goes.
+    faults.failing_images.clear();
+    emu.state.set_faults(faults);
+    eventually("the old deployment is deleted", || async {
+        layered(&hub).await == vec![new.clone()]
+    })
+    .await;
+    let at_delete = emu
+        .state
+        .counters()
+        .running_at_delete
+        .get(&old)
+        .cloned()
+        .unwrap_or_default();
+    for device in ["munich-1", "munich-2", "munich-3"] {
+        assert_eq!(
+            at_delete
+                .get(device)
+                .and_then(|m| m.get("sensor"))
+                .map(String::as_str),
+            Some("sensor:2.0"),
+            "{device} ran the new module when the old deployment went: {at_delete:?}"
+        );
+    }
+    for name in ["sensor-2-a", "sensor-2-b"] {
+        eventually(&format!("{name} Ready"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, ok3))
+        })
+        .await;
+    }
+    running.stop().await;
 }

@@ -77,6 +77,11 @@ pub const LABEL_OWNER_KIND: &str = "spillway.io/owner-kind";
 pub const LABEL_OWNER_NAME: &str = "spillway.io/owner-name";
 pub const LABEL_OWNER_UID: &str = "spillway.io/owner-uid";
 pub const LABEL_CONTENT_HASH: &str = "spillway.io/content-hash";
+/// Label: uid of the controller that owns the pod's ReplicaSet (a
+/// Deployment): the deployments of one rollout share it.
+pub const LABEL_ROLLOUT_UID: &str = "spillway.io/rollout-uid";
+/// Label: the owning ReplicaSet's `deployment.kubernetes.io/revision`.
+pub const LABEL_REVISION: &str = "spillway.io/revision";
 
 /// The hub's limit on configuration ids.
 pub const MAX_ID_LEN: usize = 128;
@@ -219,6 +224,9 @@ pub struct LayeredInput<'a> {
     pub owner: &'a Owner,
     /// The owning ReplicaSet's revision; `None` for other owners.
     pub revision: Option<i32>,
+    /// Uid of the ReplicaSet's own controller (the Deployment), which ties
+    /// the deployments of one rollout together; `None` for other owners.
+    pub rollout: Option<&'a str>,
     pub resolved: &'a Resolved,
 }
 
@@ -339,6 +347,16 @@ pub fn layered_deployment(
         (LABEL_OWNER_UID.to_string(), input.owner.uid.clone()),
         (LABEL_CONTENT_HASH.to_string(), content_hash.clone()),
     ]);
+    if let Some(rollout) = input.rollout {
+        configuration
+            .labels
+            .insert(LABEL_ROLLOUT_UID.to_string(), rollout.to_string());
+    }
+    if let Some(revision) = input.revision {
+        configuration
+            .labels
+            .insert(LABEL_REVISION.to_string(), revision.to_string());
+    }
     Ok(LayeredDeployment {
         configuration,
         content_hash,
