@@ -918,3 +918,95 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
     }
     running.stop().await;
 }
+
+/// A bare pod (its own deployment) for the munich devices.
+fn bare_pod(name: &str, annotations: serde_json::Value) -> Pod {
+    let mut pod = replica(name);
+    pod.metadata.owner_references = None;
+    pod.metadata.annotations = serde_json::from_value(annotations).ok();
+    pod
+}
+
+fn ready_reason(pod: &Pod) -> Option<(String, Option<String>)> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn a_device_taken_offline_is_counted_and_readiness_follows_min_ready() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    // Two of three devices suffice for one pod; the other needs all three.
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("tolerant", json!({"edge.spillway.io/min-ready": "2"})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create tolerant: {e}"));
+    pods.create(&PostParams::default(), &bare_pod("strict", json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("create strict: {e}"));
+    for name in ["tolerant", "strict"] {
+        eventually(&format!("{name} Ready on 3 devices"), || async {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+        })
+        .await;
+    }
+
+    // munich-2 goes offline through the emulator's control API.
+    let http = reqwest::Client::new();
+    let resp = http
+        .patch(format!("{}/_emulator/devices/munich-2", emu.url))
+        .body(r#"{"online":false}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("control API: {e}"));
+    assert_eq!(resp.status().as_u16(), 204);
+    let offline = "targeted=3 applied=3 ok=2 failed=1 offline=1: munich-2 reports 406 The device is offline or not sending status reports.";
+    eventually("tolerant stays Ready and counts the offline device", || async {
+        pods.get_opt("tolerant")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, offline))
+    })
+    .await;
+    eventually("strict is not Ready, because of the offline device", || async {
+        pods.get_opt("strict").await.ok().flatten().is_some_and(|p| {
+            let s = p.status.clone().unwrap_or_default();
+            s.phase.as_deref() == Some("Running")
+                && s.message.as_deref() == Some(offline)
+                && ready_reason(&p) == Some(("False".into(), Some("DevicesOffline".into())))
+        })
+    })
+    .await;
+
+    // Back online: Ready on all three again.
+    let resp = http
+        .patch(format!("{}/_emulator/devices/munich-2", emu.url))
+        .body(r#"{"online":true}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("control API: {e}"));
+    assert_eq!(resp.status().as_u16(), 204);
+    eventually("strict is Ready again", || async {
+        pods.get_opt("strict")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+    running.stop().await;
+}
