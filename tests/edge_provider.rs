@@ -22,19 +22,27 @@ const NODE: &str = "edge-munich";
 const NS: &str = "iot";
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, check).await
+}
+
+async fn eventually_within<F, Fut>(wait: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + wait;
     loop {
         if check().await {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for: {what}"
+            "timed out after {wait:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -616,6 +624,7 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         edge_hub_url: Some(emu.url.clone()),
         edge_target_condition: "*".into(),
         edge_sync_secs: 1,
+        edge_hubs: Vec::new(),
     };
     let (_leader, leader_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -793,7 +802,10 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
 
     // Revision 1: two replicas of sensor:1.0 on the 3 munich devices.
     let rs1 = replicasets
-        .create(&PostParams::default(), &replicaset("sensor-1", 1, "sensor:1.0"))
+        .create(
+            &PostParams::default(),
+            &replicaset("sensor-1", 1, "sensor:1.0"),
+        )
         .await
         .unwrap_or_else(|e| panic!("create rs 1: {e}"));
     for name in ["sensor-1-a", "sensor-1-b"] {
@@ -818,7 +830,10 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
     faults.failing_images.insert("sensor:2.0".into());
     emu.state.set_faults(faults.clone());
     let rs2 = replicasets
-        .create(&PostParams::default(), &replicaset("sensor-2", 2, "sensor:2.0"))
+        .create(
+            &PostParams::default(),
+            &replicaset("sensor-2", 2, "sensor:2.0"),
+        )
         .await
         .unwrap_or_else(|e| panic!("create rs 2: {e}"));
     for name in ["sensor-2-a", "sensor-2-b"] {
@@ -846,7 +861,11 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
         }
     };
     assert_eq!(priority(old.clone()).await, Some(101));
-    assert_eq!(priority(new.clone()).await, Some(102), "the new revision wins");
+    assert_eq!(
+        priority(new.clone()).await,
+        Some(102),
+        "the new revision wins"
+    );
 
     // The old pods go before the new modules run (as the ReplicaSet
     // controller may do): their deployment must stay.
@@ -871,7 +890,10 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
             .unwrap_or(0)
     };
     let before = lists();
-    eventually("five more reads of the hub", || async { lists() >= before + 5 }).await;
+    eventually("five more reads of the hub", || async {
+        lists() >= before + 5
+    })
+    .await;
     assert!(
         layered(&hub).await.contains(&old),
         "the old deployment went before the new one ran"
@@ -974,22 +996,32 @@ async fn a_device_taken_offline_is_counted_and_readiness_follows_min_ready() {
         .unwrap_or_else(|e| panic!("control API: {e}"));
     assert_eq!(resp.status().as_u16(), 204);
     let offline = "targeted=3 applied=3 ok=2 failed=1 offline=1: munich-2 reports 406 The device is offline or not sending status reports.";
-    eventually("tolerant stays Ready and counts the offline device", || async {
-        pods.get_opt("tolerant")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|p| ready_with(&p, offline))
-    })
+    eventually(
+        "tolerant stays Ready and counts the offline device",
+        || async {
+            pods.get_opt("tolerant")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, offline))
+        },
+    )
     .await;
-    eventually("strict is not Ready, because of the offline device", || async {
-        pods.get_opt("strict").await.ok().flatten().is_some_and(|p| {
-            let s = p.status.clone().unwrap_or_default();
-            s.phase.as_deref() == Some("Running")
-                && s.message.as_deref() == Some(offline)
-                && ready_reason(&p) == Some(("False".into(), Some("DevicesOffline".into())))
-        })
-    })
+    eventually(
+        "strict is not Ready, because of the offline device",
+        || async {
+            pods.get_opt("strict")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| {
+                    let s = p.status.clone().unwrap_or_default();
+                    s.phase.as_deref() == Some("Running")
+                        && s.message.as_deref() == Some(offline)
+                        && ready_reason(&p) == Some(("False".into(), Some("DevicesOffline".into())))
+                })
+        },
+    )
     .await;
 
     // Back online: Ready on all three again.
@@ -1009,4 +1041,173 @@ async fn a_device_taken_offline_is_counted_and_readiness_follows_min_ready() {
     })
     .await;
     running.stop().await;
+}
+
+#[tokio::test]
+async fn two_hubs_are_two_nodes_and_each_pod_lands_on_its_own_hub_only() {
+    use clap::Parser as _;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Secret;
+    use spillway::edge::node::{EdgeArgs, start as start_edge};
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        edge: EdgeArgs,
+    }
+    let srv = api_server().await;
+    let (emu_a, hub_a) = hub_with_devices().await;
+    let (emu_b, hub_b) = hub_with_devices().await;
+    for (name, emu) in [("hub-a", &emu_a), ("hub-b", &emu_b)] {
+        let conn = emu
+            .connection_string()
+            .unwrap_or_else(|| panic!("connection string"))
+            .to_connection_string();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "spillway"},
+            "stringData": {"connectionString": conn}
+        }))
+        .unwrap_or_else(|e| panic!("secret: {e}"));
+        Api::<Secret>::namespaced(srv.client(), "spillway")
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap_or_else(|e| panic!("create secret: {e}"));
+    }
+    let hub_a_flag = format!("edge-a=spillway/hub-a,url={}", emu_a.url);
+    // Node b only ever targets its munich devices.
+    let hub_b_flag = format!(
+        "edge-b=spillway/hub-b,url={},condition=tags.site='munich'",
+        emu_b.url
+    );
+    let args = Cli::try_parse_from([
+        "spillway",
+        "--edge",
+        "emulator",
+        "--edge-sync-secs",
+        "1",
+        "--edge-hub",
+        &hub_a_flag,
+        "--edge-hub",
+        &hub_b_flag,
+    ])
+    .unwrap_or_else(|e| panic!("flags: {e}"))
+    .edge;
+    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(spillway::metrics::Metrics::new());
+    let started = start_edge(
+        &args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        leader_rx,
+        stop_rx,
+        Some(metrics.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"))
+    .unwrap_or_else(|| panic!("edge nodes"));
+    assert_eq!(
+        started.nodes,
+        vec!["edge-a".to_string(), "edge-b".to_string()]
+    );
+
+    // One node and one Lease per hub.
+    let nodes: Api<Node> = Api::all(srv.client());
+    let leases: Api<Lease> = Api::namespaced(srv.client(), "kube-node-lease");
+    for node in ["edge-a", "edge-b"] {
+        eventually(&format!("{node} is registered and Ready"), || async {
+            nodes
+                .get_opt(node)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| node_ready(&n))
+                .is_some_and(|(status, _)| status == "True")
+        })
+        .await;
+        eventually(&format!("{node} keeps its own Lease"), || async {
+            leases.get_opt(node).await.ok().flatten().is_some()
+        })
+        .await;
+    }
+
+    // A pod per node; each becomes a deployment on its own hub only.
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    for (name, node) in [("sensor-a", "edge-a"), ("sensor-b", "edge-b")] {
+        let mut pod = bare_pod(name, json!({}));
+        if let Some(labels) = pod.metadata.labels.as_mut() {
+            // Any site: node b's own condition narrows it to munich.
+            labels.remove("edge.spillway.io/tag.site");
+        }
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = Some(node.into());
+        }
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    }
+    // Nodes from flags pace their hub clients at a real hub's rates (about
+    // 20 configuration operations a minute): give them a real hub's time.
+    let slow = Duration::from_secs(90);
+    eventually_within(slow, "sensor-a Ready on all 5 devices of hub a", || async {
+        pods.get_opt("sensor-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=5 applied=5 ok=5 failed=0"))
+    })
+    .await;
+    eventually_within(
+        slow,
+        "sensor-b Ready on the 3 munich devices of hub b",
+        || async {
+            pods.get_opt("sensor-b")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+        },
+    )
+    .await;
+    let on_hub = |hub: Arc<HubClient>| async move {
+        hub.list_configurations(None)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_LAYERED))
+            .map(|c| {
+                (
+                    c.labels.get(LABEL_NODE).cloned().unwrap_or_default(),
+                    c.labels
+                        .get("spillway.io/owner-name")
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        on_hub(hub_a.clone()).await,
+        vec![("edge-a".to_string(), "sensor-a".to_string())]
+    );
+    assert_eq!(
+        on_hub(hub_b.clone()).await,
+        vec![("edge-b".to_string(), "sensor-b".to_string())]
+    );
+    // Each node counts its own hub's requests.
+    let text = metrics.render();
+    for node in ["edge-a", "edge-b"] {
+        assert!(
+            text.contains(&format!("spillway_edge_deployments{{node=\"{node}\"}} 1")),
+            "{node}: {text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "spillway_edge_hub_requests_total{{code=\"200\",lane=\"configurations\",node=\"{node}\"}}"
+            )),
+            "{node}: {text}"
+        );
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;
 }

@@ -207,7 +207,11 @@ fn offline_devices_are_counted_and_stale_reports_do_not_count() {
     // min-ready still met: Ready, and the offline device is still counted.
     let s = pod_status(&pod(&[(MIN_READY_ANNOTATION, "1")]), &state);
     assert!(ready(&s));
-    assert!(s.message.as_deref().is_some_and(|m| m.contains("offline=1")));
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("offline=1"))
+    );
     let stale_only = DeploymentState {
         configuration: deployment(1, 1, 0, 0),
         twins: vec![twin("m2", 2, 200, running())],
