@@ -158,7 +158,16 @@ impl Running {
 }
 
 fn start(srv: &TestApiServer, hub: &Arc<HubClient>, orphan_grace: Duration) -> Running {
-    let mut config = EdgeBackendConfig::new(EdgeNode::new(NODE, "*"));
+    start_node(srv, hub, orphan_grace, EdgeNode::new(NODE, "*"))
+}
+
+fn start_node(
+    srv: &TestApiServer,
+    hub: &Arc<HubClient>,
+    orphan_grace: Duration,
+    node: EdgeNode,
+) -> Running {
+    let mut config = EdgeBackendConfig::new(node);
     config.orphan_grace = orphan_grace;
     let metrics = Arc::new(spillway::metrics::Metrics::new());
     let backend = Arc::new(
@@ -1210,4 +1219,84 @@ async fn two_hubs_are_two_nodes_and_each_pod_lands_on_its_own_hub_only() {
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), started.task).await;
+}
+
+#[tokio::test]
+async fn priority_and_condition_changes_update_the_deployment_in_place_through_412() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let first = start(&srv, &hub, Duration::from_secs(60));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    pods.create(&PostParams::default(), &bare_pod("sensor", json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("Ready on 3 devices", || async {
+        pods.get_opt("sensor")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+    let ids = layered(&hub).await;
+    assert_eq!(ids.len(), 1);
+    let id = ids[0].clone();
+    let get = || async {
+        hub.get_configuration(&id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("the deployment exists"))
+    };
+    let before = get().await;
+    assert_eq!(before.priority, 100);
+
+    // Pod annotations are mutable: a new priority, while another writer
+    // races the update (the first conditional PUT meets 412).
+    let mut faults = emu.state.faults();
+    faults.concurrent_update_next = 1;
+    emu.state.set_faults(faults);
+    let patch = json!({"metadata": {"annotations": {"edge.spillway.io/priority": "250"}}});
+    pods.patch(
+        "sensor",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("patch: {e}"));
+    eventually("the priority is updated in place", || async {
+        get().await.priority == 250
+    })
+    .await;
+    let counters = emu.state.counters();
+    assert_eq!(
+        counters.requests.get("PUT configurations/{id} 412"),
+        Some(&1),
+        "the stale etag was met and re-read: {counters:?}"
+    );
+    assert_eq!(layered(&hub).await, vec![id.clone()], "the same id");
+    first.stop().await;
+
+    // A restart with another base condition: the condition changes in place.
+    let node = EdgeNode::new(NODE, "tags.site='munich' OR tags.site='berlin'");
+    let second = start_node(&srv, &hub, Duration::from_secs(60), node);
+    eventually("the target condition follows the node's flag", || async {
+        get().await.target_condition.contains("tags.site='berlin'")
+    })
+    .await;
+    assert_eq!(layered(&hub).await, vec![id.clone()], "still the same id");
+    let after = get().await;
+    assert_eq!(after.content, before.content);
+    assert_eq!(after.priority, 250);
+    let creates = emu.state.counters().creates_by_id;
+    assert_eq!(creates.get(&id), Some(&1), "created once: {creates:?}");
+    eventually("still Ready on the 3 munich devices", || async {
+        pods.get_opt("sensor")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+    second.stop().await;
 }

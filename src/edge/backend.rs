@@ -12,6 +12,14 @@
 //! `orphan_grace`). Everything is recovered from the hub's labels after a
 //! restart; the in-memory state is a cache of the last read.
 //!
+//! **Mutable fields.** A deployment's target condition and priority follow
+//! its pods and the node after creation (pod annotations and labels are
+//! mutable; the node's base condition is a flag that may change across a
+//! restart): each read compares them with [`translate::mutable_fields`] of
+//! the first live pod (by name) that references the deployment and updates
+//! the hub's configuration in place (etag PUT, re-read on 412) — the same
+//! id, as only content changes need a new one.
+//!
 //! **Rolling updates.** A Deployment's new ReplicaSet maps to a new layered
 //! deployment (new owner uid, so a new id) with a higher priority (the
 //! revision is added), labelled with the Deployment's uid and the
@@ -30,13 +38,13 @@
 //! Must not: write to the Kubernetes API (it reads the owning ReplicaSet's
 //! revision, nothing else), or decide pod phases (the shared controllers do).
 
-use super::hub::{HubClient, HubError};
+use super::hub::{ConfigurationPatch, HubClient, HubError};
 use super::model::{Configuration, ModuleTwin, metric};
 use super::status::{self, DeploymentState};
 use super::translate::{
-    self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_UID,
-    LABEL_REVISION, LABEL_ROLE, LABEL_ROLLOUT_UID, LayeredInput, MANAGED_BY, REVISION_ANNOTATION,
-    ROLE_LAYERED, Resolved,
+    self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_KIND,
+    LABEL_OWNER_UID, LABEL_REVISION, LABEL_ROLE, LABEL_ROLLOUT_UID, LayeredInput, MANAGED_BY,
+    MutableFields, REVISION_ANNOTATION, ROLE_LAYERED, Resolved,
 };
 use crate::aci::translate::EnvValue;
 use crate::aci::{Quota, Usage};
@@ -174,6 +182,9 @@ struct Known {
     /// Deployments whose last pod went while a newer deployment of their
     /// rollout had not handed over: deleted once it has, without grace.
     awaiting_handover: HashSet<String>,
+    /// deployment id → mutable fields the hub refused: not sent again
+    /// until the pod asks for something else.
+    refused_updates: HashMap<String, MutableFields>,
 }
 
 /// What the backend reads from a pod's owning ReplicaSet.
@@ -563,6 +574,7 @@ impl EdgeBackend {
                 },
             );
         }
+        self.update_mutable_fields(&instances, &mut errors).await;
         // Orphans: managed layered deployments no live pod references.
         let now = Instant::now();
         let orphans: Vec<String> = {
@@ -589,6 +601,9 @@ impl EdgeBackend {
             known.deployments = managed.len() as i64;
             known
                 .twin_cache
+                .retain(|id, _| managed.iter().any(|c| c.id == *id));
+            known
+                .refused_updates
                 .retain(|id, _| managed.iter().any(|c| c.id == *id));
             let candidates: HashSet<String> = by_owner
                 .values()
@@ -643,6 +658,62 @@ impl EdgeBackend {
             unknown,
             errors,
         })
+    }
+
+    /// Update the target condition and priority of every deployment a live
+    /// pod references where they differ from what the pod and node say.
+    async fn update_mutable_fields(
+        &self,
+        instances: &HashMap<String, EdgePod>,
+        errors: &mut Vec<HubError>,
+    ) {
+        let mut live: Vec<&EdgePod> = instances.values().filter(|i| is_live(&i.pod)).collect();
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut by_id: BTreeMap<&str, &EdgePod> = BTreeMap::new();
+        for i in live {
+            by_id.entry(i.state.configuration.id.as_str()).or_insert(i);
+        }
+        for (id, i) in by_id {
+            let c = &i.state.configuration;
+            let revision = label_revision(c);
+            let want = match translate::mutable_fields(&i.pod, &self.config.node, revision) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(deployment = %id, error = %e, "cannot compute the deployment's target condition and priority");
+                    continue;
+                }
+            };
+            // Deployments created before the revision label: their
+            // priority holds a revision that is not known here.
+            let priority_known = revision.is_some()
+                || c.labels.get(LABEL_OWNER_KIND).map(String::as_str) != Some("ReplicaSet");
+            let condition_differs = want.target_condition != c.target_condition;
+            let priority_differs = priority_known && want.priority != c.priority;
+            if !condition_differs && !priority_differs {
+                continue;
+            }
+            if self.known().refused_updates.get(id) == Some(&want) {
+                continue;
+            }
+            let patch = ConfigurationPatch {
+                target_condition: condition_differs.then(|| want.target_condition.clone()),
+                priority: priority_differs.then_some(want.priority),
+                ..ConfigurationPatch::default()
+            };
+            match self.hub.update_configuration(id, &patch).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %id, condition = %want.target_condition, priority = want.priority, "IoT Edge deployment updated in place");
+                    self.known().refused_updates.remove(id);
+                }
+                Err(e) => {
+                    if matches!(e, HubError::Rejected(_)) {
+                        tracing::warn!(deployment = %id, error = %e, "the hub refused the deployment's new target condition or priority");
+                        self.known().refused_updates.insert(id.to_string(), want);
+                    }
+                    errors.push(e);
+                }
+            }
+        }
     }
 
     async fn get_pod(&self, name: &str) -> Result<Option<EdgePod>, HubError> {

@@ -307,33 +307,10 @@ pub fn layered_deployment(
         &[&input.node.name, namespace, &input.owner.name],
         &content_hash,
     );
-    let target_condition = pod_target_condition(
-        &input.node.base_condition,
-        &annotations,
-        pod.metadata.labels.as_ref(),
-    )?;
-    let base_priority = match annotations.get(PRIORITY_ANNOTATION) {
-        Some(raw) => raw
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p >= 0)
-            .ok_or_else(|| {
-                invalid(
-                    format!("metadata.annotations[{PRIORITY_ANNOTATION}]"),
-                    format!("{raw:?} is not a non-negative integer"),
-                )
-            })?,
-        None => DEFAULT_PRIORITY,
-    };
-    let priority = base_priority
-        .checked_add(input.revision.unwrap_or(0))
-        .ok_or_else(|| {
-            invalid(
-                format!("metadata.annotations[{PRIORITY_ANNOTATION}]"),
-                "priority plus the ReplicaSet revision overflows",
-            )
-        })?;
+    let MutableFields {
+        target_condition,
+        priority,
+    } = mutable_fields(pod, input.node, input.revision)?;
 
     let mut configuration =
         Configuration::edge_deployment(id, modules_content, target_condition, priority);
@@ -361,6 +338,58 @@ pub fn layered_deployment(
         configuration,
         content_hash,
         modules,
+    })
+}
+
+/// The fields of a layered deployment the hub lets change in place (the
+/// etag PUT), as the pod and the node say now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutableFields {
+    pub target_condition: String,
+    pub priority: i32,
+}
+
+/// Target condition (node base AND annotation AND tag labels) and priority
+/// (annotation, default [`DEFAULT_PRIORITY`], plus the ReplicaSet revision)
+/// of `pod`'s deployment. Pod annotations and labels are mutable in
+/// Kubernetes, and the node's base condition is a flag: these may change
+/// while the deployment runs, unlike its content.
+pub fn mutable_fields(
+    pod: &k8s::Pod,
+    node: &EdgeNode,
+    revision: Option<i32>,
+) -> Result<MutableFields, EdgeTranslateError> {
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let target_condition = pod_target_condition(
+        &node.base_condition,
+        &annotations,
+        pod.metadata.labels.as_ref(),
+    )?;
+    let base_priority = match annotations.get(PRIORITY_ANNOTATION) {
+        Some(raw) => raw
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| {
+                invalid(
+                    format!("metadata.annotations[{PRIORITY_ANNOTATION}]"),
+                    format!("{raw:?} is not a non-negative integer"),
+                )
+            })?,
+        None => DEFAULT_PRIORITY,
+    };
+    let priority = base_priority
+        .checked_add(revision.unwrap_or(0))
+        .ok_or_else(|| {
+            invalid(
+                format!("metadata.annotations[{PRIORITY_ANNOTATION}]"),
+                "priority plus the ReplicaSet revision overflows",
+            )
+        })?;
+    Ok(MutableFields {
+        target_condition,
+        priority,
     })
 }
 

@@ -390,6 +390,18 @@ impl World {
             )));
         }
         self.validate_body(&body)?;
+        if let Some(m) = if_match
+            && m.trim() != "*"
+            && self.faults.concurrent_update_next > 0
+            && self.configurations.contains_key(id)
+        {
+            self.faults.concurrent_update_next -= 1;
+            let etag = self.next_etag();
+            if let Some(stored) = self.configurations.get_mut(id) {
+                stored.config.etag = Some(etag);
+                stored.config.last_updated_time_utc = Some(wall_now());
+            }
+        }
         let result = match (if_match, self.configurations.get(id)) {
             (None, Some(_)) => {
                 return Err(HubRefusal::new(
