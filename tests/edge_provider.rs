@@ -634,6 +634,7 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         edge_target_condition: "*".into(),
         edge_sync_secs: 1,
         edge_hubs: Vec::new(),
+        edge_cleanup_on_exit: false,
     };
     let (_leader, leader_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1299,4 +1300,179 @@ async fn priority_and_condition_changes_update_the_deployment_in_place_through_4
     })
     .await;
     second.stop().await;
+}
+
+#[tokio::test]
+async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
+    use clap::Parser as _;
+    use k8s_openapi::api::core::v1::Secret;
+    use spillway::edge::node::{EdgeArgs, start as start_edge};
+    use spillway::edge::translate::ROLE_BASE;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        edge: EdgeArgs,
+    }
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let conn = emu
+        .connection_string()
+        .unwrap_or_else(|| panic!("connection string"))
+        .to_connection_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hub", "namespace": "spillway"},
+        "stringData": {"connectionString": conn}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    Api::<Secret>::namespaced(srv.client(), "spillway")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+
+    // Node edge-munich stays; node edge-a, on the same hub, is removed.
+    let staying = start(&srv, &hub, Duration::from_secs(60));
+    pods.create(&PostParams::default(), &bare_pod("sensor-b", json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    let flag = format!("edge-a=spillway/hub,url={}", emu.url);
+    let args = Cli::try_parse_from([
+        "spillway",
+        "--edge",
+        "emulator",
+        "--edge-sync-secs",
+        "1",
+        "--edge-cleanup-on-exit",
+        "--edge-hub",
+        &flag,
+    ])
+    .unwrap_or_else(|e| panic!("flags: {e}"))
+    .edge;
+    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let removed = start_edge(
+        &args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        leader_rx,
+        stop_rx,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"))
+    .unwrap_or_else(|| panic!("an edge node"));
+    let mut pod_a = bare_pod("sensor-a", json!({}));
+    if let Some(labels) = pod_a.metadata.labels.as_mut() {
+        labels.insert("edge.spillway.io/tag.site".into(), "berlin".into());
+    }
+    if let Some(spec) = pod_a.spec.as_mut() {
+        spec.node_name = Some("edge-a".into());
+    }
+    pods.create(&PostParams::default(), &pod_a)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    let slow = Duration::from_secs(90);
+    eventually_within(slow, "sensor-a Ready on the 2 berlin devices", || async {
+        pods.get_opt("sensor-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=2 applied=2 ok=2 failed=0"))
+    })
+    .await;
+    eventually("sensor-b Ready on the 3 munich devices", || async {
+        pods.get_opt("sensor-b")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, "targeted=3 applied=3 ok=3 failed=0"))
+    })
+    .await;
+
+    let of_node = |node: &'static str| {
+        let hub = hub.clone();
+        async move {
+            let mut out: Vec<(String, String)> = hub
+                .list_configurations(None)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.labels.get(LABEL_NODE).map(String::as_str) == Some(node))
+                .map(|c| {
+                    let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+                    (role, c.id)
+                })
+                .collect();
+            out.sort();
+            out
+        }
+    };
+    // A base deployment edge-a replaced (older system modules) and one of
+    // a node that is neither.
+    let base_a = of_node("edge-a")
+        .await
+        .into_iter()
+        .find(|(role, _)| role == ROLE_BASE)
+        .map(|(_, id)| id)
+        .unwrap_or_else(|| panic!("edge-a has a base deployment"));
+    let mut stale = hub
+        .get_configuration(&base_a)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("base"));
+    stale.etag = None;
+    stale.id = "edge-a-base-0000000000000000".into();
+    stale.priority = 0;
+    hub.create_configuration(&stale)
+        .await
+        .unwrap_or_else(|e| panic!("stale base: {e}"));
+    let mut foreign = stale.clone();
+    foreign.id = "edge-other-base-0000000000000000".into();
+    foreign
+        .labels
+        .insert(LABEL_NODE.to_string(), "edge-other".into());
+    hub.create_configuration(&foreign)
+        .await
+        .unwrap_or_else(|e| panic!("foreign base: {e}"));
+    eventually_within(slow, "edge-a collects the base it replaced", || async {
+        !of_node("edge-a")
+            .await
+            .iter()
+            .any(|(_, id)| id == "edge-a-base-0000000000000000")
+    })
+    .await;
+    let staying_before = of_node(NODE).await;
+    assert_eq!(
+        staying_before
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect::<Vec<_>>(),
+        vec![ROLE_BASE, ROLE_LAYERED]
+    );
+
+    // edge-a exits with --edge-cleanup-on-exit: its deployments go, base too.
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(slow, removed.task)
+        .await
+        .unwrap_or_else(|_| panic!("edge-a stops"))
+        .unwrap_or_else(|e| panic!("edge-a task: {e}"));
+    assert_eq!(of_node("edge-a").await, Vec::new());
+    // Nothing of another node was touched.
+    assert_eq!(of_node(NODE).await, staying_before);
+    assert_eq!(
+        of_node("edge-other").await,
+        vec![(ROLE_BASE.to_string(), foreign.id.clone())]
+    );
+    eventually("the munich devices still run sensor-b's module", || async {
+        let Ok(Some(twin)) = hub.edge_agent_twin("munich-1").await else {
+            return false;
+        };
+        twin.edge_agent_report().is_some_and(|r| {
+            r.last_desired_version == twin.desired_version() && r.modules.contains_key("sensor")
+        })
+    })
+    .await;
+    staying.stop().await;
 }

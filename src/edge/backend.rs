@@ -44,7 +44,7 @@ use super::status::{self, DeploymentState};
 use super::translate::{
     self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_KIND,
     LABEL_OWNER_UID, LABEL_REVISION, LABEL_ROLE, LABEL_ROLLOUT_UID, LayeredInput, MANAGED_BY,
-    MutableFields, REVISION_ANNOTATION, ROLE_LAYERED, Resolved,
+    MutableFields, REVISION_ANNOTATION, ROLE_BASE, ROLE_LAYERED, Resolved,
 };
 use crate::aci::translate::EnvValue;
 use crate::aci::{Quota, Usage};
@@ -505,6 +505,41 @@ impl EdgeBackend {
         Ok(())
     }
 
+    /// Delete this node's base deployments other than the current one (its
+    /// content changed: new system module images). `managed` holds only
+    /// this node's deployments, so another node's base is never touched.
+    async fn collect_stale_bases(&self, managed: &[Configuration], errors: &mut Vec<HubError>) {
+        let current = translate::base_deployment(&self.config.node).id;
+        for c in managed.iter().filter(|c| {
+            c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BASE) && c.id != current
+        }) {
+            match self.hub.delete_configuration(&c.id).await {
+                Ok(()) => {
+                    tracing::info!(deployment = %c.id, "GC: deleted a base deployment this node replaced")
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+
+    /// Remove everything this node put on the hub: its layered deployments,
+    /// then its base deployment(s) — for a node that is being removed
+    /// (`--edge-cleanup-on-exit`), never for a restart. Only deployments
+    /// labelled with this node's name. Returns how many were deleted.
+    pub async fn decommission(&self) -> Result<usize, HubError> {
+        let managed = self.managed().await?;
+        let (base, layered): (Vec<&Configuration>, Vec<&Configuration>) = managed
+            .iter()
+            .partition(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BASE));
+        // Layered first: a device never holds modules without the base's
+        // system modules.
+        for c in layered.iter().chain(base.iter()) {
+            self.hub.delete_configuration(&c.id).await?;
+            tracing::info!(deployment = %c.id, node = %self.config.node.name, "edge node removed: deployment deleted");
+        }
+        Ok(managed.len())
+    }
+
     /// Create the node's base deployment unless it exists (idempotent).
     async fn ensure_base(&self) -> Result<(), HubError> {
         let base = translate::base_deployment(&self.config.node);
@@ -650,8 +685,9 @@ impl EdgeBackend {
                 Err(e) => errors.push(e),
             }
         }
-        if let Err(e) = self.ensure_base().await {
-            errors.push(e);
+        match self.ensure_base().await {
+            Ok(()) => self.collect_stale_bases(&managed, &mut errors).await,
+            Err(e) => errors.push(e),
         }
         Ok(Read {
             instances,

@@ -6,12 +6,10 @@
 //! one paced hub client, one `node` metrics label each).
 //!
 //! Owns turning flags (validated completely first) and the connection
-//! Secret into a running provider. Must not: decide anything about pods
-//! (the controllers and the backend do). Not yet flattened into
-//! `spillway run`: the cluster view (`src/cluster`) recognises virtual nodes
-//! by `type=virtual-kubelet` / the `virtual-kubelet.io/provider` taint and
-//! would count an edge node as burst capacity until it excludes
-//! `spillway.io/edge=true`.
+//! Secrets into running providers, and `--edge-cleanup-on-exit` (the
+//! leader deletes the node's deployments, base included, after its
+//! provider stopped). Must not: decide anything about pods (the
+//! controllers and the backend do).
 
 use super::backend::{EdgeBackend, EdgeBackendConfig, node_profile};
 use super::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
@@ -76,6 +74,11 @@ pub struct EdgeArgs {
         conflicts_with_all = ["edge_node", "edge_connection_secret", "edge_hub_url", "edge_target_condition"]
     )]
     pub edge_hubs: Vec<String>,
+    /// On a graceful exit as the leader, delete every IoT Edge deployment
+    /// of the edge node(s), the base deployment included: for removing a
+    /// node or hub, not for restarts or upgrades (devices lose the modules).
+    #[arg(long, env = "SPILLWAY_EDGE_CLEANUP_ON_EXIT")]
+    pub edge_cleanup_on_exit: bool,
 }
 
 /// One IoT Hub and the edge node that stands for it.
@@ -423,16 +426,28 @@ fn start_node(
     config.sync_interval = Duration::from_secs(args.edge_sync_secs);
     // Hub operations are scarce (about 20/min): read capacity from the syncs.
     config.usage_interval = config.sync_interval;
-    let provider =
-        Provider::with_backend(h.client, backend, config, None).with_watch_client(h.watch_client);
+    let provider = Provider::with_backend(h.client, backend.clone(), config, None)
+        .with_watch_client(h.watch_client);
     tracing::info!(node = %hub.node, mode = ?args.mode, "edge virtual node configured");
     let (leader, mut stop) = (h.leader, h.stop);
+    let cleanup = args.edge_cleanup_on_exit;
+    let node = hub.node.clone();
     Ok(tokio::spawn(async move {
+        let leading = leader.clone();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         if let Err(e) = provider.run(leader, stopped).await {
             tracing::error!(error = %e, "edge provider stopped");
+        }
+        // Only the leader acts on the hub; a standby exiting leaves it be.
+        if cleanup && *leading.borrow() {
+            match backend.decommission().await {
+                Ok(n) => tracing::info!(%node, deleted = n, "edge node cleaned up on exit"),
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "edge node cleanup on exit failed; deployments are left on the hub")
+                }
+            }
         }
     }))
 }
