@@ -1476,3 +1476,139 @@ async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
     .await;
     staying.stop().await;
 }
+
+#[tokio::test]
+async fn a_rollback_mid_rollout_raises_the_old_deployment_in_place_before_the_new_one_goes() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_millis(200));
+    let replicasets: Api<ReplicaSet> = Api::namespaced(srv.client(), NS);
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    let ok3 = "targeted=3 applied=3 ok=3 failed=0";
+    let rs1 = replicasets
+        .create(
+            &PostParams::default(),
+            &replicaset("sensor-1", 1, "sensor:1.0"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create rs 1: {e}"));
+    pods.create(
+        &PostParams::default(),
+        &pod_of(&rs1, "sensor-1-a", "sensor:1.0"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("revision 1 is Ready", || async {
+        pods.get_opt("sensor-1-a")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, ok3))
+    })
+    .await;
+    let old = layered(&hub).await.pop().unwrap_or_else(|| panic!("rev 1"));
+
+    // Revision 2 never pulls; its pod replaces revision 1's.
+    let mut faults = emu.state.faults();
+    faults.failing_images.insert("sensor:2.0".into());
+    emu.state.set_faults(faults);
+    let rs2 = replicasets
+        .create(
+            &PostParams::default(),
+            &replicaset("sensor-2", 2, "sensor:2.0"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create rs 2: {e}"));
+    pods.create(
+        &PostParams::default(),
+        &pod_of(&rs2, "sensor-2-a", "sensor:2.0"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually("revision 2 has its deployment", || async {
+        layered(&hub).await.len() == 2
+    })
+    .await;
+    let new = layered(&hub)
+        .await
+        .into_iter()
+        .find(|id| *id != old)
+        .unwrap_or_else(|| panic!("rev 2"));
+    pods.delete("sensor-1-a", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("sensor-1-a is removed", || async {
+        pods.get_opt("sensor-1-a").await.ok().flatten().is_none()
+    })
+    .await;
+
+    // `kubectl rollout undo`: the Deployment controller gives the old
+    // ReplicaSet the next revision and scales it up, then scales rev 2 down.
+    let patch = json!({"metadata": {"annotations": {"deployment.kubernetes.io/revision": "3"}}});
+    replicasets
+        .patch(
+            "sensor-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("patch rs 1: {e}"));
+    pods.create(
+        &PostParams::default(),
+        &pod_of(&rs1, "sensor-1-b", "sensor:1.0"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create: {e}"));
+    eventually(
+        "the old deployment is raised to 100 + revision 3, in place",
+        || async {
+            hub.get_configuration(&old)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| {
+                    c.priority == 103
+                        && c.labels.get("spillway.io/revision").map(String::as_str) == Some("3")
+                })
+        },
+    )
+    .await;
+    pods.delete("sensor-2-a", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    eventually("revision 2's deployment goes", || async {
+        layered(&hub).await == vec![old.clone()]
+    })
+    .await;
+    let at_delete = emu
+        .state
+        .counters()
+        .running_at_delete
+        .get(&new)
+        .cloned()
+        .unwrap_or_default();
+    for device in ["munich-1", "munich-2", "munich-3"] {
+        assert_eq!(
+            at_delete
+                .get(device)
+                .and_then(|m| m.get("sensor"))
+                .map(String::as_str),
+            Some("sensor:1.0"),
+            "{device} ran the rolled-back module when revision 2 went: {at_delete:?}"
+        );
+    }
+    assert_eq!(
+        emu.state.counters().creates_by_id.get(&old),
+        Some(&1),
+        "the rolled-back deployment was kept, not created again"
+    );
+    eventually("sensor-1-b Ready", || async {
+        pods.get_opt("sensor-1-b")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| ready_with(&p, ok3))
+    })
+    .await;
+    running.stop().await;
+}

@@ -18,7 +18,10 @@
 //! restart): each read compares them with [`translate::mutable_fields`] of
 //! the first live pod (by name) that references the deployment and updates
 //! the hub's configuration in place (etag PUT, re-read on 412) — the same
-//! id, as only content changes need a new one.
+//! id, as only content changes need a new one. The owning ReplicaSet's
+//! revision is read again for it (one API server GET per deployment and
+//! sync, no hub call): a rollback gives the old ReplicaSet the next
+//! revision, and its deployment's priority and revision label follow.
 //!
 //! **Rolling updates.** A Deployment's new ReplicaSet maps to a new layered
 //! deployment (new owner uid, so a new id) with a higher priority (the
@@ -711,7 +714,10 @@ impl EdgeBackend {
         }
         for (id, i) in by_id {
             let c = &i.state.configuration;
-            let revision = label_revision(c);
+            // The ReplicaSet's revision now: a rollback gives the old
+            // ReplicaSet the next revision, and its deployment must win again.
+            let labelled = label_revision(c);
+            let revision = self.replicaset(&i.pod).await.revision.or(labelled);
             let want = match translate::mutable_fields(&i.pod, &self.config.node, revision) {
                 Ok(w) => w,
                 Err(e) => {
@@ -725,13 +731,20 @@ impl EdgeBackend {
                 || c.labels.get(LABEL_OWNER_KIND).map(String::as_str) != Some("ReplicaSet");
             let condition_differs = want.target_condition != c.target_condition;
             let priority_differs = priority_known && want.priority != c.priority;
-            if !condition_differs && !priority_differs {
+            let revision_differs = revision.is_some() && revision != labelled;
+            if !condition_differs && !priority_differs && !revision_differs {
                 continue;
             }
             if self.known().refused_updates.get(id) == Some(&want) {
                 continue;
             }
+            let labels = revision.filter(|_| revision_differs).map(|r| {
+                let mut labels = c.labels.clone();
+                labels.insert(LABEL_REVISION.to_string(), r.to_string());
+                labels
+            });
             let patch = ConfigurationPatch {
+                labels,
                 target_condition: condition_differs.then(|| want.target_condition.clone()),
                 priority: priority_differs.then_some(want.priority),
                 ..ConfigurationPatch::default()
