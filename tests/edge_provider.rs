@@ -1452,6 +1452,35 @@ async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
         vec![ROLE_BASE, ROLE_LAYERED]
     );
 
+    // A standby replica with the same flags exits: it is not the leader,
+    // so it leaves the hub alone.
+    let edge_a_before = of_node("edge-a").await;
+    assert_eq!(
+        edge_a_before.len(),
+        2,
+        "base and layered: {edge_a_before:?}"
+    );
+    let (_standby_leader, standby_rx) = tokio::sync::watch::channel(false);
+    let (standby_stop, standby_stop_rx) = tokio::sync::watch::channel(false);
+    let standby = start_edge(
+        &args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        standby_rx,
+        standby_stop_rx,
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("standby: {e}"))
+    .unwrap_or_else(|| panic!("an edge node"));
+    let _ = standby_stop.send(true);
+    tokio::time::timeout(slow, standby.task)
+        .await
+        .unwrap_or_else(|_| panic!("the standby stops"))
+        .unwrap_or_else(|e| panic!("standby task: {e}"));
+    assert_eq!(of_node("edge-a").await, edge_a_before);
+
     // edge-a exits with --edge-cleanup-on-exit: its deployments go, base too.
     let _ = stop_tx.send(true);
     tokio::time::timeout(slow, removed.task)
