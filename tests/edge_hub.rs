@@ -317,6 +317,35 @@ async fn concurrent_updates_reread_on_412_and_all_land() {
 }
 
 #[tokio::test]
+async fn an_injected_concurrent_writer_makes_a_conditional_put_meet_412_once() {
+    let (emu, hub) = start(fast_emulator()).await;
+    hub.create_configuration(&base_deployment("base-1", "tags.site='munich'", 10))
+        .await
+        .expect("created");
+    let mut faults = emu.state.faults();
+    faults.concurrent_update_next = 1;
+    emu.state.set_faults(faults);
+    let updated = hub
+        .update_configuration(
+            "base-1",
+            &ConfigurationPatch {
+                priority: Some(20),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("lands after re-reading");
+    assert_eq!(updated.priority, 20);
+    let counters = emu.state.counters();
+    assert_eq!(
+        counters.requests.get("PUT configurations/{id} 412"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(emu.state.faults().concurrent_update_next, 0);
+}
+
+#[tokio::test]
 async fn update_of_a_missing_configuration_is_not_found() {
     let (_emu, hub) = start(fast_emulator()).await;
     let err = hub
@@ -1357,6 +1386,7 @@ async fn translated_deployments_are_accepted_and_reach_the_matching_devices() {
             node: &node,
             owner: &owner,
             revision: Some(2),
+            rollout: None,
             resolved: &Resolved::default(),
         },
     )

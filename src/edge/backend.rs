@@ -12,15 +12,42 @@
 //! `orphan_grace`). Everything is recovered from the hub's labels after a
 //! restart; the in-memory state is a cache of the last read.
 //!
+//! **Mutable fields.** A deployment's target condition and priority follow
+//! its pods and the node after creation (pod annotations and labels are
+//! mutable; the node's base condition is a flag that may change across a
+//! restart): each read compares them with [`translate::mutable_fields`] of
+//! the first live pod (by name) that references the deployment and updates
+//! the hub's configuration in place (etag PUT, re-read on 412) — the same
+//! id, as only content changes need a new one. The owning ReplicaSet's
+//! revision is read again for it (one API server GET per deployment and
+//! sync, no hub call): a rollback gives the old ReplicaSet the next
+//! revision, and its deployment's priority and revision label follow.
+//!
+//! **Rolling updates.** A Deployment's new ReplicaSet maps to a new layered
+//! deployment (new owner uid, so a new id) with a higher priority (the
+//! revision is added), labelled with the Deployment's uid and the
+//! revision. The ReplicaSet controller may delete the old pods before the
+//! devices run the new modules; a deployment of a rollout is therefore
+//! deleted only once every newer deployment of the same rollout has
+//! *handed over* ([`handed_over`]: applied to every device it targets, at
+//! least one, and every one of those reports success). Until then its
+//! last pod is released (the pod goes) but the deployment stays, and
+//! garbage collection deletes it as soon as the hand-over is seen (without
+//! waiting `orphan_grace` again). Never both missing from a device, at the
+//! price of keeping the old deployment while a targeted device is offline
+//! or the new image fails; a rollout to a condition that matches no device
+//! keeps the old deployment until the new pods go too.
+//!
 //! Must not: write to the Kubernetes API (it reads the owning ReplicaSet's
 //! revision, nothing else), or decide pod phases (the shared controllers do).
 
-use super::hub::{HubClient, HubError};
+use super::hub::{ConfigurationPatch, HubClient, HubError};
 use super::model::{Configuration, ModuleTwin, metric};
 use super::status::{self, DeploymentState};
 use super::translate::{
-    self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_UID, LABEL_ROLE,
-    LayeredInput, MANAGED_BY, REVISION_ANNOTATION, ROLE_LAYERED, Resolved,
+    self, EdgeNode, EdgeTranslateError, LABEL_MANAGED_BY, LABEL_NODE, LABEL_OWNER_KIND,
+    LABEL_OWNER_UID, LABEL_REVISION, LABEL_ROLE, LABEL_ROLLOUT_UID, LayeredInput, MANAGED_BY,
+    MutableFields, REVISION_ANNOTATION, ROLE_BASE, ROLE_LAYERED, Resolved,
 };
 use crate::aci::translate::EnvValue;
 use crate::aci::{Quota, Usage};
@@ -155,6 +182,49 @@ struct Known {
     last_read_error: Option<HubError>,
     /// deployment id → (when read, its system metrics then, the twins).
     twin_cache: HashMap<String, CachedTwins>,
+    /// Deployments whose last pod went while a newer deployment of their
+    /// rollout had not handed over: deleted once it has, without grace.
+    awaiting_handover: HashSet<String>,
+    /// deployment id → mutable fields the hub refused: not sent again
+    /// until the pod asks for something else.
+    refused_updates: HashMap<String, MutableFields>,
+}
+
+/// What the backend reads from a pod's owning ReplicaSet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ReplicaSetInfo {
+    /// `deployment.kubernetes.io/revision`.
+    revision: Option<i32>,
+    /// Uid of the ReplicaSet's controller (its Deployment).
+    rollout: Option<String>,
+}
+
+/// A newer deployment of a rollout has taken over from the older ones:
+/// the hub applied it to every device it targets (at least one) and every
+/// one of them reports success (`reportedSuccessfulCount`).
+pub fn handed_over(c: &Configuration) -> bool {
+    let n = c.device_counts();
+    n.applied >= 1 && n.applied >= n.targeted && n.reported_successful >= n.applied
+}
+
+fn label_revision(c: &Configuration) -> Option<i32> {
+    c.labels
+        .get(LABEL_REVISION)
+        .and_then(|v| translate::parse_revision(v).ok())
+}
+
+/// The newer deployment of `c`'s rollout (same [`LABEL_ROLLOUT_UID`],
+/// higher [`LABEL_REVISION`]) that has not [`handed_over`] yet, if any:
+/// while there is one, `c` must stay on the hub.
+pub fn held_by<'a>(c: &Configuration, managed: &'a [Configuration]) -> Option<&'a Configuration> {
+    let rollout = c.labels.get(LABEL_ROLLOUT_UID)?;
+    let revision = label_revision(c)?;
+    managed.iter().find(|n| {
+        n.id != c.id
+            && n.labels.get(LABEL_ROLLOUT_UID) == Some(rollout)
+            && label_revision(n).is_some_and(|r| r > revision)
+            && !handed_over(n)
+    })
 }
 
 type CachedTwins = (Instant, BTreeMap<String, i64>, Vec<ModuleTwin>);
@@ -339,25 +409,42 @@ impl EdgeBackend {
         Ok(twins)
     }
 
-    async fn revision(&self, pod: &Pod) -> Option<i32> {
-        let client = self.kube.clone()?;
+    async fn replicaset(&self, pod: &Pod) -> ReplicaSetInfo {
+        let Some(client) = self.kube.clone() else {
+            return ReplicaSetInfo::default();
+        };
         let owner = pod
             .metadata
             .owner_references
             .iter()
             .flatten()
-            .find(|r| r.controller == Some(true) && r.kind == "ReplicaSet")?;
+            .find(|r| r.controller == Some(true) && r.kind == "ReplicaSet");
+        let Some(owner) = owner else {
+            return ReplicaSetInfo::default();
+        };
         let ns = pod.namespace().unwrap_or_else(|| "default".into());
         let api: kube::Api<ReplicaSet> = kube::Api::namespaced(client, &ns);
         match api.get_opt(&owner.name).await {
-            Ok(Some(rs)) if rs.metadata.uid.as_deref() == Some(owner.uid.as_str()) => rs
-                .annotations()
-                .get(REVISION_ANNOTATION)
-                .and_then(|v| translate::parse_revision(v).ok()),
-            Ok(_) => None,
+            Ok(Some(rs)) if rs.metadata.uid.as_deref() == Some(owner.uid.as_str()) => {
+                ReplicaSetInfo {
+                    revision: rs
+                        .annotations()
+                        .get(REVISION_ANNOTATION)
+                        .and_then(|v| translate::parse_revision(v).ok()),
+                    rollout: rs
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .find(|r| r.controller == Some(true))
+                        .map(|r| r.uid.clone())
+                        .filter(|uid| !uid.is_empty()),
+                }
+            }
+            Ok(_) => ReplicaSetInfo::default(),
             Err(e) => {
                 tracing::warn!(error = %e, replicaset = %owner.name, "cannot read the ReplicaSet's revision; priority without it");
-                None
+                ReplicaSetInfo::default()
             }
         }
     }
@@ -367,13 +454,14 @@ impl EdgeBackend {
         let owner = translate::owner_of(pod).map_err(|e| CreateError::Invalid {
             message: format!("InvalidSpec: {e}"),
         })?;
-        let revision = self.revision(pod).await;
+        let rs = self.replicaset(pod).await;
         let layered = translate::layered_deployment(
             pod,
             LayeredInput {
                 node: &self.config.node,
                 owner: &owner,
-                revision,
+                revision: rs.revision,
+                rollout: rs.rollout.as_deref(),
                 resolved: &resolved,
             },
         )
@@ -418,6 +506,41 @@ impl EdgeBackend {
             (Arc::new(pod.clone()), id),
         );
         Ok(())
+    }
+
+    /// Delete this node's base deployments other than the current one (its
+    /// content changed: new system module images). `managed` holds only
+    /// this node's deployments, so another node's base is never touched.
+    async fn collect_stale_bases(&self, managed: &[Configuration], errors: &mut Vec<HubError>) {
+        let current = translate::base_deployment(&self.config.node).id;
+        for c in managed.iter().filter(|c| {
+            c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BASE) && c.id != current
+        }) {
+            match self.hub.delete_configuration(&c.id).await {
+                Ok(()) => {
+                    tracing::info!(deployment = %c.id, "GC: deleted a base deployment this node replaced")
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+
+    /// Remove everything this node put on the hub: its layered deployments,
+    /// then its base deployment(s) — for a node that is being removed
+    /// (`--edge-cleanup-on-exit`), never for a restart. Only deployments
+    /// labelled with this node's name. Returns how many were deleted.
+    pub async fn decommission(&self) -> Result<usize, HubError> {
+        let managed = self.managed().await?;
+        let (base, layered): (Vec<&Configuration>, Vec<&Configuration>) = managed
+            .iter()
+            .partition(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_BASE));
+        // Layered first: a device never holds modules without the base's
+        // system modules.
+        for c in layered.iter().chain(base.iter()) {
+            self.hub.delete_configuration(&c.id).await?;
+            tracing::info!(deployment = %c.id, node = %self.config.node.name, "edge node removed: deployment deleted");
+        }
+        Ok(managed.len())
     }
 
     /// Create the node's base deployment unless it exists (idempotent).
@@ -489,6 +612,7 @@ impl EdgeBackend {
                 },
             );
         }
+        self.update_mutable_fields(&instances, &mut errors).await;
         // Orphans: managed layered deployments no live pod references.
         let now = Instant::now();
         let orphans: Vec<String> = {
@@ -516,6 +640,9 @@ impl EdgeBackend {
             known
                 .twin_cache
                 .retain(|id, _| managed.iter().any(|c| c.id == *id));
+            known
+                .refused_updates
+                .retain(|id, _| managed.iter().any(|c| c.id == *id));
             let candidates: HashSet<String> = by_owner
                 .values()
                 .map(|c| c.id.clone())
@@ -530,32 +657,112 @@ impl EdgeBackend {
                 .filter(|id| !referenced.contains(id) && !created.contains(id))
                 .collect();
             known.orphan_since.retain(|id, _| candidates.contains(id));
+            known.awaiting_handover.retain(|id| candidates.contains(id));
             let grace = self.config.orphan_grace;
-            candidates
-                .into_iter()
-                .filter(|id| {
-                    let since = *known.orphan_since.entry(id.clone()).or_insert(now);
-                    now.saturating_duration_since(since) >= grace
-                })
-                .collect()
+            let held = |id: &str| {
+                managed
+                    .iter()
+                    .find(|c| c.id == id)
+                    .and_then(|c| held_by(c, &managed))
+                    .is_some()
+            };
+            let mut due = Vec::new();
+            for id in candidates {
+                let since = *known.orphan_since.entry(id.clone()).or_insert(now);
+                let expired = known.awaiting_handover.contains(&id)
+                    || now.saturating_duration_since(since) >= grace;
+                if expired && !held(&id) {
+                    due.push(id);
+                }
+            }
+            due
         };
         for id in orphans {
             match self.hub.delete_configuration(&id).await {
                 Ok(()) => {
                     tracing::info!(deployment = %id, "GC: deleted an IoT Edge deployment no pod references");
-                    self.known().orphan_since.remove(&id);
+                    let mut known = self.known();
+                    known.orphan_since.remove(&id);
+                    known.awaiting_handover.remove(&id);
                 }
                 Err(e) => errors.push(e),
             }
         }
-        if let Err(e) = self.ensure_base().await {
-            errors.push(e);
+        match self.ensure_base().await {
+            Ok(()) => self.collect_stale_bases(&managed, &mut errors).await,
+            Err(e) => errors.push(e),
         }
         Ok(Read {
             instances,
             unknown,
             errors,
         })
+    }
+
+    /// Update the target condition and priority of every deployment a live
+    /// pod references where they differ from what the pod and node say.
+    async fn update_mutable_fields(
+        &self,
+        instances: &HashMap<String, EdgePod>,
+        errors: &mut Vec<HubError>,
+    ) {
+        let mut live: Vec<&EdgePod> = instances.values().filter(|i| is_live(&i.pod)).collect();
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut by_id: BTreeMap<&str, &EdgePod> = BTreeMap::new();
+        for i in live {
+            by_id.entry(i.state.configuration.id.as_str()).or_insert(i);
+        }
+        for (id, i) in by_id {
+            let c = &i.state.configuration;
+            // The ReplicaSet's revision now: a rollback gives the old
+            // ReplicaSet the next revision, and its deployment must win again.
+            let labelled = label_revision(c);
+            let revision = self.replicaset(&i.pod).await.revision.or(labelled);
+            let want = match translate::mutable_fields(&i.pod, &self.config.node, revision) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(deployment = %id, error = %e, "cannot compute the deployment's target condition and priority");
+                    continue;
+                }
+            };
+            // Deployments created before the revision label: their
+            // priority holds a revision that is not known here.
+            let priority_known = revision.is_some()
+                || c.labels.get(LABEL_OWNER_KIND).map(String::as_str) != Some("ReplicaSet");
+            let condition_differs = want.target_condition != c.target_condition;
+            let priority_differs = priority_known && want.priority != c.priority;
+            let revision_differs = revision.is_some() && revision != labelled;
+            if !condition_differs && !priority_differs && !revision_differs {
+                continue;
+            }
+            if self.known().refused_updates.get(id) == Some(&want) {
+                continue;
+            }
+            let labels = revision.filter(|_| revision_differs).map(|r| {
+                let mut labels = c.labels.clone();
+                labels.insert(LABEL_REVISION.to_string(), r.to_string());
+                labels
+            });
+            let patch = ConfigurationPatch {
+                labels,
+                target_condition: condition_differs.then(|| want.target_condition.clone()),
+                priority: priority_differs.then_some(want.priority),
+                ..ConfigurationPatch::default()
+            };
+            match self.hub.update_configuration(id, &patch).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %id, condition = %want.target_condition, priority = want.priority, "IoT Edge deployment updated in place");
+                    self.known().refused_updates.remove(id);
+                }
+                Err(e) => {
+                    if matches!(e, HubError::Rejected(_)) {
+                        tracing::warn!(deployment = %id, error = %e, "the hub refused the deployment's new target condition or priority");
+                        self.known().refused_updates.insert(id.to_string(), want);
+                    }
+                    errors.push(e);
+                }
+            }
+        }
     }
 
     async fn get_pod(&self, name: &str) -> Result<Option<EdgePod>, HubError> {
@@ -576,7 +783,9 @@ impl EdgeBackend {
         }))
     }
 
-    /// Release the pod's reference; delete the deployment with the last one.
+    /// Release the pod's reference; delete the deployment with the last
+    /// one, unless a newer deployment of its rollout has not handed over
+    /// (then garbage collection deletes it once that one has).
     async fn release(&self, name: &str) -> Result<(), HubError> {
         let (id, others) = {
             let mut known = self.known();
@@ -592,6 +801,16 @@ impl EdgeBackend {
         };
         if others > 0 {
             tracing::debug!(deployment = %id, pods = others, "deployment still referenced");
+            return Ok(());
+        }
+        let managed = self.managed().await?;
+        if let Some(newer) = managed
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| held_by(c, &managed))
+        {
+            tracing::info!(deployment = %id, newer = %newer.id, counts = %newer.device_counts(), "last pod gone; deployment kept until the newer one of its rollout has handed over");
+            self.known().awaiting_handover.insert(id);
             return Ok(());
         }
         self.hub.delete_configuration(&id).await?;
@@ -727,7 +946,9 @@ mod tests {
                     axum::Json(serde_json::json!({
                         "apiVersion": "apps/v1", "kind": "ReplicaSet",
                         "metadata": {"name": "sensor-1", "namespace": "iot", "uid": "rs-uid-1",
-                            "annotations": {"deployment.kubernetes.io/revision": "3"}},
+                            "annotations": {"deployment.kubernetes.io/revision": "3"},
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                "name": "sensor", "uid": "deploy-uid-1", "controller": true}]},
                         "spec": {"selector": {"matchLabels": {"app": "sensor"}}}
                     }))
                 }),
@@ -784,9 +1005,18 @@ mod tests {
             EdgeBackendConfig::new(EdgeNode::new("edge-a", "*")),
             Some(api_with_replicaset()),
         );
-        assert_eq!(backend.revision(&replica("rs-uid-1")).await, Some(3));
+        assert_eq!(
+            backend.replicaset(&replica("rs-uid-1")).await,
+            ReplicaSetInfo {
+                revision: Some(3),
+                rollout: Some("deploy-uid-1".into())
+            }
+        );
         // A ReplicaSet of the same name but another uid is not the owner.
-        assert_eq!(backend.revision(&replica("rs-uid-old")).await, None);
+        assert_eq!(
+            backend.replicaset(&replica("rs-uid-old")).await,
+            ReplicaSetInfo::default()
+        );
         backend
             .create(&replica("rs-uid-1"), &Sources::default())
             .await
@@ -804,12 +1034,64 @@ mod tests {
             .unwrap_or_else(|e| panic!("get: {e}"))
             .unwrap_or_else(|| panic!("created"));
         assert_eq!(created.priority, 103, "100 + revision 3");
+        assert_eq!(
+            created.labels.get(LABEL_ROLLOUT_UID).map(String::as_str),
+            Some("deploy-uid-1")
+        );
+        assert_eq!(
+            created.labels.get(LABEL_REVISION).map(String::as_str),
+            Some("3")
+        );
         // Creating again (another replica, or a retry) is idempotent.
         backend
             .create(&replica("rs-uid-1"), &Sources::default())
             .await
             .unwrap_or_else(|e| panic!("create again: {e}"));
         assert_eq!(emu.state.counters().creates_by_id.get(&ids[0]), Some(&1));
+    }
+
+    fn rollout_deployment(id: &str, revision: i32, counts: [i64; 3]) -> Configuration {
+        let mut c = Configuration::edge_deployment(id, BTreeMap::new(), "*", 100 + revision);
+        c.labels = BTreeMap::from([
+            (LABEL_ROLLOUT_UID.to_string(), "deploy-uid-1".to_string()),
+            (LABEL_REVISION.to_string(), revision.to_string()),
+        ]);
+        for (key, n) in [
+            (metric::TARGETED, counts[0]),
+            (metric::APPLIED, counts[1]),
+            (metric::REPORTED_SUCCESSFUL, counts[2]),
+        ] {
+            c.system_metrics.results.insert(key.to_string(), n);
+        }
+        c
+    }
+
+    #[test]
+    fn an_old_deployment_is_held_until_the_newer_one_of_its_rollout_hands_over() {
+        let old = rollout_deployment("old", 1, [3, 3, 3]);
+        // [targeted, applied, reportedSuccessful] of the newer deployment.
+        for (counts, held) in [
+            ([0, 0, 0], true),  // just created: the hub has not counted yet
+            ([3, 0, 0], true),  // targeted, not applied
+            ([3, 2, 2], true),  // applied to some of its devices only
+            ([3, 3, 2], true),  // one device has not reported success
+            ([3, 3, 3], false), // every device runs the new modules
+        ] {
+            let managed = vec![old.clone(), rollout_deployment("new", 2, counts)];
+            assert_eq!(held_by(&old, &managed).is_some(), held, "{counts:?}");
+        }
+        // An older revision, another rollout, or no rollout label never holds.
+        let older = rollout_deployment("older", 0, [3, 0, 0]);
+        assert!(held_by(&old, &[old.clone(), older]).is_none());
+        let mut other = rollout_deployment("other", 2, [3, 0, 0]);
+        other
+            .labels
+            .insert(LABEL_ROLLOUT_UID.to_string(), "deploy-uid-2".to_string());
+        assert!(held_by(&old, &[old.clone(), other]).is_none());
+        let mut bare = old.clone();
+        bare.labels.clear();
+        let newer = rollout_deployment("new", 2, [3, 0, 0]);
+        assert!(held_by(&bare, &[bare.clone(), newer]).is_none());
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! The edge virtual node's flags and start-up: `--edge hub|emulator`,
-//! `--edge-node`, `--edge-connection-secret NS/NAME`, `--edge-hub-url`,
-//! `--edge-target-condition` → a [`Provider`] over [`EdgeBackend`].
+//! The edge virtual nodes' flags and start-up: `--edge hub|emulator`, and
+//! either one hub through `--edge-node`, `--edge-connection-secret NS/NAME`,
+//! `--edge-hub-url`, `--edge-target-condition`, or several through the
+//! repeatable `--edge-hub NODE=NS/SECRET[,url=URL][,condition=QUERY]` →
+//! one [`Provider`] over an [`EdgeBackend`] per hub (one node, one Lease,
+//! one paced hub client, one `node` metrics label each).
 //!
 //! Owns turning flags (validated completely first) and the connection
-//! Secret into a running provider. Must not: decide anything about pods
-//! (the controllers and the backend do). Not yet flattened into
-//! `spillway run`: the cluster view (`src/cluster`) recognises virtual nodes
-//! by `type=virtual-kubelet` / the `virtual-kubelet.io/provider` taint and
-//! would count an edge node as burst capacity until it excludes
-//! `spillway.io/edge=true`.
+//! Secrets into running providers, and `--edge-cleanup-on-exit` (the
+//! leader deletes the node's deployments, base included, after its
+//! provider stopped). Must not: decide anything about pods (the
+//! controllers and the backend do).
 
 use super::backend::{EdgeBackend, EdgeBackendConfig, node_profile};
 use super::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
@@ -63,6 +64,34 @@ pub struct EdgeArgs {
     /// Seconds between status syncs.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub edge_sync_secs: u64,
+    /// One edge node per IoT Hub, repeatable: the node's name, the Secret
+    /// with the hub's connection string, and optionally the hub's transport
+    /// URL and the node's base target condition (`condition=` last: it may
+    /// hold commas). Replaces the four single-hub flags.
+    #[arg(
+        long = "edge-hub",
+        value_name = "NODE=NS/SECRET[,url=URL][,condition=QUERY]",
+        conflicts_with_all = ["edge_node", "edge_connection_secret", "edge_hub_url", "edge_target_condition"]
+    )]
+    pub edge_hubs: Vec<String>,
+    /// On a graceful exit as the leader, delete every IoT Edge deployment
+    /// of the edge node(s), the base deployment included: for removing a
+    /// node or hub, not for restarts or upgrades (devices lose the modules).
+    #[arg(long, env = "SPILLWAY_EDGE_CLEANUP_ON_EXIT")]
+    pub edge_cleanup_on_exit: bool,
+}
+
+/// One IoT Hub and the edge node that stands for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeHub {
+    /// The Kubernetes node name.
+    pub node: String,
+    /// `NAMESPACE/NAME` of the connection Secret; `None`: the embedded emulator.
+    pub secret: Option<String>,
+    /// Transport URL of the hub (the emulator's address).
+    pub url: Option<String>,
+    /// The node's base target condition (`*`: all IoT Edge devices).
+    pub condition: String,
 }
 
 /// What is wrong with the flags or the Secret.
@@ -76,6 +105,10 @@ pub enum EdgeSetupError {
     HubUrl(String),
     #[error("--edge-hub-url without --edge-connection-secret: the emulator's key is unknown")]
     UrlWithoutSecret,
+    #[error("--edge-hub {value:?}: {message}")]
+    HubSpec { value: String, message: String },
+    #[error("--edge-hub needs --edge hub or --edge emulator")]
+    HubsWithoutMode,
     #[error("Secret {secret}: {message}")]
     Secret { secret: String, message: String },
     #[error("IoT Hub client: {0}")]
@@ -85,28 +118,125 @@ pub enum EdgeSetupError {
 }
 
 impl EdgeArgs {
+    /// The hubs the flags name: every `--edge-hub`, or the one of the
+    /// single-hub flags. Checked completely: node names, Secret references,
+    /// URLs, duplicates.
+    pub fn hubs(&self) -> Result<Vec<EdgeHub>, EdgeSetupError> {
+        let hubs = if self.edge_hubs.is_empty() {
+            vec![EdgeHub {
+                node: self.edge_node.clone(),
+                secret: self.edge_connection_secret.clone(),
+                url: self.edge_hub_url.clone(),
+                condition: self.edge_target_condition.clone(),
+            }]
+        } else {
+            self.edge_hubs
+                .iter()
+                .map(|v| parse_edge_hub(v))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for hub in &hubs {
+            if !seen.insert(hub.node.as_str()) {
+                return Err(EdgeSetupError::HubSpec {
+                    value: hub.node.clone(),
+                    message: "the node is named twice: one node per hub".into(),
+                });
+            }
+        }
+        Ok(hubs)
+    }
+
     /// Check the flags completely before anything starts.
     pub fn validate(&self) -> Result<(), EdgeSetupError> {
-        if let Some(s) = &self.edge_connection_secret {
-            secret_ref(s)?;
+        if self.mode == EdgeMode::None && !self.edge_hubs.is_empty() {
+            return Err(EdgeSetupError::HubsWithoutMode);
         }
-        if let Some(url) = &self.edge_hub_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(EdgeSetupError::HubUrl(url.clone()));
-        }
-        match self.mode {
-            EdgeMode::Hub if self.edge_connection_secret.is_none() => {
-                Err(EdgeSetupError::MissingSecret)
+        for hub in self.hubs()? {
+            if let Some(s) = &hub.secret {
+                secret_ref(s)?;
             }
-            EdgeMode::Emulator
-                if self.edge_hub_url.is_some() && self.edge_connection_secret.is_none() =>
+            if let Some(url) = &hub.url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                Err(EdgeSetupError::UrlWithoutSecret)
+                return Err(EdgeSetupError::HubUrl(url.clone()));
             }
-            _ => Ok(()),
+            match self.mode {
+                EdgeMode::Hub if hub.secret.is_none() => return Err(EdgeSetupError::MissingSecret),
+                EdgeMode::Emulator if hub.url.is_some() && hub.secret.is_none() => {
+                    return Err(EdgeSetupError::UrlWithoutSecret);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node name the API server accepts: a DNS-1123 subdomain.
+fn valid_node_name(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(ok_char)
+        && name.ends_with(ok_char)
+        && name.chars().all(|c| ok_char(c) || c == '-' || c == '.')
+}
+
+/// Parse `NODE=NS/SECRET[,url=URL][,condition=QUERY]`.
+pub fn parse_edge_hub(value: &str) -> Result<EdgeHub, EdgeSetupError> {
+    let fail = |message: String| EdgeSetupError::HubSpec {
+        value: value.to_string(),
+        message,
+    };
+    let (node, rest) = value
+        .split_once('=')
+        .ok_or_else(|| fail("expected NODE=NS/SECRET[,url=URL][,condition=QUERY]".into()))?;
+    let node = node.trim();
+    if !valid_node_name(node) {
+        return Err(fail(format!(
+            "node name {node:?} must be a DNS subdomain (lowercase letters, digits, '-', '.')"
+        )));
+    }
+    // The condition is last and taken whole: queries hold commas and '='.
+    let (head, condition) = match rest.split_once(",condition=") {
+        Some((head, condition)) => (head, Some(condition.trim())),
+        None => (rest, None),
+    };
+    let mut parts = head.split(',');
+    let secret = parts.next().unwrap_or_default().trim();
+    secret_ref(secret).map_err(|e| fail(e.to_string()))?;
+    let mut url = None;
+    for part in parts {
+        match part.split_once('=') {
+            Some(("url", u)) if url.is_none() => {
+                let u = u.trim();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(fail(format!(
+                        "url= must be an http:// or https:// URL, not {u:?}"
+                    )));
+                }
+                url = Some(u.to_string());
+            }
+            Some(("url", _)) => return Err(fail("url= is given twice".into())),
+            _ => {
+                return Err(fail(format!(
+                    "unknown part {part:?}: expected url=URL or condition=QUERY (last)"
+                )));
+            }
         }
     }
+    if condition.is_some_and(str::is_empty) {
+        return Err(fail(
+            "condition= is empty (use * for all IoT Edge devices)".into(),
+        ));
+    }
+    Ok(EdgeHub {
+        node: node.to_string(),
+        secret: Some(secret.to_string()),
+        url,
+        condition: condition.unwrap_or("*").to_string(),
+    })
 }
 
 fn secret_ref(s: &str) -> Result<(&str, &str), EdgeSetupError> {
@@ -169,15 +299,18 @@ pub fn hub_request_counter(
     })
 }
 
-/// A started edge node: await `task` after `stop` fired.
+/// The started edge nodes: await `task` (it ends when every node's
+/// provider has) after `stop` fired.
 pub struct EdgeStarted {
     pub task: tokio::task::JoinHandle<()>,
     /// The in-process emulator (`--edge emulator` without a URL).
     pub emulator: Option<EmulatorHandle>,
+    /// The edge nodes started, one per hub.
+    pub nodes: Vec<String>,
 }
 
-/// Start the edge node as `args` say; `None` for `--edge none`. It acts
-/// only while `leader` is true.
+/// Start one edge node per hub as `args` say; `None` for `--edge none`.
+/// They act only while `leader` is true.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     args: &EdgeArgs,
@@ -185,70 +318,138 @@ pub async fn start(
     watch_client: kube::Client,
     node_ip: &str,
     leader: tokio::sync::watch::Receiver<bool>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> Result<Option<EdgeStarted>, EdgeSetupError> {
     args.validate()?;
-    let (conn, endpoint, emulator) = match (args.mode, &args.edge_connection_secret) {
-        (EdgeMode::None, _) => return Ok(None),
-        (EdgeMode::Emulator, None) => {
-            let emu = Emulator::start(EmulatorConfig::default()).await?;
-            let conn = emu
-                .connection_string()
-                .ok_or_else(|| EdgeSetupError::Secret {
-                    secret: "(embedded emulator)".into(),
-                    message: "no connection string".into(),
-                })?;
-            tracing::info!(url = %emu.url, "embedded IoT Hub emulator started");
-            (conn, Some(emu.url.clone()), Some(emu))
+    if args.mode == EdgeMode::None {
+        return Ok(None);
+    }
+    let hubs = args.hubs()?;
+    // Read every Secret before starting anything: a bad one stops them all.
+    let mut connections = Vec::with_capacity(hubs.len());
+    let mut emulator = None;
+    for hub in &hubs {
+        let (conn, endpoint) = match (&hub.secret, args.mode) {
+            (Some(reference), _) => (
+                connection_from_secret(&client, reference).await?,
+                hub.url.clone(),
+            ),
+            (None, EdgeMode::Emulator) => {
+                let emu = Emulator::start(EmulatorConfig::default()).await?;
+                let conn = emu
+                    .connection_string()
+                    .ok_or_else(|| EdgeSetupError::Secret {
+                        secret: "(embedded emulator)".into(),
+                        message: "no connection string".into(),
+                    })?;
+                tracing::info!(url = %emu.url, "embedded IoT Hub emulator started");
+                let url = emu.url.clone();
+                emulator = Some(emu);
+                (conn, Some(url))
+            }
+            (None, _) => return Err(EdgeSetupError::MissingSecret),
+        };
+        connections.push((hub, conn, endpoint));
+    }
+    let mut tasks = Vec::with_capacity(hubs.len());
+    for (hub, conn, endpoint) in connections {
+        tasks.push(start_node(
+            args,
+            hub,
+            conn,
+            endpoint,
+            NodeHandles {
+                client: client.clone(),
+                watch_client: watch_client.clone(),
+                node_ip,
+                leader: leader.clone(),
+                stop: stop.clone(),
+                metrics: metrics.clone(),
+            },
+        )?);
+    }
+    let task = tokio::spawn(async move {
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "edge node task failed");
+            }
         }
-        (_, Some(reference)) => (
-            connection_from_secret(&client, reference).await?,
-            args.edge_hub_url.clone(),
-            None,
-        ),
-        (EdgeMode::Hub, None) => return Err(EdgeSetupError::MissingSecret),
-    };
+    });
+    Ok(Some(EdgeStarted {
+        task,
+        emulator,
+        nodes: hubs.into_iter().map(|h| h.node).collect(),
+    }))
+}
+
+/// What every edge node shares.
+struct NodeHandles<'a> {
+    client: kube::Client,
+    watch_client: kube::Client,
+    node_ip: &'a str,
+    leader: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// One hub's node: its own paced client, backend, provider (node + Lease).
+fn start_node(
+    args: &EdgeArgs,
+    hub: &EdgeHub,
+    conn: ConnectionString,
+    endpoint: Option<String>,
+    h: NodeHandles<'_>,
+) -> Result<tokio::task::JoinHandle<()>, EdgeSetupError> {
     let host = conn.host_name.clone();
-    let mut hub = HubClient::new(
+    let mut client = HubClient::new(
         conn,
         HubClientConfig {
             endpoint,
             ..HubClientConfig::default()
         },
     )?;
-    if let Some(m) = &metrics {
-        hub = hub.with_observer(hub_request_counter(m.clone(), &args.edge_node));
+    if let Some(m) = &h.metrics {
+        client = client.with_observer(hub_request_counter(m.clone(), &hub.node));
     }
     let mut backend = EdgeBackend::new(
-        Arc::new(hub),
-        EdgeBackendConfig::new(EdgeNode::new(
-            args.edge_node.clone(),
-            args.edge_target_condition.clone(),
-        )),
-        Some(client.clone()),
+        Arc::new(client),
+        EdgeBackendConfig::new(EdgeNode::new(hub.node.clone(), hub.condition.clone())),
+        Some(h.client.clone()),
     );
-    if let Some(m) = metrics {
+    if let Some(m) = h.metrics {
         backend = backend.with_metrics(m);
     }
     let backend = Arc::new(backend);
-    let mut config = ProviderConfig::new(args.edge_node.clone(), "edge", host, node_ip, 0);
+    let mut config = ProviderConfig::new(hub.node.clone(), "edge", host, h.node_ip, 0);
     config.node.profile = node_profile();
     config.sync_interval = Duration::from_secs(args.edge_sync_secs);
     // Hub operations are scarce (about 20/min): read capacity from the syncs.
     config.usage_interval = config.sync_interval;
-    let provider =
-        Provider::with_backend(client, backend, config, None).with_watch_client(watch_client);
-    tracing::info!(node = %args.edge_node, mode = ?args.mode, "edge virtual node configured");
-    let task = tokio::spawn(async move {
+    let provider = Provider::with_backend(h.client, backend.clone(), config, None)
+        .with_watch_client(h.watch_client);
+    tracing::info!(node = %hub.node, mode = ?args.mode, "edge virtual node configured");
+    let (leader, mut stop) = (h.leader, h.stop);
+    let cleanup = args.edge_cleanup_on_exit;
+    let node = hub.node.clone();
+    Ok(tokio::spawn(async move {
+        let leading = leader.clone();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         if let Err(e) = provider.run(leader, stopped).await {
             tracing::error!(error = %e, "edge provider stopped");
         }
-    });
-    Ok(Some(EdgeStarted { task, emulator }))
+        // Only the leader acts on the hub; a standby exiting leaves it be.
+        if cleanup && *leading.borrow() {
+            match backend.decommission().await {
+                Ok(n) => tracing::info!(%node, deleted = n, "edge node cleaned up on exit"),
+                Err(e) => {
+                    tracing::error!(%node, error = %e, "edge node cleanup on exit failed; deployments are left on the hub")
+                }
+            }
+        }
+    }))
 }
 
 #[cfg(test)]
@@ -304,5 +505,68 @@ mod tests {
             .validate(),
             Err(EdgeSetupError::HubUrl(_))
         ));
+    }
+
+    #[test]
+    fn several_hubs_are_several_nodes_with_clear_errors() {
+        let a = parse(&[
+            "--edge",
+            "hub",
+            "--edge-hub",
+            "edge-a=iot/hub-a",
+            "--edge-hub",
+            "edge-b=iot/hub-b,url=http://127.0.0.1:9,condition=tags.site='munich' AND tags.x IN ['a','b']",
+        ]);
+        assert!(a.validate().is_ok());
+        let hubs = a.hubs().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            hubs,
+            vec![
+                EdgeHub {
+                    node: "edge-a".into(),
+                    secret: Some("iot/hub-a".into()),
+                    url: None,
+                    condition: "*".into(),
+                },
+                EdgeHub {
+                    node: "edge-b".into(),
+                    secret: Some("iot/hub-b".into()),
+                    url: Some("http://127.0.0.1:9".into()),
+                    condition: "tags.site='munich' AND tags.x IN ['a','b']".into(),
+                },
+            ]
+        );
+        // The single-hub flags still make one hub.
+        let single = parse(&["--edge", "hub", "--edge-connection-secret", "iot/hub"]);
+        assert_eq!(single.hubs().map(|h| h.len()).ok(), Some(1));
+        // Mixing the two forms is refused by the parser.
+        let mut argv = vec!["spillway", "--edge", "hub", "--edge-hub", "a=iot/h"];
+        argv.extend(["--edge-node", "b"]);
+        assert!(Cli::try_parse_from(argv).is_err());
+        let refused = |args: &[&str]| match parse(args).validate() {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("{args:?} accepted"),
+        };
+        let e = refused(&[
+            "--edge",
+            "hub",
+            "--edge-hub",
+            "a=iot/h",
+            "--edge-hub",
+            "a=iot/g",
+        ]);
+        assert!(e.contains("named twice"), "{e}");
+        let e = refused(&["--edge", "hub", "--edge-hub", "a"]);
+        assert!(e.contains("NODE=NS/SECRET"), "{e}");
+        let e = refused(&["--edge", "hub", "--edge-hub", "Edge_A=iot/h"]);
+        assert!(e.contains("DNS subdomain"), "{e}");
+        let e = refused(&["--edge", "hub", "--edge-hub", "a=hub"]);
+        assert!(e.contains("NAMESPACE/NAME"), "{e}");
+        let e = refused(&["--edge", "hub", "--edge-hub", "a=iot/h,port=1"]);
+        assert!(e.contains("unknown part"), "{e}");
+        let e = refused(&["--edge", "hub", "--edge-hub", "a=iot/h,url=ftp://x"]);
+        assert!(e.contains("url= must be an http"), "{e}");
+        let e = refused(&["--edge-hub", "a=iot/h"]);
+        assert!(e.contains("--edge hub or --edge emulator"), "{e}");
     }
 }

@@ -20,6 +20,9 @@ pub const MIN_READY_ANNOTATION: &str = "edge.spillway.io/min-ready";
 pub const REASON_NO_TARGET_DEVICES: &str = "NoTargetDevices";
 /// Pending reason while devices are targeted but none runs every module.
 pub const REASON_ROLLING_OUT: &str = "DeploymentRollingOut";
+/// Ready condition reason while devices that report 406 (offline / not
+/// reporting) keep the pod below `min-ready`.
+pub const REASON_DEVICES_OFFLINE: &str = "DevicesOffline";
 /// Container waiting reason of a module the agent keeps restarting.
 pub const REASON_MODULE_BACKOFF: &str = "ModuleBackOff";
 /// Container id scheme of statuses written from a deployment.
@@ -119,11 +122,7 @@ pub fn pod_status(pod: &k8s::Pod, state: &DeploymentState) -> k8s::PodStatus {
     let modules = desired_modules(c);
     let devices = device_views(state, &modules);
     let running_on = devices.iter().filter(|d| d.runs_all(&modules)).count() as i64;
-    let offline: Vec<&str> = devices
-        .iter()
-        .filter(|d| d.code == Some(406))
-        .map(|d| d.device.as_str())
-        .collect();
+    let offline: Vec<&DeviceView> = devices.iter().filter(|d| d.code == Some(406)).collect();
     let min_ready = pod
         .metadata
         .annotations
@@ -133,8 +132,14 @@ pub fn pod_status(pod: &k8s::Pod, state: &DeploymentState) -> k8s::PodStatus {
         .filter(|n| *n >= 1)
         .unwrap_or(counts.applied.max(1));
     let mut summary = counts.to_string();
-    if !offline.is_empty() {
-        summary.push_str(&format!(" offline={}", offline.len()));
+    if let Some(first) = offline.first() {
+        // The count, and why for the first one in the agent's words.
+        summary.push_str(&format!(
+            " offline={}: {} reports 406 {}",
+            offline.len(),
+            first.device,
+            first.description
+        ));
     }
     let ready = running_on >= 1 && counts.reported_successful >= min_ready;
     let (phase, reason, message) = if counts.targeted == 0 {
@@ -144,9 +149,10 @@ pub fn pod_status(pod: &k8s::Pod, state: &DeploymentState) -> k8s::PodStatus {
             format!("no device matches {}", c.target_condition),
         )
     } else if running_on == 0 {
+        // Offline devices are already explained in the summary.
         let why = devices
             .iter()
-            .find(|d| d.code.is_some_and(|code| code != 200))
+            .find(|d| d.code.is_some_and(|code| code != 200 && code != 406))
             .map(|d| {
                 format!(
                     ": {} reports {} {}",
@@ -213,10 +219,15 @@ pub fn pod_status(pod: &k8s::Pod, state: &DeploymentState) -> k8s::PodStatus {
             ..Default::default()
         });
     }
+    let not_ready_reason = match reason {
+        Some(r) => r,
+        None if !offline.is_empty() => REASON_DEVICES_OFFLINE,
+        None => "DevicesNotReady",
+    };
     let cond = |kind: &str, ok: bool| k8s::PodCondition {
         type_: kind.to_string(),
         status: if ok { "True" } else { "False" }.into(),
-        reason: (!ok).then(|| reason.unwrap_or("DevicesNotReady").to_string()),
+        reason: (!ok).then(|| not_ready_reason.to_string()),
         message: Some(message.clone()),
         ..Default::default()
     };

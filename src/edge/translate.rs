@@ -77,6 +77,11 @@ pub const LABEL_OWNER_KIND: &str = "spillway.io/owner-kind";
 pub const LABEL_OWNER_NAME: &str = "spillway.io/owner-name";
 pub const LABEL_OWNER_UID: &str = "spillway.io/owner-uid";
 pub const LABEL_CONTENT_HASH: &str = "spillway.io/content-hash";
+/// Label: uid of the controller that owns the pod's ReplicaSet (a
+/// Deployment): the deployments of one rollout share it.
+pub const LABEL_ROLLOUT_UID: &str = "spillway.io/rollout-uid";
+/// Label: the owning ReplicaSet's `deployment.kubernetes.io/revision`.
+pub const LABEL_REVISION: &str = "spillway.io/revision";
 
 /// The hub's limit on configuration ids.
 pub const MAX_ID_LEN: usize = 128;
@@ -219,6 +224,9 @@ pub struct LayeredInput<'a> {
     pub owner: &'a Owner,
     /// The owning ReplicaSet's revision; `None` for other owners.
     pub revision: Option<i32>,
+    /// Uid of the ReplicaSet's own controller (the Deployment), which ties
+    /// the deployments of one rollout together; `None` for other owners.
+    pub rollout: Option<&'a str>,
     pub resolved: &'a Resolved,
 }
 
@@ -299,8 +307,61 @@ pub fn layered_deployment(
         &[&input.node.name, namespace, &input.owner.name],
         &content_hash,
     );
+    let MutableFields {
+        target_condition,
+        priority,
+    } = mutable_fields(pod, input.node, input.revision)?;
+
+    let mut configuration =
+        Configuration::edge_deployment(id, modules_content, target_condition, priority);
+    configuration.labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_NODE.to_string(), input.node.name.clone()),
+        (LABEL_ROLE.to_string(), ROLE_LAYERED.to_string()),
+        (LABEL_NAMESPACE.to_string(), namespace.to_string()),
+        (LABEL_OWNER_KIND.to_string(), input.owner.kind.clone()),
+        (LABEL_OWNER_NAME.to_string(), input.owner.name.clone()),
+        (LABEL_OWNER_UID.to_string(), input.owner.uid.clone()),
+        (LABEL_CONTENT_HASH.to_string(), content_hash.clone()),
+    ]);
+    if let Some(rollout) = input.rollout {
+        configuration
+            .labels
+            .insert(LABEL_ROLLOUT_UID.to_string(), rollout.to_string());
+    }
+    if let Some(revision) = input.revision {
+        configuration
+            .labels
+            .insert(LABEL_REVISION.to_string(), revision.to_string());
+    }
+    Ok(LayeredDeployment {
+        configuration,
+        content_hash,
+        modules,
+    })
+}
+
+/// The fields of a layered deployment the hub lets change in place (the
+/// etag PUT), as the pod and the node say now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutableFields {
+    pub target_condition: String,
+    pub priority: i32,
+}
+
+/// Target condition (node base AND annotation AND tag labels) and priority
+/// (annotation, default [`DEFAULT_PRIORITY`], plus the ReplicaSet revision)
+/// of `pod`'s deployment. Pod annotations and labels are mutable in
+/// Kubernetes, and the node's base condition is a flag: these may change
+/// while the deployment runs, unlike its content.
+pub fn mutable_fields(
+    pod: &k8s::Pod,
+    node: &EdgeNode,
+    revision: Option<i32>,
+) -> Result<MutableFields, EdgeTranslateError> {
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let target_condition = pod_target_condition(
-        &input.node.base_condition,
+        &node.base_condition,
         &annotations,
         pod.metadata.labels.as_ref(),
     )?;
@@ -319,30 +380,16 @@ pub fn layered_deployment(
         None => DEFAULT_PRIORITY,
     };
     let priority = base_priority
-        .checked_add(input.revision.unwrap_or(0))
+        .checked_add(revision.unwrap_or(0))
         .ok_or_else(|| {
             invalid(
                 format!("metadata.annotations[{PRIORITY_ANNOTATION}]"),
                 "priority plus the ReplicaSet revision overflows",
             )
         })?;
-
-    let mut configuration =
-        Configuration::edge_deployment(id, modules_content, target_condition, priority);
-    configuration.labels = BTreeMap::from([
-        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-        (LABEL_NODE.to_string(), input.node.name.clone()),
-        (LABEL_ROLE.to_string(), ROLE_LAYERED.to_string()),
-        (LABEL_NAMESPACE.to_string(), namespace.to_string()),
-        (LABEL_OWNER_KIND.to_string(), input.owner.kind.clone()),
-        (LABEL_OWNER_NAME.to_string(), input.owner.name.clone()),
-        (LABEL_OWNER_UID.to_string(), input.owner.uid.clone()),
-        (LABEL_CONTENT_HASH.to_string(), content_hash.clone()),
-    ]);
-    Ok(LayeredDeployment {
-        configuration,
-        content_hash,
-        modules,
+    Ok(MutableFields {
+        target_condition,
+        priority,
     })
 }
 

@@ -214,6 +214,10 @@ pub struct Faults {
     pub lose_answer_next: u32,
     /// Extra latency on every hub answer, after the operation is applied.
     pub latency_ms: u64,
+    /// Before each of the next N conditional PUTs (`If-Match` with an
+    /// etag), another writer updates the configuration (new etag, nothing
+    /// else): the PUT meets 412 as on a hub with two writers.
+    pub concurrent_update_next: u32,
 }
 
 impl Default for Faults {
@@ -226,6 +230,7 @@ impl Default for Faults {
             error_next: 0,
             lose_answer_next: 0,
             latency_ms: 0,
+            concurrent_update_next: 0,
         }
     }
 }

@@ -159,6 +159,10 @@ pub struct Counters {
     /// Configuration id → successful creates (more than 1 = a duplicate).
     pub creates_by_id: BTreeMap<String, u64>,
     pub throttled: u64,
+    /// Configuration id → what its devices ran when it was deleted: device
+    /// → module → image of the modules the device reported `running`
+    /// (so a test can tell what a deletion left the devices with).
+    pub running_at_delete: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 /// One device as the control API shows it.
@@ -386,6 +390,18 @@ impl World {
             )));
         }
         self.validate_body(&body)?;
+        if let Some(m) = if_match
+            && m.trim() != "*"
+            && self.faults.concurrent_update_next > 0
+            && self.configurations.contains_key(id)
+        {
+            self.faults.concurrent_update_next -= 1;
+            let etag = self.next_etag();
+            if let Some(stored) = self.configurations.get_mut(id) {
+                stored.config.etag = Some(etag);
+                stored.config.last_updated_time_utc = Some(wall_now());
+            }
+        }
         let result = match (if_match, self.configurations.get(id)) {
             (None, Some(_)) => {
                 return Err(HubRefusal::new(
@@ -489,6 +505,16 @@ impl World {
                 ),
             ));
         }
+        self.reconcile(now);
+        let running: BTreeMap<String, BTreeMap<String, String>> = self
+            .devices
+            .values()
+            .filter(|d| d.configurations.get(id) == Some(&"Applied"))
+            .map(|d| (d.id.clone(), running_modules(&self.agent_reported(d, now))))
+            .collect();
+        self.counters
+            .running_at_delete
+            .insert(id.to_string(), running);
         self.configurations.remove(id);
         self.reconcile(now);
         Ok(())
@@ -1039,6 +1065,24 @@ fn system_metric_queries(id: &str, target: &str, edge: bool) -> BTreeMap<String,
         );
     }
     q
+}
+
+/// Module → image of the modules an `$edgeAgent` report says are running.
+fn running_modules(reported: &Value) -> BTreeMap<String, String> {
+    reported
+        .get("modules")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(_, m)| m.get("runtimeStatus").and_then(Value::as_str) == Some("running"))
+        .map(|(name, m)| {
+            let image = m
+                .pointer("/settings/image")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            (name.clone(), image.to_string())
+        })
+        .collect()
 }
 
 /// `If-Match` semantics: `*` matches anything; otherwise the quoted etag.

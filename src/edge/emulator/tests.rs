@@ -113,7 +113,8 @@ async fn control_api_sets_and_shows_faults() {
     let s = state();
     let faults = json!({
         "throttleNext": 2, "retryAfterSeconds": 3, "failingImages": ["bad:1"],
-        "outage": false, "errorNext": 1, "loseAnswerNext": 0, "latencyMs": 0
+        "outage": false, "errorNext": 1, "loseAnswerNext": 0, "latencyMs": 0,
+        "concurrentUpdateNext": 0
     });
     let (status, _) = call(
         &s,

@@ -43,7 +43,11 @@ fn twin(device: &str, version: i64, code: i64, module: Value) -> ModuleTwin {
         "properties": {
             "desired": {"$version": 3},
             "reported": {"lastDesiredVersion": version,
-                "lastDesiredStatus": {"code": code, "description": if code == 200 { "" } else { "Failed to start modules: sensor (sensor:1.0)" }},
+                "lastDesiredStatus": {"code": code, "description": match code {
+                    200 => "",
+                    406 => "The device is offline or not sending status reports.",
+                    _ => "Failed to start modules: sensor (sensor:1.0)",
+                }},
                 "modules": {"sensor": module}}
         },
         "configurations": {ID: {"status": "Applied"}}
@@ -187,7 +191,26 @@ fn offline_devices_are_counted_and_stale_reports_do_not_count() {
     let s = pod_status(&pod(&[]), &state);
     assert_eq!(
         s.message.as_deref(),
-        Some("targeted=3 applied=3 ok=1 failed=1 offline=1")
+        Some(
+            "targeted=3 applied=3 ok=1 failed=1 offline=1: m3 reports 406 The device is offline or not sending status reports."
+        )
+    );
+    assert!(!ready(&s));
+    let reason = |s: &k8s::PodStatus| {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.reason.clone())
+    };
+    assert_eq!(reason(&s).as_deref(), Some(REASON_DEVICES_OFFLINE));
+    // min-ready still met: Ready, and the offline device is still counted.
+    let s = pod_status(&pod(&[(MIN_READY_ANNOTATION, "1")]), &state);
+    assert!(ready(&s));
+    assert!(
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("offline=1"))
     );
     let stale_only = DeploymentState {
         configuration: deployment(1, 1, 0, 0),

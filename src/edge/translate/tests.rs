@@ -178,6 +178,7 @@ fn translate_with(
             node: &node(),
             owner,
             revision,
+            rollout: None,
             resolved,
         },
     )

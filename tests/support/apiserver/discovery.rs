@@ -41,6 +41,7 @@ fn short_names(rt: &ResourceType) -> &'static [&'static str] {
         ("", "serviceaccounts") => &["sa"],
         ("", "services") => &["svc"],
         ("policy", "poddisruptionbudgets") => &["pdb"],
+        ("apps", "replicasets") => &["rs"],
         ("events.k8s.io", "events") => &["ev"],
         _ => &[],
     }

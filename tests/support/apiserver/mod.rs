@@ -7,7 +7,8 @@
 //! Served: core/v1 pods (+ `status`, `binding`, `eviction`), nodes (+
 //! `status`), events, configmaps, secrets, namespaces, serviceaccounts (+
 //! `token`); coordination/v1 leases; policy/v1 poddisruptionbudgets (+
-//! `status`); events.k8s.io/v1 events (stored apart from core/v1 events);
+//! `status`); apps/v1 replicasets (+ `status`; validated in `apps.rs`,
+//! no controller runs them); events.k8s.io/v1 events (stored apart from core/v1 events);
 //! rbac.authorization.k8s.io/v1 roles, rolebindings, clusterroles,
 //! clusterrolebindings; admissionregistration.k8s.io/v1
 //! mutatingwebhookconfigurations, whose webhooks are called on pod creates
@@ -45,6 +46,7 @@
 //!
 //! It must not grow spillway logic: it is the cluster, not the controller.
 
+mod apps;
 mod discovery;
 mod patch;
 mod pki;

@@ -162,6 +162,15 @@ pub static RESOURCES: &[ResourceType] = &[
         fields: &[],
     },
     ResourceType {
+        group: "apps",
+        version: "v1",
+        plural: "replicasets",
+        kind: "ReplicaSet",
+        namespaced: true,
+        status_subresource: true,
+        fields: &[],
+    },
+    ResourceType {
         group: "events.k8s.io",
         version: "v1",
         plural: "events",

@@ -607,6 +607,9 @@ impl Store {
         if api && rt.is("", "services") {
             super::services::admit_create(rt, &mut obj, &self.cluster_ips())?;
         }
+        if api && rt.is("apps", "replicasets") {
+            super::apps::admit_create(rt, &obj)?;
+        }
         let key = Self::key(rt, &ns, &name);
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(rt, &name));
@@ -914,6 +917,9 @@ impl Store {
         }
         if rt.is("", "services") {
             super::services::admit_update(rt, old, &mut new)?;
+        }
+        if rt.is("apps", "replicasets") {
+            super::apps::admit_update(rt, old, &new)?;
         }
         if rt.is_pod() && psa::significant_update(&typed_pod(old)?, &typed_pod(&new)?) {
             let ns = meta_str(old, "namespace").unwrap_or_default().to_string();
