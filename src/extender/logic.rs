@@ -336,12 +336,16 @@ pub(super) async fn filter(
             .iter()
             .zip(&flags)
             .map(|(n, virt)| {
-                let labels = cluster
-                    .nodes
-                    .iter()
-                    .find(|node| node.metadata.name.as_deref() == Some(n.as_str()))
-                    .and_then(|node| node.metadata.labels.as_ref());
-                virt.then(|| os_refusal(&pod, n, labels)).flatten()
+                // Only virtual candidates (one or two) look their node up.
+                virt.then(|| {
+                    let labels = cluster
+                        .nodes
+                        .iter()
+                        .find(|node| node.metadata.name.as_deref() == Some(n.as_str()))
+                        .and_then(|node| node.metadata.labels.as_ref());
+                    os_refusal(&pod, n, labels)
+                })
+                .flatten()
             })
             .collect(),
         Candidates::Nodes(_, ids) => ids
