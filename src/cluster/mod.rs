@@ -284,8 +284,17 @@ pub fn pod_aci_size(pod: &Pod) -> Result<AciSize, ClusterError> {
     };
     if spec.containers.is_empty() {
         // Only a slimmed pod has no containers (the API server requires
-        // one): its pod-level list holds the total, and `slim` keeps the
-        // containers wherever that total would size the group wrongly.
+        // one): the group's size is in its annotation where the pod-level
+        // total (which holds the requests) does not give it.
+        let noted = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(slim::SLIM_ACI_SIZE_ANNOTATION))
+            .and_then(|v| slim::parse_aci_size(v));
+        if let Some(size) = noted {
+            return Ok(size);
+        }
         let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
         return Ok(AciSize::of_requests(&resource_list(pod_level, &object)?));
     }

@@ -29,6 +29,36 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
+/// On a slimmed pod whose ACI group the pod-level total does not size
+/// (several containers, defaults, limits above requests): the group's
+/// [`AciSize`] as `cpu,memory,raised cpu,raised memory` (millicores, bytes).
+/// Read by `pod_aci_size` only on a pod without containers, which only
+/// slimming makes (the API server requires a container), so it is never
+/// taken from a pod as written.
+pub(super) const SLIM_ACI_SIZE_ANNOTATION: &str = "spillway.io/slim-aci-size";
+
+fn format_aci_size(a: &AciSize) -> String {
+    format!(
+        "{},{},{},{}",
+        a.requests.cpu_millis, a.requests.memory_bytes, a.raised.cpu_millis, a.raised.memory_bytes
+    )
+}
+
+/// [`SLIM_ACI_SIZE_ANNOTATION`]'s value, when well-formed.
+pub(super) fn parse_aci_size(v: &str) -> Option<AciSize> {
+    let n: Vec<u64> = v
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    let [cpu, memory, raised_cpu, raised_memory] = n[..] else {
+        return None;
+    };
+    Some(AciSize {
+        requests: Resources::new(cpu, memory),
+        raised: Resources::new(raised_cpu, raised_memory),
+    })
+}
+
 /// Annotations kept on pods: the ones spillway reads (the deletion cost of
 /// burst pods) and its own. Others (`kubectl.kubernetes.io/last-applied-configuration`,
 /// checksums, tool state) are dropped.
@@ -95,18 +125,15 @@ fn requests_as_pod_level(requests: Resources) -> ResourceRequirements {
     }
 }
 
-fn slim_pod_spec(s: PodSpec, requests: Option<Resources>, aci: Option<AciSize>) -> PodSpec {
+fn slim_pod_spec(s: PodSpec, requests: Option<Resources>) -> PodSpec {
     let pending = s.node_name.as_deref().is_none_or(str::is_empty);
     let mut out = match requests {
-        // The requests, the overhead included, as pod-level requests. The
-        // containers stay (resources only) where the ACI group's size needs
-        // them (`pod_aci_size` sizes a pod without containers from the
-        // pod-level list); otherwise only the privileged ones of a pending
-        // pod (ACI refuses them, by name).
+        // The requests, the overhead included, as pod-level requests; of the
+        // containers only the privileged ones of a pending pod (ACI refuses
+        // them, by name). The ACI group's size goes to an annotation where
+        // the total does not give it (`slim_pod`).
         Some(total) => PodSpec {
-            containers: if aci != Some(AciSize::of_requests(&total)) {
-                s.containers.into_iter().map(slim_container).collect()
-            } else if pending {
+            containers: if pending {
                 s.containers.iter().filter_map(privileged_only).collect()
             } else {
                 Vec::new()
@@ -202,7 +229,19 @@ pub fn slim_pod(pod: &mut Pod) {
     let aci = pod_aci_size(pod).ok();
     slim_meta(&mut pod.metadata, keep_pod_annotation);
     pod.metadata.generate_name = None;
-    pod.spec = pod.spec.take().map(|s| slim_pod_spec(s, requests, aci));
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        // Only slimming writes it: one arriving on a pod is not believed.
+        a.remove(SLIM_ACI_SIZE_ANNOTATION);
+    }
+    if let (Some(total), Some(aci)) = (requests, aci)
+        && aci != AciSize::of_requests(&total)
+    {
+        pod.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SLIM_ACI_SIZE_ANNOTATION.to_string(), format_aci_size(&aci));
+    }
+    pod.spec = pod.spec.take().map(|s| slim_pod_spec(s, requests));
     pod.status = pod.status.take().map(slim_pod_status);
 }
 

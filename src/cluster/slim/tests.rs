@@ -395,38 +395,38 @@ fn slimming_drops_the_bulk_and_is_idempotent() {
     assert!(
         !annotations.contains_key(LAST_APPLIED) && !annotations.contains_key("checksum/config")
     );
-    // The containers' requests as one pod-level list. This pod's ACI group
-    // (two containers, one with limits only) cannot be sized from it, so
-    // its containers stay, with their resources only.
+    // The containers' requests as one pod-level list; no container kept
+    // unless privileged (a pending pod's, for ACI compatibility). This pod's
+    // ACI group (two containers, one with limits only) is not the total:
+    // its size goes to an annotation.
     let spec = p.spec.clone().unwrap_or_default();
-    assert_eq!(
-        spec.containers
-            .iter()
-            .map(|c| (
-                c.name.as_str(),
-                c.resources.is_some(),
-                c.image.is_none() && c.env.is_none()
-            ))
-            .collect::<Vec<_>>(),
-        [("app", true, true), ("limits-only", true, true)]
-    );
-    assert!(spec.init_containers.is_none());
+    assert!(spec.containers.is_empty() && spec.init_containers.is_none());
     assert!(
         spec.resources
             .is_some_and(|r| r.requests.is_some_and(|q| q.len() == 2))
     );
-    // One container whose requests size its group: no container kept,
-    // pending or bound; with a limit above its request (raise-requests
-    // would size the group by it), the container stays.
-    let containers = |name: &str| {
+    assert_eq!(
+        annotations
+            .get(SLIM_ACI_SIZE_ANNOTATION)
+            .map(String::as_str),
+        Some("750,900000000,750,1100000000")
+    );
+    // One container whose requests size its group: no annotation, pending
+    // or bound; with a limit above its request (raise-requests sizes the
+    // group by it), one.
+    let noted = |name: &str| {
         slim.iter()
             .find(|p| p.metadata.name.as_deref() == Some(name))
-            .and_then(|p| p.spec.clone())
-            .map(|s| s.containers.len())
+            .map(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(SLIM_ACI_SIZE_ANNOTATION))
+            })
     };
-    assert_eq!(containers("single"), Some(0));
-    assert_eq!(containers("single-on-aci"), Some(0));
-    assert_eq!(containers("raised-on-aci"), Some(1));
+    assert_eq!(noted("single"), Some(false));
+    assert_eq!(noted("single-on-aci"), Some(false));
+    assert_eq!(noted("raised-on-aci"), Some(true));
     let privileged = slim
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("privileged"));
@@ -459,4 +459,16 @@ fn slimming_drops_the_bulk_and_is_idempotent() {
             .is_some_and(|s| s.images.is_none() && s.node_info.is_none())
     );
     assert_eq!(slimmed(&slim, slim_node), slim);
+}
+
+#[test]
+fn a_size_annotation_on_a_pod_as_written_is_never_believed() {
+    let mut forged = full_pod(
+        "forged",
+        json!({"metadata": {"annotations": {SLIM_ACI_SIZE_ANNOTATION: "10,100000000,10,100000000"}}}),
+    );
+    let real = crate::cluster::pod_aci_size(&forged).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(real.requests, Resources::new(10, 100_000_000));
+    slim_pod(&mut forged);
+    assert_eq!(crate::cluster::pod_aci_size(&forged).ok(), Some(real));
 }
