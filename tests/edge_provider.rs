@@ -607,18 +607,16 @@ async fn env_from_secrets_reaches_the_module_and_missing_optional_keys_are_left_
     running.stop().await;
 }
 
-#[tokio::test]
-async fn the_edge_flags_start_a_node_from_the_connection_secret() {
+/// The hub's connection string as Secret `spillway/NAME` (key
+/// `connectionString`), as `--edge-connection-secret` and `--edge-hub` read it.
+async fn connection_secret(srv: &TestApiServer, name: &str, emu: &EmulatorHandle) {
     use k8s_openapi::api::core::v1::Secret;
-    use spillway::edge::node::{EdgeArgs, EdgeMode, start as start_edge};
-    let srv = api_server().await;
-    let (emu, _hub) = hub_with_devices().await;
     let conn = emu
         .connection_string()
         .unwrap_or_else(|| panic!("connection string"))
         .to_connection_string();
     let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "hub", "namespace": "spillway"},
+        "metadata": {"name": name, "namespace": "spillway"},
         "stringData": {"connectionString": conn}
     }))
     .unwrap_or_else(|e| panic!("secret: {e}"));
@@ -626,6 +624,44 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap_or_else(|e| panic!("create secret: {e}"));
+}
+
+/// Edge nodes started as `spillway run` starts them from `args`, as the
+/// leader when `leader`; the first sender stops them, the second holds
+/// leadership (keep it alive as long as the nodes).
+async fn start_from_flags(
+    srv: &TestApiServer,
+    args: &spillway::edge::node::EdgeArgs,
+    leader: bool,
+    metrics: Option<Arc<spillway::metrics::Metrics>>,
+) -> (
+    spillway::edge::node::EdgeStarted,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = spillway::edge::node::start(
+        args,
+        srv.client(),
+        srv.client(),
+        "10.1.2.3",
+        leader_rx,
+        stop_rx,
+        metrics,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"))
+    .unwrap_or_else(|| panic!("edge nodes"));
+    (started, stop_tx, leader_tx)
+}
+
+#[tokio::test]
+async fn the_edge_flags_start_a_node_from_the_connection_secret() {
+    use spillway::edge::node::{EdgeArgs, EdgeMode, start as start_edge};
+    let srv = api_server().await;
+    let (emu, _hub) = hub_with_devices().await;
+    connection_secret(&srv, "hub", &emu).await;
     let args = EdgeArgs {
         mode: EdgeMode::Emulator,
         edge_node: "edge-from-flags".into(),
@@ -636,21 +672,9 @@ async fn the_edge_flags_start_a_node_from_the_connection_secret() {
         edge_hubs: Vec::new(),
         edge_cleanup_on_exit: false,
     };
-    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = Arc::new(spillway::metrics::Metrics::new());
-    let started = start_edge(
-        &args,
-        srv.client(),
-        srv.client(),
-        "10.1.2.3",
-        leader_rx,
-        stop_rx,
-        Some(metrics.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("start: {e}"))
-    .unwrap_or_else(|| panic!("an edge node"));
+    let (started, stop_tx, _leader) =
+        start_from_flags(&srv, &args, true, Some(metrics.clone())).await;
     let nodes: Api<Node> = Api::all(srv.client());
     eventually(
         "the node from the flags is registered and Ready",
@@ -1057,8 +1081,7 @@ async fn a_device_taken_offline_is_counted_and_readiness_follows_min_ready() {
 async fn two_hubs_are_two_nodes_and_each_pod_lands_on_its_own_hub_only() {
     use clap::Parser as _;
     use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::Secret;
-    use spillway::edge::node::{EdgeArgs, start as start_edge};
+    use spillway::edge::node::EdgeArgs;
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
@@ -1068,19 +1091,7 @@ async fn two_hubs_are_two_nodes_and_each_pod_lands_on_its_own_hub_only() {
     let (emu_a, hub_a) = hub_with_devices().await;
     let (emu_b, hub_b) = hub_with_devices().await;
     for (name, emu) in [("hub-a", &emu_a), ("hub-b", &emu_b)] {
-        let conn = emu
-            .connection_string()
-            .unwrap_or_else(|| panic!("connection string"))
-            .to_connection_string();
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "spillway"},
-            "stringData": {"connectionString": conn}
-        }))
-        .unwrap_or_else(|e| panic!("secret: {e}"));
-        Api::<Secret>::namespaced(srv.client(), "spillway")
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap_or_else(|e| panic!("create secret: {e}"));
+        connection_secret(&srv, name, emu).await;
     }
     let hub_a_flag = format!("edge-a=spillway/hub-a,url={}", emu_a.url);
     // Node b only ever targets its munich devices.
@@ -1101,21 +1112,9 @@ async fn two_hubs_are_two_nodes_and_each_pod_lands_on_its_own_hub_only() {
     ])
     .unwrap_or_else(|e| panic!("flags: {e}"))
     .edge;
-    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = Arc::new(spillway::metrics::Metrics::new());
-    let started = start_edge(
-        &args,
-        srv.client(),
-        srv.client(),
-        "10.1.2.3",
-        leader_rx,
-        stop_rx,
-        Some(metrics.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("start: {e}"))
-    .unwrap_or_else(|| panic!("edge nodes"));
+    let (started, stop_tx, _leader) =
+        start_from_flags(&srv, &args, true, Some(metrics.clone())).await;
     assert_eq!(
         started.nodes,
         vec!["edge-a".to_string(), "edge-b".to_string()]
@@ -1305,8 +1304,7 @@ async fn priority_and_condition_changes_update_the_deployment_in_place_through_4
 #[tokio::test]
 async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
     use clap::Parser as _;
-    use k8s_openapi::api::core::v1::Secret;
-    use spillway::edge::node::{EdgeArgs, start as start_edge};
+    use spillway::edge::node::EdgeArgs;
     use spillway::edge::translate::ROLE_BASE;
     #[derive(clap::Parser)]
     struct Cli {
@@ -1315,19 +1313,7 @@ async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
     }
     let srv = api_server().await;
     let (emu, hub) = hub_with_devices().await;
-    let conn = emu
-        .connection_string()
-        .unwrap_or_else(|| panic!("connection string"))
-        .to_connection_string();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "hub", "namespace": "spillway"},
-        "stringData": {"connectionString": conn}
-    }))
-    .unwrap_or_else(|e| panic!("secret: {e}"));
-    Api::<Secret>::namespaced(srv.client(), "spillway")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap_or_else(|e| panic!("create secret: {e}"));
+    connection_secret(&srv, "hub", &emu).await;
     let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
 
     // Node edge-munich stays; node edge-a, on the same hub, is removed.
@@ -1348,20 +1334,7 @@ async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
     ])
     .unwrap_or_else(|e| panic!("flags: {e}"))
     .edge;
-    let (_leader, leader_rx) = tokio::sync::watch::channel(true);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let removed = start_edge(
-        &args,
-        srv.client(),
-        srv.client(),
-        "10.1.2.3",
-        leader_rx,
-        stop_rx,
-        None,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("start: {e}"))
-    .unwrap_or_else(|| panic!("an edge node"));
+    let (removed, stop_tx, _leader) = start_from_flags(&srv, &args, true, None).await;
     let mut pod_a = bare_pod("sensor-a", json!({}));
     if let Some(labels) = pod_a.metadata.labels.as_mut() {
         labels.insert("edge.spillway.io/tag.site".into(), "berlin".into());
@@ -1460,20 +1433,7 @@ async fn cleanup_on_exit_removes_only_this_nodes_deployments_base_included() {
         2,
         "base and layered: {edge_a_before:?}"
     );
-    let (_standby_leader, standby_rx) = tokio::sync::watch::channel(false);
-    let (standby_stop, standby_stop_rx) = tokio::sync::watch::channel(false);
-    let standby = start_edge(
-        &args,
-        srv.client(),
-        srv.client(),
-        "10.1.2.3",
-        standby_rx,
-        standby_stop_rx,
-        None,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("standby: {e}"))
-    .unwrap_or_else(|| panic!("an edge node"));
+    let (standby, standby_stop, _standby_leader) = start_from_flags(&srv, &args, false, None).await;
     let _ = standby_stop.send(true);
     tokio::time::timeout(slow, standby.task)
         .await
