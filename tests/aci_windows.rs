@@ -113,6 +113,8 @@ async fn start() -> (TestApiServer, Spillway) {
         "--cluster-id",
         CLUSTER,
         "--aci-windows",
+        "--aci-windows-kubelet-listen",
+        "127.0.0.1:0",
     ]);
     let metrics = Arc::new(spillway::metrics::Metrics::new());
     let store = Arc::new(
@@ -287,6 +289,49 @@ async fn windows_pods_land_on_the_windows_node_and_linux_pods_never_do() {
         counted,
         "spillway_provider_pods{{phase=Running}} = {}",
         running()
+    );
+    // Each node has its own kubelet endpoint, as each kubelet does: its
+    // own port, reporting the pods of its OS only.
+    let port = |n: &str| {
+        srv.get::<Node>("", n)
+            .and_then(|n| n.status?.daemon_endpoints?.kubelet_endpoint)
+            .map(|e| e.port)
+            .unwrap_or_else(|| panic!("{n}: a kubelet endpoint"))
+    };
+    let (linux_port, windows_port) = (port(LINUX), port(WINDOWS));
+    assert_ne!(linux_port, windows_port);
+    let summary = |port: i32| async move {
+        let mut pods = Vec::new();
+        for _ in 0..50 {
+            let bytes = reqwest::get(format!("http://127.0.0.1:{port}/stats/summary"))
+                .await
+                .unwrap_or_else(|e| panic!("summary: {e}"))
+                .bytes()
+                .await
+                .unwrap_or_else(|e| panic!("summary: {e}"));
+            let body: Value =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("summary JSON: {e}"));
+            pods = body["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["podRef"]["name"].as_str().map(String::from))
+                .collect::<Vec<_>>();
+            pods.sort();
+            if !pods.is_empty() {
+                return (body["node"]["nodeName"].clone(), pods);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (Value::Null, pods)
+    };
+    assert_eq!(
+        summary(windows_port).await,
+        (json!(WINDOWS), vec!["iis".to_string()])
+    );
+    assert_eq!(
+        summary(linux_port).await,
+        (json!(LINUX), vec!["api".to_string(), "plain".to_string()])
     );
     // Both virtual nodes tie on score, so the scheduler alone would send the
     // plain pod to whichever sorts first: the extender's filter is what keeps

@@ -1816,7 +1816,11 @@ fn the_network_policy_locks_the_extender_port_to_the_scheduler() {
     }
     assert_eq!(
         open_to_all,
-        BTreeSet::from(["kubelet".to_string(), "webhook".to_string()]),
+        BTreeSet::from([
+            "kubelet".to_string(),
+            "kubelet-windows".to_string(),
+            "webhook".to_string()
+        ]),
         "the API server's address is unknown on AKS"
     );
     let from = http_from.expect("a rule for the extender port");

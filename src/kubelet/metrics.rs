@@ -205,6 +205,8 @@ pub struct ResourceMetrics {
     aci: Arc<dyn ContainerGroups>,
     cluster_id: Arc<str>,
     node_name: String,
+    /// Only groups of this `osType` (a node of one OS beside another).
+    os_type: Option<String>,
     config: MetricsConfig,
     bucket: Mutex<TokenBucket>,
     cache: Mutex<Cache>,
@@ -237,6 +239,7 @@ impl ResourceMetrics {
             aci,
             cluster_id: cluster_id.into(),
             node_name: node_name.to_string(),
+            os_type: None,
             config,
             bucket: Mutex::new(bucket),
             cache: Mutex::new(Cache::default()),
@@ -244,6 +247,14 @@ impl ResourceMetrics {
             generation: tokio::sync::watch::channel(0).0,
             clock: Arc::new(Timestamp::now_wall),
         }
+    }
+
+    /// The same, reporting only container groups of `os_type` (`Linux`,
+    /// `Windows`): with `--aci-windows` each virtual node's endpoint reports
+    /// its own pods.
+    pub fn with_os_type(mut self, os_type: &str) -> Self {
+        self.os_type = Some(os_type.to_string());
+        self
     }
 
     /// The same, with `clock` for the wall-clock time queries end at.
@@ -293,7 +304,11 @@ impl ResourceMetrics {
                         g.properties.provisioning_state.as_deref(),
                         None | Some("Succeeded")
                     ) && g.tags.get(TAG_CLUSTER).map(String::as_str)
-                        == Some(&*self.cluster_id);
+                        == Some(&*self.cluster_id)
+                        && self
+                            .os_type
+                            .as_deref()
+                            .is_none_or(|os| g.properties.os_type == os);
                     let tag = |k: &str| g.tags.get(k).cloned();
                     if let (true, Some(ns), Some(pod)) =
                         (provisioned, tag(TAG_NAMESPACE), tag(TAG_POD_NAME))

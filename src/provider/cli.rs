@@ -50,6 +50,17 @@ pub struct ProviderArgs {
     /// `<--node-name>-windows`.
     #[arg(long, value_name = "NAME", env = "SPILLWAY_ACI_WINDOWS_NODE_NAME")]
     pub aci_windows_node_name: Option<String>,
+    /// Address of the Windows node's kubelet endpoint (with --aci-windows):
+    /// as a kubelet per node, each virtual node has its own, authorizing
+    /// against its own name and reporting its own pods' metrics. TLS and
+    /// authentication as --kubelet-listen's.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:10251",
+        env = "SPILLWAY_ACI_WINDOWS_KUBELET_LISTEN"
+    )]
+    pub aci_windows_kubelet_listen: SocketAddr,
     /// Pods another scheduler bound to the virtual node although the
     /// admission webhook would have sent them to --webhook-scheduler-name
     /// (created before it, or while it was down): `run` them, with an Event
@@ -388,6 +399,9 @@ fn define_embedded_subnets(
     Ok(())
 }
 
+/// How a kubelet endpoint is told to stop.
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// `--aci-log-analytics`: `NAMESPACE/NAME` of a Secret.
 pub fn parse_log_analytics(s: &str) -> Result<super::resolve::LogAnalyticsSecret, String> {
     super::resolve::LogAnalyticsSecret::parse(s)
@@ -471,6 +485,7 @@ async fn kubelet_access(
     clients: &crate::cli::KubeClients,
     tls: bool,
     addr: SocketAddr,
+    node_name: &str,
 ) -> Result<(Access, Option<tokio::task::JoinHandle<()>>), ProviderSetupError> {
     use crate::kubelet::auth::{self, CaSource, ClientCa, KubeReviews, NodeAuth};
     if !args.kubelet_auth.unwrap_or(tls) {
@@ -512,7 +527,7 @@ async fn kubelet_access(
     };
     let reviews = Arc::new(KubeReviews::new(clients.calls.clone(), REVIEW_TIMEOUT));
     let node_auth = NodeAuth::new(
-        args.node_name.clone(),
+        node_name.to_string(),
         ca,
         reviews,
         auth::AuthConfig::default(),
@@ -641,21 +656,32 @@ pub async fn start(
             addr: args.kubelet_listen,
             source,
         })?;
-    let (access, ca_task) = kubelet_access(args, clients, tls.is_some(), kubelet_addr).await?;
+    let (access, ca_task) =
+        kubelet_access(args, clients, tls.is_some(), kubelet_addr, &args.node_name).await?;
     // Resource metrics read through the same client of the endpoint's own,
-    // within their own bucket.
-    let resource_metrics = Arc::new(crate::kubelet::metrics::ResourceMetrics::new(
-        logs_aci.clone(),
-        &cluster_id,
-        &args.node_name,
-        crate::kubelet::metrics::MetricsConfig {
-            per_sec: args.kubelet_metrics_qps,
-            burst: args.kubelet_metrics_burst,
-            ..crate::kubelet::metrics::MetricsConfig::default()
-        },
-    ));
+    // within their own bucket; with a Windows node beside it, each node's
+    // endpoint reports the groups of its OS.
+    let windows_name = args.windows_node_name();
+    let resource_metrics = |node: &str, os: &str| {
+        let m = crate::kubelet::metrics::ResourceMetrics::new(
+            logs_aci.clone(),
+            &cluster_id,
+            node,
+            crate::kubelet::metrics::MetricsConfig {
+                per_sec: args.kubelet_metrics_qps,
+                burst: args.kubelet_metrics_burst,
+                ..crate::kubelet::metrics::MetricsConfig::default()
+            },
+        );
+        Arc::new(if windows_name.is_some() {
+            m.with_os_type(os)
+        } else {
+            m
+        })
+    };
+    let linux_metrics = resource_metrics(&args.node_name, "Linux");
     let logs = Arc::new(LogReader::new(
-        logs_aci,
+        logs_aci.clone(),
         &cluster_id,
         LogBudget {
             per_sec: args.kubelet_log_qps,
@@ -671,7 +697,36 @@ pub async fn start(
         },
         metrics.clone(),
     ));
-    let app = crate::kubelet::router_with(logs, exec, Some(resource_metrics), access);
+    // The Windows node's endpoint: its own port and authorization, the
+    // same log reader and exec bridge (they find a pod's group by its tags).
+    let windows_endpoint = match &windows_name {
+        Some(name) => {
+            let listener = tokio::net::TcpListener::bind(args.aci_windows_kubelet_listen)
+                .await
+                .map_err(|source| ProviderSetupError::Listen {
+                    addr: args.aci_windows_kubelet_listen,
+                    source,
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ProviderSetupError::Listen {
+                    addr: args.aci_windows_kubelet_listen,
+                    source,
+                })?;
+            let (access, ca_task) =
+                kubelet_access(args, clients, tls.is_some(), addr, name).await?;
+            let app = crate::kubelet::router_with(
+                logs.clone(),
+                exec.clone(),
+                Some(resource_metrics(name, "Windows")),
+                access,
+            );
+            tracing::info!(node = %name, kubelet = %addr, "Windows node's kubelet endpoint");
+            Some((listener, addr, app, ca_task))
+        }
+        None => None,
+    };
+    let app = crate::kubelet::router_with(logs, exec, Some(linux_metrics), access);
     let limits = ServeLimits {
         max_connections: usize::try_from(args.kubelet_max_connections).unwrap_or(usize::MAX),
         ..ServeLimits::default()
@@ -695,7 +750,9 @@ pub async fn start(
     // The Windows node (--aci-windows): a second instance of the same
     // controllers (node, Lease, pods, GC) over the same ACI client, so one
     // pacer and one resource group serve both; only its name and OS differ.
-    let windows_config = args.windows_config(&cluster_id, kubelet_addr.port());
+    let windows_config = windows_endpoint
+        .as_ref()
+        .and_then(|(_, addr, _, _)| args.windows_config(&cluster_id, addr.port()));
     let build = |config: ProviderConfig| {
         Provider::new(
             clients.calls.clone(),
@@ -717,16 +774,33 @@ pub async fn start(
         let _ = rx.wait_for(|s| *s).await;
     };
     let logs_stop = stopped(stop.clone());
+    let windows_logs_stop = stopped(stop.clone());
     let windows_stop = stopped(stop.clone());
     let stop = stopped(stop);
     let leader_windows = leader.clone();
     let task = tokio::spawn(async move {
-        let kubelet = match tls {
+        let serve = |listener, app, stop| match &tls {
             Some(tls) => tokio::spawn(crate::kubelet::serve_tls(
-                listener, app, tls, limits, logs_stop,
+                listener,
+                app,
+                tls.clone(),
+                limits.clone(),
+                stop,
             )),
-            None => tokio::spawn(crate::kubelet::serve(listener, app, limits, logs_stop)),
+            None => tokio::spawn(crate::kubelet::serve(listener, app, limits.clone(), stop)),
         };
+        let (windows_kubelet, windows_ca_task) = match windows_endpoint {
+            Some((listener, _, app, ca_task)) => (
+                Some(serve(
+                    listener,
+                    app,
+                    Box::pin(windows_logs_stop) as StopSignal,
+                )),
+                ca_task,
+            ),
+            None => (None, None),
+        };
+        let kubelet = serve(listener, app, Box::pin(logs_stop) as StopSignal);
         let windows = async move {
             if let Some(w) = windows
                 && let Err(e) = w.run(leader_windows, windows_stop).await
@@ -740,12 +814,14 @@ pub async fn start(
             }
         };
         tokio::join!(linux, windows);
-        match kubelet.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "kubelet endpoint failed"),
-            Err(e) => tracing::warn!(error = %e, "kubelet endpoint task failed"),
-            Ok(Ok(())) => {}
+        for endpoint in std::iter::once(kubelet).chain(windows_kubelet) {
+            match endpoint.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "kubelet endpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "kubelet endpoint task failed"),
+                Ok(Ok(())) => {}
+            }
         }
-        if let Some(t) = ca_task {
+        for t in ca_task.into_iter().chain(windows_ca_task) {
             t.abort();
         }
         services_task.abort();
