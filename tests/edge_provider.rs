@@ -825,11 +825,34 @@ async fn the_test_api_server_validates_replicasets_as_kube_apiserver_does() {
     );
 }
 
-#[tokio::test]
-async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_every_device() {
-    let srv = api_server().await;
-    let (emu, hub) = hub_with_devices().await;
-    let running = start(&srv, &hub, Duration::from_millis(200));
+/// Wait until the provider has listed the hub's configurations five more
+/// times (each collection pass lists them once).
+async fn five_more_hub_lists(emu: &EmulatorHandle) {
+    let lists = || {
+        emu.state
+            .counters()
+            .requests
+            .get("GET configurations 200")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = lists();
+    eventually("five more reads of the hub", || async {
+        lists() >= before + 5
+    })
+    .await;
+}
+
+/// Revision 1 of Deployment `sensor` (two replicas of sensor:1.0) Ready on
+/// the 3 munich devices, then revision 2 (sensor:2.0, an image the devices
+/// cannot pull yet) with its own deployment, and revision 1's pods deleted
+/// as the ReplicaSet controller may do before the new modules run. Returns
+/// the old and the new deployment ids and the faults in force.
+async fn rollout_stuck_on_revision_2(
+    srv: &TestApiServer,
+    emu: &EmulatorHandle,
+    hub: &Arc<HubClient>,
+) -> (String, String, spillway::edge::emulator::Faults) {
     let replicasets: Api<ReplicaSet> = Api::namespaced(srv.client(), NS);
     let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
     let ok3 = "targeted=3 applied=3 ok=3 failed=0";
@@ -913,21 +936,20 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
             && pods.get_opt("sensor-1-b").await.ok().flatten().is_none()
     })
     .await;
+    (old, new, faults)
+}
+
+#[tokio::test]
+async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_every_device() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let running = start(&srv, &hub, Duration::from_millis(200));
+    let (old, new, mut faults) = rollout_stuck_on_revision_2(&srv, &emu, &hub).await;
+    let pods: Api<Pod> = Api::namespaced(srv.client(), NS);
+    let ok3 = "targeted=3 applied=3 ok=3 failed=0";
     // Several collection passes (each lists the configurations) later,
     // the old deployment is still there.
-    let lists = || {
-        emu.state
-            .counters()
-            .requests
-            .get("GET configurations 200")
-            .copied()
-            .unwrap_or(0)
-    };
-    let before = lists();
-    eventually("five more reads of the hub", || async {
-        lists() >= before + 5
-    })
-    .await;
+    five_more_hub_lists(&emu).await;
     assert!(
         layered(&hub).await.contains(&old),
         "the old deployment went before the new one ran"
@@ -973,6 +995,36 @@ async fn a_rolling_update_keeps_the_old_deployment_until_the_new_one_runs_on_eve
         .await;
     }
     running.stop().await;
+}
+
+/// A restart in the middle of a rollout (revision 2's deployment created but
+/// not handed over, revision 1's pods gone): the new process adopts both
+/// deployments by their labels, creates neither again, keeps the old one
+/// until the new one has handed over, then deletes it.
+#[tokio::test]
+async fn a_restart_mid_rollout_adopts_both_deployments_and_still_waits_for_the_hand_over() {
+    let srv = api_server().await;
+    let (emu, hub) = hub_with_devices().await;
+    let first = start(&srv, &hub, Duration::from_millis(200));
+    let (old, new, mut faults) = rollout_stuck_on_revision_2(&srv, &emu, &hub).await;
+    first.stop().await;
+    let second = start(&srv, &hub, Duration::from_millis(200));
+    five_more_hub_lists(&emu).await;
+    let mut both = layered(&hub).await;
+    both.sort();
+    let mut want = vec![old.clone(), new.clone()];
+    want.sort();
+    assert_eq!(both, want, "both kept across the restart");
+    faults.failing_images.clear();
+    emu.state.set_faults(faults);
+    eventually("the old deployment goes after the hand-over", || async {
+        layered(&hub).await == vec![new.clone()]
+    })
+    .await;
+    let creates = emu.state.counters().creates_by_id;
+    assert_eq!(creates.get(&old), Some(&1), "{creates:?}");
+    assert_eq!(creates.get(&new), Some(&1), "{creates:?}");
+    second.stop().await;
 }
 
 /// A bare pod (its own deployment) for the munich devices.
