@@ -878,7 +878,7 @@ async fn rollout_stuck_on_revision_2(
             .is_some_and(|p| ready_with(&p, ok3))
     })
     .await;
-    let ids = layered(&hub).await;
+    let ids = layered(hub).await;
     assert_eq!(ids.len(), 1, "{ids:?}");
     let old = ids[0].clone();
 
@@ -899,10 +899,10 @@ async fn rollout_stuck_on_revision_2(
             .unwrap_or_else(|e| panic!("create {name}: {e}"));
     }
     eventually("revision 2 has its own deployment", || async {
-        layered(&hub).await.len() == 2
+        layered(hub).await.len() == 2
     })
     .await;
-    let new = layered(&hub)
+    let new = layered(hub)
         .await
         .into_iter()
         .find(|id| *id != old)
