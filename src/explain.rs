@@ -201,13 +201,7 @@ pub fn spill_node(
     let mut names: Vec<String> = nodes
         .iter()
         .filter(|n| matcher.is_virtual(n))
-        .filter(|n| {
-            n.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/os"))
-                .is_none_or(|node_os| *node_os == os)
-        })
+        .filter(|n| crate::extender::runs_os(n.metadata.labels.as_ref(), &os))
         .filter_map(|n| n.metadata.name.clone())
         .collect();
     names.sort();

@@ -67,7 +67,7 @@ use super::{AciError, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME, TAG_POD_UID};
 use crate::decision::aci_size::{Declared, MEMORY_STEP_BYTES, aci_cpu_millis, aci_memory_bytes};
 use crate::policy::{AciResources, AciSettings, PublicIp, render_dns_label};
 use crate::provider::resolve::expand_vars;
-use crate::units::{parse_cpu_millis, parse_memory_bytes};
+use crate::units::{Resources, parse_cpu_millis, parse_memory_bytes};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -763,16 +763,10 @@ fn translate_resources(
     // Requests default to limits (as the API server does for pods that did
     // not come through it), else to azure-aci's defaults (`aci_size`).
     let wanted = declared.aci_requests();
-    let (cpu, mem) = (
-        declared
-            .cpu_request
-            .or(declared.cpu_limit)
-            .unwrap_or(wanted.cpu_millis),
-        declared
-            .memory_request
-            .or(declared.memory_limit)
-            .unwrap_or(wanted.memory_bytes),
-    );
+    let Resources {
+        cpu_millis: cpu,
+        memory_bytes: mem,
+    } = declared.group_requests();
     if declared.cpu_limit.is_some_and(|l| l < cpu) {
         return Err(invalid(
             format!("{field}.resources.limits.cpu"),

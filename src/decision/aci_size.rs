@@ -58,20 +58,25 @@ impl Declared {
         )
     }
 
-    /// What ACI is asked for, in its steps: the request, else the limit, else
-    /// azure-aci's default.
-    pub fn aci_requests(&self) -> Resources {
+    /// What a container group asks ACI for, before ACI's steps: the
+    /// request, else the limit, else azure-aci's default.
+    pub fn group_requests(&self) -> Resources {
         Resources::new(
-            aci_cpu_millis(
-                self.cpu_request
-                    .or(self.cpu_limit)
-                    .unwrap_or(DEFAULT_CPU_MILLIS),
-            ),
-            aci_memory_bytes(
-                self.memory_request
-                    .or(self.memory_limit)
-                    .unwrap_or(DEFAULT_MEMORY_BYTES),
-            ),
+            self.cpu_request
+                .or(self.cpu_limit)
+                .unwrap_or(DEFAULT_CPU_MILLIS),
+            self.memory_request
+                .or(self.memory_limit)
+                .unwrap_or(DEFAULT_MEMORY_BYTES),
+        )
+    }
+
+    /// [`Declared::group_requests`] in ACI's steps.
+    pub fn aci_requests(&self) -> Resources {
+        let r = self.group_requests();
+        Resources::new(
+            aci_cpu_millis(r.cpu_millis),
+            aci_memory_bytes(r.memory_bytes),
         )
     }
 

@@ -123,17 +123,23 @@ pub fn pod_os(pod: &Pod) -> String {
         .unwrap_or_else(|| "linux".to_string())
 }
 
-const OS_LABEL: &str = "kubernetes.io/os";
+use crate::provider::node::OS_LABEL;
 
-/// Why virtual node `name` (with `labels`) is no place for `pod`: it runs
-/// another OS. A node whose labels are unknown or name no OS is not refused
-/// here.
-fn os_refusal(pod: &Pod, name: &str, labels: Option<&BTreeMap<String, String>>) -> Option<String> {
-    let node_os = labels?.get(OS_LABEL)?;
-    let wanted = pod_os(pod);
-    (*node_os != wanted).then(|| {
+/// Whether a virtual node with `labels` runs pods of `os`: a node whose
+/// labels are unknown or name no OS runs any.
+pub fn runs_os(labels: Option<&BTreeMap<String, String>>, os: &str) -> bool {
+    labels
+        .and_then(|l| l.get(OS_LABEL))
+        .is_none_or(|node_os| node_os == os)
+}
+
+/// Why virtual node `name` (with `labels`) is no place for a pod of `os`:
+/// it runs another OS.
+fn os_refusal(os: &str, name: &str, labels: Option<&BTreeMap<String, String>>) -> Option<String> {
+    (!runs_os(labels, os)).then(|| {
+        let node_os = labels.and_then(|l| l.get(OS_LABEL)).map_or("", String::as_str);
         format!(
-            "spillway: the pod runs {wanted}; virtual node {name} runs {node_os} (a {node_os} container group cannot run it)"
+            "spillway: the pod runs {os}; virtual node {name} runs {node_os} (a {node_os} container group cannot run it)"
         )
     })
 }
@@ -331,6 +337,7 @@ pub(super) async fn filter(
     // A virtual node of another OS than the pod's is never a place for it
     // (the Windows node beside the Linux one, `--aci-windows`): refused per
     // node, before and apart from the engine's verdict.
+    let os = pod_os(&pod);
     let os_refusals: Vec<Option<String>> = match &cands {
         Candidates::Names(names) => names
             .iter()
@@ -343,7 +350,7 @@ pub(super) async fn filter(
                         .iter()
                         .find(|node| node.metadata.name.as_deref() == Some(n.as_str()))
                         .and_then(|node| node.metadata.labels.as_ref());
-                    os_refusal(&pod, n, labels)
+                    os_refusal(&os, n, labels)
                 })
                 .flatten()
             })
@@ -352,7 +359,7 @@ pub(super) async fn filter(
             .iter()
             .zip(&flags)
             .map(|(id, virt)| {
-                virt.then(|| os_refusal(&pod, id.name(), id.metadata.labels.as_ref()))
+                virt.then(|| os_refusal(&os, id.name(), id.metadata.labels.as_ref()))
                     .flatten()
             })
             .collect(),

@@ -15,7 +15,7 @@ pub mod reservations;
 pub mod wire;
 
 pub use cli::{ExtenderCommand, run};
-pub use logic::{FilterDecision, decide_for_virtual, pod_os};
+pub use logic::{FilterDecision, decide_for_virtual, pod_os, runs_os};
 
 use crate::cluster::ClusterView;
 use crate::decision::Engine;
