@@ -485,15 +485,15 @@ async fn kubelet_access(
     clients: &crate::cli::KubeClients,
     tls: bool,
     addr: SocketAddr,
-    node_name: &str,
-) -> Result<(Access, Option<tokio::task::JoinHandle<()>>), ProviderSetupError> {
+    node_names: &[&str],
+) -> Result<(Vec<Access>, Option<tokio::task::JoinHandle<()>>), ProviderSetupError> {
     use crate::kubelet::auth::{self, CaSource, ClientCa, KubeReviews, NodeAuth};
     if !args.kubelet_auth.unwrap_or(tls) {
         tracing::warn!(
             kubelet = %addr,
             "kubelet endpoint on plain HTTP WITHOUT authentication or authorization: anyone who reaches it reads the logs of every burst pod (local runs and tests only; use --kubelet-tls-self-signed or --kubelet-tls-cert in a cluster)"
         );
-        return Ok((Access::Open, None));
+        return Ok((vec![Access::Open; node_names.len()], None));
     }
     let ca = ClientCa::empty();
     let ca_task = if tls {
@@ -525,14 +525,31 @@ async fn kubelet_access(
         );
         None
     };
+    // One client CA (and its reloader) for every node's endpoint; each node
+    // authorizes callers against its own name.
     let reviews = Arc::new(KubeReviews::new(clients.calls.clone(), REVIEW_TIMEOUT));
-    let node_auth = NodeAuth::new(
-        node_name.to_string(),
-        ca,
-        reviews,
-        auth::AuthConfig::default(),
-    );
-    Ok((Access::Checked(Arc::new(node_auth)), ca_task))
+    let accesses = node_names
+        .iter()
+        .map(|name| {
+            Access::Checked(Arc::new(NodeAuth::new(
+                name.to_string(),
+                ca.clone(),
+                reviews.clone(),
+                auth::AuthConfig::default(),
+            )))
+        })
+        .collect();
+    Ok((accesses, ca_task))
+}
+
+/// Bind a kubelet endpoint's listener; the address it got.
+async fn bind_kubelet(
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ProviderSetupError> {
+    let listen = |source| ProviderSetupError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    Ok((listener, bound))
 }
 
 /// How often the kubelet endpoint re-reads its client CA.
@@ -644,24 +661,18 @@ pub async fn start(
         }
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(args.kubelet_listen)
-        .await
-        .map_err(|source| ProviderSetupError::Listen {
-            addr: args.kubelet_listen,
-            source,
-        })?;
-    let kubelet_addr = listener
-        .local_addr()
-        .map_err(|source| ProviderSetupError::Listen {
-            addr: args.kubelet_listen,
-            source,
-        })?;
-    let (access, ca_task) =
-        kubelet_access(args, clients, tls.is_some(), kubelet_addr, &args.node_name).await?;
+    let (listener, kubelet_addr) = bind_kubelet(args.kubelet_listen).await?;
+    let windows_name = args.windows_node_name();
+    let names: Vec<&str> = std::iter::once(args.node_name.as_str())
+        .chain(windows_name.as_deref())
+        .collect();
+    let (mut accesses, ca_task) =
+        kubelet_access(args, clients, tls.is_some(), kubelet_addr, &names).await?;
+    let windows_access = windows_name.as_ref().and_then(|_| accesses.pop());
+    let access = accesses.pop().unwrap_or(Access::Open);
     // Resource metrics read through the same client of the endpoint's own,
     // within their own bucket; with a Windows node beside it, each node's
     // endpoint reports the groups of its OS.
-    let windows_name = args.windows_node_name();
     let resource_metrics = |node: &str, os: &str| {
         let m = crate::kubelet::metrics::ResourceMetrics::new(
             logs_aci.clone(),
@@ -699,22 +710,9 @@ pub async fn start(
     ));
     // The Windows node's endpoint: its own port and authorization, the
     // same log reader and exec bridge (they find a pod's group by its tags).
-    let windows_endpoint = match &windows_name {
-        Some(name) => {
-            let listener = tokio::net::TcpListener::bind(args.aci_windows_kubelet_listen)
-                .await
-                .map_err(|source| ProviderSetupError::Listen {
-                    addr: args.aci_windows_kubelet_listen,
-                    source,
-                })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| ProviderSetupError::Listen {
-                    addr: args.aci_windows_kubelet_listen,
-                    source,
-                })?;
-            let (access, ca_task) =
-                kubelet_access(args, clients, tls.is_some(), addr, name).await?;
+    let windows_endpoint = match (&windows_name, windows_access) {
+        (Some(name), Some(access)) => {
+            let (listener, addr) = bind_kubelet(args.aci_windows_kubelet_listen).await?;
             let app = crate::kubelet::router_with(
                 logs.clone(),
                 exec.clone(),
@@ -722,9 +720,9 @@ pub async fn start(
                 access,
             );
             tracing::info!(node = %name, kubelet = %addr, "Windows node's kubelet endpoint");
-            Some((listener, addr, app, ca_task))
+            Some((listener, addr, app))
         }
-        None => None,
+        _ => None,
     };
     let app = crate::kubelet::router_with(logs, exec, Some(linux_metrics), access);
     let limits = ServeLimits {
@@ -752,7 +750,7 @@ pub async fn start(
     // pacer and one resource group serve both; only its name and OS differ.
     let windows_config = windows_endpoint
         .as_ref()
-        .and_then(|(_, addr, _, _)| args.windows_config(&cluster_id, addr.port()));
+        .and_then(|(_, addr, _)| args.windows_config(&cluster_id, addr.port()));
     let build = |config: ProviderConfig| {
         Provider::new(
             clients.calls.clone(),
@@ -789,17 +787,9 @@ pub async fn start(
             )),
             None => tokio::spawn(crate::kubelet::serve(listener, app, limits.clone(), stop)),
         };
-        let (windows_kubelet, windows_ca_task) = match windows_endpoint {
-            Some((listener, _, app, ca_task)) => (
-                Some(serve(
-                    listener,
-                    app,
-                    Box::pin(windows_logs_stop) as StopSignal,
-                )),
-                ca_task,
-            ),
-            None => (None, None),
-        };
+        let windows_kubelet = windows_endpoint.map(|(listener, _, app)| {
+            serve(listener, app, Box::pin(windows_logs_stop) as StopSignal)
+        });
         let kubelet = serve(listener, app, Box::pin(logs_stop) as StopSignal);
         let windows = async move {
             if let Some(w) = windows
@@ -821,7 +811,7 @@ pub async fn start(
                 Ok(Ok(())) => {}
             }
         }
-        for t in ca_task.into_iter().chain(windows_ca_task) {
+        if let Some(t) = ca_task {
             t.abort();
         }
         services_task.abort();
