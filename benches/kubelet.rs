@@ -246,6 +246,7 @@ async fn run(scale: &Scale) -> serde_json::Value {
         LogBudget {
             per_sec: LOG_QPS,
             burst: LOG_BURST,
+            ..LogBudget::default()
         },
     ));
     let resource = Arc::new(ResourceMetrics::new(

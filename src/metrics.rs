@@ -61,6 +61,10 @@ pub struct Metrics {
     /// `kubectl exec` sessions of the kubelet endpoint ([`crate::kubelet::exec`]).
     pub kubelet_exec_sessions: IntGauge,
     pub kubelet_exec_sessions_total: IntCounterVec,
+    /// The kubelet endpoint's container log reads ([`crate::kubelet::logs`]).
+    pub kubelet_log_reads: IntCounterVec,
+    pub kubelet_log_followers: IntGauge,
+    pub kubelet_log_refused: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -357,8 +361,28 @@ impl Metrics {
                 ),
                 &["result"]
             )),
+            kubelet_log_reads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "spillway_kubelet_log_reads_total",
+                    "What kubectl logs requests and followers of the kubelet endpoint read, by call (group: the container group, logs: its container's log) and source (aci: an ARM read within the --kubelet-log-qps budget, shared: a read another caller made moments before)."
+                ),
+                &["call", "source"]
+            )),
+            kubelet_log_followers: reg!(IntGauge::new(
+                "spillway_kubelet_log_followers",
+                "kubectl logs -f streams the kubelet endpoint is serving now; together they poll ACI at most --kubelet-log-qps reads/s, so each sees new lines about every followers / qps seconds once that is longer than the 2 s poll."
+            )),
+            kubelet_log_refused: reg!(IntCounter::new(
+                "spillway_kubelet_log_requests_refused_total",
+                "kubectl logs requests answered 429 because the log read budget (--kubelet-log-qps) had no turn for them within --kubelet-log-max-wait."
+            )),
             registry,
         };
+        for call in ["group", "logs"] {
+            for source in ["aci", "shared"] {
+                m.kubelet_log_reads.with_label_values(&[call, source]);
+            }
+        }
         for result in [
             "success",
             "error",

@@ -34,6 +34,11 @@ impl TokenBucket {
         }
     }
 
+    /// Its refill rate, tokens per second.
+    pub fn per_sec(&self) -> f64 {
+        self.per_sec
+    }
+
     /// Take a token now, or say how long to wait before asking again.
     pub fn take(&mut self, now: Instant) -> Option<Duration> {
         if let Some(until) = self.paused_until {

@@ -59,6 +59,7 @@ impl Node {
         let reader =
             LogReader::new(aci.clone(), CLUSTER, budget).with_follow_pacing(FollowPacing {
                 every: Duration::from_millis(100),
+                idle_every: Duration::from_millis(400),
                 at_most: Duration::from_secs(60),
             });
         let app = spillway::kubelet::router(Arc::new(reader), spillway::kubelet::Access::Open);
@@ -355,38 +356,112 @@ async fn previous_is_refused_and_attach_and_port_forward_are_not_supported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_take_at_most_half_the_budget() {
-    // 4 requests/s, 4 at once: followers together get 2/s (2 at once).
+    // 1 request/s: 2 ARM reads/s, followers 1 read/s of them, 1 at once.
     let budget = LogBudget {
-        per_sec: 4.0,
-        burst: 4,
+        per_sec: 1.0,
+        burst: 1,
+        ..LogBudget::default()
     };
     let node = Node::start("Always", None, budget).await;
+    let mut follower = reqwest::get(format!("{}/containerLogs/web/api/app?follow=1", node.url))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(follower.status(), 200);
     let started = Instant::now();
     let reads_before = node.log_reads();
+    // The log grows all the time, so the follower would poll every 100 ms.
+    let writer = {
+        let (url, group) = (node.emu.url.clone(), node.group.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                let _ = reqwest::Client::new()
+                    .post(format!(
+                        "{url}/_emulator/groups/{group}/containers/app/logs"
+                    ))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "lines": [format!("line {i}")] }).to_string())
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut text = String::new();
+    read_stream(&mut follower, &mut text, |_| {
+        started.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    // One-shot requests still get through, without waiting long.
+    let asked = Instant::now();
+    let (status, body) = node.get("/containerLogs/web/api/app?tailLines=1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    writer.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let reads = node.log_reads() - reads_before;
+    // The one-shot's read + the followers' (1 at once, 1/s): never the
+    // 10/s its pace would take.
+    let most = 1.0 + 1.0 + elapsed;
+    assert!(
+        (reads as f64) <= most,
+        "{reads} log reads in {elapsed:.1}s (at most {most:.0})"
+    );
+    assert!(texts(&text, false).len() > 10, "it followed: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_one_container_share_its_reads_and_quiet_ones_back_off() {
+    // A budget that never binds: what is saved is sharing and backing off.
+    let budget = LogBudget {
+        per_sec: 1000.0,
+        burst: 1000,
+        ..LogBudget::default()
+    };
+    let node = Node::start("Always", None, budget).await;
     let mut followers = Vec::new();
     for _ in 0..3 {
         let answer = reqwest::get(format!("{}/containerLogs/web/api/app?follow=1", node.url))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer.status(), 200);
-        followers.push(answer);
+        followers.push((answer, String::new()));
     }
-    // They poll every 100 ms if they may; let 2 s pass.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // One-shot requests still get through.
-    let (status, body) = node.get("/containerLogs/web/api/app?tailLines=1").await;
-    assert_eq!(status, 200, "{body}");
-    let elapsed = started.elapsed().as_secs_f64();
-    let reads = node.log_reads() - reads_before;
-    // 3 first reads + 1 one-shot + polls: the followers' bucket (2 at once,
-    // 2/s), never the 20/s the pace would allow three followers.
-    let most = 3.0 + 1.0 + 2.0 + 2.0 * elapsed;
+    let reads_before = node.log_reads();
+    let started = Instant::now();
+    // 2 s of a line every 100 ms: each follower polls every 100 ms.
+    for i in 0..20 {
+        node.append(&[&format!("line {i}")]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (answer, text) in &mut followers {
+        read_stream(answer, text, |t| t.contains("line 19\n")).await;
+        let lines: Vec<String> = texts(text, false)
+            .into_iter()
+            .filter(|l| l.starts_with("line "))
+            .collect();
+        let want: Vec<String> = (0..20).map(|i| format!("line {i}")).collect();
+        assert_eq!(lines, want, "each follower gets every line once");
+    }
+    let busy = (node.log_reads() - reads_before) as f64;
+    let polls_of_one = started.elapsed().as_secs_f64() / 0.1;
     assert!(
-        (reads as f64) <= most,
-        "{reads} log reads in {elapsed:.1}s (at most {most:.0})"
+        busy <= polls_of_one * 1.5,
+        "{busy} log reads for 3 followers over {polls_of_one:.0} polls of one"
     );
-    assert!(reads > 4, "the followers polled: {reads}");
-    drop(followers);
+    // Quiet: the pause doubles to 400 ms, so 2 s take about 5 polls.
+    let quiet_before = node.log_reads();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quiet = node.log_reads() - quiet_before;
+    assert!(quiet <= 8, "{quiet} log reads in 2 quiet seconds");
+    // And a line after the quiet still arrives.
+    node.append(&["after the quiet"]).await;
+    for (answer, text) in &mut followers {
+        read_stream(answer, text, |t| t.contains("after the quiet\n")).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,32 +8,39 @@
 //! It reads only ACI; it never trusts the group name alone (names can
 //! collide) and checks the group's namespace/pod tags.
 //!
-//! **Its own read budget.** Each request costs two ARM reads (the group,
-//! then its log), through an ACI client of its own (not the provider's
-//! paced one), gated by a token bucket of its own ([`LogBudget`]): a flood
-//! of log requests spends that bucket and is answered 429 with
-//! `Retry-After`, and never touches the read budget the provider's status
-//! sync paces itself with. A 429 from ARM pauses the bucket for its
-//! `Retry-After`. A follower (`follow=true`) spends one token per poll
-//! (two ARM reads), and followers together draw at most half the budget's
-//! rate ([`Follower`]), so one-shot requests always have the other half.
+//! **Its own read budget.** Each request costs at most two ARM reads (the
+//! group, then its log), through an ACI client of its own (not the
+//! provider's paced one), within a budget of its own ([`LogBudget`]) that
+//! never touches the read budget the provider's status sync paces itself
+//! with. Callers wait for their turn in line, first come first served; a
+//! request whose turn would come after [`LogBudget::max_wait`] is answered
+//! 429 with `Retry-After`. A 429 from ARM pauses the budget for its
+//! `Retry-After`. A follower (`follow=true`) spends one read per poll, and
+//! followers together read at most half the budget's rate, so one-shot
+//! requests always have the other half ([`LogReader`], [`Follower`]).
+//!
+//! **Shared reads.** Callers moments apart share reads: requests for the
+//! same pod share its group read, requests and followers of the same
+//! container share its log read, and a read in flight is waited for rather
+//! than repeated. So ten people following one pod cost what one does.
 //!
 //! **Time.** ACI's logs API prefixes each line with its RFC 3339 time when
-//! asked (`timestamps=true`); it is asked whenever the caller wants
-//! timestamps, a time filter or to follow, and the times are stripped again
-//! when the caller did not ask for them. A line without a time of its own
-//! (a continuation) carries the time of the line before it.
+//! asked (`timestamps=true`); it is always asked (so any read serves any
+//! caller), and the times are stripped again when the caller did not ask
+//! for them. A line without a time of its own (a continuation) carries the
+//! time of the line before it.
 
+use super::shared_reads::{Gate, Recent};
 use crate::aci::translate::{group_name, group_name_in};
 use crate::aci::{
     AciError, ContainerGroup, ContainerGroups, LogOptions, TAG_CLUSTER, TAG_NAMESPACE, TAG_POD_NAME,
 };
-use crate::pacing::TokenBucket;
+use crate::metrics::Metrics;
 use crate::units::Timestamp;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -284,12 +291,6 @@ impl PodLogOptions {
             limit_bytes: limit_bytes.map(|l| l.unsigned_abs()),
         })
     }
-
-    /// Whether ACI must be asked for timestamps: to print them, to filter
-    /// by time, or to tell new lines from old ones when following.
-    fn needs_times(&self) -> bool {
-        self.timestamps || self.since.is_some() || self.follow
-    }
 }
 
 /// One line of ACI's log text.
@@ -460,46 +461,27 @@ fn terminated(g: &ContainerGroup, container: &str) -> bool {
         .is_some_and(|s| s.state == "Terminated")
 }
 
-/// Read one container's log text from the group of cluster `cluster_id`
-/// (the group's name and ACI's text).
-pub async fn container_logs(
-    aci: &dyn ContainerGroups,
-    cluster_id: &str,
-    namespace: &str,
-    pod: &str,
-    container: &str,
-    options: LogOptions,
-) -> Result<(ContainerGroup, String), LogsError> {
-    let group = find_group(aci, cluster_id, namespace, pod)
-        .await?
-        .ok_or_else(|| LogsError::NoGroup {
-            namespace: namespace.to_string(),
-            pod: pod.to_string(),
-        })?;
-    match aci.logs(&group.name, container, options).await {
-        Ok(text) => Ok((group, text)),
-        Err(AciError::NotFound) => Err(LogsError::NoContainer {
-            namespace: namespace.to_string(),
-            pod: pod.to_string(),
-            container: container.to_string(),
-        }),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Container log requests answered per second from ACI, and at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogBudget {
+    /// Requests per second; each is two ARM reads (the group, its log), so
+    /// the endpoint reads ACI at most twice this rate.
     pub per_sec: f64,
     pub burst: u32,
+    /// How long a request waits in line for its turn before it is answered
+    /// 429 with `Retry-After` (the API server waits for the kubelet's
+    /// answer with no timeout of its own; kubectl neither).
+    pub max_wait: Duration,
 }
 
 impl Default for LogBudget {
-    /// 2 requests/s (4 ARM reads/s beside the provider's 12), 10 at once.
+    /// 2 requests/s (4 ARM reads/s beside the provider's 12), 10 at once,
+    /// a request waiting up to 30 s for its turn.
     fn default() -> Self {
         Self {
             per_sec: 2.0,
             burst: 10,
+            max_wait: Duration::from_secs(30),
         }
     }
 }
@@ -507,8 +489,13 @@ impl Default for LogBudget {
 /// How followers poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FollowPacing {
-    /// The pause between two polls of one follower.
+    /// The pause between two polls of a log that is being written.
     pub every: Duration,
+    /// The longest pause between two polls of a quiet log: each poll that
+    /// finds nothing new doubles the pause, up to this; a new line brings
+    /// it back to `every`. A quiet follower also checks, at most this
+    /// often, whether its container has ended.
+    pub idle_every: Duration,
     /// The longest a follow lasts (the kubelet's server write timeout is
     /// 4 h); the stream then ends and `kubectl logs -f` returns.
     pub at_most: Duration,
@@ -518,22 +505,71 @@ impl Default for FollowPacing {
     fn default() -> Self {
         Self {
             every: Duration::from_secs(2),
+            idle_every: Duration::from_secs(10),
             at_most: Duration::from_secs(4 * 3600),
         }
     }
 }
 
-/// Container logs from ACI within a [`LogBudget`].
+/// How long a one-shot request may use a log another caller read (and a
+/// follower polling every 2 s, one read 1 s before it).
+const SHARE_LOGS_WITHIN: Duration = Duration::from_secs(1);
+/// How long a request may use a group another caller read: its name and
+/// tags do not change while it lives (a recreated pod's group has the same
+/// name, and the pod's name is what the caller asked for).
+const SHARE_GROUPS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whose turn an ARM read is.
+#[derive(Debug, Clone, Copy)]
+enum Turn {
+    /// A request, waiting at most until then.
+    Request(Instant),
+    /// A follower's poll, waiting at most until its follow ends.
+    Follow(Instant),
+}
+
+/// One container's log as ACI gave it, with its times, and how far back.
+#[derive(Debug)]
+struct LogText {
+    /// The `tail` it was read with (`None`: all of it).
+    tail: Option<u32>,
+    text: String,
+}
+
+impl LogText {
+    /// Whether it holds what a read of `tail` lines would.
+    fn covers(&self, tail: Option<u32>) -> bool {
+        match (self.tail, tail) {
+            (None, _) => true,
+            (Some(have), Some(want)) => want <= have,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Container logs from ACI within a [`LogBudget`]: every ARM read waits
+/// for its turn at one bucket (twice the budget's rate: two reads a
+/// request), first come first served; followers' polls first pass a
+/// bucket of their own at half that rate, so one-shot requests always have
+/// the other half. Callers within moments of each other share reads: a
+/// group read serves requests for the same pod for
+/// [`SHARE_GROUPS_WITHIN`], a log read serves requests and polls of the
+/// same container for [`SHARE_LOGS_WITHIN`] (followers: half their poll
+/// pause), and a read in flight is waited for, not repeated.
 pub struct LogReader {
     aci: Arc<dyn ContainerGroups>,
     /// Whose groups it reads (their names carry it; their tags must match).
     cluster_id: Arc<str>,
     budget: LogBudget,
-    bucket: Mutex<TokenBucket>,
-    /// Followers draw from this one first: half the budget's rate, so
-    /// together they never take more than half of `bucket`.
-    follow_bucket: Mutex<TokenBucket>,
     pacing: FollowPacing,
+    reads: Gate,
+    follow: Gate,
+    /// (namespace, pod) → its group (`None` is never shared: the group may
+    /// be moments from being created).
+    groups: Recent<(String, String), Option<Arc<ContainerGroup>>>,
+    /// (group, container) → its log.
+    texts: Recent<(String, String), Arc<LogText>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for LogReader {
@@ -555,18 +591,18 @@ impl LogReader {
     /// Reading through `aci`, which should be a client of its own (see the
     /// module documentation), within `budget`.
     pub fn new(aci: Arc<dyn ContainerGroups>, cluster_id: &str, budget: LogBudget) -> Self {
-        let now = Instant::now();
+        let reads_per_sec = 2.0 * budget.per_sec;
+        let burst = budget.burst.max(1);
         Self {
             aci,
             cluster_id: cluster_id.into(),
             budget,
-            bucket: Mutex::new(TokenBucket::new(budget.per_sec, budget.burst, now)),
-            follow_bucket: Mutex::new(TokenBucket::new(
-                budget.per_sec / 2.0,
-                (budget.burst / 2).max(1),
-                now,
-            )),
             pacing: FollowPacing::default(),
+            reads: Gate::new(reads_per_sec, burst.saturating_mul(2)),
+            follow: Gate::new(reads_per_sec / 2.0, burst),
+            groups: Recent::new(SHARE_GROUPS_WITHIN),
+            texts: Recent::new(Duration::from_secs(60)),
+            metrics: None,
         }
     }
 
@@ -587,19 +623,129 @@ impl LogReader {
         self
     }
 
-    fn lock(bucket: &Mutex<TokenBucket>) -> std::sync::MutexGuard<'_, TokenBucket> {
-        bucket.lock().unwrap_or_else(|e| e.into_inner())
+    /// The same, counting its reads, followers and refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_read(&self, call: &str, shared: bool) {
+        if let Some(m) = &self.metrics {
+            m.kubelet_log_reads
+                .with_label_values(&[call, if shared { "shared" } else { "aci" }])
+                .inc();
+        }
     }
 
     fn note_throttle(&self, e: &AciError) {
         if let AciError::Throttled { retry_after } = e {
-            let now = Instant::now();
-            Self::lock(&self.bucket).throttled(now + *retry_after, now);
+            self.reads.throttled(Instant::now() + *retry_after);
         }
     }
 
+    /// Wait for the turn of one ARM read.
+    async fn turn(&self, turn: Turn) -> Result<(), LogsError> {
+        let waited = match turn {
+            Turn::Request(deadline) => self.reads.take(deadline).await,
+            Turn::Follow(until) => match self.follow.take(until).await {
+                Ok(()) => self.reads.take(until).await,
+                Err(wait) => Err(wait),
+            },
+        };
+        waited.map_err(|retry_after| {
+            if matches!(turn, Turn::Request(_))
+                && let Some(m) = &self.metrics
+            {
+                m.kubelet_log_refused.inc();
+            }
+            LogsError::Budget {
+                per_sec: self.budget.per_sec,
+                burst: self.budget.burst,
+                retry_after,
+            }
+        })
+    }
+
+    /// The group of `namespace/pod` (see [`find_group`]), read within
+    /// `max_age` by anyone, else now.
+    async fn group(
+        &self,
+        namespace: &str,
+        pod: &str,
+        max_age: Duration,
+        turn: Turn,
+    ) -> Result<Option<Arc<ContainerGroup>>, LogsError> {
+        let key = (namespace.to_string(), pod.to_string());
+        let (group, shared) = self
+            .groups
+            .get(
+                &key,
+                |g, age| g.is_some() && age <= max_age,
+                || async {
+                    for name in [
+                        group_name_in(&self.cluster_id, namespace, pod),
+                        group_name(namespace, pod),
+                    ] {
+                        self.turn(turn).await?;
+                        match self.aci.get(&name).await {
+                            Ok(Some(g)) if is_pods_group(&g, &self.cluster_id, namespace, pod) => {
+                                return Ok(Some(Arc::new(g)));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                self.note_throttle(&e);
+                                return Err(LogsError::Aci(e));
+                            }
+                        }
+                    }
+                    Ok(None)
+                },
+            )
+            .await?;
+        self.count_read("group", shared);
+        Ok(group)
+    }
+
+    /// `container`'s log in `group` (with ACI's times), `tail` lines or
+    /// more, read within `max_age` by anyone, else now. ACI's 404 (the
+    /// group or the container is gone) is [`AciError::NotFound`].
+    async fn text(
+        &self,
+        group: &str,
+        container: &str,
+        tail: Option<u32>,
+        max_age: Duration,
+        turn: Turn,
+    ) -> Result<Arc<LogText>, LogsError> {
+        let key = (group.to_string(), container.to_string());
+        let (text, shared) = self
+            .texts
+            .get(
+                &key,
+                |t, age| age <= max_age && t.covers(tail),
+                || async {
+                    self.turn(turn).await?;
+                    let options = LogOptions {
+                        tail,
+                        timestamps: true,
+                    };
+                    match self.aci.logs(group, container, options).await {
+                        Ok(text) => Ok(Arc::new(LogText { tail, text })),
+                        Err(e) => {
+                            self.note_throttle(&e);
+                            Err(LogsError::Aci(e))
+                        }
+                    }
+                },
+            )
+            .await?;
+        self.count_read("logs", shared);
+        Ok(text)
+    }
+
     /// One container's log (and, with `follow`, a [`Follower`] for what
-    /// comes next), if the budget has room now (it never waits).
+    /// comes next), after waiting in line for the budget at most
+    /// [`LogBudget::max_wait`].
     pub async fn read(
         self: &Arc<Self>,
         namespace: &str,
@@ -613,14 +759,27 @@ impl LogReader {
                 container: container.to_string(),
             });
         }
-        if let Some(retry_after) = Self::lock(&self.bucket).take(Instant::now()) {
-            return Err(LogsError::Budget {
-                per_sec: self.budget.per_sec,
-                burst: self.budget.burst,
-                retry_after,
-            });
+        let turn = Turn::Request(Instant::now() + self.budget.max_wait);
+        let group = self
+            .group(namespace, pod, SHARE_GROUPS_WITHIN, turn)
+            .await?
+            .ok_or_else(|| LogsError::NoGroup {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+            })?;
+        let no_container = || LogsError::NoContainer {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: container.to_string(),
+        };
+        if !group
+            .properties
+            .containers
+            .iter()
+            .any(|c| c.name == container)
+        {
+            return Err(no_container());
         }
-        let stamped = options.needs_times();
         // A follower reads the window its polls read, whatever tailLines
         // shows: its cursor counts the lines sharing the newest time, and a
         // shorter read would cut some of them off, so the first poll would
@@ -628,25 +787,20 @@ impl LogReader {
         let tail = match options.tail_lines {
             Some(n) if options.follow => Some(n.max(u64::from(FOLLOW_WINDOW))),
             t => t,
-        };
-        let aci_options = LogOptions {
-            tail: tail.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
-            timestamps: stamped,
-        };
-        let result = container_logs(
-            self.aci.as_ref(),
-            &self.cluster_id,
-            namespace,
-            pod,
-            container,
-            aci_options,
-        )
-        .await;
-        if let Err(LogsError::Aci(e)) = &result {
-            self.note_throttle(e);
         }
-        let (group, content) = result?;
-        let lines = split_lines(&content, stamped);
+        .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+        let log = match self
+            .text(&group.name, container, tail, SHARE_LOGS_WITHIN, turn)
+            .await
+        {
+            Err(LogsError::Aci(AciError::NotFound)) => {
+                self.groups
+                    .forget(&(namespace.to_string(), pod.to_string()));
+                return Err(no_container());
+            }
+            other => other?,
+        };
+        let lines = split_lines(&log.text, true);
         let shown = match options.tail_lines {
             Some(n) => {
                 &lines[lines
@@ -665,6 +819,9 @@ impl LogReader {
         let follower = (options.follow && !full && !terminated(&group, container)).then(|| {
             let mut cursor = Cursor::default();
             cursor.see(&lines);
+            if let Some(m) = &self.metrics {
+                m.kubelet_log_followers.inc();
+            }
             Follower {
                 reader: Arc::clone(self),
                 group: group.name.clone(),
@@ -676,39 +833,26 @@ impl LogReader {
                 remaining,
                 cursor,
                 until: Instant::now() + self.pacing.at_most,
+                pause: self.pacing.every,
+                state_checked: Instant::now(),
             }
         });
         Ok(LogAnswer { text, follower })
     }
-
-    /// Wait for a follower's poll token: from the followers' bucket, then
-    /// from the shared one; `false` if that would pass `until`.
-    async fn pace_follower(&self, until: Instant) -> bool {
-        for bucket in [&self.follow_bucket, &self.bucket] {
-            loop {
-                let now = Instant::now();
-                let Some(wait) = Self::lock(bucket).take(now) else {
-                    break;
-                };
-                if now + wait > until {
-                    return false;
-                }
-                tokio::time::sleep(wait).await;
-            }
-        }
-        true
-    }
 }
 
-/// The rest of a followed log: polls ACI every [`FollowPacing::every`],
-/// each poll paced by the [`LogReader`]'s budget (one token, two ARM reads:
-/// the group, for the container's state and tags, then the last
-/// [`FOLLOW_WINDOW`] lines with their times), and yields only the lines the
-/// [`Cursor`] has not seen. It ends when the container has terminated (after
-/// sending the lines read with that state), when the group is gone or no
+/// The rest of a followed log. It polls ACI for the last [`FOLLOW_WINDOW`]
+/// lines with their times (one ARM read, in turn with every other
+/// follower's, or shared with followers of the same container), and yields
+/// only the lines the [`Cursor`] has not seen. Its pause between polls is
+/// [`FollowPacing::every`] while the log grows and doubles up to
+/// [`FollowPacing::idle_every`] while it is quiet; a quiet follower reads
+/// the group (a second ARM read) at most every `idle_every` to learn
+/// whether its container has ended. It ends when the container has
+/// terminated (after sending its last lines), when the group is gone or no
 /// longer this pod's, on an ACI error that retrying will not fix, when
-/// `limitBytes` is reached, or after [`FollowPacing::at_most`]; and when the
-/// client goes, because the response body (this stream) is dropped. It
+/// `limitBytes` is reached, or after [`FollowPacing::at_most`]; and when
+/// the client goes, because the response body (this stream) is dropped. It
 /// holds one poll's text at a time.
 pub struct Follower {
     reader: Arc<LogReader>,
@@ -721,64 +865,115 @@ pub struct Follower {
     remaining: Option<u64>,
     cursor: Cursor,
     until: Instant,
+    /// The pause before the next poll.
+    pause: Duration,
+    /// When it last learned whether its container has ended.
+    state_checked: Instant,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(m) = &self.reader.metrics {
+            m.kubelet_log_followers.dec();
+        }
+    }
+}
+
+/// What a follower's poll came to.
+enum Poll {
+    /// Text to send (not empty).
+    Text(Vec<u8>),
+    /// Nothing new.
+    Quiet,
+    /// Poll again at once (ACI asked to retry).
+    Retry,
+    /// The follow is over.
+    End,
 }
 
 impl Follower {
     /// The next piece of the log, or `None` when the follow is over.
     pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
-        let reader = Arc::clone(&self.reader);
+        let pacing = self.reader.pacing;
         loop {
-            if Instant::now() + reader.pacing.every > self.until {
+            if Instant::now() + self.pause > self.until {
                 return None;
             }
-            tokio::time::sleep(reader.pacing.every).await;
-            if !reader.pace_follower(self.until).await {
-                return None;
-            }
-            let group = match reader.aci.get(&self.group).await {
-                Ok(Some(g)) => g,
-                Ok(None) => return None,
-                Err(e) if e.is_retryable() => {
-                    reader.note_throttle(&e);
-                    continue;
+            tokio::time::sleep(self.pause).await;
+            match self.poll(pacing.every / 2).await {
+                Poll::Text(out) => {
+                    self.pause = pacing.every;
+                    return Some(out);
                 }
-                Err(_) => return None,
-            };
-            if !is_pods_group(&group, &reader.cluster_id, &self.namespace, &self.pod) {
-                return None;
+                Poll::End => return None,
+                Poll::Retry => continue,
+                Poll::Quiet => {}
             }
-            let ended = terminated(&group, &self.container);
-            let options = LogOptions {
-                tail: Some(FOLLOW_WINDOW),
-                timestamps: true,
-            };
-            let content = match reader.aci.logs(&self.group, &self.container, options).await {
-                Ok(c) => c,
-                Err(e) if e.is_retryable() => {
-                    reader.note_throttle(&e);
-                    continue;
+            self.pause = (self.pause * 2).min(pacing.idle_every.max(pacing.every));
+            if self.state_checked.elapsed() < pacing.idle_every {
+                continue;
+            }
+            self.state_checked = Instant::now();
+            let turn = Turn::Follow(self.until);
+            let group = self
+                .reader
+                .group(&self.namespace, &self.pod, pacing.idle_every / 2, turn)
+                .await;
+            match group {
+                Ok(Some(g)) if g.name == self.group => {
+                    if terminated(&g, &self.container) {
+                        // Its last lines, read after it ended, then the end.
+                        self.until = Instant::now() + pacing.idle_every;
+                        let last = self.poll(Duration::ZERO).await;
+                        self.until = Instant::now();
+                        return match last {
+                            Poll::Text(out) => Some(out),
+                            _ => None,
+                        };
+                    }
                 }
-                Err(_) => return None,
-            };
-            let lines = split_lines(&content, true);
-            let fresh = self.cursor.fresh(&lines);
-            let mut out = Vec::new();
-            let full = render(
-                &fresh,
-                self.since,
-                self.timestamps,
-                &mut self.remaining,
-                &mut out,
-            );
-            if full || ended {
-                self.until = Instant::now();
+                Err(LogsError::Aci(e)) if e.is_retryable() => {}
+                Ok(_) | Err(_) => return None,
             }
-            if !out.is_empty() {
-                return Some(out);
-            }
-            if full || ended {
-                return None;
-            }
+        }
+    }
+
+    /// Read the log (shared if read within `max_age`) and render what is
+    /// new.
+    async fn poll(&mut self, max_age: Duration) -> Poll {
+        let turn = Turn::Follow(self.until);
+        let log = match self
+            .reader
+            .text(
+                &self.group,
+                &self.container,
+                Some(FOLLOW_WINDOW),
+                max_age,
+                turn,
+            )
+            .await
+        {
+            Ok(log) => log,
+            Err(LogsError::Aci(e)) if e.is_retryable() => return Poll::Retry,
+            Err(_) => return Poll::End,
+        };
+        let lines = split_lines(&log.text, true);
+        let fresh = self.cursor.fresh(&lines);
+        let mut out = Vec::new();
+        let full = render(
+            &fresh,
+            self.since,
+            self.timestamps,
+            &mut self.remaining,
+            &mut out,
+        );
+        if full {
+            self.until = Instant::now();
+        }
+        match (out.is_empty(), full) {
+            (false, _) => Poll::Text(out),
+            (true, true) => Poll::End,
+            (true, false) => Poll::Quiet,
         }
     }
 
@@ -868,6 +1063,12 @@ mod tests {
                     (TAG_NAMESPACE.to_string(), "web".to_string()),
                     (TAG_POD_NAME.to_string(), "api".to_string()),
                 ]);
+                g.properties.containers = ["app", "side"]
+                    .map(|c| crate::aci::Container {
+                        name: c.to_string(),
+                        ..Default::default()
+                    })
+                    .to_vec();
                 Ok(Some(g))
             })
         }
@@ -913,45 +1114,83 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_spent_budget_is_a_429_that_calls_nothing() {
+    async fn requests_moments_apart_share_reads_and_a_spent_budget_is_a_429_that_calls_nothing() {
         let aci = Arc::new(Counting::default());
         let reader = Arc::new(LogReader::new(
             aci.clone(),
             "c1",
             LogBudget {
                 per_sec: 0.5,
-                burst: 2,
+                burst: 1,
+                max_wait: Duration::ZERO,
             },
         ));
-        for _ in 0..2 {
-            let text = reader
-                .read("web", "api", "app", &PodLogOptions::default())
-                .await
-                .map(|a| a.text);
+        let calls = || aci.calls.load(Ordering::SeqCst);
+        let read = |container: &'static str| {
+            let reader = reader.clone();
+            async move {
+                reader
+                    .read("web", "api", container, &PodLogOptions::default())
+                    .await
+            }
+        };
+        for _ in 0..3 {
+            let text = read("app").await.map(|a| a.text);
             assert_eq!(text.ok().as_deref(), Some(&b"log of app\n"[..]));
         }
-        assert_eq!(aci.calls.load(Ordering::SeqCst), 4, "two ARM reads each");
-        let refused = reader
-            .read("web", "api", "app", &PodLogOptions::default())
+        assert_eq!(
+            calls(),
+            2,
+            "one group read and one log read served all three"
+        );
+        // A second later the log is read again (the group is still shared);
+        // the other container's log then finds the budget spent.
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert!(read("app").await.is_ok());
+        assert_eq!(calls(), 3);
+        let refused = read("side")
             .await
             .err()
             .unwrap_or_else(|| panic!("over budget"));
-        assert_eq!(aci.calls.load(Ordering::SeqCst), 4, "ACI not called");
+        assert_eq!(calls(), 3, "ACI not called");
         assert_eq!(
             refused.to_string(),
-            "log read budget spent: this node answers at most 0.5/s container log requests from ACI (2 at once; --kubelet-log-qps, --kubelet-log-burst); retry in 2s"
+            "log read budget spent: this node answers at most 0.5/s container log requests from ACI (1 at once; --kubelet-log-qps, --kubelet-log-burst); retry in 1s"
         );
         let response = refused.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(
-            reader
-                .read("web", "api", "app", &PodLogOptions::default())
-                .await
-                .is_ok(),
-            "refilled"
-        );
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(read("side").await.is_ok(), "refilled");
+        assert_eq!(calls(), 4);
+        // A container the group does not have: 404 without a log read.
+        let missing = read("nope").await.err().map(|e| e.into_response().status());
+        assert_eq!(missing, Some(StatusCode::NOT_FOUND));
+        assert_eq!(calls(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_its_turn_up_to_its_deadline() {
+        let aci = Arc::new(Counting::default());
+        let reader = Arc::new(LogReader::new(
+            aci.clone(),
+            "c1",
+            LogBudget {
+                per_sec: 0.5,
+                burst: 1,
+                max_wait: Duration::from_secs(5),
+            },
+        ));
+        let t0 = Instant::now();
+        // Two reads at once (group, log), a third after 1 s at 1 read/s.
+        for container in ["app", "side"] {
+            let answer = reader
+                .read("web", "api", container, &PodLogOptions::default())
+                .await;
+            assert!(answer.is_ok(), "{:?}", answer.err());
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(1), "waited for its turn");
+        assert_eq!(aci.calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -960,7 +1199,14 @@ mod tests {
             throttle: true,
             ..Counting::default()
         });
-        let reader = Arc::new(LogReader::new(aci.clone(), "c1", LogBudget::default()));
+        let reader = Arc::new(LogReader::new(
+            aci.clone(),
+            "c1",
+            LogBudget {
+                max_wait: Duration::from_secs(1),
+                ..LogBudget::default()
+            },
+        ));
         let first = reader
             .read("web", "api", "app", &PodLogOptions::default())
             .await;

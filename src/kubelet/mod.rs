@@ -29,6 +29,7 @@ pub mod auth;
 pub mod exec;
 pub mod logs;
 pub mod metrics;
+pub mod shared_reads;
 pub mod spdy;
 
 use axum::http::StatusCode;

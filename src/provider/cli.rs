@@ -174,12 +174,19 @@ pub struct ProviderArgs {
     pub kubelet_max_connections: u32,
     /// Container log requests per second the kubelet endpoint answers from
     /// ACI (two ARM reads each, apart from the provider's read budget);
-    /// more get 429 with Retry-After.
+    /// more wait their turn (--kubelet-log-max-wait). Followers
+    /// (`kubectl logs -f`) poll within half of it, one read a poll: with F
+    /// followers of quiet or busy logs, each sees new lines about every
+    /// max(2, F / qps) seconds.
     #[arg(long, default_value_t = 2.0)]
     pub kubelet_log_qps: f64,
     /// Container log requests answered at once before --kubelet-log-qps applies.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub kubelet_log_burst: u32,
+    /// Seconds a container log request waits in line for the log budget
+    /// before it is answered 429 with Retry-After (0: answer at once).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub kubelet_log_max_wait: u64,
     /// ARM reads per second for /metrics/resource and /stats/summary (one
     /// group list and one Azure Monitor query per burst pod at most once a
     /// minute, apart from the provider's and the logs' budgets). With N
@@ -691,14 +698,18 @@ pub async fn start(
         })
     };
     let linux_metrics = resource_metrics(&args.node_name, "Linux");
-    let logs = Arc::new(LogReader::new(
-        logs_aci.clone(),
-        &cluster_id,
-        LogBudget {
-            per_sec: args.kubelet_log_qps,
-            burst: args.kubelet_log_burst,
-        },
-    ));
+    let logs = Arc::new(
+        LogReader::new(
+            logs_aci.clone(),
+            &cluster_id,
+            LogBudget {
+                per_sec: args.kubelet_log_qps,
+                burst: args.kubelet_log_burst,
+                max_wait: Duration::from_secs(args.kubelet_log_max_wait),
+            },
+        )
+        .with_metrics(metrics.clone()),
+    );
     let exec = Arc::new(crate::kubelet::exec::ExecBridge::new(
         logs.aci(),
         &cluster_id,
