@@ -1,19 +1,30 @@
 //! The virtual node's kubelet endpoint under load beside the provider's
 //! status sync: N burst pods (default 500; env `SPILLWAY_BENCH_PODS`)
-//! Running on the ACI emulator (ARM's read bucket, 250 at 25/s), then, over
-//! a measured window (default 30 s; `SPILLWAY_BENCH_WINDOW_SECS`), F
+//! Running on the ACI emulator (ARM's read bucket, 250 at 25/s), then F
 //! concurrent `kubectl logs -f` style followers (default 200;
-//! `SPILLWAY_BENCH_FOLLOWERS`) and 50 `/metrics/resource` scrapes per 15 s,
-//! as metrics-server and `kubectl` would send them through the API server.
+//! `SPILLWAY_BENCH_FOLLOWERS`) of P pods (default F, one follower each;
+//! `SPILLWAY_BENCH_FOLLOWED_PODS` for several followers per pod) and 50
+//! `/metrics/resource` scrapes per 15 s, as metrics-server and `kubectl`
+//! would send them through the API server.
 //!
-//! Measured at the emulator: ARM reads per second (every non-write request
-//! it saw in the window) against the configured read budget (the provider's
-//! pacer, plus the log and metrics budgets at their `spillway run` defaults).
-//! Measured on the pods: status sync lag, sampled by making a few groups
-//! vanish through `POST /_emulator/faults` during the window and timing
-//! until their pods turn Failed (the provider's sync and status write),
-//! p99. The same lag is measured first without followers or scrapes, as the
-//! baseline, in the same run. Writes `target/spillway-bench/kubelet.json`.
+//! Phases: a baseline window without followers or scrapes (default 30 s;
+//! `SPILLWAY_BENCH_WINDOW_SECS`); the followers' start (all at once, each
+//! retrying a 429 after its `Retry-After`, as a patient user would:
+//! time to the first byte, p50/p99, and the 429s); a loaded window of the
+//! same length in which every followed container writes a line every 5 s;
+//! then a drain until every follower has every line (bounded).
+//!
+//! Measured at the emulator: ARM reads per second in each window against
+//! the configured read budget (the provider's pacer, plus the log and
+//! metrics budgets at their `spillway run` defaults). Measured on the pods:
+//! status sync lag, sampled by making a few groups vanish through
+//! `POST /_emulator/faults` during each window and timing until their pods
+//! turn Failed (the provider's sync and status write), p99, loaded beside
+//! baseline. Measured on the followers: each line's delivery time, from
+//! its append to its arrival, p50/p99, beside the bound the log budget
+//! sets (followers poll at half of `--kubelet-log-qps` × 2 reads/s, one
+//! read a poll, so a round of P busy followed pods takes P / qps seconds).
+//! Writes `target/spillway-bench/kubelet.json`.
 //!
 //! The provider, the pacer and the kubelet endpoint run with the defaults of
 //! `spillway run` (5 s syncs, 12 reads/s; logs 2 requests/s of two reads,
@@ -50,10 +61,13 @@ const SCRAPES_PER_PERIOD: u32 = 50;
 /// `spillway run`'s defaults for the kubelet endpoint's budgets.
 const LOG_QPS: f64 = 2.0;
 const LOG_BURST: u32 = 10;
+/// Each followed container writes a line this often in the loaded window.
+const LINE_PERIOD: Duration = Duration::from_secs(5);
 
 struct Scale {
     pods: usize,
     followers: usize,
+    followed_pods: usize,
     window: Duration,
     samples: usize,
 }
@@ -69,10 +83,15 @@ impl Scale {
     fn from_env() -> Self {
         let pods = env_or("SPILLWAY_BENCH_PODS", 500usize).max(4);
         let samples = env_or("SPILLWAY_BENCH_SAMPLES", 10usize).clamp(1, pods / 4);
+        let followers = env_or("SPILLWAY_BENCH_FOLLOWERS", 200usize);
+        // Followed pods and vanished groups never overlap.
+        let followed_pods = env_or("SPILLWAY_BENCH_FOLLOWED_PODS", followers)
+            .clamp(1, followers.max(1))
+            .min(pods - 2 * samples);
         Self {
             pods,
-            // Followers and vanished groups never share a pod.
-            followers: env_or("SPILLWAY_BENCH_FOLLOWERS", 200usize).min(pods - 2 * samples),
+            followers,
+            followed_pods,
             window: Duration::from_secs(env_or("SPILLWAY_BENCH_WINDOW_SECS", 30u64).max(2)),
             samples,
         }
@@ -112,16 +131,114 @@ fn arm_reads(emu: &EmulatorHandle) -> u64 {
         .sum()
 }
 
-/// The 99th percentile; NaN (`null` in the JSON) when any sample timed out
-/// or there is none, so a starved sync never reads as a good figure.
-fn p99(samples: &[f64]) -> f64 {
+/// The `q` quantile (nearest rank); NaN (`null` in the JSON) when any
+/// sample timed out or there is none, so a starved sync or a line never
+/// delivered never reads as a good figure.
+fn percentile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() || samples.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
-    let rank = ((s.len() as f64) * 0.99).ceil() as usize;
+    let rank = ((s.len() as f64) * q).ceil() as usize;
     s[rank.clamp(1, s.len()) - 1]
+}
+
+fn p99(samples: &[f64]) -> f64 {
+    percentile(samples, 0.99)
+}
+
+/// What the followers saw.
+#[derive(Default)]
+struct Follows {
+    /// Seconds from the load's start to each follower's first byte.
+    starts: std::sync::Mutex<Vec<f64>>,
+    /// When line `tick K` was appended, by K.
+    ticks: std::sync::Mutex<Vec<Instant>>,
+    /// Seconds from a line's append to its arrival, per follower and line.
+    latencies: std::sync::Mutex<Vec<f64>>,
+    refused: AtomicU64,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Follows {
+    fn started(&self) -> usize {
+        locked(&self.starts).len()
+    }
+    fn starts(&self) -> Vec<f64> {
+        locked(&self.starts).clone()
+    }
+    fn ticks(&self) -> Vec<Instant> {
+        locked(&self.ticks).clone()
+    }
+    /// Record a line appended at `at`; its number.
+    fn appended(&self, at: Instant) -> usize {
+        let mut t = locked(&self.ticks);
+        t.push(at);
+        t.len() - 1
+    }
+    fn delivered(&self) -> usize {
+        locked(&self.latencies).len()
+    }
+    /// The delivery times, a NaN for each of `expected` not delivered.
+    fn delivery(&self, expected: usize) -> Vec<f64> {
+        let mut d = locked(&self.latencies).clone();
+        d.resize(expected.max(d.len()), f64::NAN);
+        d
+    }
+    /// A line arrived: if it is a tick, its delivery time.
+    fn arrived(&self, line: &str) {
+        let Some(k) = line
+            .strip_prefix("tick ")
+            .and_then(|k| k.trim().parse::<usize>().ok())
+        else {
+            return;
+        };
+        let at = locked(&self.ticks).get(k).copied();
+        if let Some(at) = at {
+            locked(&self.latencies).push(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// One `kubectl logs -f`: follow `url`, and when refused (429), follow
+/// again after its `Retry-After`, as a patient user would.
+async fn follow(http: &reqwest::Client, url: &str, follows: &Follows, load_started: Instant) {
+    let mut first = true;
+    loop {
+        let pause = match http.get(url).send().await {
+            Ok(mut r) if r.status().is_success() => {
+                let mut buf = String::new();
+                while let Ok(Some(chunk)) = r.chunk().await {
+                    if std::mem::take(&mut first) {
+                        locked(&follows.starts).push(load_started.elapsed().as_secs_f64());
+                    }
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(end) = buf.find('\n') {
+                        follows.arrived(&buf[..end]);
+                        buf.drain(..=end);
+                    }
+                }
+                Duration::from_secs(1)
+            }
+            Ok(r) => {
+                follows.refused.fetch_add(1, Ordering::Relaxed);
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::from_secs(1), Duration::from_secs)
+            }
+            Err(_) => {
+                follows.refused.fetch_add(1, Ordering::Relaxed);
+                Duration::from_secs(1)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// What one measured window saw.
@@ -313,7 +430,7 @@ async fn run(scale: &Scale) -> serde_json::Value {
         "{pods} pods Running after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for i in 0..scale.followers {
+    for i in 0..scale.followed_pods {
         let group = spillway::aci::translate::group_name_in(CLUSTER, NS, &pod_name(i));
         emu.state
             .append_logs(&group, "app", &[format!("{} started", pod_name(i))]);
@@ -330,34 +447,8 @@ async fn run(scale: &Scale) -> serde_json::Value {
         baseline.reads_per_s
     );
 
-    // The load: followers and scrapes.
-    let lines = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
+    // The load: scrapes, then the followers, all at once.
     let mut load = tokio::task::JoinSet::new();
-    for i in 0..scale.followers {
-        let url = format!(
-            "{kubelet}/containerLogs/{NS}/{}/app?follow=true",
-            pod_name(i)
-        );
-        let (http, lines, refused) = (http.clone(), lines.clone(), refused.clone());
-        load.spawn(async move {
-            // As kubectl: a refused follow (429) is retried after a pause.
-            loop {
-                match http.get(&url).send().await {
-                    Ok(mut r) if r.status().is_success() => {
-                        while let Ok(Some(chunk)) = r.chunk().await {
-                            let n = chunk.iter().filter(|b| **b == b'\n').count();
-                            lines.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(_) | Err(_) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
     let scrapes = Arc::new(AtomicU64::new(0));
     let scrape_errors = Arc::new(AtomicU64::new(0));
     {
@@ -384,14 +475,72 @@ async fn run(scale: &Scale) -> serde_json::Value {
             }
         });
     }
-    let loaded = measure(&srv, &emu, &http, loaded_victims, scale.window).await;
-    load.abort_all();
+    let follows = Arc::new(Follows::default());
+    let load_started = Instant::now();
+    for i in 0..scale.followers {
+        let url = format!(
+            "{kubelet}/containerLogs/{NS}/{}/app?follow=true",
+            pod_name(i % scale.followed_pods)
+        );
+        let (http, follows) = (http.clone(), follows.clone());
+        load.spawn(async move { follow(&http, &url, &follows, load_started).await });
+    }
+    let start_deadline = load_started + Duration::from_secs(900);
+    while follows.started() < scale.followers && Instant::now() < start_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let starts = follows.starts();
     eprintln!(
-        "loaded: sync lag p99 {:.2} s, {:.1} ARM reads/s, {} log lines, {} follows refused, {} scrapes ({} failed)",
+        "{}/{} followers started in {:.1} s (p50 {:.1} s), {} follows answered 429",
+        starts.len(),
+        scale.followers,
+        load_started.elapsed().as_secs_f64(),
+        percentile(&starts, 0.5),
+        follows.refused.load(Ordering::Relaxed),
+    );
+
+    // The loaded window: every followed container writes a line every
+    // LINE_PERIOD while the sync lag is sampled.
+    let writer = {
+        let (emu_state, follows) = (emu.state.clone(), follows.clone());
+        let groups: Vec<String> = (0..scale.followed_pods)
+            .map(|i| spillway::aci::translate::group_name_in(CLUSTER, NS, &pod_name(i)))
+            .collect();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LINE_PERIOD);
+            loop {
+                tick.tick().await;
+                let k = follows.appended(Instant::now());
+                for g in &groups {
+                    emu_state.append_logs(g, "app", &[format!("tick {k}")]);
+                }
+            }
+        })
+    };
+    let loaded = measure(&srv, &emu, &http, loaded_victims, scale.window).await;
+    writer.abort();
+    let lines_appended = follows.ticks().len();
+    let expected = lines_appended * scale.followers;
+    let drain_deadline = Instant::now() + Duration::from_secs(600);
+    while follows.delivered() < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivery = follows.delivery(expected);
+    load.abort_all();
+    let refused = follows.refused.load(Ordering::Relaxed);
+    // The bound the budget sets on one round of busy followed pods: they
+    // poll at LOG_QPS reads/s together (half of 2 × LOG_QPS).
+    let round_bound_s = (scale.followed_pods as f64 / LOG_QPS).max(2.0);
+    eprintln!(
+        "loaded: sync lag p99 {:.2} s, {:.1} ARM reads/s, lines delivered {}/{} p50 {:.1} s p99 {:.1} s (a round of the followed pods at the log budget: {:.0} s), {} follows answered 429, {} scrapes ({} failed)",
         p99(&loaded.lags),
         loaded.reads_per_s,
-        lines.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
+        follows.delivered(),
+        expected,
+        percentile(&delivery, 0.5),
+        percentile(&delivery, 0.99),
+        round_bound_s,
+        refused,
         scrapes.load(Ordering::Relaxed),
         scrape_errors.load(Ordering::Relaxed),
     );
@@ -404,10 +553,18 @@ async fn run(scale: &Scale) -> serde_json::Value {
         "pods": pods,
         "window_s": scale.window.as_secs(),
         "followers": scale.followers,
+        "followed_pods": scale.followed_pods,
+        "followers_started": starts.len(),
+        "follow_start_p50_s": round(percentile(&starts, 0.5)),
+        "follow_start_p99_s": round(percentile(&starts, 0.99)),
+        "follows_refused": refused,
+        "log_lines_appended": expected,
+        "log_lines_delivered": follows.delivered(),
+        "log_delivery_p50_s": round(percentile(&delivery, 0.5)),
+        "log_delivery_p99_s": round(percentile(&delivery, 0.99)),
+        "log_round_bound_s": round(round_bound_s),
         "scrapes": scrapes.load(Ordering::Relaxed),
         "scrape_errors": scrape_errors.load(Ordering::Relaxed),
-        "log_lines": lines.load(Ordering::Relaxed),
-        "follows_refused": refused.load(Ordering::Relaxed),
         "arm_reads_per_s": round(loaded.reads_per_s),
         "baseline_arm_reads_per_s": round(baseline.reads_per_s),
         "read_budget_per_s": read_budget_per_s,

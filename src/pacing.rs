@@ -41,21 +41,33 @@ impl TokenBucket {
 
     /// Take a token now, or say how long to wait before asking again.
     pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        self.take_n(1, now)
+    }
+
+    /// Take `n` tokens now (at most the bucket's capacity: a larger `n`
+    /// takes a full bucket), or say how long to wait before asking again.
+    pub fn take_n(&mut self, n: u32, now: Instant) -> Option<Duration> {
         if let Some(until) = self.paused_until {
             if until > now {
                 return Some(until - now);
             }
             self.paused_until = None;
         }
+        let n = f64::from(n).min(self.capacity);
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             None
         } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
+            Some(Duration::from_secs_f64((n - self.tokens) / self.per_sec))
         }
+    }
+
+    /// Give back `n` tokens taken and not used (never above the capacity).
+    pub fn refund(&mut self, n: u32) {
+        self.tokens = (self.tokens + f64::from(n)).min(self.capacity);
     }
 
     /// The service answered 429: no call before `until`, and the tokens this
@@ -92,6 +104,15 @@ mod tests {
             None,
             "refilled from zero since the 429: 2 s at 2/s"
         );
+        // Two at once, and what was not used given back.
+        let mut two = TokenBucket::new(1.0, 3, t0);
+        assert_eq!(two.take_n(2, t0), None);
+        assert_eq!(two.take_n(2, t0), Some(Duration::from_secs(1)));
+        two.refund(1);
+        assert_eq!(two.take_n(2, t0), None);
+        two.refund(5);
+        assert_eq!(two.take_n(9, t0), None, "more than the capacity takes it all");
+        assert_eq!(two.take(t0), Some(Duration::from_secs(1)));
         let odd = TokenBucket::new(f64::NAN, 0, t0);
         assert_eq!(odd.capacity, 1.0);
         assert_eq!(odd.per_sec, 1.0);

@@ -41,6 +41,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -75,12 +76,14 @@ pub enum LogsError {
         container: String,
     },
     #[error(
-        "log read budget spent: this node answers at most {per_sec}/s container log requests from ACI ({burst} at once; --kubelet-log-qps, --kubelet-log-burst); retry in {}s",
-        retry_after.as_secs_f64().ceil()
+        "log read budget spent: this node answers at most {per_sec}/s container log requests from ACI ({burst} at once; --kubelet-log-qps, --kubelet-log-burst) and this one's turn would not come within {}s (--kubelet-log-max-wait); retry in {}s",
+        max_wait.as_secs(),
+        retry_after.as_secs_f64().ceil().max(1.0)
     )]
     Budget {
         per_sec: f64,
         burst: u32,
+        max_wait: Duration,
         retry_after: Duration,
     },
     #[error("ACI: {0}")]
@@ -520,12 +523,28 @@ const SHARE_LOGS_WITHIN: Duration = Duration::from_secs(1);
 const SHARE_GROUPS_WITHIN: Duration = Duration::from_secs(10);
 
 /// Whose turn an ARM read is.
-#[derive(Debug, Clone, Copy)]
-enum Turn {
-    /// A request, waiting at most until then.
-    Request(Instant),
+#[derive(Clone, Copy)]
+enum Turn<'a> {
+    /// A request's, paid for at its one turn in line.
+    Request(&'a Paid<'a>),
     /// A follower's poll, waiting at most until its follow ends.
     Follow(Instant),
+}
+
+/// The reads a request paid for at its one turn (those it expects to make:
+/// the group and the log, unless a read moments old or in flight will
+/// serve); what it did not use goes back to the budget when it is dropped.
+struct Paid<'a> {
+    gate: &'a Gate,
+    left: AtomicU32,
+    /// A read beyond those paid for waits in line until then.
+    deadline: Instant,
+}
+
+impl Drop for Paid<'_> {
+    fn drop(&mut self) {
+        self.gate.refund(self.left.load(Ordering::Relaxed));
+    }
 }
 
 /// One container's log as ACI gave it, with its times, and how far back.
@@ -644,25 +663,74 @@ impl LogReader {
     }
 
     /// Wait for the turn of one ARM read.
-    async fn turn(&self, turn: Turn) -> Result<(), LogsError> {
+    async fn turn(&self, turn: Turn<'_>) -> Result<(), LogsError> {
         let waited = match turn {
-            Turn::Request(deadline) => self.reads.take(deadline).await,
+            Turn::Request(paid) => {
+                let prepaid = paid
+                    .left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                if prepaid {
+                    return Ok(());
+                }
+                self.reads.take(paid.deadline).await
+            }
             Turn::Follow(until) => match self.follow.take(until).await {
                 Ok(()) => self.reads.take(until).await,
                 Err(wait) => Err(wait),
             },
         };
-        waited.map_err(|retry_after| {
-            if matches!(turn, Turn::Request(_))
-                && let Some(m) = &self.metrics
-            {
-                m.kubelet_log_refused.inc();
-            }
-            LogsError::Budget {
-                per_sec: self.budget.per_sec,
-                burst: self.budget.burst,
-                retry_after,
-            }
+        waited.map_err(|retry_after| self.spent(retry_after, matches!(turn, Turn::Request(_))))
+    }
+
+    /// The answer when a caller's turn would not come in time (a request's
+    /// refusal is counted).
+    fn spent(&self, retry_after: Duration, request: bool) -> LogsError {
+        if request && let Some(m) = &self.metrics {
+            m.kubelet_log_refused.inc();
+        }
+        LogsError::Budget {
+            per_sec: self.budget.per_sec,
+            burst: self.budget.burst,
+            max_wait: self.budget.max_wait,
+            retry_after,
+        }
+    }
+
+    /// A request's one turn in line: the reads it expects to make, paid
+    /// for (none when others' reads will serve it).
+    async fn pay(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        tail: Option<u32>,
+    ) -> Result<Paid<'_>, LogsError> {
+        let deadline = Instant::now() + self.budget.max_wait;
+        let group_key = (namespace.to_string(), pod.to_string());
+        let text_key = (
+            group_name_in(&self.cluster_id, namespace, pod),
+            container.to_string(),
+        );
+        let reads = u32::from(
+            !self
+                .groups
+                .would_share(&group_key, |g, age| g.is_some() && age <= SHARE_GROUPS_WITHIN),
+        ) + u32::from(
+            !self
+                .texts
+                .would_share(&text_key, |t, age| age <= SHARE_LOGS_WITHIN && t.covers(tail)),
+        );
+        if reads > 0 {
+            self.reads
+                .take_n(reads, deadline)
+                .await
+                .map_err(|retry_after| self.spent(retry_after, true))?;
+        }
+        Ok(Paid {
+            gate: &self.reads,
+            left: AtomicU32::new(reads),
+            deadline,
         })
     }
 
@@ -673,7 +741,7 @@ impl LogReader {
         namespace: &str,
         pod: &str,
         max_age: Duration,
-        turn: Turn,
+        turn: Turn<'_>,
     ) -> Result<Option<Arc<ContainerGroup>>, LogsError> {
         let key = (namespace.to_string(), pod.to_string());
         let (group, shared) = self
@@ -715,7 +783,7 @@ impl LogReader {
         container: &str,
         tail: Option<u32>,
         max_age: Duration,
-        turn: Turn,
+        turn: Turn<'_>,
     ) -> Result<Arc<LogText>, LogsError> {
         let key = (group.to_string(), container.to_string());
         let (text, shared) = self
@@ -759,7 +827,17 @@ impl LogReader {
                 container: container.to_string(),
             });
         }
-        let turn = Turn::Request(Instant::now() + self.budget.max_wait);
+        // A follower reads the window its polls read, whatever tailLines
+        // shows: its cursor counts the lines sharing the newest time, and a
+        // shorter read would cut some of them off, so the first poll would
+        // send them again (lines appended together share their time).
+        let tail = match options.tail_lines {
+            Some(n) if options.follow => Some(n.max(u64::from(FOLLOW_WINDOW))),
+            t => t,
+        }
+        .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+        let paid = self.pay(namespace, pod, container, tail).await?;
+        let turn = Turn::Request(&paid);
         let group = self
             .group(namespace, pod, SHARE_GROUPS_WITHIN, turn)
             .await?
@@ -780,15 +858,6 @@ impl LogReader {
         {
             return Err(no_container());
         }
-        // A follower reads the window its polls read, whatever tailLines
-        // shows: its cursor counts the lines sharing the newest time, and a
-        // shorter read would cut some of them off, so the first poll would
-        // send them again (lines appended together share their time).
-        let tail = match options.tail_lines {
-            Some(n) if options.follow => Some(n.max(u64::from(FOLLOW_WINDOW))),
-            t => t,
-        }
-        .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
         let log = match self
             .text(&group.name, container, tail, SHARE_LOGS_WITHIN, turn)
             .await
@@ -1029,7 +1098,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// One group `web/api`, counting every call.
+    /// The groups of pods `web/*`, counting every call.
     #[derive(Default)]
     struct Counting {
         calls: AtomicU32,
@@ -1058,10 +1127,12 @@ mod tests {
                     name: name.to_string(),
                     ..ContainerGroup::default()
                 };
+                // `web-<pod>-<hash>`: the group of pod `web/<pod>`.
+                let pod = name.split('-').nth(1).unwrap_or_default();
                 g.tags = BTreeMap::from([
                     (TAG_CLUSTER.to_string(), "c1".to_string()),
                     (TAG_NAMESPACE.to_string(), "web".to_string()),
-                    (TAG_POD_NAME.to_string(), "api".to_string()),
+                    (TAG_POD_NAME.to_string(), pod.to_string()),
                 ]);
                 g.properties.containers = ["app", "side"]
                     .map(|c| crate::aci::Container {
@@ -1113,18 +1184,24 @@ mod tests {
         }
     }
 
+    /// A reader of `aci` within `per_sec` requests/s, `burst` at once,
+    /// each waiting `max_wait` at most.
+    fn reader(aci: Arc<Counting>, per_sec: f64, burst: u32, max_wait: Duration) -> Arc<LogReader> {
+        Arc::new(LogReader::new(
+            aci,
+            "c1",
+            LogBudget {
+                per_sec,
+                burst,
+                max_wait,
+            },
+        ))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn requests_moments_apart_share_reads_and_a_spent_budget_is_a_429_that_calls_nothing() {
         let aci = Arc::new(Counting::default());
-        let reader = Arc::new(LogReader::new(
-            aci.clone(),
-            "c1",
-            LogBudget {
-                per_sec: 0.5,
-                burst: 1,
-                max_wait: Duration::ZERO,
-            },
-        ));
+        let reader = reader(aci.clone(), 0.5, 1, Duration::ZERO);
         let calls = || aci.calls.load(Ordering::SeqCst);
         let read = |container: &'static str| {
             let reader = reader.clone();
@@ -1155,7 +1232,7 @@ mod tests {
         assert_eq!(calls(), 3, "ACI not called");
         assert_eq!(
             refused.to_string(),
-            "log read budget spent: this node answers at most 0.5/s container log requests from ACI (1 at once; --kubelet-log-qps, --kubelet-log-burst); retry in 1s"
+            "log read budget spent: this node answers at most 0.5/s container log requests from ACI (1 at once; --kubelet-log-qps, --kubelet-log-burst) and this one's turn would not come within 0s (--kubelet-log-max-wait); retry in 1s"
         );
         let response = refused.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -1163,24 +1240,20 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(read("side").await.is_ok(), "refilled");
         assert_eq!(calls(), 4);
-        // A container the group does not have: 404 without a log read.
+        // A container the group does not have: 404 without a log read (the
+        // read it paid for goes back).
+        tokio::time::advance(Duration::from_secs(1)).await;
         let missing = read("nope").await.err().map(|e| e.into_response().status());
         assert_eq!(missing, Some(StatusCode::NOT_FOUND));
         assert_eq!(calls(), 4);
+        assert!(read("app").await.is_ok(), "the refunded read");
+        assert_eq!(calls(), 5);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_waits_its_turn_up_to_its_deadline() {
         let aci = Arc::new(Counting::default());
-        let reader = Arc::new(LogReader::new(
-            aci.clone(),
-            "c1",
-            LogBudget {
-                per_sec: 0.5,
-                burst: 1,
-                max_wait: Duration::from_secs(5),
-            },
-        ));
+        let reader = reader(aci.clone(), 0.5, 1, Duration::from_secs(5));
         let t0 = Instant::now();
         // Two reads at once (group, log), a third after 1 s at 1 read/s.
         for container in ["app", "side"] {
@@ -1191,6 +1264,37 @@ mod tests {
         }
         assert_eq!(t0.elapsed(), Duration::from_secs(1), "waited for its turn");
         assert_eq!(aci.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_in_line_once_for_all_its_reads() {
+        // 1 read/s, 2 at once: six requests for six pods, two reads each,
+        // all at once. Served in turn, the last is done after 10 s; had
+        // each read queued on its own, the logs would wait behind every
+        // group read and the last request past 11 s.
+        let aci = Arc::new(Counting::default());
+        let reader = reader(aci.clone(), 0.5, 1, Duration::from_secs(11));
+        let t0 = Instant::now();
+        let mut requests = Vec::new();
+        for i in 0..6 {
+            let reader = reader.clone();
+            requests.push(tokio::spawn(async move {
+                let pod = format!("p{i}");
+                let answer = reader
+                    .read("web", &pod, "app", &PodLogOptions::default())
+                    .await;
+                (answer.map(|a| a.text), t0.elapsed())
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut done = Vec::new();
+        for r in requests {
+            let (answer, at) = r.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(answer.ok().as_deref(), Some(&b"log of app\n"[..]));
+            done.push(at.as_secs());
+        }
+        assert_eq!(done, vec![0, 2, 4, 6, 8, 10], "each in its turn");
+        assert_eq!(aci.calls.load(Ordering::SeqCst), 12);
     }
 
     #[tokio::test(start_paused = true)]

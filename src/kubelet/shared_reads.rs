@@ -69,20 +69,35 @@ impl Gate {
     /// the caller should wait before asking again (the time its turn would
     /// have taken: the line ahead of it at the bucket's rate).
     pub async fn take(&self, deadline: Instant) -> Result<(), Duration> {
+        self.take_n(1, deadline).await
+    }
+
+    /// `n` tokens at one turn (a caller that needs several reads waits in
+    /// line once, not once per read behind everyone who came meanwhile).
+    pub async fn take_n(&self, n: u32, deadline: Instant) -> Result<(), Duration> {
         let _counted = InLine::enter(&self.waiting);
-        let estimate = |ahead: usize| Duration::from_secs_f64((ahead as f64) / self.per_sec);
+        let estimate = |ahead: usize| {
+            Duration::from_secs_f64((ahead as f64) * f64::from(n) / self.per_sec)
+        };
         let Ok(_turn) = tokio::time::timeout_at(deadline, self.line.lock()).await else {
             return Err(estimate(self.waiting()));
         };
         loop {
             let now = Instant::now();
-            let Some(wait) = self.bucket().take(now) else {
+            let Some(wait) = self.bucket().take_n(n, now) else {
                 return Ok(());
             };
             if now + wait > deadline {
                 return Err(wait + estimate(self.waiting().saturating_sub(1)));
             }
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Give back `n` tokens taken and not used.
+    pub fn refund(&self, n: u32) {
+        if n > 0 {
+            self.bucket().refund(n);
         }
     }
 
@@ -168,6 +183,20 @@ impl<K: Eq + Hash + Clone, V: Clone> Recent<K, V> {
         let v = read().await?;
         *value = Some((Instant::now(), v.clone()));
         Ok((v, false))
+    }
+
+    /// Whether a caller of `key` now would be served without a read of its
+    /// own: the value held is `fresh`, or a read is in flight (its value
+    /// will be moments old). A guess: the value may age before the caller
+    /// gets it.
+    pub fn would_share(&self, key: &K, fresh: impl Fn(&V, Duration) -> bool) -> bool {
+        let Some(slot) = self.slots().get(key).cloned() else {
+            return false;
+        };
+        match slot.value.try_lock() {
+            Ok(v) => v.as_ref().is_some_and(|(at, v)| fresh(v, at.elapsed())),
+            Err(_) => true,
+        }
     }
 
     /// Forget `key`'s value (it is known to be wrong now).
@@ -294,6 +323,9 @@ mod tests {
         assert_eq!(failed, Err("no"));
         let b = recent.get(&"b", |_, _| true, || read(reads.clone())).await;
         assert_eq!(b, Ok((3, false)));
+        assert!(recent.would_share(&"b", |_, _| true));
+        assert!(!recent.would_share(&"b", |_, _| false));
+        assert!(!recent.would_share(&"c", |_, _| true), "nothing held");
         recent.forget(&"b");
         assert_eq!(recent.len(), 1);
     }
