@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod exec;
+pub mod exec_ws;
 pub mod logs;
 pub mod metrics;
 pub mod shared_reads;
