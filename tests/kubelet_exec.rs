@@ -1379,3 +1379,71 @@ async fn websocket_exec_through_the_api_server_is_proxied_or_translated() {
     );
     assert_eq!(srv.translated_exec_sessions(), 2);
 }
+
+/// A shell session over `ws`: the terminal size on channel 4 first, then
+/// a command and `exit` on stdin; what came back.
+async fn ws_shell(ws: &mut Ws) -> Channels {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut resize = vec![4];
+    resize.extend_from_slice(br#"{"Width":132,"Height":43}"#);
+    ws.send(Message::binary(resize))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(b"\x00echo hi\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A later resize is ignored (ACI takes the size at start only).
+    ws.send(Message::binary(
+        [&[4u8][..], br#"{"Width":10,"Height":10}"#].concat(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(b"\x00exit\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    read_channels(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tty_takes_its_size_from_the_resize_channel() {
+    let node = Node::start_with(ExecLimits::default(), true).await;
+    let srv = api_server_for(&node).await;
+    let api: std::net::SocketAddr = srv
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.script(ExecScript {
+        output: "/ # ".into(),
+        echo: true,
+        until_input: Some("exit\r".into()),
+        end: ExecEnd::Close,
+    });
+    // v4 proxied to the kubelet's WebSocket server, then v5 translated to
+    // SPDY (the resize channel becomes the resize stream).
+    let query = "command=%2Fbin%2Fsh&stdin=true&stdout=true&tty=true";
+    for (protocol, translated) in [("v4.channel.k8s.io", 0), ("v5.channel.k8s.io", 1)] {
+        let (mut ws, chosen) = ws_connect(
+            api,
+            &format!("/api/v1/namespaces/web/pods/api/exec?{query}"),
+            &[protocol],
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(chosen, protocol);
+        let t = ws_shell(&mut ws).await;
+        assert_eq!(
+            String::from_utf8_lossy(&t.on(1)),
+            "/ # echo hi\rexit\r",
+            "{protocol}"
+        );
+        assert_eq!(t.status()["status"], "Success", "{protocol}");
+        assert_eq!(srv.translated_exec_sessions(), translated);
+    }
+    let sessions = node.emu.state.exec_sessions();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for s in &sessions {
+        assert_eq!((s.rows, s.cols, s.command.as_str()), (43, 132, "/bin/sh"));
+    }
+}
