@@ -326,7 +326,11 @@ async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
     let (code, out, err) = run(&config, &["exec", "shell", "--", "/bin/hostname"]).await;
     assert_eq!(code, 0, "stdout: {out:?}, stderr: {err}");
     assert!(out.contains("hello from ACI"), "{out:?}");
-    assert_eq!(srv.translated_exec_sessions(), 1, "kubectl went over WebSocket");
+    assert_eq!(
+        srv.translated_exec_sessions(),
+        1,
+        "kubectl went over WebSocket"
+    );
     let sessions = spillway.emulator.state.exec_sessions();
     assert!(
         sessions

@@ -1094,12 +1094,8 @@ impl Channels {
 
     fn status(&self) -> serde_json::Value {
         let bytes = self.on(3);
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "error channel {:?}: {e}",
-                String::from_utf8_lossy(&bytes)
-            )
-        })
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("error channel {:?}: {e}", String::from_utf8_lossy(&bytes)))
     }
 }
 
@@ -1173,7 +1169,11 @@ async fn exec_over_websocket_speaks_the_kubelets_channel_protocols() {
     let (mut ws, protocol) = ws_connect(
         node.addr,
         path,
-        &["v5.channel.k8s.io", "v4.base64.channel.k8s.io", "v4.channel.k8s.io"],
+        &[
+            "v5.channel.k8s.io",
+            "v4.base64.channel.k8s.io",
+            "v4.channel.k8s.io",
+        ],
     )
     .await
     .unwrap_or_else(|r| panic!("{r:?}"));
@@ -1225,7 +1225,9 @@ async fn websocket_refusals_are_the_kubelets() {
     // upgrade and before any ARM call.
     let args = "/exec/web/api/app?command=ls&command=%2F&output=1";
     let spdy = SpdyClient::upgrade(node.addr, args, &OFFERED).await.err();
-    let ws = ws_connect(node.addr, args, &["v4.channel.k8s.io"]).await.err();
+    let ws = ws_connect(node.addr, args, &["v4.channel.k8s.io"])
+        .await
+        .err();
     let (spdy, ws) = (
         spdy.unwrap_or_else(|| panic!("SPDY upgraded")),
         ws.unwrap_or_else(|| panic!("WebSocket upgraded")),

@@ -1,9 +1,19 @@
 //! `kubectl exec` on burst pods: `GET`/`POST /exec/{namespace}/{pod}/
 //! [{uid}/]{container}?command=…&input=1&output=1&error=1&tty=1`, the
 //! request the API server proxies `pods/exec` to, upgraded to SPDY/3.1
-//! ([`super::spdy`]) and bridged to ACI's exec WebSocket.
+//! ([`super::spdy`]) or to a WebSocket ([`super::exec_ws`]: the kubelet's
+//! `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, `channel.k8s.io`,
+//! `base64.channel.k8s.io`, none; not v5, which only the API server's
+//! translator speaks) and bridged to ACI's exec WebSocket.
 //!
-//! **What the API server speaks** (kubernetes
+//! **Two transports, one session**: everything before the upgrade (the
+//! query, ACI's limits, the bounds, the pod and container) is shared; a
+//! request with `Upgrade: websocket` then takes the WebSocket handshake,
+//! any other the SPDY one. After the upgrade both run [`session`] through
+//! the [`Transport`] trait: it reads the client's stdin and terminal sizes,
+//! writes ACI's output on stdout and the result as each protocol writes it.
+//!
+//! **What the API server speaks over SPDY** (kubernetes
 //! `pkg/kubelet/cri/streaming/remotecommand/httpstream.go` and `exec.go`,
 //! apimachinery `util/httpstream/httpstream.go` and `spdy/upgrade.go`):
 //! - the query's `input`/`output`/`error`/`tty` are on when `1`; none of
@@ -575,8 +585,7 @@ async fn prepare(
         match on_upgrade.await {
             Ok(upgraded) => match Codec::new() {
                 Ok(codec) => {
-                    let (reader, writer) =
-                        tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                    let (reader, writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
                     let conn = Conn::new(reader, writer, codec, plan.protocol, plan.options);
                     bridge.run(conn, plan).await
                 }
@@ -723,7 +732,13 @@ struct Conn<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
-    fn new(reader: R, writer: W, codec: Codec, protocol: &'static str, options: StreamOptions) -> Self {
+    fn new(
+        reader: R,
+        writer: W,
+        codec: Codec,
+        protocol: &'static str,
+        options: StreamOptions,
+    ) -> Self {
         // error, the asked ones, and resize with a tty from v3 (v2 has none).
         let expected = 1
             + usize::from(options.stdin)
@@ -1013,14 +1028,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Transport for Conn<R, W> {
 
     async fn input(&mut self, frame: Frame) -> Input {
         if self.common(&frame).await {
-            return if self.gone { Input::Gone } else { Input::Nothing };
+            return if self.gone {
+                Input::Gone
+            } else {
+                Input::Nothing
+            };
         }
         match frame {
             Frame::SynStream {
                 ref headers, flags, ..
             } => {
-                let stdin_closed = flags & FLAG_FIN != 0
-                    && spdy::header(headers, "streamtype") == Some("stdin");
+                let stdin_closed =
+                    flags & FLAG_FIN != 0 && spdy::header(headers, "streamtype") == Some("stdin");
                 if self.accept_stream(&frame).await {
                     self.accepted += 1;
                 }

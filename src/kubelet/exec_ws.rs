@@ -17,8 +17,8 @@
 //!   `Sec-WebSocket-Version: 13`); the protocol is the first of the client's
 //!   `Sec-WebSocket-Protocol` list (none: `""`) among [`PROTOCOLS`], else
 //!   403 with an empty body. `v5.channel.k8s.io` is not among them: the
-//!   kubelet speaks v1–v4 over WebSocket, v5 is the API server's translator
-//!   ([`crate::kubelet`]'s README section);
+//!   kubelet speaks v1–v4 over WebSocket; v5 is spoken by kube-apiserver's
+//!   stream translator, which reaches the kubelet over SPDY;
 //! - channels, one byte before each message's payload: stdin 0, stdout 1,
 //!   stderr 2, error 3, resize 4 ([`STDIN`] … [`RESIZE`]); with
 //!   `base64.channel.k8s.io` the byte is the channel's digit (`'0' + n`) and
@@ -358,10 +358,7 @@ mod tests {
             encode(ChannelCodec::Base64, STDOUT, b"\n"),
             Message::text("1Cg==")
         );
-        assert_eq!(
-            encode(ChannelCodec::Base64, ERROR, b""),
-            Message::text("3")
-        );
+        assert_eq!(encode(ChannelCodec::Base64, ERROR, b""), Message::text("3"));
         let e = decode(ChannelCodec::Base64, b"0not base64!");
         assert!(matches!(e, Err(FrameError { channel: 0, .. })), "{e:?}");
     }
@@ -374,7 +371,10 @@ mod tests {
             ChannelCodec::of("v4.base64.channel.k8s.io"),
             ChannelCodec::Base64
         );
-        assert_eq!(ChannelCodec::of("base64.channel.k8s.io"), ChannelCodec::Base64);
+        assert_eq!(
+            ChannelCodec::of("base64.channel.k8s.io"),
+            ChannelCodec::Base64
+        );
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -443,7 +443,10 @@ mod tests {
             Err(ExecError::WsVersion)
         ));
         assert!(matches!(
-            handshake(&Method::GET, &with(&[("sec-websocket-protocol", "v5.channel.k8s.io")])),
+            handshake(
+                &Method::GET,
+                &with(&[("sec-websocket-protocol", "v5.channel.k8s.io")])
+            ),
             Err(ExecError::WsProtocol { .. })
         ));
     }

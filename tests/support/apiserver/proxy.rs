@@ -1,5 +1,6 @@
-//! What kube-apiserver forwards to kubelets: `GET pods/{name}/log` and
-//! `nodes/{name}/proxy/{path}`, with the rules of
+//! What kube-apiserver forwards to kubelets: `GET pods/{name}/log`,
+//! `pods/{name}/exec` (upgrades, see [`exec`]; WebSocket v5 is translated
+//! in `translator.rs`) and `nodes/{name}/proxy/{path}`, with the rules of
 //! `pkg/registry/core/pod/strategy.go` (`LogLocation`) and
 //! `pkg/registry/core/pod/rest/log.go`:
 //!
@@ -674,8 +675,12 @@ pub async fn exec(
     parts: &mut axum::http::request::Parts,
 ) -> Result<Response, ApiError> {
     use tokio::io::AsyncWriteExt;
-    let (url, options) =
-        exec_location(shared, namespace, pod, parts.uri.query().unwrap_or_default())?;
+    let (url, options) = exec_location(
+        shared,
+        namespace,
+        pod,
+        parts.uri.query().unwrap_or_default(),
+    )?;
     if !is_upgrade_request(&parts.headers) {
         return Err(ApiError::bad_request("Upgrade request required"));
     }

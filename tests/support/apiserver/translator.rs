@@ -120,8 +120,10 @@ pub fn serve(
     }
     if get(header::SEC_WEBSOCKET_VERSION) != "13" {
         let mut r = refused(StatusCode::BAD_REQUEST, "bad protocol version");
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Ok(r);
     }
     let on_upgrade = parts
@@ -139,9 +141,12 @@ pub fn serve(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let socket =
-            WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(upgraded), Role::Server, None)
-                .await;
+        let socket = WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         shared.translated_exec.fetch_add(1, Ordering::SeqCst);
         translate(&shared, &url, options, socket).await;
     });
@@ -203,7 +208,9 @@ fn status_of(protocol: &str, message: &[u8]) -> Value {
         return internal_error(&text);
     }
     let Ok(status) = serde_json::from_slice::<Value>(message) else {
-        return internal_error(&format!("error stream protocol error: invalid JSON in {text:?}"));
+        return internal_error(&format!(
+            "error stream protocol error: invalid JSON in {text:?}"
+        ));
     };
     match status["status"].as_str() {
         Some("Success") => success(),
@@ -355,7 +362,8 @@ async fn spdy_session<S: AsyncRead + AsyncWrite + Unpin>(
     let stdout = options
         .stdout
         .then(|| open(&mut codec, "stdout", true, &mut out));
-    let stderr = (options.stderr && !options.tty).then(|| open(&mut codec, "stderr", true, &mut out));
+    let stderr =
+        (options.stderr && !options.tty).then(|| open(&mut codec, "stderr", true, &mut out));
     let resize = (options.tty && protocol != "v2.channel.k8s.io")
         .then(|| open(&mut codec, "resize", false, &mut out));
     if tls.write_all(&out).await.is_err() {
