@@ -9,8 +9,8 @@
 //! **Two transports, one session**: everything before the upgrade (the
 //! query, ACI's limits, the bounds, the pod and container) is shared; a
 //! request with `Upgrade: websocket` then takes the WebSocket handshake,
-//! any other the SPDY one. After the upgrade both run [`session`] through
-//! the [`Transport`] trait: it reads the client's stdin and terminal sizes,
+//! any other the SPDY one. After the upgrade both run `session` through
+//! the `Transport` trait: it reads the client's stdin and terminal sizes,
 //! writes ACI's output on stdout and the result as each protocol writes it.
 //!
 //! **What the API server speaks over SPDY** (kubernetes
