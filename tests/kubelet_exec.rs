@@ -1244,8 +1244,83 @@ async fn websocket_refusals_are_the_kubelets() {
             .unwrap_or_else(|| panic!("{offered:?} upgraded"));
         assert_eq!((r.status, r.body.as_str()), (403, ""), "{offered:?}");
     }
+    // A POST upgrade to WebSocket: x/net's handshake wants GET.
+    let mut tcp = TcpStream::connect(node.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(
+        format!(
+            "POST /exec/web/api/app?command=sh&output=1 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
+            node.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).ends_with("bad method") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nbad method"), "{answer}");
     // No ACI session was started for any of them.
     assert!(node.emu.state.exec_sessions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_count_against_the_nodes_cap() {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = Node::start(ExecLimits {
+        max_sessions: 1,
+        ..ExecLimits::default()
+    })
+    .await;
+    node.script(ExecScript {
+        output: "/ # ".into(),
+        echo: true,
+        until_input: Some("exit\r".into()),
+        end: ExecEnd::Close,
+    });
+    let path = "/exec/web/api/app?command=%2Fbin%2Fsh&input=1&output=1&tty=1";
+    let (mut first, _) = ws_connect(node.addr, path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    // Over either transport, the next one is refused before its upgrade.
+    let ws = ws_connect(node.addr, path, &["v4.channel.k8s.io"])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a second session upgraded"));
+    let spdy = SpdyClient::upgrade(node.addr, path, &OFFERED)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a second session upgraded"));
+    for r in [&ws, &spdy] {
+        assert_eq!(r.status, 429, "{r:?}");
+        assert_eq!(r.retry_after.as_deref(), Some("5"));
+        assert!(r.body.contains("--kubelet-max-exec-sessions"), "{}", r.body);
+    }
+    first
+        .send(Message::binary(
+            [&[4u8][..], br#"{"Width":80,"Height":24}"#].concat(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    first
+        .send(Message::binary(b"\x00exit\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = read_channels(&mut first).await;
+    assert_eq!(t.status()["status"], "Success");
+    assert_eq!(node.emu.state.exec_sessions().len(), 1);
 }
 
 /// A test API server that knows `node`'s kubelet endpoint (TLS) as node
