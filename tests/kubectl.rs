@@ -2,7 +2,8 @@
 //! talks to the test API server (discovery, `pods/log`, `nodes/proxy`),
 //! which reaches the virtual node's kubelet endpoint as kube-apiserver
 //! does (the node's preferred address and kubelet port from its status,
-//! HTTPS, the API server's kubelet client certificate); `spillway run`
+//! HTTPS, the API server's kubelet client certificate; `kubectl exec` over
+//! WebSocket translated to SPDY, or over SPDY proxied); `spillway run`
 //! serves that endpoint with a self-signed certificate and checks callers
 //! against the cluster CA, and reads the logs from the ACI emulator.
 
@@ -122,7 +123,14 @@ fn kubectl(config: &Path) -> tokio::process::Command {
 
 /// Run kubectl to the end (bounded): (exit code, stdout, stderr).
 async fn run(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(WAIT, kubectl(config).args(args).output())
+    run_with(config, args, &[]).await
+}
+
+/// [`run`] with more environment variables.
+async fn run_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = kubectl(config);
+    command.args(args).envs(env.iter().copied());
+    let out = tokio::time::timeout(WAIT, command.output())
         .await
         .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within {WAIT:?}"))
         .unwrap_or_else(|e| panic!("kubectl {args:?}: {e} (is kubectl installed?)"));
@@ -296,7 +304,7 @@ async fn kubectl_logs_reaches_burst_pods_through_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
-    use spillway::aci::emulator::ExecScript;
+    use spillway::aci::emulator::{ExecEnd, ExecScript};
     let srv = TestApiServer::start().await;
     let spillway = start(&srv).await;
     let config = kubeconfig(&srv.url(), "exec");
@@ -311,11 +319,18 @@ async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
         },
     );
 
-    // kubectl tries a WebSocket first; this API server refuses it and
-    // kubectl falls back to SPDY, which it proxies to the kubelet endpoint.
+    // kubectl 1.30+ speaks WebSocket (v5.channel.k8s.io) first; the API
+    // server accepts it and translates it to SPDY towards the kubelet
+    // endpoint, so kubectl never falls back.
+    assert_eq!(srv.translated_exec_sessions(), 0);
     let (code, out, err) = run(&config, &["exec", "shell", "--", "/bin/hostname"]).await;
     assert_eq!(code, 0, "stdout: {out:?}, stderr: {err}");
     assert!(out.contains("hello from ACI"), "{out:?}");
+    assert_eq!(
+        srv.translated_exec_sessions(),
+        1,
+        "kubectl went over WebSocket"
+    );
     let sessions = spillway.emulator.state.exec_sessions();
     assert!(
         sessions
@@ -323,6 +338,48 @@ async fn kubectl_exec_reaches_burst_pods_through_the_api_server() {
             .any(|s| s.container == "app" && s.command == "/bin/hostname" && s.attached),
         "{sessions:?}"
     );
+
+    // SPDY, as kubectl speaks it when told to (or to an older API server):
+    // proxied to the kubelet endpoint as an upgrade, not translated.
+    let (code, out, err) = run_with(
+        &config,
+        &["exec", "shell", "--", "/bin/hostname"],
+        &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")],
+    )
+    .await;
+    assert_eq!(code, 0, "stdout: {out:?}, stderr: {err}");
+    assert!(out.contains("hello from ACI"), "{out:?}");
+    assert_eq!(srv.translated_exec_sessions(), 1, "SPDY is not translated");
+    assert_eq!(
+        spillway
+            .emulator
+            .state
+            .exec_sessions()
+            .iter()
+            .filter(|s| s.attached)
+            .count(),
+        2
+    );
+
+    // A session ACI breaks: kubectl reports the kubelet's failure through
+    // the translator's Status and exits 1.
+    spillway.emulator.state.set_exec_script(
+        &group,
+        "app",
+        ExecScript {
+            output: "partial\r\n".into(),
+            end: ExecEnd::Drop,
+            ..Default::default()
+        },
+    );
+    let (code, out, err) = run(&config, &["exec", "shell", "--", "/bin/hostname"]).await;
+    assert_eq!(code, 1, "stdout: {out:?}, stderr: {err}");
+    assert!(out.contains("partial"), "{out:?}");
+    assert!(
+        err.contains("error executing command in container"),
+        "{err}"
+    );
+    assert_eq!(srv.translated_exec_sessions(), 2);
 
     // What ACI cannot do, in kubectl's words, before any session starts.
     let (code, _, err) = run(&config, &["exec", "shell", "--", "ls", "/"]).await;

@@ -1018,3 +1018,509 @@ async fn session_starts_are_paced_before_any_arm_call() {
     assert_eq!(node.emu.state.counters(), before);
     assert!(node.emu.state.exec_sessions().is_empty());
 }
+
+// ---- WebSocket: the kubelet's remotecommand WebSocket server, and the API
+// server's translation (v5) or upgrade proxy (older) in front of it.
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A WebSocket upgrade to `ws://{addr}{path}` offering `protocols` (kube-rs
+/// with `ws` offers `v4.channel.k8s.io`): the socket and the protocol the
+/// server chose, or its refusal.
+async fn ws_connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+    protocols: &[&str],
+) -> Result<(Ws, String), Refused> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if !protocols.is_empty() {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            protocols
+                .join(", ")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connected = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, tcp))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to the WebSocket upgrade"));
+    match connected {
+        Ok((ws, response)) => {
+            let protocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            Ok((ws, protocol))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refused {
+            status: response.status().as_u16(),
+            body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .to_string(),
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        }),
+        Err(e) => panic!("WebSocket upgrade: {e}"),
+    }
+}
+
+/// What a WebSocket client read, by channel, until the server closed.
+#[derive(Debug, Default)]
+struct Channels {
+    /// (channel, payload) in order, base64 payloads decoded.
+    messages: Vec<(u8, Vec<u8>)>,
+    close: Option<u16>,
+}
+
+impl Channels {
+    fn on(&self, channel: u8) -> Vec<u8> {
+        self.messages
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .flat_map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let bytes = self.on(3);
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("error channel {:?}: {e}", String::from_utf8_lossy(&bytes)))
+    }
+}
+
+/// Read until the server closes (bounded).
+async fn read_channels(ws: &mut Ws) -> Channels {
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut t = Channels::default();
+    let read = async {
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Binary(b) => {
+                    if let Some((c, rest)) = b.split_first() {
+                        t.messages.push((*c, rest.to_vec()));
+                    }
+                }
+                Message::Text(text) => {
+                    let bytes = text.as_bytes();
+                    if let Some((c, rest)) = bytes.split_first() {
+                        let data = base64::engine::general_purpose::STANDARD
+                            .decode(rest)
+                            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                        t.messages.push((c - b'0', data));
+                    }
+                }
+                Message::Close(frame) => t.close = frame.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("the session did not end"));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket_speaks_the_kubelets_channel_protocols() {
+    let node = Node::start(ExecLimits::default()).await;
+    node.script(ExecScript {
+        output: "hello over WebSocket\r\n".into(),
+        ..Default::default()
+    });
+    let path = "/exec/web/api/app?command=%2Fbin%2Fdate&output=1&error=1";
+
+    // kube-rs: v4, binary channels.
+    let (mut ws, protocol) = ws_connect(node.addr, path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(protocol, "v4.channel.k8s.io");
+    let t = read_channels(&mut ws).await;
+    // First the empty "streams are up" message on stdout.
+    assert_eq!(t.messages.first(), Some(&(1, Vec::new())), "{t:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&t.on(1)),
+        "hello over WebSocket\r\n"
+    );
+    assert!(t.on(2).is_empty(), "ACI's terminal has no stderr");
+    assert_eq!(
+        t.status(),
+        serde_json::json!({"metadata": {}, "status": "Success"})
+    );
+    assert_eq!(t.close, Some(1000));
+    let sessions = node.emu.state.exec_sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].command, "/bin/date");
+    assert!(sessions[0].attached);
+
+    // The client's order wins; base64 channels are text.
+    let (mut ws, protocol) = ws_connect(
+        node.addr,
+        path,
+        &[
+            "v5.channel.k8s.io",
+            "v4.base64.channel.k8s.io",
+            "v4.channel.k8s.io",
+        ],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(protocol, "v4.base64.channel.k8s.io");
+    let t = read_channels(&mut ws).await;
+    assert_eq!(
+        String::from_utf8_lossy(&t.on(1)),
+        "hello over WebSocket\r\n"
+    );
+    assert_eq!(t.status()["status"], "Success");
+
+    // Before v4 the error channel carries the failure's text only.
+    node.script(ExecScript {
+        output: "partial\r\n".into(),
+        end: ExecEnd::Drop,
+        ..Default::default()
+    });
+    let (mut ws, protocol) = ws_connect(node.addr, path, &["channel.k8s.io"])
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(protocol, "channel.k8s.io");
+    let t = read_channels(&mut ws).await;
+    assert_eq!(String::from_utf8_lossy(&t.on(1)), "partial\r\n");
+    let error = String::from_utf8_lossy(&t.on(3)).to_string();
+    assert!(
+        error.starts_with("Internal error occurred: error executing command in container: "),
+        "{error:?}"
+    );
+    assert_eq!(
+        node.metrics
+            .kubelet_exec_sessions_total
+            .with_label_values(&["success"])
+            .get(),
+        2
+    );
+    assert_eq!(
+        node.metrics
+            .kubelet_exec_sessions_total
+            .with_label_values(&["error"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_refusals_are_the_kubelets() {
+    let node = Node::start(ExecLimits::default()).await;
+    // A command with arguments: the same 400 as over SPDY, before the
+    // upgrade and before any ARM call.
+    let args = "/exec/web/api/app?command=ls&command=%2F&output=1";
+    let spdy = SpdyClient::upgrade(node.addr, args, &OFFERED).await.err();
+    let ws = ws_connect(node.addr, args, &["v4.channel.k8s.io"])
+        .await
+        .err();
+    let (spdy, ws) = (
+        spdy.unwrap_or_else(|| panic!("SPDY upgraded")),
+        ws.unwrap_or_else(|| panic!("WebSocket upgraded")),
+    );
+    assert_eq!((ws.status, spdy.status), (400, 400));
+    assert_eq!(ws.body, spdy.body);
+    assert!(ws.body.contains("ACI cannot run"), "{}", ws.body);
+    // A protocol the kubelet does not speak (v5 is the API server's): 403
+    // with no body, as x/net/websocket refuses a handshake.
+    for offered in [&["v9.channel.k8s.io"][..], &["v5.channel.k8s.io"][..]] {
+        let r = ws_connect(node.addr, "/exec/web/api/app?command=sh&output=1", offered)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{offered:?} upgraded"));
+        assert_eq!((r.status, r.body.as_str()), (403, ""), "{offered:?}");
+    }
+    // A POST upgrade to WebSocket: x/net's handshake wants GET.
+    let mut tcp = TcpStream::connect(node.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(
+        format!(
+            "POST /exec/web/api/app?command=sh&output=1 HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
+            node.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).ends_with("bad method") {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nbad method"), "{answer}");
+    // No ACI session was started for any of them.
+    assert!(node.emu.state.exec_sessions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_count_against_the_nodes_cap() {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = Node::start(ExecLimits {
+        max_sessions: 1,
+        ..ExecLimits::default()
+    })
+    .await;
+    node.script(ExecScript {
+        output: "/ # ".into(),
+        echo: true,
+        until_input: Some("exit\r".into()),
+        end: ExecEnd::Close,
+    });
+    let path = "/exec/web/api/app?command=%2Fbin%2Fsh&input=1&output=1&tty=1";
+    let (mut first, _) = ws_connect(node.addr, path, &["v4.channel.k8s.io"])
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    // Over either transport, the next one is refused before its upgrade.
+    let ws = ws_connect(node.addr, path, &["v4.channel.k8s.io"])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a second session upgraded"));
+    let spdy = SpdyClient::upgrade(node.addr, path, &OFFERED)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a second session upgraded"));
+    for r in [&ws, &spdy] {
+        assert_eq!(r.status, 429, "{r:?}");
+        assert_eq!(r.retry_after.as_deref(), Some("5"));
+        assert!(r.body.contains("--kubelet-max-exec-sessions"), "{}", r.body);
+    }
+    first
+        .send(Message::binary(
+            [&[4u8][..], br#"{"Width":80,"Height":24}"#].concat(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    first
+        .send(Message::binary(b"\x00exit\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = read_channels(&mut first).await;
+    assert_eq!(t.status()["status"], "Success");
+    assert_eq!(node.emu.state.exec_sessions().len(), 1);
+}
+
+/// A test API server that knows `node`'s kubelet endpoint (TLS) as node
+/// `spillway-aci` and the pod `web/api` on it.
+async fn api_server_for(node: &Node) -> support::TestApiServer {
+    let srv = support::TestApiServer::start().await;
+    let kubelet: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "spillway-aci"},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": node.addr.port()}},
+        },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    srv.insert(&kubelet);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "web"},
+        "spec": {"nodeName": "spillway-aci", "containers": [{"name": "app", "image": "busybox:1.36"}]},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    srv.insert(&pod);
+    srv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_exec_through_the_api_server_is_proxied_or_translated() {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let node = Node::start_with(ExecLimits::default(), true).await;
+    let srv = api_server_for(&node).await;
+    let api: std::net::SocketAddr = srv
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exec = "/api/v1/namespaces/web/pods/api/exec";
+    node.script(ExecScript {
+        output: "through the API server\r\n".into(),
+        ..Default::default()
+    });
+
+    // v4 (kube-rs): proxied to the kubelet endpoint as an upgrade.
+    let (mut ws, protocol) = ws_connect(
+        api,
+        &format!("{exec}?command=%2Fbin%2Fdate&stdout=true&stderr=true"),
+        &["v4.channel.k8s.io"],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(protocol, "v4.channel.k8s.io");
+    let t = read_channels(&mut ws).await;
+    assert_eq!(
+        String::from_utf8_lossy(&t.on(1)),
+        "through the API server\r\n"
+    );
+    assert_eq!(t.status()["status"], "Success");
+    assert_eq!(srv.translated_exec_sessions(), 0, "v4 is not translated");
+
+    // The kubelet's refusals come back as it wrote them.
+    let r = ws_connect(
+        api,
+        &format!("{exec}?command=ls&command=%2F&stdout=true"),
+        &["v4.channel.k8s.io"],
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("upgraded"));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("ACI cannot run"), "{}", r.body);
+    let r = ws_connect(
+        api,
+        &format!("{exec}?command=sh&stdout=true"),
+        &["v9.channel.k8s.io"],
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("upgraded"));
+    assert_eq!((r.status, r.body.as_str()), (403, ""));
+
+    // v5 (kubectl 1.30+): translated to SPDY; stdin's close signal
+    // ([255, 0]) reaches ACI as end of input.
+    node.script(ExecScript {
+        echo: true,
+        until_input: Some("\u{4}".into()),
+        ..Default::default()
+    });
+    let (mut ws, protocol) = ws_connect(
+        api,
+        &format!("{exec}?command=cat&stdin=true&stdout=true&stderr=true"),
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    assert_eq!(protocol, "v5.channel.k8s.io");
+    ws.send(Message::binary(b"\x00abc\n".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(vec![255, 0]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = read_channels(&mut ws).await;
+    assert_eq!(t.messages.first(), Some(&(1, Vec::new())), "{t:?}");
+    assert_eq!(t.on(1), b"abc\n\x04");
+    assert_eq!(
+        t.status(),
+        serde_json::json!({"metadata": {}, "status": "Success"})
+    );
+    assert_eq!(t.close, Some(1000));
+    assert_eq!(srv.translated_exec_sessions(), 1);
+
+    // A kubelet refusal under translation: the upgrade to the client has
+    // happened, so the kubelet's Status comes on channel 3, as it wrote it.
+    let (mut ws, _) = ws_connect(
+        api,
+        &format!("{exec}?command=ls&command=%2F&stdout=true"),
+        &["v5.channel.k8s.io"],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    let t = read_channels(&mut ws).await;
+    let status = t.status();
+    assert_eq!(status["code"], 400, "{status}");
+    assert_eq!(status["reason"], "BadRequest");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ACI cannot run")),
+        "{status}"
+    );
+    assert_eq!(srv.translated_exec_sessions(), 2);
+}
+
+/// A shell session over `ws`: the terminal size on channel 4 first, then
+/// a command and `exit` on stdin; what came back.
+async fn ws_shell(ws: &mut Ws) -> Channels {
+    use futures::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut resize = vec![4];
+    resize.extend_from_slice(br#"{"Width":132,"Height":43}"#);
+    ws.send(Message::binary(resize))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(b"\x00echo hi\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A later resize is ignored (ACI takes the size at start only).
+    ws.send(Message::binary(
+        [&[4u8][..], br#"{"Width":10,"Height":10}"#].concat(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ws.send(Message::binary(b"\x00exit\r".to_vec()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    read_channels(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tty_takes_its_size_from_the_resize_channel() {
+    let node = Node::start_with(ExecLimits::default(), true).await;
+    let srv = api_server_for(&node).await;
+    let api: std::net::SocketAddr = srv
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    node.script(ExecScript {
+        output: "/ # ".into(),
+        echo: true,
+        until_input: Some("exit\r".into()),
+        end: ExecEnd::Close,
+    });
+    // v4 proxied to the kubelet's WebSocket server, then v5 translated to
+    // SPDY (the resize channel becomes the resize stream).
+    let query = "command=%2Fbin%2Fsh&stdin=true&stdout=true&tty=true";
+    for (protocol, translated) in [("v4.channel.k8s.io", 0), ("v5.channel.k8s.io", 1)] {
+        let (mut ws, chosen) = ws_connect(
+            api,
+            &format!("/api/v1/namespaces/web/pods/api/exec?{query}"),
+            &[protocol],
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{r:?}"));
+        assert_eq!(chosen, protocol);
+        let t = ws_shell(&mut ws).await;
+        assert_eq!(
+            String::from_utf8_lossy(&t.on(1)),
+            "/ # echo hi\rexit\r",
+            "{protocol}"
+        );
+        assert_eq!(t.status()["status"], "Success", "{protocol}");
+        assert_eq!(srv.translated_exec_sessions(), translated);
+    }
+    let sessions = node.emu.state.exec_sessions();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for s in &sessions {
+        assert_eq!((s.rows, s.cols, s.command.as_str()), (43, 132, "/bin/sh"));
+    }
+}

@@ -1,9 +1,19 @@
 //! `kubectl exec` on burst pods: `GET`/`POST /exec/{namespace}/{pod}/
 //! [{uid}/]{container}?command=…&input=1&output=1&error=1&tty=1`, the
 //! request the API server proxies `pods/exec` to, upgraded to SPDY/3.1
-//! ([`super::spdy`]) and bridged to ACI's exec WebSocket.
+//! ([`super::spdy`]) or to a WebSocket ([`super::exec_ws`]: the kubelet's
+//! `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, `channel.k8s.io`,
+//! `base64.channel.k8s.io`, none; not v5, which only the API server's
+//! translator speaks) and bridged to ACI's exec WebSocket.
 //!
-//! **What the API server speaks** (kubernetes
+//! **Two transports, one session**: everything before the upgrade (the
+//! query, ACI's limits, the bounds, the pod and container) is shared; a
+//! request with `Upgrade: websocket` then takes the WebSocket handshake,
+//! any other the SPDY one. After the upgrade both run `session` through
+//! the `Transport` trait: it reads the client's stdin and terminal sizes,
+//! writes ACI's output on stdout and the result as each protocol writes it.
+//!
+//! **What the API server speaks over SPDY** (kubernetes
 //! `pkg/kubelet/cri/streaming/remotecommand/httpstream.go` and `exec.go`,
 //! apimachinery `util/httpstream/httpstream.go` and `spdy/upgrade.go`):
 //! - the query's `input`/`output`/`error`/`tty` are on when `1`; none of
@@ -63,6 +73,7 @@
 //! stdout waits for its window and stdin is held to ours, replenished with
 //! WINDOW_UPDATE.
 
+use super::exec_ws;
 use super::spdy::{self, Codec, FLAG_FIN, Frame, StreamId, Window};
 use crate::aci::{AciError, ContainerGroups, ExecSession, TerminalSize};
 use crate::metrics::Metrics;
@@ -178,6 +189,23 @@ pub enum ExecError {
     Aci(#[from] AciError),
     #[error("the connection cannot be upgraded")]
     NoUpgrade,
+    /// The WebSocket handshake (golang.org/x/net/websocket `hybi.go`,
+    /// `ErrBadRequestMethod`): not a GET.
+    #[error("bad method")]
+    WsMethod,
+    /// No `Sec-WebSocket-Key` (`ErrChallengeResponse`).
+    #[error("mismatch challenge/response")]
+    WsKey,
+    /// `Sec-WebSocket-Version` is not 13 (`ErrBadWebSocketVersion`).
+    #[error("bad protocol version")]
+    WsVersion,
+    /// None of the client's subprotocols is spoken (wsstream `handshake`);
+    /// x/net answers 403 with no body, this message is only logged.
+    #[error(
+        "unable to upgrade websocket connection: requested protocol(s) are not supported: {client:?}; supports {:?}",
+        exec_ws::PROTOCOLS
+    )]
+    WsProtocol { client: Vec<String> },
 }
 
 impl ExecError {
@@ -194,8 +222,11 @@ impl ExecError {
             | ExecError::NoCommand
             | ExecError::Arguments(_)
             | ExecError::NoProtocol
-            | ExecError::NotUpgrade { .. } => StatusCode::BAD_REQUEST,
-            ExecError::Protocol { .. } => StatusCode::FORBIDDEN,
+            | ExecError::NotUpgrade { .. }
+            | ExecError::WsKey
+            | ExecError::WsVersion => StatusCode::BAD_REQUEST,
+            ExecError::Protocol { .. } | ExecError::WsProtocol { .. } => StatusCode::FORBIDDEN,
+            ExecError::WsMethod => StatusCode::METHOD_NOT_ALLOWED,
             ExecError::NoPod => StatusCode::NOT_FOUND,
             ExecError::NoContainer(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ExecError::Busy(_) | ExecError::StartBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -240,6 +271,9 @@ impl IntoResponse for ExecError {
                 "code": status.as_u16(),
             });
             (status, axum::Json(body)).into_response()
+        } else if let ExecError::WsProtocol { .. } = self {
+            tracing::debug!(error = %self, "kubelet exec: WebSocket handshake refused");
+            status.into_response()
         } else {
             (status, self.to_string()).into_response()
         };
@@ -253,6 +287,12 @@ impl IntoResponse for ExecError {
         };
         if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if matches!(self, ExecError::WsVersion) {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(exec_ws::WEBSOCKET_VERSION),
+            );
         }
         if matches!(self, ExecError::Protocol { .. }) {
             for p in PROTOCOLS {
@@ -411,6 +451,8 @@ struct Plan {
     command: String,
     options: StreamOptions,
     protocol: &'static str,
+    /// Over WebSocket, not SPDY.
+    websocket: bool,
 }
 
 /// The `/exec` handler.
@@ -480,6 +522,47 @@ async fn prepare(
     {
         return Err(ExecError::NoContainer(container));
     }
+    if exec_ws::is_websocket_request(request.headers()) {
+        let handshake = exec_ws::handshake(request.method(), request.headers())?;
+        let on_upgrade = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(ExecError::NoUpgrade)?;
+        let plan = Plan {
+            namespace,
+            pod,
+            group: group.name,
+            container,
+            command,
+            options,
+            protocol: handshake.protocol,
+            websocket: true,
+        };
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        hyper_util::rt::TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    let conn = exec_ws::WsConn::new(socket, plan.protocol, plan.options);
+                    bridge.run(conn, plan).await
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "kubelet exec: the upgrade did not complete");
+                    bridge.count("client-gone");
+                }
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        exec_ws::switch_headers(&handshake, response.headers_mut());
+        return Ok(response);
+    }
     let protocol = negotiate(request.headers())?;
     check_upgrade(request.headers())?;
     let on_upgrade = request
@@ -494,16 +577,23 @@ async fn prepare(
         command,
         options,
         protocol,
+        websocket: false,
     };
     let bridge = bridge.clone();
     tokio::spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(upgraded) => {
-                bridge
-                    .run(hyper_util::rt::TokioIo::new(upgraded), plan)
-                    .await
-            }
+            Ok(upgraded) => match Codec::new() {
+                Ok(codec) => {
+                    let (reader, writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                    let conn = Conn::new(reader, writer, codec, plan.protocol, plan.options);
+                    bridge.run(conn, plan).await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet exec: no SPDY codec");
+                    bridge.count("error");
+                }
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "kubelet exec: the upgrade did not complete");
                 bridge.count("client-gone");
@@ -521,7 +611,7 @@ async fn prepare(
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// ACI closed the socket normally: the process exited.
     Exited,
     /// ACI refused, or the socket broke: the reason.
@@ -532,23 +622,69 @@ enum End {
     TimedOut,
 }
 
+impl End {
+    /// The failure the error stream reports (the kubelet's "error executing
+    /// command in container: …"), none for an exit or a client gone.
+    fn failure(&self, limits: &ExecLimits) -> Option<String> {
+        match self {
+            End::Exited | End::ClientGone => None,
+            End::Failed(reason) => Some(format!("error executing command in container: {reason}")),
+            End::TimedOut => Some(format!(
+                "error executing command in container: the session reached this node's limit of {}s",
+                limits.max_duration.as_secs()
+            )),
+        }
+    }
+}
+
+/// What the client sent, as the session sees it, from either transport.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Input {
+    /// Bytes for the process; `end` when the client closed its stdin.
+    Stdin { data: Vec<u8>, end: bool },
+    /// Bytes on the resize stream (JSON terminal sizes).
+    Resize(Vec<u8>),
+    /// Nothing for the session (a control frame answered, a message
+    /// ignored).
+    Nothing,
+    /// The client went away or reset a stream it reads.
+    Gone,
+}
+
+/// One upgraded connection as the session drives it: SPDY/3.1 ([`Conn`]) or
+/// WebSocket ([`super::exec_ws::WsConn`]). The session (ACI, stdin, the
+/// terminal size, the end) is the same for both.
+pub(super) trait Transport {
+    /// What [`Transport::recv`] reads.
+    type Event;
+    /// Before anything is read (WebSocket: the "streams are up" message);
+    /// `false` when the client is gone.
+    async fn open(&mut self) -> bool {
+        true
+    }
+    /// The next event; `None` when the connection ended. Cancel-safe:
+    /// nothing is written and nothing read is lost.
+    async fn recv(&mut self) -> Option<Self::Event>;
+    /// What `event` means for the session; control frames are answered
+    /// here (not cancel-safe: call it outside `select!`).
+    async fn input(&mut self, event: Self::Event) -> Input;
+    /// Every stream the client should open is there.
+    fn ready(&self) -> bool;
+    /// The client sends terminal sizes.
+    fn resizes(&self) -> bool;
+    /// Send what the window allows of `pending` on stdout, draining what
+    /// went; `false` when the client is gone.
+    async fn flush_stdout(&mut self, pending: &mut Vec<u8>) -> bool;
+    /// Report the result as this transport's protocol does, and go away.
+    async fn finish(&mut self, end: &End, failure: Option<String>);
+}
+
 impl ExecBridge {
-    async fn run<IO>(self: Arc<Self>, io: IO, plan: Plan)
-    where
-        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    async fn run<T: Transport>(self: Arc<Self>, mut transport: T, plan: Plan) {
         self.metrics.kubelet_exec_sessions.inc();
-        tracing::info!(namespace = %plan.namespace, pod = %plan.pod, container = %plan.container, command = %plan.command, protocol = plan.protocol, "kubelet exec: session started");
-        let (reader, writer) = tokio::io::split(io);
-        let end = match Codec::new() {
-            Ok(codec) => {
-                let mut conn = Conn::new(reader, writer, codec);
-                let end = session(&mut conn, &plan, self.aci.as_ref(), &self.limits).await;
-                conn.finish(&end, &plan, &self.limits).await;
-                end
-            }
-            Err(e) => End::Failed(e.to_string()),
-        };
+        tracing::info!(namespace = %plan.namespace, pod = %plan.pod, container = %plan.container, command = %plan.command, protocol = plan.protocol, websocket = plan.websocket, "kubelet exec: session started");
+        let end = session(&mut transport, &plan, self.aci.as_ref(), &self.limits).await;
+        transport.finish(&end, end.failure(&self.limits)).await;
         let result = match &end {
             End::Exited => "success",
             End::Failed(_) => "error",
@@ -586,14 +722,29 @@ struct Conn<R, W> {
     stdout_window: Window,
     session_window: Window,
     stdin_window: Window,
-    /// The client's stdin has ended.
-    stdin_done: bool,
+    /// The negotiated protocol.
+    protocol: &'static str,
+    /// Streams the client is to open, and has opened.
+    expected: usize,
+    accepted: usize,
     /// The client sent GOAWAY or closed the connection.
     gone: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
-    fn new(reader: R, writer: W, codec: Codec) -> Self {
+    fn new(
+        reader: R,
+        writer: W,
+        codec: Codec,
+        protocol: &'static str,
+        options: StreamOptions,
+    ) -> Self {
+        // error, the asked ones, and resize with a tty from v3 (v2 has none).
+        let expected = 1
+            + usize::from(options.stdin)
+            + usize::from(options.stdout)
+            + usize::from(options.stderr)
+            + usize::from(options.tty && protocol != PROTOCOLS[2]);
         Self {
             reader,
             writer,
@@ -605,7 +756,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             stdout_window: Window::new(spdy::DEFAULT_WINDOW),
             session_window: Window::new(spdy::DEFAULT_WINDOW),
             stdin_window: Window::new(spdy::DEFAULT_WINDOW),
-            stdin_done: false,
+            protocol,
+            expected,
+            accepted: 0,
             gone: false,
         }
     }
@@ -678,12 +831,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 
     /// A stream the client opens: reply, and note its type.
-    async fn accept_stream(&mut self, frame: &Frame, protocol: &str) -> bool {
+    async fn accept_stream(&mut self, frame: &Frame) -> bool {
+        let protocol = self.protocol;
         let Frame::SynStream {
-            stream_id,
-            headers,
-            flags,
-            ..
+            stream_id, headers, ..
         } = frame
         else {
             return false;
@@ -701,12 +852,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         let kind = spdy::header(headers, "streamtype").unwrap_or_default();
         let slot = match kind {
             "error" => &mut self.streams.error,
-            "stdin" => {
-                if flags & FLAG_FIN != 0 {
-                    self.stdin_done = true;
-                }
-                &mut self.streams.stdin
-            }
+            "stdin" => &mut self.streams.stdin,
             "stdout" => &mut self.streams.stdout,
             "stderr" => &mut self.streams.stderr,
             // v2 has no resize stream (the kubelet: "unexpected stream type").
@@ -759,7 +905,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
     /// Send up to the window of `pending` on stdout; what was sent is
     /// drained. `false` when the client is gone.
-    async fn flush_stdout(&mut self, pending: &mut Vec<u8>) -> bool {
+    async fn flush(&mut self, pending: &mut Vec<u8>) -> bool {
         let Some(stream_id) = self.streams.stdout else {
             pending.clear();
             return true;
@@ -789,7 +935,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 
     /// Finish the streams, write the result on the error stream, go away.
-    async fn finish(&mut self, end: &End, plan: &Plan, limits: &ExecLimits) {
+    async fn close(&mut self, end: &End, failure: Option<String>) {
         if matches!(end, End::ClientGone) || self.gone {
             let _ = self.writer.shutdown().await;
             return;
@@ -806,16 +952,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
             })
             .await;
         }
-        let failure = match end {
-            End::Exited | End::ClientGone => None,
-            End::Failed(reason) => Some(format!("error executing command in container: {reason}")),
-            End::TimedOut => Some(format!(
-                "error executing command in container: the session reached this node's limit of {}s",
-                limits.max_duration.as_secs()
-            )),
-        };
         if let Some(stream_id) = self.streams.error {
-            let body = status_body(plan.protocol, failure.as_deref());
+            let body = status_body(self.protocol == PROTOCOLS[0], failure.as_deref());
             if !body.is_empty() {
                 self.send(&Frame::Data {
                     stream_id,
@@ -840,12 +978,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     }
 }
 
-/// What goes on the error stream: v4 the JSON `metav1.Status` the kubelet
-/// writes (`Success`, or `apierrors.NewInternalError`), v2/v3 the failure's
-/// text only (`status.Error()`).
-fn status_body(protocol: &str, failure: Option<&str>) -> Vec<u8> {
-    let v4 = protocol == PROTOCOLS[0];
-    match (v4, failure) {
+/// What goes on the error stream: v4 (`json`) the JSON `metav1.Status`
+/// the kubelet writes (`Success`, or `apierrors.NewInternalError`), older
+/// protocols the failure's text only (`status.Error()`), nothing on success.
+pub(super) fn status_body(json: bool, failure: Option<&str>) -> Vec<u8> {
+    match (json, failure) {
         (true, None) => serde_json::json!({"metadata": {}, "status": "Success"}).to_string(),
         (true, Some(reason)) => serde_json::json!({
             "metadata": {},
@@ -882,103 +1019,139 @@ fn first_resize(bytes: &[u8]) -> Option<TerminalSize> {
     }
 }
 
-/// The session after the upgrade, until it ends.
-async fn session<R, W>(
-    conn: &mut Conn<R, W>,
-    plan: &Plan,
-    aci: &dyn ContainerGroups,
-    limits: &ExecLimits,
-) -> End
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    use futures::{SinkExt as _, StreamExt as _};
-    let o = plan.options;
-    let expected = 1
-        + usize::from(o.stdin)
-        + usize::from(o.stdout)
-        + usize::from(o.stderr)
-        + usize::from(o.tty && plan.protocol != PROTOCOLS[2]);
-    // 1. The client's streams.
-    let mut early_stdin = Vec::new();
-    let mut resize_bytes = Vec::new();
-    let mut accepted = 0;
-    let created_by = Instant::now() + limits.stream_creation_timeout;
-    while accepted < expected {
-        let Ok(frame) = tokio::time::timeout_at(created_by, conn.next_frame()).await else {
-            // The kubelet gives up the same way (no stream to report on).
-            return End::ClientGone;
-        };
-        let Some(frame) = frame else {
-            return End::ClientGone;
-        };
-        if conn.common(&frame).await {
-            if conn.gone {
-                return End::ClientGone;
-            }
-            continue;
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Transport for Conn<R, W> {
+    type Event = Frame;
+
+    async fn recv(&mut self) -> Option<Frame> {
+        self.next_frame().await
+    }
+
+    async fn input(&mut self, frame: Frame) -> Input {
+        if self.common(&frame).await {
+            return if self.gone {
+                Input::Gone
+            } else {
+                Input::Nothing
+            };
         }
-        match &frame {
-            Frame::SynStream { .. } => {
-                if conn.accept_stream(&frame, plan.protocol).await {
-                    accepted += 1;
+        match frame {
+            Frame::SynStream {
+                ref headers, flags, ..
+            } => {
+                let stdin_closed =
+                    flags & FLAG_FIN != 0 && spdy::header(headers, "streamtype") == Some("stdin");
+                if self.accept_stream(&frame).await {
+                    self.accepted += 1;
                 }
-                if conn.gone {
-                    return End::ClientGone;
+                if self.gone {
+                    Input::Gone
+                } else if stdin_closed {
+                    Input::Stdin {
+                        data: Vec::new(),
+                        end: true,
+                    }
+                } else {
+                    Input::Nothing
                 }
             }
             Frame::Data {
                 stream_id,
                 flags,
                 data,
-            } => {
-                if Some(*stream_id) == conn.streams.stdin {
-                    if !conn.take_stdin(*stream_id, data.len()).await {
-                        return End::ClientGone;
-                    }
-                    early_stdin.extend_from_slice(data);
-                    conn.stdin_done |= flags & FLAG_FIN != 0;
-                } else if Some(*stream_id) == conn.streams.resize {
-                    resize_bytes.extend_from_slice(data);
+            } if Some(stream_id) == self.streams.stdin => {
+                if !self.take_stdin(stream_id, data.len()).await {
+                    return Input::Gone;
+                }
+                Input::Stdin {
+                    data,
+                    end: flags & FLAG_FIN != 0,
                 }
             }
-            _ => {}
+            Frame::Data {
+                stream_id, data, ..
+            } if Some(stream_id) == self.streams.resize => Input::Resize(data),
+            Frame::RstStream { stream_id, .. }
+                if Some(stream_id) == self.streams.error
+                    || Some(stream_id) == self.streams.stdout =>
+            {
+                Input::Gone
+            }
+            _ => Input::Nothing,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.accepted >= self.expected
+    }
+
+    fn resizes(&self) -> bool {
+        self.streams.resize.is_some()
+    }
+
+    async fn flush_stdout(&mut self, pending: &mut Vec<u8>) -> bool {
+        self.flush(pending).await
+    }
+
+    async fn finish(&mut self, end: &End, failure: Option<String>) {
+        self.close(end, failure).await;
+    }
+}
+
+/// The session after the upgrade, until it ends: the client's streams, the
+/// terminal size, ACI's socket, then the bridge between them.
+async fn session<T: Transport>(
+    conn: &mut T,
+    plan: &Plan,
+    aci: &dyn ContainerGroups,
+    limits: &ExecLimits,
+) -> End {
+    use futures::{SinkExt as _, StreamExt as _};
+    let tty = plan.options.tty;
+    if !conn.open().await {
+        return End::ClientGone;
+    }
+    // 1. The client's streams.
+    let mut early_stdin = Vec::new();
+    let mut resize_bytes = Vec::new();
+    let mut stdin_done = false;
+    let created_by = Instant::now() + limits.stream_creation_timeout;
+    while !conn.ready() {
+        // The kubelet gives up the same way (no stream to report on).
+        let Ok(Some(event)) = tokio::time::timeout_at(created_by, conn.recv()).await else {
+            return End::ClientGone;
+        };
+        match conn.input(event).await {
+            Input::Gone => return End::ClientGone,
+            Input::Stdin { data, end } => {
+                early_stdin.extend_from_slice(&data);
+                stdin_done |= end;
+            }
+            Input::Resize(data) => resize_bytes.extend_from_slice(&data),
+            Input::Nothing => {}
         }
     }
     // 2. With a tty, the terminal's size from the first resize.
     let mut size = first_resize(&resize_bytes);
-    if size.is_none() && conn.streams.resize.is_some() {
+    if size.is_none() && conn.resizes() {
         let until = Instant::now() + limits.first_resize_within;
         while size.is_none() {
-            let Ok(frame) = tokio::time::timeout_at(until, conn.next_frame()).await else {
+            let Ok(event) = tokio::time::timeout_at(until, conn.recv()).await else {
                 break;
             };
-            let Some(frame) = frame else {
+            let Some(event) = event else {
                 return End::ClientGone;
             };
-            if conn.common(&frame).await {
-                if conn.gone {
-                    return End::ClientGone;
+            match conn.input(event).await {
+                Input::Gone => return End::ClientGone,
+                Input::Stdin { data, end } => {
+                    early_stdin.extend_from_slice(&data);
+                    stdin_done |= end;
                 }
-                continue;
-            }
-            if let Frame::Data {
-                stream_id,
-                flags,
-                data,
-            } = &frame
-            {
-                if Some(*stream_id) == conn.streams.resize {
-                    resize_bytes.extend_from_slice(data);
+                Input::Resize(data) => {
+                    resize_bytes.extend_from_slice(&data);
                     size = first_resize(&resize_bytes);
-                } else if Some(*stream_id) == conn.streams.stdin {
-                    if !conn.take_stdin(*stream_id, data.len()).await {
-                        return End::ClientGone;
-                    }
-                    early_stdin.extend_from_slice(data);
-                    conn.stdin_done |= flags & FLAG_FIN != 0;
                 }
+                Input::Nothing => {}
             }
         }
     }
@@ -1027,7 +1200,7 @@ where
         return End::Failed(format!("ACI exec socket: {e}"));
     }
     let mut eot_sent = false;
-    if conn.stdin_done && !o.tty {
+    if stdin_done && !tty {
         eot_sent = true;
         if let Err(e) = ws.send(Message::binary(vec![EOT])).await {
             return End::Failed(format!("ACI exec socket: {e}"));
@@ -1042,25 +1215,17 @@ where
         }
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break End::TimedOut,
-            frame = conn.next_frame() => {
-                let Some(frame) = frame else { break End::ClientGone };
-                if conn.common(&frame).await {
-                    if conn.gone {
-                        break End::ClientGone;
-                    }
-                    continue;
-                }
-                match frame {
-                    Frame::Data { stream_id, flags, data } if Some(stream_id) == conn.streams.stdin => {
-                        if !conn.take_stdin(stream_id, data.len()).await {
-                            break End::ClientGone;
-                        }
+            event = conn.recv() => {
+                let Some(event) = event else { break End::ClientGone };
+                match conn.input(event).await {
+                    Input::Gone => break End::ClientGone,
+                    Input::Stdin { data, end } => {
                         if !data.is_empty()
                             && let Err(e) = ws.send(Message::binary(data)).await
                         {
                             break End::Failed(format!("ACI exec socket: {e}"));
                         }
-                        if flags & FLAG_FIN != 0 && !o.tty && !eot_sent {
+                        if end && !tty && !eot_sent {
                             eot_sent = true;
                             if let Err(e) = ws.send(Message::binary(vec![EOT])).await {
                                 break End::Failed(format!("ACI exec socket: {e}"));
@@ -1068,17 +1233,7 @@ where
                         }
                     }
                     // Later resizes: ACI takes the size only at start.
-                    Frame::Data { .. } => {}
-                    Frame::RstStream { stream_id, .. }
-                        if Some(stream_id) == conn.streams.error
-                            || Some(stream_id) == conn.streams.stdout =>
-                    {
-                        break End::ClientGone;
-                    }
-                    Frame::SynStream { .. } => {
-                        conn.accept_stream(&frame, plan.protocol).await;
-                    }
-                    _ => {}
+                    Input::Resize(_) | Input::Nothing => {}
                 }
             }
             message = ws.next(), if pending.is_empty() => match message {
@@ -1218,16 +1373,16 @@ mod tests {
     #[test]
     fn the_status_is_written_per_protocol() {
         let ok: serde_json::Value =
-            serde_json::from_slice(&status_body(PROTOCOLS[0], None)).unwrap_or_default();
+            serde_json::from_slice(&status_body(true, None)).unwrap_or_default();
         assert_eq!(ok["status"], "Success");
         let failed: serde_json::Value =
-            serde_json::from_slice(&status_body(PROTOCOLS[0], Some("boom"))).unwrap_or_default();
+            serde_json::from_slice(&status_body(true, Some("boom"))).unwrap_or_default();
         assert_eq!(failed["reason"], "InternalError");
         assert_eq!(failed["code"], 500);
         assert_eq!(failed["message"], "Internal error occurred: boom");
-        assert!(status_body(PROTOCOLS[1], None).is_empty());
+        assert!(status_body(false, None).is_empty());
         assert_eq!(
-            status_body(PROTOCOLS[2], Some("boom")),
+            status_body(false, Some("boom")),
             b"Internal error occurred: boom".to_vec()
         );
     }

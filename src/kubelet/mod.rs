@@ -1,7 +1,8 @@
 //! The virtual node's kubelet endpoint (port 10250), as far as ACI can serve
 //! it: `GET /containerLogs/{namespace}/{pod}/{container}` ([`logs`]),
 //! `GET`/`POST /exec/{namespace}/{pod}/[{uid}/]{container}` (`kubectl exec`
-//! over SPDY/3.1, bridged to ACI's exec socket: [`exec`], [`spdy`]),
+//! over SPDY/3.1 or WebSocket, bridged to ACI's exec socket: [`exec`],
+//! [`spdy`], [`exec_ws`]),
 //! `GET /metrics/resource` and `GET /stats/summary` from Azure Monitor
 //! ([`metrics`]), `GET /healthz`, and a 501 "not supported on ACI" for `/attach` and
 //! `/portForward` ([`logs::not_supported`]).
@@ -27,6 +28,7 @@
 
 pub mod auth;
 pub mod exec;
+pub mod exec_ws;
 pub mod logs;
 pub mod metrics;
 pub mod shared_reads;

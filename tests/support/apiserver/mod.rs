@@ -60,6 +60,7 @@ mod selectors;
 mod services;
 mod status;
 mod store;
+mod translator;
 mod watch;
 mod webhooks;
 
@@ -307,6 +308,8 @@ struct Shared {
     pki: std::sync::OnceLock<pki::Pki>,
     /// How kube-apiserver reaches kubelets (`proxy.rs`), made on first use.
     kubelet: std::sync::OnceLock<Result<proxy::KubeletClient, String>>,
+    /// `pods/exec` WebSocket sessions translated to SPDY (`translator.rs`).
+    translated_exec: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -375,6 +378,7 @@ impl TestApiServer {
             faults: Mutex::new(Vec::new()),
             shutdown: shutdown_rx.clone(),
             open_watches: AtomicUsize::new(0),
+            translated_exec: AtomicUsize::new(0),
             tokens: Mutex::new(rbac::Tokens::default()),
             exercised: Mutex::new(Default::default()),
             denials: Mutex::new(Vec::new()),
@@ -675,6 +679,12 @@ impl TestApiServer {
     /// RBAC (403) so far, in order: end-to-end tests assert it stays empty.
     pub fn auth_denials(&self) -> Vec<String> {
         lock(&self.shared.denials).clone()
+    }
+
+    /// `pods/exec` WebSocket (v5) sessions upgraded and translated to SPDY
+    /// towards the kubelet so far.
+    pub fn translated_exec_sessions(&self) -> usize {
+        self.shared.translated_exec.load(Ordering::SeqCst)
     }
 
     /// The RBAC rules that allowed requests so far, one entry per distinct

@@ -1,5 +1,6 @@
-//! What kube-apiserver forwards to kubelets: `GET pods/{name}/log` and
-//! `nodes/{name}/proxy/{path}`, with the rules of
+//! What kube-apiserver forwards to kubelets: `GET pods/{name}/log`,
+//! `pods/{name}/exec` (upgrades, see [`exec`]; WebSocket v5 is translated
+//! in `translator.rs`) and `nodes/{name}/proxy/{path}`, with the rules of
 //! `pkg/registry/core/pod/strategy.go` (`LogLocation`) and
 //! `pkg/registry/core/pod/rest/log.go`:
 //!
@@ -477,51 +478,22 @@ fn exec_query(raw_query: &str) -> (Vec<(String, String)>, Option<String>) {
     (out, container)
 }
 
-/// `kubectl exec`, as kube-apiserver's UpgradeAwareHandler does it for
-/// SPDY: resolve the container and the node's kubelet, send the upgrade
-/// request there (the client's `X-Stream-Protocol-Version`s, the API
-/// server's client certificate), and when the kubelet switches protocols
-/// answer 101 with its headers and splice the two connections; any other
-/// kubelet answer is passed back as it is. WebSocket upgrades (kubectl
-/// 1.30+ tries them first) are refused with 400, as an API server without
-/// the WebSocket-to-SPDY translation answers: kubectl then falls back to
-/// SPDY (`FallbackExecutor`).
-pub async fn exec(
+/// The kubelet's `/exec` URL for `pods/{pod}/exec` (`ExecLocation`): the
+/// container (`container_for`), the pod's node and its kubelet address,
+/// the query kube-apiserver builds (`exec_query`).
+fn exec_location(
     shared: &Arc<Shared>,
     namespace: &str,
     pod: &str,
-    parts: &mut axum::http::request::Parts,
-) -> Result<Response, ApiError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let header = |name: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(String::from))
-            .collect::<Vec<_>>()
-    };
-    if header("upgrade")
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case("websocket"))
-    {
-        return Err(ApiError::bad_request(
-            "WebSocket upgrades are not served by the test API server; use SPDY/3.1",
-        ));
-    }
-    if !header("upgrade")
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
-    {
-        return Err(ApiError::bad_request("Upgrade request required"));
-    }
+    raw_query: &str,
+) -> Result<(reqwest::Url, ExecOptions), ApiError> {
     let rt = lookup("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
     let obj = shared
         .store()
         .get(rt, namespace, pod)
         .cloned()
         .ok_or_else(|| ApiError::not_found(rt, pod))?;
-    let (params, asked) = exec_query(parts.uri.query().unwrap_or_default());
+    let (params, asked) = exec_query(raw_query);
     let container = container_for(&obj, pod, asked.as_deref())?;
     let node = obj
         .pointer("/spec/nodeName")
@@ -536,33 +508,95 @@ pub async fn exec(
     )?;
     let mut url = reqwest::Url::parse(&format!("{base}/exec/{namespace}/{pod}/{container}"))
         .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let on = |k: &str| params.iter().any(|(pk, v)| pk == k && v == "1");
+    let options = ExecOptions {
+        stdin: on("input"),
+        stdout: on("output"),
+        stderr: on("error"),
+        tty: on("tty"),
+    };
     url.query_pairs_mut().extend_pairs(params);
-    let internal = |m: String| ApiError::new(500, "InternalError", m);
+    Ok((url, options))
+}
+
+/// The streams a `pods/exec` request asks for (`PodExecOptions`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+fn internal(m: String) -> ApiError {
+    ApiError::new(500, "InternalError", m)
+}
+
+/// A TLS connection to the kubelet of `url`, with the API server's kubelet
+/// client certificate.
+pub(super) async fn dial_kubelet(
+    shared: &Arc<Shared>,
+    url: &reqwest::Url,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port().unwrap_or(443);
     let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| internal(format!("error dialing backend: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(shared.kubelet()?.tls.clone());
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| internal(e.to_string()))?;
-    let mut tls = connector
+    let server_name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|e| internal(e.to_string()))?;
+    connector
         .connect(server_name, tcp)
         .await
-        .map_err(|e| internal(format!("error dialing backend: {e}")))?;
-    let mut request = format!(
-        "POST {}?{} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n",
-        url.path(),
-        url.query().unwrap_or_default()
-    );
-    for v in header("x-stream-protocol-version") {
-        request.push_str(&format!("X-Stream-Protocol-Version: {v}\r\n"));
+        .map_err(|e| internal(format!("error dialing backend: {e}")))
+}
+
+/// An HTTP/1.1 answer head read off a raw connection.
+pub(super) struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Bytes that came after the head.
+    pub rest: Vec<u8>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
-    request.push_str("\r\n");
-    tls.write_all(request.as_bytes())
-        .await
-        .map_err(|e| internal(e.to_string()))?;
-    // The kubelet's answer head (bounded), and whatever followed it.
+
+    /// The body after the head, as long as `Content-Length` says (bounded).
+    pub async fn body<R: tokio::io::AsyncRead + Unpin>(&self, conn: &mut R) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let length = self
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(1 << 20);
+        let mut body = self.rest.clone();
+        let read = async {
+            while body.len() < length {
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+        body.truncate(length);
+        body
+    }
+}
+
+/// The answer head to a request written on `conn` (bounded in size and time).
+pub(super) async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    conn: &mut R,
+) -> Result<Head, ApiError> {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -572,7 +606,7 @@ pub async fn exec(
             return Err(internal("kubelet answer head too large".into()));
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut chunk))
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut chunk))
             .await
             .map_err(|_| internal("kubelet did not answer the upgrade".into()))?
             .map_err(|e| internal(e.to_string()))?;
@@ -582,20 +616,105 @@ pub async fn exec(
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let rest = buf[head_end..].to_vec();
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| internal(format!("not HTTP: {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    Ok(Head {
+        status,
+        headers,
+        rest: buf[head_end..].to_vec(),
+    })
+}
+
+/// `Connection` names `upgrade` (apimachinery `httpstream.IsUpgradeRequest`).
+fn is_upgrade_request(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("upgrade"))
+}
+
+/// Headers the API server does not pass on to the kubelet: the hop's own,
+/// and the caller's credentials (the authentication filter removes
+/// `Authorization`, impersonation is consumed).
+fn forwarded(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !(matches!(
+        name.as_str(),
+        "host" | "authorization" | "content-length" | "transfer-encoding"
+    ) || name.starts_with("impersonate-"))
+}
+
+/// `kubectl exec` and any other `pods/exec` client, as kube-apiserver does
+/// it (`ExecREST.Connect`, `pkg/registry/core/pod/rest/subresources.go`):
+/// resolve the container and the node's kubelet; then
+/// - a WebSocket request offering `v5.channel.k8s.io` (kubectl 1.30+,
+///   feature `TranslateStreamCloseWebsocketRequests`, on by default) is
+///   served here and translated to SPDY towards the kubelet
+///   ([`super::translator`]);
+/// - any other upgrade, SPDY/3.1 or WebSocket (v4 and older: kube-rs, the
+///   Python client), is proxied as UpgradeAwareHandler does: the request
+///   goes to the kubelet with the client's method and headers (not its
+///   credentials; the API server's client certificate instead), and when
+///   the kubelet switches protocols the 101 with its headers is passed back
+///   and the two connections spliced; any other kubelet answer is passed
+///   back as it is;
+/// - a request that is no upgrade is a 400 "Upgrade request required".
+pub async fn exec(
+    shared: &Arc<Shared>,
+    namespace: &str,
+    pod: &str,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let (url, options) = exec_location(
+        shared,
+        namespace,
+        pod,
+        parts.uri.query().unwrap_or_default(),
+    )?;
+    if !is_upgrade_request(&parts.headers) {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    if super::translator::wants_translation(&parts.headers) {
+        return super::translator::serve(shared, url, options, parts);
+    }
+    let mut tls = dial_kubelet(shared, &url).await?;
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port().unwrap_or(443);
+    let mut request = format!(
+        "{} {}?{} HTTP/1.1\r\nHost: {host}:{port}\r\n",
+        parts.method,
+        url.path(),
+        url.query().unwrap_or_default()
+    );
+    if parts.method != axum::http::Method::GET {
+        request.push_str("Content-Length: 0\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if forwarded(name.as_str())
+            && let Ok(v) = value.to_str()
+        {
+            request.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    let head = read_head(&mut tls).await?;
+    let status = head.status;
     let mut builder = axum::http::Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
-    for (k, v) in &headers {
+    for (k, v) in &head.headers {
         let skip = status != 101
             && (k.eq_ignore_ascii_case("content-length")
                 || k.eq_ignore_ascii_case("transfer-encoding")
@@ -606,21 +725,7 @@ pub async fn exec(
     }
     if status != 101 {
         // Not switched: pass the kubelet's answer back (its body, bounded).
-        let length = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(1 << 20);
-        let mut body = rest;
-        while body.len() < length {
-            let mut chunk = [0u8; 4096];
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-            }
-        }
-        body.truncate(length);
+        let body = head.body(&mut tls).await;
         return builder
             .body(Body::from(body))
             .map_err(|e| internal(e.to_string()));
@@ -629,6 +734,7 @@ pub async fn exec(
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or_else(|| internal("the client connection cannot be upgraded".into()))?;
+    let rest = head.rest;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
