@@ -111,7 +111,11 @@ mod tests {
         two.refund(1);
         assert_eq!(two.take_n(2, t0), None);
         two.refund(5);
-        assert_eq!(two.take_n(9, t0), None, "more than the capacity takes it all");
+        assert_eq!(
+            two.take_n(9, t0),
+            None,
+            "more than the capacity takes it all"
+        );
         assert_eq!(two.take(t0), Some(Duration::from_secs(1)));
         let odd = TokenBucket::new(f64::NAN, 0, t0);
         assert_eq!(odd.capacity, 1.0);

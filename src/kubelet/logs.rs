@@ -40,6 +40,7 @@ use crate::units::Timestamp;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -531,19 +532,32 @@ enum Turn<'a> {
     Follow(Instant),
 }
 
+/// A container's log requests in progress, by (namespace, pod, container).
+type InProgress = std::sync::Mutex<HashMap<(String, String, String), usize>>;
+
 /// The reads a request paid for at its one turn (those it expects to make:
-/// the group and the log, unless a read moments old or in flight will
-/// serve); what it did not use goes back to the budget when it is dropped.
+/// the group and the log, unless a read moments old will serve or another
+/// request for the same container is in progress, whose reads it will
+/// share); what it did not use goes back to the budget when it is dropped.
 struct Paid<'a> {
     gate: &'a Gate,
     left: AtomicU32,
     /// A read beyond those paid for waits in line until then.
     deadline: Instant,
+    in_progress: &'a InProgress,
+    key: (String, String, String),
 }
 
 impl Drop for Paid<'_> {
     fn drop(&mut self) {
         self.gate.refund(self.left.load(Ordering::Relaxed));
+        let mut requests = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = requests.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                requests.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -588,6 +602,7 @@ pub struct LogReader {
     groups: Recent<(String, String), Option<Arc<ContainerGroup>>>,
     /// (group, container) → its log.
     texts: Recent<(String, String), Arc<LogText>>,
+    in_progress: InProgress,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -621,6 +636,7 @@ impl LogReader {
             follow: Gate::new(reads_per_sec / 2.0, burst),
             groups: Recent::new(SHARE_GROUPS_WITHIN),
             texts: Recent::new(Duration::from_secs(60)),
+            in_progress: InProgress::default(),
             metrics: None,
         }
     }
@@ -707,31 +723,46 @@ impl LogReader {
         tail: Option<u32>,
     ) -> Result<Paid<'_>, LogsError> {
         let deadline = Instant::now() + self.budget.max_wait;
-        let group_key = (namespace.to_string(), pod.to_string());
-        let text_key = (
-            group_name_in(&self.cluster_id, namespace, pod),
+        let key = (
+            namespace.to_string(),
+            pod.to_string(),
             container.to_string(),
         );
-        let reads = u32::from(
-            !self
-                .groups
-                .would_share(&group_key, |g, age| g.is_some() && age <= SHARE_GROUPS_WITHIN),
-        ) + u32::from(
-            !self
-                .texts
-                .would_share(&text_key, |t, age| age <= SHARE_LOGS_WITHIN && t.covers(tail)),
-        );
+        let others = {
+            let mut requests = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+            let n = requests.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let reads = if others > 0 {
+            0
+        } else {
+            let group_key = (key.0.clone(), key.1.clone());
+            let text_key = (
+                group_name_in(&self.cluster_id, namespace, pod),
+                key.2.clone(),
+            );
+            u32::from(!self.groups.would_share(&group_key, |g, age| {
+                g.is_some() && age <= SHARE_GROUPS_WITHIN
+            })) + u32::from(!self.texts.would_share(&text_key, |t, age| {
+                age <= SHARE_LOGS_WITHIN && t.covers(tail)
+            }))
+        };
+        let paid = Paid {
+            gate: &self.reads,
+            left: AtomicU32::new(0),
+            deadline,
+            in_progress: &self.in_progress,
+            key,
+        };
         if reads > 0 {
             self.reads
                 .take_n(reads, deadline)
                 .await
                 .map_err(|retry_after| self.spent(retry_after, true))?;
+            paid.left.store(reads, Ordering::Relaxed);
         }
-        Ok(Paid {
-            gate: &self.reads,
-            left: AtomicU32::new(reads),
-            deadline,
-        })
+        Ok(paid)
     }
 
     /// The group of `namespace/pod` (see [`find_group`]), read within

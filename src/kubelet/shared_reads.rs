@@ -76,9 +76,8 @@ impl Gate {
     /// line once, not once per read behind everyone who came meanwhile).
     pub async fn take_n(&self, n: u32, deadline: Instant) -> Result<(), Duration> {
         let _counted = InLine::enter(&self.waiting);
-        let estimate = |ahead: usize| {
-            Duration::from_secs_f64((ahead as f64) * f64::from(n) / self.per_sec)
-        };
+        let estimate =
+            |ahead: usize| Duration::from_secs_f64((ahead as f64) * f64::from(n) / self.per_sec);
         let Ok(_turn) = tokio::time::timeout_at(deadline, self.line.lock()).await else {
             return Err(estimate(self.waiting()));
         };
