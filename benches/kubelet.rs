@@ -245,6 +245,8 @@ async fn follow(http: &reqwest::Client, url: &str, follows: &Follows, load_start
 struct Window {
     lags: Vec<f64>,
     reads_per_s: f64,
+    /// Of which container log reads.
+    log_reads_per_s: f64,
     throttled: u64,
 }
 
@@ -259,6 +261,15 @@ async fn measure(
     window: Duration,
 ) -> Window {
     let reads_before = arm_reads(emu);
+    let log_reads = || {
+        emu.state
+            .counters()
+            .requests
+            .get("logs")
+            .copied()
+            .unwrap_or(0)
+    };
+    let log_reads_before = log_reads();
     let throttled_before = emu.state.counters().throttled;
     let started = Instant::now();
     let spacing = window / u32::try_from(victims.len().max(1)).unwrap_or(1);
@@ -306,6 +317,7 @@ async fn measure(
     Window {
         lags,
         reads_per_s: (arm_reads(emu) - reads_before) as f64 / elapsed,
+        log_reads_per_s: (log_reads() - log_reads_before) as f64 / elapsed,
         throttled: emu.state.counters().throttled - throttled_before,
     }
 }
@@ -566,6 +578,7 @@ async fn run(scale: &Scale) -> serde_json::Value {
         "scrapes": scrapes.load(Ordering::Relaxed),
         "scrape_errors": scrape_errors.load(Ordering::Relaxed),
         "arm_reads_per_s": round(loaded.reads_per_s),
+        "log_reads_per_s": round(loaded.log_reads_per_s),
         "baseline_arm_reads_per_s": round(baseline.reads_per_s),
         "read_budget_per_s": read_budget_per_s,
         "arm_throttled": loaded.throttled,

@@ -10,54 +10,27 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use spillway::aci::ContainerGroups;
-use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
-use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use spillway::aci::emulator::{Emulator, EmulatorConfig};
 use spillway::aci::model::{ContainerGroup, DnsConfiguration};
 use spillway::aci::translate::group_name_in;
 use spillway::provider::services::ServiceSource;
-use spillway::provider::{Provider, ProviderConfig, node as vnode};
+use spillway::provider::{Provider, node as vnode};
 use std::sync::Arc;
 use std::time::Duration;
+use support::provider_world::{NODE, aci, fast_config};
 use support::{PodDeletion, TestApiServer};
-use tokio::time::Instant;
 
-const NODE: &str = "spillway-aci";
 const CLUSTER: &str = "dns-cluster";
 const NS: &str = "web";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Poll `check` every 50 ms until it gives a value or `WAIT` passes.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn aci(emu: &EmulatorHandle) -> Arc<dyn ContainerGroups> {
-    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
-    Arc::new(AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}")))
-}
-
-fn provider_config() -> ProviderConfig {
-    let mut c = ProviderConfig::new(NODE, CLUSTER, "westeurope", "10.1.2.3", 10250);
-    c.sync_interval = Duration::from_millis(200);
-    c.lease_interval = Duration::from_millis(300);
-    c.usage_interval = Duration::from_millis(300);
-    c.retry_backoff = Duration::from_millis(200);
-    c.max_retry_backoff = Duration::from_secs(1);
-    c
+    support::provider_world::eventually_some(what, WAIT, check).await
 }
 
 fn service(v: serde_json::Value) -> Service {
@@ -183,7 +156,7 @@ async fn burst_pods_get_the_cluster_dns_and_the_service_environment() {
 
     let (services, watch) = ServiceSource::watch(srv.client(), Vec::new());
     let watch = tokio::spawn(watch);
-    let provider = Provider::new(srv.client(), aci.clone(), provider_config(), None)
+    let provider = Provider::new(srv.client(), aci.clone(), fast_config(CLUSTER), None)
         .with_services(services.clone(), "cluster.local");
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -10,21 +10,16 @@ mod support;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use spillway::aci::ContainerGroups;
-use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{
     ACI_DELEGATION, Emulator, EmulatorConfig, EmulatorHandle, SubnetDefinition,
 };
-use spillway::aci::paced::{Paced, PacingConfig};
 use spillway::aci::translate::{SubnetId, group_name_in};
-use spillway::provider::{Provider, ProviderConfig, node as vnode, pods as vpods};
+use spillway::provider::{node as vnode, pods as vpods};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
+use support::provider_world::{NODE, Running, fast_config, paced_aci};
 use support::{PodDeletion, TestApiServer};
-use tokio::time::Instant;
 
-const NODE: &str = "spillway-aci";
 const CLUSTER: &str = "test-cluster";
 const NS: &str = "web";
 const WAIT: Duration = Duration::from_secs(20);
@@ -32,37 +27,23 @@ const SUBNET: &str = "/subscriptions/sub-1/resourceGroups/rg-net/providers/Micro
 const PREFIX: &str = "10.240.8.0/24";
 
 /// Poll `check` every 50 ms until it holds or `WAIT` passes; panics with `what`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {WAIT:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::provider_world::eventually(what, WAIT, check).await
 }
 
 struct World {
     srv: TestApiServer,
     emu: EmulatorHandle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _leader: tokio::sync::watch::Sender<bool>,
+    provider: Running,
 }
 
 impl World {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    async fn stop(self) {
+        self.provider.stop().await;
     }
 }
 
@@ -92,52 +73,10 @@ async fn world(subnets: Vec<SubnetDefinition>) -> World {
             .unwrap_or_else(|e| panic!("define subnet: {e}"));
         assert!(resp.status().is_success(), "define subnet: {resp:?}");
     }
-    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
-    let client = AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}"));
-    let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
-        client,
-        PacingConfig {
-            writes_per_sec: 50.0,
-            write_burst: 50,
-            reads_per_sec: 100.0,
-            read_burst: 100,
-            max_attempts: 8,
-            base_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-            budget: Duration::from_secs(10),
-            seed: 7,
-        },
-    ));
-    let mut config = ProviderConfig::new(NODE, CLUSTER, "westeurope", "10.1.2.3", 10250);
-    config.sync_interval = Duration::from_millis(200);
-    config.lease_interval = Duration::from_millis(300);
-    config.usage_interval = Duration::from_millis(300);
-    config.gc_interval = Duration::from_millis(500);
-    config.refresh_interval = Duration::from_millis(500);
-    config.retry_backoff = Duration::from_millis(200);
-    config.max_retry_backoff = Duration::from_secs(1);
+    let mut config = fast_config(CLUSTER);
     config.aci_subnets = vec![SubnetId::parse(SUBNET).unwrap_or_else(|e| panic!("{e}"))];
-
-    let provider = Provider::new(srv.client(), aci, config, None);
-    let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = provider
-            .run(leader_rx, async {
-                let _ = rx.await;
-            })
-            .await
-        {
-            panic!("provider failed: {e}");
-        }
-    });
-    World {
-        srv,
-        emu,
-        stop: Some(tx),
-        task,
-        _leader: leader_tx,
-    }
+    let provider = Running::start(&srv, paced_aci(&emu), None, config);
+    World { srv, emu, provider }
 }
 
 fn delegated(delegations: &[&str]) -> SubnetDefinition {

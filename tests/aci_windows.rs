@@ -16,9 +16,8 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use spillway::aci::ContainerGroups;
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
-use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use spillway::aci::emulator::EmulatorHandle;
 use spillway::aci::translate::group_name_in;
-use std::sync::Arc;
 use std::time::Duration;
 use support::actors::{self, Bindings};
 use support::{PodDeletion, TestApiServer};
@@ -43,32 +42,20 @@ struct Args {
 }
 
 struct Spillway {
-    metrics: Arc<spillway::metrics::Metrics>,
     emulator: EmulatorHandle,
-    extender: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), spillway::run::RunError>>,
+    run: support::InProcessRun,
 }
 
 impl Spillway {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let done = tokio::time::timeout(WAIT, &mut self.task).await;
-        assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    async fn stop(self) {
+        let done = self.run.stop().await;
+        assert!(matches!(done, Some(Ok(()))), "{done:?}");
         self.emulator.shutdown().await;
     }
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ready(srv: &TestApiServer, name: &str) -> bool {
-    srv.get::<Node>("", name)
-        .and_then(|n| n.status?.conditions)
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The shipped AKS deploy with the Windows component, namespace `web`, and
@@ -84,75 +71,33 @@ async fn start() -> (TestApiServer, Spillway) {
     ));
     srv.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
     let dir = support::policy_dir("aci-windows-policies", POLICIES);
-    let emulator = Emulator::start(EmulatorConfig {
-        speed: 50.0,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let args = Args::parse_from([
-        "spillway",
-        "--policies",
-        dir.to_str().unwrap_or_default(),
-        "--identity",
-        "replica-a",
-        "--lease-seconds",
-        "3",
-        "--tick-ms",
-        "100",
-        "--view-refresh-ms",
-        "20",
-        "--aci",
-        "emulator",
-        "--aci-emulator-url",
+    let emulator = support::fast_emulator().await;
+    let args = support::emulated_run(
+        &dir,
         emulator.url.as_str(),
-        "--kubelet-listen",
-        "127.0.0.1:0",
-        "--aci-sync-secs",
-        "1",
-        "--cluster-id",
         CLUSTER,
-        "--aci-windows",
-        "--aci-windows-kubelet-listen",
-        "127.0.0.1:0",
-    ]);
-    let metrics = Arc::new(spillway::metrics::Metrics::new());
-    let store = Arc::new(
-        spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
-            .unwrap_or_else(|e| panic!("{e}")),
+        &[
+            "--tick-ms",
+            "100",
+            "--view-refresh-ms",
+            "20",
+            "--aci-windows",
+            "--aci-windows-kubelet-listen",
+            "127.0.0.1:0",
+        ],
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let extender = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let config = srv.kube_config_as("spillway-system", "spillway");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let m = metrics.clone();
-    let task = tokio::spawn(async move {
-        spillway::run::run_with(config, &args.run, store, m, listener, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    let both = support::poll_until(WAIT, || ready(&srv, LINUX) && ready(&srv, WINDOWS)).await;
+    let run =
+        support::InProcessRun::start_as(&srv, "spillway-system", "spillway", args, &dir).await;
+    let both = support::poll_until(WAIT, || {
+        support::node_ready(&srv, LINUX) && support::node_ready(&srv, WINDOWS)
+    })
+    .await;
     assert!(
         both,
         "both virtual nodes register Ready; denials: {:?}",
         srv.auth_denials()
     );
-    (
-        srv,
-        Spillway {
-            metrics,
-            emulator,
-            extender,
-            stop: Some(tx),
-            task,
-        },
-    )
+    (srv, Spillway { emulator, run })
 }
 
 /// A pod of spillway's scheduler tolerating the virtual nodes' taint, with
@@ -241,7 +186,7 @@ async fn windows_pods_land_on_the_windows_node_and_linux_pods_never_do() {
     let bindings = Bindings::default();
     let scheduler = tokio::spawn(actors::scheduler(
         srv.client(),
-        spillway.extender.clone(),
+        spillway.run.extender.clone(),
         bindings.clone(),
     ));
     create(&srv, &burst_pod("iis", Some("windows"), None)).await;
@@ -279,6 +224,7 @@ async fn windows_pods_land_on_the_windows_node_and_linux_pods_never_do() {
     // whichever node synced last).
     let running = || {
         spillway
+            .run
             .metrics
             .provider_pods
             .with_label_values(&["Running"])
@@ -343,7 +289,7 @@ async fn windows_pods_land_on_the_windows_node_and_linux_pods_never_do() {
         }
         let body = json!({"Pod": p, "NodeNames": [WINDOWS, LINUX]});
         let bytes = reqwest::Client::new()
-            .post(format!("http://{}/filter", spillway.extender))
+            .post(format!("http://{}/filter", spillway.run.extender))
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body).unwrap_or_else(|e| panic!("{e}")))
             .send()

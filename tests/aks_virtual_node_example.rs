@@ -35,12 +35,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use spillway::aci::emulator::EmulatorHandle;
 use spillway::cluster::build::{node, pod};
 use spillway::metrics::Metrics;
 use support::actors::{self, Bindings};
@@ -51,12 +50,6 @@ const ACI_NODE: &str = "spillway-aci";
 const SCHEDULER: &str = "spillway-scheduler";
 /// `shop`'s spillAfter, in seconds.
 const SPILL_AFTER_SECS: u64 = 4;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    run: spillway::run::RunCommand,
-}
 
 /// The Deployment of the AKS virtual-node documentation ("Deploy a sample
 /// app", az aks enable-addons --addons virtual-node), unchanged.
@@ -297,39 +290,17 @@ impl Spillway {
 /// and waited for) when `webhook` is true.
 async fn start(srv: &TestApiServer, webhook: bool, extra: &[&str]) -> Spillway {
     let dir = support::policy_dir("aks-virtual-node-example-policies", POLICIES);
-    let emulator = Emulator::start(EmulatorConfig {
-        speed: 50.0,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut argv = vec![
-        "spillway",
-        "--policies",
-        dir.to_str().unwrap_or_default(),
-        "--identity",
-        "replica-a",
-        "--lease-seconds",
-        "3",
+    let emulator = support::fast_emulator().await;
+    let mut flags = vec![
         "--tick-ms",
         "100",
         "--view-refresh-ms",
         "20",
         "--webhook-cert-host",
         "127.0.0.1",
-        "--aci",
-        "emulator",
-        "--aci-emulator-url",
-        emulator.url.as_str(),
-        "--kubelet-listen",
-        "127.0.0.1:0",
-        "--aci-sync-secs",
-        "1",
-        "--cluster-id",
-        "aks-example",
     ];
-    argv.extend_from_slice(extra);
-    let args = Args::parse_from(argv);
+    flags.extend_from_slice(extra);
+    let run = support::emulated_run(&dir, emulator.url.as_str(), "aks-example", &flags);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
         spillway::policy::reload::PolicyStore::open(&dir, metrics.clone())
@@ -352,7 +323,7 @@ async fn start(srv: &TestApiServer, webhook: bool, extra: &[&str]) -> Spillway {
     let task = tokio::spawn(async move {
         spillway::run::run_with_webhook(
             config,
-            &args.run,
+            &run,
             store,
             m,
             listener,
@@ -389,12 +360,7 @@ async fn start(srv: &TestApiServer, webhook: bool, extra: &[&str]) -> Spillway {
             srv.auth_denials()
         );
     }
-    let registered = support::poll_until(WAIT, || {
-        srv.get::<Node>("", ACI_NODE)
-            .and_then(|n| n.status?.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await;
+    let registered = support::poll_until(WAIT, || support::node_ready(srv, ACI_NODE)).await;
     assert!(
         registered,
         "spillway registers {ACI_NODE}; denials: {:?}",

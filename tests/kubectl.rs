@@ -13,23 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use clap::Parser;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use spillway::aci::emulator::EmulatorHandle;
 use support::TestApiServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ACI_NODE: &str = "spillway-aci";
 const CLUSTER_ID: &str = "kubectl-e2e";
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    run: spillway::run::RunCommand,
-}
 
 const POLICIES: &str = "apiVersion: spillway.io/v1alpha1
 kind: BurstPolicy
@@ -51,40 +44,15 @@ async fn start(srv: &TestApiServer) -> Spillway {
     srv.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n");
     srv.publish_root_ca("spillway-system");
     let dir = support::policy_dir("kubectl-e2e-policies", POLICIES);
-    let emulator = Emulator::start(EmulatorConfig {
-        speed: 50.0,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let args = Args::parse_from([
-        "spillway",
-        "--policies",
-        dir.to_str().unwrap_or_default(),
-        "--identity",
-        "replica-a",
-        "--lease-seconds",
-        "3",
-        "--aci",
-        "emulator",
-        "--aci-emulator-url",
+    let emulator = support::fast_emulator().await;
+    let args = support::emulated_run(
+        &dir,
         emulator.url.as_str(),
-        "--kubelet-listen",
-        "127.0.0.1:0",
-        "--kubelet-tls-self-signed",
-        "--aci-sync-secs",
-        "1",
-        "--cluster-id",
         CLUSTER_ID,
-    ]);
-    let run =
-        support::InProcessRun::start_as(srv, "spillway-system", "spillway", args.run, &dir).await;
-    let registered = support::poll_until(WAIT, || {
-        srv.get::<Node>("", ACI_NODE)
-            .and_then(|n| n.status?.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    })
-    .await;
+        &["--kubelet-tls-self-signed"],
+    );
+    let run = support::InProcessRun::start_as(srv, "spillway-system", "spillway", args, &dir).await;
+    let registered = support::poll_until(WAIT, || support::node_ready(srv, ACI_NODE)).await;
     assert!(
         registered,
         "spillway registers {ACI_NODE}; denials: {:?}",

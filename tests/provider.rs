@@ -9,9 +9,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, OperationFaults};
-use spillway::aci::paced::{Paced, PacingConfig};
+use spillway::aci::paced::PacingConfig;
 use spillway::aci::translate::{group_name, group_name_in};
 use spillway::aci::{ContainerGroups, TAG_POD_UID};
 use spillway::kubelet::logs::{LogBudget, LogReader};
@@ -20,6 +19,10 @@ use spillway::provider::{Provider, ProviderConfig, node as vnode, pods as vpods}
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use support::provider_world::{
+    Running, eventually as eventually_within, fast_config, fast_pacing as pacing,
+    paced_aci_with as aci,
+};
 use support::{PodDeletion, TestApiServer};
 use tokio::time::Instant;
 
@@ -38,23 +41,6 @@ where
     eventually_within(what, WAIT, check).await
 }
 
-async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
         // 2 s Accepted + 3 s Creating at ×50: 100 ms.
@@ -63,54 +49,11 @@ fn emulator_config() -> EmulatorConfig {
     }
 }
 
-fn pacing() -> PacingConfig {
-    PacingConfig {
-        writes_per_sec: 50.0,
-        write_burst: 50,
-        reads_per_sec: 100.0,
-        read_burst: 100,
-        max_attempts: 8,
-        base_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        budget: Duration::from_secs(10),
-        seed: 7,
-    }
-}
-
-fn aci(emu: &EmulatorHandle, pacing: PacingConfig) -> Arc<dyn ContainerGroups> {
-    let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
-    let client = AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}"));
-    Arc::new(Paced::new(client, pacing))
-}
-
 fn provider_config() -> ProviderConfig {
-    let mut c = ProviderConfig::new(NODE, CLUSTER, "westeurope", HOST_IP, 10250);
-    c.sync_interval = Duration::from_millis(200);
-    c.lease_interval = Duration::from_millis(300);
+    let mut c = fast_config(CLUSTER);
     c.status_interval = Duration::from_secs(2);
-    c.usage_interval = Duration::from_millis(300);
-    c.gc_interval = Duration::from_millis(500);
     c.unreachable_after = Duration::from_millis(800);
-    c.refresh_interval = Duration::from_millis(500);
-    c.retry_backoff = Duration::from_millis(200);
-    c.max_retry_backoff = Duration::from_secs(1);
     c
-}
-
-/// A running provider; dropping `stop` ends it.
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _leader: tokio::sync::watch::Sender<bool>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
-    }
 }
 
 fn start(
@@ -127,24 +70,7 @@ fn start_with(
     metrics: Option<Arc<Metrics>>,
     config: ProviderConfig,
 ) -> Running {
-    let provider = Provider::new(srv.client(), aci, config, metrics);
-    let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        if let Err(e) = provider
-            .run(leader_rx, async {
-                let _ = rx.await;
-            })
-            .await
-        {
-            panic!("provider failed: {e}");
-        }
-    });
-    Running {
-        stop: Some(tx),
-        task,
-        _leader: leader_tx,
-    }
+    Running::start(srv, aci, metrics, config)
 }
 
 struct World {

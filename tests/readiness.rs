@@ -10,48 +10,34 @@ use axum::http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
-use spillway::aci::ContainerGroups;
-use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use spillway::aci::paced::{Paced, PacingConfig};
 use spillway::metrics::Metrics;
-use spillway::provider::{Provider, ProviderConfig, node as vnode};
+use spillway::provider::node as vnode;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
+use support::provider_world::{NODE, Running, fast_config, paced_aci};
 use support::{Fault, PodDeletion, TestApiServer};
 use tokio::time::Instant;
 
-const NODE: &str = "spillway-aci";
 const NS: &str = "web";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Poll `check` every 50 ms until it holds or `WAIT` passes; panics with `what`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {WAIT:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::provider_world::eventually(what, WAIT, check).await
 }
 
 struct World {
     srv: TestApiServer,
     _emu: EmulatorHandle,
     metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    leader: tokio::sync::watch::Sender<bool>,
+    provider: Running,
 }
 
 impl World {
@@ -69,60 +55,22 @@ impl World {
         })
         .await
         .unwrap_or_else(|e| panic!("emulator: {e}"));
-        let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
-        let client =
-            AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}"));
-        let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
-            client,
-            PacingConfig {
-                writes_per_sec: 50.0,
-                write_burst: 50,
-                reads_per_sec: 100.0,
-                read_burst: 100,
-                max_attempts: 8,
-                base_backoff: Duration::from_millis(20),
-                max_backoff: Duration::from_millis(200),
-                budget: Duration::from_secs(10),
-                seed: 7,
-            },
-        ));
-        let mut config = ProviderConfig::new(NODE, "test-cluster", "westeurope", "10.1.2.3", 10250);
-        config.sync_interval = Duration::from_millis(200);
-        config.lease_interval = Duration::from_millis(300);
-        config.usage_interval = Duration::from_millis(300);
-        config.gc_interval = Duration::from_millis(500);
+        let mut config = fast_config("test-cluster");
         // Running groups are not re-read meanwhile (ARM's list has no
         // instance views): readiness flips are written from the probes alone.
         config.refresh_interval = Duration::from_secs(600);
         let metrics = Arc::new(Metrics::new());
-        let provider = Provider::new(srv.client(), aci, config, Some(metrics.clone()));
-        let (leader, leader_rx) = tokio::sync::watch::channel(true);
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            if let Err(e) = provider
-                .run(leader_rx, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                panic!("provider failed: {e}");
-            }
-        });
+        let provider = Running::start(&srv, paced_aci(&emu), Some(metrics.clone()), config);
         World {
             srv,
             _emu: emu,
             metrics,
-            stop: Some(stop),
-            task,
-            leader,
+            provider,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    async fn stop(self) {
+        self.provider.stop().await;
     }
 
     fn pod(&self, name: &str) -> Option<Pod> {
@@ -436,7 +384,7 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
     assert_eq!(w.metrics.probe_workers.get(), 1);
 
     // Leadership lost: the provider stops, its probe workers with it.
-    w.leader.send_replace(false);
+    w.provider.leader.send_replace(false);
     eventually("no probe worker without leadership", || async {
         w.metrics.probe_workers.get() == 0
     })
@@ -452,7 +400,7 @@ async fn a_tcp_socket_readiness_probe_is_run_by_spillway_and_stops_with_leadersh
     };
     let writes = status_writes();
     let successes = w.probes("success");
-    w.leader.send_replace(true);
+    w.provider.leader.send_replace(true);
     eventually("probed again as leader", || async {
         w.metrics.probe_workers.get() == 1 && w.probes("success") > successes
     })

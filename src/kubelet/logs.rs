@@ -935,6 +935,7 @@ impl LogReader {
                 until: Instant::now() + self.pacing.at_most,
                 pause: self.pacing.every,
                 state_checked: Instant::now(),
+                quiet_polls: 0,
             }
         });
         Ok(LogAnswer { text, follower })
@@ -948,7 +949,10 @@ impl LogReader {
 /// [`FollowPacing::every`] while the log grows and doubles up to
 /// [`FollowPacing::idle_every`] while it is quiet; a quiet follower reads
 /// the group (a second ARM read) at most every `idle_every` to learn
-/// whether its container has ended. It ends when the container has
+/// whether its container has ended, and while other followers wait for
+/// their turn, only after [`QUIET_POLLS_PER_CHECK`] quiet polls (so under
+/// load quiet followers do not spend half the followers' reads on checks
+/// and double everyone's wait). It ends when the container has
 /// terminated (after sending its last lines), when the group is gone or no
 /// longer this pod's, on an ACI error that retrying will not fix, when
 /// `limitBytes` is reached, or after [`FollowPacing::at_most`]; and when
@@ -969,7 +973,13 @@ pub struct Follower {
     pause: Duration,
     /// When it last learned whether its container has ended.
     state_checked: Instant,
+    /// Quiet polls since then.
+    quiet_polls: u32,
 }
+
+/// While followers wait for their turn, a quiet follower reads its group
+/// once per this many quiet polls.
+pub const QUIET_POLLS_PER_CHECK: u32 = 5;
 
 impl Drop for Follower {
     fn drop(&mut self) {
@@ -1003,6 +1013,7 @@ impl Follower {
             match self.poll(pacing.every / 2).await {
                 Poll::Text(out) => {
                     self.pause = pacing.every;
+                    self.quiet_polls = 0;
                     return Some(out);
                 }
                 Poll::End => return None,
@@ -1010,10 +1021,15 @@ impl Follower {
                 Poll::Quiet => {}
             }
             self.pause = (self.pause * 2).min(pacing.idle_every.max(pacing.every));
-            if self.state_checked.elapsed() < pacing.idle_every {
+            self.quiet_polls += 1;
+            let others_wait = self.reader.follow.waiting() > 0;
+            if self.state_checked.elapsed() < pacing.idle_every
+                || (others_wait && self.quiet_polls < QUIET_POLLS_PER_CHECK)
+            {
                 continue;
             }
             self.state_checked = Instant::now();
+            self.quiet_polls = 0;
             let turn = Turn::Follow(self.until);
             let group = self
                 .reader
