@@ -17,10 +17,11 @@ use serde_json::json;
 use spillway::aci::ContainerGroups;
 use spillway::aci::azure::{AzureConfig, AzureContainerGroups};
 use spillway::aci::emulator::{Emulator, EmulatorConfig};
-use spillway::aci::paced::{Paced, PacingConfig};
+use spillway::aci::paced::Paced;
 use spillway::cluster::ca_status;
 use spillway::provider::services::ServiceSource;
 use spillway::provider::{Provider, ProviderConfig, node as vnode};
+use support::provider_world::fast_pacing;
 use support::{PodDeletion, TestApiServer, poll_until};
 
 const SA_NS: &str = "spillway-system";
@@ -71,20 +72,6 @@ async fn the_cluster_autoscaler_status_is_watched_as_spillway() {
     task.abort();
 }
 
-fn pacing() -> PacingConfig {
-    PacingConfig {
-        writes_per_sec: 50.0,
-        write_burst: 50,
-        reads_per_sec: 100.0,
-        read_burst: 100,
-        max_attempts: 8,
-        base_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        budget: Duration::from_secs(10),
-        seed: 7,
-    }
-}
-
 fn provider_config() -> ProviderConfig {
     // The node name deploy/base/rbac.yaml pins with resourceNames.
     let mut c = ProviderConfig::new(
@@ -128,7 +115,7 @@ async fn the_provider_runs_a_burst_pod_as_spillway() {
     let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
     let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
         AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}")),
-        pacing(),
+        fast_pacing(),
     ));
     // What a burst pod refers to: a Secret, a ConfigMap, a projected token.
     srv.insert::<Secret>(&obj(json!({"metadata": {"name": "db", "namespace": "web"},
@@ -340,7 +327,7 @@ async fn the_log_analytics_component_reads_its_secret_by_name() {
     let cfg = AzureConfig::for_emulator(&emu.url, "token", "sub-1", "rg-1");
     let aci: Arc<dyn ContainerGroups> = Arc::new(Paced::new(
         AzureContainerGroups::new(&cfg).unwrap_or_else(|e| panic!("azure client: {e}")),
-        pacing(),
+        fast_pacing(),
     ));
     let mut config = provider_config();
     config.aci_log_analytics = Some(

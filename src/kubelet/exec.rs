@@ -522,49 +522,21 @@ async fn prepare(
     {
         return Err(ExecError::NoContainer(container));
     }
-    if exec_ws::is_websocket_request(request.headers()) {
-        let handshake = exec_ws::handshake(request.method(), request.headers())?;
-        let on_upgrade = request
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or(ExecError::NoUpgrade)?;
-        let plan = Plan {
-            namespace,
-            pod,
-            group: group.name,
-            container,
-            command,
-            options,
-            protocol: handshake.protocol,
-            websocket: true,
-        };
-        let bridge = bridge.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(upgraded),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        None,
-                    )
-                    .await;
-                    let conn = exec_ws::WsConn::new(socket, plan.protocol, plan.options);
-                    bridge.run(conn, plan).await
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "kubelet exec: the upgrade did not complete");
-                    bridge.count("client-gone");
-                }
-            }
-        });
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        exec_ws::switch_headers(&handshake, response.headers_mut());
-        return Ok(response);
-    }
-    let protocol = negotiate(request.headers())?;
-    check_upgrade(request.headers())?;
+    // WebSocket (its handshake) or SPDY (its protocol negotiation), both
+    // before the upgrade.
+    let handshake = if exec_ws::is_websocket_request(request.headers()) {
+        Some(exec_ws::handshake(request.method(), request.headers())?)
+    } else {
+        None
+    };
+    let protocol = match &handshake {
+        Some(h) => h.protocol,
+        None => {
+            let protocol = negotiate(request.headers())?;
+            check_upgrade(request.headers())?;
+            protocol
+        }
+    };
     let on_upgrade = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -577,15 +549,32 @@ async fn prepare(
         command,
         options,
         protocol,
-        websocket: false,
+        websocket: handshake.is_some(),
     };
     let bridge = bridge.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        match on_upgrade.await {
-            Ok(upgraded) => match Codec::new() {
+        let io = match on_upgrade.await {
+            Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "kubelet exec: the upgrade did not complete");
+                bridge.count("client-gone");
+                return;
+            }
+        };
+        if plan.websocket {
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                io,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let conn = exec_ws::WsConn::new(socket, plan.protocol, plan.options);
+            bridge.run(conn, plan).await
+        } else {
+            match Codec::new() {
                 Ok(codec) => {
-                    let (reader, writer) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                    let (reader, writer) = tokio::io::split(io);
                     let conn = Conn::new(reader, writer, codec, plan.protocol, plan.options);
                     bridge.run(conn, plan).await
                 }
@@ -593,19 +582,20 @@ async fn prepare(
                     tracing::warn!(error = %e, "kubelet exec: no SPDY codec");
                     bridge.count("error");
                 }
-            },
-            Err(e) => {
-                tracing::debug!(error = %e, "kubelet exec: the upgrade did not complete");
-                bridge.count("client-gone");
             }
         }
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static(SPDY_31));
-    h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+    match &handshake {
+        Some(handshake) => exec_ws::switch_headers(handshake, h),
+        None => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static(SPDY_31));
+            h.insert(PROTOCOL_HEADER, HeaderValue::from_static(protocol));
+        }
+    }
     Ok(response)
 }
 
