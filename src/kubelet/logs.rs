@@ -434,10 +434,28 @@ pub(crate) async fn find_group(
     namespace: &str,
     pod: &str,
 ) -> Result<Option<ContainerGroup>, AciError> {
+    find_group_paced(aci, cluster_id, namespace, pod, || async { Ok(()) }).await
+}
+
+/// [`find_group`], calling `before_read` before each ARM read (a budget's
+/// turn; its error ends the search).
+async fn find_group_paced<E, F, Fut>(
+    aci: &dyn ContainerGroups,
+    cluster_id: &str,
+    namespace: &str,
+    pod: &str,
+    mut before_read: F,
+) -> Result<Option<ContainerGroup>, E>
+where
+    E: From<AciError>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
     for name in [
         group_name_in(cluster_id, namespace, pod),
         group_name(namespace, pod),
     ] {
+        before_read().await?;
         if let Some(g) = aci.get(&name).await?
             && is_pods_group(&g, cluster_id, namespace, pod)
         {
@@ -781,23 +799,18 @@ impl LogReader {
                 &key,
                 |g, age| g.is_some() && age <= max_age,
                 || async {
-                    for name in [
-                        group_name_in(&self.cluster_id, namespace, pod),
-                        group_name(namespace, pod),
-                    ] {
-                        self.turn(turn).await?;
-                        match self.aci.get(&name).await {
-                            Ok(Some(g)) if is_pods_group(&g, &self.cluster_id, namespace, pod) => {
-                                return Ok(Some(Arc::new(g)));
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                self.note_throttle(&e);
-                                return Err(LogsError::Aci(e));
-                            }
-                        }
+                    let found = find_group_paced(
+                        self.aci.as_ref(),
+                        &self.cluster_id,
+                        namespace,
+                        pod,
+                        || self.turn(turn),
+                    )
+                    .await;
+                    if let Err(LogsError::Aci(e)) = &found {
+                        self.note_throttle(e);
                     }
-                    Ok(None)
+                    found.map(|g| g.map(Arc::new))
                 },
             )
             .await?;
