@@ -36,6 +36,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use spillway::kubelet::exec_ws::{ERROR, RESIZE, STDERR, STDIN, STDOUT, is_websocket_request};
 use spillway::kubelet::spdy::{Codec, FLAG_FIN, Frame, StreamId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,29 +59,17 @@ const SPDY_OFFERED: [&str; 5] = [
 ];
 /// v5's close signal: `[STREAM_CLOSE, channel]`.
 const STREAM_CLOSE: u8 = 255;
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
 
 /// `wsstream.IsWebSocketRequestWithStreamCloseProtocol`: a WebSocket
 /// upgrade (`Upgrade: websocket`, `Connection` naming `upgrade`) whose
 /// first `Sec-WebSocket-Protocol` line lists v5.
 pub fn wants_translation(headers: &axum::http::HeaderMap) -> bool {
-    let get = |name: header::HeaderName| {
-        headers
-            .get(name)
+    is_websocket_request(headers)
+        && headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase()
-    };
-    let websocket = get(header::UPGRADE) == "websocket"
-        && get(header::CONNECTION)
-            .split(',')
-            .any(|t| t.trim() == "upgrade");
-    websocket
-        && get(header::SEC_WEBSOCKET_PROTOCOL)
             .split(',')
             .any(|p| p.trim() == V5)
 }
